@@ -1,0 +1,12 @@
+"""The engine: KV cache, drafters, verification, `step(k)`."""
+
+from nightjar_rl.decoding.drafters import DraftModelDrafter, Drafter, DraftProposal, NgramDrafter
+from nightjar_rl.decoding.engine import SpeculativeEngine
+from nightjar_rl.decoding.sequence import Request, Sequence
+from nightjar_rl.decoding.stats import StepStats
+from nightjar_rl.decoding.verify import SamplingParams
+
+__all__ = [
+    "DraftModelDrafter", "Drafter", "DraftProposal", "NgramDrafter", "SpeculativeEngine",
+    "Request", "Sequence", "StepStats", "SamplingParams",
+]

@@ -1,0 +1,42 @@
+"""The drafter interface the engine talks to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from nightjar_rl.decoding.sequence import Sequence
+from nightjar_rl.decoding.verify import SamplingParams
+
+
+@dataclass
+class DraftProposal:
+    tokens: list[list[int]]  # up to k proposed tokens per row (may be empty)
+    probs: list[torch.Tensor | None]  # q per row `[len, V]`, or None for deterministic drafts
+    draft_time: float = 0.0
+    catchup_time: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class Drafter:
+    """Base drafter. Subclasses implement `propose`; the rest are hooks with no-op defaults."""
+
+    name = "base"
+
+    def propose(
+        self, rows: list[Sequence], k: int, slot_start: int, params: SamplingParams, generator=None
+    ) -> DraftProposal:
+        raise NotImplementedError
+
+    def on_commit(self, rows: list[Sequence], proposal: DraftProposal, kept: list[int]) -> None:
+        """Called after verification with the number of draft tokens each row kept."""
+
+    def on_move(self, seq: Sequence, src: int, dst: int) -> None:
+        """The engine moved `seq` from slot `src` to `dst` (compaction)."""
+
+    def on_finish(self, seq: Sequence) -> None:
+        """`seq` left the batch."""
+
+    def setup(self, num_slots: int, capacity: int) -> None:
+        """Called once by the engine with its slot layout."""

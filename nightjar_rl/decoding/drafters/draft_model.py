@@ -1,0 +1,80 @@
+"""A separate (smaller) model drafts k tokens autoregressively, with its own KV cache.
+
+Its cache is kept in step with accepted tokens. While speculation is off (k = 0) it is not run,
+so it falls behind; the next time it drafts it first catches up by feeding the missing tokens in
+one pass. That pass is timed as `catchup_time`: the switching cost Nightjar models.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nightjar_rl.decoding.drafters.base import DraftProposal, Drafter
+from nightjar_rl.decoding.runner import ModelRunner
+from nightjar_rl.decoding.sequence import Sequence
+from nightjar_rl.decoding.timing import now
+from nightjar_rl.decoding.verify import SamplingParams, probs_from_logits
+
+SYNCED = "draft_synced"  # tokens of the row held in the draft model's cache
+
+
+class DraftModelDrafter(Drafter):
+    name = "draft"
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.runner: ModelRunner | None = None
+
+    def setup(self, num_slots: int, capacity: int) -> None:
+        self.runner = ModelRunner(self.model, num_slots, capacity)
+
+    def _next(self, logits: torch.Tensor, params: SamplingParams, generator) -> tuple[list[int], torch.Tensor | None]:
+        if params.greedy:
+            return logits.argmax(-1).tolist(), None
+        probs = probs_from_logits(logits, params)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1).tolist(), probs
+
+    def propose(self, rows: list[Sequence], k: int, slot_start: int, params: SamplingParams, generator=None):
+        runner = self.runner
+        device = runner.device
+        synced = [seq.state.get(SYNCED, 0) for seq in rows]
+        lag = [seq.tokens[s:] for seq, s in zip(rows, synced)]
+        # a normal round leaves a lag of 1 or 2 tokens; more means speculation was off (or a new row)
+        t0 = now(device)
+        if max(len(x) for x in lag) > 2:
+            runner.forward(slot_start, [x[:-1] for x in lag], synced, last_only=True)
+            synced = [s + len(x) - 1 for s, x in zip(synced, lag)]
+            lag = [x[-1:] for x in lag]
+        t_catchup = now(device)
+        logits = runner.forward(slot_start, lag, synced, last_only=True)
+        tokens, probs = self._next(logits, params, generator)
+        t1 = now(device)
+        drafts = [[t] for t in tokens]
+        dists = [[p] for p in probs] if probs is not None else None
+        base = [len(seq.tokens) for seq in rows]
+        for j in range(1, k):
+            logits = runner.forward(slot_start, [[d[-1]] for d in drafts], [b + j - 1 for b in base], last_only=True)
+            tokens, probs = self._next(logits, params, generator)
+            for i, t in enumerate(tokens):
+                drafts[i].append(t)
+                if dists is not None:
+                    dists[i].append(probs[i])
+        t2 = now(device)
+        for seq, b in zip(rows, base):
+            seq.state[SYNCED] = b  # provisional: `on_commit` adds the kept drafts it has cached
+        return DraftProposal(
+            tokens=drafts,
+            probs=[torch.stack(d) for d in dists] if dists is not None else [None] * len(rows),
+            draft_time=t2 - t_catchup,
+            catchup_time=t_catchup - t0,
+            extra={"draft_k": k},
+        )
+
+    def on_commit(self, rows: list[Sequence], proposal: DraftProposal, kept: list[int]) -> None:
+        # the draft cache holds drafts[:k-1] (the last draft token is produced, never fed)
+        cached_drafts = proposal.extra["draft_k"] - 1
+        for seq, a in zip(rows, kept):
+            seq.state[SYNCED] += min(a, cached_drafts)
+
+    def on_move(self, seq: Sequence, src: int, dst: int) -> None:
+        self.runner.cache.move_slot(src, dst, seq.state.get(SYNCED, 0))

@@ -1,0 +1,60 @@
+"""A slot-based KV cache that lets every row of a batch sit at its own length.
+
+Each request owns one slot: a `[heads, capacity, head_dim]` stretch per layer. The engine keeps the
+running rows in consecutive slots, so a forward pass attends over a view (no copy) of
+`[slots, heads, :kv_len, head_dim]`. A row's length lives in the engine, not here: rolling back
+rejected draft tokens is just writing a smaller number, the stale entries are masked and later
+overwritten. Plugs into Hugging Face models through the `Cache.update` hook.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache
+
+
+class SlotKVCache(Cache):
+    def __init__(self, config, num_slots: int, capacity: int, dtype: torch.dtype, device: torch.device | str):
+        super().__init__(layers=[])
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        num_layers = text_config.num_hidden_layers
+        kv_heads = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
+        head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+        shape = (num_slots, kv_heads, capacity, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.num_slots = num_slots
+        self.capacity = capacity
+        self._window: tuple[int, int, torch.Tensor, int] | None = None  # slot_start, batch, positions, kv_len
+
+    @property
+    def bytes_per_token(self) -> int:
+        k = self.keys[0]
+        return 2 * len(self.keys) * k.shape[1] * k.shape[3] * k.element_size()
+
+    def set_window(self, slot_start: int, positions: torch.Tensor, kv_len: int) -> None:
+        """Route the next forward: rows `slot_start..slot_start+B`, writing at `positions` [B, n]."""
+        self._window = (slot_start, positions.shape[0], positions, kv_len)
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if self._window is None:
+            raise RuntimeError("SlotKVCache.set_window must be called before a forward pass")
+        start, batch, positions, kv_len = self._window
+        keys = self.keys[layer_idx][start : start + batch]
+        values = self.values[layer_idx][start : start + batch]
+        rows = torch.arange(batch, device=positions.device).unsqueeze(1).expand_as(positions)
+        # key_states: [B, heads, n, dim] -> index as [B, n, heads, dim]
+        keys[rows, :, positions] = key_states.transpose(1, 2).to(keys.dtype)
+        values[rows, :, positions] = value_states.transpose(1, 2).to(values.dtype)
+        return keys[:, :, :kv_len], values[:, :, :kv_len]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0 if self._window is None else self._window[3]
+
+    def move_slot(self, src: int, dst: int, length: int) -> None:
+        """Copy the first `length` cache entries of slot `src` into slot `dst` (compaction)."""
+        if src == dst or length <= 0:
+            return
+        for k, v in zip(self.keys, self.values):
+            k[dst, :, :length] = k[src, :, :length]
+            v[dst, :, :length] = v[src, :, :length]

