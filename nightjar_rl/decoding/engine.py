@@ -159,20 +159,30 @@ class SpeculativeEngine:
         stats.prefill_emitted = len(admitted)
 
     def _decode_round(self, rows: list[Sequence], k: int, stats: StepStats) -> None:
+        proposal = self._propose(rows, k)
+        self._verify_and_commit(rows, k, proposal, stats)
+
+    def _propose(self, rows: list[Sequence], k: int, slot_start: int = 0) -> DraftProposal:
+        """Drafting phase of a round (no target work): up to k tokens per row."""
         if k > 0:
-            proposal = self.drafter.propose(rows, k, 0, self.sampling, self.generator)
-        else:
-            proposal = DraftProposal(tokens=[[] for _ in rows], probs=[None] * len(rows))
+            return self.drafter.propose(rows, k, slot_start, self.sampling, self.generator)
+        return DraftProposal(tokens=[[] for _ in rows], probs=[None] * len(rows))
+
+    def _verify_and_commit(
+        self, rows: list[Sequence], k: int, proposal: DraftProposal, stats: StepStats, slot_start: int = 0
+    ) -> None:
+        """Verification phase: one target pass over [last token, *drafts] per row, accept, append."""
         # never verify past a row's token budget
         drafts = [d[: max(0, s.remaining - 1)] for d, s in zip(proposal.tokens, rows)]
         t0 = now(self.device)
-        logits = self.runner.forward(0, [[s.tokens[-1]] + d for s, d in zip(rows, drafts)], [s.cached_len for s in rows])
+        fed = [[s.tokens[-1]] + d for s, d in zip(rows, drafts)]
+        logits = self.runner.forward(slot_start, fed, [s.cached_len for s in rows])
         if self.sampling.greedy:
             kept_tokens = greedy_accept(logits, drafts)
         else:
             probs = [p if p is None else p[: len(d)] for p, d in zip(proposal.probs, drafts)]
             kept_tokens = sample_accept(logits, drafts, probs, self.sampling, self.generator)
-        stats.verify_time = now(self.device) - t0
+        stats.verify_time += now(self.device) - t0
         kept_drafts = [len(t) - 1 for t in kept_tokens]
         if k > 0:
             self.drafter.on_commit(rows, proposal, kept_drafts)
@@ -185,9 +195,9 @@ class SpeculativeEngine:
             stats.drafted.append(len(d))
             stats.accepted.append(a)
             stats.emitted.append(emitted)
-        stats.draft_time = proposal.draft_time
-        stats.catchup_time = proposal.catchup_time
-        stats.verify_tokens = 1 + max(len(d) for d in drafts)
+        stats.draft_time += proposal.draft_time
+        stats.catchup_time += proposal.catchup_time
+        stats.verify_tokens = max(stats.verify_tokens, 1 + max(len(d) for d in drafts))
         stats.extra.update(proposal.extra)
 
     def _append(self, seq: Sequence, tokens: list[int]) -> int:
