@@ -40,12 +40,12 @@ class DraftModelDrafter(Drafter):
         synced = [seq.state.get(SYNCED, 0) for seq in rows]
         lag = [seq.tokens[s:] for seq, s in zip(rows, synced)]
         # a normal round leaves a lag of 1 or 2 tokens; more means speculation was off (or a new row)
-        t0 = now(device)
+        t0 = t_catchup = now(device)
         if max(len(x) for x in lag) > 2:
             runner.forward(slot_start, [x[:-1] for x in lag], synced, last_only=True)
             synced = [s + len(x) - 1 for s, x in zip(synced, lag)]
             lag = [x[-1:] for x in lag]
-        t_catchup = now(device)
+            t_catchup = now(device)
         logits = runner.forward(slot_start, lag, synced, last_only=True)
         tokens, probs = self._next(logits, params, generator)
         t1 = now(device)

@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny random models and a plain greedy reference decoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nightjar_rl.models import tiny_random_model
+
+
+def greedy_reference(model: torch.nn.Module, prompt: list[int], max_new_tokens: int, eos: frozenset = frozenset()) -> list[int]:
+    """Plain autoregressive greedy decoding with no cache: the ground truth for losslessness."""
+    ids = list(prompt)
+    with torch.inference_mode():
+        for _ in range(max_new_tokens):
+            token = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            ids.append(token)
+            if token in eos:
+                break
+    return ids[len(prompt):]
+
+
+@pytest.fixture(scope="session")
+def tiny_target() -> torch.nn.Module:
+    return tiny_random_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_other_draft() -> torch.nn.Module:
+    return tiny_random_model(seed=1, num_layers=2)
