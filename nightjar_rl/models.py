@@ -15,6 +15,16 @@ DEFAULT_MODEL = "smollm2-135m"
 TINY_PREFIX = "tiny-random"
 CACHE_ENV = "NIGHTJAR_CACHE"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+RANDOM_PREFIX = "random:"
+# random-initialised models of real shapes, for timing on real hardware (no weights needed)
+SHAPES = {
+    "llama-3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
+}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -129,6 +139,25 @@ def _shallow_module_copy(module: torch.nn.Module) -> torch.nn.Module:
     return clone
 
 
+def random_shaped_model(shape: str, dtype: torch.dtype, device: torch.device, seed: int = 0) -> torch.nn.Module:
+    """A random-initialised Llama of a named real shape (see SHAPES), built directly on `device`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if shape not in SHAPES:
+        raise ModelLoadError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    config = LlamaConfig(max_position_embeddings=8192, rope_theta=500000.0, **SHAPES[shape])
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    return model.eval()
+
+
 def early_exit_draft(target: torch.nn.Module, num_layers: int) -> torch.nn.Module:
     """Self-speculative draft: the target's first `num_layers` layers + its final norm and head.
     Shares weights with the target (no copy)."""
@@ -157,7 +186,8 @@ def _eos_ids(model, tokenizer) -> tuple[int, ...]:
 
 
 def load_model(name: str, dtype: str | torch.dtype = "float32", device: str | None = None) -> LoadedModel:
-    """Load a causal LM: `smollm2-135m` (bundled), `tiny-random[-SEED]`, or an HF name/local path."""
+    """Load a causal LM: `smollm2-135m` (bundled), `tiny-random[-SEED]`, `random:SHAPE` (random weights
+    of a real shape, for timing), or an HF hub id / local path."""
     torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
     dev = pick_device(device)
     if name.startswith(TINY_PREFIX):
@@ -166,8 +196,14 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", device: str | No
             raise ModelLoadError(f"tiny random model names look like 'tiny-random' or 'tiny-random-7', got {name!r}")
         model = tiny_random_model(seed=int(suffix or 0), dtype=torch_dtype, device=dev)
         return LoadedModel(name, model, None, ())
+    if name.startswith(RANDOM_PREFIX):
+        return LoadedModel(name, random_shaped_model(name[len(RANDOM_PREFIX):], torch_dtype, dev), None, ())
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if name != DEFAULT_MODEL and not Path(name).exists() and name.count("/") != 1:
+        raise ModelLoadError(
+            f"unknown model {name!r}: not {DEFAULT_MODEL}, tiny-random[-N], random:SHAPE, a local path or a hub id (org/name)"
+        )
     path = ensure_default_converted() if name == DEFAULT_MODEL else name
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")

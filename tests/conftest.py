@@ -13,7 +13,8 @@ def greedy_reference(model: torch.nn.Module, prompt: list[int], max_new_tokens: 
     ids = list(prompt)
     with torch.inference_mode():
         for _ in range(max_new_tokens):
-            token = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            device = next(model.parameters()).device
+            token = int(model(torch.tensor([ids], device=device)).logits[0, -1].argmax())
             ids.append(token)
             if token in eos:
                 break

@@ -33,6 +33,7 @@ class StepStats:
     catchup_time: float = 0.0  # draft model re-syncing its KV cache after a lag (switching cost)
     verify_time: float = 0.0  # target forward over k+1 positions per row
     wall_time: float = 0.0  # whole step, including bookkeeping
+    model_time: float = 0.0  # time inside model forwards proper (target + draft model), all phases
     verify_tokens: int = 0  # positions scored per row in the verify pass (1 + max drafted)
     extra: dict = field(default_factory=dict)  # decoder-specific detail (e.g. sub-batches)
 
@@ -49,8 +50,8 @@ class StepStats:
 
     @property
     def overhead_time(self) -> float:
-        """Time outside model forwards: scheduling, accept/reject, bookkeeping."""
-        return max(0.0, self.wall_time - self.prefill_time - self.draft_time - self.catchup_time - self.verify_time)
+        """Time outside model forwards: scheduling, input/mask building, n-gram lookup, accept/reject."""
+        return max(0.0, self.wall_time - self.model_time)
 
     def accept_histogram(self, max_len: int | None = None) -> np.ndarray:
         """Counts of rows by accepted length 0..max_len (rows that drafted nothing are not counted)."""

@@ -38,5 +38,10 @@ class Drafter:
     def on_finish(self, seq: Sequence) -> None:
         """`seq` left the batch."""
 
+    @property
+    def model_time(self) -> float:
+        """Cumulative seconds inside draft-model forwards (0 for model-free drafters)."""
+        return 0.0
+
     def setup(self, num_slots: int, capacity: int) -> None:
         """Called once by the engine with its slot layout."""

@@ -28,6 +28,10 @@ class DraftModelDrafter(Drafter):
     def setup(self, num_slots: int, capacity: int) -> None:
         self.runner = ModelRunner(self.model, num_slots, capacity)
 
+    @property
+    def model_time(self) -> float:
+        return self.runner.model_time if self.runner is not None else 0.0
+
     def _next(self, logits: torch.Tensor, params: SamplingParams, generator) -> tuple[list[int], torch.Tensor | None]:
         if params.greedy:
             return logits.argmax(-1).tolist(), None
