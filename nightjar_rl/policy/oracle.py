@@ -1,0 +1,87 @@
+"""Goodput oracle (SmartSpec / TurboSpec style): pick the k with the best predicted goodput.
+
+For acceptance rate a, a row yields E(k) = (1 - a^(k+1)) / (1 - a) tokens per step (k + 1 when
+a = 1), so a step over B rows is predicted to produce B x E(k) tokens in
+profile.step_time_ms(B, k) (drafting k tokens plus verifying k + 1 positions; see
+`nightjar_rl.policy.profile`). The oracle returns argmax_k of B x E(k) / step time, ties to the
+smaller k.
+
+a is the observation's `ema_acceptance`. Before any speculative step has been seen (the
+observation's acceptance histogram is all zero) the oracle uses `prior_acceptance`. During a
+stretch of k = 0 the tracker does not update the EMA, so the oracle keeps using the last
+(stale) estimate: by design, the decision to re-enable rests on what was last measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from nightjar_rl.env.observation import obs_field, obs_histogram
+from nightjar_rl.policy.base import Policy, batch_of, check_float
+from nightjar_rl.policy.profile import HardwareProfile
+
+
+def expected_tokens_per_row(acceptance: float, k: int) -> float:
+    """Mean tokens a row gains in one step with k drafts at per-token acceptance `acceptance`."""
+    a = min(max(float(acceptance), 0.0), 1.0)
+    if a >= 1.0:
+        return float(k + 1)
+    return (1.0 - a ** (k + 1)) / (1.0 - a)
+
+
+def expected_goodput(profile: HardwareProfile, batch: int, k: int, acceptance: float) -> float:
+    """Predicted tokens/s of one decode step over `batch` rows with speculation length k."""
+    batch = max(int(batch), 1)
+    ms = profile.step_time_ms(batch, k)
+    if ms <= 0:
+        raise ValueError(
+            f"hardware profile predicts a non-positive step time ({ms} ms) at batch {batch}, k {k}"
+        )
+    return batch * expected_tokens_per_row(acceptance, k) / (ms / 1000.0)
+
+
+def as_profile(profile: HardwareProfile | Mapping | str | Path) -> HardwareProfile:
+    if isinstance(profile, HardwareProfile):
+        return profile
+    if isinstance(profile, Mapping):
+        return HardwareProfile.from_dict(profile)
+    if isinstance(profile, (str, Path)):
+        return HardwareProfile.load(profile)
+    raise ValueError(
+        f"profile must be a HardwareProfile, a profile dict or a path, got {type(profile).__name__}"
+    )
+
+
+class GoodputOracle(Policy):
+    """k maximising predicted goodput from a hardware profile and the EMA acceptance rate."""
+
+    type_name = "oracle"
+
+    def __init__(
+        self, profile: HardwareProfile | Mapping | str | Path, max_k: int, prior_acceptance: float = 0.5
+    ):
+        super().__init__(max_k)
+        self.profile = as_profile(profile)
+        self.prior_acceptance = check_float("prior_acceptance", prior_acceptance, 0.0, 1.0)
+
+    def acceptance(self, obs: np.ndarray) -> float:
+        if obs_histogram(obs).sum() <= 0:
+            return self.prior_acceptance
+        return min(max(obs_field(obs, "ema_acceptance"), 0.0), 1.0)
+
+    def goodputs(self, batch: int, acceptance: float) -> np.ndarray:
+        """Predicted goodput for every k in 0..max_k."""
+        return np.array([expected_goodput(self.profile, batch, k, acceptance) for k in range(self.max_k + 1)])
+
+    def predict(self, obs: np.ndarray, deterministic: bool = True) -> int:
+        return int(np.argmax(self.goodputs(batch_of(obs), self.acceptance(obs))))
+
+    def params(self) -> dict:
+        return {"profile": self.profile.to_dict(), "prior_acceptance": self.prior_acceptance}
+
+    @property
+    def name(self) -> str:
+        return f"oracle({self.profile.model}@{self.profile.device})"

@@ -1,0 +1,148 @@
+"""Build policies from config specs (YAML/CLI): `make_policy(spec, max_k)`.
+
+A spec is a dict with a "type" and that type's constructor fields, or a short string:
+
+    {"type": "fixed", "k": 3}                       "fixed-3"      "off" (= fixed-0)
+    {"type": "disable_by_batch_size", "k": 4, "threshold": 8}
+    {"type": "table", "preset": "mlc_llm"}          "table-mlc_llm"
+    {"type": "table", "table": {"1-8": 4, "9+": 0}}
+    {"type": "hf_heuristic", "start_k": 5}          "hf_heuristic"  "hf_heuristic-5"
+    {"type": "oracle", "profile": "envs/profiles/x.json"}   "oracle-envs/profiles/x.json"
+    {"type": "nightjar", "epsilon": 0.2}            "nightjar"     "ucb1"    "thompson"
+    {"type": "hysteresis", "policy": "nightjar", "dwell": 4}
+
+Hyphens and underscores in type names are interchangeable. Unknown types and fields raise
+ValueError naming them. A spec may also be an artifact dict (with "format"), which is loaded.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+
+from nightjar_rl.policy.bandits import BucketedBandit, NightjarBandit, ThompsonBandit, UCB1Bandit
+from nightjar_rl.policy.base import Policy
+from nightjar_rl.policy.baselines import DisableByBatchSize, FixedK
+from nightjar_rl.policy.hf_heuristic import HFHeuristic
+from nightjar_rl.policy.hysteresis import Hysteresis
+from nightjar_rl.policy.oracle import GoodputOracle
+from nightjar_rl.policy.table import BatchSizeTable
+
+POLICY_TYPES: dict[str, type[Policy]] = {
+    cls.type_name: cls
+    for cls in (
+        FixedK,
+        DisableByBatchSize,
+        BatchSizeTable,
+        HFHeuristic,
+        GoodputOracle,
+        NightjarBandit,
+        UCB1Bandit,
+        ThompsonBandit,
+        Hysteresis,
+    )
+}
+ALIASES = {"off": ("fixed", {"k": 0})}
+# the field a "type-ARG" string fills, and how to parse ARG
+PRIMARY_FIELD = {
+    "fixed": ("k", int),
+    "table": ("preset", str),
+    "hf_heuristic": ("start_k", int),
+    "oracle": ("profile", str),
+}
+
+
+def _norm(name: str) -> str:
+    return str(name).strip().lower().replace("-", "_")
+
+
+def policy_fields(cls: type[Policy]) -> list[str]:
+    """Constructor fields a spec may set for `cls` (max_k excluded: it comes from the caller)."""
+    names: list[str] = []
+    for klass in (cls, BucketedBandit) if issubclass(cls, BucketedBandit) else (cls,):
+        for p in inspect.signature(klass.__init__).parameters.values():
+            if p.name not in ("self", "max_k", "kwargs") and p.name not in names:
+                names.append(p.name)
+    return names
+
+
+def required_fields(cls: type[Policy]) -> list[str]:
+    return [
+        p.name
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name not in ("self", "max_k")
+        and p.default is inspect.Parameter.empty
+        and p.kind != p.VAR_KEYWORD
+    ]
+
+
+def parse_spec_string(text: str) -> dict:
+    """'fixed-3' -> {'type': 'fixed', 'k': 3}; 'nightjar' -> {'type': 'nightjar'}."""
+    text = text.strip()
+    if _norm(text) in ALIASES:
+        name, fields = ALIASES[_norm(text)]
+        return {"type": name, **fields}
+    parts = text.split("-")
+    for i in range(len(parts), 0, -1):
+        head = _norm("_".join(parts[:i]))
+        if head not in POLICY_TYPES:
+            continue
+        arg = "-".join(parts[i:])
+        if not arg:
+            return {"type": head}
+        if head not in PRIMARY_FIELD:
+            raise ValueError(
+                f"policy {text!r}: type {head!r} takes no argument in string form; use a dict spec"
+            )
+        field, conv = PRIMARY_FIELD[head]
+        try:
+            return {"type": head, field: conv(arg)}
+        except ValueError:
+            raise ValueError(f"policy {text!r}: {field} must be {conv.__name__}, got {arg!r}") from None
+    raise ValueError(f"unknown policy {text!r}; known types: {', '.join(sorted(POLICY_TYPES))}, off")
+
+
+def build_policy(type_name: str, params: Mapping, max_k: int) -> Policy:
+    """Construct policy `type_name` from its fields, validating the field names."""
+    name = _norm(type_name)
+    if name not in POLICY_TYPES:
+        raise ValueError(f"unknown policy type {type_name!r}; known types: {', '.join(sorted(POLICY_TYPES))}")
+    cls = POLICY_TYPES[name]
+    allowed = policy_fields(cls)
+    for key in params:
+        if key not in allowed:
+            raise ValueError(
+                f"policy type {name!r} has no field {key!r}; its fields are: {', '.join(allowed)}"
+            )
+    missing = [f for f in required_fields(cls) if f not in params]
+    if missing:
+        raise ValueError(f"policy type {name!r} needs field(s) {', '.join(missing)}")
+    kwargs = dict(params)
+    if cls is Hysteresis:
+        return Hysteresis(make_policy(kwargs.pop("policy"), max_k), **kwargs)
+    return cls(max_k=max_k, **kwargs)
+
+
+def make_policy(spec: Mapping | str | Policy, max_k: int) -> Policy:
+    """Build a policy from a spec dict or string (see module docstring)."""
+    if isinstance(spec, Policy):
+        if spec.max_k != max_k:
+            raise ValueError(f"policy {spec.name} has max_k={spec.max_k}, expected {max_k}")
+        return spec
+    if isinstance(spec, str):
+        spec = parse_spec_string(spec)
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"a policy spec must be a dict or a string, got {type(spec).__name__}")
+    if "format" in spec:
+        from nightjar_rl.policy.artifact import policy_from_dict
+
+        policy = policy_from_dict(spec)
+        if policy.max_k != max_k:
+            raise ValueError(f"policy artifact has max_k={policy.max_k}, expected {max_k}")
+        return policy
+    if "type" not in spec:
+        raise ValueError(f"policy spec {dict(spec)!r} has no 'type' field")
+    fields = {k: v for k, v in spec.items() if k != "type"}
+    if "max_k" in fields and fields.pop("max_k") != max_k:
+        raise ValueError(f"policy spec field 'max_k'={spec['max_k']!r} disagrees with max_k={max_k}")
+    return build_policy(spec["type"], fields, max_k)
