@@ -1,13 +1,13 @@
-"""The `nightjar-rl` command: generate, bench, profile (and the subcommands other modules add)."""
+"""The `nightjar-rl` command: generate, bench, profile, experiment, datastore."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
+from nightjar_rl.experiments.cli import add_experiment_parser
 from nightjar_rl.stack import DECODERS, DRAFTERS, EngineConfig
 
 DEFAULT_PROFILE_DIR = Path("envs") / "profiles"
@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default=None, help=f"output JSON (default: {DEFAULT_PROFILE_DIR}/<model>-<device>-<dtype>.json)")
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=cmd_profile)
+
+    add_experiment_parser(sub)
     return parser
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nightjar_rl.serving.loop import ServeResult
+from nightjar_rl.serving.session import ServeResult
 
 
 def summarize(result: ServeResult) -> dict:

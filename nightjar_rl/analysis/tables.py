@@ -1,0 +1,46 @@
+"""Summary tables of tidy results (one row per policy x rate x seed)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def summary_table(df: pd.DataFrame, metric: str = "throughput_tok_s") -> pd.DataFrame:
+    """Policy x rate table of `metric` averaged over seeds (policies in first-seen order)."""
+    order = list(dict.fromkeys(df["policy"]))
+    table = df.pivot_table(index="policy", columns="rate", values=metric, aggfunc="mean")
+    return table.reindex(order)
+
+
+def best_fixed_comparison(df: pd.DataFrame, policy: str, fixed: list[str]) -> pd.DataFrame:
+    """Per rate: `policy`'s mean throughput vs the best fixed-k policy at that rate and vs the single
+    fixed k that is best over the whole sweep (ratios > 1 mean `policy` is faster)."""
+    table = summary_table(df)
+    if policy not in table.index or not set(fixed) & set(table.index):
+        raise ValueError(f"need policy {policy!r} and at least one of {fixed} in the results")
+    fixed_table = table.loc[[f for f in fixed if f in table.index]]
+    best_single = fixed_table.mean(axis=1).idxmax()
+    return pd.DataFrame({
+        policy: table.loc[policy],
+        "best_fixed_at_rate": fixed_table.max(axis=0),
+        "best_fixed_name": fixed_table.idxmax(axis=0),
+        "vs_best_at_rate": table.loc[policy] / fixed_table.max(axis=0),
+        f"vs_{best_single}": table.loc[policy] / fixed_table.loc[best_single],
+    })
+
+
+def format_summary(df: pd.DataFrame) -> str:
+    """Text for the terminal: throughput and e2e p50 latency by policy x rate (mean over seeds)."""
+    parts = []
+    for metric, label, fmt in (
+        ("throughput_tok_s", "throughput (output tokens/s)", "{:.1f}"),
+        ("goodput_tok_s", "goodput (tokens/s within SLO)", "{:.1f}"),
+        ("e2e_p50_s", "end-to-end latency p50 (s)", "{:.2f}"),
+        ("mean_k", "mean k", "{:.2f}"),
+    ):
+        if metric not in df.columns:
+            continue
+        table = summary_table(df, metric)
+        table.columns = [f"{r:g}/s" for r in table.columns]
+        parts.append(f"{label}, by request rate:\n" + table.to_string(float_format=fmt.format))
+    return "\n\n".join(parts)

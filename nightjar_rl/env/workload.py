@@ -1,0 +1,54 @@
+"""Seeded workloads for a scenario: which prompts arrive, and when.
+
+All randomness comes from the numpy Generator passed in (the env's `self.np_random`, or
+`gymnasium.utils.seeding.np_random(seed)` in evaluation), so one seed gives one workload. Prompts are
+drawn first, then arrival times: for a given seed every arrival rate sees the same prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nightjar_rl.decoding.sequence import Request
+from nightjar_rl.serving.arrivals import ArrivalProcess
+from nightjar_rl.serving.workload import build_requests, encode_prompt, load_prompts
+
+
+@dataclass
+class PromptPool:
+    """Prompt token ids encoded once per tokenizer (encoding is the slow part)."""
+
+    ids: list[str]
+    token_ids: list[list[int]]
+
+    @classmethod
+    def build(cls, prompts: dict, tokenizer, vocab_size: int, max_prompt_tokens: int | None = None) -> PromptPool:
+        records = load_prompts(prompts.get("path", "bundled"), prompts.get("families"))
+        encoded = [encode_prompt(tokenizer, r.prompt, vocab_size) for r in records]
+        if max_prompt_tokens is not None:
+            encoded = [e[-max_prompt_tokens:] for e in encoded]
+        return cls([r.id for r in records], encoded)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def sample_requests(
+    pool: PromptPool,
+    arrivals: ArrivalProcess,
+    num_requests: int,
+    max_new_tokens: int,
+    rng: np.random.Generator,
+) -> list[Request]:
+    """`num_requests` prompts drawn from the pool (without replacement while it lasts), paired with
+    arrival times from `arrivals` (which may return fewer, e.g. a finite schedule)."""
+    if num_requests < 1:
+        raise ValueError(f"num_requests must be >= 1, got {num_requests}")
+    picks = rng.choice(len(pool), size=num_requests, replace=num_requests > len(pool))
+    times = arrivals.sample(num_requests, rng)
+    picks = picks[: len(times)]
+    return build_requests(
+        [pool.token_ids[i] for i in picks], [pool.ids[i] for i in picks], times, max_new_tokens
+    )

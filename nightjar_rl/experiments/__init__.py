@@ -1,0 +1,10 @@
+"""Experiments: typed configs, training, evaluation over a rate sweep, the run-folder pipeline."""
+
+from nightjar_rl.experiments.config import (
+    ExperimentConfig,
+    ExperimentError,
+    experiment_from_dict,
+    load_experiment,
+)
+
+__all__ = ["ExperimentConfig", "ExperimentError", "experiment_from_dict", "load_experiment"]

@@ -1,0 +1,178 @@
+"""Typed experiment configs (experiments/*.yaml), validated at the edge with one-line errors.
+
+Fields:
+
+    name          str    experiment name (defaults to the file stem); part of the run name
+    scenario      str    scenario name in envs/ or a YAML path (model, drafter, prompts, max_k...)
+    rates         list   request rates (requests/s, finite, > 0) of the evaluation sweep
+    seeds         list   workload seeds; every policy sees the same workload per (rate, seed)
+    num_requests  int    requests per evaluation cell (default: the scenario's)
+    max_new_tokens int   output budget per request (default: the scenario's)
+    slo           map    goodput definition: {tpot_s: S, ttft_s: S or null}
+    policies      list   [{name: LABEL, spec: SPEC}]; SPEC goes to nightjar_rl.policy.make_policy.
+                         Learners (policy.learning is True) are trained first.
+    train         map    {episodes: N, rates: [...] (default: rates), num_requests: N, seed: S}
+    evaluate      map    {learn: false}: whether learners keep learning during evaluation
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ExperimentError(ValueError):
+    """A bad experiment config (message names the field)."""
+
+
+@dataclass
+class PolicyEntry:
+    name: str
+    spec: dict | str
+
+
+@dataclass
+class TrainConfig:
+    episodes: int = 4
+    rates: list[float] | None = None  # None: the evaluation rates, cycled
+    num_requests: int | None = None  # None: the evaluation num_requests
+    seed: int = 10_000  # training workloads use seeds seed, seed+1, ... (apart from evaluation seeds)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    scenario: str
+    rates: list[float]
+    seeds: list[int]
+    policies: list[PolicyEntry]
+    num_requests: int | None = None
+    max_new_tokens: int | None = None
+    slo: dict = field(default_factory=lambda: {"tpot_s": 0.25, "ttft_s": None})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    learn_during_eval: bool = False
+    base_dir: str | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("base_dir")
+        return d
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _rates(name: str, key: str, value) -> list[float]:
+    if not isinstance(value, list) or not value or not all(_num(r) and r > 0 and math.isfinite(r) for r in value):
+        raise ExperimentError(f"experiment {name!r}: field '{key}' must be a non-empty list of finite rates > 0 "
+                              f"(requests/s), got {value!r}")
+    return [float(r) for r in value]
+
+
+_TOP = {"name", "scenario", "rates", "seeds", "policies", "num_requests", "max_new_tokens", "slo", "train", "evaluate"}
+
+
+def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | None = None) -> ExperimentConfig:
+    """Validate a mapping into an ExperimentConfig (ExperimentError naming the first bad field)."""
+    if not isinstance(data, dict):
+        raise ExperimentError(f"experiment {name!r}: expected a mapping of fields, got {type(data).__name__}")
+    name = data.get("name", name)
+    if not isinstance(name, str) or not name or "__" in name:
+        raise ExperimentError(f"experiment: field 'name' must be a non-empty string without '__', got {name!r}")
+
+    def fail(msg: str) -> ExperimentError:
+        return ExperimentError(f"experiment {name!r}: {msg}")
+
+    unknown = set(data) - _TOP
+    if unknown:
+        raise fail(f"unknown field(s): {', '.join(sorted(unknown))}")
+    for key in ("scenario", "rates", "seeds", "policies"):
+        if key not in data:
+            raise fail(f"field '{key}' is required")
+    scenario = data["scenario"]
+    if not isinstance(scenario, str) or not scenario:
+        raise fail(f"field 'scenario' must be a scenario name or YAML path, got {scenario!r}")
+    rates = _rates(name, "rates", data["rates"])
+    seeds = data["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise fail(f"field 'seeds' must be a non-empty list of distinct integers >= 0, got {seeds!r}")
+    for key in ("num_requests", "max_new_tokens"):
+        v = data.get(key)
+        if v is not None and (not _int(v) or v < 1):
+            raise fail(f"field '{key}' must be an integer >= 1, got {v!r}")
+    slo = data.get("slo", {"tpot_s": 0.25, "ttft_s": None})
+    if not isinstance(slo, dict) or not set(slo) <= {"tpot_s", "ttft_s"} or not (_num(slo.get("tpot_s")) and slo["tpot_s"] > 0):
+        raise fail(f"field 'slo' must be {{tpot_s: SECONDS > 0, ttft_s: SECONDS or null}}, got {slo!r}")
+    if slo.get("ttft_s") is not None and not (_num(slo["ttft_s"]) and slo["ttft_s"] > 0):
+        raise fail(f"field 'slo.ttft_s' must be a number > 0 or null, got {slo['ttft_s']!r}")
+    slo = {"tpot_s": float(slo["tpot_s"]), "ttft_s": None if slo.get("ttft_s") is None else float(slo["ttft_s"])}
+
+    raw = data["policies"]
+    if not isinstance(raw, list) or not raw:
+        raise fail("field 'policies' must be a non-empty list of {name, spec} entries")
+    policies: list[PolicyEntry] = []
+    for i, entry in enumerate(raw):
+        if isinstance(entry, str):
+            entry = {"name": entry, "spec": entry}
+        if not isinstance(entry, dict) or "spec" not in entry or not set(entry) <= {"name", "spec"}:
+            raise fail(f"field 'policies[{i}]' must be a policy spec string or a mapping {{name, spec}}, got {entry!r}")
+        spec = entry["spec"]
+        if isinstance(spec, bool):
+            raise fail(f"field 'policies[{i}].spec' is a boolean ({spec!r}); quote it: YAML reads off/on as booleans")
+        if not isinstance(spec, (str, dict)) or not spec:
+            raise fail(f"field 'policies[{i}].spec' must be a string or a mapping, got {spec!r}")
+        label = entry.get("name") or (spec if isinstance(spec, str) else None)
+        if not isinstance(label, str) or not label or "/" in label:
+            raise fail(f"field 'policies[{i}].name' must be a non-empty label without '/', got {label!r}")
+        policies.append(PolicyEntry(label, spec))
+    names = [p.name for p in policies]
+    if len(set(names)) != len(names):
+        raise fail(f"field 'policies' has duplicate names: {sorted({n for n in names if names.count(n) > 1})}")
+
+    t = data.get("train") or {}
+    if not isinstance(t, dict) or not set(t) <= {"episodes", "rates", "num_requests", "seed"}:
+        raise fail(f"field 'train' must be a mapping with episodes, rates, num_requests, seed; got {t!r}")
+    train = TrainConfig()
+    if "episodes" in t:
+        if not _int(t["episodes"]) or t["episodes"] < 0:
+            raise fail(f"field 'train.episodes' must be an integer >= 0, got {t['episodes']!r}")
+        train.episodes = t["episodes"]
+    if t.get("rates") is not None:
+        train.rates = _rates(name, "train.rates", t["rates"])
+    if t.get("num_requests") is not None:
+        if not _int(t["num_requests"]) or t["num_requests"] < 1:
+            raise fail(f"field 'train.num_requests' must be an integer >= 1, got {t['num_requests']!r}")
+        train.num_requests = t["num_requests"]
+    if "seed" in t:
+        if not _int(t["seed"]) or t["seed"] < 0:
+            raise fail(f"field 'train.seed' must be an integer >= 0, got {t['seed']!r}")
+        train.seed = t["seed"]
+
+    ev = data.get("evaluate") or {}
+    if not isinstance(ev, dict) or not set(ev) <= {"learn"} or not isinstance(ev.get("learn", False), bool):
+        raise fail(f"field 'evaluate' must be a mapping {{learn: true|false}}, got {ev!r}")
+    return ExperimentConfig(
+        name=name, scenario=scenario, rates=rates, seeds=list(seeds), policies=policies,
+        num_requests=data.get("num_requests"), max_new_tokens=data.get("max_new_tokens"), slo=slo,
+        train=train, learn_during_eval=ev.get("learn", False), base_dir=base_dir,
+    )
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExperimentError(f"experiment config not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ExperimentError(f"experiment {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return experiment_from_dict(data if data is not None else {}, path.stem, str(path.parent))

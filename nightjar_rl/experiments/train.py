@@ -1,0 +1,57 @@
+"""Train a learner on the live env: episodes of predict -> step -> update with the env's reward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
+
+
+def run_episode(env: SpecDecodeEnv, policy, seed: int, options: dict | None = None, learn: bool = True) -> dict:
+    """One episode; the learner updates after every step when `learn`. Returns an episode summary."""
+    obs, _ = env.reset(seed=seed, options=options)
+    policy.reset()
+    total_reward, tokens, ks, steps = 0.0, 0, [], 0
+    busy = 0.0
+    while True:
+        k = int(policy.predict(obs, deterministic=not learn))
+        next_obs, reward, terminated, truncated, info = env.step(k)
+        stats = info["stats"]
+        policy.observe(stats)
+        if learn and stats.batch_size > 0:  # prefill-only steps: k had no effect
+            policy.update(obs, k, reward)
+        obs = next_obs
+        total_reward += reward
+        tokens += stats.tokens_out
+        busy += stats.wall_time
+        steps += 1
+        if stats.batch_size > 0:
+            ks.append(k)
+        if terminated or truncated:
+            break
+    return {
+        "seed": seed, "steps": steps, "mean_reward": total_reward / steps, "tokens": tokens, "clock_s": info["clock"],
+        "busy_s": busy, "throughput_tok_s": tokens / info["clock"] if info["clock"] > 0 else float("nan"),
+        "mean_k": float(np.mean(ks)) if ks else float("nan"), "terminated": terminated, "truncated": truncated,
+    }
+
+
+def train_policy(policy, env: SpecDecodeEnv, episodes: int, rates: list[float] | None, seed: int,
+                 num_requests: int | None = None, progress: bool = True, desc: str = "train") -> pd.DataFrame:
+    """Train `policy` (a learner) for `episodes` episodes, cycling the Poisson `rates` (None: the
+    scenario's own arrivals). Episode i uses workload seed `seed + i`. One row per episode."""
+    if not getattr(policy, "learning", False):
+        raise ValueError(f"policy {policy!r} is not a learner (its 'learning' attribute is not True)")
+    rows = []
+    for i in tqdm(range(episodes), desc=desc, unit="ep", disable=not progress, leave=False):
+        options: dict = {}
+        if rates:
+            options["rate"] = rates[i % len(rates)]
+        if num_requests is not None:
+            options["num_requests"] = num_requests
+        row = run_episode(env, policy, seed + i, options)
+        row.update(episode=i, rate=options.get("rate", float("nan")))
+        rows.append(row)
+    return pd.DataFrame(rows)

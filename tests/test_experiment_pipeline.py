@@ -1,0 +1,132 @@
+"""The experiment pipeline end to end on experiments/tiny.yaml: table, plots, resume."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from nightjar_rl.experiments import runner
+from nightjar_rl.experiments.cli import run_experiment_cli
+from nightjar_rl.experiments.config import ExperimentError, experiment_from_dict, load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "experiments" / "tiny.yaml"
+PNGS = ("throughput_vs_rate.png", "latency_vs_rate.png", "k_by_batch.png")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert run_experiment_cli(str(TINY), None, str(out)) == 0
+    (run_dir,) = out.iterdir()
+    return run_dir
+
+
+def test_pipeline_writes_table_and_plots(tiny_run):
+    cfg = load_experiment(TINY)
+    assert tiny_run.name.startswith(f"tiny__{cfg.name}__{cfg.seeds[0]}__")
+    df = pd.read_csv(tiny_run / "results.csv")
+    assert len(df) == len(cfg.policies) * len(cfg.rates) * len(cfg.seeds)
+    assert not df.duplicated(["policy", "rate", "seed"]).any()
+    for col in ("throughput_tok_s", "goodput_tok_s", "ttft_p50_s", "ttft_p95_s", "tpot_p50_s", "tpot_p95_s",
+                "e2e_p50_s", "e2e_p95_s", "mean_k", "acceptance_rate"):
+        assert col in df.columns
+    assert (df["throughput_tok_s"] > 0).all()
+    assert (df["requests"] == cfg.num_requests).all()
+    fixed = df.set_index("policy")["mean_k"]
+    assert (fixed.loc["k0"] == 0).all() and (fixed.loc["k2"] == 2).all()
+    assert df.loc[df["policy"] == "nightjar", "learned"].all()
+    # same seeded workload for every policy: the same number of output tokens per (rate, seed)
+    # (greedy float32: speculation never changes the text)
+    assert (df.groupby(["rate", "seed"])["output_tokens"].nunique() == 1).all()
+    for name in PNGS:
+        assert (tiny_run / name).stat().st_size > 1000
+    assert (tiny_run / "policies" / "nightjar.json").is_file()
+    train = pd.read_csv(tiny_run / "train.csv")
+    assert len(train) == cfg.train.episodes
+    kdf = pd.read_csv(tiny_run / "k_by_batch.csv")
+    assert set(kdf["policy"]) == {p.name for p in cfg.policies}
+    assert "throughput" in (tiny_run / "summary.txt").read_text()
+
+
+def test_resume_skips_finished_cells(tmp_path, monkeypatch):
+    cfg = load_experiment(TINY)
+    real = runner.evaluate_cell
+    calls = []
+
+    def interrupted_after_five(*args, **kwargs):
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        calls.append(args[4:6])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate_cell", interrupted_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_experiment(cfg, out_dir=tmp_path, progress=False)
+    (run_dir,) = tmp_path.iterdir()
+    partial = pd.read_csv(run_dir / "results.csv")
+    assert len(partial) == 5
+    policy_file = run_dir / "policies" / "nightjar.json"
+    trained = policy_file.read_text()
+
+    calls.clear()
+    monkeypatch.setattr(runner, "evaluate_cell", lambda *a, **k: (calls.append(a[4:6]), real(*a, **k))[1])
+    result = runner.run_experiment(cfg, out_dir=tmp_path, resume=run_dir, progress=False)
+    total = len(cfg.policies) * len(cfg.rates) * len(cfg.seeds)
+    assert len(calls) == total - 5
+    assert len(result.results) == total
+    assert not result.results.duplicated(["policy", "rate", "seed"]).any()
+    pd.testing.assert_frame_equal(result.results.iloc[:5].reset_index(drop=True), partial)  # kept as measured
+    assert policy_file.read_text() == trained  # reused, not retrained
+    assert len(pd.read_csv(run_dir / "train.csv")) == cfg.train.episodes
+
+
+def test_resume_refuses_a_changed_config(tiny_run):
+    cfg = load_experiment(TINY)
+    cfg.seeds = [0, 1, 2]
+    with pytest.raises(ExperimentError, match="seeds"):
+        runner.run_experiment(cfg, resume=tiny_run, progress=False)
+
+
+BASE = {"scenario": "tiny", "rates": [1], "seeds": [0], "policies": ["fixed-1"]}
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"rates": [0]}, "'rates'"),
+    ({"rates": "fast"}, "'rates'"),
+    ({"seeds": [0, 0]}, "'seeds'"),
+    ({"policies": []}, "'policies'"),
+    ({"policies": [{"name": "a", "spec": False}]}, "policies[0].spec"),
+    ({"policies": ["fixed-1", "fixed-1"]}, "duplicate"),
+    ({"train": {"episodes": -1}}, "'train.episodes'"),
+    ({"evaluate": {"learn": "yes"}}, "'evaluate'"),
+    ({"slo": {"tpot_s": 0}}, "'slo'"),
+    ({"colour": "blue"}, "colour"),
+    ({"scenario": None}, "'scenario'"),
+])
+def test_bad_config_names_the_field(change, field):
+    with pytest.raises(ExperimentError) as err:
+        experiment_from_dict({**BASE, **change}, "bad")
+    assert field in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_field_and_bad_policy_spec(tmp_path):
+    with pytest.raises(ExperimentError, match="'seeds' is required"):
+        experiment_from_dict({k: v for k, v in BASE.items() if k != "seeds"}, "bad")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scenario: tiny\nrates: [1]\nseeds: [0]\npolicies: [warp-9]\n")
+    with pytest.raises(ValueError, match="warp-9"):
+        run_experiment_cli(str(bad), None, str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()  # nothing written for a bad config
+
+
+def test_experiment_subcommand_parser():
+    import argparse
+
+    from nightjar_rl.experiments.cli import add_experiment_parser
+
+    parser = argparse.ArgumentParser()
+    add_experiment_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["experiment", "experiments/tiny.yaml", "--resume", "runs/x"])
+    assert (args.command, args.config, args.resume, args.out_dir) == ("experiment", "experiments/tiny.yaml", "runs/x", "runs")
+    assert callable(args.func)
