@@ -58,3 +58,18 @@ class SlotKVCache(Cache):
         for k, v in zip(self.keys, self.values):
             k[dst, :, :length] = k[src, :, :length]
             v[dst, :, :length] = v[src, :, :length]
+
+    def copy_within(self, slots: list[int], src: list[int], dst: list[int]) -> None:
+        """Copy entry `src[i]` of slot `slots[i]` to entry `dst[i]` of the same slot, in every layer
+        (token-tree KV repair). All reads happen before any write, so moves may chain."""
+        if not slots:
+            return
+        if not len(slots) == len(src) == len(dst):
+            raise ValueError("slots, src and dst must have the same length")
+        device = self.keys[0].device
+        s = torch.tensor(slots, dtype=torch.long, device=device)
+        a = torch.tensor(src, dtype=torch.long, device=device)
+        b = torch.tensor(dst, dtype=torch.long, device=device)
+        for k, v in zip(self.keys, self.values):
+            k[s, :, b] = k[s, :, a]
+            v[s, :, b] = v[s, :, a]

@@ -8,6 +8,7 @@ A spec is a dict with a "type" and that type's constructor fields, or a short st
     {"type": "table", "table": {"1-8": 4, "9+": 0}}
     {"type": "hf_heuristic", "start_k": 5}          "hf_heuristic"  "hf_heuristic-5"
     {"type": "oracle", "profile": "envs/profiles/x.json"}   "oracle-envs/profiles/x.json"
+    {"type": "sssd", "profile": "envs/profiles/x.json"}     "sssd-envs/profiles/x.json"   {"type": "sssd", "knee": 8}
     {"type": "nightjar", "epsilon": 0.2}            "nightjar"     "ucb1"    "thompson"
     {"type": "hysteresis", "policy": "nightjar", "dwell": 4}
 
@@ -26,6 +27,7 @@ from nightjar_rl.policy.baselines import DisableByBatchSize, FixedK
 from nightjar_rl.policy.hf_heuristic import HFHeuristic
 from nightjar_rl.policy.hysteresis import Hysteresis
 from nightjar_rl.policy.oracle import GoodputOracle
+from nightjar_rl.policy.sssd import SSSDBudgetPolicy
 from nightjar_rl.policy.table import BatchSizeTable
 
 POLICY_TYPES: dict[str, type[Policy]] = {
@@ -40,6 +42,7 @@ POLICY_TYPES: dict[str, type[Policy]] = {
         UCB1Bandit,
         ThompsonBandit,
         Hysteresis,
+        SSSDBudgetPolicy,
     )
 }
 ALIASES = {"off": ("fixed", {"k": 0})}
@@ -49,6 +52,7 @@ PRIMARY_FIELD = {
     "table": ("preset", str),
     "hf_heuristic": ("start_k", int),
     "oracle": ("profile", str),
+    "sssd": ("profile", str),
 }
 
 
