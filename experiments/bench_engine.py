@@ -15,7 +15,6 @@ Every engine output is also checked token for token against HF greedy (float32: 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path

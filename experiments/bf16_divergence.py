@@ -15,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from bench_engine import hf_generate  # noqa: E402  (same folder)
 
 from nightjar_rl.io import atomic_write_text
 from nightjar_rl.models import load_model
 from nightjar_rl.serving import build_requests, load_prompts, serve
 from nightjar_rl.serving.workload import encode_prompt
 from nightjar_rl.stack import EngineConfig, build_stack
-
-from bench_engine import hf_generate  # noqa: E402  (same folder)
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:

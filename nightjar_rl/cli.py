@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+from nightjar_rl.decoding.datastore_cli import add_datastore_parser
 from nightjar_rl.experiments.cli import add_experiment_parser
 from nightjar_rl.stack import DECODERS, DRAFTERS, EngineConfig
 
@@ -32,6 +33,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-seq-len", type=int, default=1024, help="context per request (prompt + new tokens)")
     g.add_argument("--max-kv-tokens", type=int, default=None, help="KV token budget; requests queue beyond it")
     g.add_argument("--max-speculation", type=int, default=8, help="largest k the engine accepts")
+    g.add_argument("--datastore", default=None, help="sssd: datastore built by `nightjar-rl datastore build`")
     g.add_argument("--ngram-max", type=int, default=3)
     g.add_argument("--ngram-min", type=int, default=1)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -45,7 +47,7 @@ def _engine_config(a: argparse.Namespace) -> EngineConfig:
         model=a.model, drafter=a.drafter, draft=a.draft, dtype=a.dtype, device=a.device, decoder=a.decoder,
         max_batch_size=a.max_batch_size, max_seq_len=a.max_seq_len, max_kv_tokens=a.max_kv_tokens,
         max_speculation=a.max_speculation, ngram_max=a.ngram_max, ngram_min=a.ngram_min,
-        temperature=a.temperature, top_p=a.top_p, seed=a.seed, threads=a.threads,
+        temperature=a.temperature, top_p=a.top_p, seed=a.seed, threads=a.threads, datastore=a.datastore,
     )
 
 
@@ -200,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_profile)
 
     add_experiment_parser(sub)
+    add_datastore_parser(sub)
     return parser
 
 

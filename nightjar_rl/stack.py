@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from nightjar_rl.decoding import DraftModelDrafter, NgramDrafter, SamplingParams, SpeculativeEngine
+from nightjar_rl.decoding.parallel import PARALLEL_OPTIONS, ParallelBatchDecoder
 from nightjar_rl.models import (
     DEFAULT_MODEL,
     LoadedModel,
@@ -17,8 +18,8 @@ from nightjar_rl.models import (
     load_model,
 )
 
-DRAFTERS = ("none", "draft", "ngram")
-DECODERS = ("standard",)
+DRAFTERS = ("none", "draft", "ngram", "sssd")
+DECODERS = ("standard", "parallel")
 EARLY_EXIT = "early-exit:"
 
 
@@ -27,7 +28,7 @@ class EngineConfig:
     """Everything needed to build an engine. Field docs are the CLI's help."""
 
     model: str = DEFAULT_MODEL  # target: smollm2-135m, tiny-random[-SEED], or an HF name/path
-    drafter: str = "ngram"  # none | draft | ngram
+    drafter: str = "ngram"  # none | draft | ngram | sssd
     draft: str | None = None  # draft model (HF name/path, tiny-random-N) or early-exit:L
     dtype: str = "float32"  # float32 (exact) | bfloat16 (faster on CPU, may flip near-ties)
     device: str | None = None  # default: cuda when available, else cpu
@@ -42,6 +43,7 @@ class EngineConfig:
     top_p: float = 1.0
     seed: int = 0
     threads: int | None = None  # torch intra-op threads on CPU (default: torch's choice)
+    datastore: str | None = None  # sssd: datastore .npz (`nightjar-rl datastore build`); else extra["datastore"]
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -78,6 +80,8 @@ def _build_drafter(cfg: EngineConfig, target: LoadedModel):
         return None
     if cfg.drafter == "ngram":
         return NgramDrafter(cfg.ngram_max, cfg.ngram_min)
+    if cfg.drafter == "sssd":
+        return _build_sssd(cfg, target)
     if cfg.draft.startswith(EARLY_EXIT):
         layers = cfg.draft[len(EARLY_EXIT):]
         if not layers.isdigit():
@@ -88,13 +92,29 @@ def _build_drafter(cfg: EngineConfig, target: LoadedModel):
     return DraftModelDrafter(draft.model)
 
 
+def _build_sssd(cfg: EngineConfig, target: LoadedModel):
+    from nightjar_rl.decoding.datastore import Datastore, tokenizer_fingerprint
+    from nightjar_rl.decoding.drafters.sssd import SSSDDrafter
+
+    path = cfg.datastore or cfg.extra.get("datastore")
+    store = None
+    if path:
+        vocab = target.model.config.vocab_size
+        store = Datastore.load(path, vocab, tokenizer_fingerprint(target.tokenizer, vocab))
+    return SSSDDrafter(store, live=bool(cfg.extra.get("datastore_live", False)))
+
+
 def build_stack(cfg: EngineConfig, target: LoadedModel | None = None) -> Stack:
     """Load (or reuse `target`) and assemble the engine described by `cfg`."""
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     target = target or load_model(cfg.model, cfg.dtype, cfg.device)
-    engine = SpeculativeEngine(
+    engine_cls, decoder_kwargs = SpeculativeEngine, {}
+    if cfg.decoder == "parallel":  # options from cfg.extra: draft_threads, verify_threads, draft_device, overlap
+        engine_cls = ParallelBatchDecoder
+        decoder_kwargs = {key: cfg.extra[key] for key in PARALLEL_OPTIONS if key in cfg.extra}
+    engine = engine_cls(
         target.model,
         _build_drafter(cfg, target),
         max_batch_size=cfg.max_batch_size,
@@ -104,5 +124,6 @@ def build_stack(cfg: EngineConfig, target: LoadedModel | None = None) -> Stack:
         eos_token_ids=target.eos_token_ids,
         sampling=SamplingParams(cfg.temperature, cfg.top_p),
         seed=cfg.seed,
+        **decoder_kwargs,
     )
     return Stack(engine, target, cfg)

@@ -72,3 +72,23 @@ def test_malformed_jsonl_names_the_line(tmp_path, capsys):
     bad.write_text('{"prompt": "ok"}\n{not json}\n')
     assert main(["generate", "--model", "tiny-random", "--prompts", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert f"{bad}:2" in capsys.readouterr().err
+
+
+def test_datastore_build_then_sssd_generation_matches_plain(tmp_path):
+    store = tmp_path / "ds.npz"
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "the quick brown fox jumps over the lazy dog"}\n{"text": "a second document"}\n')
+    assert main(["datastore", "build", "--corpus", str(corpus), "--model", "tiny-random", "--out", str(store)]) == 0
+    outs = []
+    for drafter, k in (("none", "0"), ("sssd", "6")):
+        out = tmp_path / f"{drafter}.jsonl"
+        assert main(["generate", "--model", "tiny-random", "--drafter", drafter, "--datastore", str(store),
+                     "--k", k, "--families", "code", "--max-new-tokens", "10", "--max-seq-len", "512",
+                     "--out", str(out), "--quiet"]) == 0
+        outs.append(out.read_text())
+    assert outs[0] == outs[1]
+
+
+def test_missing_datastore_is_one_line_error(capsys):
+    assert main(["bench", "--model", "tiny-random", "--drafter", "sssd", "--datastore", "/no/ds.npz"]) == 2
+    assert "datastore" in capsys.readouterr().err

@@ -261,3 +261,22 @@ def test_engine_runs_in_bf16(dtype):
     engine.submit(Request("a", [1, 2, 3], 10))
     outputs = run_all(engine, [3])
     assert len(outputs["a"]) == 10
+
+
+def test_long_prompt_joining_rows_far_along_stays_in_the_cache(tiny_target):
+    """Draft catch-up pads every row to the longest lag: a long new prompt next to a row near the end
+    of its context must not write past the row's KV slot."""
+    engine = SpeculativeEngine(tiny_target, DraftModelDrafter(early_exit_draft(tiny_target, 2)), max_batch_size=2,
+                               max_seq_len=64, max_speculation=4)
+    a = Request("a", [1, 2, 3], 58)
+    b = Request("b", list(range(10, 50)), 12)
+    engine.submit(a)
+    outputs = {}
+    for _ in range(30):
+        engine.step(2)
+    engine.submit(b)
+    while engine.has_work:
+        engine.step(2)
+        outputs.update({s.request_id: s.output_ids for s in engine.pop_finished()})
+    assert outputs["a"] == greedy_reference(tiny_target, a.prompt_ids, a.max_new_tokens)
+    assert outputs["b"] == greedy_reference(tiny_target, b.prompt_ids, b.max_new_tokens)

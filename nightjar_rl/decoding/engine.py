@@ -13,11 +13,12 @@ from collections import deque
 
 import torch
 
-from nightjar_rl.decoding.drafters.base import DraftProposal, Drafter
+from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
 from nightjar_rl.decoding.runner import ModelRunner
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.decoding.timing import now
+from nightjar_rl.decoding.tree import TokenTree, batch_tree_inputs, repair_moves, tree_greedy_accept
 from nightjar_rl.decoding.verify import SamplingParams, greedy_accept, sample_accept, sample_tokens
 
 
@@ -114,6 +115,15 @@ class SpeculativeEngine:
         done, self.finished = self.finished, []
         return done
 
+    def close(self) -> None:
+        """Release background resources (none here; decoders with worker threads stop them)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # ---- the step ---------------------------------------------------------------------------
     def step(self, k: int) -> StepStats:
         if not isinstance(k, (int,)) or isinstance(k, bool) or not 0 <= k <= self.max_speculation:
@@ -121,16 +131,21 @@ class SpeculativeEngine:
         if k > 0 and self.drafter is None:
             k = 0  # no drafter: plain decoding
         t_start = now(self.device)
+        model_time_start = self._model_time()
         decode_rows = list(self.running)
         stats = StepStats(step=self.step_count, k=k, batch_size=len(decode_rows), num_waiting=0, num_prefilled=0)
         self._admit_and_prefill(stats)
         if decode_rows:
             self._decode_round(decode_rows, k, stats)
-        self._retire()
+        stats.finished_ids = self._retire()
         stats.num_waiting = len(self.waiting)
         stats.wall_time = now(self.device) - t_start
+        stats.model_time = self._model_time() - model_time_start
         self.step_count += 1
         return stats
+
+    def _model_time(self) -> float:
+        return self.runner.model_time + (self.drafter.model_time if self.drafter is not None else 0.0)
 
     def _admit_and_prefill(self, stats: StepStats) -> None:
         admitted: list[Sequence] = []
@@ -175,13 +190,17 @@ class SpeculativeEngine:
         # never verify past a row's token budget
         drafts = [d[: max(0, s.remaining - 1)] for d, s in zip(proposal.tokens, rows)]
         t0 = now(self.device)
-        fed = [[s.tokens[-1]] + d for s, d in zip(rows, drafts)]
-        logits = self.runner.forward(slot_start, fed, [s.cached_len for s in rows])
-        if self.sampling.greedy:
-            kept_tokens = greedy_accept(logits, drafts)
+        trees = proposal.extra.pop("tree", None)  # token trees (greedy only; sampling verifies `tokens`)
+        if trees is not None and self.sampling.greedy:
+            drafts, kept_tokens = self._verify_tree(rows, trees, slot_start)
         else:
-            probs = [p if p is None else p[: len(d)] for p, d in zip(proposal.probs, drafts)]
-            kept_tokens = sample_accept(logits, drafts, probs, self.sampling, self.generator)
+            fed = [[s.tokens[-1]] + d for s, d in zip(rows, drafts)]
+            logits = self.runner.forward(slot_start, fed, [s.cached_len for s in rows])
+            if self.sampling.greedy:
+                kept_tokens = greedy_accept(logits, drafts)
+            else:
+                probs = [p if p is None else p[: len(d)] for p, d in zip(proposal.probs, drafts)]
+                kept_tokens = sample_accept(logits, drafts, probs, self.sampling, self.generator)
         stats.verify_time += now(self.device) - t0
         kept_drafts = [len(t) - 1 for t in kept_tokens]
         if k > 0:
@@ -200,6 +219,28 @@ class SpeculativeEngine:
         stats.verify_tokens = max(stats.verify_tokens, 1 + max(len(d) for d in drafts))
         stats.extra.update(proposal.extra)
 
+    def _verify_tree(
+        self, rows: list[Sequence], trees: list[TokenTree], slot_start: int
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """Greedy token-tree verification: one target pass over [last token, *tree nodes] per row with a
+        tree mask, keep the longest agreeing path plus the bonus, then copy the accepted path's KV
+        entries into place. Returns (the tree tokens verified per row, the tokens each row keeps)."""
+        trees = [t.prune_depth(max(0, s.remaining - 1)) for t, s in zip(trees, rows)]
+        past = [s.cached_len for s in rows]
+        fed = [[s.tokens[-1], *t.tokens] for s, t in zip(rows, trees)]
+        logits = self.runner.forward(slot_start, fed, past, tree=batch_tree_inputs(trees, self.device))
+        choice = logits.argmax(-1).tolist()
+        kept_tokens, slots, src, dst = [], [], [], []
+        for i, (tree, row_choice) in enumerate(zip(trees, choice)):
+            path, kept = tree_greedy_accept(tree, row_choice)
+            kept_tokens.append(kept)
+            for a, b in repair_moves(path, tree):
+                slots.append(slot_start + i)
+                src.append(past[i] + a)
+                dst.append(past[i] + b)
+        self.runner.cache.copy_within(slots, src, dst)
+        return [list(t.tokens) for t in trees], kept_tokens
+
     def _append(self, seq: Sequence, tokens: list[int]) -> int:
         """Append accepted tokens, stopping at EOS or the token budget. Returns how many were kept."""
         kept = 0
@@ -215,17 +256,17 @@ class SpeculativeEngine:
             seq.finish_reason = "length"
         return kept
 
-    def _retire(self) -> None:
-        """Remove finished rows and compact the survivors into slots 0..n-1."""
+    def _retire(self) -> list[str]:
+        """Remove finished rows and compact the survivors into slots 0..n-1. Returns their ids."""
         if not any(s.finished for s in self.running):
-            return
+            return []
         survivors = [s for s in self.running if not s.finished]
-        for seq in self.running:
-            if seq.finished:
-                self._reserved -= self._reservation(seq.request)
-                if self.drafter is not None:
-                    self.drafter.on_finish(seq)
-                self.finished.append(seq)
+        leaving = [s for s in self.running if s.finished]
+        for seq in leaving:
+            self._reserved -= self._reservation(seq.request)
+            if self.drafter is not None:
+                self.drafter.on_finish(seq)
+        self.finished += leaving
         n = len(survivors)
         free = sorted({*range(n)} - {s.slot for s in survivors})
         for seq in survivors:
@@ -236,3 +277,4 @@ class SpeculativeEngine:
                     self.drafter.on_move(seq, seq.slot, dst)
                 seq.slot = dst
         self.running = sorted(survivors, key=lambda s: s.slot)
+        return [s.request_id for s in leaving]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from nightjar_rl.decoding.drafters.base import DraftProposal, Drafter
+from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
 from nightjar_rl.decoding.runner import ModelRunner
 from nightjar_rl.decoding.sequence import Sequence
 from nightjar_rl.decoding.timing import now
@@ -52,7 +52,6 @@ class DraftModelDrafter(Drafter):
             t_catchup = now(device)
         logits = runner.forward(slot_start, lag, synced, last_only=True)
         tokens, probs = self._next(logits, params, generator)
-        t1 = now(device)
         drafts = [[t] for t in tokens]
         dists = [[p] for p in probs] if probs is not None else None
         base = [len(seq.tokens) for seq in rows]

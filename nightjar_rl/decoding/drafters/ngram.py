@@ -7,7 +7,7 @@ import time
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from nightjar_rl.decoding.drafters.base import DraftProposal, Drafter
+from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
 from nightjar_rl.decoding.sequence import Sequence
 from nightjar_rl.decoding.verify import SamplingParams
 
