@@ -26,6 +26,7 @@ SPECS = {
     "ucb1": {"type": "ucb1", "c": 0.5, "buckets": [2, 16]},
     "thompson": {"type": "thompson", "prior_strength": 2.0},
     "hysteresis": {"type": "hysteresis", "policy": {"type": "nightjar"}, "dwell": 2},
+    "sssd": {"type": "sssd", "knee": 12, "cap": 8},
 }
 
 
