@@ -25,7 +25,7 @@ class SlotKVCache(Cache):
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.num_slots = num_slots
         self.capacity = capacity
-        self._window: tuple[int, int, torch.Tensor, int] | None = None  # slot_start, batch, positions, kv_len
+        self._window: tuple | None = None  # slot_start, batch, write index, kv_len
 
     @property
     def bytes_per_token(self) -> int:
@@ -34,18 +34,27 @@ class SlotKVCache(Cache):
 
     def set_window(self, slot_start: int, positions: torch.Tensor, kv_len: int) -> None:
         """Route the next forward: rows `slot_start..slot_start+B`, writing at `positions` [B, n]."""
-        self._window = (slot_start, positions.shape[0], positions, kv_len)
+        batch, n = positions.shape
+        first = int(positions[0, 0])
+        if batch == 1 and int(positions[0, -1]) == first + n - 1:  # one row, consecutive: a plain slice
+            index = slice(first, first + n)
+        else:  # built once per forward, reused by every layer
+            rows = torch.arange(batch, device=positions.device).unsqueeze(1).expand_as(positions)
+            index = (rows, slice(None), positions)
+        self._window = (slot_start, batch, index, kv_len)
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         if self._window is None:
             raise RuntimeError("SlotKVCache.set_window must be called before a forward pass")
-        start, batch, positions, kv_len = self._window
+        start, batch, index, kv_len = self._window
         keys = self.keys[layer_idx][start : start + batch]
         values = self.values[layer_idx][start : start + batch]
-        rows = torch.arange(batch, device=positions.device).unsqueeze(1).expand_as(positions)
-        # key_states: [B, heads, n, dim] -> index as [B, n, heads, dim]
-        keys[rows, :, positions] = key_states.transpose(1, 2).to(keys.dtype)
-        values[rows, :, positions] = value_states.transpose(1, 2).to(values.dtype)
+        if isinstance(index, slice):
+            keys[0, :, index] = key_states[0].to(keys.dtype)
+            values[0, :, index] = value_states[0].to(values.dtype)
+        else:  # key_states: [B, heads, n, dim] -> index as [B, n, heads, dim]
+            keys[index] = key_states.transpose(1, 2).to(keys.dtype)
+            values[index] = value_states.transpose(1, 2).to(values.dtype)
         return keys[:, :, :kv_len], values[:, :, :kv_len]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
