@@ -5,25 +5,34 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write `text` to a temp file beside `path`, fsync, then rename over it."""
+@contextmanager
+def atomic_writer(path: str | Path, binary: bool = False) -> Iterator[IO]:
+    """Open a temp file beside `path` for writing; on success fsync it and rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to a temp file beside `path`, fsync, then rename over it."""
+    with atomic_writer(path) as fh:
+        fh.write(text)
+    return Path(path)
 
 
 def atomic_write_json(path: str | Path, obj) -> Path:
@@ -32,3 +41,27 @@ def atomic_write_json(path: str | Path, obj) -> Path:
 
 def atomic_write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, object]]:
+    """Yield (line number, parsed object) for each non-blank line; a bad line raises `error` naming it."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+
+
+def read_json(path: str | Path, what: str, error: type[Exception] = ValueError):
+    """Parse a JSON file, raising `error` with one clear line when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {str(path)!r} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None

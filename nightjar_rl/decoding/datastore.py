@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from nightjar_rl.io import atomic_writer
 
 FORMAT = "nightjar-rl/sssd-datastore"
 VERSION = 1
@@ -160,19 +160,9 @@ class Datastore:
         if self.live_docs:
             docs = _split_docs(self.tokens) + self.live_docs
             store = Datastore.build(docs, self.header["vocab_size"], self.header["fingerprint"])
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, tokens=store.tokens, sa=store.sa, header=np.array(json.dumps(store.header)))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        with atomic_writer(path, binary=True) as fh:
+            np.savez(fh, tokens=store.tokens, sa=store.sa, header=np.array(json.dumps(store.header)))
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path, vocab_size: int | None = None, fingerprint: str | None = None,

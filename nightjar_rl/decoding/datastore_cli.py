@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from nightjar_rl.decoding.datastore import Datastore, tokenizer_fingerprint
+from nightjar_rl.io import read_jsonl
 from nightjar_rl.models import DEFAULT_MODEL, TINY_PREFIX, ensure_default_converted, tiny_config
 from nightjar_rl.serving.workload import encode_prompt
 
@@ -20,17 +20,10 @@ def read_corpus(path: str | Path, field: str = "text") -> list[str]:
         raise ValueError(f"corpus file not found: {path}")
     docs: list[str] = []
     if path.suffix in (".jsonl", ".json"):
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
-                    raise ValueError(f"{path}:{lineno}: each line needs a string field {field!r}")
-                docs.append(obj[field])
+        for lineno, obj in read_jsonl(path):
+            if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
+                raise ValueError(f"{path}:{lineno}: each line needs a string field {field!r}")
+            docs.append(obj[field])
     else:
         docs = [d.strip() for d in path.read_text(encoding="utf-8").split("\n\n") if d.strip()]
     if not docs:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nightjar_rl.io import atomic_write_text
+from nightjar_rl.io import atomic_write_text, read_json
 from nightjar_rl.policy.base import Policy
 
 ARTIFACT_FORMAT = "nightjar-rl/policy"
@@ -97,11 +97,4 @@ def save_policy(policy: Policy, path: str | Path) -> Path:
 
 
 def load_policy(path: str | Path) -> Policy:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"policy artifact {str(path)!r} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    return policy_from_dict(data, source=str(path))
+    return policy_from_dict(read_json(path, "policy artifact"), source=str(path))

@@ -29,12 +29,13 @@ and k + 1 values it will be asked about.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+
+from nightjar_rl.io import read_json
 
 PROFILE_FORMAT = "nightjar-rl/hardware-profile"
 PROFILE_VERSION = 1
@@ -199,14 +200,7 @@ class HardwareProfile:
 
     @classmethod
     def load(cls, path: str | Path) -> HardwareProfile:
-        path = Path(path)
-        if not path.is_file():
-            raise ProfileError(f"hardware profile {str(path)!r} does not exist")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ProfileError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json(path, "hardware profile", ProfileError), source=str(path))
 
     @classmethod
     def from_model_fn(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from nightjar_rl.decoding.sequence import Request
+from nightjar_rl.io import read_jsonl
 
 BUNDLED = "bundled"
 
@@ -36,17 +36,10 @@ def load_prompts(path: str | Path | None = None, families: list[str] | None = No
     if not path.is_file():
         raise WorkloadError(f"prompt file not found: {path}")
     records = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise WorkloadError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"]:
-                raise WorkloadError(f"{path}:{lineno}: each line needs a non-empty string field 'prompt'")
-            records.append(PromptRecord(str(obj.get("id", f"p{lineno}")), obj["prompt"], str(obj.get("family", "custom"))))
+    for lineno, obj in read_jsonl(path, WorkloadError):
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"]:
+            raise WorkloadError(f"{path}:{lineno}: each line needs a non-empty string field 'prompt'")
+        records.append(PromptRecord(str(obj.get("id", f"p{lineno}")), obj["prompt"], str(obj.get("family", "custom"))))
     if families:
         unknown = set(families) - {r.family for r in records}
         if unknown:
