@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nightjar_rl.models import tiny_random_model
+from nightjar_rl.decoding import DraftModelDrafter, NgramDrafter
+from nightjar_rl.models import early_exit_draft, tiny_random_model
 
 
 def greedy_reference(model: torch.nn.Module, prompt: list[int], max_new_tokens: int, eos: frozenset = frozenset()) -> list[int]:
@@ -19,6 +20,21 @@ def greedy_reference(model: torch.nn.Module, prompt: list[int], max_new_tokens: 
             if token in eos:
                 break
     return ids[len(prompt):]
+
+
+def make_drafter(kind: str, target: torch.nn.Module):
+    """Drafters exercised by the losslessness tests, by name."""
+    if kind == "none":
+        return None
+    if kind == "ngram":
+        return NgramDrafter(max_ngram=3, min_ngram=1)
+    if kind == "self":  # the target drafting for itself: every draft is accepted
+        return DraftModelDrafter(target)
+    if kind == "early-exit":  # shares the target's layers
+        return DraftModelDrafter(early_exit_draft(target, 2))
+    if kind == "other":  # an unrelated random model: almost nothing is accepted
+        return DraftModelDrafter(tiny_random_model(seed=1, num_layers=2))
+    raise ValueError(kind)
 
 
 @pytest.fixture(scope="session")

@@ -13,23 +13,11 @@ from nightjar_rl.decoding import DraftModelDrafter, NgramDrafter, Request, Sampl
 from nightjar_rl.decoding.engine import prefill_groups
 from nightjar_rl.models import early_exit_draft, tiny_random_model
 
-from .conftest import greedy_reference
+from .conftest import greedy_reference, make_drafter
 
 VOCAB = 96
 
 
-def make_drafter(kind: str, target):
-    if kind == "none":
-        return None
-    if kind == "ngram":
-        return NgramDrafter(max_ngram=3, min_ngram=1)
-    if kind == "self":  # the target drafting for itself: every draft is accepted
-        return DraftModelDrafter(target)
-    if kind == "early-exit":
-        return DraftModelDrafter(early_exit_draft(target, 2))
-    if kind == "other":
-        return DraftModelDrafter(tiny_random_model(seed=1, num_layers=2))
-    raise ValueError(kind)
 
 
 DRAFTERS = ["none", "ngram", "self", "early-exit", "other"]

@@ -21,28 +21,16 @@ from nightjar_rl.decoding import (
     psd_model,
 )
 from nightjar_rl.decoding.parallel import WORKER_PREFIX
-from nightjar_rl.models import early_exit_draft, tiny_random_model
+from nightjar_rl.models import early_exit_draft
 from nightjar_rl.serving import serve
 from nightjar_rl.stack import DECODERS, EngineConfig, build_stack
 
-from .conftest import greedy_reference
+from .conftest import greedy_reference, make_drafter
 
 VOCAB = 96
 DECODER_KINDS = ["standard", "parallel", "parallel-sequential"]
 
 
-def make_drafter(kind: str, target):
-    if kind == "none":
-        return None
-    if kind == "ngram":
-        return NgramDrafter(max_ngram=3, min_ngram=1)
-    if kind == "self":  # the target drafting for itself: every draft is accepted
-        return DraftModelDrafter(target)
-    if kind == "early-exit":  # shares the target's layers: target and draft forwards run concurrently
-        return DraftModelDrafter(early_exit_draft(target, 2))
-    if kind == "other":
-        return DraftModelDrafter(tiny_random_model(seed=1, num_layers=2))
-    raise ValueError(kind)
 
 
 def make_decoder(kind: str, target, drafter, **kwargs):
