@@ -42,6 +42,15 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
+def _add_workload_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by the commands that serve prompts: k, prompt set, token budget, progress."""
+    p.add_argument("--k", type=int, default=4, help="speculation length (0 = off)")
+    p.add_argument("--prompts", default=None, help="JSONL with a 'prompt' field (default: bundled set)")
+    p.add_argument("--families", default=None, help="comma-separated prompt families to keep")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--quiet", action="store_true")
+
+
 def _engine_config(a: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         model=a.model, drafter=a.drafter, draft=a.draft, dtype=a.dtype, device=a.device, decoder=a.decoder,
@@ -120,17 +129,15 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def cmd_profile(a: argparse.Namespace) -> int:
     from nightjar_rl.decoding.profiler import profile_hardware
     from nightjar_rl.io import atomic_write_json
-    from nightjar_rl.models import early_exit_draft, load_model
+    from nightjar_rl.models import load_model
+    from nightjar_rl.stack import load_draft_model
 
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
     target = load_model(a.model, a.dtype, a.device)
-    draft = None
-    if a.draft:
-        draft = (early_exit_draft(target.model, int(a.draft.split(":", 1)[1])) if a.draft.startswith("early-exit:")
-                 else load_model(a.draft, a.dtype, a.device).model)
+    draft = load_draft_model(a.draft, target, a.dtype, a.device) if a.draft else None
     profile = profile_hardware(
         target.model, a.model, _int_list(a.batch_sizes, "--batch-sizes"), _int_list(a.tokens, "--tokens"),
         context=a.context, repeats=a.repeats, draft_model=draft, progress=not a.quiet,
@@ -167,24 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate completions for a prompt file")
     _add_engine_args(g)
-    g.add_argument("--k", type=int, default=4, help="speculation length (0 = off)")
-    g.add_argument("--prompts", default=None, help="JSONL with a 'prompt' field (default: bundled set)")
-    g.add_argument("--families", default=None, help="comma-separated prompt families to keep")
-    g.add_argument("--max-new-tokens", type=int, default=64)
+    _add_workload_args(g)
     g.add_argument("--out", required=True, help="output JSONL")
-    g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("bench", help="serve a workload and report throughput/latency")
     _add_engine_args(b)
-    b.add_argument("--k", type=int, default=4, help="speculation length (0 = off)")
-    b.add_argument("--prompts", default=None, help="JSONL with a 'prompt' field (default: bundled set)")
-    b.add_argument("--families", default=None, help="comma-separated prompt families to keep")
+    _add_workload_args(b)
     b.add_argument("--num-requests", type=int, default=None, help="requests (cycling through the prompts)")
     b.add_argument("--rate", default=None, help="Poisson arrival rate in requests/s (default: offline, all at once)")
-    b.add_argument("--max-new-tokens", type=int, default=64)
     b.add_argument("--out", default=None, help="write the summary JSON here")
-    b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_bench)
 
     pr = sub.add_parser("profile", help="time verify/draft steps over batch sizes; write a hardware profile")

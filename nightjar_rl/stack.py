@@ -82,14 +82,20 @@ def _build_drafter(cfg: EngineConfig, target: LoadedModel):
         return NgramDrafter(cfg.ngram_max, cfg.ngram_min)
     if cfg.drafter == "sssd":
         return _build_sssd(cfg, target)
-    if cfg.draft.startswith(EARLY_EXIT):
-        layers = cfg.draft[len(EARLY_EXIT):]
+    return DraftModelDrafter(load_draft_model(cfg.draft, target, cfg.dtype, cfg.device))
+
+
+def load_draft_model(spec: str, target: LoadedModel, dtype: str, device: str | None) -> torch.nn.Module:
+    """A draft model for `target`: `early-exit:L` (the target's first L layers) or a model name/path
+    that must share the target's tokenizer."""
+    if spec.startswith(EARLY_EXIT):
+        layers = spec[len(EARLY_EXIT):]
         if not layers.isdigit():
-            raise ModelLoadError(f"early-exit drafts look like 'early-exit:4', got {cfg.draft!r}")
-        return DraftModelDrafter(early_exit_draft(target.model, int(layers)))
-    draft = load_model(cfg.draft, cfg.dtype, cfg.device)
+            raise ModelLoadError(f"early-exit drafts look like 'early-exit:4', got {spec!r}")
+        return early_exit_draft(target.model, int(layers))
+    draft = load_model(spec, dtype, device)
     check_same_tokenizer(target, draft)
-    return DraftModelDrafter(draft.model)
+    return draft.model
 
 
 def _build_sssd(cfg: EngineConfig, target: LoadedModel):

@@ -92,3 +92,8 @@ def test_datastore_build_then_sssd_generation_matches_plain(tmp_path):
 def test_missing_datastore_is_one_line_error(capsys):
     assert main(["bench", "--model", "tiny-random", "--drafter", "sssd", "--datastore", "/no/ds.npz"]) == 2
     assert "datastore" in capsys.readouterr().err
+
+
+def test_profile_rejects_a_malformed_early_exit_draft(capsys):
+    assert main(["profile", "--model", "tiny-random", "--draft", "early-exit:x", "--quiet"]) == 2
+    assert "early-exit:4" in capsys.readouterr().err
