@@ -41,13 +41,24 @@ def test_serving_clock_jumps_to_arrivals_and_times_requests(tiny_target):
     assert summary["requests"] == 2 and summary["output_tokens"] == 10
 
 
-def test_k_callable_sees_previous_stats(tiny_target):
-    engine = SpeculativeEngine(tiny_target, NgramDrafter(), max_batch_size=2, max_seq_len=64)
-    seen = []
+def test_serve_drives_a_policy_and_feeds_it_every_step(tiny_target):
+    from nightjar_rl.policy.baselines import FixedK
 
-    def choose(stats):
-        seen.append(stats)
-        return 0 if stats is None else 3
+    class Recording(FixedK):
+        def __init__(self):
+            super().__init__(3, 4)
+            self.seen, self.observations = [], []
 
-    serve(engine, [Request("a", [1, 2], 6)], k=choose, progress=False)
-    assert seen[0] is None and all(s is not None for s in seen[1:])
+        def predict(self, obs, deterministic=True):
+            self.observations.append(obs.copy())
+            return 0 if len(self.seen) == 0 else 3
+
+        def observe(self, stats):
+            self.seen.append(stats)
+
+    engine = SpeculativeEngine(tiny_target, NgramDrafter(), max_batch_size=2, max_seq_len=64, max_speculation=4)
+    policy = Recording()
+    result = serve(engine, [Request("a", [1, 2], 6)], k=policy, progress=False)
+    assert len(policy.seen) == len(result.steps) == len(policy.observations)
+    assert [s.k for s in policy.seen] == [0] + [3] * (len(policy.seen) - 1)
+    assert policy.observations[0][0] == 0 and policy.observations[1][0] == 1  # batch size before each step

@@ -207,6 +207,7 @@ class SpeculativeEngine:
             self.drafter.on_commit(rows, proposal, kept_drafts)
         for seq, d, tokens, a in zip(rows, drafts, kept_tokens, kept_drafts):
             emitted = self._append(seq, tokens)
+            a = min(a, emitted)  # drafts accepted past an EOS are discarded, not counted
             seq.drafted += len(d)
             seq.accepted += a
             seq.steps += 1

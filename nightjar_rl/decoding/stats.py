@@ -22,7 +22,7 @@ class StepStats:
     num_prefilled: int  # requests admitted (prefilled) this step
     request_ids: list[str] = field(default_factory=list)
     drafted: list[int] = field(default_factory=list)  # draft tokens proposed per row
-    accepted: list[int] = field(default_factory=list)  # draft tokens accepted per row (bonus excluded)
+    accepted: list[int] = field(default_factory=list)  # draft tokens accepted and kept per row (bonus excluded)
     emitted: list[int] = field(default_factory=list)  # tokens appended per row (after EOS/max truncation)
     prefill_tokens: int = 0  # prompt tokens prefilled this step
     prefill_emitted: int = 0  # first tokens produced by prefill

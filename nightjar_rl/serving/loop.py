@@ -1,32 +1,20 @@
-"""Serve a whole workload: a `ServingSession` run to the end with a fixed or chosen k."""
+"""Serve a whole workload: a `ServingSession` run to the end by the runtime's policy driver."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from tqdm.auto import tqdm
-
 from nightjar_rl.decoding.sequence import Request
-from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.serving.session import ServeResult, ServingSession
 
-KPolicy = int | Callable[[StepStats | None], int]
-
-__all__ = ["KPolicy", "ServeResult", "serve"]
+__all__ = ["ServeResult", "serve"]
 
 
-def serve(engine, requests: list[Request], k: KPolicy = 0, progress: bool = True, desc: str = "serving") -> ServeResult:
-    """Serve `requests` to completion. `k` is a fixed speculation length or a callable choosing it
-    from the previous step's StepStats (None before the first step)."""
-    choose = (lambda _: k) if isinstance(k, int) else k
-    session = ServingSession(engine, requests)
-    last = None
-    with tqdm(total=len(session.pending), desc=desc, unit="req", disable=not progress, leave=False) as bar:
-        while not session.done:
-            session.advance()
-            last = session.step(int(choose(last)))
-            bar.update(session.num_finished - bar.n)
-    missing = {r.request_id for r in requests} - set(session.outputs)
-    if missing:
-        raise RuntimeError(f"{len(missing)} requests were never served")
-    return session.result()
+def serve(engine, requests: list[Request], k=0, progress: bool = True, desc: str = "serving") -> ServeResult:
+    """Serve `requests` to completion on `engine` (any `EngineSurface`). `k` is a fixed speculation
+    length or a policy (`predict(obs) -> k`, see `nightjar_rl.policy`), driven by `PolicyDriver`."""
+    from nightjar_rl.policy.baselines import FixedK  # local: policies import the env's observation layout
+    from nightjar_rl.runtime.driver import PolicyDriver
+
+    max_k = engine.max_speculation
+    policy = FixedK(int(k), max_k) if isinstance(k, int) else k
+    driver = PolicyDriver(ServingSession(engine, requests), max_k, policy)
+    return driver.run(progress=progress, desc=desc)

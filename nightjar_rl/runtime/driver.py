@@ -1,0 +1,114 @@
+"""`PolicyDriver`: the one loop that decides k for every consumer (env, evaluation, CLI, server).
+
+It reads the serving session's decision state (rows to decode, queue, arrivals since the last
+decision, clock), turns it into the documented observation, asks a policy for k, runs the step,
+and optionally lets the policy learn from the step's reward:
+
+```
+obs = driver.start()                 # submit what has arrived; first observation
+while not driver.done:
+    stats = driver.step()            # k = policy.predict(obs); session.step(k); observe/learn
+```
+
+The env drives it with its own actions through `act(k)` (no policy inside); evaluation, the CLI
+and the server give it a policy. Nothing here rebuilds the clock or the arrivals: the session owns
+both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from nightjar_rl.decoding.stats import StepStats
+from nightjar_rl.env.observe import ObservationBuilder
+from nightjar_rl.serving.session import ServeResult, ServingSession
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The state before a step: what a policy may look at (besides the running statistics)."""
+
+    batch_size: int  # running rows the next step decodes
+    queue_len: int  # requests waiting for admission
+    new_arrivals: int  # requests submitted since the previous decision
+    clock: float  # serving clock (s)
+
+
+class PolicyDriver:
+    """Session + observation builder (+ policy): decide -> step -> observe -> learn.
+
+    `reward` (a named reward from `nightjar_rl.env.rewards`) is needed only to learn; `learn=True`
+    also makes `predict` non-deterministic (exploration). A prefill-only step (no row decoded) is
+    never credited to k: it did not depend on it.
+    """
+
+    def __init__(self, session: ServingSession, max_k: int, policy=None, *, reward=None, learn: bool = False):
+        if learn and (policy is None or reward is None):
+            raise ValueError("learning needs a policy and a reward")
+        self.session, self.max_k, self.policy = session, int(max_k), policy
+        self.reward_fn, self.learn = reward, learn
+        self.builder = ObservationBuilder(self.max_k)
+        self.obs: np.ndarray | None = None
+        self.decision: Decision | None = None
+        self.last_reward = float("nan")
+
+    @property
+    def engine(self):
+        return self.session.engine
+
+    @property
+    def done(self) -> bool:
+        return self.session.done
+
+    def start(self) -> np.ndarray:
+        """Submit everything that has arrived by t=0 (or the first arrival) and return the first observation."""
+        self.builder.reset()
+        if self.policy is not None:
+            self.policy.reset()
+        return self._observe(None)
+
+    def _observe(self, stats: StepStats | None) -> np.ndarray:
+        new = self.session.advance()
+        engine = self.session.engine
+        self.decision = Decision(len(engine.running), len(engine.waiting), new, self.session.clock)
+        self.builder.update(stats, new, self.session.clock)
+        self.obs = self.builder.vector(self.decision.batch_size, self.decision.queue_len)
+        return self.obs
+
+    def act(self, k: int) -> StepStats:
+        """Run one step at speculation length k, then fold it into the next observation."""
+        if self.obs is None:
+            raise RuntimeError("call start() before act()")
+        obs = self.obs
+        stats = self.session.step(int(k))
+        self.last_reward = float(self.reward_fn(stats)) if self.reward_fn is not None else float("nan")
+        if self.policy is not None:
+            self.policy.observe(stats)
+            if self.learn and stats.batch_size > 0:
+                self.policy.update(obs, int(k), self.last_reward)
+        self._observe(stats)
+        return stats
+
+    def decide(self) -> int:
+        """The policy's k for the current observation."""
+        if self.policy is None:
+            raise RuntimeError("this driver has no policy: pass k to act()")
+        return int(self.policy.predict(self.obs, deterministic=not self.learn))
+
+    def step(self) -> StepStats:
+        return self.act(self.decide())
+
+    def run(self, progress: bool = False, desc: str = "serving") -> ServeResult:
+        """Serve the session's whole workload; every request is served exactly once."""
+        self.start()
+        with tqdm(total=len(self.session.pending), desc=desc, unit="req", disable=not progress, leave=False) as bar:
+            while not self.done:
+                self.step()
+                bar.update(self.session.num_finished - bar.n)
+        missing = {r.request_id for r in self.session.pending} - set(self.session.outputs)
+        if missing:
+            raise RuntimeError(f"{len(missing)} requests were never served")
+        return self.session.result()

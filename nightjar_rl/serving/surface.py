@@ -1,0 +1,32 @@
+"""The engine surface: what a `ServingSession` (and so the env, evaluation, the CLI and the server)
+needs from an engine. The live `SpeculativeEngine`, the batch-parallel decoder and the simulator's
+`SimEngine` all implement it, so everything above them runs on any of the three unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as SequenceABC
+from typing import Protocol, runtime_checkable
+
+from nightjar_rl.decoding.sequence import Request, Sequence
+from nightjar_rl.decoding.stats import StepStats
+
+
+@runtime_checkable
+class EngineSurface(Protocol):
+    max_speculation: int  # largest k that step() accepts
+    running: SequenceABC[Sequence]  # rows the next step decodes
+    waiting: SequenceABC[Request]  # requests queued for admission (FIFO)
+
+    @property
+    def has_work(self) -> bool: ...
+
+    def submit(self, request: Request) -> None:
+        """Queue a request; ValueError for one that could never be served."""
+
+    def step(self, k: int) -> StepStats:
+        """Admit and prefill what fits, then one decoding round at speculation length k (0 = off)."""
+
+    def pop_finished(self) -> list[Sequence]:
+        """Sequences finished since the last call, each returned exactly once."""
+
+    def close(self) -> None: ...
