@@ -13,7 +13,9 @@ Layout (float32, fixed per `max_k`):
 | 6           | last_time_per_token| wall time of the previous step / tokens it produced (s)         |
 | 7 .. 7+max_k| hist_0..hist_max_k | share of recent row-steps that accepted 0..max_k draft tokens   |
 
-Policies read fields by name through `OBS_INDEX`, never by magic numbers.
+Policies read fields by name through `OBS_INDEX`, never by magic numbers. `OBS_LAYOUT_VERSION`
+numbers this layout (fields, order, meaning); exported neural policies record it with
+`obs_layout(max_k)` and refuse to load against another one. Bump it whenever the table changes.
 """
 
 from __future__ import annotations
@@ -35,8 +37,16 @@ OBS_INDEX = {name: i for i, name in enumerate(SCALAR_FIELDS)}
 HIST_START = len(SCALAR_FIELDS)
 
 
+OBS_LAYOUT_VERSION = 1
+
+
 def obs_size(max_k: int) -> int:
     return HIST_START + max_k + 1
+
+
+def obs_layout(max_k: int) -> list[str]:
+    """Field names of the observation vector in order: the scalars, then hist_0..hist_{max_k}."""
+    return [*SCALAR_FIELDS, *(f"hist_{i}" for i in range(max_k + 1))]
 
 
 def obs_field(obs: np.ndarray, name: str) -> float:

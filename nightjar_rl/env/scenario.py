@@ -22,7 +22,7 @@ one raises `ScenarioError` with one line naming the field. Fields (defaults in `
                            | {kind: trace, path: FILE}
     horizon         map    {steps: N} and/or {seconds: S} of serving clock (truncation); {} = none
     reward          str    throughput | decode_throughput | goodput | latency
-    reward_kwargs   map    extra arguments of the reward (goodput: tpot_slo_s)
+    reward_kwargs   map    extra arguments of the reward (goodput: tpot_slo_s; any: per_row, see rewards.py)
     ngram_max/min   int    n-gram drafter window
 """
 
