@@ -8,6 +8,7 @@ from nightjar_rl.policy.baselines import DisableByBatchSize, FixedK
 from nightjar_rl.policy.buckets import BatchBuckets
 from nightjar_rl.policy.hf_heuristic import HFHeuristic
 from nightjar_rl.policy.hysteresis import Hysteresis
+from nightjar_rl.policy.mlp import MLPPolicy
 from nightjar_rl.policy.oracle import GoodputOracle, expected_goodput, expected_tokens_per_row
 from nightjar_rl.policy.profile import HardwareProfile, ProfileError
 from nightjar_rl.policy.registry import POLICY_TYPES, make_policy
@@ -25,6 +26,7 @@ __all__ = [
     "HFHeuristic",
     "HardwareProfile",
     "Hysteresis",
+    "MLPPolicy",
     "NightjarBandit",
     "Policy",
     "ProfileError",

@@ -14,6 +14,10 @@
 
 See policies/README.md for the per-type fields. Files are written atomically (temp file +
 os.replace). Loading validates everything and raises ValueError naming the problem.
+
+Neural policies (type `mlp`) keep their weights in a safetensors file beside the manifest: a policy
+with a `save_weights(manifest_path)` method writes it first, and types whose constructor takes a
+`base_dir` get the manifest's folder, so the file name in `params` resolves against it.
 """
 
 from __future__ import annotations
@@ -65,8 +69,8 @@ def policy_to_dict(policy: Policy) -> dict:
     }
 
 
-def policy_from_dict(data: Mapping, source: str = "policy artifact") -> Policy:
-    from nightjar_rl.policy.registry import build_policy
+def policy_from_dict(data: Mapping, source: str = "policy artifact", base_dir: str | Path | None = None) -> Policy:
+    from nightjar_rl.policy.registry import POLICY_TYPES, build_policy, policy_fields
 
     if not isinstance(data, Mapping):
         raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
@@ -82,6 +86,9 @@ def policy_from_dict(data: Mapping, source: str = "policy artifact") -> Policy:
     params, state = data["params"], data.get("state", {})
     if not isinstance(params, Mapping) or not isinstance(state, Mapping):
         raise ValueError(f"{source}: 'params' and 'state' must be objects")
+    cls = POLICY_TYPES.get(str(data["type"]))
+    if base_dir is not None and cls is not None and "base_dir" in policy_fields(cls):
+        params = {**params, "base_dir": str(base_dir)}
     try:
         policy = build_policy(data["type"], params, data["max_k"])
         policy.load_state(dict(state))
@@ -92,9 +99,12 @@ def policy_from_dict(data: Mapping, source: str = "policy artifact") -> Policy:
 
 def save_policy(policy: Policy, path: str | Path) -> Path:
     """Write `policy` as a JSON artifact (atomically). Returns the path."""
-    text = _dumps(policy_to_dict(policy)) + "\n"
-    return atomic_write_text(path, text)
+    data = policy_to_dict(policy)
+    if hasattr(policy, "save_weights"):  # neural policies: weights file beside the manifest, written first
+        data["params"].update(policy.save_weights(path))
+    return atomic_write_text(path, _dumps(data) + "\n")
 
 
 def load_policy(path: str | Path) -> Policy:
-    return policy_from_dict(read_json(path, "policy artifact"), source=str(path))
+    """Load a policy artifact (ValueError with one line naming the problem)."""
+    return policy_from_dict(read_json(path, "policy artifact"), source=str(path), base_dir=Path(path).parent)

@@ -11,6 +11,7 @@ A spec is a dict with a "type" and that type's constructor fields, or a short st
     {"type": "sssd", "profile": "envs/profiles/x.json"}     "sssd-envs/profiles/x.json"   {"type": "sssd", "knee": 8}
     {"type": "nightjar", "epsilon": 0.2}            "nightjar"     "ucb1"    "thompson"
     {"type": "hysteresis", "policy": "nightjar", "dwell": 4}
+    "policies/ppo-gpu.json"                         (a path ending in .json: a saved artifact, e.g. type mlp)
 
 Hyphens and underscores in type names are interchangeable. Unknown types and fields raise
 ValueError naming them. A spec may also be an artifact dict (with "format"), which is loaded.
@@ -26,6 +27,7 @@ from nightjar_rl.policy.base import Policy
 from nightjar_rl.policy.baselines import DisableByBatchSize, FixedK
 from nightjar_rl.policy.hf_heuristic import HFHeuristic
 from nightjar_rl.policy.hysteresis import Hysteresis
+from nightjar_rl.policy.mlp import MLPPolicy
 from nightjar_rl.policy.oracle import GoodputOracle
 from nightjar_rl.policy.sssd import SSSDBudgetPolicy
 from nightjar_rl.policy.table import BatchSizeTable
@@ -43,6 +45,7 @@ POLICY_TYPES: dict[str, type[Policy]] = {
         ThompsonBandit,
         Hysteresis,
         SSSDBudgetPolicy,
+        MLPPolicy,
     )
 }
 ALIASES = {"off": ("fixed", {"k": 0})}
@@ -133,6 +136,13 @@ def make_policy(spec: Mapping | str | Policy, max_k: int) -> Policy:
         if spec.max_k != max_k:
             raise ValueError(f"policy {spec.name} has max_k={spec.max_k}, expected {max_k}")
         return spec
+    if isinstance(spec, str) and spec.strip().lower().endswith(".json"):
+        from nightjar_rl.policy.artifact import load_policy
+
+        policy = load_policy(spec.strip())
+        if policy.max_k != max_k:
+            raise ValueError(f"policy artifact {spec} has max_k={policy.max_k}, expected {max_k}")
+        return policy
     if isinstance(spec, str):
         spec = parse_spec_string(spec)
     if not isinstance(spec, Mapping):
