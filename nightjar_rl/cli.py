@@ -1,4 +1,4 @@
-"""The `nightjar-rl` command: generate, bench, profile, experiment, datastore."""
+"""The `nightjar-rl` command: generate, bench, profile, experiment, train, datastore."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from nightjar_rl.decoding.datastore_cli import add_datastore_parser
-from nightjar_rl.experiments.cli import add_experiment_parser
+from nightjar_rl.experiments.cli import add_experiment_parser, add_train_parser
 from nightjar_rl.stack import DECODERS, DRAFTERS, EngineConfig
 
 DEFAULT_PROFILE_DIR = Path("envs") / "profiles"
@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_profile)
 
     add_experiment_parser(sub)
+    add_train_parser(sub)
     add_datastore_parser(sub)
     return parser
 

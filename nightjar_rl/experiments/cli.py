@@ -1,7 +1,8 @@
-"""`nightjar-rl experiment CONFIG [--resume RUN_DIR] [--out-dir runs]`: the experiment command.
+"""`nightjar-rl experiment CONFIG [--resume RUN_DIR] [--out-dir runs]`: the experiment command, and
+`nightjar-rl train CONFIG [--resume RUN_DIR] [--out-dir runs]`: its training half only.
 
-The lead's cli.py wires it with `add_experiment_parser(subparsers)`; the parser sets
-`func=lambda args: run_experiment_cli(...)` on the parsed namespace.
+The lead's cli.py wires them with `add_experiment_parser(subparsers)` / `add_train_parser(subparsers)`;
+each parser sets `func` on the parsed namespace.
 """
 
 from __future__ import annotations
@@ -31,9 +32,43 @@ def add_experiment_parser(subparsers) -> argparse.ArgumentParser:
         description="Train the learners on the live env, evaluate every policy on the same seeded workloads "
                     "across the rate sweep, and write tables and plots under runs/<run name>/.",
     )
-    parser.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
-    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
-                        help="continue an interrupted run: skip finished (policy, rate, seed) cells")
-    parser.add_argument("--out-dir", default="runs", help="parent folder of new run folders (default: runs)")
+    _add_run_args(parser)
     parser.set_defaults(func=lambda args: run_experiment_cli(args.config, args.resume, args.out_dir))
     return parser
+
+
+def run_train_cli(config_path: str, resume: str | None, out_dir: str = "runs") -> int:
+    """Train the experiment's learners and sb3 policies only; print the run folder and the artifacts.
+    `nightjar-rl experiment CONFIG --resume RUN_DIR` later evaluates them without retraining."""
+    from nightjar_rl.experiments.runner import train_experiment
+
+    cfg = load_experiment(config_path)
+    trained = train_experiment(cfg, out_dir=out_dir, resume=resume)
+    print(f"run folder: {trained.run_dir}")
+    for name, path in trained.artifacts().items():
+        print(f"policy {name}: {path}")
+    if not trained.learned:
+        print("(no learners or sb3 policies in this config: nothing was trained)")
+    return 0
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `train` sub-command to an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train an experiment's learners and sb3 policies, export them (no evaluation)",
+        description="Train the learners and stable-baselines3 policies of an experiment config, export them "
+                    "under runs/<run name>/policies/, and print the paths. Resume an interrupted run with "
+                    "--resume (sb3 training continues from its last checkpoint).",
+    )
+    _add_run_args(parser)
+    parser.set_defaults(func=lambda args: run_train_cli(args.config, args.resume, args.out_dir))
+    return parser
+
+
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
+                        help="continue an interrupted run: reuse trained policies, resume sb3 checkpoints, "
+                             "skip finished (policy, rate, seed) cells")
+    parser.add_argument("--out-dir", default="runs", help="parent folder of new run folders (default: runs)")

@@ -10,7 +10,9 @@ Fields:
     max_new_tokens int   output budget per request (default: the scenario's)
     slo           map    goodput definition: {tpot_s: S, ttft_s: S or null}
     policies      list   [{name: LABEL, spec: SPEC}]; SPEC goes to nightjar_rl.policy.make_policy.
-                         Learners (policy.learning is True) are trained first.
+                         Learners (policy.learning is True) are trained first. A spec with
+                         `type: sb3` is trained with stable-baselines3 and exported as an `mlp`
+                         artifact (fields: nightjar_rl/experiments/sb3_config.py).
     train         map    {episodes: N, rates: [...] (default: rates), num_requests: N, seed: S}
     evaluate      map    {learn: false}: whether learners keep learning during evaluation
 """
@@ -129,6 +131,10 @@ def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | N
             raise fail(f"field 'policies[{i}].spec' is a boolean ({spec!r}); quote it: YAML reads off/on as booleans")
         if not isinstance(spec, (str, dict)) or not spec:
             raise fail(f"field 'policies[{i}].spec' must be a string or a mapping, got {spec!r}")
+        if isinstance(spec, dict) and str(spec.get("type", "")).strip().lower() == "sb3":
+            from nightjar_rl.experiments.sb3_config import parse_sb3_spec  # local: it imports this module
+
+            parse_sb3_spec(spec, f"experiment {name!r}: field 'policies[{i}].spec")
         label = entry.get("name") or (spec if isinstance(spec, str) else None)
         if not isinstance(label, str) or not label or "/" in label:
             raise fail(f"field 'policies[{i}].name' must be a non-empty label without '/', got {label!r}")

@@ -28,6 +28,7 @@ from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
 from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
 from nightjar_rl.experiments.config import ExperimentConfig, ExperimentError
 from nightjar_rl.experiments.evaluate import evaluate_cell
+from nightjar_rl.experiments.sb3_config import is_sb3_spec
 from nightjar_rl.experiments.train import train_policy
 from nightjar_rl.io import atomic_write_text
 from nightjar_rl.models import load_model
@@ -95,6 +96,8 @@ def build_policies(cfg: ExperimentConfig, max_k: int) -> dict:
     """Every configured policy, freshly built (a bad spec raises ExperimentError naming the entry)."""
     policies = {}
     for entry in cfg.policies:
+        if is_sb3_spec(entry.spec):
+            continue  # trained with stable-baselines3 in _trained_policies (nightjar_rl.experiments.sb3_train)
         try:
             policies[entry.name] = make_policy(entry.spec, max_k)
         except ValueError as exc:
@@ -106,7 +109,17 @@ def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, target, run_dir
     """Build every policy; train the learners (or load them from a previous run of this folder)."""
     policies, learned = build_policies(cfg, scenario.max_k), set()
     env = None
-    for entry in cfg.policies:
+    for index, entry in enumerate(cfg.policies):
+        if is_sb3_spec(entry.spec):
+            learned.add(entry.name)
+            path = run_dir / "policies" / f"{entry.name}.json"
+            if path.is_file():
+                policies[entry.name] = load_policy(path)
+            else:
+                from nightjar_rl.experiments.sb3_train import train_experiment_entry  # needs stable-baselines3
+
+                policies[entry.name] = train_experiment_entry(entry.name, index, cfg, scenario, target, run_dir, progress)
+            continue
         policy = policies[entry.name]
         if getattr(policy, "learning", False):
             learned.add(entry.name)
@@ -160,14 +173,37 @@ def write_report(run_dir: Path, results: pd.DataFrame, kdf: pd.DataFrame, learne
     return summary
 
 
-def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: str | Path | None = None,
-                   progress: bool = True) -> ExperimentResult:
-    """Train, evaluate the sweep (skipping finished cells when resuming), write tables and plots."""
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    scenario: Scenario
+    target: object  # the loaded target model, shared by training and evaluation
+    policies: dict  # name -> policy (learners trained, sb3 entries exported and loaded)
+    learned: set[str]
+
+    def artifacts(self) -> dict[str, Path]:
+        """Trained policies' artifacts in the run folder, by name."""
+        return {name: self.run_dir / "policies" / f"{name}.json" for name in sorted(self.learned)}
+
+
+def train_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: str | Path | None = None,
+                     progress: bool = True) -> TrainedRun:
+    """The training half of an experiment (`nightjar-rl train`): create (or resume) the run folder,
+    train the learners and the sb3 policies, export them under policies/. Trained policies are reused."""
     scenario = resolve_scenario(cfg)
     build_policies(cfg, scenario.max_k)  # fail on bad specs before creating the run folder
     run_dir = _prepare_run_dir(cfg, scenario, out_dir, resume)
     target = load_model(scenario.model, scenario.dtype, scenario.device)  # loaded once, shared by all
     policies, learned = _trained_policies(cfg, scenario, target, run_dir, progress)
+    return TrainedRun(run_dir, scenario, target, policies, learned)
+
+
+def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: str | Path | None = None,
+                   progress: bool = True) -> ExperimentResult:
+    """Train, evaluate the sweep (skipping finished cells when resuming), write tables and plots."""
+    trained = train_experiment(cfg, out_dir, resume, progress)
+    scenario, target, run_dir = trained.scenario, trained.target, trained.run_dir
+    policies, learned = trained.policies, trained.learned
     pool = SpecDecodeEnv.prompt_pool_for(scenario, target)
     done = _finished_cells(run_dir)
     cells = [(name, rate, seed) for rate in cfg.rates for seed in cfg.seeds for name in policies
@@ -181,7 +217,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: 
             snapshot = policy.state()  # every cell starts from the trained state
             policy.learning = cfg.learn_during_eval
         cell = evaluate_cell(policy, scenario, target, pool, rate, seed, scenario.num_requests,
-                             scenario.max_new_tokens, cfg.slo, learn=name in learned and cfg.learn_during_eval)
+                             scenario.max_new_tokens, cfg.slo,
+                             learn=name in learned and cfg.learn_during_eval and policy.learning)
         if snapshot is not None:
             policy.load_state(snapshot)
         row = {"run": run_dir.name, "scenario": scenario.name, "experiment": cfg.name, "policy": name,

@@ -1,0 +1,343 @@
+"""Train a speculation policy with stable-baselines3, then export it as an `mlp` policy artifact.
+
+`train_sb3` reads top to bottom (cleanrl style): seeding, envs, algorithm (new or resumed),
+callbacks, learn, export. The spec is `nightjar_rl.experiments.sb3_config.SB3Spec`. Outputs, inside
+the run folder:
+
+    checkpoints/NAME/model_<steps>_steps.zip     SB3 checkpoints (resumable), every checkpoint_every steps
+    checkpoints/NAME/vecnormalize_<steps>_steps.pkl   the VecNormalize statistics of that checkpoint
+    checkpoints/NAME/replay_buffer.pkl           DQN only: the replay buffer of the latest checkpoint
+    tb/NAME_1/events.out.tfevents.*              TensorBoard (SB3's rollout/train/eval/time scalars)
+    eval/NAME/evaluations.npz                    evaluation callback results on held-apart seeds
+    policies/NAME.json + NAME.safetensors        the exported policy (loads without SB3)
+
+Resuming: when checkpoints/NAME holds a checkpoint, training continues from the newest one (model,
+VecNormalize statistics, replay buffer) and its step count up to total_timesteps; the episode that
+was running when training stopped is not resumed (each env starts a fresh workload).
+
+Vectorised envs: `n_envs` envs step together. Live envs run in this process (DummyVecEnv) and share
+one loaded target model: their reward is measured wall time, which parallel processes on the same
+device would distort, and a CUDA context cannot be forked into subprocesses. Simulator envs may run
+in subprocesses (SubprocVecEnv, forkserver start) where that pays: more than 2 cores and n_envs > 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pandas as pd
+import stable_baselines3
+import torch
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
+from tqdm.auto import tqdm
+
+from nightjar_rl.env.recorder import append_rows
+from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
+from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
+from nightjar_rl.experiments.config import ExperimentConfig, ExperimentError
+from nightjar_rl.experiments.sb3_config import SB3Spec, parse_sb3_spec, sb3_algorithm
+from nightjar_rl.policy import load_policy
+from nightjar_rl.policy.base import Policy
+from nightjar_rl.policy.sb3 import check_export, export_sb3
+
+ACTIVATION_FNS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "elu": torch.nn.ELU,
+                  "leaky_relu": torch.nn.LeakyReLU, "silu": torch.nn.SiLU}
+EVAL_SEED_OFFSET = 1_000_000  # default held-apart evaluation seeds: seed + this
+RECORDED_OBS = 1000  # raw observations kept from training to check the export against SB3
+
+
+# ---- envs ---------------------------------------------------------------------------------------
+class WorkloadWrapper(gym.Wrapper):
+    """Sets each episode's workload: Poisson `rates` cycled per episode (starting at `offset`, so
+    parallel envs see different loads) and `num_requests`. With `seeds` (evaluation) episodes cycle
+    through fixed seeds too, and `restart()` replays the same sequence of (rate, seed) episodes."""
+
+    def __init__(self, env: gym.Env, rates: list[float] | None, num_requests: int | None, offset: int = 0,
+                 seeds: list[int] | None = None):
+        super().__init__(env)
+        self.rates, self.num_requests, self.offset, self.seeds = rates, num_requests, offset, seeds
+        self.episode = 0
+
+    def restart(self) -> None:
+        self.episode = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        i = self.episode + self.offset
+        self.episode += 1
+        options = dict(options or {})
+        if self.rates:
+            options.setdefault("rate", self.rates[i % len(self.rates)])
+        if self.num_requests is not None:
+            options.setdefault("num_requests", self.num_requests)
+        if seed is None and self.seeds:
+            seed = self.seeds[(self.episode - 1) % len(self.seeds)]
+        return self.env.reset(seed=seed, options=options)
+
+
+def make_env(scenario: Scenario, target, rates, num_requests, offset: int = 0, seeds=None) -> gym.Env:
+    """One monitored env (module-level so that subprocess envs can pickle it)."""
+    env = SpecDecodeEnv(scenario, target=target) if target is not None else SpecDecodeEnv(scenario)
+    return WorkloadWrapper(Monitor(env), rates, num_requests, offset, seeds)
+
+
+def use_subprocesses(spec: SB3Spec) -> bool:
+    if spec.train_on == "live" or spec.n_envs == 1:
+        return False
+    return spec.vec_env == "subproc" or (spec.vec_env == "auto" and (os.cpu_count() or 1) > 2)
+
+
+def make_vec_env(spec: SB3Spec, scenario: Scenario, target, rates, num_requests):
+    fns = [functools.partial(make_env, scenario, None if use_subprocesses(spec) else target, rates, num_requests, i)
+           for i in range(spec.n_envs)]
+    if use_subprocesses(spec):
+        return SubprocVecEnv(fns, start_method="forkserver")
+    return DummyVecEnv(fns)
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+_CKPT = re.compile(r"model_(\d+)_steps\.zip$")
+
+
+def latest_checkpoint(folder: Path) -> tuple[int, Path, Path] | None:
+    """(steps, model zip, VecNormalize pickle) of the newest complete checkpoint in `folder`."""
+    found = []
+    for path in Path(folder).glob("model_*_steps.zip"):
+        m = _CKPT.search(path.name)
+        stats = path.with_name(f"vecnormalize_{m.group(1)}_steps.pkl") if m else None
+        if m and stats.is_file():
+            found.append((int(m.group(1)), path, stats))
+    return max(found) if found else None
+
+
+class CheckpointCallback(BaseCallback):
+    """Every `every` timesteps (and at the end): VecNormalize statistics, the DQN replay buffer
+    (latest only), then the model zip, each written to a temp name and renamed, so a checkpoint whose
+    zip exists is complete."""
+
+    def __init__(self, folder: Path, every: int):
+        super().__init__()
+        self.folder, self.every = Path(folder), every
+        self.last = 0
+
+    def _on_training_start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.last = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps - self.last >= self.every:
+            self.save()
+        return True
+
+    def save(self) -> None:
+        steps, f = self.num_timesteps, self.folder
+        self.model.get_vec_normalize_env().save(str(f / ".vecnormalize.tmp"))
+        os.replace(f / ".vecnormalize.tmp", f / f"vecnormalize_{steps}_steps.pkl")
+        if hasattr(self.model, "replay_buffer") and self.model.replay_buffer is not None:
+            self.model.save_replay_buffer(f / ".replay_buffer.tmp.pkl")
+            os.replace(f / ".replay_buffer.tmp.pkl", f / "replay_buffer.pkl")
+        self.model.save(f / ".model.tmp.zip")
+        os.replace(f / ".model.tmp.zip", f / f"model_{steps}_steps.zip")
+        self.last = steps
+
+
+class HeldApartEval(EvalCallback):
+    """EvalCallback that replays the same held-apart (rate, seed) episodes at every evaluation."""
+
+    def _on_step(self) -> bool:
+        if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
+            self.eval_env.env_method("restart")
+        return super()._on_step()
+
+
+class RecordObservations(BaseCallback):
+    """Keeps the last `size` raw (unnormalised) observations seen in training."""
+
+    def __init__(self, size: int = RECORDED_OBS):
+        super().__init__()
+        self.observations: deque = deque(maxlen=size)
+
+    def _on_step(self) -> bool:
+        self.observations.extend(self.model.get_vec_normalize_env().get_original_obs())
+        return True
+
+
+class TqdmCallback(BaseCallback):
+    def __init__(self, total: int, desc: str, disable: bool):
+        super().__init__()
+        self.total, self.desc, self.disable = total, desc, disable
+
+    def _on_training_start(self) -> None:
+        self.bar = tqdm(total=self.total, initial=self.num_timesteps, desc=self.desc, unit="step",
+                        disable=self.disable, leave=False)
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.num_timesteps - self.bar.n)
+        return True
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
+# ---- training -----------------------------------------------------------------------------------
+@dataclass
+class SB3Result:
+    artifact: Path
+    timesteps: int  # the model's step count at the end
+    resumed_from: int  # step count of the checkpoint training resumed from (0: fresh)
+    elapsed_s: float
+    timesteps_per_s: float  # this session's steps / wall seconds (envs + learning)
+    eval_mean_reward: float  # last held-apart evaluation (nan if none ran)
+    export_mismatches: int  # recorded observations where the export disagrees with SB3 (expect 0)
+
+    def as_row(self) -> dict:
+        return {**self.__dict__, "artifact": str(self.artifact)}
+
+
+def sb3_policy_kwargs(spec: SB3Spec) -> dict:
+    kwargs = dict(spec.policy_kwargs)
+    if "activation_fn" in kwargs:
+        kwargs["activation_fn"] = ACTIVATION_FNS[kwargs["activation_fn"]]
+    return kwargs
+
+
+def train_sb3(spec: SB3Spec, scenario: Scenario, run_dir: str | Path, name: str, *, target=None,
+              rates: list[float] | None = None, num_requests: int | None = None, seed: int = 0,
+              progress: bool = True, callbacks: list[BaseCallback] = ()) -> SB3Result:
+    """Train (or resume) the policy `name` on `scenario` and export it to run_dir/policies/NAME.json.
+    `rates`, `num_requests`, `seed` are the defaults for the spec's unset fields. `target` is the
+    loaded model shared by the in-process live envs."""
+    run_dir = Path(run_dir)
+    rates = spec.rates or rates
+    num_requests = spec.num_requests or num_requests
+    seed = spec.seed if spec.seed is not None else seed
+    ckpt_dir, tb_dir = run_dir / "checkpoints" / name, run_dir / "tb"
+    algo_cls = sb3_algorithm(spec.algo)
+
+    # 1. seeding: python, numpy, torch; envs get seed + i on their first reset
+    set_random_seed(seed)
+
+    # 2. envs: training (VecNormalize obs/reward) and held-apart evaluation (obs statistics synced)
+    norm = spec.normalize
+    venv = make_vec_env(spec, scenario, target, rates, num_requests)
+    venv.seed(seed)
+    ev = spec.eval
+    eval_every = spec.checkpoint_interval if ev["every"] is None else ev["every"]
+    eval_seed = ev["seed"] if ev["seed"] is not None else seed + EVAL_SEED_OFFSET
+    eval_seeds = [eval_seed + j for j in range(ev["episodes"])]
+    eval_venv = VecNormalize(
+        DummyVecEnv([functools.partial(make_env, scenario, target, ev["rates"] or rates, num_requests, 0, eval_seeds)]),
+        training=False, norm_obs=norm["obs"], norm_reward=False, clip_obs=norm["clip_obs"])
+
+    # 3. algorithm: resume from the newest checkpoint, or start fresh
+    last = latest_checkpoint(ckpt_dir)
+    if last is not None:
+        resumed_from, zip_path, stats_path = last
+        venv = VecNormalize.load(str(stats_path), venv)
+        model = algo_cls.load(zip_path, env=venv, device="cpu", tensorboard_log=str(tb_dir))
+        if (ckpt_dir / "replay_buffer.pkl").is_file() and hasattr(model, "load_replay_buffer"):
+            model.load_replay_buffer(ckpt_dir / "replay_buffer.pkl")
+        venv.seed(seed + resumed_from)  # fresh workloads, not the ones before the interruption
+    else:
+        resumed_from = 0
+        venv = VecNormalize(venv, norm_obs=norm["obs"], norm_reward=norm["reward"], clip_obs=norm["clip_obs"],
+                            clip_reward=norm["clip_reward"], gamma=spec.algo_kwargs.get("gamma", 0.99))
+        extra = {"learning_rate": spec.learning_rate} if spec.learning_rate is not None else {}
+        model = algo_cls("MlpPolicy", venv, policy_kwargs=sb3_policy_kwargs(spec), tensorboard_log=str(tb_dir),
+                         seed=seed, device="cpu", verbose=0, **extra, **spec.algo_kwargs)
+
+    # 4. callbacks: checkpoints, held-apart evaluation, recorded observations, progress bar
+    calls = max(1, spec.n_envs)
+    checkpoint = CheckpointCallback(ckpt_dir, spec.checkpoint_interval)
+    evaluation = HeldApartEval(eval_venv, n_eval_episodes=ev["episodes"], eval_freq=max(eval_every // calls, 1)
+                               if eval_every else -1, log_path=str(run_dir / "eval" / name), deterministic=True,
+                               verbose=0)
+    recorder = RecordObservations()
+    bar = TqdmCallback(spec.total_timesteps, f"train {name} ({spec.algo})", disable=not progress)
+
+    # 5. learn (the step count continues from a resumed checkpoint)
+    start = time.perf_counter()
+    remaining = max(spec.total_timesteps - model.num_timesteps, 0)
+    if remaining:
+        model.learn(total_timesteps=remaining, callback=CallbackList([checkpoint, evaluation, recorder, bar, *callbacks]),
+                    tb_log_name=name, reset_num_timesteps=resumed_from == 0)
+        checkpoint.save()
+    elapsed = time.perf_counter() - start
+
+    # 6. export: manifest + safetensors, checked against SB3 on the observations seen in training
+    provenance = {
+        "algorithm": spec.algo, "timesteps": int(model.num_timesteps), "total_timesteps": spec.total_timesteps,
+        "scenario": scenario.name, "train_on": spec.train_on, "seed": seed, "n_envs": spec.n_envs,
+        "rates": rates, "num_requests": num_requests, "reward": scenario.reward, "reward_kwargs": scenario.reward_kwargs,
+        "normalize": norm, "policy_kwargs": spec.policy_kwargs, "algo_kwargs": spec.algo_kwargs,
+        "run": run_dir.name, "checkpoint": f"checkpoints/{name}/model_{model.num_timesteps}_steps.zip",
+        "stable_baselines3": stable_baselines3.__version__, "torch": torch.__version__,
+    }
+    artifact = export_sb3(model, run_dir / "policies" / f"{name}.json", venv, provenance)
+    mismatches = check_export(load_policy(artifact), model, np.array(recorder.observations), venv) \
+        if recorder.observations else 0
+    venv.close()
+    eval_venv.close()
+    evals = evaluation.evaluations_results
+    return SB3Result(artifact, int(model.num_timesteps), resumed_from, elapsed,
+                     (model.num_timesteps - resumed_from) / elapsed if elapsed > 0 else float("nan"),
+                     float(np.mean(evals[-1])) if evals else float("nan"), mismatches)
+
+
+# ---- inside an experiment ------------------------------------------------------------------------
+def backend_of(scenario: Scenario) -> str:
+    """live | sim (scenarios without a `backend` field are live)."""
+    return getattr(scenario, "backend", None) or "live"
+
+
+def training_scenario(spec: SB3Spec, cfg: ExperimentConfig, eval_scenario: Scenario, where: str) -> Scenario:
+    """The scenario the policy trains on: the spec's (else the experiment's), with its reward overrides;
+    its backend must match `train_on` and its max_k the evaluation scenario's."""
+    scenario = eval_scenario
+    if spec.scenario is not None:
+        ref = spec.scenario
+        if cfg.base_dir is not None and (Path(cfg.base_dir) / ref).is_file():
+            ref = Path(cfg.base_dir) / ref
+        try:
+            scenario = load_scenario(ref)
+        except ScenarioError as exc:
+            raise ExperimentError(f"{where}.scenario' {exc}") from None
+    changes = {k: v for k, v in (("reward", spec.reward), ("reward_kwargs", spec.reward_kwargs)) if v is not None}
+    if changes:
+        try:
+            scenario = scenario.replace(**changes)
+        except (ScenarioError, ValueError) as exc:
+            raise ExperimentError(f"{where}.reward' {exc}") from None
+    if backend_of(scenario) != spec.train_on:
+        raise ExperimentError(f"{where}.train_on' is {spec.train_on} but scenario {scenario.name!r} runs on the "
+                              f"{backend_of(scenario)} backend (set train_on, or a scenario with backend: {spec.train_on})")
+    if scenario.max_k != eval_scenario.max_k:
+        raise ExperimentError(f"{where}.scenario' {scenario.name!r} has max_k={scenario.max_k}, the evaluation "
+                              f"scenario {eval_scenario.name!r} has {eval_scenario.max_k}; they must match")
+    return scenario
+
+
+def train_experiment_entry(name: str, index: int, cfg: ExperimentConfig, eval_scenario: Scenario, target,
+                           run_dir: Path, progress: bool = True) -> Policy:
+    """Train the experiment's sb3 policy `name` (entry `index`), log a row to train_sb3.csv, and
+    return the exported policy, loaded from its artifact."""
+    where = f"experiment {cfg.name!r}: field 'policies[{index}].spec"
+    spec = parse_sb3_spec(cfg.policies[index].spec, where)
+    scenario = training_scenario(spec, cfg, eval_scenario, where)
+    same_model = all(getattr(scenario, f) == getattr(eval_scenario, f) for f in ("model", "dtype", "device"))
+    shared = target if spec.train_on == "live" and same_model else None
+    result = train_sb3(spec, scenario, run_dir, name, target=shared, rates=cfg.train.rates or cfg.rates,
+                       num_requests=cfg.train.num_requests, seed=cfg.train.seed, progress=progress)
+    append_rows(run_dir / "train_sb3.csv", pd.DataFrame([{"policy": name, "algo": spec.algo, "scenario": scenario.name,
+                                                          **result.as_row()}]))
+    return load_policy(result.artifact)
