@@ -27,6 +27,9 @@ SPECS = {
     "thompson": {"type": "thompson", "prior_strength": 2.0},
     "hysteresis": {"type": "hysteresis", "policy": {"type": "nightjar"}, "dwell": 2},
     "sssd": {"type": "sssd", "knee": 12, "cap": 8},
+    "mlp": {"type": "mlp", "layers": ["linear", "tanh", "linear"], "weights": {  # arrays: written on save
+        "layers.0.weight": np.random.default_rng(0).normal(size=(8, MAX_K + 8)), "layers.0.bias": np.zeros(8),
+        "layers.2.weight": np.random.default_rng(1).normal(size=(MAX_K + 1, 8)), "layers.2.bias": np.ones(MAX_K + 1)}},
 }
 
 
