@@ -1,5 +1,6 @@
-"""The experiment pipeline: train the learners on the live env, evaluate every policy on the same
-seeded workloads across the rate sweep, write tables and plots under runs/<run name>/.
+"""The experiment pipeline: train the learners on the scenario's env (live engine or simulator),
+evaluate every policy on the same seeded workloads across the rate sweep, write tables and plots
+under runs/<run name>/.
 
 Run folder:
     config.yaml          the validated experiment config (compared on --resume)
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from nightjar_rl.analysis import format_summary, plot_k_by_batch, plot_metric_vs_rate
 from nightjar_rl.analysis.tables import best_fixed_comparison
+from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.recorder import append_rows, read_table, write_table
 from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
 from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
@@ -31,7 +33,6 @@ from nightjar_rl.experiments.evaluate import evaluate_cell
 from nightjar_rl.experiments.sb3_config import is_sb3_spec
 from nightjar_rl.experiments.train import train_policy
 from nightjar_rl.io import atomic_write_text
-from nightjar_rl.models import load_model
 from nightjar_rl.policy import load_policy, make_policy, save_policy
 
 CELL_KEYS = ["policy", "rate", "seed"]
@@ -105,7 +106,7 @@ def build_policies(cfg: ExperimentConfig, max_k: int) -> dict:
     return policies
 
 
-def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, target, run_dir: Path, progress: bool):
+def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, backend, run_dir: Path, progress: bool):
     """Build every policy; train the learners (or load them from a previous run of this folder)."""
     policies, learned = build_policies(cfg, scenario.max_k), set()
     env = None
@@ -118,7 +119,7 @@ def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, target, run_dir
             else:
                 from nightjar_rl.experiments.sb3_train import train_experiment_entry  # needs stable-baselines3
 
-                policies[entry.name] = train_experiment_entry(entry.name, index, cfg, scenario, target, run_dir, progress)
+                policies[entry.name] = train_experiment_entry(entry.name, index, cfg, scenario, backend, run_dir, progress)
             continue
         policy = policies[entry.name]
         if getattr(policy, "learning", False):
@@ -127,7 +128,7 @@ def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, target, run_dir
             if path.is_file():
                 policy = load_policy(path)
             else:
-                env = env or SpecDecodeEnv(scenario, target=target)
+                env = env or SpecDecodeEnv(scenario, backend=backend)
                 log = train_policy(policy, env, cfg.train.episodes, cfg.train.rates or cfg.rates, cfg.train.seed,
                                    cfg.train.num_requests, progress=progress, desc=f"train {entry.name}")
                 log.insert(0, "policy", entry.name)
@@ -177,7 +178,7 @@ def write_report(run_dir: Path, results: pd.DataFrame, kdf: pd.DataFrame, learne
 class TrainedRun:
     run_dir: Path
     scenario: Scenario
-    target: object  # the loaded target model, shared by training and evaluation
+    backend: object  # the scenario's backend (a live one holds the target model), shared by training and evaluation
     policies: dict  # name -> policy (learners trained, sb3 entries exported and loaded)
     learned: set[str]
 
@@ -193,18 +194,17 @@ def train_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume
     scenario = resolve_scenario(cfg)
     build_policies(cfg, scenario.max_k)  # fail on bad specs before creating the run folder
     run_dir = _prepare_run_dir(cfg, scenario, out_dir, resume)
-    target = load_model(scenario.model, scenario.dtype, scenario.device)  # loaded once, shared by all
-    policies, learned = _trained_policies(cfg, scenario, target, run_dir, progress)
-    return TrainedRun(run_dir, scenario, target, policies, learned)
+    backend = make_backend(scenario)  # a live target is loaded once, shared by all cells
+    policies, learned = _trained_policies(cfg, scenario, backend, run_dir, progress)
+    return TrainedRun(run_dir, scenario, backend, policies, learned)
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: str | Path | None = None,
                    progress: bool = True) -> ExperimentResult:
     """Train, evaluate the sweep (skipping finished cells when resuming), write tables and plots."""
     trained = train_experiment(cfg, out_dir, resume, progress)
-    scenario, target, run_dir = trained.scenario, trained.target, trained.run_dir
+    scenario, backend, run_dir = trained.scenario, trained.backend, trained.run_dir
     policies, learned = trained.policies, trained.learned
-    pool = SpecDecodeEnv.prompt_pool_for(scenario, target)
     done = _finished_cells(run_dir)
     cells = [(name, rate, seed) for rate in cfg.rates for seed in cfg.seeds for name in policies
              if (name, rate, seed) not in done]
@@ -216,9 +216,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: 
         if name in learned:
             snapshot = policy.state()  # every cell starts from the trained state
             policy.learning = cfg.learn_during_eval
-        cell = evaluate_cell(policy, scenario, target, pool, rate, seed, scenario.num_requests,
-                             scenario.max_new_tokens, cfg.slo,
-                             learn=name in learned and cfg.learn_during_eval and policy.learning)
+        cell = evaluate_cell(policy, scenario, backend, rate, seed, scenario.num_requests, scenario.max_new_tokens,
+                             cfg.slo, learn=name in learned and cfg.learn_during_eval and policy.learning)
         if snapshot is not None:
             policy.load_state(snapshot)
         row = {"run": run_dir.name, "scenario": scenario.name, "experiment": cfg.name, "policy": name,

@@ -87,7 +87,7 @@ class WorkloadWrapper(gym.Wrapper):
 
 def make_env(scenario: Scenario, target, rates, num_requests, offset: int = 0, seeds=None) -> gym.Env:
     """One monitored env (module-level so that subprocess envs can pickle it)."""
-    env = SpecDecodeEnv(scenario, target=target) if target is not None else SpecDecodeEnv(scenario)
+    env = SpecDecodeEnv(scenario, target=target)
     return WorkloadWrapper(Monitor(env), rates, num_requests, offset, seeds)
 
 
@@ -295,11 +295,6 @@ def train_sb3(spec: SB3Spec, scenario: Scenario, run_dir: str | Path, name: str,
 
 
 # ---- inside an experiment ------------------------------------------------------------------------
-def backend_of(scenario: Scenario) -> str:
-    """live | sim (scenarios without a `backend` field are live)."""
-    return getattr(scenario, "backend", None) or "live"
-
-
 def training_scenario(spec: SB3Spec, cfg: ExperimentConfig, eval_scenario: Scenario, where: str) -> Scenario:
     """The scenario the policy trains on: the spec's (else the experiment's), with its reward overrides;
     its backend must match `train_on` and its max_k the evaluation scenario's."""
@@ -318,24 +313,26 @@ def training_scenario(spec: SB3Spec, cfg: ExperimentConfig, eval_scenario: Scena
             scenario = scenario.replace(**changes)
         except (ScenarioError, ValueError) as exc:
             raise ExperimentError(f"{where}.reward' {exc}") from None
-    if backend_of(scenario) != spec.train_on:
+    if scenario.backend != spec.train_on:
         raise ExperimentError(f"{where}.train_on' is {spec.train_on} but scenario {scenario.name!r} runs on the "
-                              f"{backend_of(scenario)} backend (set train_on, or a scenario with backend: {spec.train_on})")
+                              f"{scenario.backend} backend (set train_on, or a scenario with backend: {spec.train_on})")
     if scenario.max_k != eval_scenario.max_k:
         raise ExperimentError(f"{where}.scenario' {scenario.name!r} has max_k={scenario.max_k}, the evaluation "
                               f"scenario {eval_scenario.name!r} has {eval_scenario.max_k}; they must match")
     return scenario
 
 
-def train_experiment_entry(name: str, index: int, cfg: ExperimentConfig, eval_scenario: Scenario, target,
+def train_experiment_entry(name: str, index: int, cfg: ExperimentConfig, eval_scenario: Scenario, backend,
                            run_dir: Path, progress: bool = True) -> Policy:
     """Train the experiment's sb3 policy `name` (entry `index`), log a row to train_sb3.csv, and
-    return the exported policy, loaded from its artifact."""
+    return the exported policy, loaded from its artifact. `backend` is the evaluation scenario's: a
+    live one shares its loaded target model with the training envs when both use the same model."""
     where = f"experiment {cfg.name!r}: field 'policies[{index}].spec"
     spec = parse_sb3_spec(cfg.policies[index].spec, where)
     scenario = training_scenario(spec, cfg, eval_scenario, where)
     same_model = all(getattr(scenario, f) == getattr(eval_scenario, f) for f in ("model", "dtype", "device"))
-    shared = target if spec.train_on == "live" and same_model else None
+    live_eval = getattr(backend, "needs_model", False)
+    shared = backend.target if spec.train_on == "live" and live_eval and same_model else None
     result = train_sb3(spec, scenario, run_dir, name, target=shared, rates=cfg.train.rates or cfg.rates,
                        num_requests=cfg.train.num_requests, seed=cfg.train.seed, progress=progress)
     append_rows(run_dir / "train_sb3.csv", pd.DataFrame([{"policy": name, "algo": spec.algo, "scenario": scenario.name,
