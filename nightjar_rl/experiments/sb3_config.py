@@ -25,6 +25,8 @@ evaluated like every other policy. Fields (validated here; errors name `policies
     reward           reward name for training (default: the training scenario's); see env/rewards.py
     reward_kwargs    its arguments, e.g. {per_row: true} (tokens/s per running request: the same
                      per-step optimum with a magnitude that does not grow with load)
+    threads          torch CPU threads while training (default: 1 for sim, where the small network gains
+                     nothing from more and thread contention slows it; live: the scenario's `threads`)
     learning_rate    number > 0 (default: SB3's for the algorithm)
     policy_kwargs    {net_arch: [64, 64] (or {pi: [...], vf: [...]} for PPO/A2C), activation_fn:
                      tanh | relu | elu | leaky_relu | silu}
@@ -53,7 +55,7 @@ TRAIN_ON = ("live", "sim")
 VEC_ENVS = ("auto", "dummy", "subproc")
 ACTIVATION_NAMES = ("tanh", "relu", "elu", "leaky_relu", "silu")
 OWN_FIELDS = ("type", "algo", "total_timesteps", "train_on", "scenario", "n_envs", "vec_env", "rates", "num_requests",
-              "seed", "reward", "reward_kwargs", "learning_rate", "policy_kwargs", "normalize", "checkpoint_every",
+              "seed", "threads", "reward", "reward_kwargs", "learning_rate", "policy_kwargs", "normalize", "checkpoint_every",
               "eval")
 # SB3 constructor arguments this module sets itself (or that make no sense in a config)
 RESERVED_SB3 = {"policy", "env", "tensorboard_log", "verbose", "seed", "device", "_init_setup_model", "policy_kwargs",
@@ -71,6 +73,7 @@ class SB3Spec:
     rates: list[float] | None = None
     num_requests: int | None = None
     seed: int | None = None
+    threads: int | None = None
     reward: str | None = None
     reward_kwargs: dict | None = None
     learning_rate: float | None = None
@@ -132,7 +135,7 @@ def parse_sb3_spec(spec: dict, where: str = "sb3 spec") -> SB3Spec:
     if out.train_on == "live" and out.vec_env == "subproc":
         raise fail("vec_env", "cannot be subproc with train_on: live (one process shares the model and "
                               "measures honest step times; a CUDA context cannot be forked); use dummy or auto")
-    for key, low in (("n_envs", 1), ("num_requests", 1), ("seed", 0), ("checkpoint_every", 1)):
+    for key, low in (("n_envs", 1), ("num_requests", 1), ("seed", 0), ("threads", 1), ("checkpoint_every", 1)):
         if spec.get(key) is not None:
             if not _int(spec[key]) or spec[key] < low:
                 raise fail(key, f"must be an integer >= {low}, got {spec[key]!r}")

@@ -28,6 +28,7 @@ import os
 import re
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,6 +205,18 @@ class SB3Result:
         return {**self.__dict__, "artifact": str(self.artifact)}
 
 
+@contextmanager
+def torch_threads(n: int | None):
+    """Run with `n` torch CPU threads (None: unchanged), restoring the previous count afterwards."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def sb3_policy_kwargs(spec: SB3Spec) -> dict:
     kwargs = dict(spec.policy_kwargs)
     if "activation_fn" in kwargs:
@@ -221,11 +234,18 @@ def train_sb3(spec: SB3Spec, scenario: Scenario, run_dir: str | Path, name: str,
     rates = spec.rates or rates
     num_requests = spec.num_requests or num_requests
     seed = spec.seed if spec.seed is not None else seed
+
+    # 1. seeding: python, numpy, torch; envs get seed + i on their first reset. Threads: see the spec.
+    set_random_seed(seed)
+    threads = spec.threads or (1 if spec.train_on == "sim" else None)
+    with torch_threads(threads):
+        return _train(spec, scenario, run_dir, name, target, rates, num_requests, seed, progress, callbacks)
+
+
+def _train(spec: SB3Spec, scenario: Scenario, run_dir: Path, name: str, target, rates, num_requests, seed: int,
+           progress: bool, callbacks) -> SB3Result:
     ckpt_dir, tb_dir = run_dir / "checkpoints" / name, run_dir / "tb"
     algo_cls = sb3_algorithm(spec.algo)
-
-    # 1. seeding: python, numpy, torch; envs get seed + i on their first reset
-    set_random_seed(seed)
 
     # 2. envs: training (VecNormalize obs/reward) and held-apart evaluation (obs statistics synced)
     norm = spec.normalize
