@@ -29,6 +29,7 @@ ALGO_KWARGS = {
     "DQN": {"buffer_size": 1000, "learning_starts": 50, "train_freq": 4},
 }
 TOTAL = 256
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 def sb3_spec(kind: str, total: int = TOTAL, **changes) -> dict:
@@ -147,14 +148,28 @@ def test_live_training_then_evaluation_with_the_other_policies(tmp_path):
     assert artifact.read_text() == before and len(again.results) == len(df)  # reused, not retrained
 
 
-def test_train_command_prints_run_folder_and_artifact(tmp_path, capsys):
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(experiment([{"name": "a2c", "spec": sb3_spec("A2C", total=64)}])))
-    assert main(["train", str(path), "--out-dir", str(tmp_path / "runs")]) == 0
+def test_train_command_then_experiment_resume_on_the_shipped_tiny_config(tmp_path, capsys):
+    """experiments/tiny_sb3.yaml: `train` trains on the simulator and exports; `experiment --resume`
+    then evaluates the exported policy live beside fixed k without retraining."""
+    assert main(["train", str(EXPERIMENTS / "tiny_sb3.yaml"), "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    (run_dir,) = (tmp_path / "runs").iterdir()
-    assert f"run folder: {run_dir}" in out and f"policy a2c: {run_dir / 'policies' / 'a2c.json'}" in out
+    (run_dir,) = tmp_path.iterdir()
+    artifact = run_dir / "policies" / "ppo.json"
+    assert f"run folder: {run_dir}" in out and f"policy ppo: {artifact}" in out
     assert not (run_dir / "results.csv").exists()  # train only
+    trained = artifact.read_text()
+    assert main(["experiment", str(EXPERIMENTS / "tiny_sb3.yaml"), "--resume", str(run_dir)]) == 0
+    df = pd.read_csv(run_dir / "results.csv")
+    assert set(df["policy"]) == {"k0", "k2", "ppo"} and df.loc[df["policy"] == "ppo", "learned"].all()
+    assert artifact.read_text() == trained
+    assert load_policy(artifact).provenance["scenario"] == "tiny-sim"
+
+
+def test_gpu_whatif_config_is_valid():
+    cfg = load_experiment(EXPERIMENTS / "ppo_gpu_whatif.yaml")
+    spec = parse_sb3_spec(next(p.spec for p in cfg.policies if p.name == "ppo"))
+    assert spec.algo == "PPO" and spec.train_on == "sim" and spec.total_timesteps == 200_000
+    assert spec.algo_kwargs["n_steps"] == 256 and spec.reward_kwargs == {"per_row": True}
 
 
 @pytest.mark.parametrize("changes, match", [
