@@ -10,18 +10,18 @@ import yaml
 
 sb3 = pytest.importorskip("stable_baselines3")
 
-from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
-from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize  # noqa: E402
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from nightjar_rl.cli import main  # noqa: E402
-from nightjar_rl.env.scenario import load_scenario  # noqa: E402
-from nightjar_rl.env.spec_decode_env import SpecDecodeEnv  # noqa: E402
-from nightjar_rl.experiments import runner  # noqa: E402
-from nightjar_rl.experiments.config import ExperimentError, experiment_from_dict, load_experiment  # noqa: E402
-from nightjar_rl.experiments.sb3_config import parse_sb3_spec  # noqa: E402
-from nightjar_rl.experiments.sb3_train import latest_checkpoint, train_sb3  # noqa: E402
-from nightjar_rl.policy import MLPPolicy, load_policy  # noqa: E402
-from nightjar_rl.policy.sb3 import check_export  # noqa: E402
+from nightjar_rl.cli import main
+from nightjar_rl.env.scenario import load_scenario
+from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
+from nightjar_rl.experiments import runner
+from nightjar_rl.experiments.config import ExperimentError, experiment_from_dict, load_experiment
+from nightjar_rl.experiments.sb3_config import parse_sb3_spec
+from nightjar_rl.experiments.sb3_train import latest_checkpoint, train_sb3
+from nightjar_rl.policy import MLPPolicy, load_policy
+from nightjar_rl.policy.sb3 import check_export
 
 ALGO_KWARGS = {
     "PPO": {"n_steps": 32, "batch_size": 32, "n_epochs": 2},

@@ -26,15 +26,12 @@ def run_experiment_cli(config_path: str, resume: str | None, out_dir: str = "run
 
 def add_experiment_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `experiment` sub-command to an argparse subparsers object."""
-    parser = subparsers.add_parser(
-        "experiment",
+    return _add_run_command(
+        subparsers, "experiment", run_experiment_cli,
         help="train learners and evaluate every policy across a request-rate sweep",
-        description="Train the learners on the scenario's env (live or sim), evaluate every policy on the same seeded workloads "
-                    "across the rate sweep, and write tables and plots under runs/<run name>/.",
+        description="Train the learners on the scenario's env (live or sim), evaluate every policy on the same seeded "
+                    "workloads across the rate sweep, and write tables and plots under runs/<run name>/.",
     )
-    _add_run_args(parser)
-    parser.set_defaults(func=lambda args: run_experiment_cli(args.config, args.resume, args.out_dir))
-    return parser
 
 
 def run_train_cli(config_path: str, resume: str | None, out_dir: str = "runs") -> int:
@@ -54,21 +51,22 @@ def run_train_cli(config_path: str, resume: str | None, out_dir: str = "runs") -
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `train` sub-command to an argparse subparsers object."""
-    parser = subparsers.add_parser(
-        "train",
+    return _add_run_command(
+        subparsers, "train", run_train_cli,
         help="train an experiment's learners and sb3 policies, export them (no evaluation)",
         description="Train the learners and stable-baselines3 policies of an experiment config, export them "
                     "under runs/<run name>/policies/, and print the paths. Resume an interrupted run with "
                     "--resume (sb3 training continues from its last checkpoint).",
     )
-    _add_run_args(parser)
-    parser.set_defaults(func=lambda args: run_train_cli(args.config, args.resume, args.out_dir))
-    return parser
 
 
-def _add_run_args(parser: argparse.ArgumentParser) -> None:
+def _add_run_command(subparsers, name: str, run, **texts) -> argparse.ArgumentParser:
+    """A sub-command taking CONFIG [--resume RUN_DIR] [--out-dir DIR] that calls run(config, resume, out_dir)."""
+    parser = subparsers.add_parser(name, **texts)
     parser.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                         help="continue an interrupted run: reuse trained policies, resume sb3 checkpoints, "
                              "skip finished (policy, rate, seed) cells")
     parser.add_argument("--out-dir", default="runs", help="parent folder of new run folders (default: runs)")
+    parser.set_defaults(func=lambda args: run(args.config, args.resume, args.out_dir))
+    return parser

@@ -117,7 +117,8 @@ def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, backend, run_di
             if path.is_file():
                 policies[entry.name] = load_policy(path)
             else:
-                from nightjar_rl.experiments.sb3_train import train_experiment_entry  # needs stable-baselines3
+                # local: training needs stable-baselines3, evaluating an exported policy does not
+                from nightjar_rl.experiments.sb3_train import train_experiment_entry
 
                 policies[entry.name] = train_experiment_entry(entry.name, index, cfg, scenario, backend, run_dir, progress)
             continue

@@ -185,7 +185,7 @@ def _policy_kwargs(pk, algo: str, fail) -> dict:
         raise fail("", f"must be a mapping, got {pk!r}")
     unknown = set(pk) - {"net_arch", "activation_fn"}
     if unknown:
-        raise fail(sorted(unknown)[0], "is not supported (policy_kwargs takes net_arch, activation_fn)")
+        raise fail(min(unknown), "is not supported (policy_kwargs takes net_arch, activation_fn)")
     out = {}
     if "net_arch" in pk:
         arch = pk["net_arch"]

@@ -135,6 +135,7 @@ class MLPPolicy(Policy):
         return {"mean": mean.tolist(), "var": var.tolist(), "clip": clip, "epsilon": eps}
 
     def _read_weights(self, weights: str, sha: str | None, base_dir: str | None) -> dict[str, np.ndarray]:
+        from safetensors import SafetensorError
         from safetensors.numpy import load
 
         if not isinstance(weights, str) or not weights:
@@ -151,7 +152,7 @@ class MLPPolicy(Policy):
                              f"expected {str(sha)[:12]}... (a different or modified file)")
         try:
             tensors = load(data)
-        except Exception as exc:  # safetensors raises its own (Rust) error type
+        except SafetensorError as exc:
             raise ValueError(f"weights file {path} is not a readable safetensors file ({exc})") from None
         self.weights_file, self.weights_sha256 = weights, actual
         return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
