@@ -43,6 +43,7 @@ from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 from tqdm.auto import tqdm
 
+from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.recorder import append_rows
 from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
 from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
@@ -351,8 +352,9 @@ def train_experiment_entry(name: str, index: int, cfg: ExperimentConfig, eval_sc
     spec = parse_sb3_spec(cfg.policies[index].spec, where)
     scenario = training_scenario(spec, cfg, eval_scenario, where)
     same_model = all(getattr(scenario, f) == getattr(eval_scenario, f) for f in ("model", "dtype", "device"))
-    live_eval = getattr(backend, "needs_model", False)
-    shared = backend.target if spec.train_on == "live" and live_eval and same_model else None
+    shared = None  # sim envs load no model
+    if spec.train_on == "live":  # one target for every in-process env (and the evaluation, when it is the same)
+        shared = backend.target if getattr(backend, "needs_model", False) and same_model else make_backend(scenario).target
     result = train_sb3(spec, scenario, run_dir, name, target=shared, rates=cfg.train.rates or cfg.rates,
                        num_requests=cfg.train.num_requests, seed=cfg.train.seed, progress=progress)
     append_rows(run_dir / "train_sb3.csv", pd.DataFrame([{"policy": name, "algo": spec.algo, "scenario": scenario.name,
