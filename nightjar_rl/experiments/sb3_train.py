@@ -19,6 +19,8 @@ Vectorised envs: `n_envs` envs step together. Live envs run in this process (Dum
 one loaded target model: their reward is measured wall time, which parallel processes on the same
 device would distort, and a CUDA context cannot be forked into subprocesses. Simulator envs may run
 in subprocesses (SubprocVecEnv, forkserver start) where that pays: more than 2 cores and n_envs > 1.
+A script that trains with subprocess envs needs the `if __name__ == "__main__":` guard (the
+`nightjar-rl` command has it).
 """
 
 from __future__ import annotations
