@@ -42,9 +42,41 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
+def _add_policy_args(p: argparse.ArgumentParser) -> None:
+    """How k is chosen: a fixed --k, or any policy (artifact file or spec), optionally learning."""
+    g = p.add_argument_group("speculation policy")
+    g.add_argument("--k", type=int, default=None, help="fixed speculation length (0 = off; default 4): --policy fixed-K")
+    g.add_argument("--policy", default=None, metavar="ARTIFACT|SPEC",
+                   help="policy artifact (policies/*.json, or a schedule from `nightjar-rl export`) or spec: "
+                        "fixed-3, table-mlc_llm, nightjar, '{\"type\": ...}'; max_k <= --max-speculation")
+    g.add_argument("--learn", action="store_true", help="bandits keep learning online (reward: decode tokens/s)")
+    g.add_argument("--save-policy", default=None, help="where --learn saves the updated artifact at exit "
+                                                        "(default: ARTIFACT with suffix .learned.json)")
+    g.add_argument("--log-steps", default=None, metavar="FILE", help="per-step decision table (.csv or .parquet)")
+
+
+def _runtime_policy(a: argparse.Namespace, cfg: EngineConfig):
+    from nightjar_rl.runtime.policy_spec import runtime_policy
+
+    return runtime_policy(cfg.max_speculation, a.k, a.policy, learn=a.learn, save_policy=a.save_policy,
+                          log_steps=a.log_steps)
+
+
+def _serve_workload(rp, engine, requests, progress: bool, desc: str):
+    """Run a workload under the resolved policy; the learned artifact and step log are saved even
+    after an interrupt."""
+    from nightjar_rl.serving import ServingSession
+
+    try:
+        return rp.driver(ServingSession(engine, requests)).run(progress=progress, desc=desc, on_step=rp.on_step)
+    finally:
+        for line in rp.finish():
+            print(line)
+
+
 def _add_workload_args(p: argparse.ArgumentParser) -> None:
-    """Flags shared by the commands that serve prompts: k, prompt set, token budget, progress."""
-    p.add_argument("--k", type=int, default=4, help="speculation length (0 = off)")
+    """Flags shared by the commands that serve prompts: policy, prompt set, token budget, progress."""
+    _add_policy_args(p)
     p.add_argument("--prompts", default=None, help="JSONL with a 'prompt' field (default: bundled set)")
     p.add_argument("--families", default=None, help="comma-separated prompt families to keep")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -58,13 +90,6 @@ def _engine_config(a: argparse.Namespace) -> EngineConfig:
         max_speculation=a.max_speculation, ngram_max=a.ngram_max, ngram_min=a.ngram_min,
         temperature=a.temperature, top_p=a.top_p, seed=a.seed, threads=a.threads, datastore=a.datastore,
     )
-
-
-def _check_k(k: int, cfg: EngineConfig) -> None:
-    if k < 0:
-        raise CLIError(f"--k must be >= 0, got {k}")
-    if k > cfg.max_speculation:
-        raise CLIError(f"--k {k} exceeds --max-speculation {cfg.max_speculation}")
 
 
 def _load_workload(a, stack, rate: float | None, count: int | None):
@@ -85,14 +110,13 @@ def _load_workload(a, stack, rate: float | None, count: int | None):
 
 def cmd_generate(a: argparse.Namespace) -> int:
     from nightjar_rl.io import atomic_write_jsonl
-    from nightjar_rl.serving import serve
     from nightjar_rl.stack import build_stack
 
     cfg = _engine_config(a)
-    _check_k(a.k, cfg)
+    rp = _runtime_policy(a, cfg)
     stack = build_stack(cfg)
     records, requests = _load_workload(a, stack, None, None)
-    result = serve(stack.engine, requests, k=a.k, progress=not a.quiet, desc="generate")
+    result = _serve_workload(rp, stack.engine, requests, not a.quiet, "generate")
     rows = []
     for rec, req in zip(records, requests):
         tokens = result.outputs[req.request_id]
@@ -105,17 +129,17 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from nightjar_rl.io import atomic_write_json
-    from nightjar_rl.serving import serve, summarize
+    from nightjar_rl.serving import summarize
     from nightjar_rl.stack import build_stack
 
     cfg = _engine_config(a)
-    _check_k(a.k, cfg)
+    rp = _runtime_policy(a, cfg)
     rate = None if a.rate in (None, "inf", "offline") else _positive_float(a.rate, "--rate")
     stack = build_stack(cfg)
     _, requests = _load_workload(a, stack, rate, a.num_requests)
-    result = serve(stack.engine, requests, k=a.k, progress=not a.quiet, desc="bench")
+    result = _serve_workload(rp, stack.engine, requests, not a.quiet, "bench")
     summary = {"model": cfg.model, "drafter": cfg.drafter, "decoder": cfg.decoder, "dtype": cfg.dtype,
-               "k": a.k, "rate": rate if rate is not None else "offline", **summarize(result)}
+               "policy": rp.policy.name, "rate": rate if rate is not None else "offline", **summarize(result)}
     width = max(len(key) for key in summary)
     for key, value in summary.items():
         shown = f"{value:.4g}" if isinstance(value, float) else value
