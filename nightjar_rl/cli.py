@@ -1,8 +1,9 @@
-"""The `nightjar-rl` command: generate, bench, profile, experiment, datastore."""
+"""The `nightjar-rl` command: generate, bench, serve, export, profile, experiment, datastore."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -150,6 +151,54 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    from nightjar_rl.runtime.server import build_server, make_server
+    from nightjar_rl.stack import build_stack
+
+    cfg = _engine_config(a)
+    rp = _runtime_policy(a, cfg)
+    for flag, value in (("--port", a.port), ("--max-waiting", a.max_waiting), ("--default-max-tokens", a.default_max_tokens)):
+        if value is not None and value < (0 if flag == "--port" else 1):
+            raise CLIError(f"{flag} must be {'>= 0' if flag == '--port' else '>= 1'}, got {value}")
+    stack = build_stack(cfg)
+    app, engine_loop = build_server(stack, rp, a.served_model_name, a.max_waiting, a.default_max_tokens)
+    print(f"serving {a.served_model_name or cfg.model} with policy {rp.policy.name} on http://{a.host}:{a.port}")
+    try:
+        make_server(app, a.host, a.port, log_level="warning" if a.quiet else "info").run()
+    finally:
+        for line in engine_loop.stop():
+            print(line)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from nightjar_rl.io import atomic_write_json
+    from nightjar_rl.runtime.export import export_schedule, schedule, sensitivity, to_ranges
+    from nightjar_rl.runtime.policy_spec import resolve_policy
+
+    if a.max_batch_size < 1:
+        raise CLIError(f"--max-batch-size must be >= 1, got {a.max_batch_size}")
+    if not 0 <= a.acceptance <= 1:
+        raise CLIError(f"--acceptance must be in [0, 1], got {a.acceptance}")
+    max_k = a.max_k if a.max_k is not None else (1024 if Path(a.policy).is_file() else 8)
+    policy = resolve_policy(a.policy, max_k)
+    typical = {"acceptance": a.acceptance, "queue_len": a.queue_len}
+    ks = schedule(policy, a.max_batch_size, typical)
+    result = export_schedule(ks, a.to, a.num_speculative_tokens)
+    notes = sensitivity(policy, a.max_batch_size, typical) + result.notes
+    text = json.dumps(result.config, indent=1)
+    report = sys.stderr if a.out is None else sys.stdout
+    print(f"{policy.name}: " + ", ".join(f"bs {lo}-{hi}: k={k}" for lo, hi, k in to_ranges(ks)), file=report)
+    for note in notes:
+        print(f"note: {note}", file=report)
+    if a.out is None:
+        print(text)
+    else:
+        atomic_write_json(a.out, result.config)
+        print(f"wrote {a.to} schedule {a.out}")
+    return 0
+
+
 def cmd_profile(a: argparse.Namespace) -> int:
     from nightjar_rl.decoding.profiler import profile_hardware
     from nightjar_rl.io import atomic_write_json
@@ -209,6 +258,28 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rate", default=None, help="Poisson arrival rate in requests/s (default: offline, all at once)")
     b.add_argument("--out", default=None, help="write the summary JSON here")
     b.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, /metrics)")
+    _add_engine_args(s)
+    _add_policy_args(s)
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--served-model-name", default=None, help="model name clients pass (default: --model)")
+    s.add_argument("--max-waiting", type=int, default=None, help="queue bound: more waiting requests get HTTP 503")
+    s.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens of a request that sets none")
+    s.add_argument("--quiet", action="store_true", help="no per-request access log")
+    s.set_defaults(func=cmd_serve)
+
+    ex = sub.add_parser("export", help="a policy's k-by-batch-size schedule as a vLLM / TensorRT-LLM / SGLang config")
+    ex.add_argument("policy", metavar="POLICY", help="policy artifact or spec (as --policy)")
+    ex.add_argument("--to", required=True, choices=["vllm", "trtllm", "sglang"])
+    ex.add_argument("--out", default=None, help="write the config here (default: stdout)")
+    ex.add_argument("--max-batch-size", type=int, default=256, help="largest batch size in the schedule")
+    ex.add_argument("--max-k", type=int, default=None, help="max_k for a spec (default 8; artifacts keep theirs)")
+    ex.add_argument("--num-speculative-tokens", type=int, default=None, help="vllm: the cap K (default: the schedule's max)")
+    ex.add_argument("--acceptance", type=float, default=0.7, help="typical per-token acceptance the schedule is read at")
+    ex.add_argument("--queue-len", type=float, default=0.0, help="typical waiting queue the schedule is read at")
+    ex.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("profile", help="time verify/draft steps over batch sizes; write a hardware profile")
     pr.add_argument("--model", default="smollm2-135m")
