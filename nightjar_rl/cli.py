@@ -1,4 +1,4 @@
-"""The `nightjar-rl` command: generate, bench, serve, export, profile, experiment, datastore."""
+"""The `nightjar-rl` command: generate, bench, serve, export, profile, experiment, datastore, trace."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from nightjar_rl.decoding.datastore_cli import add_datastore_parser
 from nightjar_rl.experiments.cli import add_experiment_parser
+from nightjar_rl.sim.cli import add_roofline_args, add_trace_parser
 from nightjar_rl.stack import DECODERS, DRAFTERS, EngineConfig
 
 DEFAULT_PROFILE_DIR = Path("envs") / "profiles"
@@ -200,8 +201,20 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_profile(a: argparse.Namespace) -> int:
-    from nightjar_rl.decoding.profiler import profile_hardware
     from nightjar_rl.io import atomic_write_json
+
+    if a.roofline:
+        from nightjar_rl.sim.cli import cmd_profile_roofline
+
+        if a.overhead_ms < 0:
+            raise CLIError(f"--overhead-ms must be >= 0, got {a.overhead_ms}")
+        profile = cmd_profile_roofline(a)
+        name = f"roofline-{a.gpu}-{Path(a.model).stem.removeprefix('random:')}"
+        out = Path(a.out) if a.out else DEFAULT_PROFILE_DIR / f"{name}.json"
+        atomic_write_json(out, profile)
+        print(f"wrote roofline profile {out}")
+        return 0
+    from nightjar_rl.decoding.profiler import profile_hardware
     from nightjar_rl.models import load_model
     from nightjar_rl.stack import load_draft_model
 
@@ -214,6 +227,9 @@ def cmd_profile(a: argparse.Namespace) -> int:
     profile = profile_hardware(
         target.model, a.model, _int_list(a.batch_sizes, "--batch-sizes"), _int_list(a.tokens, "--tokens"),
         context=a.context, repeats=a.repeats, draft_model=draft, progress=not a.quiet,
+        contexts=_int_list(a.contexts, "--contexts") if a.contexts else None,
+        prefill_tokens=_int_list(a.prefill_tokens, "--prefill-tokens") if a.prefill_tokens else None,
+        overhead_steps=a.overhead_steps,
     )
     out = Path(a.out) if a.out else DEFAULT_PROFILE_DIR / f"{a.model.replace('/', '_')}-{profile['device_type']}-{a.dtype}.json"
     atomic_write_json(out, profile)
@@ -282,21 +298,26 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("profile", help="time verify/draft steps over batch sizes; write a hardware profile")
-    pr.add_argument("--model", default="smollm2-135m")
-    pr.add_argument("--draft", default=None, help="draft model to time (name/path or early-exit:LAYERS)")
+    pr.add_argument("--model", default="smollm2-135m", help="model to time, or with --roofline a shape (llama-3-8b, ...) or shape JSON")
+    pr.add_argument("--draft", default=None, help="draft model to time (name/path or early-exit:LAYERS; with --roofline a shape)")
     pr.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     pr.add_argument("--device", default=None)
     pr.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
     pr.add_argument("--tokens", default="1,2,3,5,9", help="tokens per row scored (k+1)")
     pr.add_argument("--context", type=int, default=128, help="cached tokens per row")
     pr.add_argument("--repeats", type=int, default=3)
+    pr.add_argument("--contexts", default=None, help="also time verify at these cached-token counts (e.g. 64,256)")
+    pr.add_argument("--prefill-tokens", default=None, help="time prefill passes of these lengths (e.g. 32,128,512)")
+    pr.add_argument("--overhead-steps", type=int, default=0, help="measure per-step engine overhead over N k=0 steps")
     pr.add_argument("--threads", type=int, default=None)
     pr.add_argument("--out", default=None, help=f"output JSON (default: {DEFAULT_PROFILE_DIR}/<model>-<device>-<dtype>.json)")
     pr.add_argument("--quiet", action="store_true")
+    add_roofline_args(pr)
     pr.set_defaults(func=cmd_profile)
 
     add_experiment_parser(sub)
     add_datastore_parser(sub)
+    add_trace_parser(sub)
     return parser
 
 

@@ -81,7 +81,7 @@ def _build_drafter(cfg: EngineConfig, target: LoadedModel):
     if cfg.drafter == "ngram":
         return NgramDrafter(cfg.ngram_max, cfg.ngram_min)
     if cfg.drafter == "sssd":
-        return _build_sssd(cfg, target)
+        return build_sssd(cfg, target)
     return DraftModelDrafter(load_draft_model(cfg.draft, target, cfg.dtype, cfg.device))
 
 
@@ -98,7 +98,7 @@ def load_draft_model(spec: str, target: LoadedModel, dtype: str, device: str | N
     return draft.model
 
 
-def _build_sssd(cfg: EngineConfig, target: LoadedModel):
+def build_sssd(cfg: EngineConfig, target: LoadedModel):
     from nightjar_rl.decoding.datastore import Datastore, tokenizer_fingerprint
     from nightjar_rl.decoding.drafters.sssd import SSSDDrafter
 

@@ -64,11 +64,11 @@ def test_episode_terminates_and_info_carries_stats(tiny_target):
 def test_same_seed_same_workload(tiny_target):
     env = SpecDecodeEnv("tiny", target=tiny_target)
     env.reset(seed=11, options={"num_requests": 5, "rate": 3.0})
-    first = [(r.prompt_ids, r.arrival_time) for r in env.backend.requests]
+    first = [(r.prompt_ids, r.arrival_time) for r in env.requests]
     env.reset(seed=12, options={"num_requests": 5, "rate": 3.0})
-    other = [(r.prompt_ids, r.arrival_time) for r in env.backend.requests]
+    other = [(r.prompt_ids, r.arrival_time) for r in env.requests]
     env.reset(seed=11, options={"num_requests": 5, "rate": 3.0})
-    again = [(r.prompt_ids, r.arrival_time) for r in env.backend.requests]
+    again = [(r.prompt_ids, r.arrival_time) for r in env.requests]
     assert first == again
     assert first != other
 
@@ -78,7 +78,7 @@ def test_greedy_outputs_match_plain_decoding(tiny_target):
 
     def outputs(k):
         run_to_end(env, k, seed=5)
-        return env.backend.result().outputs, env.backend.engine
+        return env.result().outputs, env.session.engine
 
     plain, _ = outputs(0)
     spec, _ = outputs(env.max_k)
@@ -111,7 +111,7 @@ def test_observation_fields_follow_the_engine(tiny_target):
     obs, _ = env.reset(seed=2, options={"num_requests": 4, "rate": "inf" and float("inf")})
     assert obs[OBS_INDEX["queue_len"]] == 4 and obs[OBS_INDEX["batch_size"]] == 0
     obs, *_ = env.step(3)
-    assert obs[OBS_INDEX["batch_size"]] == len(env.backend.engine.running)
+    assert obs[OBS_INDEX["batch_size"]] == len(env.session.engine.running)
     assert obs[OBS_INDEX["last_k"]] == 3
 
 
@@ -144,7 +144,7 @@ def test_piecewise_arrivals_per_episode(tiny_target):
     env = SpecDecodeEnv("tiny", target=tiny_target)
     ramp = {"kind": "piecewise", "schedule": [[0.5, 2.0], [0.5, 40.0], [0.5, 2.0]]}
     _, info = env.reset(seed=9, options={"arrivals": ramp, "num_requests": 100})
-    times = np.array([r.arrival_time for r in env.backend.requests])
+    times = np.array([r.arrival_time for r in env.requests])
     assert info["num_requests"] == len(times) < 100 and times.max() < 1.5
     assert np.sum((times >= 0.5) & (times < 1.0)) > np.sum(times < 0.5)
     with pytest.raises(ValueError, match="arrivals.kind"):

@@ -1,4 +1,4 @@
-"""Evaluation of one cell: the controller sees the env's observations on the serve() clock."""
+"""Evaluation of one cell: the driver shows the policy the env's observations on the session clock."""
 
 import numpy as np
 import pandas as pd
@@ -6,19 +6,17 @@ import pytest
 
 from nightjar_rl.env.observation import OBS_INDEX
 from nightjar_rl.env.scenario import load_scenario
+from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
-from nightjar_rl.experiments.evaluate import PolicyController, eval_workload, evaluate_cell, goodput
-from nightjar_rl.models import load_model
+from nightjar_rl.experiments.evaluate import eval_workload, evaluate_cell, goodput
 from nightjar_rl.policy import make_policy
-from nightjar_rl.serving import serve
-from nightjar_rl.stack import build_stack
 
 
 @pytest.fixture(scope="module")
 def setup():
     scenario = load_scenario("tiny")
-    target = load_model(scenario.model)
-    return scenario, target, SpecDecodeEnv.prompt_pool_for(scenario, target)
+    backend = make_backend(scenario)
+    return scenario, backend, backend.prompt_pool
 
 
 class Recorder:
@@ -35,29 +33,51 @@ class Recorder:
         return self.policy.predict(obs, deterministic)
 
 
-def test_controller_tracks_serve_clock_and_arrivals(setup):
-    scenario, target, pool = setup
-    requests = eval_workload(scenario, pool, rate=4.0, seed=3, num_requests=5, max_new_tokens=6)
-    engine = build_stack(scenario.engine_config(), target=target).engine
+def test_driver_shows_the_policy_session_state_before_every_step(setup):
+    scenario, backend, pool = setup
     policy = Recorder(make_policy("fixed-1", scenario.max_k))
-    controller = PolicyController(engine, policy, scenario.max_k)
-    result = serve(engine, requests, k=controller, progress=False)
-    assert controller.clock + result.steps[-1].wall_time == pytest.approx(result.duration)
-    assert len(controller._seen) == len(requests)
+    cell = evaluate_cell(policy, scenario, backend, 4.0, 3, 5, 6, {"tpot_s": 1.0})
+    result = cell.serve_result
+    assert len(policy.seen) == len(result.steps)
     first = policy.seen[0]
     assert first[OBS_INDEX["batch_size"]] == 0 and first[OBS_INDEX["queue_len"]] >= 1
     assert first[OBS_INDEX["arrival_rate"]] > 0
     batches = [o[OBS_INDEX["batch_size"]] for o in policy.seen]
     assert batches == [0] + [s.batch_size for s in result.steps[1:]]
+    assert result.duration >= sum(s.wall_time for s in result.steps)  # the session's clock, idle gaps included
+
+
+@pytest.mark.parametrize("scenario_name", ["tiny", "tiny-sim"])
+def test_evaluation_and_the_env_drive_the_same_loop(scenario_name):
+    """The same seeded workload served by evaluate_cell (a policy inside the driver) and by an env
+    loop (the agent's actions through the driver) decodes the same rows and outputs."""
+    scenario = load_scenario(scenario_name)
+    backend = make_backend(scenario)
+    cell = evaluate_cell(make_policy("table-mlc_llm", scenario.max_k), scenario, backend, 1e6, 4, 5,
+                         scenario.max_new_tokens,
+                         {"tpot_s": 1.0})
+    env = SpecDecodeEnv(scenario, backend=backend)
+    policy = make_policy("table-mlc_llm", scenario.max_k)
+    obs, _ = env.reset(seed=4, options={"rate": 1e6, "num_requests": 5})
+    done, steps = False, []
+    while not done:
+        obs, _, terminated, truncated, info = env.step(policy.predict(obs))
+        steps.append(info["stats"])
+        done = terminated or truncated
+    key = lambda st: (st.k, st.batch_size, st.request_ids, st.drafted, st.accepted, st.emitted)  # noqa: E731
+    assert [key(st) for st in steps] == [key(st) for st in cell.serve_result.steps]
+    assert env.result().outputs == cell.serve_result.outputs
+    if scenario.backend == "sim":  # modelled time: the clocks agree too
+        assert env.result().duration == cell.serve_result.duration
 
 
 def test_same_workload_for_every_policy_and_exact_outputs(setup):
-    scenario, target, pool = setup
+    scenario, backend, pool = setup
     a = eval_workload(scenario, pool, 2.0, 7, 4, 8)
     b = eval_workload(scenario, pool, 2.0, 7, 4, 8)
     assert [(r.prompt_ids, r.arrival_time) for r in a] == [(r.prompt_ids, r.arrival_time) for r in b]
     slo = {"tpot_s": 1.0}
-    cells = [evaluate_cell(make_policy(spec, scenario.max_k), scenario, target, pool, 2.0, 7, 4, 8, slo)
+    cells = [evaluate_cell(make_policy(spec, scenario.max_k), scenario, backend, 2.0, 7, 4, 8, slo)
              for spec in ("fixed-0", "fixed-3", "table-mlc_llm")]
     outputs = [c.serve_result.outputs for c in cells]
     assert outputs[0] == outputs[1] == outputs[2]  # greedy float32: speculation is lossless
@@ -73,10 +93,10 @@ def test_goodput_counts_only_requests_within_slo():
 
 
 def test_learner_does_not_learn_in_evaluation_by_default(setup):
-    scenario, target, pool = setup
+    scenario, backend, pool = setup
     policy = make_policy({"type": "nightjar"}, scenario.max_k)
     policy.learning = False
     before = policy.state()
-    evaluate_cell(policy, scenario, target, pool, 5.0, 0, 3, 6, {"tpot_s": 1.0})
+    evaluate_cell(policy, scenario, backend, 5.0, 0, 3, 6, {"tpot_s": 1.0})
     after = policy.state()
     assert before["counts"] == after["counts"] and before["sums"] == after["sums"]

@@ -12,7 +12,7 @@ from nightjar_rl.policy import (
     UCB1Bandit,
     make_policy,
 )
-from nightjar_rl.policy.profile import HardwareProfile
+from nightjar_rl.sim.profile import HardwareProfile
 
 MAX_K = 6
 

@@ -14,7 +14,7 @@ from nightjar_rl.decoding.drafters.sssd_budget import (
     round_to_table,
     sssd_k,
 )
-from nightjar_rl.policy.profile import HardwareProfile
+from nightjar_rl.sim.profile import HardwareProfile
 
 BATCHES = [1, 2, 4, 8, 16, 32, 64, 128]
 

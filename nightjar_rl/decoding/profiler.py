@@ -1,7 +1,8 @@
-"""Profile the hardware once: time a verify pass over batch sizes x tokens per row, and a draft step.
+"""Profile the hardware once: time a verify pass over batch sizes x tokens per row (x contexts), a
+draft step, prefill passes and the engine's per-step overhead.
 
-The result is a hardware profile (JSON, see `nightjar_rl.policy.profile` for the format) that the
-oracle policy, the SSSD budget and the simulator read instead of timing the model again.
+The result is a hardware profile (JSON, see `nightjar_rl.sim.profile` for the format) that the
+oracle policy, the SSSD budget and the simulator's clock read instead of timing the model again.
 """
 
 from __future__ import annotations
@@ -37,6 +38,34 @@ def _fill_context(runner: ModelRunner, batch: int, context: int, vocab: int, rng
         runner.forward(slot, [rng.integers(0, vocab, size=context).tolist()], [0], last_only=True)
 
 
+def _time_prefill(runner: ModelRunner, tokens: int, repeats: int, vocab: int, rng) -> float:
+    row = [rng.integers(0, vocab, size=tokens).tolist()]
+    runner.forward(0, row, [0], last_only=True)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = now(runner.device)
+        runner.forward(0, row, [0], last_only=True)
+        times.append(now(runner.device) - t0)
+    return statistics.median(times) * 1000.0
+
+
+def measure_overhead_ms(model: torch.nn.Module, batch: int, context: int, steps: int, vocab: int, rng) -> float:
+    """Median per-step time of the real engine outside its timed phases (prefill, draft, verify) at
+    k = 0: admission, bookkeeping, appending, retiring. This is the simulator's per-step overhead."""
+    from nightjar_rl.decoding.engine import SpeculativeEngine
+    from nightjar_rl.decoding.sequence import Request
+
+    engine = SpeculativeEngine(model, None, max_batch_size=batch, max_seq_len=context + steps + 4, max_speculation=0)
+    for i in range(batch):
+        engine.submit(Request(f"o{i}", rng.integers(0, vocab, size=context).tolist(), steps + 2))
+    engine.step(0)  # prefill
+    samples = []
+    for _ in range(steps):
+        st = engine.step(0)
+        samples.append(st.wall_time - st.prefill_time - st.draft_time - st.catchup_time - st.verify_time)
+    return max(0.0, statistics.median(samples) * 1000.0)
+
+
 def profile_hardware(
     model: torch.nn.Module,
     model_name: str,
@@ -47,25 +76,41 @@ def profile_hardware(
     draft_model: torch.nn.Module | None = None,
     seed: int = 0,
     progress: bool = True,
+    contexts: list[int] | None = None,
+    prefill_tokens: list[int] | None = None,
+    overhead_steps: int = 0,
 ) -> dict:
     """Median milliseconds of one verify forward per (batch, tokens per row) at `context` cached tokens,
-    plus one draft-model step (1 token per row) per batch size, and the n-gram lookup per row."""
+    plus one draft-model step (1 token per row) per batch size, and the n-gram lookup per row.
+
+    Version-2 tables (for the simulator's clock), each only when asked for: the verify table at every
+    context in `contexts`, prefill passes (and draft-model catch-up passes) over `prefill_tokens`
+    tokens, and the engine's per-step overhead per batch size from `overhead_steps` real k=0 steps."""
     if not batch_sizes or not tokens_per_row or min(batch_sizes) < 1 or min(tokens_per_row) < 1:
         raise ValueError("batch sizes and tokens per row must be non-empty lists of positive integers")
+    contexts = sorted(set(contexts or []))
+    if contexts and min(contexts) < 1:
+        raise ValueError("contexts must be positive integers")
     rng = np.random.default_rng(seed)
     vocab = model.config.vocab_size
-    capacity = context + max(tokens_per_row) + 1
+    longest = max([context, *contexts])
+    capacity = max(longest + max(tokens_per_row), *(prefill_tokens or [0])) + 1
     runner = ModelRunner(model, max(batch_sizes), capacity)
-    _fill_context(runner, max(batch_sizes), context, vocab, rng)
+    _fill_context(runner, max(batch_sizes), longest, vocab, rng)
     draft_runner = None
     if draft_model is not None:
         draft_runner = ModelRunner(draft_model, max(batch_sizes), capacity)
-        _fill_context(draft_runner, max(batch_sizes), context, vocab, rng)
-    verify_ms: dict[str, dict[str, float]] = {}
+        _fill_context(draft_runner, max(batch_sizes), longest, vocab, rng)
+
+    def table(ctx: int, desc: str) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        cells = [(b, n) for b in sorted(batch_sizes) for n in sorted(tokens_per_row)]
+        for b, n in tqdm(cells, desc=desc, disable=not progress, leave=False):
+            out.setdefault(str(b), {})[str(n)] = round(_time_forward(runner, b, n, ctx, repeats, vocab, rng), 4)
+        return out
+
+    verify_ms = table(context, "profiling")
     draft_ms: dict[str, float] = {}
-    cells = [(b, n) for b in sorted(batch_sizes) for n in sorted(tokens_per_row)]
-    for b, n in tqdm(cells, desc="profiling", disable=not progress, leave=False):
-        verify_ms.setdefault(str(b), {})[str(n)] = round(_time_forward(runner, b, n, context, repeats, vocab, rng), 4)
     if draft_runner is not None:
         for b in sorted(batch_sizes):
             draft_ms[str(b)] = round(_time_forward(draft_runner, b, 1, context, repeats, vocab, rng), 4)
@@ -75,9 +120,9 @@ def profile_hardware(
         lookup_continuation(history, 8, 3, 1)
     ngram_ms = (time.perf_counter() - t0) * 1000.0 / 100
     param = next(model.parameters())
-    return {
+    out = {
         "format": "nightjar-rl/hardware-profile",
-        "version": 1,
+        "version": 2,
         "device": torch.cuda.get_device_name(param.device) if param.device.type == "cuda" else platform.processor()
         or platform.machine(),
         "device_type": param.device.type,
@@ -89,5 +134,17 @@ def profile_hardware(
         "verify_ms": verify_ms,
         "draft_ms": draft_ms,
         "ngram_lookup_ms_per_row": round(ngram_ms, 5),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if contexts:
+        out["verify_ms_by_context"] = {str(c): verify_ms if c == context else table(c, f"context {c}")
+                                       for c in contexts}
+    if prefill_tokens:
+        out["prefill_ms"] = {str(t): round(_time_prefill(runner, t, repeats, vocab, rng), 4) for t in sorted(prefill_tokens)}
+        if draft_runner is not None:
+            out["draft_prefill_ms"] = {str(t): round(_time_prefill(draft_runner, t, repeats, vocab, rng), 4)
+                                       for t in sorted(prefill_tokens)}
+    if overhead_steps > 0:
+        out["overhead_ms"] = {str(b): round(measure_overhead_ms(model, b, context, overhead_steps, vocab, rng), 4)
+                              for b in tqdm(sorted(batch_sizes), desc="overhead", disable=not progress, leave=False)}
+    out["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return out

@@ -1,75 +1,108 @@
-"""The env talks to a backend. `LiveBackend` is the real engine driven step by step with the same
-clock rules as `nightjar_rl.serving.serve` (measured step wall time; the clock jumps to the next
-arrival when idle). A simulator backend can implement the same protocol later."""
+"""Backends: where a scenario's engines and prompts come from. The env, evaluation and the CLI ask a
+backend for a fresh engine per episode and for the prompt pool; everything above the engine surface
+(`ServingSession`, `PolicyDriver`) is the same for both.
+
+- `LiveBackend`: the real engine (`build_stack`); loads the target model once, on first use.
+- `SimBackend`: `SimEngine` over the scenario's trace and hardware profile; loads no model.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 from typing import Protocol
 
-from nightjar_rl.decoding.sequence import Request
-from nightjar_rl.decoding.stats import StepStats
-from nightjar_rl.models import LoadedModel
-from nightjar_rl.serving.session import ServeResult, ServingSession
-from nightjar_rl.stack import EngineConfig, build_stack
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The state before a step: what a policy may look at."""
-
-    batch_size: int  # running rows the next step decodes
-    queue_len: int  # requests waiting for admission
-    new_arrivals: int  # requests that arrived since the previous decision
-    clock: float  # serving clock (s)
+from nightjar_rl.env.workload import PromptPool
+from nightjar_rl.serving.surface import EngineSurface
 
 
 class Backend(Protocol):
-    def reset(self, requests: list[Request], seed: int) -> None: ...
-    def advance(self) -> Decision: ...
-    def step(self, k: int) -> StepStats: ...
+    needs_model: bool
+
     @property
-    def done(self) -> bool: ...
-    @property
-    def clock(self) -> float: ...
+    def prompt_pool(self) -> PromptPool: ...
+
+    def make_engine(self, seed: int) -> EngineSurface: ...
 
 
 class LiveBackend:
-    """Engine + serving session. The target model is loaded once (or passed in) and shared; the
-    engine (KV cache, drafter state) is rebuilt on every reset."""
+    """The real engine. The target is loaded lazily (or passed in, to share it between envs)."""
 
-    def __init__(self, config: EngineConfig, target: LoadedModel):
-        self.config = config
-        self.target = target
-        self.engine = None
-        self.session: ServingSession | None = None
+    needs_model = True
 
-    def reset(self, requests: list[Request], seed: int) -> None:
-        self.config.seed = int(seed)
-        self.engine = build_stack(self.config, target=self.target).engine
-        self.session = ServingSession(self.engine, requests)
+    def __init__(self, scenario, target=None):
+        self.scenario = scenario
+        self._target = target
 
     @property
-    def requests(self) -> list[Request]:
-        """This episode's workload, in arrival order."""
-        return self.session.pending
+    def target(self):
+        if self._target is None:
+            from nightjar_rl.models import load_model
 
-    @property
-    def clock(self) -> float:
-        return self.session.clock
+            s = self.scenario
+            self._target = load_model(s.model, s.dtype, s.device)
+        return self._target
 
-    @property
-    def done(self) -> bool:
-        return self.session.done
+    @cached_property
+    def prompt_pool(self) -> PromptPool:
+        s, target = self.scenario, self.target
+        return PromptPool.build(s.prompts, target.tokenizer, target.model.config.vocab_size, s.max_prompt_tokens)
 
-    def advance(self) -> Decision:
-        """Submit everything that has arrived by now; when idle, jump the clock to the next arrival."""
-        new = self.session.advance()
-        return Decision(len(self.engine.running), len(self.engine.waiting), new, self.session.clock)
+    def make_engine(self, seed: int) -> EngineSurface:
+        from nightjar_rl.stack import build_stack
 
-    def step(self, k: int) -> StepStats:
-        return self.session.step(k)
+        return build_stack(self.scenario.engine_config(seed), target=self.target).engine
 
-    def result(self) -> ServeResult:
-        """Per-request timings of the requests finished so far."""
-        return self.session.result()
+
+def resolve_data_path(ref: str, base_dir: str | None) -> Path:
+    """A scenario's data file: relative to the scenario file's folder, else to the working directory."""
+    path = Path(ref)
+    if not path.is_absolute() and base_dir is not None and (Path(base_dir) / path).exists():
+        return Path(base_dir) / path
+    return path
+
+
+class SimBackend:
+    """`SimEngine` over the scenario's `trace` and `profile` (paths relative to the scenario file)."""
+
+    needs_model = False
+
+    def __init__(self, scenario):
+        from nightjar_rl.sim.engine import SyntheticAcceptance
+        from nightjar_rl.sim.profile import HardwareProfile
+        from nightjar_rl.sim.trace import Trace
+
+        s = self.scenario = scenario
+        self.trace = Trace.load(resolve_data_path(s.trace, s.base_dir))
+        self.profile = HardwareProfile.load(resolve_data_path(s.profile, s.base_dir))
+        self.synthetic = SyntheticAcceptance.from_dict(s.synthetic_acceptance) if s.synthetic_acceptance else None
+        if s.max_k > self.trace.max_k:
+            raise ValueError(f"scenario {s.name!r}: max_k {s.max_k} exceeds the trace's max_k {self.trace.max_k}")
+        if self.synthetic is None and s.drafter != self.trace.drafter:
+            raise ValueError(f"scenario {s.name!r}: drafter {s.drafter!r} but the trace was recorded for "
+                             f"{self.trace.drafter!r}")
+        longest = max(len(r) for r in self.trace.records)
+        if s.max_new_tokens > self.trace.max_new_tokens and not all(r.eos or len(r) >= s.max_new_tokens
+                                                                    for r in self.trace.records):
+            raise ValueError(f"scenario {s.name!r}: max_new_tokens {s.max_new_tokens} exceeds the trace's "
+                             f"{self.trace.max_new_tokens} (longest recorded output {longest})")
+
+    @cached_property
+    def prompt_pool(self) -> PromptPool:
+        """The trace's prompts (the scenario's `prompts` field is what the trace was recorded from)."""
+        records = self.trace.records
+        return PromptPool([r.request_id for r in records], [list(r.prompt_ids) for r in records])
+
+    def make_engine(self, seed: int) -> EngineSurface:
+        from nightjar_rl.sim.engine import SimEngine
+
+        s = self.scenario
+        return SimEngine(self.trace, self.profile, max_batch_size=s.max_batch_size, max_seq_len=s.max_seq_len,
+                         max_speculation=s.max_k, seed=seed, synthetic=self.synthetic)
+
+
+def make_backend(scenario, target=None) -> Backend:
+    """The backend a scenario names (`backend: live | sim`)."""
+    if scenario.backend == "sim":
+        return SimBackend(scenario)
+    return LiveBackend(scenario, target)

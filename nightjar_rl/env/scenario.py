@@ -24,6 +24,11 @@ one raises `ScenarioError` with one line naming the field. Fields (defaults in `
     reward          str    throughput | decode_throughput | goodput | latency
     reward_kwargs   map    extra arguments of the reward (goodput: tpot_slo_s)
     ngram_max/min   int    n-gram drafter window
+    backend         str    live (the real engine; default) | sim (SimEngine: trace + profile, no model)
+    trace           str    sim: trace .npz (`nightjar-rl trace record`), relative to the scenario file
+    profile         str    sim: hardware profile JSON (`nightjar-rl profile`, `--roofline`)
+    synthetic_acceptance map  sim: {rates: [per-position acceptance], heterogeneity: x} replaces the
+                           trace's acceptance with a synthetic draft model's (see nightjar_rl.sim.engine)
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ import yaml
 from nightjar_rl.serving.arrivals import ArrivalProcess, arrivals_from_dict
 from nightjar_rl.serving.workload import WorkloadError
 from nightjar_rl.stack import DECODERS, DRAFTERS, EngineConfig
+
+BACKENDS = ("live", "sim")
 
 
 class ScenarioError(ValueError):
@@ -69,6 +76,10 @@ class Scenario:
     reward_kwargs: dict = field(default_factory=dict)
     ngram_max: int = 3
     ngram_min: int = 1
+    backend: str = "live"
+    trace: str | None = None
+    profile: str | None = None
+    synthetic_acceptance: dict | None = None
     base_dir: str | None = None  # folder the scenario file was read from (resolves relative paths)
 
     # ---- derived objects --------------------------------------------------------------------
@@ -121,7 +132,7 @@ def validate_scenario(s: Scenario) -> Scenario:
     from nightjar_rl.env.rewards import REWARDS  # local: rewards import nothing from here
 
     n = s.name
-    for key in ("name", "model", "drafter", "decoder", "dtype", "reward"):
+    for key in ("name", "model", "drafter", "decoder", "dtype", "reward", "backend"):
         if not isinstance(getattr(s, key), str) or not getattr(s, key):
             raise _fail(n, f"field '{key}' must be a non-empty string, got {getattr(s, key)!r}")
     if s.drafter not in DRAFTERS:
@@ -172,6 +183,23 @@ def validate_scenario(s: Scenario) -> Scenario:
         REWARDS[s.reward](**s.reward_kwargs)
     except TypeError as exc:
         raise _fail(n, f"field 'reward_kwargs' does not fit reward {s.reward!r}: {exc}") from None
+    if s.backend not in BACKENDS:
+        raise _fail(n, f"field 'backend' must be one of {', '.join(BACKENDS)}, got {s.backend!r}")
+    for key in ("trace", "profile"):
+        v = getattr(s, key)
+        if v is not None and (not isinstance(v, str) or not v):
+            raise _fail(n, f"field '{key}' must be a file path or null, got {v!r}")
+        if s.backend == "sim" and v is None:
+            raise _fail(n, f"field '{key}' is required when backend is 'sim'")
+    if s.synthetic_acceptance is not None:
+        from nightjar_rl.sim.engine import SyntheticAcceptance  # local: the sim imports the engine
+
+        if s.backend != "sim":
+            raise _fail(n, "field 'synthetic_acceptance' needs backend 'sim'")
+        try:
+            SyntheticAcceptance.from_dict(s.synthetic_acceptance if isinstance(s.synthetic_acceptance, dict) else {})
+        except (TypeError, ValueError) as exc:
+            raise _fail(n, f"field 'synthetic_acceptance': {exc}") from None
     s.arrival_process()  # validates the arrivals mapping
     return s
 

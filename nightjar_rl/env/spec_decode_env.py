@@ -1,10 +1,14 @@
-"""`SpecDecodeEnv`: choose the speculation length of every engine step of a live serving workload.
+"""`SpecDecodeEnv`: choose the speculation length of every engine step of a serving workload, on the
+live engine or on the simulator (the scenario's `backend`).
 
 - Observation: `nightjar_rl.env.observation` (Box, float32, documented fields; size 8 + max_k).
 - Action: Discrete(max_k + 1); 0 = speculation off, k = draft up to k tokens per row.
 - Reward: the scenario's named reward (`nightjar_rl.env.rewards`) of the step just taken.
 - Episode: one seeded workload; terminated when every request is served, truncated at the horizon.
 - info: `stats` (the raw StepStats), `row` (its as_row() plus clock and reward), `clock`.
+
+Each episode is a `ServingSession` over a fresh engine from the backend, driven by the runtime's
+`PolicyDriver` with the agent's actions (the same loop evaluation and the CLI use with a policy).
 
 Version history of the registered ids: v0 = this observation, these rewards and dynamics.
 """
@@ -18,29 +22,30 @@ import numpy as np
 import pandas as pd
 from gymnasium import spaces
 
-from nightjar_rl.env.backend import Backend, LiveBackend
+from nightjar_rl.env.backend import Backend, make_backend
 from nightjar_rl.env.observation import obs_size
-from nightjar_rl.env.observe import ObservationBuilder
 from nightjar_rl.env.recorder import write_table
 from nightjar_rl.env.rewards import make_reward
 from nightjar_rl.env.scenario import Scenario, load_scenario
-from nightjar_rl.env.workload import PromptPool, sample_requests
-from nightjar_rl.models import LoadedModel, load_model
+from nightjar_rl.env.workload import sample_requests
+from nightjar_rl.runtime.driver import PolicyDriver
 from nightjar_rl.serving.arrivals import PoissonArrivals, arrivals_from_dict
+from nightjar_rl.serving.session import ServeResult, ServingSession
 
 RESET_OPTIONS = ("rate", "arrivals", "num_requests")
 
 
 class SpecDecodeEnv(gym.Env):
-    """Gymnasium env over a backend (the live engine by default). The target model is loaded once per
-    instance, or passed in as `target` to share it between envs; the engine is rebuilt on reset."""
+    """Gymnasium env over a backend (from the scenario: the live engine or the simulator). A live
+    target model is loaded on first use, or passed in as `target` to share it between envs; the
+    engine is rebuilt on every reset. The sim backend loads no model."""
 
     metadata: ClassVar[dict] = {"render_modes": []}
 
     def __init__(
         self,
         scenario: str | dict | Scenario = "tiny",
-        target: LoadedModel | None = None,
+        target=None,
         backend: Backend | None = None,
         render_mode: str | None = None,
     ):
@@ -51,22 +56,15 @@ class SpecDecodeEnv(gym.Env):
         self.max_k = s.max_k
         self.action_space = spaces.Discrete(s.max_k + 1)
         self.observation_space = spaces.Box(0.0, np.inf, shape=(obs_size(s.max_k),), dtype=np.float32)
-        self.target = target or load_model(s.model, s.dtype, s.device)
         self.reward_fn = make_reward(s.reward, **s.reward_kwargs)
-        self.backend: Backend = backend or LiveBackend(s.engine_config(), self.target)
-        self.prompt_pool = self.prompt_pool_for(s, self.target)
+        self.backend: Backend = backend or make_backend(s, target)
+        self.prompt_pool = self.backend.prompt_pool
         self.arrivals = s.arrival_process()
-        self.builder = ObservationBuilder(s.max_k)
+        self.session: ServingSession | None = None
+        self.driver: PolicyDriver | None = None
         self.episode_log: list[dict] = []
         self.episode = -1
         self._steps = 0
-
-    @staticmethod
-    def prompt_pool_for(scenario: Scenario, target: LoadedModel) -> PromptPool:
-        """The scenario's prompts encoded with the target's tokenizer."""
-        return PromptPool.build(
-            scenario.prompts, target.tokenizer, target.model.config.vocab_size, scenario.max_prompt_tokens
-        )
 
     # ---- gymnasium API ------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -86,38 +84,44 @@ class SpecDecodeEnv(gym.Env):
         requests = sample_requests(self.prompt_pool, arrivals, n, self.scenario.max_new_tokens, self.np_random)
         if not requests:
             raise ValueError(f"scenario {self.scenario.name!r}: the arrival process produced no requests")
-        self.backend.reset(requests, seed=int(self.np_random.integers(2**31 - 1)))
-        self.builder.reset()
+        engine = self.backend.make_engine(int(self.np_random.integers(2**31 - 1)))
+        self.session = ServingSession(engine, requests)
+        self.driver = PolicyDriver(self.session, self.max_k)
         self.episode += 1
         self.episode_log = []
         self._steps = 0
-        decision = self.backend.advance()
-        self.builder.update(None, decision.new_arrivals, decision.clock)
-        obs = self.builder.vector(decision.batch_size, decision.queue_len)
-        return obs, {"clock": decision.clock, "num_requests": len(requests)}
+        obs = self.driver.start()
+        return obs, {"clock": self.session.clock, "num_requests": len(requests)}
 
     def step(self, action):
         k = int(action)
         if not self.action_space.contains(k):
             raise ValueError(f"action must be an int in [0, {self.max_k}], got {action!r}")
-        stats = self.backend.step(k)
+        stats = self.driver.act(k)
         reward = float(self.reward_fn(stats))
         self._steps += 1
-        decision = self.backend.advance()
-        self.builder.update(stats, decision.new_arrivals, decision.clock)
-        obs = self.builder.vector(decision.batch_size, decision.queue_len)
-        terminated = self.backend.done
+        clock = self.session.clock
+        terminated = self.session.done
         s = self.scenario
         truncated = not terminated and (
             (s.horizon_steps is not None and self._steps >= s.horizon_steps)
-            or (s.horizon_seconds is not None and decision.clock >= s.horizon_seconds)
+            or (s.horizon_seconds is not None and clock >= s.horizon_seconds)
         )
         row = stats.as_row()
-        row.update(episode=self.episode, time=decision.clock, reward=reward)
+        row.update(episode=self.episode, time=clock, reward=reward)
         self.episode_log.append(row)
-        return obs, reward, terminated, truncated, {"stats": stats, "row": row, "clock": decision.clock}
+        return self.driver.obs, reward, terminated, truncated, {"stats": stats, "row": row, "clock": clock}
 
     # ---- recording ----------------------------------------------------------------------------
+    @property
+    def requests(self) -> list:
+        """This episode's workload, in arrival order."""
+        return self.session.pending
+
+    def result(self) -> ServeResult:
+        """Per-request timings and outputs of the requests finished so far this episode."""
+        return self.session.result()
+
     def episode_frame(self) -> pd.DataFrame:
         """The current episode so far, one row per step (time, batch, k, accepted, durations, reward)."""
         return pd.DataFrame(self.episode_log)

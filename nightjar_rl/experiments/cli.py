@@ -28,7 +28,7 @@ def add_experiment_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "experiment",
         help="train learners and evaluate every policy across a request-rate sweep",
-        description="Train the learners on the live env, evaluate every policy on the same seeded workloads "
+        description="Train the learners on the scenario's env (live or sim), evaluate every policy on the same seeded workloads "
                     "across the rate sweep, and write tables and plots under runs/<run name>/.",
     )
     parser.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")

@@ -1,5 +1,6 @@
-"""The experiment pipeline: train the learners on the live env, evaluate every policy on the same
-seeded workloads across the rate sweep, write tables and plots under runs/<run name>/.
+"""The experiment pipeline: train the learners on the scenario's env (live engine or simulator),
+evaluate every policy on the same seeded workloads across the rate sweep, write tables and plots
+under runs/<run name>/.
 
 Run folder:
     config.yaml          the validated experiment config (compared on --resume)
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from nightjar_rl.analysis import format_summary, plot_k_by_batch, plot_metric_vs_rate
 from nightjar_rl.analysis.tables import best_fixed_comparison
+from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.recorder import append_rows, read_table, write_table
 from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
 from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
@@ -30,7 +32,6 @@ from nightjar_rl.experiments.config import ExperimentConfig, ExperimentError
 from nightjar_rl.experiments.evaluate import evaluate_cell
 from nightjar_rl.experiments.train import train_policy
 from nightjar_rl.io import atomic_write_text
-from nightjar_rl.models import load_model
 from nightjar_rl.policy import load_policy, make_policy, save_policy
 
 CELL_KEYS = ["policy", "rate", "seed"]
@@ -102,7 +103,7 @@ def build_policies(cfg: ExperimentConfig, max_k: int) -> dict:
     return policies
 
 
-def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, target, run_dir: Path, progress: bool):
+def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, backend, run_dir: Path, progress: bool):
     """Build every policy; train the learners (or load them from a previous run of this folder)."""
     policies, learned = build_policies(cfg, scenario.max_k), set()
     env = None
@@ -114,7 +115,7 @@ def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, target, run_dir
             if path.is_file():
                 policy = load_policy(path)
             else:
-                env = env or SpecDecodeEnv(scenario, target=target)
+                env = env or SpecDecodeEnv(scenario, backend=backend)
                 log = train_policy(policy, env, cfg.train.episodes, cfg.train.rates or cfg.rates, cfg.train.seed,
                                    cfg.train.num_requests, progress=progress, desc=f"train {entry.name}")
                 log.insert(0, "policy", entry.name)
@@ -166,9 +167,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: 
     scenario = resolve_scenario(cfg)
     build_policies(cfg, scenario.max_k)  # fail on bad specs before creating the run folder
     run_dir = _prepare_run_dir(cfg, scenario, out_dir, resume)
-    target = load_model(scenario.model, scenario.dtype, scenario.device)  # loaded once, shared by all
-    policies, learned = _trained_policies(cfg, scenario, target, run_dir, progress)
-    pool = SpecDecodeEnv.prompt_pool_for(scenario, target)
+    backend = make_backend(scenario)  # a live target is loaded once, shared by all cells
+    policies, learned = _trained_policies(cfg, scenario, backend, run_dir, progress)
     done = _finished_cells(run_dir)
     cells = [(name, rate, seed) for rate in cfg.rates for seed in cfg.seeds for name in policies
              if (name, rate, seed) not in done]
@@ -180,7 +180,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: 
         if name in learned:
             snapshot = policy.state()  # every cell starts from the trained state
             policy.learning = cfg.learn_during_eval
-        cell = evaluate_cell(policy, scenario, target, pool, rate, seed, scenario.num_requests,
+        cell = evaluate_cell(policy, scenario, backend, rate, seed, scenario.num_requests,
                              scenario.max_new_tokens, cfg.slo, learn=name in learned and cfg.learn_during_eval)
         if snapshot is not None:
             policy.load_state(snapshot)

@@ -1,4 +1,4 @@
-"""Train a learner on the live env: episodes of predict -> step -> update with the env's reward."""
+"""Train a learner on the env (live or sim): episodes of predict -> step -> update with the env's reward."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from nightjar_rl.policy.buckets import BatchBuckets
 from nightjar_rl.policy.hf_heuristic import HFHeuristic
 from nightjar_rl.policy.hysteresis import Hysteresis
 from nightjar_rl.policy.oracle import GoodputOracle, expected_goodput, expected_tokens_per_row
-from nightjar_rl.policy.profile import HardwareProfile, ProfileError
+from nightjar_rl.sim.profile import HardwareProfile, ProfileError
 from nightjar_rl.policy.registry import POLICY_TYPES, make_policy
 from nightjar_rl.policy.sssd import SSSDBudgetPolicy
 from nightjar_rl.policy.table import PRESETS, BatchSizeTable

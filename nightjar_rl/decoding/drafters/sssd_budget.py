@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from nightjar_rl.decoding.stats import StepStats
-from nightjar_rl.policy.profile import HardwareProfile
+from nightjar_rl.sim.profile import HardwareProfile
 
 BUDGET_TABLE = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 

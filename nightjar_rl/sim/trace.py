@@ -1,0 +1,234 @@
+"""Traces: what a drafter would get accepted at every output position, recorded once per (model,
+drafter, prompt set, max_k), so the simulator replays acceptance exactly for any k schedule.
+
+Why this is exact: with greedy decoding a request's output does not depend on k, and a drafter's
+proposal at output position p depends only on the tokens before p. So for every position p (the
+row holds prompt + output[:p]; the next token is output[p]) and every k in 0..max_k the trace
+stores the tokens the engine drafts, `drafted[p, k]`, and how many of them agree with the true
+continuation, `accepted[p, k]`. A decode step at k then accepts min(accepted[p, k], remaining - 1)
+and emits that plus the bonus token. For linear drafters (n-gram, draft model) accepted[p, k] =
+min(k, L(p)) with L(p) the agreement length of the longest proposal; token-tree drafters (SSSD)
+need the whole table because a tree of k nodes is not a prefix of a tree of k + 1 nodes.
+
+File (`.npz`, written atomically): `meta` (JSON: format, version, model, drafter and its settings,
+prompts, max_k, max_new_tokens, dtype), `request_ids`, `prompt_tokens`/`prompt_offsets`,
+`output_tokens`/`output_offsets`, `finish_eos` (1 = the output ends with EOS), and
+`drafted`/`accepted` (int16, one row per output position, aligned with `output_tokens`, columns
+k = 0..max_k). Row 0 of each request (the prefill's token) is all zeros.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nightjar_rl.io import atomic_writer
+
+TRACE_FORMAT = "nightjar-rl/trace"
+TRACE_VERSION = 1
+_ARRAYS = ("request_ids", "prompt_tokens", "prompt_offsets", "output_tokens", "output_offsets", "finish_eos",
+           "drafted", "accepted")
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be used (message names the problem)."""
+
+
+@dataclass
+class TraceRecord:
+    request_id: str
+    prompt_ids: tuple[int, ...]
+    output_ids: np.ndarray  # greedy output, ending with EOS when `eos`
+    eos: bool
+    drafted: np.ndarray  # [len(output_ids), max_k + 1]
+    accepted: np.ndarray  # [len(output_ids), max_k + 1]
+
+    def __len__(self) -> int:
+        return len(self.output_ids)
+
+
+@dataclass
+class Trace:
+    meta: dict
+    records: list[TraceRecord]
+    _by_prompt: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_prompt = {r.prompt_ids: r for r in self.records}
+
+    @property
+    def max_k(self) -> int:
+        return int(self.meta["max_k"])
+
+    @property
+    def drafter(self) -> str:
+        return str(self.meta["drafter"])
+
+    @property
+    def max_new_tokens(self) -> int:
+        return int(self.meta["max_new_tokens"])
+
+    def lookup(self, prompt_ids) -> TraceRecord | None:
+        return self._by_prompt.get(tuple(prompt_ids))
+
+    # ---- files --------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        recs = self.records
+        arrays = {
+            "request_ids": np.array([r.request_id for r in recs]),
+            "prompt_tokens": np.concatenate([np.asarray(r.prompt_ids, np.int32) for r in recs]) if recs else np.zeros(0, np.int32),
+            "prompt_offsets": np.cumsum([0] + [len(r.prompt_ids) for r in recs]).astype(np.int64),
+            "output_tokens": np.concatenate([r.output_ids for r in recs]).astype(np.int32) if recs else np.zeros(0, np.int32),
+            "output_offsets": np.cumsum([0] + [len(r) for r in recs]).astype(np.int64),
+            "finish_eos": np.array([r.eos for r in recs], np.int8),
+            "drafted": np.concatenate([r.drafted for r in recs]).astype(np.int16) if recs else np.zeros((0, self.max_k + 1), np.int16),
+            "accepted": np.concatenate([r.accepted for r in recs]).astype(np.int16) if recs else np.zeros((0, self.max_k + 1), np.int16),
+        }
+        buf = io.BytesIO()
+        np.savez_compressed(buf, meta=np.array(json.dumps(self.meta)), **arrays)
+        path = Path(path)
+        with atomic_writer(path, binary=True) as fh:
+            fh.write(buf.getvalue())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Trace:
+        path = Path(path)
+        if not path.is_file():
+            raise TraceError(f"trace file not found: {path}")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                arrays = {name: data[name] for name in _ARRAYS}
+        except KeyError as exc:
+            raise TraceError(f"trace {path}: missing array {exc.args[0]!r}") from None
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise TraceError(f"trace {path}: not a readable trace file ({type(exc).__name__})") from None
+        if not isinstance(meta, dict) or meta.get("format") != TRACE_FORMAT:
+            raise TraceError(f"trace {path}: format is {meta.get('format') if isinstance(meta, dict) else meta!r}, "
+                             f"expected {TRACE_FORMAT!r}")
+        if meta.get("version") != TRACE_VERSION:
+            raise TraceError(f"trace {path}: version {meta.get('version')!r} is not supported (reads {TRACE_VERSION})")
+        for key in ("max_k", "drafter", "max_new_tokens", "model"):
+            if key not in meta:
+                raise TraceError(f"trace {path}: meta lacks field {key!r}")
+        return cls(meta, _records_from_arrays(arrays, int(meta["max_k"]), str(path)))
+
+
+def _records_from_arrays(a: dict, max_k: int, where: str) -> list[TraceRecord]:
+    n = len(a["request_ids"])
+    po, oo = a["prompt_offsets"], a["output_offsets"]
+    total = int(oo[-1]) if len(oo) else 0
+    ok = (len(po) == n + 1 and len(oo) == n + 1 and len(a["finish_eos"]) == n and po[-1] == len(a["prompt_tokens"])
+          and total == len(a["output_tokens"]) and a["drafted"].shape == (total, max_k + 1)
+          and a["accepted"].shape == (total, max_k + 1) and np.all(np.diff(po) > 0) and np.all(np.diff(oo) > 0))
+    if not ok:
+        raise TraceError(f"trace {where}: arrays are inconsistent (offsets, lengths or max_k columns)")
+    if np.any(a["accepted"] > a["drafted"]) or np.any(a["drafted"] > np.arange(max_k + 1)):
+        raise TraceError(f"trace {where}: accepted must be <= drafted <= k at every position")
+    records = []
+    for i in range(n):
+        p0, p1, o0, o1 = int(po[i]), int(po[i + 1]), int(oo[i]), int(oo[i + 1])
+        records.append(TraceRecord(
+            str(a["request_ids"][i]), tuple(int(t) for t in a["prompt_tokens"][p0:p1]),
+            a["output_tokens"][o0:o1].astype(np.int64), bool(a["finish_eos"][i]),
+            a["drafted"][o0:o1].astype(np.int64), a["accepted"][o0:o1].astype(np.int64),
+        ))
+    return records
+
+
+# ---- acceptance tables ------------------------------------------------------------------------
+def agreement(proposal, truth) -> int:
+    """Length of the common prefix of a proposal and the true continuation."""
+    n = 0
+    for a, b in zip(proposal, truth):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def linear_tables(proposal_len: list[int], agree: list[int], max_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """drafted[p, k] = min(k, D(p)), accepted[p, k] = min(k, L(p)) for a linear drafter whose longest
+    proposal at p has length D(p) and agrees with the truth for L(p) tokens."""
+    ks = np.arange(max_k + 1)
+    d = np.minimum(ks[None, :], np.asarray(proposal_len)[:, None])
+    a = np.minimum(ks[None, :], np.asarray(agree)[:, None])
+    d[0] = a[0] = 0
+    return d, a
+
+
+def ngram_tables(prompt: list[int], output: list[int], max_k: int, max_ngram: int, min_ngram: int):
+    """Prompt-lookup acceptance: the lookup at p sees prompt + output[:p]."""
+    from nightjar_rl.decoding.drafters.ngram import lookup_continuation
+
+    full = np.asarray(list(prompt) + list(output), dtype=np.int64)
+    lens, agree = [0], [0]
+    for p in range(1, len(output)):
+        prop = lookup_continuation(full[: len(prompt) + p], max_k, max_ngram, min_ngram)
+        lens.append(len(prop))
+        agree.append(agreement(prop, output[p:]))
+    return linear_tables(lens, agree, max_k)
+
+
+def draft_model_tables(draft_model, prompt: list[int], output: list[int], max_k: int):
+    """Draft-model acceptance from one teacher-forced pass: while the draft's inputs are the true
+    tokens its proposal is its argmax after each true prefix, so L(p) is the run of positions from
+    p on where that argmax equals the true next token."""
+    import torch
+
+    full = list(prompt) + list(output)
+    device = next(draft_model.parameters()).device
+    with torch.inference_mode():
+        logits = draft_model(input_ids=torch.tensor([full[:-1]], device=device)).logits[0]
+    pred = logits.argmax(-1).tolist()  # pred[q] predicts full[q + 1]
+    hits = [int(pred[q] == full[q + 1]) for q in range(len(full) - 1)]
+    run = [0] * (len(hits) + 1)  # run[q] = consecutive hits from q on
+    for q in range(len(hits) - 1, -1, -1):
+        run[q] = run[q + 1] + 1 if hits[q] else 0
+    agree = [0] + [run[len(prompt) + p - 1] for p in range(1, len(output))]
+    return linear_tables([0] + [max_k] * (len(output) - 1), agree, max_k)
+
+
+def tree_tables(drafter, prompt: list[int], output: list[int], max_k: int, max_new_tokens: int):
+    """Token-tree (SSSD) acceptance: the drafter's own tree of k nodes at every position, pruned to
+    the depth the engine verifies (remaining - 1), walked along the true continuation."""
+    from nightjar_rl.decoding.sequence import Request, Sequence
+    from nightjar_rl.decoding.tree import tree_greedy_accept
+    from nightjar_rl.decoding.verify import SamplingParams
+
+    greedy = SamplingParams()
+    n = len(output)
+    drafted = np.zeros((n, max_k + 1), np.int64)
+    accepted = np.zeros((n, max_k + 1), np.int64)
+    seq = Sequence(Request("trace", list(prompt), max_new_tokens), tokens=list(prompt) + [output[0]])
+    for p in range(1, n):
+        truth = list(output[p:])
+        for k in range(1, max_k + 1):
+            tree = drafter.propose([seq], k, 0, greedy).extra["tree"][0]
+            tree = tree.prune_depth(max(0, max_new_tokens - p - 1))
+            # the target's choice after a node is the true next token while the node's path is true
+            choice = [truth[0]] + [-1] * len(tree)
+            for m in range(len(tree)):
+                path = [tree.tokens[j] for j in tree.path_to(m)]
+                if len(path) < len(truth) and path == truth[: len(path)]:
+                    choice[m + 1] = truth[len(path)]
+            drafted[p, k] = len(tree)
+            accepted[p, k] = len(tree_greedy_accept(tree, choice)[0])
+        seq.tokens.append(output[p])
+    drafter.on_finish(seq)
+    return drafted, accepted
+
+
+def make_meta(model: str, drafter: str, max_k: int, max_new_tokens: int, dtype: str, **settings) -> dict:
+    return {
+        "format": TRACE_FORMAT, "version": TRACE_VERSION, "model": model, "drafter": drafter, "max_k": int(max_k),
+        "max_new_tokens": int(max_new_tokens), "dtype": dtype, "settings": settings,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
