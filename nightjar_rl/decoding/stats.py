@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -64,15 +64,18 @@ class StepStats:
 
     def as_row(self) -> dict:
         """Flat record for tables (per-row lists summarised)."""
-        row = asdict(self)
-        for key in ("request_ids", "drafted", "accepted", "emitted", "first_token_ids", "finished_ids", "extra"):
-            row.pop(key)
+        row = {name: getattr(self, name) for name in _SCALAR_FIELDS}
+        drafted = sum(self.drafted)
         row.update(
-            drafted=int(sum(self.drafted)),
+            drafted=int(drafted),
             accepted=int(sum(self.accepted)),
             tokens_out=self.tokens_out,
-            acceptance_rate=self.acceptance_rate,
+            acceptance_rate=float(sum(self.accepted)) / drafted if drafted else float("nan"),
             overhead_time=self.overhead_time,
             num_finished=len(self.finished_ids),
         )
         return row
+
+
+_LIST_FIELDS = ("request_ids", "drafted", "accepted", "emitted", "first_token_ids", "finished_ids", "extra")
+_SCALAR_FIELDS = tuple(f.name for f in fields(StepStats) if f.name not in _LIST_FIELDS)

@@ -1,24 +1,19 @@
-"""The Gymnasium env: SpecDecodeEnv, scenarios, named rewards. Importing this registers the env ids:
+"""The Gymnasium env: SpecDecodeEnv, scenarios, named rewards. Importing this (or `nightjar_rl`)
+registers the env ids:
 
 - `nightjar_rl/SpecDecode-v0`: any scenario (`gymnasium.make(id, scenario="smollm2-ngram")`); the
-  default is the CPU scenario on smollm2-135m with the n-gram drafter.
+  default is the CPU scenario on smollm2-135m with the n-gram drafter, on the live engine.
 - `nightjar_rl/SpecDecodeTiny-v0`: same env, defaulting to the tiny random-model scenario (tests).
+- `nightjar_rl/SpecDecodeSim-v0`: same env, defaulting to `smollm2-ngram-sim`, the simulator twin of
+  the default scenario (a shipped trace of the bundled prompts and this CPU's profile): needs no
+  model, deterministic for a seed. Any `backend: sim` scenario works (`scenario="gpu-whatif-ngram"`).
 """
-
-from gymnasium.envs.registration import register, registry
 
 from nightjar_rl.env.rewards import REWARDS, make_reward
 from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
+from nightjar_rl.registration import ENV_IDS, register_envs
 
-ENTRY_POINT = "nightjar_rl.env.spec_decode_env:SpecDecodeEnv"
-ENV_IDS = {
-    "nightjar_rl/SpecDecode-v0": "smollm2-ngram",
-    "nightjar_rl/SpecDecodeTiny-v0": "tiny",
-}
-for _env_id, _scenario in ENV_IDS.items():
-    if _env_id not in registry:
-        # nondeterministic: observations and rewards include measured step times
-        register(id=_env_id, entry_point=ENTRY_POINT, kwargs={"scenario": _scenario}, nondeterministic=True)
+register_envs()
 
 
 def __getattr__(name: str):

@@ -70,16 +70,20 @@ class ObservationTracker:
         self.last_tpt = stats.wall_time / tokens if tokens else stats.wall_time
         drafted = sum(stats.drafted)
         if drafted:
-            spec_rows = sum(1 for d in stats.drafted if d > 0)
-            rate = sum(stats.accepted) / drafted
-            length = sum(stats.accepted) / spec_rows
+            accepted = sum(stats.accepted)
+            hist = [0] * (self.max_k + 1)  # rows by accepted length, rows that drafted nothing excluded
+            for d, a in zip(stats.drafted, stats.accepted):
+                if d > 0:
+                    hist[min(a, self.max_k)] += 1
+            spec_rows = sum(hist)
+            rate, length = accepted / drafted, accepted / spec_rows
             if self._seen_acceptance:
                 self.acceptance += self.ema * (rate - self.acceptance)
                 self.accepted_len += self.ema * (length - self.accepted_len)
             else:
                 self.acceptance, self.accepted_len, self._seen_acceptance = rate, length, True
-            hist = stats.accept_histogram(self.max_k).astype(float)
-            self.hist = self.hist_decay * self.hist + (1 - self.hist_decay) * hist / hist.sum()
+            self.hist *= self.hist_decay
+            self.hist += (1 - self.hist_decay) / spec_rows * np.asarray(hist, dtype=float)
 
     def observe_arrivals(self, count: int, elapsed: float) -> None:
         """`count` requests arrived over `elapsed` seconds of clock."""

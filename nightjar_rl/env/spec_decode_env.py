@@ -95,7 +95,7 @@ class SpecDecodeEnv(gym.Env):
 
     def step(self, action):
         k = int(action)
-        if not self.action_space.contains(k):
+        if not 0 <= k <= self.max_k or k != action:
             raise ValueError(f"action must be an int in [0, {self.max_k}], got {action!r}")
         stats = self.driver.act(k)
         reward = float(self.reward_fn(stats))

@@ -25,6 +25,7 @@ m = exp(heterogeneity x N(0, 1)). Draws depend only on the engine seed and the r
 
 from __future__ import annotations
 
+import bisect
 import zlib
 from collections import deque
 from dataclasses import dataclass
@@ -118,8 +119,7 @@ class SimEngine:
         self._known_ids: set[str] = set()
         self._reserved = 0
         self.step_count = 0
-        self._ms = profile  # lookups are memoised per (batch, tokens, context): steps repeat them
-        self._verify_cache: dict = {}
+        self._memo: dict = {}  # profile lookups by (table, arguments): steps repeat them
 
     # ---- requests -------------------------------------------------------------------------
     def _reservation(self, req: Request) -> int:
@@ -186,7 +186,7 @@ class SimEngine:
             self._decode_round(decode_rows, k, stats)
         stats.finished_ids = self._retire()
         stats.num_waiting = len(self.waiting)
-        overhead = self._ms.overhead_time_ms(max(1, len(decode_rows))) / 1000.0
+        overhead = self._seconds("overhead", max(1, len(decode_rows)))
         drafting = stats.draft_time + stats.catchup_time
         stats.model_time = stats.prefill_time + stats.verify_time + (drafting if self.draft_model else 0.0)
         stats.wall_time = stats.prefill_time + drafting + stats.verify_time + overhead
@@ -211,8 +211,8 @@ class SimEngine:
         if not admitted:
             return
         lengths = [s.num_prompt for s in admitted]
-        ms = sum(self._ms.prefill_time_ms(len(g) * max(lengths[i] for i in g)) for g in prefill_groups(lengths))
-        stats.prefill_time = ms / 1000.0
+        stats.prefill_time = sum(self._seconds("prefill", len(g) * max(lengths[i] for i in g))
+                                 for g in prefill_groups(lengths))
         stats.num_prefilled = len(admitted)
         stats.prefill_tokens = sum(lengths)
         stats.prefill_emitted = len(admitted)
@@ -240,17 +240,39 @@ class SimEngine:
             stats.drafted.append(d)
             stats.accepted.append(kept)
             stats.emitted.append(emitted)
-        ms = self._ms
         if k > 0:
-            stats.draft_time = ms.draft_time_ms(batch, k) / 1000.0
+            stats.draft_time = self._seconds("draft", batch, k)
             if self.draft_model and lag > 2:
-                stats.catchup_time = ms.draft_prefill_time_ms(batch * (lag - 1)) / 1000.0
+                stats.catchup_time = self._seconds("catchup", batch * (lag - 1))
         stats.verify_tokens = 1 + max_drafted
-        key = (batch, stats.verify_tokens, context)
-        verify = self._verify_cache.get(key)
-        if verify is None:
-            verify = self._verify_cache[key] = ms.verify_time_ms(batch, stats.verify_tokens, context) / 1000.0
-        stats.verify_time = verify
+        stats.verify_time = self._verify_seconds(batch, stats.verify_tokens, context)
+
+    def _verify_seconds(self, batch: int, tokens: int, context: int) -> float:
+        """Verify time, linear over context between the profile's contexts (clamped), as the profile does."""
+        key = ("verify", batch, tokens)
+        curve = self._memo.get(key)
+        if curve is None:
+            ctxs, ms = self.profile.verify_context_curve(batch, tokens)
+            curve = self._memo[key] = (ctxs, [m / 1000.0 for m in ms])
+        ctxs, secs = curve
+        if context <= ctxs[0]:
+            return secs[0]
+        if context >= ctxs[-1]:
+            return secs[-1]
+        hi = bisect.bisect_right(ctxs, context)
+        c0, c1 = ctxs[hi - 1], ctxs[hi]
+        return secs[hi - 1] + (secs[hi] - secs[hi - 1]) * (context - c0) / (c1 - c0)
+
+    def _seconds(self, table: str, *args) -> float:
+        """A profile lookup in seconds, memoised."""
+        key = (table, *args)
+        value = self._memo.get(key)
+        if value is None:
+            p = self.profile
+            fn = {"overhead": p.overhead_time_ms, "prefill": p.prefill_time_ms, "draft": p.draft_time_ms,
+                  "catchup": p.draft_prefill_time_ms}[table]
+            value = self._memo[key] = fn(*args) / 1000.0
+        return value
 
     @staticmethod
     def _append(seq: Sequence, row: _Row, count: int) -> int:

@@ -196,6 +196,14 @@ class HardwareProfile:
         t1 = self._by_context[hi](batch, tokens_per_row)
         return t0 + (t1 - t0) * (context - c0) / (c1 - c0)
 
+    def verify_context_curve(self, batch: float, tokens_per_row: float) -> tuple[list[float], list[float]]:
+        """(contexts, ms) of `verify_time_ms(batch, tokens_per_row, context)` at the measured contexts
+        (one point at context 0 without `verify_ms_by_context`): for callers that interpolate over
+        context themselves, as the simulator's hot loop does."""
+        if not self._by_context:
+            return [0.0], [self._verify(batch, tokens_per_row)]
+        return [float(c) for c in self._contexts], [t(batch, tokens_per_row) for t in self._by_context]
+
     @property
     def has_draft_model(self) -> bool:
         return self._draft is not None
