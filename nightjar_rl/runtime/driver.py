@@ -102,13 +102,14 @@ class PolicyDriver:
         return self.act(self.decide())
 
     def run(self, progress: bool = False, desc: str = "serving") -> ServeResult:
-        """Serve the session's whole workload; every request is served exactly once."""
+        """Serve the session's whole workload; every request is accounted for exactly once (completed,
+        aborted, failed or rejected: see the result's `finish_reason` column)."""
         self.start()
         with tqdm(total=len(self.session.pending), desc=desc, unit="req", disable=not progress, leave=False) as bar:
             while not self.done:
                 self.step()
                 bar.update(self.session.num_finished - bar.n)
-        missing = {r.request_id for r in self.session.pending} - set(self.session.outputs)
+        missing = {r.request_id for r in self.session.pending} - self.session.accounted
         if missing:
             raise RuntimeError(f"{len(missing)} requests were never served")
         return self.session.result()
