@@ -35,19 +35,11 @@ def reference(tiny_target):
     return get
 
 
-@pytest.fixture
-def engines():
-    made = []
-    yield made
-    for e in made:
-        e.close()
-
-
 @pytest.mark.parametrize("kind", DECODER_KINDS)
 @pytest.mark.parametrize("drafter", ["ngram", "self"])
-def test_abort_waiting_running_and_finishing(tiny_target, reference, engines, kind, drafter):
+def test_abort_waiting_running_and_finishing(tiny_target, reference, decoders, kind, drafter):
     engine = make_engine(kind, tiny_target, drafter, max_batch_size=3, max_seq_len=64, max_speculation=4)
-    engines.append(engine)
+    decoders.append(engine)
     short = Request("short", [5, 6, 7], 1)  # finishes with its first token
     for r in [*POOL[:5], short]:
         engine.submit(r)
@@ -81,10 +73,10 @@ def test_abort_waiting_running_and_finishing(tiny_target, reference, engines, ki
 
 
 @pytest.mark.parametrize("kind", DECODER_KINDS)
-def test_abort_of_a_request_that_would_finish_this_step(tiny_target, reference, engines, kind):
+def test_abort_of_a_request_that_would_finish_this_step(tiny_target, reference, decoders, kind):
     """An abort asked before a step wins over the tokens that step would have produced."""
     engine = make_engine(kind, tiny_target, "self", max_batch_size=2, max_seq_len=64, max_speculation=4)
-    engines.append(engine)
+    decoders.append(engine)
     engine.submit(Request("a", [1, 2, 3], 3))
     engine.submit(POOL[0])
     engine.step(4)  # prefill: one token each
@@ -137,9 +129,9 @@ def test_random_aborts_leave_everything_else_exact(tiny_target, reference, kind,
 
 
 @pytest.mark.parametrize("kind", DECODER_KINDS)
-def test_queue_bound_rejects_clearly_and_memory_stays_flat(tiny_target, engines, kind):
+def test_queue_bound_rejects_clearly_and_memory_stays_flat(tiny_target, decoders, kind):
     engine = make_engine(kind, tiny_target, "ngram", max_batch_size=2, max_seq_len=64, max_speculation=4, max_waiting=3)
-    engines.append(engine)
+    decoders.append(engine)
     for i in range(3):
         engine.submit(Request(f"q{i}", [1, 2, 3], 4))
     with pytest.raises(QueueFullError, match="max_waiting=3"):

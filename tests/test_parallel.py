@@ -93,15 +93,6 @@ def references(tiny_target):
     return get
 
 
-@pytest.fixture
-def decoders():
-    """Parallel decoders made by a test are closed afterwards."""
-    made = []
-    yield made
-    for dec in made:
-        dec.close()
-
-
 @pytest.mark.parametrize("decoder", DECODER_KINDS)
 @pytest.mark.parametrize("drafter", ["none", "ngram", "self", "early-exit", "other"])
 @pytest.mark.parametrize("ks", [[4], [0, 3, 0, 0, 5, 1, 6, 2]])

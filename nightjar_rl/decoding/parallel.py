@@ -16,8 +16,8 @@ are only prefilled (and may be drafted for the next step). Admission, retirement
 the shared `Scheduler`'s, with two slot regions (the halves).
 
 Balance rule: a new request joins the smaller half (ties: the half drafted first, S). When one half
-has no row to decode the step is a standard round (draft, then verify) for the other; as soon as the empty half
-gets rows again its drafting overlaps the other's verification and the pipeline is back. k = 0 is
+has no row to decode the step is a standard round (draft, then verify) for the other; as soon as
+it has rows to decode again its drafting overlaps the other's verification and the pipeline is back. k = 0 is
 a plain decoding round (one target pass when the halves touch). Drafts made last step with a
 larger k are truncated to this step's k (lossless); with a smaller k they are verified as drafted.
 

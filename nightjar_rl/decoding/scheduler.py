@@ -13,6 +13,7 @@ compacting one region never moves a row of the other.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,6 +128,7 @@ class Scheduler:
         self._live: set[str] = set()  # ids waiting or running
         self._unpopped: set[str] = set()  # ids finished, not yet popped
         self._aborts: set[str] = set()  # ids to abort at the next step boundary
+        self._abort_lock = threading.Lock()  # abort() may come from another thread (a server)
 
     # ---- state ------------------------------------------------------------------------------
     @property
@@ -183,17 +185,15 @@ class Scheduler:
         step boundary. False when the id is unknown or the request already finished."""
         if request_id not in self._live:
             return False
-        self._aborts.add(request_id)
+        with self._abort_lock:
+            self._aborts.add(request_id)
         return True
-
-    @property
-    def aborts_pending(self) -> frozenset[str]:
-        return frozenset(self._aborts)
 
     def apply_aborts(self) -> list[Sequence]:
         """Step boundary: aborted queued requests leave at once (into `finished`); aborted running rows
         are marked finished ("abort") for the next `retire`. Returns the running rows marked."""
-        aborts, self._aborts = self._aborts, set()
+        with self._abort_lock:
+            aborts, self._aborts = self._aborts, set()
         aborts &= self._live
         if not aborts:
             return []
@@ -251,7 +251,8 @@ class Scheduler:
         if reserved:
             self.reserved -= self.reservation(seq.request)
         self._live.discard(seq.request_id)
-        self._aborts.discard(seq.request_id)
+        with self._abort_lock:
+            self._aborts.discard(seq.request_id)
         self._unpopped.add(seq.request_id)
         self.finished.append(seq)
 
