@@ -34,6 +34,10 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batch-size", type=int, default=16)
     g.add_argument("--max-seq-len", type=int, default=1024, help="context per request (prompt + new tokens)")
     g.add_argument("--max-kv-tokens", type=int, default=None, help="KV token budget; requests queue beyond it")
+    g.add_argument(
+        "--max-waiting", type=int, default=None,
+        help="bound on the waiting queue; requests arriving beyond it are rejected (default: no bound)",
+    )
     g.add_argument("--max-speculation", type=int, default=8, help="largest k the engine accepts")
     g.add_argument("--datastore", default=None, help="sssd: datastore built by `nightjar-rl datastore build`")
     g.add_argument("--ngram-max", type=int, default=3)
@@ -89,7 +93,7 @@ def _engine_config(a: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         model=a.model, drafter=a.drafter, draft=a.draft, dtype=a.dtype, device=a.device, decoder=a.decoder,
         max_batch_size=a.max_batch_size, max_seq_len=a.max_seq_len, max_kv_tokens=a.max_kv_tokens,
-        max_speculation=a.max_speculation, ngram_max=a.ngram_max, ngram_min=a.ngram_min,
+        max_waiting=a.max_waiting, max_speculation=a.max_speculation, ngram_max=a.ngram_max, ngram_min=a.ngram_min,
         temperature=a.temperature, top_p=a.top_p, seed=a.seed, threads=a.threads, datastore=a.datastore,
     )
 
@@ -119,11 +123,12 @@ def cmd_generate(a: argparse.Namespace) -> int:
     stack = build_stack(cfg)
     records, requests = _load_workload(a, stack, None, None)
     result = _serve_workload(rp, stack.engine, requests, not a.quiet, "generate")
+    reasons = dict(zip(result.requests["request_id"], result.requests["finish_reason"]))
     rows = []
     for rec, req in zip(records, requests):
-        tokens = result.outputs[req.request_id]
+        tokens = result.outputs.get(req.request_id, [])  # none for a request rejected by --max-waiting
         text = stack.tokenizer.decode(tokens, skip_special_tokens=True) if stack.tokenizer else None
-        rows.append({"id": rec.id, "token_ids": tokens, "text": text})
+        rows.append({"id": rec.id, "token_ids": tokens, "text": text, "finish_reason": reasons[req.request_id]})
     atomic_write_jsonl(a.out, rows)
     print(f"wrote {len(rows)} generations to {a.out}")
     return 0
@@ -281,7 +286,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--served-model-name", default=None, help="model name clients pass (default: --model)")
-    s.add_argument("--max-waiting", type=int, default=None, help="queue bound: more waiting requests get HTTP 503")
     s.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens of a request that sets none")
     s.add_argument("--quiet", action="store_true", help="no per-request access log")
     s.set_defaults(func=cmd_serve)
