@@ -1,8 +1,9 @@
-"""The `nightjar-rl` command: generate, bench, profile, experiment, train, datastore, trace."""
+"""The `nightjar-rl` command: generate, bench, serve, export, profile, experiment, train, datastore, trace."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -33,6 +34,10 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batch-size", type=int, default=16)
     g.add_argument("--max-seq-len", type=int, default=1024, help="context per request (prompt + new tokens)")
     g.add_argument("--max-kv-tokens", type=int, default=None, help="KV token budget; requests queue beyond it")
+    g.add_argument(
+        "--max-waiting", type=int, default=None,
+        help="bound on the waiting queue; requests arriving beyond it are rejected (default: no bound)",
+    )
     g.add_argument("--max-speculation", type=int, default=8, help="largest k the engine accepts")
     g.add_argument("--datastore", default=None, help="sssd: datastore built by `nightjar-rl datastore build`")
     g.add_argument("--ngram-max", type=int, default=3)
@@ -43,9 +48,44 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
+def _add_policy_args(p: argparse.ArgumentParser) -> None:
+    """How k is chosen: a fixed --k, or any policy (artifact file or spec), optionally learning."""
+    g = p.add_argument_group("speculation policy")
+    g.add_argument("--k", type=int, default=None, help="fixed speculation length (0 = off; default 4): --policy fixed-K")
+    g.add_argument("--policy", default=None, metavar="ARTIFACT|SPEC",
+                   help="policy artifact (policies/*.json, or a schedule from `nightjar-rl export`) or spec: "
+                        "fixed-3, table-mlc_llm, nightjar, '{\"type\": ...}'; max_k <= --max-speculation")
+    g.add_argument("--learn", action="store_true", help="bandits keep learning online (reward: decode tokens/s)")
+    g.add_argument("--save-policy", default=None, help="where --learn saves the updated artifact at exit "
+                                                        "(default: ARTIFACT with suffix .learned.json)")
+    g.add_argument("--log-steps", default=None, metavar="FILE", help="per-step decision table (.csv or .parquet)")
+
+
+def _runtime_policy(a: argparse.Namespace, cfg: EngineConfig):
+    from nightjar_rl.runtime.policy_spec import runtime_policy
+
+    return runtime_policy(cfg.max_speculation, a.k, a.policy, learn=a.learn, save_policy=a.save_policy,
+                          log_steps=a.log_steps)
+
+
+def _serve_workload(rp, engine, requests, progress: bool, desc: str):
+    """Run a workload under the resolved policy; the learned artifact and step log are saved even
+    after an interrupt."""
+    from nightjar_rl.serving import ServingSession
+
+    try:
+        return rp.driver(ServingSession(engine, requests)).run(progress=progress, desc=desc, on_step=rp.on_step)
+    finally:
+        for line in rp.finish():
+            print(line)
+
+
 def _add_workload_args(p: argparse.ArgumentParser) -> None:
-    """Flags shared by the commands that serve prompts: k, prompt set, token budget, progress."""
-    p.add_argument("--k", type=int, default=4, help="speculation length (0 = off)")
+    """Flags shared by the commands that serve prompts: policy, prompt set, token budget, progress."""
+    _add_policy_args(p)
+    p.add_argument("--scenario", default=None,
+                   help="serve a scenario's prompts on its backend (e.g. smollm2-ngram-sim: the simulator, outputs "
+                        "from its trace); engine and prompt flags are then the scenario's")
     p.add_argument("--prompts", default=None, help="JSONL with a 'prompt' field (default: bundled set)")
     p.add_argument("--families", default=None, help="comma-separated prompt families to keep")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -56,16 +96,9 @@ def _engine_config(a: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         model=a.model, drafter=a.drafter, draft=a.draft, dtype=a.dtype, device=a.device, decoder=a.decoder,
         max_batch_size=a.max_batch_size, max_seq_len=a.max_seq_len, max_kv_tokens=a.max_kv_tokens,
-        max_speculation=a.max_speculation, ngram_max=a.ngram_max, ngram_min=a.ngram_min,
+        max_waiting=a.max_waiting, max_speculation=a.max_speculation, ngram_max=a.ngram_max, ngram_min=a.ngram_min,
         temperature=a.temperature, top_p=a.top_p, seed=a.seed, threads=a.threads, datastore=a.datastore,
     )
-
-
-def _check_k(k: int, cfg: EngineConfig) -> None:
-    if k < 0:
-        raise CLIError(f"--k must be >= 0, got {k}")
-    if k > cfg.max_speculation:
-        raise CLIError(f"--k {k} exceeds --max-speculation {cfg.max_speculation}")
 
 
 def _load_workload(a, stack, rate: float | None, count: int | None):
@@ -84,21 +117,54 @@ def _load_workload(a, stack, rate: float | None, count: int | None):
     return records, build_requests(ids, [r.id for r in records], poisson_arrivals(len(ids), rate, rng), a.max_new_tokens)
 
 
+class _Workload:
+    """What generate/bench serve: an engine, its max k, prompt records and requests, a tokenizer."""
+
+    def __init__(self, a: argparse.Namespace, rate: float | None, count: int | None):
+        if a.scenario:  # the scenario's backend: the live engine or the simulator
+            import numpy as np
+
+            from nightjar_rl.env.backend import make_backend
+            from nightjar_rl.env.scenario import load_scenario
+            from nightjar_rl.serving import PromptRecord, build_requests, poisson_arrivals
+
+            scenario = load_scenario(a.scenario)
+            backend = make_backend(scenario)
+            pool = backend.prompt_pool
+            n = count or len(pool)
+            if n < 1:
+                raise CLIError(f"--num-requests must be >= 1, got {n}")
+            picks = [i % len(pool) for i in range(n)]
+            self.records = [PromptRecord(pool.ids[i], "", "scenario") for i in picks]
+            times = poisson_arrivals(n, rate, np.random.default_rng(a.seed))
+            self.requests = build_requests([pool.token_ids[i] for i in picks], [r.id for r in self.records], times,
+                                           scenario.max_new_tokens)
+            self.config = scenario.engine_config(a.seed)
+            self.engine = backend.make_engine(a.seed)
+            self.tokenizer = backend.target.tokenizer if backend.needs_model else None
+            self.label = {"scenario": scenario.name, "backend": scenario.backend}
+        else:
+            from nightjar_rl.stack import build_stack
+
+            self.config = _engine_config(a)
+            stack = build_stack(self.config)
+            self.records, self.requests = _load_workload(a, stack, rate, count)
+            self.engine, self.tokenizer = stack.engine, stack.tokenizer
+            self.label = {}
+
+
 def cmd_generate(a: argparse.Namespace) -> int:
     from nightjar_rl.io import atomic_write_jsonl
-    from nightjar_rl.serving import serve
-    from nightjar_rl.stack import build_stack
 
-    cfg = _engine_config(a)
-    _check_k(a.k, cfg)
-    stack = build_stack(cfg)
-    records, requests = _load_workload(a, stack, None, None)
-    result = serve(stack.engine, requests, k=a.k, progress=not a.quiet, desc="generate")
+    w = _Workload(a, None, None)
+    rp = _runtime_policy(a, w.config)
+    result = _serve_workload(rp, w.engine, w.requests, not a.quiet, "generate")
+    reasons = dict(zip(result.requests["request_id"], result.requests["finish_reason"]))
     rows = []
-    for rec, req in zip(records, requests):
-        tokens = result.outputs[req.request_id]
-        text = stack.tokenizer.decode(tokens, skip_special_tokens=True) if stack.tokenizer else None
-        rows.append({"id": rec.id, "token_ids": tokens, "text": text})
+    for rec, req in zip(w.records, w.requests):
+        tokens = result.outputs.get(req.request_id, [])  # none for a request rejected by --max-waiting
+        text = w.tokenizer.decode(tokens, skip_special_tokens=True) if w.tokenizer else None
+        rows.append({"id": rec.id, "token_ids": tokens, "text": text, "finish_reason": reasons[req.request_id]})
     atomic_write_jsonl(a.out, rows)
     print(f"wrote {len(rows)} generations to {a.out}")
     return 0
@@ -106,17 +172,15 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from nightjar_rl.io import atomic_write_json
-    from nightjar_rl.serving import serve, summarize
-    from nightjar_rl.stack import build_stack
+    from nightjar_rl.serving import summarize
 
-    cfg = _engine_config(a)
-    _check_k(a.k, cfg)
     rate = None if a.rate in (None, "inf", "offline") else _positive_float(a.rate, "--rate")
-    stack = build_stack(cfg)
-    _, requests = _load_workload(a, stack, rate, a.num_requests)
-    result = serve(stack.engine, requests, k=a.k, progress=not a.quiet, desc="bench")
-    summary = {"model": cfg.model, "drafter": cfg.drafter, "decoder": cfg.decoder, "dtype": cfg.dtype,
-               "k": a.k, "rate": rate if rate is not None else "offline", **summarize(result)}
+    w = _Workload(a, rate, a.num_requests)
+    cfg = w.config
+    rp = _runtime_policy(a, cfg)
+    result = _serve_workload(rp, w.engine, w.requests, not a.quiet, "bench")
+    summary = {"model": cfg.model, "drafter": cfg.drafter, "decoder": cfg.decoder, "dtype": cfg.dtype, **w.label,
+               "policy": rp.policy.name, "rate": rate if rate is not None else "offline", **summarize(result)}
     width = max(len(key) for key in summary)
     for key, value in summary.items():
         shown = f"{value:.4g}" if isinstance(value, float) else value
@@ -124,6 +188,54 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.out:
         atomic_write_json(a.out, summary)
         print(f"wrote {a.out}")
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from nightjar_rl.runtime.server import build_server, make_server
+    from nightjar_rl.stack import build_stack
+
+    cfg = _engine_config(a)
+    rp = _runtime_policy(a, cfg)
+    for flag, value in (("--port", a.port), ("--max-waiting", a.max_waiting), ("--default-max-tokens", a.default_max_tokens)):
+        if value is not None and value < (0 if flag == "--port" else 1):
+            raise CLIError(f"{flag} must be {'>= 0' if flag == '--port' else '>= 1'}, got {value}")
+    stack = build_stack(cfg)
+    app, engine_loop = build_server(stack, rp, a.served_model_name, a.max_waiting, a.default_max_tokens)
+    print(f"serving {a.served_model_name or cfg.model} with policy {rp.policy.name} on http://{a.host}:{a.port}")
+    try:
+        make_server(app, a.host, a.port, log_level="warning" if a.quiet else "info").run()
+    finally:
+        for line in engine_loop.stop():
+            print(line)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from nightjar_rl.io import atomic_write_json
+    from nightjar_rl.runtime.export import export_schedule, schedule, sensitivity, to_ranges
+    from nightjar_rl.runtime.policy_spec import resolve_policy
+
+    if a.max_batch_size < 1:
+        raise CLIError(f"--max-batch-size must be >= 1, got {a.max_batch_size}")
+    if not 0 <= a.acceptance <= 1:
+        raise CLIError(f"--acceptance must be in [0, 1], got {a.acceptance}")
+    max_k = a.max_k if a.max_k is not None else (1024 if Path(a.policy).is_file() else 8)
+    policy = resolve_policy(a.policy, max_k)
+    typical = {"acceptance": a.acceptance, "queue_len": a.queue_len}
+    ks = schedule(policy, a.max_batch_size, typical)
+    result = export_schedule(ks, a.to, a.num_speculative_tokens)
+    notes = sensitivity(policy, a.max_batch_size, typical) + result.notes
+    text = json.dumps(result.config, indent=1)
+    report = sys.stderr if a.out is None else sys.stdout
+    print(f"{policy.name}: " + ", ".join(f"bs {lo}-{hi}: k={k}" for lo, hi, k in to_ranges(ks)), file=report)
+    for note in notes:
+        print(f"note: {note}", file=report)
+    if a.out is None:
+        print(text)
+    else:
+        atomic_write_json(a.out, result.config)
+        print(f"wrote {a.to} schedule {a.out}")
     return 0
 
 
@@ -201,6 +313,27 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rate", default=None, help="Poisson arrival rate in requests/s (default: offline, all at once)")
     b.add_argument("--out", default=None, help="write the summary JSON here")
     b.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, /metrics)")
+    _add_engine_args(s)
+    _add_policy_args(s)
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--served-model-name", default=None, help="model name clients pass (default: --model)")
+    s.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens of a request that sets none")
+    s.add_argument("--quiet", action="store_true", help="no per-request access log")
+    s.set_defaults(func=cmd_serve)
+
+    ex = sub.add_parser("export", help="a policy's k-by-batch-size schedule as a vLLM / TensorRT-LLM / SGLang config")
+    ex.add_argument("policy", metavar="POLICY", help="policy artifact or spec (as --policy)")
+    ex.add_argument("--to", required=True, choices=["vllm", "trtllm", "sglang"])
+    ex.add_argument("--out", default=None, help="write the config here (default: stdout)")
+    ex.add_argument("--max-batch-size", type=int, default=256, help="largest batch size in the schedule")
+    ex.add_argument("--max-k", type=int, default=None, help="max_k for a spec (default 8; artifacts keep theirs)")
+    ex.add_argument("--num-speculative-tokens", type=int, default=None, help="vllm: the cap K (default: the schedule's max)")
+    ex.add_argument("--acceptance", type=float, default=0.7, help="typical per-token acceptance the schedule is read at")
+    ex.add_argument("--queue-len", type=float, default=0.0, help="typical waiting queue the schedule is read at")
+    ex.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("profile", help="time verify/draft steps over batch sizes; write a hardware profile")
     pr.add_argument("--model", default="smollm2-135m", help="model to time, or with --roofline a shape (llama-3-8b, ...) or shape JSON")
