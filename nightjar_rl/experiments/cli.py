@@ -1,4 +1,5 @@
-"""`nightjar-rl experiment CONFIG [--resume RUN_DIR] [--out-dir runs]`: the experiment command.
+"""`nightjar-rl experiment CONFIG [--resume RUN_DIR] [--out-dir runs] [--executor local|ray]
+[--ray-address ADDR] [--workers N]`: the experiment command.
 
 The lead's cli.py wires it with `add_experiment_parser(subparsers)`; the parser sets
 `func=lambda args: run_experiment_cli(...)` on the parsed namespace.
@@ -8,15 +9,24 @@ from __future__ import annotations
 
 import argparse
 
-from nightjar_rl.experiments.config import load_experiment
+from nightjar_rl.experiments.config import EXECUTORS, executor_from_value, load_experiment
 
 
-def run_experiment_cli(config_path: str, resume: str | None, out_dir: str = "runs") -> int:
+def run_experiment_cli(config_path: str, resume: str | None, out_dir: str = "runs", executor: str | None = None,
+                       ray_address: str | None = None, workers: int | None = None) -> int:
     """Run (or resume) an experiment, print its summary table and where it wrote. Returns 0.
-    Bad configs raise ValueError with one line naming the field."""
+    `executor`/`ray_address`/`workers` override the config's executor. Bad configs raise
+    ValueError with one line naming the field."""
     from nightjar_rl.experiments.runner import run_experiment  # heavy imports only when running
 
     cfg = load_experiment(config_path)
+    if executor is not None or ray_address is not None or workers is not None:
+        kind = executor or ("ray" if ray_address is not None or workers is not None else cfg.executor.kind)
+        value = {"kind": kind}
+        if kind == "ray":
+            value.update(address=ray_address if ray_address is not None else cfg.executor.address,
+                         workers=workers if workers is not None else cfg.executor.workers)
+        cfg.executor = executor_from_value(value, "--executor/--ray-address/--workers")
     result = run_experiment(cfg, out_dir=out_dir, resume=resume)
     print(result.summary)
     print(f"\nwrote {result.run_dir}/ (results.csv, k_by_batch.csv, summary.txt, *.png)")
@@ -35,5 +45,12 @@ def add_experiment_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                         help="continue an interrupted run: skip finished (policy, rate, seed) cells")
     parser.add_argument("--out-dir", default="runs", help="parent folder of new run folders (default: runs)")
-    parser.set_defaults(func=lambda args: run_experiment_cli(args.config, args.resume, args.out_dir))
+    parser.add_argument("--executor", choices=EXECUTORS, default=None,
+                        help="where cells run: local (default) or ray (needs the 'ray' extra); overrides the config")
+    parser.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="a running Ray cluster's address (default: start a local Ray instance); implies --executor ray")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="CPUs of the local Ray instance (default: all); implies --executor ray")
+    parser.set_defaults(func=lambda args: run_experiment_cli(args.config, args.resume, args.out_dir, args.executor,
+                                                             args.ray_address, args.workers))
     return parser

@@ -24,11 +24,13 @@ import yaml
 from tqdm.auto import tqdm
 
 from nightjar_rl.analysis import format_summary, plot_k_by_batch, plot_metric_vs_rate
+from nightjar_rl.analysis.stats import ci_table, format_ci
+from nightjar_rl.analysis.study import headline, verdict
 from nightjar_rl.analysis.tables import best_fixed_comparison
 from nightjar_rl.env.backend import resolve_data_path
 from nightjar_rl.env.recorder import append_rows, read_table, write_table
 from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
-from nightjar_rl.experiments.config import ExperimentConfig, ExperimentError
+from nightjar_rl.experiments.config import ExperimentConfig, ExperimentError, experiment_from_dict
 from nightjar_rl.experiments.executor import (
     KBB_COLUMNS,
     CellJob,
@@ -59,6 +61,13 @@ class ExperimentResult:
     k_by_batch: pd.DataFrame
     train: pd.DataFrame
     summary: str
+    config: ExperimentConfig | None = None
+
+    @property
+    def learned(self) -> list[str]:
+        """Names of the learned policies in the results (first-seen order)."""
+        df = self.results
+        return list(dict.fromkeys(df.loc[df["learned"].astype(bool), "policy"])) if "learned" in df else []
 
 
 def resolve_scenario(cfg: ExperimentConfig) -> Scenario:
@@ -205,6 +214,11 @@ def write_report(run_dir: Path, results: pd.DataFrame, kdf: pd.DataFrame, learne
             table = best_fixed_comparison(results, name, fixed)
             summary += f"\n\n{name} vs fixed k (throughput ratios; > 1 = {name} faster):\n" + table.to_string(
                 float_format=lambda v: f"{v:.3f}")
+    if results["seed"].nunique() > 1:
+        ci = format_ci(ci_table(results, "throughput_tok_s"))
+        summary += "\n\nthroughput (output tokens/s), mean ± 95% CI over seeds:\n" + ci.to_string()
+        if learned and fixed:
+            summary += "\n\n" + "\n".join(verdict(headline(results, sorted(learned), fixed)))
     atomic_write_text(run_dir / "summary.txt", summary + "\n")
     figs = {
         "throughput_vs_rate.png": plot_metric_vs_rate(results, "throughput_tok_s", "output tokens/s"),
@@ -256,11 +270,30 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: 
     write_table(kdf, run_dir / "k_by_batch.csv")
     train_path = run_dir / "train.csv"
     train = read_table(train_path) if train_path.is_file() else pd.DataFrame()
-    fixed = [e.name for e in cfg.policies if _type_name(specs[e.name]) == "fixed"]
-    summary = write_report(run_dir, results, kdf, learned, fixed)
-    return ExperimentResult(run_dir, results, kdf, train, summary)
+    summary = write_report(run_dir, results, kdf, learned, fixed_policies(cfg))
+    return ExperimentResult(run_dir, results, kdf, train, summary, cfg)
 
 
-def _type_name(spec) -> str:
-    data = parse_spec_string(spec) if isinstance(spec, str) else spec
-    return str(data.get("type", "")).replace("-", "_")
+def fixed_policies(cfg: ExperimentConfig) -> list[str]:
+    """Names of the config's fixed-k policies, in config order."""
+    def type_name(spec) -> str:
+        data = parse_spec_string(spec) if isinstance(spec, str) else spec
+        return str(data.get("type", "")).replace("-", "_")
+
+    return [e.name for e in cfg.policies if type_name(e.spec) == "fixed"]
+
+
+def load_run(run_dir: str | Path) -> ExperimentResult:
+    """A finished (or partial) run folder's tables, summary and config, as run_experiment returns them."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file() or not (run_dir / "results.csv").is_file():
+        raise ExperimentError(f"{run_dir}: not a run folder (needs config.yaml and results.csv)")
+    saved = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    saved["evaluate"] = {"learn": saved.pop("learn_during_eval", False)}
+    cfg = experiment_from_dict(saved, run_dir.name)
+    train_path, summary_path = run_dir / "train.csv", run_dir / "summary.txt"
+    return ExperimentResult(
+        run_dir, read_table(run_dir / "results.csv"), read_table(run_dir / "k_by_batch.csv"),
+        read_table(train_path) if train_path.is_file() else pd.DataFrame(),
+        summary_path.read_text(encoding="utf-8") if summary_path.is_file() else "", cfg)
