@@ -96,3 +96,18 @@ def plot_bandit_values(policy, title: str | None = None) -> Figure:
     fig.colorbar(im, ax=ax, fraction=0.05)
     fig.tight_layout()
     return fig
+
+
+def train_learner(spec, scenario: Scenario, episodes: int, rates: list[float], seed: int = 1000,
+                  num_requests: int | None = None, backend=None):
+    """A learner built from `spec` and trained for `episodes` episodes cycling Poisson `rates` (the
+    experiment pipeline's training loop), ready for `episode_steps` and `plot_bandit_values`."""
+    from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
+    from nightjar_rl.experiments.train import train_policy
+    from nightjar_rl.policy import make_policy
+
+    policy = make_policy(spec, scenario.max_k)
+    env = SpecDecodeEnv(scenario, backend=backend or make_backend(scenario))
+    train_policy(policy, env, episodes, rates, seed, num_requests, progress=False)
+    policy.learning = False
+    return policy

@@ -51,3 +51,31 @@ def show(fig: Figure, name: str, notebook: str = "notebook", dpi: int = 80):
     data = buf.getvalue()
     (figures_dir(notebook) / f"{name}.png").write_bytes(data)
     return Image(data=data, format="png")
+
+
+def execute_notebook(path: str | Path, env: dict[str, str] | None = None, timeout: int = 600, save: bool = False):
+    """Run a notebook top to bottom in a fresh `python3` kernel (working directory: its folder) with
+    `env` added to the environment and this checkout first on the kernel's PYTHONPATH. Returns the
+    executed notebook; `save` writes it back in place (outputs included). Needs nbclient/ipykernel."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    old = dict(os.environ)
+    os.environ.update(env or {})
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), old.get("PYTHONPATH")) if p)
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    if save:
+        nbformat.write(nb, path)
+    return nb
+
+
+def png_outputs(nb) -> int:
+    """How many PNG images a notebook's outputs hold."""
+    return sum("image/png" in out.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
+               for out in cell.get("outputs", []))
