@@ -156,10 +156,16 @@ def _package_root() -> str:
     return str(Path(__file__).resolve().parents[2])
 
 
+def run_chunk(fn: Callable, ctx: SweepContext, jobs: list) -> list:
+    """Run several jobs in one worker task; results in job order."""
+    return [fn(ctx, job) for job in jobs]
+
+
 class RayExecutor:
-    """Runs jobs as Ray tasks (one CPU each) and yields them as they finish."""
+    """Runs jobs as Ray tasks (one CPU each, several jobs per task) and yields them as they finish."""
 
     name = "ray"
+    max_chunk = 8
 
     def __init__(self, address: str | None = None, workers: int | None = None):
         self.ray = import_ray()
@@ -181,20 +187,29 @@ class RayExecutor:
         self._remote: dict = {}
 
     def map(self, fn: Callable, ctx: SweepContext, jobs: Iterable) -> Iterator[tuple[Any, Any]]:
-        ray = self.ray
-        if fn not in self._remote:
-            self._remote[fn] = ray.remote(num_cpus=1)(fn)
-        remote, ctx_ref = self._remote[fn], ray.put(ctx)
-        pending = {remote.remote(ctx_ref, job): job for job in jobs}
+        """Jobs go out in chunks (about 4 per CPU, so a task's overhead is shared by several cells)
+        and come back, job by job, as their chunk finishes."""
+        ray, jobs = self.ray, list(jobs)
+        if not jobs:
+            return
+        remote, ctx_ref = self._remote_for(run_chunk), ray.put(ctx)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        size = max(1, min(self.max_chunk, len(jobs) // (4 * cpus)))
+        pending = {remote.remote(fn, ctx_ref, jobs[i:i + size]): jobs[i:i + size] for i in range(0, len(jobs), size)}
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
-                    job = pending.pop(ref)
-                    yield job, ray.get(ref)
+                    chunk = pending.pop(ref)
+                    yield from zip(chunk, ray.get(ref))
         finally:
             for ref in pending:
                 ray.cancel(ref)
+
+    def _remote_for(self, fn: Callable):
+        if fn not in self._remote:
+            self._remote[fn] = self.ray.remote(num_cpus=1)(fn)
+        return self._remote[fn]
 
     def close(self) -> None:
         if self._started:

@@ -162,7 +162,8 @@ def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, ctx: SweepConte
                                  tuple(t.rates or cfg.rates), t.seed + r * t.episodes, t.num_requests))
     bar = tqdm(total=len(jobs), desc=f"train {cfg.name}", unit="learner", disable=not progress or not jobs)
     for job, (artifact, log) in executor.map(train_job, ctx, jobs):
-        append_rows(run_dir / "train.csv", pd.DataFrame(log))
+        if log:  # train.episodes 0: deployed as built (or as the artifact the spec holds)
+            append_rows(run_dir / "train.csv", pd.DataFrame(log))
         save_policy(policy_from_dict(artifact), _policy_file(run_dir, job.policy, job.replicate))
         artifacts[(job.policy, job.replicate)] = artifact
         bar.update()
