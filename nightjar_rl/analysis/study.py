@@ -5,6 +5,8 @@ Definitions (throughput = output tokens/s, means over seeds):
   one with the best mean throughput relative to the per-rate best over the whole sweep;
 - hindsight best: at each rate, the best fixed k at that rate (an oracle over fixed k);
 - best learned: the learned policy with the best mean relative throughput over the sweep.
+Besides the unpaired intervals, `paired_vs_single` is the per-seed ratio (same workload) with its
+own t interval: the sharper test of a small difference.
 """
 
 from __future__ import annotations
@@ -13,7 +15,17 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from nightjar_rl.analysis.stats import ci_table, intervals_overlap
+from nightjar_rl.analysis.stats import ci_table, intervals_overlap, t_interval
+
+
+def paired_ratio(df: pd.DataFrame, a: str, b: str, rate: float, metric: str = "throughput_tok_s",
+                 confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and t half-width over seeds of a/b computed per seed (both policies served the same
+    workload per seed, so the pairing removes the workload's variance)."""
+    at = df[df["rate"] == rate].groupby(["policy", "seed"])[metric].mean()
+    ratio = (at.loc[a] / at.loc[b]).dropna()
+    mean, half, _ = t_interval(ratio, confidence)
+    return mean, half
 
 
 def relative_score(df: pd.DataFrame, policies: Sequence[str], metric: str = "throughput_tok_s") -> pd.Series:
@@ -37,10 +49,12 @@ def headline(df: pd.DataFrame, learned: Sequence[str], fixed: Sequence[str], met
     for rate in sorted(df["rate"].unique()):
         hind = max(fixed, key=lambda p: ci.loc[(p, rate), "mean"])
         me, single, best = ci.loc[(best_learned, rate)], ci.loc[(best_single, rate)], ci.loc[(hind, rate)]
+        paired, paired_half = paired_ratio(df, best_learned, best_single, rate, metric, confidence)
         rows.append({
             "rate": rate, "policy": best_learned, "mean": me["mean"], "half": me["half"],
             "single_fixed": best_single, "single_mean": single["mean"], "single_half": single["half"],
             "vs_single": me["mean"] / single["mean"], "apart_from_single": not intervals_overlap(me, single),
+            "paired_vs_single": paired, "paired_half": paired_half,
             "hindsight": hind, "hindsight_mean": best["mean"], "vs_hindsight": me["mean"] / best["mean"],
             "apart_from_hindsight": not intervals_overlap(me, best),
         })
@@ -59,7 +73,8 @@ def verdict(table: pd.DataFrame, win: float = 1.15, low_loss: float = 0.97, hind
     return [
         f"high load ({hi['rate']:g}/s): {name} {hi['mean']:.1f} ± {hi['half']:.1f} vs best single fixed k "
         f"{single} {hi['single_mean']:.1f} ± {hi['single_half']:.1f} tok/s = {hi['vs_single']:.3f}x "
-        f"(intervals {'apart' if hi['apart_from_single'] else 'overlap'}); goal >= {win:.2f}x: {met(high_ok)}",
+        f"(intervals {'apart' if hi['apart_from_single'] else 'overlap'}; paired per seed "
+        f"{hi['paired_vs_single']:.3f} ± {hi['paired_half']:.3f}x); goal >= {win:.2f}x: {met(high_ok)}",
         f"low load ({lo['rate']:g}/s): {name} {lo['vs_single']:.3f}x the best single fixed k; "
         f"goal >= {low_loss:.2f}x: {met(lo['vs_single'] >= low_loss)}",
         f"vs hindsight best fixed k per rate: worst {worst['vs_hindsight']:.3f}x at {worst['rate']:g}/s "
