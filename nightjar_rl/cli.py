@@ -1,8 +1,9 @@
-"""The `nightjar-rl` command: generate, bench, profile, experiment, datastore, trace."""
+"""The `nightjar-rl` command: generate, bench, serve, export, profile, experiment, datastore, trace."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -43,9 +44,41 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
+def _add_policy_args(p: argparse.ArgumentParser) -> None:
+    """How k is chosen: a fixed --k, or any policy (artifact file or spec), optionally learning."""
+    g = p.add_argument_group("speculation policy")
+    g.add_argument("--k", type=int, default=None, help="fixed speculation length (0 = off; default 4): --policy fixed-K")
+    g.add_argument("--policy", default=None, metavar="ARTIFACT|SPEC",
+                   help="policy artifact (policies/*.json, or a schedule from `nightjar-rl export`) or spec: "
+                        "fixed-3, table-mlc_llm, nightjar, '{\"type\": ...}'; max_k <= --max-speculation")
+    g.add_argument("--learn", action="store_true", help="bandits keep learning online (reward: decode tokens/s)")
+    g.add_argument("--save-policy", default=None, help="where --learn saves the updated artifact at exit "
+                                                        "(default: ARTIFACT with suffix .learned.json)")
+    g.add_argument("--log-steps", default=None, metavar="FILE", help="per-step decision table (.csv or .parquet)")
+
+
+def _runtime_policy(a: argparse.Namespace, cfg: EngineConfig):
+    from nightjar_rl.runtime.policy_spec import runtime_policy
+
+    return runtime_policy(cfg.max_speculation, a.k, a.policy, learn=a.learn, save_policy=a.save_policy,
+                          log_steps=a.log_steps)
+
+
+def _serve_workload(rp, engine, requests, progress: bool, desc: str):
+    """Run a workload under the resolved policy; the learned artifact and step log are saved even
+    after an interrupt."""
+    from nightjar_rl.serving import ServingSession
+
+    try:
+        return rp.driver(ServingSession(engine, requests)).run(progress=progress, desc=desc, on_step=rp.on_step)
+    finally:
+        for line in rp.finish():
+            print(line)
+
+
 def _add_workload_args(p: argparse.ArgumentParser) -> None:
-    """Flags shared by the commands that serve prompts: k, prompt set, token budget, progress."""
-    p.add_argument("--k", type=int, default=4, help="speculation length (0 = off)")
+    """Flags shared by the commands that serve prompts: policy, prompt set, token budget, progress."""
+    _add_policy_args(p)
     p.add_argument("--prompts", default=None, help="JSONL with a 'prompt' field (default: bundled set)")
     p.add_argument("--families", default=None, help="comma-separated prompt families to keep")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -59,13 +92,6 @@ def _engine_config(a: argparse.Namespace) -> EngineConfig:
         max_speculation=a.max_speculation, ngram_max=a.ngram_max, ngram_min=a.ngram_min,
         temperature=a.temperature, top_p=a.top_p, seed=a.seed, threads=a.threads, datastore=a.datastore,
     )
-
-
-def _check_k(k: int, cfg: EngineConfig) -> None:
-    if k < 0:
-        raise CLIError(f"--k must be >= 0, got {k}")
-    if k > cfg.max_speculation:
-        raise CLIError(f"--k {k} exceeds --max-speculation {cfg.max_speculation}")
 
 
 def _load_workload(a, stack, rate: float | None, count: int | None):
@@ -86,14 +112,13 @@ def _load_workload(a, stack, rate: float | None, count: int | None):
 
 def cmd_generate(a: argparse.Namespace) -> int:
     from nightjar_rl.io import atomic_write_jsonl
-    from nightjar_rl.serving import serve
     from nightjar_rl.stack import build_stack
 
     cfg = _engine_config(a)
-    _check_k(a.k, cfg)
+    rp = _runtime_policy(a, cfg)
     stack = build_stack(cfg)
     records, requests = _load_workload(a, stack, None, None)
-    result = serve(stack.engine, requests, k=a.k, progress=not a.quiet, desc="generate")
+    result = _serve_workload(rp, stack.engine, requests, not a.quiet, "generate")
     rows = []
     for rec, req in zip(records, requests):
         tokens = result.outputs[req.request_id]
@@ -106,17 +131,17 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from nightjar_rl.io import atomic_write_json
-    from nightjar_rl.serving import serve, summarize
+    from nightjar_rl.serving import summarize
     from nightjar_rl.stack import build_stack
 
     cfg = _engine_config(a)
-    _check_k(a.k, cfg)
+    rp = _runtime_policy(a, cfg)
     rate = None if a.rate in (None, "inf", "offline") else _positive_float(a.rate, "--rate")
     stack = build_stack(cfg)
     _, requests = _load_workload(a, stack, rate, a.num_requests)
-    result = serve(stack.engine, requests, k=a.k, progress=not a.quiet, desc="bench")
+    result = _serve_workload(rp, stack.engine, requests, not a.quiet, "bench")
     summary = {"model": cfg.model, "drafter": cfg.drafter, "decoder": cfg.decoder, "dtype": cfg.dtype,
-               "k": a.k, "rate": rate if rate is not None else "offline", **summarize(result)}
+               "policy": rp.policy.name, "rate": rate if rate is not None else "offline", **summarize(result)}
     width = max(len(key) for key in summary)
     for key, value in summary.items():
         shown = f"{value:.4g}" if isinstance(value, float) else value
@@ -124,6 +149,54 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.out:
         atomic_write_json(a.out, summary)
         print(f"wrote {a.out}")
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from nightjar_rl.runtime.server import build_server, make_server
+    from nightjar_rl.stack import build_stack
+
+    cfg = _engine_config(a)
+    rp = _runtime_policy(a, cfg)
+    for flag, value in (("--port", a.port), ("--max-waiting", a.max_waiting), ("--default-max-tokens", a.default_max_tokens)):
+        if value is not None and value < (0 if flag == "--port" else 1):
+            raise CLIError(f"{flag} must be {'>= 0' if flag == '--port' else '>= 1'}, got {value}")
+    stack = build_stack(cfg)
+    app, engine_loop = build_server(stack, rp, a.served_model_name, a.max_waiting, a.default_max_tokens)
+    print(f"serving {a.served_model_name or cfg.model} with policy {rp.policy.name} on http://{a.host}:{a.port}")
+    try:
+        make_server(app, a.host, a.port, log_level="warning" if a.quiet else "info").run()
+    finally:
+        for line in engine_loop.stop():
+            print(line)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from nightjar_rl.io import atomic_write_json
+    from nightjar_rl.runtime.export import export_schedule, schedule, sensitivity, to_ranges
+    from nightjar_rl.runtime.policy_spec import resolve_policy
+
+    if a.max_batch_size < 1:
+        raise CLIError(f"--max-batch-size must be >= 1, got {a.max_batch_size}")
+    if not 0 <= a.acceptance <= 1:
+        raise CLIError(f"--acceptance must be in [0, 1], got {a.acceptance}")
+    max_k = a.max_k if a.max_k is not None else (1024 if Path(a.policy).is_file() else 8)
+    policy = resolve_policy(a.policy, max_k)
+    typical = {"acceptance": a.acceptance, "queue_len": a.queue_len}
+    ks = schedule(policy, a.max_batch_size, typical)
+    result = export_schedule(ks, a.to, a.num_speculative_tokens)
+    notes = sensitivity(policy, a.max_batch_size, typical) + result.notes
+    text = json.dumps(result.config, indent=1)
+    report = sys.stderr if a.out is None else sys.stdout
+    print(f"{policy.name}: " + ", ".join(f"bs {lo}-{hi}: k={k}" for lo, hi, k in to_ranges(ks)), file=report)
+    for note in notes:
+        print(f"note: {note}", file=report)
+    if a.out is None:
+        print(text)
+    else:
+        atomic_write_json(a.out, result.config)
+        print(f"wrote {a.to} schedule {a.out}")
     return 0
 
 
@@ -201,6 +274,28 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rate", default=None, help="Poisson arrival rate in requests/s (default: offline, all at once)")
     b.add_argument("--out", default=None, help="write the summary JSON here")
     b.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, /metrics)")
+    _add_engine_args(s)
+    _add_policy_args(s)
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--served-model-name", default=None, help="model name clients pass (default: --model)")
+    s.add_argument("--max-waiting", type=int, default=None, help="queue bound: more waiting requests get HTTP 503")
+    s.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens of a request that sets none")
+    s.add_argument("--quiet", action="store_true", help="no per-request access log")
+    s.set_defaults(func=cmd_serve)
+
+    ex = sub.add_parser("export", help="a policy's k-by-batch-size schedule as a vLLM / TensorRT-LLM / SGLang config")
+    ex.add_argument("policy", metavar="POLICY", help="policy artifact or spec (as --policy)")
+    ex.add_argument("--to", required=True, choices=["vllm", "trtllm", "sglang"])
+    ex.add_argument("--out", default=None, help="write the config here (default: stdout)")
+    ex.add_argument("--max-batch-size", type=int, default=256, help="largest batch size in the schedule")
+    ex.add_argument("--max-k", type=int, default=None, help="max_k for a spec (default 8; artifacts keep theirs)")
+    ex.add_argument("--num-speculative-tokens", type=int, default=None, help="vllm: the cap K (default: the schedule's max)")
+    ex.add_argument("--acceptance", type=float, default=0.7, help="typical per-token acceptance the schedule is read at")
+    ex.add_argument("--queue-len", type=float, default=0.0, help="typical waiting queue the schedule is read at")
+    ex.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("profile", help="time verify/draft steps over batch sizes; write a hardware profile")
     pr.add_argument("--model", default="smollm2-135m", help="model to time, or with --roofline a shape (llama-3-8b, ...) or shape JSON")

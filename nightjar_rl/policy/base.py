@@ -1,6 +1,6 @@
 """The policy protocol: one `predict(obs) -> k` interface for every speculation policy.
 
-Lifecycle, as driven by the env, the runtime or `experiments.evaluate.PolicyController`:
+Lifecycle, as driven by the runtime's `PolicyDriver` (for the env, evaluation, the CLI and the server):
 
 ```
 policy.reset()                       # start of an episode / serving run

@@ -17,6 +17,7 @@ both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,12 +102,19 @@ class PolicyDriver:
     def step(self) -> StepStats:
         return self.act(self.decide())
 
-    def run(self, progress: bool = False, desc: str = "serving") -> ServeResult:
-        """Serve the session's whole workload; every request is served exactly once."""
+    def run(
+        self, progress: bool = False, desc: str = "serving",
+        on_step: Callable[[Decision, StepStats, float], None] | None = None,
+    ) -> ServeResult:
+        """Serve the session's whole workload; every request is served exactly once. `on_step` gets
+        each step's decision state, its stats and its reward (e.g. a `runtime.steplog.StepLog`)."""
         self.start()
         with tqdm(total=len(self.session.pending), desc=desc, unit="req", disable=not progress, leave=False) as bar:
             while not self.done:
-                self.step()
+                decision = self.decision
+                stats = self.step()
+                if on_step is not None:
+                    on_step(decision, stats, self.last_reward)
                 bar.update(self.session.num_finished - bar.n)
         missing = {r.request_id for r in self.session.pending} - set(self.session.outputs)
         if missing:

@@ -1,0 +1,215 @@
+"""The server's engine loop: one thread owns the engine and the policy driver; HTTP handlers talk
+to it only through a thread-safe inbox (submit / abort / stop) and per-request callbacks.
+
+`LiveSession` is the live twin of `serving.ServingSession` for `PolicyDriver`: arrivals are HTTP
+requests, the clock is wall time since start, and `advance()` blocks while there is nothing to do
+(the live equivalent of jumping the clock to the next arrival). Continuous batching is the
+engine's: every step admits what fits, so concurrent requests share the batch.
+
+Aborts: with `engine.abort(request_id)` (issue 12: the slot and KV are freed at the next step
+boundary and the sequence comes out of `pop_finished` with finish_reason "abort") the loop calls
+it. SWITCH-OVER(issue12): until then, `_abort` falls back to forgetting the request: it stays in
+the engine until it finishes and its tokens are dropped.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nightjar_rl.decoding.sequence import Request
+from nightjar_rl.decoding.stats import StepStats
+from nightjar_rl.runtime.metrics import ServerMetrics
+from nightjar_rl.runtime.policy_spec import RuntimePolicy
+
+FINISH = {"eos": "stop", "length": "length", "abort": "abort"}
+
+
+@dataclass
+class TokenEvent:
+    """New tokens of one request; `finish_reason` set on its last event ("error": engine failure)."""
+
+    token_ids: list[int]
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+Listener = Callable[[TokenEvent], None]
+Ack = Callable[[Exception | None], None]
+
+
+class LiveSession:
+    """The session `PolicyDriver` drives in the server (see module docstring)."""
+
+    def __init__(self, engine, metrics: ServerMetrics | None = None):
+        self.engine, self.metrics = engine, metrics
+        self.clock = 0.0
+        self.stopping = False
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.listeners: dict[str, Listener] = {}
+        self.sent: dict[str, int] = {}
+        self._t0 = time.perf_counter()
+
+    @property
+    def done(self) -> bool:
+        return self.stopping
+
+    def advance(self) -> int:
+        """Apply queued commands; block while the engine is idle. Returns requests submitted."""
+        submitted = 0
+        while True:
+            block = not self.engine.has_work and not self.stopping
+            try:
+                cmd = self.inbox.get(timeout=0.5) if block else self.inbox.get_nowait()
+            except queue.Empty:
+                if not block:
+                    break
+                continue
+            submitted += self._apply(*cmd)
+            if self.stopping:
+                break
+        self.clock = time.perf_counter() - self._t0
+        return submitted
+
+    def _apply(self, op: str, *args) -> int:
+        if op == "submit":
+            request, listener, ack = args
+            try:
+                self.engine.submit(request)  # ValueError: never servable; QueueFullError (issue12): queue full
+            except ValueError as exc:
+                ack(exc)
+                return 0
+            self.listeners[request.request_id] = listener
+            self.sent[request.request_id] = 0
+            ack(None)
+            return 1
+        if op == "abort":
+            self._abort(args[0])
+        elif op == "stop":
+            self.stopping = True
+        return 0
+
+    def _abort(self, request_id: str) -> None:
+        if self.listeners.pop(request_id, None) is None:
+            return
+        abort = getattr(self.engine, "abort", None)
+        if abort is not None:  # SWITCH-OVER(issue12): the engine frees the slot/KV at the next step
+            abort(request_id)
+        # fallback (engine without abort): the request runs to its end; its tokens are dropped
+
+    def step(self, k: int) -> StepStats:
+        stats = self.engine.step(int(k))
+        self.clock = time.perf_counter() - self._t0
+        if self.metrics is not None:
+            self.metrics.record_step(stats, len(self.engine.running), len(self.engine.waiting))
+        for seq in self.engine.running:
+            self._emit(seq.request_id, seq.output_ids, None)
+        for seq in self.engine.pop_finished():
+            reason = FINISH.get(seq.finish_reason or "", seq.finish_reason or "stop")
+            if self.metrics is not None:
+                self.metrics.record_finish(reason)
+            self._emit(seq.request_id, seq.output_ids, reason)
+            self.sent.pop(seq.request_id, None)
+            self.listeners.pop(seq.request_id, None)
+        return stats
+
+    def _emit(self, request_id: str, output: list[int], finish: str | None) -> None:
+        listener = self.listeners.get(request_id)
+        if listener is None:
+            return
+        sent = self.sent[request_id]
+        if len(output) > sent or finish is not None:
+            self.sent[request_id] = len(output)
+            listener(TokenEvent(list(output[sent:]), finish))
+
+    def fail_all(self, message: str) -> None:
+        for listener in self.listeners.values():
+            listener(TokenEvent([], "error", message))
+        self.listeners.clear()
+
+
+class EngineLoop:
+    """Runs `PolicyDriver` over a `LiveSession` in a dedicated thread (see module docstring)."""
+
+    def __init__(self, engine, rp: RuntimePolicy, metrics: ServerMetrics, max_waiting: int | None = None):
+        self.engine, self.rp, self.metrics = engine, rp, metrics
+        self.max_waiting = max_waiting
+        self.session = LiveSession(engine, metrics)
+        self.driver = rp.driver(self.session)
+        self.error: str | None = None
+        self.finish_lines: list[str] = []
+        self._pending = 0  # submissions not yet applied by the engine thread
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name="nightjar-engine", daemon=True)
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive() and self.error is None
+
+    def start(self) -> EngineLoop:
+        self.thread.start()
+        return self
+
+    def queue_depth(self) -> int:
+        """Requests accepted but not yet admitted to the batch (approximate, any thread)."""
+        return self._pending + len(self.engine.waiting)
+
+    def submit(self, request: Request, listener: Listener, ack: Ack) -> None:
+        """Queue `request`; `ack(None)` once the engine took it, `ack(exc)` if it refused it. The
+        server-side queue bound is SWITCH-OVER(issue12): the engine's `max_waiting` replaces it."""
+        if self.max_waiting is not None and self.queue_depth() >= self.max_waiting:
+            ack(OverloadedError(f"the waiting queue is full ({self.max_waiting} requests); retry later"))
+            return
+        with self._lock:
+            self._pending += 1
+
+        def acked(exc: Exception | None) -> None:
+            with self._lock:
+                self._pending -= 1
+            ack(exc)
+
+        self.session.inbox.put(("submit", request, listener, acked))
+
+    def abort(self, request_id: str) -> None:
+        self.session.inbox.put(("abort", request_id))
+
+    def stop(self, timeout: float = 30.0) -> list[str]:
+        """Stop the loop (requests in flight end with an error), save the learned policy and the
+        step log. Returns the lines describing what was saved."""
+        self.session.inbox.put(("stop",))
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+        return self.finish_lines
+
+    def _run(self) -> None:
+        on_step = self.rp.on_step
+        try:
+            self.driver.start()
+            while not self.session.done:
+                decision = self.driver.decision
+                stats = self.driver.step()
+                if on_step is not None:
+                    on_step(decision, stats, self.driver.last_reward)
+        except Exception as exc:  # an engine failure must not hang the clients
+            self.error = f"engine failed: {type(exc).__name__}: {exc}"
+        finally:
+            self.session.fail_all(self.error or "server shutting down")
+            self._drain_refusing()
+            self.finish_lines = self.rp.finish()
+            self.engine.close()
+
+    def _drain_refusing(self) -> None:
+        while True:
+            try:
+                cmd = self.session.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if cmd[0] == "submit":
+                cmd[3](OverloadedError("the server is shutting down"))
+
+
+class OverloadedError(Exception):
+    """The server cannot take the request now (HTTP 503)."""

@@ -1,0 +1,279 @@
+"""`nightjar-rl serve`: an OpenAI-compatible HTTP server over the engine and a speculation policy.
+
+Endpoints: POST /v1/completions, POST /v1/chat/completions (streaming via server-sent events when
+`"stream": true`), GET /v1/models, GET /health, GET /metrics (Prometheus text, see `metrics.py`).
+Errors use OpenAI's body {"error": {"message", "type", "param", "code"}}: 400 for a request that
+cannot be served (too long for the context, unsupported option, malformed body or JSON), 404 for
+an unknown model name, 503 when the waiting queue is full or the engine has failed.
+
+The engine runs in its own thread (`loop.EngineLoop`); a handler submits its request, then
+receives token events through an asyncio queue. A client that disconnects (streaming or not) has
+its request aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from nightjar_rl.decoding.sequence import Request as EngineRequest
+from nightjar_rl.runtime.loop import EngineLoop, OverloadedError, TokenEvent
+from nightjar_rl.runtime.protocol import ChatRequest, CompletionRequest, unsupported
+from nightjar_rl.runtime.text import TextCodec
+
+
+@dataclass
+class ServerConfig:
+    model_name: str  # the name clients pass as "model" (vLLM: --served-model-name)
+    max_seq_len: int  # prompt + completion tokens per request
+    default_max_tokens: int = 256  # when a request sets none (capped by the context left)
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "BadRequestError", param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param = status, message, kind, param
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
+        return JSONResponse(body, status_code=self.status)
+
+
+class RequestStream:
+    """One request in flight: token events from the engine thread into an asyncio queue."""
+
+    def __init__(self, loop: EngineLoop, request_id: str, prompt_ids: list[int], max_tokens: int):
+        self.engine_loop, self.request_id = loop, request_id
+        self.prompt_ids, self.max_tokens = prompt_ids, max_tokens
+        self.events: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        self.finished = False
+
+    async def submit(self) -> None:
+        aio = asyncio.get_running_loop()
+        accepted: asyncio.Future = aio.create_future()
+
+        def ack(exc: Exception | None) -> None:
+            aio.call_soon_threadsafe(lambda: accepted.done() or accepted.set_result(exc))
+
+        def listener(event: TokenEvent) -> None:
+            aio.call_soon_threadsafe(self.events.put_nowait, event)
+
+        request = EngineRequest(self.request_id, self.prompt_ids, self.max_tokens, time.time())
+        self.engine_loop.submit(request, listener, ack)
+        try:
+            exc = await accepted
+        except asyncio.CancelledError:
+            self.abort()
+            raise
+        if exc is not None:
+            overloaded = isinstance(exc, OverloadedError) or type(exc).__name__ == "QueueFullError"
+            raise APIError(503 if overloaded else 400, str(exc), "ServiceUnavailableError" if overloaded else "BadRequestError")
+
+    async def __aiter__(self) -> AsyncIterator[TokenEvent]:
+        try:
+            while not self.finished:
+                event = await self.events.get()
+                if event.finish_reason is not None:
+                    self.finished = True
+                if event.error is not None:
+                    raise APIError(503, event.error, "ServiceUnavailableError")
+                yield event
+        finally:
+            if not self.finished:  # the consumer went away (client disconnected): free the request
+                self.abort()
+
+    def abort(self) -> None:
+        self.finished = True
+        self.engine_loop.abort(self.request_id)
+
+
+def create_app(engine_loop: EngineLoop, codec: TextCodec, cfg: ServerConfig) -> FastAPI:
+    app = FastAPI(title="nightjar-rl", description="OpenAI-compatible speculative decoding server")
+    created = int(time.time())
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
+        return APIError(400, message, param=where or None).response()
+
+    @app.get("/health")
+    async def health() -> Response:
+        if not engine_loop.alive:
+            return PlainTextResponse(engine_loop.error or "engine stopped", status_code=503)
+        return Response(status_code=200)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return PlainTextResponse(engine_loop.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        card = {"id": cfg.model_name, "object": "model", "created": created, "owned_by": "nightjar-rl",
+                "root": cfg.model_name, "max_model_len": cfg.max_seq_len}
+        return {"object": "list", "data": [card]}
+
+    def prepare(req, prompt_ids: list[int], max_tokens: int | None) -> RequestStream:
+        if req.model is not None and req.model != cfg.model_name:
+            raise APIError(404, f"The model `{req.model}` does not exist.", "NotFoundError", "model")
+        if not engine_loop.alive:
+            raise APIError(503, engine_loop.error or "the engine is not running", "ServiceUnavailableError")
+        reason = unsupported(req, cfg.temperature, cfg.top_p)
+        if reason:
+            raise APIError(400, reason)
+        if not prompt_ids:
+            raise APIError(400, "the prompt is empty", param="prompt")
+        room = cfg.max_seq_len - len(prompt_ids)
+        if max_tokens is None:
+            max_tokens = min(cfg.default_max_tokens, room)
+        if room < 1 or len(prompt_ids) + max_tokens > cfg.max_seq_len:
+            raise APIError(400, f"This model's maximum context length is {cfg.max_seq_len} tokens. However, you "
+                                f"requested {len(prompt_ids) + max(max_tokens, 1)} tokens ({len(prompt_ids)} in the "
+                                f"prompt, {max(max_tokens, 1)} for the completion). Please reduce the prompt or max_tokens.")
+        return RequestStream(engine_loop, f"{uuid.uuid4().hex}", prompt_ids, max_tokens)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, raw: Request):
+        prompt = req.prompt
+        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+            if len(prompt) != 1:
+                raise APIError(400, "batched prompts (a list of prompts) are not supported; send one per request", param="prompt")
+            prompt = prompt[0]
+        ids = codec.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        vocab = codec.vocab_size
+        if any(not 0 <= t < vocab for t in ids):
+            raise APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
+        stream = prepare(req, ids, req.max_tokens)
+        await stream.submit()
+        return await respond(stream, req, raw, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatRequest, raw: Request):
+        ids = codec.encode_chat([m.model_dump() for m in req.messages])
+        stream = prepare(req, ids, req.max_completion_tokens or req.max_tokens)
+        await stream.submit()
+        return await respond(stream, req, raw, chat=True)
+
+    async def respond(stream: RequestStream, req, raw: Request, chat: bool):
+        rid = ("chatcmpl-" if chat else "cmpl-") + stream.request_id
+        head = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+                "model": cfg.model_name}
+        if req.stream:
+            usage = bool((req.stream_options or {}).get("include_usage"))
+            return StreamingResponse(sse(stream, head, chat, usage, req.return_token_ids), media_type="text/event-stream")
+        ids, reason = await collect(stream, raw)
+        text = codec.decode(ids)
+        choice = {"index": 0, "logprobs": None, "finish_reason": reason}
+        choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
+        if req.return_token_ids:
+            choice["token_ids"] = ids
+        body = {**head, "choices": [choice], "usage": usage_of(stream, len(ids))}
+        if req.return_token_ids:
+            body["prompt_token_ids"] = stream.prompt_ids
+        return body
+
+    async def collect(stream: RequestStream, raw: Request) -> tuple[list[int], str]:
+        ids: list[int] = []
+        reason = "stop"
+
+        async def gather() -> None:
+            nonlocal reason
+            async for event in stream:
+                ids.extend(event.token_ids)
+                reason = event.finish_reason or reason
+
+        task = asyncio.ensure_future(gather())
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.2)
+            if not task.done() and await raw.is_disconnected():
+                task.cancel()
+                stream.abort()
+                raise APIError(499, "client disconnected")
+        task.result()
+        return ids, reason
+
+    async def sse(stream: RequestStream, head: dict, chat: bool, include_usage: bool, token_ids: bool):
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        decoder = codec.stream()
+        n_out = 0
+
+        def chunk(delta_text: str | None, ids: list[int], finish: str | None, role: bool = False) -> str:
+            choice: dict = {"index": 0, "logprobs": None, "finish_reason": finish}
+            if chat:
+                delta = {"role": "assistant", "content": ""} if role else ({} if delta_text is None else {"content": delta_text})
+                choice["delta"] = delta
+            else:
+                choice["text"] = delta_text or ""
+            if token_ids and not role:
+                choice["token_ids"] = ids
+            return "data: " + json.dumps({**head, "object": obj, "choices": [choice]}) + "\n\n"
+
+        try:
+            if chat:
+                yield chunk(None, [], None, role=True)
+            async for event in stream:
+                n_out += len(event.token_ids)
+                text = decoder.push(event.token_ids, final=event.finish_reason is not None)
+                if text or event.token_ids or event.finish_reason:
+                    yield chunk(text if (text or not chat) else None, event.token_ids, event.finish_reason)
+            if include_usage:
+                yield "data: " + json.dumps({**head, "object": obj, "choices": [], "usage": usage_of(stream, n_out)}) + "\n\n"
+            yield "data: [DONE]\n\n"
+        except APIError as exc:
+            yield "data: " + json.dumps({"error": {"message": exc.message, "type": exc.kind, "code": exc.status}}) + "\n\n"
+
+    def usage_of(stream: RequestStream, n_out: int) -> dict:
+        n_in = len(stream.prompt_ids)
+        return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+
+    return app
+
+
+def make_server(app: FastAPI, host: str, port: int, log_level: str = "info"):
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5))
+
+
+def start_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> tuple[object, threading.Thread, str]:
+    """Run `app` with uvicorn in a background thread (tests, benchmarks). Port 0 picks a free one.
+    Returns (server, thread, base URL); stop with `server.should_exit = True; thread.join()`."""
+    server = make_server(app, host, port, log_level="warning")
+    thread = threading.Thread(target=server.run, name="nightjar-http", daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if not thread.is_alive() or time.time() > deadline:
+            raise RuntimeError(f"the HTTP server did not start on {host}:{port}")
+        time.sleep(0.02)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    return server, thread, f"http://{host}:{bound}"
+
+
+def build_server(stack, rp, served_model_name: str | None = None, max_waiting: int | None = None,
+                 default_max_tokens: int = 256) -> tuple[FastAPI, EngineLoop]:
+    """The app and its (started) engine loop for a built `Stack` and a resolved `RuntimePolicy`."""
+    from nightjar_rl.runtime.metrics import ServerMetrics
+
+    cfg = stack.config
+    name = served_model_name or cfg.model
+    metrics = ServerMetrics(rp.policy.max_k, name, rp.policy.name)
+    engine_loop = EngineLoop(stack.engine, rp, metrics, max_waiting=max_waiting).start()
+    server_cfg = ServerConfig(name, cfg.max_seq_len, default_max_tokens, cfg.temperature, cfg.top_p)
+    return create_app(engine_loop, TextCodec(stack.tokenizer, stack.vocab_size), server_cfg), engine_loop
