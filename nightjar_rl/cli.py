@@ -34,6 +34,10 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batch-size", type=int, default=16)
     g.add_argument("--max-seq-len", type=int, default=1024, help="context per request (prompt + new tokens)")
     g.add_argument("--max-kv-tokens", type=int, default=None, help="KV token budget; requests queue beyond it")
+    g.add_argument(
+        "--max-waiting", type=int, default=None,
+        help="bound on the waiting queue; requests arriving beyond it are rejected (default: no bound)",
+    )
     g.add_argument("--max-speculation", type=int, default=8, help="largest k the engine accepts")
     g.add_argument("--datastore", default=None, help="sssd: datastore built by `nightjar-rl datastore build`")
     g.add_argument("--ngram-max", type=int, default=3)
@@ -79,6 +83,9 @@ def _serve_workload(rp, engine, requests, progress: bool, desc: str):
 def _add_workload_args(p: argparse.ArgumentParser) -> None:
     """Flags shared by the commands that serve prompts: policy, prompt set, token budget, progress."""
     _add_policy_args(p)
+    p.add_argument("--scenario", default=None,
+                   help="serve a scenario's prompts on its backend (e.g. smollm2-ngram-sim: the simulator, outputs "
+                        "from its trace); engine and prompt flags are then the scenario's")
     p.add_argument("--prompts", default=None, help="JSONL with a 'prompt' field (default: bundled set)")
     p.add_argument("--families", default=None, help="comma-separated prompt families to keep")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -89,7 +96,7 @@ def _engine_config(a: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         model=a.model, drafter=a.drafter, draft=a.draft, dtype=a.dtype, device=a.device, decoder=a.decoder,
         max_batch_size=a.max_batch_size, max_seq_len=a.max_seq_len, max_kv_tokens=a.max_kv_tokens,
-        max_speculation=a.max_speculation, ngram_max=a.ngram_max, ngram_min=a.ngram_min,
+        max_waiting=a.max_waiting, max_speculation=a.max_speculation, ngram_max=a.ngram_max, ngram_min=a.ngram_min,
         temperature=a.temperature, top_p=a.top_p, seed=a.seed, threads=a.threads, datastore=a.datastore,
     )
 
@@ -110,20 +117,54 @@ def _load_workload(a, stack, rate: float | None, count: int | None):
     return records, build_requests(ids, [r.id for r in records], poisson_arrivals(len(ids), rate, rng), a.max_new_tokens)
 
 
+class _Workload:
+    """What generate/bench serve: an engine, its max k, prompt records and requests, a tokenizer."""
+
+    def __init__(self, a: argparse.Namespace, rate: float | None, count: int | None):
+        if a.scenario:  # the scenario's backend: the live engine or the simulator
+            import numpy as np
+
+            from nightjar_rl.env.backend import make_backend
+            from nightjar_rl.env.scenario import load_scenario
+            from nightjar_rl.serving import PromptRecord, build_requests, poisson_arrivals
+
+            scenario = load_scenario(a.scenario)
+            backend = make_backend(scenario)
+            pool = backend.prompt_pool
+            n = count or len(pool)
+            if n < 1:
+                raise CLIError(f"--num-requests must be >= 1, got {n}")
+            picks = [i % len(pool) for i in range(n)]
+            self.records = [PromptRecord(pool.ids[i], "", "scenario") for i in picks]
+            times = poisson_arrivals(n, rate, np.random.default_rng(a.seed))
+            self.requests = build_requests([pool.token_ids[i] for i in picks], [r.id for r in self.records], times,
+                                           scenario.max_new_tokens)
+            self.config = scenario.engine_config(a.seed)
+            self.engine = backend.make_engine(a.seed)
+            self.tokenizer = backend.target.tokenizer if backend.needs_model else None
+            self.label = {"scenario": scenario.name, "backend": scenario.backend}
+        else:
+            from nightjar_rl.stack import build_stack
+
+            self.config = _engine_config(a)
+            stack = build_stack(self.config)
+            self.records, self.requests = _load_workload(a, stack, rate, count)
+            self.engine, self.tokenizer = stack.engine, stack.tokenizer
+            self.label = {}
+
+
 def cmd_generate(a: argparse.Namespace) -> int:
     from nightjar_rl.io import atomic_write_jsonl
-    from nightjar_rl.stack import build_stack
 
-    cfg = _engine_config(a)
-    rp = _runtime_policy(a, cfg)
-    stack = build_stack(cfg)
-    records, requests = _load_workload(a, stack, None, None)
-    result = _serve_workload(rp, stack.engine, requests, not a.quiet, "generate")
+    w = _Workload(a, None, None)
+    rp = _runtime_policy(a, w.config)
+    result = _serve_workload(rp, w.engine, w.requests, not a.quiet, "generate")
+    reasons = dict(zip(result.requests["request_id"], result.requests["finish_reason"]))
     rows = []
-    for rec, req in zip(records, requests):
-        tokens = result.outputs[req.request_id]
-        text = stack.tokenizer.decode(tokens, skip_special_tokens=True) if stack.tokenizer else None
-        rows.append({"id": rec.id, "token_ids": tokens, "text": text})
+    for rec, req in zip(w.records, w.requests):
+        tokens = result.outputs.get(req.request_id, [])  # none for a request rejected by --max-waiting
+        text = w.tokenizer.decode(tokens, skip_special_tokens=True) if w.tokenizer else None
+        rows.append({"id": rec.id, "token_ids": tokens, "text": text, "finish_reason": reasons[req.request_id]})
     atomic_write_jsonl(a.out, rows)
     print(f"wrote {len(rows)} generations to {a.out}")
     return 0
@@ -132,15 +173,13 @@ def cmd_generate(a: argparse.Namespace) -> int:
 def cmd_bench(a: argparse.Namespace) -> int:
     from nightjar_rl.io import atomic_write_json
     from nightjar_rl.serving import summarize
-    from nightjar_rl.stack import build_stack
 
-    cfg = _engine_config(a)
-    rp = _runtime_policy(a, cfg)
     rate = None if a.rate in (None, "inf", "offline") else _positive_float(a.rate, "--rate")
-    stack = build_stack(cfg)
-    _, requests = _load_workload(a, stack, rate, a.num_requests)
-    result = _serve_workload(rp, stack.engine, requests, not a.quiet, "bench")
-    summary = {"model": cfg.model, "drafter": cfg.drafter, "decoder": cfg.decoder, "dtype": cfg.dtype,
+    w = _Workload(a, rate, a.num_requests)
+    cfg = w.config
+    rp = _runtime_policy(a, cfg)
+    result = _serve_workload(rp, w.engine, w.requests, not a.quiet, "bench")
+    summary = {"model": cfg.model, "drafter": cfg.drafter, "decoder": cfg.decoder, "dtype": cfg.dtype, **w.label,
                "policy": rp.policy.name, "rate": rate if rate is not None else "offline", **summarize(result)}
     width = max(len(key) for key in summary)
     for key, value in summary.items():
@@ -281,7 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--served-model-name", default=None, help="model name clients pass (default: --model)")
-    s.add_argument("--max-waiting", type=int, default=None, help="queue bound: more waiting requests get HTTP 503")
     s.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens of a request that sets none")
     s.add_argument("--quiet", action="store_true", help="no per-request access log")
     s.set_defaults(func=cmd_serve)

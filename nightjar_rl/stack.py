@@ -36,6 +36,7 @@ class EngineConfig:
     max_batch_size: int = 16
     max_seq_len: int = 1024
     max_kv_tokens: int | None = None
+    max_waiting: int | None = None  # bound on the waiting queue; submit raises QueueFullError beyond it
     max_speculation: int = 8
     ngram_max: int = 3
     ngram_min: int = 1
@@ -58,6 +59,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.max_speculation < 0:
             raise ValueError("max_speculation must be >= 0")
+        if self.max_waiting is not None and self.max_waiting < 1:
+            raise ValueError(f"max_waiting must be >= 1 (or unset for no bound), got {self.max_waiting}")
 
 
 @dataclass
@@ -126,6 +129,7 @@ def build_stack(cfg: EngineConfig, target: LoadedModel | None = None) -> Stack:
         max_batch_size=cfg.max_batch_size,
         max_seq_len=cfg.max_seq_len,
         max_kv_tokens=cfg.max_kv_tokens,
+        max_waiting=cfg.max_waiting,
         max_speculation=cfg.max_speculation,
         eos_token_ids=target.eos_token_ids,
         sampling=SamplingParams(cfg.temperature, cfg.top_p),

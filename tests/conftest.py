@@ -45,3 +45,12 @@ def tiny_target() -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def tiny_other_draft() -> torch.nn.Module:
     return tiny_random_model(seed=1, num_layers=2)
+
+
+@pytest.fixture
+def decoders():
+    """Decoders a test appends here are closed afterwards (parallel decoders own a worker thread)."""
+    made = []
+    yield made
+    for dec in made:
+        dec.close()

@@ -153,7 +153,7 @@ def test_capacity_queues_instead_of_crashing(tiny_target):
     while engine.has_work:
         engine.step(2)
         max_running = max(max_running, len(engine.running))
-        assert engine._reserved <= 60
+        assert engine.scheduler.reserved <= 60
         for seq in engine.pop_finished():
             assert seq.request_id not in done
             done.add(seq.request_id)

@@ -121,3 +121,16 @@ def test_cli_records_a_trace_and_writes_roofline_profiles(tmp_path, capsys):
     assert main(["trace", "record", "--scenario", "tiny-sim", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("nightjar-rl: error:") for line in err)
+
+
+def test_generate_on_the_sim_twin_returns_the_live_engines_outputs(tmp_path):
+    import json
+
+    outs = {}
+    for name in ("tiny", "tiny-sim"):
+        path = tmp_path / f"{name}.jsonl"
+        assert main(["generate", "--scenario", name, "--k", "3", "--out", str(path), "--quiet"]) == 0
+        outs[name] = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(outs["tiny"]) == 70
+    assert [(r["id"], r["token_ids"]) for r in outs["tiny"]] == [(r["id"], r["token_ids"]) for r in outs["tiny-sim"]]
+    assert main(["bench", "--scenario", "tiny-sim", "--k", "9", "--quiet"]) == 2  # beyond the scenario's max_k

@@ -1,6 +1,6 @@
-"""The simulator replays acceptance exactly: driven with the same k schedule on the same offline
-workload, every SimEngine step decodes the same rows, drafts, accepts and emits the same counts,
-and finishes the same requests as the live engine, for every drafter."""
+"""The simulator replays acceptance exactly: driven with the same k schedule (and the same aborts) on
+the same offline workload, every SimEngine step decodes the same rows, drafts, accepts and emits the
+same counts, and finishes the same requests as the live engine, for every drafter."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from nightjar_rl.sim.profile import HardwareProfile
 from nightjar_rl.sim.record import record_trace
 from nightjar_rl.stack import EngineConfig, build_stack
 
-FIELDS = ("request_ids", "drafted", "accepted", "emitted", "first_token_ids", "finished_ids", "batch_size",
+FIELDS = ("request_ids", "drafted", "accepted", "emitted", "first_token_ids", "finished_ids", "aborted_ids", "batch_size",
           "num_waiting", "num_prefilled", "prefill_tokens", "verify_tokens")
 DRAFTERS = {
     "ngram": dict(drafter="ngram"),
@@ -34,11 +34,14 @@ def random_prompts(count: int, seed: int, vocab: int = 90) -> list[tuple[str, li
     return out
 
 
-def run_schedule(engine, requests: list[Request], schedule: list[int]):
+def run_schedule(engine, requests: list[Request], schedule: list[int], aborts: dict[int, str] | None = None):
+    """Serve with k from `schedule`; before step i, abort request `aborts[i]` (queued or running)."""
     for r in requests:
         engine.submit(r)
     steps, outputs, i = [], {}, 0
     while engine.has_work:
+        if aborts and i in aborts:
+            engine.abort(aborts[i])
         stats = engine.step(schedule[i % len(schedule)])
         steps.append({f: getattr(stats, f) for f in FIELDS})
         outputs.update({s.request_id: (s.output_ids, s.finish_reason, s.drafted, s.accepted)
@@ -49,14 +52,15 @@ def run_schedule(engine, requests: list[Request], schedule: list[int]):
 
 def check_replay(target: LoadedModel, config: EngineConfig, prompts, max_new: int, max_k: int, schedules):
     trace = record_trace(target, prompts, config, max_k, max_new, progress=False)
-    for schedule in schedules:
+    aborts = {0: prompts[-1][0], 3: prompts[0][0]}  # one still queued, one running
+    for n, schedule in enumerate(schedules):
         requests = [Request(rid, ids, max_new) for rid, ids in prompts]
         live = build_stack(config, target=target).engine
-        live_steps, live_out = run_schedule(live, requests, schedule)
+        live_steps, live_out = run_schedule(live, requests, schedule, aborts if n == 1 else None)
         sim = SimEngine(trace, FLAT_PROFILE, max_batch_size=config.max_batch_size, max_seq_len=config.max_seq_len,
                         max_speculation=config.max_speculation)
         sim_steps, sim_out = run_schedule(sim, [Request(r.request_id, r.prompt_ids, max_new) for r in requests],
-                                          schedule)
+                                          schedule, aborts if n == 1 else None)
         assert len(sim_steps) == len(live_steps)
         for i, (a, b) in enumerate(zip(live_steps, sim_steps)):
             assert a == b, f"step {i} differs (schedule {schedule})"

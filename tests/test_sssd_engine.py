@@ -21,6 +21,20 @@ def _plain(model, requests: list[Request], eos=()) -> dict[str, list[int]]:
     return serve(engine, requests, k=0, progress=False).outputs
 
 
+class _ScheduledK:
+    """A policy that plays a fixed list of k values (then 3)."""
+
+    def __init__(self, ks: list[int]):
+        self.ks = list(ks)
+
+    def reset(self) -> None: ...
+
+    def observe(self, stats) -> None: ...
+
+    def predict(self, obs, deterministic: bool = True) -> int:
+        return self.ks.pop() if self.ks else 3
+
+
 def _requests(rng: np.random.Generator, n: int, max_new: int) -> list[Request]:
     return [
         Request(f"r{i}", rng.integers(0, 96, size=int(rng.integers(2, 24))).tolist(), int(rng.integers(1, max_new)))
@@ -52,7 +66,7 @@ def test_tree_verification_matches_plain_greedy(tiny_target, self_datastore, see
     engine = SpeculativeEngine(tiny_target, drafter, max_batch_size=int(rng.integers(1, 5)), max_seq_len=96,
                                max_speculation=12)
     ks = rng.integers(0, 13, size=200).tolist()
-    result = serve(engine, requests, k=lambda _s: ks.pop() if ks else 3, progress=False)
+    result = serve(engine, requests, k=_ScheduledK(ks), progress=False)
     assert result.outputs == expected
     drafted = sum(sum(s.drafted) for s in result.steps)
     accepted = sum(sum(s.accepted) for s in result.steps)

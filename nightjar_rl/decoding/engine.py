@@ -1,47 +1,51 @@
-"""The speculative decoding engine: `step(k)` is the unit of work.
+"""The speculative decoding engine: `step(k)` is the unit of work: schedule -> run -> postprocess.
 
-A step (1) admits queued requests that fit and prefills them, then (2) runs one decoding round for
-the rows that were already running: the drafter proposes up to k tokens per row, the target scores
-[last token, *drafts] in one forward pass, each row keeps its agreeing prefix plus the bonus token,
-and rejected positions are rolled back by lowering the row's length (nothing is recomputed).
-Finished rows leave and the rest are compacted into consecutive KV slots.
+Schedule: apply aborts, admit queued requests that fit (`Scheduler`, model-free). Run: prefill the
+admitted rows, then one decoding round for the rows that were already running: the drafter
+proposes up to k tokens per row, the target scores [last token, *drafts] in one forward pass, each
+row keeps its agreeing prefix plus the bonus token, and rejected positions are rolled back by
+lowering the row's length (nothing is recomputed). Postprocess: finished rows leave and the rest
+are compacted into consecutive KV slots.
+
+Faults: a drafter that raises leaves its rows undrafted for that round (k = 0, counted in
+`StepStats.draft_failures`); a target forward that raises is retried row by row, and only the rows
+whose own forward fails leave with finish_reason "error" (the message on `Sequence.error`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 
 import torch
 
 from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
 from nightjar_rl.decoding.runner import ModelRunner
+from nightjar_rl.decoding.scheduler import ABORT, ERROR, Retired, Scheduler, prefill_groups
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.decoding.timing import now
 from nightjar_rl.decoding.tree import TokenTree, batch_tree_inputs, repair_moves, tree_greedy_accept
 from nightjar_rl.decoding.verify import SamplingParams, greedy_accept, sample_accept, sample_tokens
 
+__all__ = ["SpeculativeEngine", "prefill_groups"]
+log = logging.getLogger(__name__)
 
-def prefill_groups(lengths: list[int], waste: float = 1.25) -> list[list[int]]:
-    """Split admitted rows (in slot order) into consecutive groups whose padded size stays within
-    `waste` x their real tokens, so one long prompt does not pad a batch of short ones."""
-    groups: list[list[int]] = []
-    for i, n in enumerate(lengths):
-        if groups:
-            cand = groups[-1] + [i]
-            if max(lengths[j] for j in cand) * len(cand) <= waste * sum(lengths[j] for j in cand):
-                groups[-1] = cand
-                continue
-        groups.append([i])
-    return groups
+
+def describe(exc: BaseException) -> str:
+    """One line for a failure: exception type and message."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
 class SpeculativeEngine:
     """Continuous-batching speculative decoder over one target model and an optional drafter.
 
     Capacity is enforced by queueing: a request is admitted only when a slot is free and its worst
-    case (prompt + max_new_tokens + max_speculation) fits the KV token budget.
+    case (prompt + max_new_tokens + max_speculation) fits the KV token budget. `max_waiting` bounds
+    the queue (`submit` raises `QueueFullError` beyond it). Row i of `running` lives in KV slot i.
     """
+
+    REGIONS = 1  # slot regions of the scheduler's layout (the batch-parallel decoder uses 2)
 
     def __init__(
         self,
@@ -52,18 +56,19 @@ class SpeculativeEngine:
         max_seq_len: int = 1024,
         max_kv_tokens: int | None = None,
         max_speculation: int = 16,
+        max_waiting: int | None = None,
         eos_token_ids: tuple[int, ...] | list[int] = (),
         sampling: SamplingParams | None = None,
         seed: int = 0,
     ):
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if max_speculation < 0:
-            raise ValueError(f"max_speculation must be >= 0, got {max_speculation}")
+        self.scheduler = Scheduler(
+            max_batch_size, max_seq_len, max_speculation, max_kv_tokens, max_waiting, regions=self.REGIONS
+        )
         self.max_batch_size = max_batch_size
         self.max_seq_len = max_seq_len
         self.max_speculation = max_speculation
         self.max_kv_tokens = max_kv_tokens
+        self.max_waiting = max_waiting
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
         self.sampling = sampling or SamplingParams()
         capacity = max_seq_len + max_speculation + 1
@@ -73,47 +78,41 @@ class SpeculativeEngine:
         if drafter is not None:
             drafter.setup(max_batch_size, capacity)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.waiting: deque[Request] = deque()
-        self.running: list[Sequence] = []  # row i lives in KV slot i
-        self.finished: list[Sequence] = []
-        self._known_ids: set[str] = set()
-        self._reserved = 0
         self.step_count = 0
 
     # ---- requests -------------------------------------------------------------------------
-    def _reservation(self, req: Request) -> int:
-        return len(req.prompt_ids) + req.max_new_tokens + self.max_speculation
+    @property
+    def waiting(self) -> deque[Request]:
+        """Requests queued for admission (FIFO)."""
+        return self.scheduler.waiting
+
+    @property
+    def running(self) -> list[Sequence]:
+        """Rows the next step decodes."""
+        return self.scheduler.running
+
+    @property
+    def finished(self) -> list[Sequence]:
+        """Rows that left and were not popped yet."""
+        return self.scheduler.finished
 
     def submit(self, request: Request) -> None:
-        """Queue a request. Raises ValueError for requests that could never be served."""
-        if request.request_id in self._known_ids:
-            raise ValueError(f"duplicate request id {request.request_id!r}")
-        if not request.prompt_ids:
-            raise ValueError(f"request {request.request_id!r} has an empty prompt")
-        if request.max_new_tokens < 1:
-            raise ValueError(f"request {request.request_id!r}: max_new_tokens must be >= 1")
-        total = len(request.prompt_ids) + request.max_new_tokens
-        if total > self.max_seq_len:
-            raise ValueError(
-                f"request {request.request_id!r}: prompt of {len(request.prompt_ids)} tokens + "
-                f"{request.max_new_tokens} new tokens exceeds the context of {self.max_seq_len} tokens"
-            )
-        if self.max_kv_tokens is not None and self._reservation(request) > self.max_kv_tokens:
-            raise ValueError(
-                f"request {request.request_id!r} needs {self._reservation(request)} KV tokens, "
-                f"more than max_kv_tokens={self.max_kv_tokens}"
-            )
-        self._known_ids.add(request.request_id)
-        self.waiting.append(request)
+        """Queue a request. ValueError for one that could never be served (or whose id is in use),
+        `QueueFullError` (a ValueError) when `max_waiting` requests already wait."""
+        self.scheduler.submit(request)
+
+    def abort(self, request_id: str) -> bool:
+        """Abort a queued or running request: at the next step boundary its slot and KV are freed and
+        it comes out of `pop_finished` with finish_reason "abort". False if unknown or already finished."""
+        return self.scheduler.abort(request_id)
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return self.scheduler.has_work
 
     def pop_finished(self) -> list[Sequence]:
         """Sequences finished since the last call (each returned exactly once)."""
-        done, self.finished = self.finished, []
-        return done
+        return self.scheduler.pop_finished()
 
     def close(self) -> None:
         """Release background resources (none here; decoders with worker threads stop them)."""
@@ -124,20 +123,21 @@ class SpeculativeEngine:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # ---- the step ---------------------------------------------------------------------------
+    # ---- the step: schedule -> run -> postprocess ---------------------------------------------
     def step(self, k: int) -> StepStats:
-        if not isinstance(k, (int,)) or isinstance(k, bool) or not 0 <= k <= self.max_speculation:
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= self.max_speculation:
             raise ValueError(f"k must be an int in [0, {self.max_speculation}], got {k!r}")
         if k > 0 and self.drafter is None:
             k = 0  # no drafter: plain decoding
         t_start = now(self.device)
         model_time_start = self._model_time()
-        decode_rows = list(self.running)
-        stats = StepStats(step=self.step_count, k=k, batch_size=len(decode_rows), num_waiting=0, num_prefilled=0)
-        self._admit_and_prefill(stats)
-        if decode_rows:
-            self._decode_round(decode_rows, k, stats)
-        stats.finished_ids = self._retire()
+        stats = StepStats(step=self.step_count, k=k, batch_size=0, num_waiting=0, num_prefilled=0)
+        decode_rows, admitted = self._schedule(stats)
+        self._prefill(admitted, stats)
+        self._retire(stats)  # rows finished by their first token, or failed in prefill
+        self._decode(decode_rows, k, stats)
+        self._retire(stats)
+        stats.batch_size = len(stats.request_ids)
         stats.num_waiting = len(self.waiting)
         stats.wall_time = now(self.device) - t_start
         stats.model_time = self._model_time() - model_time_start
@@ -147,41 +147,100 @@ class SpeculativeEngine:
     def _model_time(self) -> float:
         return self.runner.model_time + (self.drafter.model_time if self.drafter is not None else 0.0)
 
-    def _admit_and_prefill(self, stats: StepStats) -> None:
-        admitted: list[Sequence] = []
-        while self.waiting and len(self.running) < self.max_batch_size:
-            req = self.waiting[0]
-            need = self._reservation(req)
-            if self.max_kv_tokens is not None and self._reserved + need > self.max_kv_tokens:
-                break  # FIFO: wait for capacity rather than skipping ahead
-            self.waiting.popleft()
-            self._reserved += need
-            seq = Sequence(request=req, tokens=list(req.prompt_ids), slot=len(self.running))
-            self.running.append(seq)
-            admitted.append(seq)
+    def _schedule(self, stats: StepStats) -> tuple[list[Sequence], list[Sequence]]:
+        """Apply aborts, then admit. Returns (rows decoded this step: those running before admission,
+        rows admitted now)."""
+        queued = len(self.finished)
+        marked = self.scheduler.apply_aborts()
+        self._record_leaving(self.finished[queued:], stats)  # aborted while queued
+        if marked:
+            self._before_abort(marked)
+            self._retire(stats)
+        decode_rows = list(self.running)
+        return decode_rows, self.scheduler.admit(self._route)
+
+    def _route(self) -> int:
+        """The slot region of the next admitted row."""
+        return 0
+
+    def _before_abort(self, rows: list[Sequence]) -> None:
+        """Hook: `rows` (running) are about to leave by abort."""
+
+    def _prefill(self, admitted: list[Sequence], stats: StepStats) -> None:
         if not admitted:
             return
         t0 = now(self.device)
-        for group in prefill_groups([len(s.tokens) for s in admitted]):
-            rows = [admitted[i] for i in group]
-            logits = self.runner.forward(rows[0].slot, [s.tokens for s in rows], [0] * len(rows), last_only=True)
-            for seq, token in zip(rows, sample_tokens(logits, self.sampling, self.generator)):
-                self._append(seq, [token])
-                stats.first_token_ids.append(seq.request_id)
-        stats.prefill_time = now(self.device) - t0
-        stats.num_prefilled = len(admitted)
-        stats.prefill_tokens = sum(s.num_prompt for s in admitted)
-        stats.prefill_emitted = len(admitted)
+        for rows in self.scheduler.prefill_batches(admitted):
+            logits, ok = self._forward(rows, rows[0].slot, [s.tokens for s in rows], [0] * len(rows), last_only=True)
+            if not ok:
+                continue
+            chosen = logits if len(ok) == len(rows) else logits[ok]
+            for i, token in zip(ok, sample_tokens(chosen, self.sampling, self.generator)):
+                self._append(rows[i], [token])
+                stats.first_token_ids.append(rows[i].request_id)
+                stats.prefill_emitted += 1
+        stats.prefill_time += now(self.device) - t0
+        stats.num_prefilled += len(admitted)
+        stats.prefill_tokens += sum(s.num_prompt for s in admitted)
 
-    def _decode_round(self, rows: list[Sequence], k: int, stats: StepStats) -> None:
-        proposal = self._propose(rows, k)
-        self._verify_and_commit(rows, k, proposal, stats)
+    def _forward(
+        self, rows: list[Sequence], slot_start: int, fed: list[list[int]], past: list[int],
+        last_only: bool = False, tree: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor | None, list[int]]:
+        """The target forward over consecutive rows. If it raises, each row is retried alone: rows
+        whose own forward fails are failed (finish_reason "error"), the others go on exactly.
+        Returns (logits, indices of the rows that succeeded; failed rows' logits are zeros)."""
+        try:
+            return self.runner.forward(slot_start, fed, past, last_only=last_only, tree=tree), list(range(len(rows)))
+        except Exception as exc:  # noqa: BLE001 - a request-level fault, isolated below
+            if len(rows) == 1:
+                self._fail(rows[0], exc)
+                return None, []
+        out, ok = None, []
+        for i, seq in enumerate(rows):
+            n = max(1, len(fed[i]))
+            sub = None if tree is None else (tree[0][i : i + 1, :n], tree[1][i : i + 1, :n, :n])
+            try:
+                logits = self.runner.forward(slot_start + i, [fed[i]], [past[i]], last_only=last_only, tree=sub)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(seq, exc)
+                continue
+            if out is None:
+                width = () if last_only else (max(max(1, len(r)) for r in fed),)
+                out = logits.new_zeros((len(rows), *width, logits.shape[-1]))
+            if last_only:
+                out[i] = logits[0]
+            else:
+                out[i, : logits.shape[1]] = logits[0]
+            ok.append(i)
+        return out, ok
 
-    def _propose(self, rows: list[Sequence], k: int, slot_start: int = 0) -> DraftProposal:
-        """Drafting phase of a round (no target work): up to k tokens per row."""
-        if k > 0:
-            return self.drafter.propose(rows, k, slot_start, self.sampling, self.generator)
-        return DraftProposal(tokens=[[] for _ in rows], probs=[None] * len(rows))
+    def _fail(self, seq: Sequence, exc: BaseException) -> None:
+        seq.finish_reason, seq.error = ERROR, describe(exc)
+        log.warning("request %s failed: %s", seq.request_id, seq.error)
+
+    def _decode(self, rows: list[Sequence], k: int, stats: StepStats) -> None:
+        """One decoding round for `rows` (consecutive slots from rows[0].slot; may be none)."""
+        if not rows:
+            return
+        proposal = self._propose(rows, k, stats)
+        self._verify_and_commit(rows, k if proposal is not None else 0, proposal or DraftProposal.empty(len(rows)),
+                                stats, rows[0].slot)
+
+    def _propose(self, rows: list[Sequence], k: int, stats: StepStats) -> DraftProposal | None:
+        """Drafting phase of a round (no target work): up to k tokens per row; None if the drafter failed."""
+        if k == 0:
+            return DraftProposal.empty(len(rows))
+        try:
+            return self.drafter.propose(rows, k, rows[0].slot, self.sampling, self.generator)
+        except Exception as exc:  # noqa: BLE001 - the round goes on undrafted
+            self._draft_failed(len(rows), exc, stats)
+            return None
+
+    def _draft_failed(self, rows: int, exc: BaseException, stats: StepStats) -> None:
+        stats.draft_failures += rows
+        stats.extra["draft_error"] = describe(exc)
+        log.warning("drafter failed on %d rows (they run undrafted): %s", rows, describe(exc))
 
     def _verify_and_commit(
         self, rows: list[Sequence], k: int, proposal: DraftProposal, stats: StepStats, slot_start: int = 0
@@ -195,17 +254,26 @@ class SpeculativeEngine:
             drafts, kept_tokens = self._verify_tree(rows, trees, slot_start)
         else:
             fed = [[s.tokens[-1]] + d for s, d in zip(rows, drafts)]
-            logits = self.runner.forward(slot_start, fed, [s.cached_len for s in rows])
-            if self.sampling.greedy:
-                kept_tokens = greedy_accept(logits, drafts)
-            else:
-                probs = [p if p is None else p[: len(d)] for p, d in zip(proposal.probs, drafts)]
-                kept_tokens = sample_accept(logits, drafts, probs, self.sampling, self.generator)
+            logits, ok = self._forward(rows, slot_start, fed, [s.cached_len for s in rows])
+            kept_tokens = [[] for _ in rows]
+            if ok:
+                sub = logits if len(ok) == len(rows) else logits[ok]
+                sub_drafts = [drafts[i] for i in ok]
+                if self.sampling.greedy:
+                    kept = greedy_accept(sub, sub_drafts)
+                else:
+                    probs = [proposal.probs[i] if proposal.probs[i] is None else proposal.probs[i][: len(drafts[i])]
+                             for i in ok]
+                    kept = sample_accept(sub, sub_drafts, probs, self.sampling, self.generator)
+                for i, tokens in zip(ok, kept):
+                    kept_tokens[i] = tokens
         stats.verify_time += now(self.device) - t0
-        kept_drafts = [len(t) - 1 for t in kept_tokens]
+        kept_drafts = [max(0, len(t) - 1) for t in kept_tokens]
         if k > 0:
             self.drafter.on_commit(rows, proposal, kept_drafts)
         for seq, d, tokens, a in zip(rows, drafts, kept_tokens, kept_drafts):
+            if seq.finish_reason == ERROR:
+                continue
             emitted = self._append(seq, tokens)
             a = min(a, emitted)  # drafts accepted past an EOS are discarded, not counted
             seq.drafted += len(d)
@@ -229,10 +297,14 @@ class SpeculativeEngine:
         trees = [t.prune_depth(max(0, s.remaining - 1)) for t, s in zip(trees, rows)]
         past = [s.cached_len for s in rows]
         fed = [[s.tokens[-1], *t.tokens] for s, t in zip(rows, trees)]
-        logits = self.runner.forward(slot_start, fed, past, tree=batch_tree_inputs(trees, self.device))
-        choice = logits.argmax(-1).tolist()
+        logits, ok = self._forward(rows, slot_start, fed, past, tree=batch_tree_inputs(trees, self.device))
+        choice = logits.argmax(-1).tolist() if ok else [None] * len(rows)
+        ok = set(ok)
         kept_tokens, slots, src, dst = [], [], [], []
         for i, (tree, row_choice) in enumerate(zip(trees, choice)):
+            if i not in ok:  # failed (finish_reason "error")
+                kept_tokens.append([])
+                continue
             path, kept = tree_greedy_accept(tree, row_choice)
             kept_tokens.append(kept)
             for a, b in repair_moves(path, tree):
@@ -257,25 +329,26 @@ class SpeculativeEngine:
             seq.finish_reason = "length"
         return kept
 
-    def _retire(self) -> list[str]:
-        """Remove finished rows and compact the survivors into slots 0..n-1. Returns their ids."""
-        if not any(s.finished for s in self.running):
-            return []
-        survivors = [s for s in self.running if not s.finished]
-        leaving = [s for s in self.running if s.finished]
-        for seq in leaving:
-            self._reserved -= self._reservation(seq.request)
+    def _retire(self, stats: StepStats, region: int | None = None) -> None:
+        """Postprocess: finished rows (of one slot region, or all) leave; survivors are compacted."""
+        self._apply_retired(self.scheduler.retire(region), stats)
+
+    def _apply_retired(self, retired: Retired, stats: StepStats) -> None:
+        """Tell the drafter who left, move compacted rows' KV entries, record who left."""
+        for seq in retired.leaving:
             if self.drafter is not None:
                 self.drafter.on_finish(seq)
-        self.finished += leaving
-        n = len(survivors)
-        free = sorted({*range(n)} - {s.slot for s in survivors})
-        for seq in survivors:
-            if seq.slot >= n:
-                dst = free.pop(0)
-                self.runner.cache.move_slot(seq.slot, dst, seq.cached_len)
-                if self.drafter is not None:
-                    self.drafter.on_move(seq, seq.slot, dst)
-                seq.slot = dst
-        self.running = sorted(survivors, key=lambda s: s.slot)
-        return [s.request_id for s in leaving]
+        for move in retired.moves:
+            self.runner.cache.move_slot(move.src, move.dst, move.seq.cached_len)
+            if self.drafter is not None:
+                self.drafter.on_move(move.seq, move.src, move.dst)
+        self._record_leaving(retired.leaving, stats)
+
+    @staticmethod
+    def _record_leaving(rows: list[Sequence], stats: StepStats) -> None:
+        for seq in rows:
+            stats.finished_ids.append(seq.request_id)
+            if seq.finish_reason == ABORT:
+                stats.aborted_ids.append(seq.request_id)
+            elif seq.finish_reason == ERROR:
+                stats.failed_ids.append(seq.request_id)

@@ -11,9 +11,13 @@ One `step(k)` gives every running row one round, in two phases:
     phase 1: verify F (drafted last step)  ||  draft S (worker)
     phase 2: verify S                      ||  draft F for the next step (worker)
 
+Like the standard engine, a step decodes the rows that were running before it; rows admitted in it
+are only prefilled (and may be drafted for the next step). Admission, retirement and compaction are
+the shared `Scheduler`'s, with two slot regions (the halves).
+
 Balance rule: a new request joins the smaller half (ties: the half drafted first, S). When one half
-is empty the step is a standard round (draft, then verify) for the other; as soon as the empty half
-gets rows again its drafting overlaps the other's verification and the pipeline is back. k = 0 is
+has no row to decode the step is a standard round (draft, then verify) for the other; as soon as
+it has rows to decode again its drafting overlaps the other's verification and the pipeline is back. k = 0 is
 a plain decoding round (one target pass when the halves touch). Drafts made last step with a
 larger k are truncated to this step's k (lossless); with a smaller k they are verified as drafted.
 
@@ -35,11 +39,9 @@ from dataclasses import dataclass, field
 import torch
 
 from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
-from nightjar_rl.decoding.engine import SpeculativeEngine, prefill_groups
+from nightjar_rl.decoding.engine import SpeculativeEngine
 from nightjar_rl.decoding.sequence import Sequence
 from nightjar_rl.decoding.stats import StepStats
-from nightjar_rl.decoding.timing import now
-from nightjar_rl.decoding.verify import sample_tokens
 
 LOWER, UPPER = 0, 1
 WORKER_PREFIX = "psd-draft"
@@ -128,6 +130,8 @@ class ParallelBatchDecoder(SpeculativeEngine):
     Call `close()` (or use it as a context manager) to stop the worker thread.
     """
 
+    REGIONS = 2  # the lower and upper half
+
     def __init__(
         self,
         target: torch.nn.Module,
@@ -151,8 +155,8 @@ class ParallelBatchDecoder(SpeculativeEngine):
             draft_threads = draft_threads or max(1, total // 2)
             verify_threads = verify_threads or max(1, total - draft_threads)
         self.draft_threads, self.verify_threads, self.overlap = draft_threads, verify_threads, overlap
-        self._halves: list[list[Sequence]] = [[], []]  # each sorted by slot
         self._pending: _Pending | None = None
+        self._decoding: set[str] = set()  # ids of the rows this step decodes
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         draft_dev = self._drafter_device()
@@ -165,7 +169,8 @@ class ParallelBatchDecoder(SpeculativeEngine):
     @property
     def halves(self) -> tuple[int, int]:
         """Rows in the lower and upper sub-batch."""
-        return len(self._halves[LOWER]), len(self._halves[UPPER])
+        lower, upper = self._halves
+        return len(lower), len(upper)
 
     def close(self) -> None:
         """Stop the drafting worker (a later step starts a new one)."""
@@ -175,12 +180,14 @@ class ParallelBatchDecoder(SpeculativeEngine):
             executor.shutdown(wait=True)
 
     # ---- layout -------------------------------------------------------------------------------
+    @property
+    def _halves(self) -> list[list[Sequence]]:
+        """Rows of the lower and upper half, each sorted by slot."""
+        return [region.rows for region in self.scheduler.regions]
+
     def _drafter_device(self) -> torch.device:
         runner = getattr(self.drafter, "runner", None)
         return runner.device if runner is not None else self.device
-
-    def _sync_running(self) -> None:
-        self.running = self._halves[LOWER] + self._halves[UPPER]
 
     def _route(self) -> int:
         lower, upper = self.halves
@@ -190,148 +197,81 @@ class ParallelBatchDecoder(SpeculativeEngine):
             return 1 - self._pending.half  # the half drafted first this step
         return LOWER
 
-    def _admit_and_prefill(self, stats: StepStats) -> None:
-        admitted: list[list[Sequence]] = [[], []]
-        while self.waiting and len(self.running) < self.max_batch_size:
-            req = self.waiting[0]
-            need = self._reservation(req)
-            if self.max_kv_tokens is not None and self._reserved + need > self.max_kv_tokens:
-                break  # FIFO, like the standard engine
-            self.waiting.popleft()
-            self._reserved += need
-            half = self._route()
-            rows = self._halves[half]
-            slot = len(rows) if half == LOWER else self.max_batch_size - len(rows) - 1
-            seq = Sequence(request=req, tokens=list(req.prompt_ids), slot=slot)
-            if half == LOWER:
-                rows.append(seq)
-            else:
-                rows.insert(0, seq)
-            admitted[half].append(seq)
-            self._sync_running()
-        if not any(admitted):
-            return
-        t0 = now(self.device)
-        for rows in admitted:
-            rows = sorted(rows, key=lambda s: s.slot)  # consecutive slots
-            for group in prefill_groups([len(s.tokens) for s in rows]):
-                part = [rows[i] for i in group]
-                logits = self.runner.forward(
-                    part[0].slot, [s.tokens for s in part], [0] * len(part), last_only=True
-                )
-                for seq, token in zip(part, sample_tokens(logits, self.sampling, self.generator)):
-                    self._append(seq, [token])
-                    stats.first_token_ids.append(seq.request_id)
-        stats.prefill_time += now(self.device) - t0
-        stats.num_prefilled += sum(len(a) for a in admitted)
-        stats.prefill_tokens += sum(s.num_prompt for a in admitted for s in a)
-        stats.prefill_emitted += sum(len(a) for a in admitted)
+    def _to_decode(self, half: int) -> list[Sequence]:
+        """Rows of one half decoded this step (running before it: a consecutive slot range)."""
+        return [s for s in self._halves[half] if s.request_id in self._decoding]
 
-    def _retire_half(self, half: int, stats: StepStats) -> None:
-        """Remove finished rows of one half and compact its survivors towards its end of the cache."""
-        rows = self._halves[half]
-        if not any(s.finished for s in rows):
-            return
-        survivors = [s for s in rows if not s.finished]
-        for seq in rows:
-            if seq.finished:
-                self._reserved -= self._reservation(seq.request)
-                if self.drafter is not None:
-                    self.drafter.on_finish(seq)
-                self.finished.append(seq)
-                stats.finished_ids.append(seq.request_id)
-        n = len(survivors)
-        span = range(n) if half == LOWER else range(self.max_batch_size - n, self.max_batch_size)
-        free = sorted(set(span) - {s.slot for s in survivors})
+    def _before_abort(self, rows: list[Sequence]) -> None:
+        """Drafts awaiting verification are dropped when one of their rows is aborted (its half is
+        compacted now, and a row with pending drafts must not move)."""
+        if self._pending is not None and {s.request_id for s in rows} & {s.request_id for s in self._pending.rows}:
+            self._drop_pending()
+
+    def _drop_pending(self) -> None:
+        """Forget the pending drafts (kept 0: lossless, the drafter is told)."""
+        pend, self._pending = self._pending, None
+        if pend is not None and pend.k > 0:
+            self.drafter.on_commit(pend.rows, self._truncated(pend, 0), [0] * len(pend.rows))
+
+    def _retire(self, stats: StepStats, region: int | None = None) -> None:
+        retired = self.scheduler.retire(region)
         pending = {s.request_id for s in self._pending.rows} if self._pending is not None else set()
-        for seq in survivors:
-            if seq.slot not in span:
-                if seq.request_id in pending:
-                    raise RuntimeError(
-                        f"internal: row {seq.request_id} moved while its drafts await verification"
-                    )
-                dst = free.pop(0)
-                self.runner.cache.move_slot(seq.slot, dst, seq.cached_len)
-                if self.drafter is not None:
-                    self.drafter.on_move(seq, seq.slot, dst)
-                seq.slot = dst
-        self._halves[half] = sorted(survivors, key=lambda s: s.slot)
-        self._sync_running()
+        for move in retired.moves:
+            if move.seq.request_id in pending:
+                raise RuntimeError(f"internal: row {move.seq.request_id} moved while its drafts await verification")
+        self._apply_retired(retired, stats)
 
-    # ---- the step -------------------------------------------------------------------------------
-    def step(self, k: int) -> StepStats:
-        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= self.max_speculation:
-            raise ValueError(f"k must be an int in [0, {self.max_speculation}], got {k!r}")
-        if k > 0 and self.drafter is None:
-            k = 0
-        t_start = now(self.device)
-        stats = StepStats(step=self.step_count, k=k, batch_size=0, num_waiting=0, num_prefilled=0)
-        self._admit_and_prefill(stats)
-        for half in (LOWER, UPPER):  # rows finished by their first token
-            self._retire_half(half, stats)
+    # ---- the round ------------------------------------------------------------------------------
+    def _decode(self, rows: list[Sequence], k: int, stats: StepStats) -> None:
+        self._decoding = {s.request_id for s in rows}
         sizes = self.halves
-        if k == 0:
-            plan = self._plain_round(stats)
-        else:
-            plan = self._pipelined_round(k, stats)
-        stats.batch_size = len(stats.request_ids)
-        stats.num_waiting = len(self.waiting)
-        stats.wall_time = now(self.device) - t_start
+        plan = self._plain_round(stats) if k == 0 else self._pipelined_round(k, stats)
+        self._decoding = set()
         self._record(stats, plan, sizes)
-        self.step_count += 1
-        return stats
 
     def _plain_round(self, stats: StepStats) -> _StepPlan:
         """k = 0: one target pass per contiguous slot range; pending drafts are dropped (kept 0)."""
-        lower, upper = self._halves
+        lower, upper = self._to_decode(LOWER), self._to_decode(UPPER)
         touching = lower and upper and lower[-1].slot + 1 == upper[0].slot
         groups = [lower + upper] if touching else [rows for rows in (lower, upper) if rows]
         for rows in groups:
-            empty = DraftProposal(tokens=[[] for _ in rows], probs=[None] * len(rows))
-            self._verify_and_commit(rows, 0, empty, stats, rows[0].slot)
-        if self._pending is not None:
-            pend, self._pending = self._pending, None
-            self.drafter.on_commit(pend.rows, self._truncated(pend, 0), [0] * len(pend.rows))
+            self._verify_and_commit(rows, 0, DraftProposal.empty(len(rows)), stats, rows[0].slot)
+        self._drop_pending()
         for half in (LOWER, UPPER):
-            self._retire_half(half, stats)
+            self._retire(stats, half)
         return _StepPlan("plain")
 
     def _pipelined_round(self, k: int, stats: StepStats) -> _StepPlan:
         plan = _StepPlan("parallel")
         if self._pending is None:
-            lower, upper = self.halves
+            lower, upper = len(self._to_decode(LOWER)), len(self._to_decode(UPPER))
             if lower + upper == 0:
                 return _StepPlan("idle")
             first = LOWER if lower >= upper else UPPER
-            rows = list(self._halves[first])
-            proposal, elapsed = self._draft(rows, k)
-            stats.draft_time += proposal.draft_time
-            stats.catchup_time += proposal.catchup_time
+            rows = self._to_decode(first)
+            proposal, elapsed, error = self._draft(rows, k)
             plan.bootstrap_s = elapsed
-            self._pending = _Pending(first, rows, proposal, k)
+            self._pending = self._settle(first, rows, k, proposal, error, stats)
         front = self._pending.half
         back = 1 - front
         # phase 1: verify the front half || draft the back half
-        back_rows = list(self._halves[back])
-        back_prop = self._phase(back_rows, k, stats, plan)
-        self._retire_half(front, stats)
-        if back_prop is None:  # the back half is empty: a standard round for the front half
+        back_rows = self._to_decode(back)
+        back_pending = self._phase(back_rows, k, stats, plan)
+        self._retire(stats, front)
+        if back_pending is None:  # the back half has nothing to decode: a standard round for the front
             plan.mode = "fallback"
             return plan
-        # phase 2: verify the back half || draft the front half for the next step
-        self._pending = _Pending(back, back_rows, back_prop, k)
+        # phase 2: verify the back half || draft the front half (all its rows) for the next step
+        self._pending = back_pending
         front_rows = list(self._halves[front])
-        front_prop = self._phase(front_rows, k, stats, plan)
-        self._retire_half(back, stats)
-        self._pending = _Pending(front, front_rows, front_prop, k) if front_prop is not None else None
+        self._pending = self._phase(front_rows, k, stats, plan)
+        self._retire(stats, back)
         if plan.bootstrap_s:
             plan.mode = "bootstrap"
         return plan
 
-    def _phase(
-        self, draft_rows: list[Sequence], k: int, stats: StepStats, plan: _StepPlan
-    ) -> DraftProposal | None:
-        """Verify the pending half on this thread while the worker drafts `draft_rows`."""
+    def _phase(self, draft_rows: list[Sequence], k: int, stats: StepStats, plan: _StepPlan) -> _Pending | None:
+        """Verify the pending half on this thread while the worker drafts `draft_rows` (of the other half)."""
         pend, self._pending = self._pending, None
         record = PhaseRecord(pend.half, len(pend.rows), None, len(draft_rows))
         if draft_rows:
@@ -344,18 +284,30 @@ class ParallelBatchDecoder(SpeculativeEngine):
             tv = time.perf_counter()
             self._verify_and_commit(pend.rows, pend.k, self._truncated(pend, k), stats, pend.rows[0].slot)
             record.verify_s = time.perf_counter() - tv
-        proposal = None
+        drafted = None
         if draft_rows:
             if future is not None:
-                proposal, record.draft_s = future.result()
-                self._after_draft(proposal)
+                proposal, record.draft_s, error = future.result()
+                if proposal is not None:
+                    self._after_draft(proposal)
             else:
-                proposal, record.draft_s = self._draft(draft_rows, k)
-            stats.draft_time += proposal.draft_time
-            stats.catchup_time += proposal.catchup_time
+                proposal, record.draft_s, error = self._draft(draft_rows, k)
+            drafted = self._settle(1 - pend.half, draft_rows, k, proposal, error, stats)
         record.phase_s = time.perf_counter() - t0
         plan.phases.append(record)
-        return proposal
+        return drafted
+
+    def _settle(
+        self, half: int, rows: list[Sequence], k: int, proposal: DraftProposal | None, error: Exception | None,
+        stats: StepStats,
+    ) -> _Pending:
+        """Drafts made for one half, awaiting verification; a failed drafter leaves them undrafted (k = 0)."""
+        if proposal is None:
+            self._draft_failed(len(rows), error, stats)
+            return _Pending(half, rows, DraftProposal.empty(len(rows)), 0)
+        stats.draft_time += proposal.draft_time
+        stats.catchup_time += proposal.catchup_time
+        return _Pending(half, rows, proposal, k)
 
     def _truncated(self, pend: _Pending, k: int) -> DraftProposal:
         """The pending drafts cut to at most k tokens per row (timings already accounted)."""
@@ -366,14 +318,18 @@ class ParallelBatchDecoder(SpeculativeEngine):
         return DraftProposal(tokens=[d[:k] for d in prop.tokens], probs=list(prop.probs), extra=extra)
 
     # ---- drafting off the main thread -------------------------------------------------------------
-    def _draft(self, rows: list[Sequence], k: int) -> tuple[DraftProposal, float]:
+    def _draft(self, rows: list[Sequence], k: int) -> tuple[DraftProposal | None, float, Exception | None]:
+        """Propose for `rows` (any thread). Returns (proposal or None if the drafter raised, seconds, error)."""
         t0 = time.perf_counter()
-        if self._draft_stream is not None:
-            with torch.cuda.stream(self._draft_stream):
+        try:
+            if self._draft_stream is not None:
+                with torch.cuda.stream(self._draft_stream):
+                    proposal = self.drafter.propose(rows, k, rows[0].slot, self.sampling, self._draft_generator)
+            else:
                 proposal = self.drafter.propose(rows, k, rows[0].slot, self.sampling, self._draft_generator)
-        else:
-            proposal = self.drafter.propose(rows, k, rows[0].slot, self.sampling, self._draft_generator)
-        return proposal, time.perf_counter() - t0
+        except Exception as exc:  # noqa: BLE001 - reported by the main thread, rows go undrafted
+            return None, time.perf_counter() - t0, exc
+        return proposal, time.perf_counter() - t0, None
 
     def _submit_draft(self, rows: list[Sequence], k: int) -> Future:
         with self._lock:

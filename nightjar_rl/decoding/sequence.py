@@ -20,7 +20,8 @@ class Sequence:
     request: Request
     tokens: list[int]
     slot: int = -1
-    finish_reason: str | None = None  # "eos" | "length"
+    finish_reason: str | None = None  # "eos" | "length" | "abort" | "error"
+    error: str | None = None  # why the request failed (finish_reason "error")
     drafted: int = 0
     accepted: int = 0
     steps: int = 0

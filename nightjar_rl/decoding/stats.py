@@ -17,7 +17,7 @@ class StepStats:
 
     step: int
     k: int  # speculation length asked for (0 = off)
-    batch_size: int  # rows decoded in this step's round
+    batch_size: int  # rows decoded in this step's round (running before the step; len(request_ids))
     num_waiting: int  # requests still queued after admission
     num_prefilled: int  # requests admitted (prefilled) this step
     request_ids: list[str] = field(default_factory=list)
@@ -27,13 +27,16 @@ class StepStats:
     prefill_tokens: int = 0  # prompt tokens prefilled this step
     prefill_emitted: int = 0  # first tokens produced by prefill
     first_token_ids: list[str] = field(default_factory=list)  # requests that got their first token
-    finished_ids: list[str] = field(default_factory=list)  # requests that finished this step
+    finished_ids: list[str] = field(default_factory=list)  # requests that left this step (any finish_reason)
+    aborted_ids: list[str] = field(default_factory=list)  # of those, aborted (finish_reason "abort")
+    failed_ids: list[str] = field(default_factory=list)  # of those, failed (finish_reason "error")
+    draft_failures: int = 0  # rows whose drafting raised this step (they run undrafted, k = 0)
     prefill_time: float = 0.0
     draft_time: float = 0.0  # drafting proper (excludes catch-up)
     catchup_time: float = 0.0  # draft model re-syncing its KV cache after a lag (switching cost)
     verify_time: float = 0.0  # target forward over k+1 positions per row
     wall_time: float = 0.0  # whole step, including bookkeeping
-    model_time: float = 0.0  # time inside model forwards proper (target + draft model), all phases
+    model_time: float = 0.0  # time inside model forwards (target + draft model), summed over threads
     verify_tokens: int = 0  # positions scored per row in the verify pass (1 + max drafted)
     extra: dict = field(default_factory=dict)  # decoder-specific detail (e.g. sub-batches)
 
@@ -50,7 +53,9 @@ class StepStats:
 
     @property
     def overhead_time(self) -> float:
-        """Time outside model forwards: scheduling, input/mask building, n-gram lookup, accept/reject."""
+        """Time outside model forwards: scheduling, input/mask building, n-gram lookup, accept/reject.
+        Clamped at 0; when drafting overlaps verification (batch-parallel decoder) `model_time` sums
+        both threads, so this is a lower bound."""
         return max(0.0, self.wall_time - self.model_time)
 
     def accept_histogram(self, max_len: int | None = None) -> np.ndarray:
@@ -73,9 +78,12 @@ class StepStats:
             acceptance_rate=float(sum(self.accepted)) / drafted if drafted else float("nan"),
             overhead_time=self.overhead_time,
             num_finished=len(self.finished_ids),
+            num_aborted=len(self.aborted_ids),
+            num_failed=len(self.failed_ids),
         )
         return row
 
 
-_LIST_FIELDS = ("request_ids", "drafted", "accepted", "emitted", "first_token_ids", "finished_ids", "extra")
+_LIST_FIELDS = ("request_ids", "drafted", "accepted", "emitted", "first_token_ids", "finished_ids", "aborted_ids",
+                "failed_ids", "extra")
 _SCALAR_FIELDS = tuple(f.name for f in fields(StepStats) if f.name not in _LIST_FIELDS)

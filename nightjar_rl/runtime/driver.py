@@ -106,8 +106,9 @@ class PolicyDriver:
         self, progress: bool = False, desc: str = "serving",
         on_step: Callable[[Decision, StepStats, float], None] | None = None,
     ) -> ServeResult:
-        """Serve the session's whole workload; every request is served exactly once. `on_step` gets
-        each step's decision state, its stats and its reward (e.g. a `runtime.steplog.StepLog`)."""
+        """Serve the session's whole workload; every request is accounted for exactly once (completed,
+        aborted, failed or rejected: see the result's `finish_reason` column). `on_step` gets each
+        step's decision state, its stats and its reward (e.g. a `runtime.steplog.StepLog`)."""
         self.start()
         with tqdm(total=len(self.session.pending), desc=desc, unit="req", disable=not progress, leave=False) as bar:
             while not self.done:
@@ -116,7 +117,7 @@ class PolicyDriver:
                 if on_step is not None:
                     on_step(decision, stats, self.last_reward)
                 bar.update(self.session.num_finished - bar.n)
-        missing = {r.request_id for r in self.session.pending} - set(self.session.outputs)
+        missing = {r.request_id for r in self.session.pending} - self.session.accounted
         if missing:
             raise RuntimeError(f"{len(missing)} requests were never served")
         return self.session.result()

@@ -6,10 +6,11 @@ requests, the clock is wall time since start, and `advance()` blocks while there
 (the live equivalent of jumping the clock to the next arrival). Continuous batching is the
 engine's: every step admits what fits, so concurrent requests share the batch.
 
-Aborts: with `engine.abort(request_id)` (issue 12: the slot and KV are freed at the next step
-boundary and the sequence comes out of `pop_finished` with finish_reason "abort") the loop calls
-it. SWITCH-OVER(issue12): until then, `_abort` falls back to forgetting the request: it stays in
-the engine until it finishes and its tokens are dropped.
+Aborts: a client that goes away has its request aborted with `engine.abort(request_id)`: the slot
+and KV are freed at the next step boundary and the sequence leaves with finish_reason "abort".
+Overload: `max_waiting` bounds the requests accepted but not yet admitted (the inbox plus the
+engine's queue); beyond it a request is refused at once (HTTP 503), and the engine's own
+`max_waiting` (`QueueFullError`) backs that up.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class LiveSession:
         if op == "submit":
             request, listener, ack = args
             try:
-                self.engine.submit(request)  # ValueError: never servable; QueueFullError (issue12): queue full
+                self.engine.submit(request)  # ValueError: never servable; QueueFullError: queue full
             except ValueError as exc:
                 ack(exc)
                 return 0
@@ -93,12 +94,8 @@ class LiveSession:
         return 0
 
     def _abort(self, request_id: str) -> None:
-        if self.listeners.pop(request_id, None) is None:
-            return
-        abort = getattr(self.engine, "abort", None)
-        if abort is not None:  # SWITCH-OVER(issue12): the engine frees the slot/KV at the next step
-            abort(request_id)
-        # fallback (engine without abort): the request runs to its end; its tokens are dropped
+        if self.listeners.pop(request_id, None) is not None:
+            self.engine.abort(request_id)  # slot and KV freed at the next step boundary
 
     def step(self, k: int) -> StepStats:
         stats = self.engine.step(int(k))
@@ -158,8 +155,8 @@ class EngineLoop:
         return self._pending + len(self.engine.waiting)
 
     def submit(self, request: Request, listener: Listener, ack: Ack) -> None:
-        """Queue `request`; `ack(None)` once the engine took it, `ack(exc)` if it refused it. The
-        server-side queue bound is SWITCH-OVER(issue12): the engine's `max_waiting` replaces it."""
+        """Queue `request`; `ack(None)` once the engine took it, `ack(exc)` if it refused it (queue
+        full, or a request that can never fit)."""
         if self.max_waiting is not None and self.queue_depth() >= self.max_waiting:
             ack(OverloadedError(f"the waiting queue is full ({self.max_waiting} requests); retry later"))
             return

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from nightjar_rl.serving.session import ServeResult
+from nightjar_rl.decoding.scheduler import ABORT, ERROR
+from nightjar_rl.serving.session import COMPLETED, REJECTED, ServeResult
 
 
 def summarize(result: ServeResult) -> dict:
-    """Throughput (output tokens/s over the whole run), TTFT/TPOT/e2e p50/p95 (s), acceptance."""
+    """Throughput (output tokens/s over the whole run), TTFT/TPOT/e2e p50/p95 (s) of the completed
+    requests, acceptance, and how many requests completed, were aborted, failed or were rejected."""
     df, steps = result.requests, result.steps
+    reasons = df["finish_reason"].value_counts().to_dict() if len(df) else {}
+    done = df[df["finish_reason"].isin(COMPLETED)] if len(df) else df
     out_tokens = int(df["output_tokens"].sum()) if len(df) else 0
     drafted = sum(sum(s.drafted) for s in steps)
     accepted = sum(sum(s.accepted) for s in steps)
@@ -19,6 +23,10 @@ def summarize(result: ServeResult) -> dict:
     overhead = sum(s.overhead_time for s in steps)
     summary = dict(
         requests=len(df),
+        completed=len(done),
+        aborted=int(reasons.get(ABORT, 0)),
+        failed=int(reasons.get(ERROR, 0)),
+        rejected=int(reasons.get(REJECTED, 0)),
         output_tokens=out_tokens,
         duration_s=result.duration,
         throughput_tok_s=out_tokens / result.duration if result.duration > 0 else float("nan"),
@@ -34,7 +42,7 @@ def summarize(result: ServeResult) -> dict:
         overhead_frac=overhead / busy if busy else float("nan"),
     )
     for col in ("ttft", "tpot", "e2e"):
-        values = df[col].to_numpy() if len(df) else np.array([np.nan])
+        values = done[col].to_numpy() if len(done) else np.array([np.nan])
         summary[f"{col}_p50_s"] = float(np.percentile(values, 50))
         summary[f"{col}_p95_s"] = float(np.percentile(values, 95))
     return summary

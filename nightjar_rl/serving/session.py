@@ -3,23 +3,32 @@
 Time is the measured wall time of each step; when nothing is running or queued the clock jumps to
 the next arrival; a request arriving during a step is submitted before the next one. `serve` runs
 a session to the end; the env steps one itself.
+
+Every request ends up with exactly one row in the per-request table, whatever happened to it:
+completed (finish_reason "eos"/"length"), aborted ("abort"), failed ("error", message in `error`)
+or rejected because the engine's waiting queue was full ("rejected").
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from nightjar_rl.decoding.sequence import Request
+from nightjar_rl.decoding.scheduler import ABORT, QueueFullError
+from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
+
+REJECTED = "rejected"  # finish_reason of a request the engine refused (QueueFullError)
+COMPLETED = ("eos", "length")  # finish reasons of requests served to the end
 
 
 @dataclass
 class ServeResult:
-    requests: pd.DataFrame  # one row per request
+    requests: pd.DataFrame  # one row per request (see `finish_reason`)
     steps: list[StepStats] = field(default_factory=list)
-    outputs: dict[str, list[int]] = field(default_factory=dict)  # request id -> generated token ids
+    outputs: dict[str, list[int]] = field(default_factory=dict)  # request id -> generated token ids (partial if aborted/failed)
     duration: float = 0.0  # clock at the end (seconds since t=0)
 
 
@@ -32,7 +41,9 @@ class ServingSession:
         self.outputs: dict[str, list[int]] = {}
         self._next = 0
         self._first_token: dict[str, float] = {}
+        self._cancelled: set[str] = set()  # aborted before they were submitted
         self._rows: list[dict] = []
+        self._accounted: set[str] = set()
 
     @property
     def done(self) -> bool:
@@ -40,20 +51,45 @@ class ServingSession:
 
     @property
     def num_finished(self) -> int:
-        return len(self.outputs)
+        """Requests accounted for: completed, aborted, failed or rejected."""
+        return len(self._accounted)
+
+    @property
+    def accounted(self) -> frozenset[str]:
+        """Ids of the requests that have their row in the table."""
+        return frozenset(self._accounted)
 
     def advance(self) -> int:
         """Submit every request that has arrived by now; when idle, jump the clock to the next
-        arrival. Returns how many requests were submitted."""
-        submitted = 0
+        arrival. Returns how many requests arrived (submitted, or rejected by a full queue)."""
+        arrived = 0
         while True:
             while self._next < len(self.pending) and self.pending[self._next].arrival_time <= self.clock:
-                self.engine.submit(self.pending[self._next])
+                req = self.pending[self._next]
                 self._next += 1
-                submitted += 1
+                if req.request_id in self._cancelled:
+                    self._record_unserved(req, ABORT)
+                    continue
+                arrived += 1
+                try:
+                    self.engine.submit(req)
+                except QueueFullError as exc:
+                    self._record_unserved(req, REJECTED, str(exc))
             if self.engine.has_work or self._next >= len(self.pending):
-                return submitted
+                return arrived
             self.clock = self.pending[self._next].arrival_time
+
+    def abort(self, request_id: str) -> bool:
+        """Abort a request of this session: one not submitted yet is dropped on arrival, a queued or
+        running one leaves the engine at its next step. False if unknown or already accounted for."""
+        if request_id in self._accounted or request_id in self._cancelled:
+            return False
+        if self.engine.abort(request_id):
+            return True
+        if any(r.request_id == request_id for r in self.pending[self._next :]):
+            self._cancelled.add(request_id)
+            return True
+        return False
 
     def step(self, k: int) -> StepStats:
         """One engine step (call `advance` first); advances the clock by its wall time."""
@@ -65,28 +101,43 @@ class ServingSession:
         for rid in stats.first_token_ids:
             self._first_token[rid] = self.clock
         for seq in self.engine.pop_finished():
-            rid = seq.request_id
-            if rid in self.outputs:
-                raise RuntimeError(f"request {rid} finished twice")
-            self.outputs[rid] = seq.output_ids
-            self._rows.append(
-                dict(
-                    request_id=rid,
-                    arrival=seq.request.arrival_time,
-                    first_token=self._first_token[rid],
-                    finish=self.clock,
-                    prompt_tokens=seq.num_prompt,
-                    output_tokens=len(seq.output_ids),
-                    drafted=seq.drafted,
-                    accepted=seq.accepted,
-                    decode_steps=seq.steps,
-                    finish_reason=seq.finish_reason,
-                )
-            )
+            self._record(seq)
         return stats
 
+    def _record(self, seq: Sequence) -> None:
+        rid = seq.request_id
+        if rid in self._accounted:
+            raise RuntimeError(f"request {rid} finished twice")
+        self.outputs[rid] = seq.output_ids
+        self._add_row(
+            seq.request, self._first_token.pop(rid, math.nan), seq.finish_reason, seq.error,
+            output_tokens=len(seq.output_ids), drafted=seq.drafted, accepted=seq.accepted, decode_steps=seq.steps,
+        )
+
+    def _record_unserved(self, req: Request, reason: str, error: str | None = None) -> None:
+        self._add_row(req, math.nan, reason, error)
+
+    def _add_row(self, req: Request, first_token: float, reason: str | None, error: str | None, *,
+                 output_tokens: int = 0, drafted: int = 0, accepted: int = 0, decode_steps: int = 0) -> None:
+        self._accounted.add(req.request_id)
+        self._rows.append(
+            dict(
+                request_id=req.request_id,
+                arrival=req.arrival_time,
+                first_token=first_token,
+                finish=self.clock,
+                prompt_tokens=len(req.prompt_ids),
+                output_tokens=output_tokens,
+                drafted=drafted,
+                accepted=accepted,
+                decode_steps=decode_steps,
+                finish_reason=reason,
+                error=error,
+            )
+        )
+
     def result(self) -> ServeResult:
-        """Per-request table (TTFT, TPOT, end-to-end latency) of the requests finished so far."""
+        """Per-request table (TTFT, TPOT, end-to-end latency) of the requests accounted for so far."""
         df = pd.DataFrame(self._rows)
         if len(df):
             df["ttft"] = df["first_token"] - df["arrival"]

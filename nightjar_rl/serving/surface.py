@@ -21,12 +21,18 @@ class EngineSurface(Protocol):
     def has_work(self) -> bool: ...
 
     def submit(self, request: Request) -> None:
-        """Queue a request; ValueError for one that could never be served."""
+        """Queue a request; ValueError for one that could never be served, `QueueFullError` (a
+        ValueError, from nightjar_rl.decoding.scheduler) when the waiting queue is at its bound."""
+
+    def abort(self, request_id: str) -> bool:
+        """Abort a queued or running request: it leaves at the next step boundary (slot and KV freed)
+        and comes out of `pop_finished` with finish_reason "abort". False if unknown or already finished."""
 
     def step(self, k: int) -> StepStats:
         """Admit and prefill what fits, then one decoding round at speculation length k (0 = off)."""
 
     def pop_finished(self) -> list[Sequence]:
-        """Sequences finished since the last call, each returned exactly once."""
+        """Sequences that left since the last call, each returned exactly once: finish_reason "eos" or
+        "length" (completed), "abort", or "error" (a failed forward; the message in `Sequence.error`)."""
 
     def close(self) -> None: ...

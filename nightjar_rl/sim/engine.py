@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import bisect
 import zlib
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
-from nightjar_rl.decoding.engine import prefill_groups
+from nightjar_rl.decoding.scheduler import ABORT, Scheduler
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.sim.profile import HardwareProfile
@@ -90,7 +89,8 @@ class _Row:
 
 
 class SimEngine:
-    """Drop-in for `SpeculativeEngine` on the engine surface (submit, step, pop_finished, ...)."""
+    """Drop-in for `SpeculativeEngine` on the engine surface (submit, abort, step, pop_finished, ...).
+    Admission, aborts, the queue bound and retirement are the live engine's own `Scheduler`."""
 
     def __init__(
         self,
@@ -100,62 +100,55 @@ class SimEngine:
         max_batch_size: int = 16,
         max_seq_len: int = 1024,
         max_kv_tokens: int | None = None,
+        max_waiting: int | None = None,
         max_speculation: int = 8,
         seed: int = 0,
         synthetic: SyntheticAcceptance | None = None,
     ):
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if not 0 <= max_speculation <= trace.max_k:
             raise ValueError(f"max_speculation must be in [0, {trace.max_k}] (the trace's max_k), got {max_speculation}")
+        self.scheduler = Scheduler(max_batch_size, max_seq_len, max_speculation, max_kv_tokens, max_waiting)
         self.trace, self.profile, self.synthetic = trace, profile, synthetic
-        self.max_batch_size, self.max_seq_len, self.max_kv_tokens = max_batch_size, max_seq_len, max_kv_tokens
-        self.max_speculation = max_speculation
-        self.seed = seed
+        self.max_batch_size, self.max_speculation, self.seed = max_batch_size, max_speculation, seed
         self.draft_model = synthetic is not None or trace.drafter == "draft"
-        self.waiting: deque[Request] = deque()
-        self.running: list[Sequence] = []
-        self.finished: list[Sequence] = []
-        self._known_ids: set[str] = set()
-        self._reserved = 0
         self.step_count = 0
         self._memo: dict = {}  # profile lookups by (table, arguments): steps repeat them
 
-    # ---- requests -------------------------------------------------------------------------
-    def _reservation(self, req: Request) -> int:
-        return len(req.prompt_ids) + req.max_new_tokens + self.max_speculation
+    # ---- requests (the scheduler's state) ---------------------------------------------------
+    @property
+    def waiting(self):
+        return self.scheduler.waiting
+
+    @property
+    def running(self) -> list[Sequence]:
+        return self.scheduler.running
+
+    @property
+    def finished(self) -> list[Sequence]:
+        return self.scheduler.finished
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
 
     def submit(self, request: Request) -> None:
-        """Queue a request whose prompt is in the trace (ValueError otherwise, as the live engine's checks)."""
-        rid = request.request_id
-        if rid in self._known_ids:
-            raise ValueError(f"duplicate request id {rid!r}")
-        if not request.prompt_ids:
-            raise ValueError(f"request {rid!r} has an empty prompt")
-        if request.max_new_tokens < 1:
-            raise ValueError(f"request {rid!r}: max_new_tokens must be >= 1")
-        if len(request.prompt_ids) + request.max_new_tokens > self.max_seq_len:
-            raise ValueError(f"request {rid!r}: prompt of {len(request.prompt_ids)} tokens + {request.max_new_tokens} "
-                             f"new tokens exceeds the context of {self.max_seq_len} tokens")
-        if self.max_kv_tokens is not None and self._reservation(request) > self.max_kv_tokens:
-            raise ValueError(f"request {rid!r} needs {self._reservation(request)} KV tokens, "
-                             f"more than max_kv_tokens={self.max_kv_tokens}")
+        """Queue a request whose prompt is in the trace (plus the live engine's checks and queue bound)."""
+        self.scheduler.check(request)
         rec = self.trace.lookup(request.prompt_ids)
+        rid = request.request_id
         if rec is None:
             raise TraceError(f"request {rid!r}: its prompt is not in the trace (record one for this prompt set)")
         if not rec.eos and request.max_new_tokens > len(rec):
             raise TraceError(f"request {rid!r} may generate {request.max_new_tokens} tokens but the trace recorded "
                              f"only {len(rec)} (max_new_tokens {self.trace.max_new_tokens}); record a longer trace")
-        self._known_ids.add(rid)
-        self.waiting.append(request)
+        self.scheduler.submit(request)
 
-    @property
-    def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+    def abort(self, request_id: str) -> bool:
+        """Abort a queued or running request at the next step boundary (finish_reason "abort")."""
+        return self.scheduler.abort(request_id)
 
     def pop_finished(self) -> list[Sequence]:
-        done, self.finished = self.finished, []
-        return done
+        return self.scheduler.pop_finished()
 
     def close(self) -> None:
         """Nothing to release."""
@@ -175,17 +168,27 @@ class SimEngine:
             drafted, accepted = rec.drafted[:limit].tolist(), rec.accepted[:limit].tolist()
         return _Row(rec.output_ids[:limit].tolist(), limit, rec.eos and limit == len(rec), drafted, accepted)
 
-    # ---- the step ---------------------------------------------------------------------------
+    # ---- the step: schedule -> prefill -> retire -> decode -> retire, as the live engine -------
     def step(self, k: int) -> StepStats:
         if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= self.max_speculation:
             raise ValueError(f"k must be an int in [0, {self.max_speculation}], got {k!r}")
-        decode_rows = list(self.running)
-        stats = StepStats(step=self.step_count, k=k, batch_size=len(decode_rows), num_waiting=0, num_prefilled=0)
-        self._admit_and_prefill(stats)
+        stats = StepStats(step=self.step_count, k=k, batch_size=0, num_waiting=0, num_prefilled=0)
+        sched = self.scheduler
+        queued = len(sched.finished)
+        if sched.apply_aborts():
+            sched.retire()
+        decode_rows = list(sched.running)
+        self._prefill(sched.admit(), stats)
+        sched.retire()  # rows finished by their first token
         if decode_rows:
             self._decode_round(decode_rows, k, stats)
-        stats.finished_ids = self._retire()
-        stats.num_waiting = len(self.waiting)
+        sched.retire()
+        for seq in sched.finished[queued:]:
+            stats.finished_ids.append(seq.request_id)
+            if seq.finish_reason == ABORT:
+                stats.aborted_ids.append(seq.request_id)
+        stats.batch_size = len(stats.request_ids)
+        stats.num_waiting = len(sched.waiting)
         overhead = self._seconds("overhead", max(1, len(decode_rows)))
         drafting = stats.draft_time + stats.catchup_time
         stats.model_time = stats.prefill_time + stats.verify_time + (drafting if self.draft_model else 0.0)
@@ -193,29 +196,17 @@ class SimEngine:
         self.step_count += 1
         return stats
 
-    def _admit_and_prefill(self, stats: StepStats) -> None:
-        admitted: list[Sequence] = []
-        while self.waiting and len(self.running) < self.max_batch_size:
-            req = self.waiting[0]
-            need = self._reservation(req)
-            if self.max_kv_tokens is not None and self._reserved + need > self.max_kv_tokens:
-                break  # FIFO: wait for capacity rather than skipping ahead
-            self.waiting.popleft()
-            self._reserved += need
-            seq = Sequence(request=req, tokens=list(req.prompt_ids), slot=len(self.running))
-            row = seq.state[ROW] = self._row_state(req)
-            self._append(seq, row, 1)
-            stats.first_token_ids.append(req.request_id)
-            self.running.append(seq)
-            admitted.append(seq)
+    def _prefill(self, admitted: list[Sequence], stats: StepStats) -> None:
         if not admitted:
             return
-        lengths = [s.num_prompt for s in admitted]
-        stats.prefill_time = sum(self._seconds("prefill", len(g) * max(lengths[i] for i in g))
-                                 for g in prefill_groups(lengths))
-        stats.num_prefilled = len(admitted)
-        stats.prefill_tokens = sum(lengths)
-        stats.prefill_emitted = len(admitted)
+        for rows in self.scheduler.prefill_batches(admitted):
+            stats.prefill_time += self._seconds("prefill", len(rows) * max(s.num_prompt for s in rows))
+            for seq in rows:
+                row = seq.state[ROW] = self._row_state(seq.request)
+                self._append(seq, row, 1)
+                stats.first_token_ids.append(seq.request_id)
+        stats.prefill_emitted = stats.num_prefilled = len(admitted)
+        stats.prefill_tokens = sum(s.num_prompt for s in admitted)
 
     def _decode_round(self, rows: list[Sequence], k: int, stats: StepStats) -> None:
         batch = len(rows)
@@ -284,19 +275,3 @@ class SimEngine:
         if end >= row.limit:
             seq.finish_reason = "eos" if row.eos else "length"
         return emitted
-
-    def _retire(self) -> list[str]:
-        if not any(s.finish_reason is not None for s in self.running):
-            return []
-        leaving = [s for s in self.running if s.finish_reason is not None]
-        survivors = [s for s in self.running if s.finish_reason is None]
-        n = len(survivors)  # compaction as in the live engine: rows past n move to the lowest free slots
-        free = sorted({*range(n)} - {s.slot for s in survivors})
-        for seq in survivors:
-            if seq.slot >= n:
-                seq.slot = free.pop(0)
-        self.running = sorted(survivors, key=lambda s: s.slot)
-        for seq in leaving:
-            self._reserved -= self._reservation(seq.request)
-        self.finished += leaving
-        return [s.request_id for s in leaving]

@@ -18,6 +18,11 @@ class DraftProposal:
     catchup_time: float = 0.0
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def empty(cls, rows: int) -> DraftProposal:
+        """No drafts for `rows` rows (k = 0, or a drafter that failed)."""
+        return cls(tokens=[[] for _ in range(rows)], probs=[None] * rows)
+
 
 class Drafter:
     """Base drafter. Subclasses implement `propose`; the rest are hooks with no-op defaults."""

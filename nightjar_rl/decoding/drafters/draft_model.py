@@ -41,7 +41,9 @@ class DraftModelDrafter(Drafter):
     def propose(self, rows: list[Sequence], k: int, slot_start: int, params: SamplingParams, generator=None):
         runner = self.runner
         device = runner.device
-        synced = [seq.state.get(SYNCED, 0) for seq in rows]
+        # at most len - 1: drafts dropped unverified leave the cache holding every token, and the
+        # last one must be fed again for its logits (rewriting its entry with the same values)
+        synced = [min(seq.state.get(SYNCED, 0), len(seq.tokens) - 1) for seq in rows]
         lag = [seq.tokens[s:] for seq, s in zip(rows, synced)]
         # a normal round leaves a lag of 1 or 2 tokens; more means speculation was off (or a new row)
         t0 = t_catchup = now(device)

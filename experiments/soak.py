@@ -1,0 +1,263 @@
+"""Soak: serve at many times the saturation rate for minutes, with aborts and injected drafter faults,
+and check that every request is accounted for exactly once while memory stays flat.
+
+Per model (and decoder):
+  1. calibrate: keep the batch full for `--calibrate-s` seconds; saturation rate = tokens/s / max_new_tokens
+  2. soak: Poisson arrivals at `--overload` x that rate for `--minutes`, in real time. The waiting queue
+     is bounded (`--max-waiting`): arrivals beyond it are rejected (QueueFullError). A fraction
+     `--abort-frac` of the accepted requests is aborted after a random delay; the drafter raises on a
+     fraction `--draft-fault-rate` of its calls (and the target on `--target-fault-rate` of its forwards)
+  3. drain: no more arrivals; serve what was accepted to the end
+Reported: requests created / completed / aborted / rejected / failed / unaccounted / duplicates, draft
+failures, peak RSS at the start and at the end of the soak, and per window: tokens/s, completions/s,
+queue length, current RSS.
+
+Examples:
+  python experiments/soak.py --models tiny-random --minutes 0.33 --window-s 5     # quick check
+  python experiments/soak.py                                                     # 10 min, tiny + smollm2
+Outputs: a table on stdout and runs/soak/<run name>/{windows.csv,summary.json}. Exit status 1 when a
+request is lost or served twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import logging
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nightjar_rl.decoding import QueueFullError, Request
+from nightjar_rl.io import atomic_write_json
+from nightjar_rl.models import load_model
+from nightjar_rl.serving import load_prompts
+from nightjar_rl.serving.workload import encode_prompt
+from nightjar_rl.stack import EngineConfig, build_stack
+
+# request states, one byte per request created
+NEW, QUEUED, REJECTED, COMPLETED, ABORTED, FAILED = range(6)
+OUTCOME = {"eos": COMPLETED, "length": COMPLETED, "abort": ABORTED, "error": FAILED}
+
+
+@dataclass
+class SoakConfig:
+    models: str = "tiny-random,smollm2-135m"  # comma-separated targets
+    decoders: str = "standard"  # comma-separated: standard, parallel
+    drafter: str = "ngram"  # ngram | draft (with --draft) | sssd
+    draft: str = ""  # draft model for --drafter draft, e.g. early-exit:8
+    minutes: float = 10.0  # soak length per model and decoder
+    overload: float = 10.0  # arrival rate, in multiples of the measured saturation rate
+    calibrate_s: float = 20.0  # seconds of full-batch serving to measure the saturation rate
+    window_s: float = 30.0  # throughput reporting window
+    k: int = 3
+    max_batch_size: int = 16
+    max_waiting: int = 64
+    max_new_tokens: int = 32
+    max_seq_len: int = 512
+    abort_frac: float = 0.05  # share of accepted requests aborted after a random delay
+    abort_within_s: float = 5.0  # abort delays are uniform in [0, this]
+    draft_fault_rate: float = 0.02  # share of drafter calls that raise
+    target_fault_rate: float = 0.0  # share of target forwards that raise (their rows fail)
+    drain_s: float = 300.0  # longest time to serve what was accepted after the soak
+    threads: int = 0  # torch CPU threads (0: torch's choice)
+    seed: int = 0
+    out: str = "runs/soak"
+
+
+def parse_args() -> SoakConfig:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name, default in vars(SoakConfig()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    cfg = SoakConfig(**vars(parser.parse_args()))
+    for name in ("minutes", "overload", "calibrate_s", "window_s"):
+        if not getattr(cfg, name) > 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be > 0")
+    for name in ("abort_frac", "draft_fault_rate", "target_fault_rate"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be in [0, 1]")
+    return cfg
+
+
+def rss_mb() -> float:
+    """Current resident set size (MiB)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of the process so far (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def inject_faults(obj, name: str, rate: float, rng: random.Random, message: str) -> None:
+    """Make `obj.name(...)` raise RuntimeError(message) on a random share `rate` of its calls."""
+    if rate <= 0 or obj is None:
+        return
+    inner = getattr(obj, name)
+
+    def flaky(*args, **kwargs):
+        if rng.random() < rate:
+            raise RuntimeError(message)
+        return inner(*args, **kwargs)
+
+    setattr(obj, name, flaky)
+
+
+class Soak:
+    """One engine under overload: arrivals, aborts, stepping, and exactly-once accounting."""
+
+    def __init__(self, engine, prompts: list[list[int]], cfg: SoakConfig, rng: np.random.Generator):
+        self.engine, self.prompts, self.cfg, self.rng = engine, prompts, cfg, rng
+        self.state = bytearray()  # per request created
+        self.duplicates = 0
+        self.draft_failures = 0
+        self.tokens = 0  # output tokens produced
+        self.left = 0  # requests that left the engine (any finish reason)
+        self._aborts: list[tuple[float, str]] = []  # (due time, request id)
+
+    def count(self, state: int) -> int:
+        return self.state.count(state)
+
+    def arrive(self, t: float) -> None:
+        i = len(self.state)
+        self.state.append(NEW)
+        req = Request(f"s{i}", self.prompts[i % len(self.prompts)], self.cfg.max_new_tokens, arrival_time=t)
+        try:
+            self.engine.submit(req)
+        except QueueFullError:
+            self.state[i] = REJECTED
+            return
+        self.state[i] = QUEUED
+        if self.rng.random() < self.cfg.abort_frac:
+            heapq.heappush(self._aborts, (t + self.rng.uniform(0, self.cfg.abort_within_s), req.request_id))
+
+    def abort_due(self, t: float) -> None:
+        while self._aborts and self._aborts[0][0] <= t:
+            self.engine.abort(heapq.heappop(self._aborts)[1])  # False when it already left: fine
+
+    def step(self) -> None:
+        stats = self.engine.step(self.cfg.k)
+        self.draft_failures += stats.draft_failures
+        self.tokens += stats.tokens_out
+        for seq in self.engine.pop_finished():
+            i = int(seq.request_id[1:])
+            if self.state[i] != QUEUED:
+                self.duplicates += 1
+            self.state[i] = OUTCOME[seq.finish_reason]
+            self.left += 1
+
+
+def calibrate(engine, prompts: list[list[int]], cfg: SoakConfig) -> float:
+    """The saturation rate (requests/s): output tokens/s with the batch kept full (for `calibrate_s`
+    and until one batch has turned over, prefill included), over the tokens a request asks for."""
+    submitted = tokens = done = 0
+    start = time.perf_counter()
+    # at least one batch turned over (prefill included), at most 10 x calibrate_s
+    while (elapsed := time.perf_counter() - start) < cfg.calibrate_s or (
+        done < cfg.max_batch_size and elapsed < 10 * cfg.calibrate_s
+    ):
+        while len(engine.waiting) < min(cfg.max_batch_size, cfg.max_waiting):
+            engine.submit(Request(f"c{submitted}", prompts[submitted % len(prompts)], cfg.max_new_tokens))
+            submitted += 1
+        tokens += engine.step(cfg.k).tokens_out
+        done += len(engine.pop_finished())
+    for rid in [s.request_id for s in engine.running] + [r.request_id for r in engine.waiting]:
+        engine.abort(rid)
+    while engine.has_work:
+        engine.step(0)
+        engine.pop_finished()
+    return max(tokens, 1) / elapsed / cfg.max_new_tokens
+
+
+def soak_one(model_name: str, decoder: str, loaded, cfg: SoakConfig) -> tuple[dict, pd.DataFrame]:
+    rng = np.random.default_rng(cfg.seed)
+    fault_rng = random.Random(cfg.seed)
+    engine_cfg = EngineConfig(
+        model=model_name, drafter=cfg.drafter, draft=cfg.draft or None, decoder=decoder,
+        max_batch_size=cfg.max_batch_size, max_seq_len=cfg.max_seq_len, max_speculation=max(cfg.k, 1),
+        max_waiting=cfg.max_waiting, seed=cfg.seed,
+    )
+    engine = build_stack(engine_cfg, target=loaded).engine
+    vocab = loaded.model.config.vocab_size
+    prompts = [encode_prompt(loaded.tokenizer, r.prompt, vocab) for r in load_prompts()]
+    limit = cfg.max_seq_len - cfg.max_new_tokens
+    prompts = [p[-limit:] for p in prompts]
+    saturation = calibrate(engine, prompts, cfg)
+    rate = cfg.overload * saturation
+    inject_faults(engine.drafter, "propose", cfg.draft_fault_rate, fault_rng, "injected drafter fault")
+    inject_faults(engine.runner, "forward", cfg.target_fault_rate, fault_rng, "injected target fault")
+    soak = Soak(engine, prompts, cfg, rng)
+    rss_start, peak_start = rss_mb(), peak_rss_mb()
+    windows: list[dict] = []
+    start = time.perf_counter()
+    end = start + cfg.minutes * 60
+    next_arrival = start + rng.exponential(1 / rate)
+    win_start, win_tokens, win_left = start, 0, 0
+    with engine:
+        while (now := time.perf_counter()) < end:
+            while next_arrival <= now:
+                soak.arrive(next_arrival - start)
+                next_arrival += rng.exponential(1 / rate)
+            soak.abort_due(now - start)
+            if engine.has_work:
+                soak.step()
+            else:
+                time.sleep(max(0.0, min(next_arrival, end) - time.perf_counter()))
+            if (t := time.perf_counter()) - win_start >= cfg.window_s:
+                span = t - win_start
+                windows.append(dict(
+                    model=model_name, decoder=decoder, t_s=round(t - start, 1),
+                    tokens_per_s=round((soak.tokens - win_tokens) / span, 1),
+                    left_per_s=round((soak.left - win_left) / span, 2), created=len(soak.state),
+                    waiting=len(engine.waiting), running=len(engine.running), rss_mb=round(rss_mb(), 1),
+                ))
+                win_start, win_tokens, win_left = t, soak.tokens, soak.left
+        rss_end, peak_end = rss_mb(), peak_rss_mb()
+        drain_end = time.perf_counter() + cfg.drain_s
+        while engine.has_work and time.perf_counter() < drain_end:
+            soak.step()
+    created = len(soak.state)
+    summary = dict(
+        model=model_name, decoder=decoder, saturation_req_s=round(saturation, 2), arrival_rate_req_s=round(rate, 2),
+        created=created, completed=soak.count(COMPLETED), aborted=soak.count(ABORTED), rejected=soak.count(REJECTED),
+        failed=soak.count(FAILED), unaccounted=soak.count(QUEUED) + soak.count(NEW), duplicates=soak.duplicates,
+        draft_failures=soak.draft_failures, rss_start_mb=round(rss_start, 1), rss_end_mb=round(rss_end, 1),
+        peak_rss_start_mb=round(peak_start, 1), peak_rss_end_mb=round(peak_end, 1),
+    )
+    return summary, pd.DataFrame(windows)
+
+
+def main() -> int:
+    cfg = parse_args()
+    logging.getLogger("nightjar_rl.decoding").setLevel(logging.ERROR)  # injected faults: counted, not logged
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    run = f"soak__{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(cfg.out) / run
+    summaries, frames = [], []
+    for model_name in cfg.models.split(","):
+        loaded = load_model(model_name)
+        for decoder in cfg.decoders.split(","):
+            summary, windows = soak_one(model_name, decoder, loaded, cfg)
+            summaries.append(summary)
+            frames.append(windows)
+            print(windows.to_string(index=False) if len(windows) else "(no full window)")
+            print(pd.Series(summary).to_string(), "\n", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    pd.concat(frames).to_csv(out / "windows.csv", index=False)
+    atomic_write_json(out / "summary.json", {"config": asdict(cfg), "runs": summaries})
+    print(f"wrote {out}")
+    lost = [s for s in summaries if s["unaccounted"] or s["duplicates"]]
+    return 1 if lost else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

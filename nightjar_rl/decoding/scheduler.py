@@ -1,0 +1,263 @@
+"""Continuous-batching scheduler, model-free: who waits, who runs in which KV slot, who leaves.
+
+It owns the waiting queue, the running rows (in slot regions), KV-token reservations, admission
+(FIFO, a free slot and the worst-case KV budget, never dropping), aborts, prefill grouping,
+retirement and the compaction moves that keep each region in consecutive slots. It never touches
+a model or a cache: the engine applies the returned `SlotMove`s to its KV caches (and drafter), so
+a simulator can reuse it for identical admission rules.
+
+Slot layout: one region growing up from slot 0 (the standard engine), or two regions, the lower
+growing up from 0 and the upper growing down from the last slot (the batch-parallel decoder), so
+compacting one region never moves a row of the other.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from nightjar_rl.decoding.sequence import Request, Sequence
+
+ABORT, ERROR = "abort", "error"  # finish reasons besides "eos" and "length"
+
+
+class QueueFullError(ValueError):
+    """A request was rejected because the waiting queue is at `max_waiting` (retry later)."""
+
+
+def prefill_groups(lengths: list[int], waste: float = 1.25) -> list[list[int]]:
+    """Split admitted rows (in slot order) into consecutive groups whose padded size stays within
+    `waste` x their real tokens, so one long prompt does not pad a batch of short ones."""
+    groups: list[list[int]] = []
+    for i, n in enumerate(lengths):
+        if groups:
+            cand = groups[-1] + [i]
+            if max(lengths[j] for j in cand) * len(cand) <= waste * sum(lengths[j] for j in cand):
+                groups[-1] = cand
+                continue
+        groups.append([i])
+    return groups
+
+
+@dataclass(frozen=True)
+class SlotMove:
+    """Compaction: `seq` moved from slot `src` to `dst` (its KV entries must follow)."""
+
+    seq: Sequence
+    src: int
+    dst: int
+
+
+@dataclass
+class Retired:
+    """Rows that left the batch (any finish reason) and the moves that compacted the survivors."""
+
+    leaving: list[Sequence] = field(default_factory=list)
+    moves: list[SlotMove] = field(default_factory=list)
+
+
+class SlotRegion:
+    """Rows in consecutive slots anchored at one end of the cache (`up`: from slot 0 upwards, else
+    from slot `num_slots - 1` downwards). `rows` is sorted by slot."""
+
+    def __init__(self, num_slots: int, up: bool):
+        self.num_slots, self.up = num_slots, up
+        self.rows: list[Sequence] = []
+
+    def next_slot(self) -> int:
+        return len(self.rows) if self.up else self.num_slots - len(self.rows) - 1
+
+    def add(self, seq: Sequence) -> None:
+        seq.slot = self.next_slot()
+        if self.up:
+            self.rows.append(seq)
+        else:
+            self.rows.insert(0, seq)
+
+    def compact(self) -> Retired:
+        """Drop finished rows; move survivors outside the region's span into its free slots."""
+        if not any(s.finished for s in self.rows):
+            return Retired()
+        survivors = [s for s in self.rows if not s.finished]
+        out = Retired(leaving=[s for s in self.rows if s.finished])
+        n = len(survivors)
+        span = range(n) if self.up else range(self.num_slots - n, self.num_slots)
+        free = sorted(set(span) - {s.slot for s in survivors})
+        for seq in survivors:
+            if seq.slot not in span:
+                dst = free.pop(0)
+                out.moves.append(SlotMove(seq, seq.slot, dst))
+                seq.slot = dst
+        self.rows = sorted(survivors, key=lambda s: s.slot)
+        return out
+
+
+class Scheduler:
+    """Admission, aborts and retirement for `max_batch_size` KV slots in `regions` (1 or 2) regions.
+
+    A request is admitted only when a slot is free and its worst case (prompt + max_new_tokens +
+    max_speculation) fits `max_kv_tokens`; the queue is FIFO (no skipping ahead). `max_waiting`
+    bounds the queue: `submit` then raises `QueueFullError` instead of growing it.
+    """
+
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_seq_len: int,
+        max_speculation: int,
+        max_kv_tokens: int | None = None,
+        max_waiting: int | None = None,
+        regions: int = 1,
+    ):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_speculation < 0:
+            raise ValueError(f"max_speculation must be >= 0, got {max_speculation}")
+        if max_waiting is not None and (isinstance(max_waiting, bool) or not isinstance(max_waiting, int) or max_waiting < 1):
+            raise ValueError(f"max_waiting must be a positive int or None, got {max_waiting!r}")
+        if regions not in (1, 2):
+            raise ValueError(f"regions must be 1 or 2, got {regions!r}")
+        self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
+        self.max_speculation, self.max_kv_tokens, self.max_waiting = max_speculation, max_kv_tokens, max_waiting
+        self.regions = [SlotRegion(max_batch_size, up=i == 0) for i in range(regions)]
+        self.waiting: deque[Request] = deque()
+        self.finished: list[Sequence] = []  # left the batch, not yet popped
+        self.reserved = 0  # KV tokens reserved by running rows
+        self._live: set[str] = set()  # ids waiting or running
+        self._unpopped: set[str] = set()  # ids finished, not yet popped
+        self._aborts: set[str] = set()  # ids to abort at the next step boundary
+        self._abort_lock = threading.Lock()  # abort() may come from another thread (a server)
+
+    # ---- state ------------------------------------------------------------------------------
+    @property
+    def running(self) -> list[Sequence]:
+        """Running rows, region by region (lower then upper), each in slot order."""
+        if len(self.regions) == 1:
+            return self.regions[0].rows
+        return [s for r in self.regions for s in r.rows]
+
+    @property
+    def num_running(self) -> int:
+        return sum(len(r.rows) for r in self.regions)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting) or self.num_running > 0
+
+    def reservation(self, req: Request) -> int:
+        """KV tokens a request may need at worst."""
+        return len(req.prompt_ids) + req.max_new_tokens + self.max_speculation
+
+    # ---- requests ---------------------------------------------------------------------------
+    def check(self, request: Request) -> None:
+        """ValueError for a request that could never be served (or whose id is in use)."""
+        rid = request.request_id
+        if rid in self._live or rid in self._unpopped:
+            raise ValueError(f"duplicate request id {rid!r}")
+        if not request.prompt_ids:
+            raise ValueError(f"request {rid!r} has an empty prompt")
+        if request.max_new_tokens < 1:
+            raise ValueError(f"request {rid!r}: max_new_tokens must be >= 1")
+        if len(request.prompt_ids) + request.max_new_tokens > self.max_seq_len:
+            raise ValueError(
+                f"request {rid!r}: prompt of {len(request.prompt_ids)} tokens + {request.max_new_tokens} "
+                f"new tokens exceeds the context of {self.max_seq_len} tokens"
+            )
+        need = self.reservation(request)
+        if self.max_kv_tokens is not None and need > self.max_kv_tokens:
+            raise ValueError(f"request {rid!r} needs {need} KV tokens, more than max_kv_tokens={self.max_kv_tokens}")
+
+    def submit(self, request: Request) -> None:
+        """Queue a request: ValueError if it could never be served, QueueFullError if the queue is full."""
+        self.check(request)
+        if self.max_waiting is not None and len(self.waiting) >= self.max_waiting:
+            raise QueueFullError(
+                f"request {request.request_id!r} rejected: {len(self.waiting)} requests already waiting "
+                f"(max_waiting={self.max_waiting})"
+            )
+        self._live.add(request.request_id)
+        self.waiting.append(request)
+
+    def abort(self, request_id: str) -> bool:
+        """Ask to abort a queued or running request; it leaves with finish_reason "abort" at the next
+        step boundary. False when the id is unknown or the request already finished."""
+        if request_id not in self._live:
+            return False
+        with self._abort_lock:
+            self._aborts.add(request_id)
+        return True
+
+    def apply_aborts(self) -> list[Sequence]:
+        """Step boundary: aborted queued requests leave at once (into `finished`); aborted running rows
+        are marked finished ("abort") for the next `retire`. Returns the running rows marked."""
+        with self._abort_lock:
+            aborts, self._aborts = self._aborts, set()
+        aborts &= self._live
+        if not aborts:
+            return []
+        kept: deque[Request] = deque()
+        for req in self.waiting:
+            if req.request_id in aborts:
+                seq = Sequence(request=req, tokens=list(req.prompt_ids), finish_reason=ABORT)
+                self._release(seq, reserved=False)
+            else:
+                kept.append(req)
+        self.waiting = kept
+        marked = [s for s in self.running if s.request_id in aborts and not s.finished]
+        for seq in marked:
+            seq.finish_reason = ABORT
+        return marked
+
+    # ---- admission and retirement -----------------------------------------------------------
+    def admit(self, route: Callable[[], int] | None = None) -> list[Sequence]:
+        """Admit queued requests in FIFO order while a slot is free and the KV budget allows.
+        `route()` picks the region of each new row (default: the first)."""
+        admitted: list[Sequence] = []
+        while self.waiting and self.num_running < self.max_batch_size:
+            need = self.reservation(self.waiting[0])
+            if self.max_kv_tokens is not None and self.reserved + need > self.max_kv_tokens:
+                break  # FIFO: wait for capacity rather than skipping ahead
+            req = self.waiting.popleft()
+            self.reserved += need
+            seq = Sequence(request=req, tokens=list(req.prompt_ids))
+            self.regions[route() if route is not None else 0].add(seq)
+            admitted.append(seq)
+        return admitted
+
+    def prefill_batches(self, admitted: list[Sequence], waste: float = 1.25) -> list[list[Sequence]]:
+        """Admitted rows as prefill forwards: per region, consecutive slots, padding bounded by `waste`."""
+        batches: list[list[Sequence]] = []
+        for region in self.regions:
+            ids = {id(s) for s in region.rows}
+            rows = sorted((s for s in admitted if id(s) in ids), key=lambda s: s.slot)
+            batches += [[rows[i] for i in g] for g in prefill_groups([len(s.tokens) for s in rows], waste)]
+        return batches
+
+    def retire(self, region: int | None = None) -> Retired:
+        """Remove finished rows (of one region, or all) into `finished` and compact the survivors."""
+        out = Retired()
+        for i, reg in enumerate(self.regions):
+            if region is None or i == region:
+                part = reg.compact()
+                out.leaving += part.leaving
+                out.moves += part.moves
+        for seq in out.leaving:
+            self._release(seq, reserved=True)
+        return out
+
+    def _release(self, seq: Sequence, reserved: bool) -> None:
+        if reserved:
+            self.reserved -= self.reservation(seq.request)
+        self._live.discard(seq.request_id)
+        with self._abort_lock:
+            self._aborts.discard(seq.request_id)
+        self._unpopped.add(seq.request_id)
+        self.finished.append(seq)
+
+    def pop_finished(self) -> list[Sequence]:
+        """Sequences that left since the last call (each returned exactly once)."""
+        done, self.finished = self.finished, []
+        self._unpopped.clear()
+        return done
