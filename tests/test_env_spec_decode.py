@@ -49,10 +49,12 @@ def test_episode_terminates_and_info_carries_stats(tiny_target):
     env = SpecDecodeEnv("tiny", target=tiny_target)
     steps, terminated, truncated = run_to_end(env, 2, seed=3)
     assert terminated and not truncated
-    for info in steps:
-        expected = pd.Series(info["stats"].as_row())
-        assert pd.Series(info["row"])[expected.index].equals(expected)
-        assert {"episode", "time", "reward"} <= set(info["row"])
+    frame = env.episode_frame()
+    assert len(frame) == len(steps) and {"episode", "time", "reward"} <= set(frame.columns)
+    for (_, row), info in zip(frame.iterrows(), steps):
+        for key, value in info["stats"].as_row().items():
+            assert row[key] == value or (value != value and row[key] != row[key])  # NaN: nothing drafted
+        assert row["time"] == info["clock"]
     finished = sum(len(info["stats"].finished_ids) for info in steps)
     assert finished == 3
     total = sum(info["stats"].tokens_out for info in steps)

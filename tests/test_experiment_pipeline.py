@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nightjar_rl.experiments import runner
+from nightjar_rl.experiments import executor, runner
 from nightjar_rl.experiments.cli import run_experiment_cli
 from nightjar_rl.experiments.config import ExperimentError, experiment_from_dict, load_experiment
 
@@ -51,7 +51,7 @@ def test_pipeline_writes_table_and_plots(tiny_run):
 
 def test_resume_skips_finished_cells(tmp_path, monkeypatch):
     cfg = load_experiment(TINY)
-    real = runner.evaluate_cell
+    real = executor.evaluate_cell
     calls = []
 
     def interrupted_after_five(*args, **kwargs):
@@ -60,7 +60,7 @@ def test_resume_skips_finished_cells(tmp_path, monkeypatch):
         calls.append(args[4:6])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "evaluate_cell", interrupted_after_five)
+    monkeypatch.setattr(executor, "evaluate_cell", interrupted_after_five)
     with pytest.raises(KeyboardInterrupt):
         runner.run_experiment(cfg, out_dir=tmp_path, progress=False)
     (run_dir,) = tmp_path.iterdir()
@@ -70,7 +70,7 @@ def test_resume_skips_finished_cells(tmp_path, monkeypatch):
     trained = policy_file.read_text()
 
     calls.clear()
-    monkeypatch.setattr(runner, "evaluate_cell", lambda *a, **k: (calls.append(a[4:6]), real(*a, **k))[1])
+    monkeypatch.setattr(executor, "evaluate_cell", lambda *a, **k: (calls.append(a[4:6]), real(*a, **k))[1])
     result = runner.run_experiment(cfg, out_dir=tmp_path, resume=run_dir, progress=False)
     total = len(cfg.policies) * len(cfg.rates) * len(cfg.seeds)
     assert len(calls) == total - 5

@@ -81,7 +81,7 @@ def test_each_algorithm_leaves_checkpoints_artifact_and_tensorboard(trained, alg
     assert (run / "eval" / name / "evaluations.npz").is_file()
     artifact = trained.artifacts()[name]
     assert artifact == run / "policies" / f"{name}.json" and artifact.with_suffix(".safetensors").is_file()
-    policy = trained.policies[name]
+    policy = load_policy(artifact)
     assert isinstance(policy, MLPPolicy) and policy.normalization is not None
     prov = policy.provenance
     assert prov["algorithm"] == algo and prov["timesteps"] == TOTAL and prov["scenario"] == "tiny-sim"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -9,27 +11,44 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
+from nightjar_rl.analysis.stats import ci_table
+
 
 def plot_metric_vs_rate(df: pd.DataFrame, metric: str, ylabel: str | None = None, title: str | None = None,
-                        logy: bool = False) -> Figure:
-    """One line per policy: mean of `metric` over seeds vs request rate, shaded min..max over seeds."""
+                        logy: bool = False, band: str = "ci", policies: Sequence[str] | None = None) -> Figure:
+    """One line per policy: mean of `metric` over seeds vs request rate, with a band: `ci` (95%
+    Student-t interval over seeds, see nightjar_rl.analysis.stats), `minmax` (range over seeds) or
+    `none`. `policies` picks and orders the lines (default: all, first-seen order)."""
     for col in ("policy", "rate", metric):
         if col not in df.columns:
             raise ValueError(f"results table has no column {col!r}")
+    if band not in ("ci", "minmax", "none"):
+        raise ValueError(f"band must be ci, minmax or none, got {band!r}")
+    if policies is not None:
+        df = df[df["policy"].isin(policies)]
+    unit = "seed" if "seed" in df.columns else "rate"
+    stats = ci_table(df, metric, unit=unit)
+    if band == "minmax":
+        per = df.groupby(["policy", "rate", unit], sort=False)[metric].mean().groupby(["policy", "rate"], sort=False)
+        stats = stats.merge(per.agg(lo="min", hi="max").reset_index(), on=["policy", "rate"])
+        stats["low"], stats["high"] = stats["lo"], stats["hi"]
+    order = list(policies) if policies is not None else list(dict.fromkeys(df["policy"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for policy, group in df.groupby("policy", sort=False):
-        stats = group.groupby("rate")[metric].agg(["mean", "min", "max"]).sort_index()
-        line, = ax.plot(stats.index, stats["mean"], marker="o", label=str(policy))
-        if group["seed"].nunique() > 1 if "seed" in group else False:
-            ax.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
+    for i, policy in enumerate(p for p in order if p in set(stats["policy"])):
+        group = stats[stats["policy"] == policy].sort_values("rate")
+        style = "-" if i < 10 else "--"
+        line, = ax.plot(group["rate"], group["mean"], style, marker="o", markersize=3.5, label=str(policy))
+        if band != "none" and (group["n"] > 1).any():
+            ax.fill_between(group["rate"], group["low"], group["high"], color=line.get_color(), alpha=0.15)
     ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel("request rate (requests/s)")
     ax.set_ylabel(ylabel or metric)
-    ax.set_title(title or f"{ylabel or metric} vs request rate")
+    shade = {"ci": ", bands: 95% CI over seeds", "minmax": ", bands: min..max over seeds", "none": ""}[band]
+    ax.set_title(title or f"{ylabel or metric} vs request rate{shade}", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=2 if len(order) > 8 else 1)
     fig.tight_layout()
     return fig
 

@@ -5,7 +5,7 @@ live engine or on the simulator (the scenario's `backend`).
 - Action: Discrete(max_k + 1); 0 = speculation off, k = draft up to k tokens per row.
 - Reward: the scenario's named reward (`nightjar_rl.env.rewards`) of the step just taken.
 - Episode: one seeded workload; terminated when every request is served, truncated at the horizon.
-- info: `stats` (the raw StepStats), `row` (its as_row() plus clock and reward), `clock`.
+- info: `stats` (the raw StepStats) and `clock`; `episode_frame()` tabulates the episode's steps.
 
 Each episode is a `ServingSession` over a fresh engine from the backend, driven by the runtime's
 `PolicyDriver` with the agent's actions (the same loop evaluation and the CLI use with a policy).
@@ -62,7 +62,7 @@ class SpecDecodeEnv(gym.Env):
         self.arrivals = s.arrival_process()
         self.session: ServingSession | None = None
         self.driver: PolicyDriver | None = None
-        self.episode_log: list[dict] = []
+        self.episode_log: list[tuple] = []  # (stats, clock, reward) per step; rows built on demand
         self.episode = -1
         self._steps = 0
 
@@ -107,10 +107,8 @@ class SpecDecodeEnv(gym.Env):
             (s.horizon_steps is not None and self._steps >= s.horizon_steps)
             or (s.horizon_seconds is not None and clock >= s.horizon_seconds)
         )
-        row = stats.as_row()
-        row.update(episode=self.episode, time=clock, reward=reward)
-        self.episode_log.append(row)
-        return self.driver.obs, reward, terminated, truncated, {"stats": stats, "row": row, "clock": clock}
+        self.episode_log.append((stats, clock, reward))
+        return self.driver.obs, reward, terminated, truncated, {"stats": stats, "clock": clock}
 
     # ---- recording ----------------------------------------------------------------------------
     @property
@@ -123,8 +121,9 @@ class SpecDecodeEnv(gym.Env):
         return self.session.result()
 
     def episode_frame(self) -> pd.DataFrame:
-        """The current episode so far, one row per step (time, batch, k, accepted, durations, reward)."""
-        return pd.DataFrame(self.episode_log)
+        """The current episode so far, one row per step (StepStats.as_row() plus episode, time, reward)."""
+        return pd.DataFrame([{**stats.as_row(), "episode": self.episode, "time": clock, "reward": reward}
+                             for stats, clock, reward in self.episode_log])
 
     def save_episode(self, path: str) -> None:
         """Write the current episode's step log to a .csv or .parquet file (atomically)."""

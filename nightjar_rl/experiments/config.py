@@ -13,8 +13,15 @@ Fields:
                          Learners (policy.learning is True) are trained first. A spec with
                          `type: sb3` is trained with stable-baselines3 and exported as an `mlp`
                          artifact (fields: nightjar_rl/experiments/sb3_config.py).
-    train         map    {episodes: N, rates: [...] (default: rates), num_requests: N, seed: S}
+                         A spec field `profile: scenario` means the scenario's hardware profile
+                         (sim scenarios), so oracle/sssd rules price steps on the simulated hardware.
+    train         map    {episodes: N, rates: [...] (default: rates), num_requests: N, seed: S,
+                          replicates: R}: each learner is trained R times (replicate r: policy seed
+                          + r, workload seeds S + r*N ...); every replicate is evaluated on every cell
     evaluate      map    {learn: false}: whether learners keep learning during evaluation
+    executor      str|map  local (default) | ray | {kind: ray, address: ADDR|null, workers: N|null}:
+                         where the training jobs and evaluation cells run; results do not depend on it
+                         (not part of the run's config.yaml, so a run may be resumed on another executor)
 """
 
 from __future__ import annotations
@@ -42,6 +49,17 @@ class TrainConfig:
     rates: list[float] | None = None  # None: the evaluation rates, cycled
     num_requests: int | None = None  # None: the evaluation num_requests
     seed: int = 10_000  # training workloads use seeds seed, seed+1, ... (apart from evaluation seeds)
+    replicates: int = 1  # independent trainings per learner (replicate r: workload seeds seed + r*episodes ...)
+
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class ExecutorConfig:
+    kind: str = "local"  # local | ray
+    address: str | None = None  # ray: a running cluster's address (None: start a local instance)
+    workers: int | None = None  # ray: CPUs of the local instance (None: all)
 
 
 @dataclass
@@ -56,11 +74,16 @@ class ExperimentConfig:
     slo: dict = field(default_factory=lambda: {"tpot_s": 0.25, "ttft_s": None})
     train: TrainConfig = field(default_factory=TrainConfig)
     learn_during_eval: bool = False
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     base_dir: str | None = None
 
     def to_dict(self) -> dict:
+        """The fields that determine results (saved as the run's config.yaml, compared on resume)."""
         d = asdict(self)
         d.pop("base_dir")
+        d.pop("executor")
+        if d["train"]["replicates"] == 1:
+            d["train"].pop("replicates")  # run folders from before replicates existed stay resumable
         return d
 
 
@@ -79,7 +102,26 @@ def _rates(name: str, key: str, value) -> list[float]:
     return [float(r) for r in value]
 
 
-_TOP = {"name", "scenario", "rates", "seeds", "policies", "num_requests", "max_new_tokens", "slo", "train", "evaluate"}
+_TOP = {"name", "scenario", "rates", "seeds", "policies", "num_requests", "max_new_tokens", "slo", "train", "evaluate",
+        "executor"}
+
+
+def executor_from_value(value, where: str = "field 'executor'") -> ExecutorConfig:
+    """`local` | `ray` | {kind, address, workers} -> ExecutorConfig (ExperimentError naming `where`)."""
+    if value is None:
+        return ExecutorConfig()
+    data = {"kind": value} if isinstance(value, str) else value
+    if not isinstance(data, dict) or not set(data) <= {"kind", "address", "workers"} or data.get("kind") not in EXECUTORS:
+        raise ExperimentError(f"{where} must be one of {', '.join(EXECUTORS)} or a mapping {{kind: ray, address: ADDR, "
+                              f"workers: N}}, got {value!r}")
+    address, workers = data.get("address"), data.get("workers")
+    if address is not None and (not isinstance(address, str) or not address):
+        raise ExperimentError(f"{where}: 'address' must be a Ray cluster address or null, got {address!r}")
+    if workers is not None and (not _int(workers) or workers < 1):
+        raise ExperimentError(f"{where}: 'workers' must be an integer >= 1 or null, got {workers!r}")
+    if data["kind"] == "local" and (address is not None or workers is not None):
+        raise ExperimentError(f"{where}: 'address' and 'workers' need kind 'ray'")
+    return ExecutorConfig(data["kind"], address, workers)
 
 
 def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | None = None) -> ExperimentConfig:
@@ -144,8 +186,8 @@ def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | N
         raise fail(f"field 'policies' has duplicate names: {sorted({n for n in names if names.count(n) > 1})}")
 
     t = data.get("train") or {}
-    if not isinstance(t, dict) or not set(t) <= {"episodes", "rates", "num_requests", "seed"}:
-        raise fail(f"field 'train' must be a mapping with episodes, rates, num_requests, seed; got {t!r}")
+    if not isinstance(t, dict) or not set(t) <= {"episodes", "rates", "num_requests", "seed", "replicates"}:
+        raise fail(f"field 'train' must be a mapping with episodes, rates, num_requests, seed, replicates; got {t!r}")
     train = TrainConfig()
     if "episodes" in t:
         if not _int(t["episodes"]) or t["episodes"] < 0:
@@ -161,6 +203,10 @@ def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | N
         if not _int(t["seed"]) or t["seed"] < 0:
             raise fail(f"field 'train.seed' must be an integer >= 0, got {t['seed']!r}")
         train.seed = t["seed"]
+    if "replicates" in t:
+        if not _int(t["replicates"]) or t["replicates"] < 1:
+            raise fail(f"field 'train.replicates' must be an integer >= 1, got {t['replicates']!r}")
+        train.replicates = t["replicates"]
 
     ev = data.get("evaluate") or {}
     if not isinstance(ev, dict) or not set(ev) <= {"learn"} or not isinstance(ev.get("learn", False), bool):
@@ -168,7 +214,8 @@ def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | N
     return ExperimentConfig(
         name=name, scenario=scenario, rates=rates, seeds=list(seeds), policies=policies,
         num_requests=data.get("num_requests"), max_new_tokens=data.get("max_new_tokens"), slo=slo,
-        train=train, learn_during_eval=ev.get("learn", False), base_dir=base_dir,
+        train=train, learn_during_eval=ev.get("learn", False),
+        executor=executor_from_value(data.get("executor"), f"experiment {name!r}: field 'executor'"), base_dir=base_dir,
     )
 
 

@@ -4,9 +4,12 @@ under runs/<run name>/.
 
 Run folder:
     config.yaml          the validated experiment config (compared on --resume)
-    policies/NAME.json   trained learners (reused on resume)
-    train.csv            one row per training episode
-    results.csv          one row per policy x rate x seed (appended atomically as cells finish)
+    policies/NAME.json   trained learners (NAME.repR.json: replicate R >= 1; reused on resume);
+                         sb3 policies also write NAME.safetensors beside it
+    checkpoints/, tb/, eval/, train_sb3.csv   sb3 training (nightjar_rl/experiments/sb3_train.py)
+    train.csv            one row per training episode (policy, replicate, ...)
+    results.csv          one row per policy x rate x seed x replicate (appended atomically as cells
+                         finish on any executor; sorted into the canonical cell order at the end)
     k_by_batch.csv       decode steps and mean k per batch size, per cell
     summary.txt          the terminal summary
     throughput_vs_rate.png, latency_vs_rate.png, k_by_batch.png
@@ -23,21 +26,33 @@ import yaml
 from tqdm.auto import tqdm
 
 from nightjar_rl.analysis import format_summary, plot_k_by_batch, plot_metric_vs_rate
+from nightjar_rl.analysis.stats import ci_table, format_ci
+from nightjar_rl.analysis.study import headline, verdict
 from nightjar_rl.analysis.tables import best_fixed_comparison
-from nightjar_rl.env.backend import make_backend
+from nightjar_rl.env.backend import resolve_data_path
 from nightjar_rl.env.recorder import append_rows, read_table, write_table
 from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
-from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
-from nightjar_rl.experiments.config import ExperimentConfig, ExperimentError
-from nightjar_rl.experiments.evaluate import evaluate_cell
+from nightjar_rl.experiments.config import ExperimentConfig, ExperimentError, experiment_from_dict
+from nightjar_rl.experiments.executor import (
+    KBB_COLUMNS,
+    CellJob,
+    SweepContext,
+    TrainJob,
+    backend_for,
+    cell_job,
+    make_executor,
+    portable_scenario,
+    train_job,
+)
 from nightjar_rl.experiments.sb3_config import is_sb3_spec
-from nightjar_rl.experiments.train import train_policy
-from nightjar_rl.io import atomic_write_text
-from nightjar_rl.policy import load_policy, make_policy, save_policy
+from nightjar_rl.io import atomic_write_text, read_json
+from nightjar_rl.policy import make_policy, save_policy
+from nightjar_rl.policy.artifact import policy_from_dict
+from nightjar_rl.policy.registry import parse_spec_string
 
-CELL_KEYS = ["policy", "rate", "seed"]
+CELL_KEYS = ["policy", "rate", "seed", "replicate"]
 TABLE_COLUMNS = [
-    "run", "scenario", "experiment", "policy", "learned", "rate", "seed", "requests", "output_tokens", "duration_s",
+    "run", "scenario", "experiment", "policy", "learned", "replicate", "rate", "seed", "requests", "output_tokens", "duration_s",
     "throughput_tok_s", "goodput_tok_s", "ttft_p50_s", "ttft_p95_s", "tpot_p50_s", "tpot_p95_s", "e2e_p50_s",
     "e2e_p95_s", "mean_k", "frac_k0", "acceptance_rate", "mean_accepted_length", "mean_batch", "steps",
 ]
@@ -50,6 +65,13 @@ class ExperimentResult:
     k_by_batch: pd.DataFrame
     train: pd.DataFrame
     summary: str
+    config: ExperimentConfig | None = None
+
+    @property
+    def learned(self) -> list[str]:
+        """Names of the learned policies in the results (first-seen order)."""
+        df = self.results
+        return list(dict.fromkeys(df.loc[df["learned"].astype(bool), "policy"])) if "learned" in df else []
 
 
 def resolve_scenario(cfg: ExperimentConfig) -> Scenario:
@@ -93,58 +115,110 @@ def _prepare_run_dir(cfg: ExperimentConfig, scenario: Scenario, out_dir: str | P
     return run_dir
 
 
-def build_policies(cfg: ExperimentConfig, max_k: int) -> dict:
+def resolve_spec(spec, scenario: Scenario):
+    """A policy spec with `profile: scenario` replaced by the scenario's hardware profile path."""
+    if isinstance(spec, dict) and spec.get("profile") == "scenario":
+        if not scenario.profile:
+            raise ValueError("'profile: scenario' needs a sim scenario with a hardware profile")
+        return {**spec, "profile": str(resolve_data_path(scenario.profile, scenario.base_dir).resolve())}
+    return spec
+
+
+def build_policies(cfg: ExperimentConfig, scenario: Scenario) -> dict:
     """Every configured policy, freshly built (a bad spec raises ExperimentError naming the entry)."""
     policies = {}
     for entry in cfg.policies:
         if is_sb3_spec(entry.spec):
             continue  # trained with stable-baselines3 in _trained_policies (nightjar_rl.experiments.sb3_train)
         try:
-            policies[entry.name] = make_policy(entry.spec, max_k)
+            policies[entry.name] = make_policy(resolve_spec(entry.spec, scenario), scenario.max_k)
         except ValueError as exc:
             raise ExperimentError(f"experiment {cfg.name!r}: field 'policies' entry {entry.name!r}: {exc}") from None
     return policies
 
 
-def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, backend, run_dir: Path, progress: bool):
-    """Build every policy; train the learners (or load them from a previous run of this folder)."""
-    policies, learned = build_policies(cfg, scenario.max_k), set()
-    env = None
-    for index, entry in enumerate(cfg.policies):
+def replicate_spec(spec, policy, replicate: int):
+    """The spec of learner replicate r: the policy's own seed + r (when it has one)."""
+    if replicate == 0 or "seed" not in policy.params():
+        return spec
+    data = parse_spec_string(spec) if isinstance(spec, str) else dict(spec)
+    return {**data, "seed": int(policy.params()["seed"]) + replicate}
+
+
+def _policy_file(run_dir: Path, name: str, replicate: int) -> Path:
+    return run_dir / "policies" / (f"{name}.json" if replicate == 0 else f"{name}.rep{replicate}.json")
+
+
+def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, ctx: SweepContext, run_dir: Path, executor,
+                      progress: bool) -> tuple[dict, dict, set[str]]:
+    """Specs of every policy (trained artifacts for learners, trained on the executor or loaded from
+    a previous run of this folder). Returns ({name: spec}, {(name, replicate): artifact}, learned)."""
+    built = build_policies(cfg, scenario)
+    specs = {e.name: resolve_spec(e.spec, scenario) for e in cfg.policies}
+    learned = {name for name, p in built.items() if getattr(p, "learning", False)}
+    artifacts, jobs = {}, []
+    t = cfg.train
+    for name in (e.name for e in cfg.policies if e.name in learned):
+        for r in range(t.replicates):
+            path = _policy_file(run_dir, name, r)
+            if path.is_file():
+                artifacts[(name, r)] = read_json(path, "policy artifact")
+                continue
+            jobs.append(TrainJob(name, r, replicate_spec(specs[name], built[name], r), t.episodes,
+                                 tuple(t.rates or cfg.rates), t.seed + r * t.episodes, t.num_requests))
+    bar = tqdm(total=len(jobs), desc=f"train {cfg.name}", unit="learner", disable=not progress or not jobs)
+    for job, (artifact, log) in executor.map(train_job, ctx, jobs):
+        if log:  # train.episodes 0: deployed as built (or as the artifact the spec holds)
+            append_rows(run_dir / "train.csv", pd.DataFrame(log))
+        save_policy(policy_from_dict(artifact), _policy_file(run_dir, job.policy, job.replicate))
+        artifacts[(job.policy, job.replicate)] = artifact
+        bar.update()
+    bar.close()
+    for index, entry in enumerate(cfg.policies):  # sb3 policies train here, on vectorised envs of their own
         if is_sb3_spec(entry.spec):
             learned.add(entry.name)
-            path = run_dir / "policies" / f"{entry.name}.json"
-            if path.is_file():
-                policies[entry.name] = load_policy(path)
-            else:
-                # local: training needs stable-baselines3, evaluating an exported policy does not
-                from nightjar_rl.experiments.sb3_train import train_experiment_entry
+            for r in range(t.replicates):
+                path = _policy_file(run_dir, entry.name, r)
+                if not path.is_file():
+                    # local: training needs stable-baselines3, evaluating an exported policy does not
+                    from nightjar_rl.experiments.sb3_train import train_experiment_entry
 
-                policies[entry.name] = train_experiment_entry(entry.name, index, cfg, scenario, backend, run_dir, progress)
-            continue
-        policy = policies[entry.name]
-        if getattr(policy, "learning", False):
-            learned.add(entry.name)
-            path = run_dir / "policies" / f"{entry.name}.json"
-            if path.is_file():
-                policy = load_policy(path)
-            else:
-                env = env or SpecDecodeEnv(scenario, backend=backend)
-                log = train_policy(policy, env, cfg.train.episodes, cfg.train.rates or cfg.rates, cfg.train.seed,
-                                   cfg.train.num_requests, progress=progress, desc=f"train {entry.name}")
-                log.insert(0, "policy", entry.name)
-                append_rows(run_dir / "train.csv", log)
-                save_policy(policy, path)
-        policies[entry.name] = policy
-    return policies, learned
+                    train_experiment_entry(entry.name, index, cfg, scenario, backend_for(ctx.scenario)[1], path,
+                                           replicate=r, progress=progress)
+                artifacts[(entry.name, r)] = str(path.resolve())  # cells load it by path (weights beside it)
+    return specs, artifacts, learned
+
+
+def sweep_cells(cfg: ExperimentConfig, specs: dict, artifacts: dict, learned: set[str]) -> list[CellJob]:
+    """Every evaluation cell in the canonical order: rate, seed, policy, replicate."""
+    cells = []
+    for rate in cfg.rates:
+        for seed in cfg.seeds:
+            for name, spec in specs.items():
+                if name in learned:
+                    cells += [CellJob(name, rate, seed, r, True, artifacts[(name, r)])
+                              for r in range(cfg.train.replicates)]
+                else:
+                    cells.append(CellJob(name, rate, seed, 0, False, spec))
+    return cells
+
+
+def _cell_key(row) -> tuple:
+    return (row.policy, float(row.rate), int(row.seed), int(getattr(row, "replicate", 0)))
 
 
 def _finished_cells(run_dir: Path) -> set[tuple]:
     path = run_dir / "results.csv"
     if not path.is_file():
         return set()
-    done = read_table(path)
-    return {(p, float(r), int(s)) for p, r, s in done[CELL_KEYS].itertuples(index=False)}
+    return {_cell_key(row) for row in read_table(path).itertuples(index=False)}
+
+
+def canonical_order(df: pd.DataFrame, cells: list[CellJob]) -> pd.DataFrame:
+    """Rows sorted into the sweep's canonical cell order (stable for rows of the same cell)."""
+    rank = {c.key: i for i, c in enumerate(cells)}
+    keys = [rank.get(_cell_key(row), len(rank)) for row in df.itertuples(index=False)]
+    return df.assign(_rank=keys).sort_values("_rank", kind="stable").drop(columns="_rank").reset_index(drop=True)
 
 
 def write_report(run_dir: Path, results: pd.DataFrame, kdf: pd.DataFrame, learned: set[str],
@@ -159,6 +233,11 @@ def write_report(run_dir: Path, results: pd.DataFrame, kdf: pd.DataFrame, learne
             table = best_fixed_comparison(results, name, fixed)
             summary += f"\n\n{name} vs fixed k (throughput ratios; > 1 = {name} faster):\n" + table.to_string(
                 float_format=lambda v: f"{v:.3f}")
+    if results["seed"].nunique() > 1:
+        ci = format_ci(ci_table(results, "throughput_tok_s"))
+        summary += "\n\nthroughput (output tokens/s), mean ± 95% CI over seeds:\n" + ci.to_string()
+        if learned and fixed:
+            summary += "\n\n" + "\n".join(verdict(headline(results, sorted(learned), fixed)))
     atomic_write_text(run_dir / "summary.txt", summary + "\n")
     figs = {
         "throughput_vs_rate.png": plot_metric_vs_rate(results, "throughput_tok_s", "output tokens/s"),
@@ -175,64 +254,100 @@ def write_report(run_dir: Path, results: pd.DataFrame, kdf: pd.DataFrame, learne
     return summary
 
 
+def _train_phase(cfg: ExperimentConfig, scenario: Scenario, out_dir, resume, executor, progress: bool):
+    """Run folder, sweep context, and the trained policies: (run_dir, ctx, specs, artifacts, learned)."""
+    run_dir = _prepare_run_dir(cfg, scenario, out_dir, resume)
+    ctx = SweepContext(portable_scenario(scenario), cfg.slo, cfg.learn_during_eval, run_dir.name, cfg.name)
+    return (run_dir, ctx, *_trained_policies(cfg, scenario, ctx, run_dir, executor, progress))
+
+
 @dataclass
 class TrainedRun:
     run_dir: Path
     scenario: Scenario
-    backend: object  # the scenario's backend (a live one holds the target model), shared by training and evaluation
-    policies: dict  # name -> policy (learners trained, sb3 entries exported and loaded)
     learned: set[str]
+    replicates: int = 1
 
     def artifacts(self) -> dict[str, Path]:
-        """Trained policies' artifacts in the run folder, by name."""
-        return {name: self.run_dir / "policies" / f"{name}.json" for name in sorted(self.learned)}
+        """Trained policies' artifacts in the run folder, by name (replicates r > 0: NAME.repR)."""
+        return {name if r == 0 else f"{name}.rep{r}": _policy_file(self.run_dir, name, r)
+                for name in sorted(self.learned) for r in range(self.replicates)}
 
 
 def train_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: str | Path | None = None,
-                     progress: bool = True) -> TrainedRun:
+                     progress: bool = True, executor=None) -> TrainedRun:
     """The training half of an experiment (`nightjar-rl train`): create (or resume) the run folder,
-    train the learners and the sb3 policies, export them under policies/. Trained policies are reused."""
+    train the learners and the sb3 policies, export them under policies/. Trained policies are reused,
+    so `run_experiment(cfg, resume=run_dir)` then evaluates without retraining."""
     scenario = resolve_scenario(cfg)
-    build_policies(cfg, scenario.max_k)  # fail on bad specs before creating the run folder
-    run_dir = _prepare_run_dir(cfg, scenario, out_dir, resume)
-    backend = make_backend(scenario)  # a live target is loaded once, shared by all cells
-    policies, learned = _trained_policies(cfg, scenario, backend, run_dir, progress)
-    return TrainedRun(run_dir, scenario, backend, policies, learned)
+    build_policies(cfg, scenario)  # fail on bad specs before creating the run folder
+    own = executor is None
+    executor = make_executor(cfg.executor) if own else executor
+    try:
+        run_dir, _, _, _, learned = _train_phase(cfg, scenario, out_dir, resume, executor, progress)
+    finally:
+        if own:
+            executor.close()
+    return TrainedRun(run_dir, scenario, learned, cfg.train.replicates)
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: str | Path | None = None,
-                   progress: bool = True) -> ExperimentResult:
-    """Train, evaluate the sweep (skipping finished cells when resuming), write tables and plots."""
-    trained = train_experiment(cfg, out_dir, resume, progress)
-    scenario, backend, run_dir = trained.scenario, trained.backend, trained.run_dir
-    policies, learned = trained.policies, trained.learned
-    done = _finished_cells(run_dir)
-    cells = [(name, rate, seed) for rate in cfg.rates for seed in cfg.seeds for name in policies
-             if (name, rate, seed) not in done]
-    bar = tqdm(cells, desc=f"evaluate {cfg.name}", unit="cell", disable=not progress)
-    for name, rate, seed in bar:
-        bar.set_postfix_str(f"{name} @ {rate:g}/s seed {seed}")
-        policy = policies[name]
-        snapshot = None
-        if name in learned:
-            snapshot = policy.state()  # every cell starts from the trained state
-            policy.learning = cfg.learn_during_eval
-        cell = evaluate_cell(policy, scenario, backend, rate, seed, scenario.num_requests, scenario.max_new_tokens,
-                             cfg.slo, learn=name in learned and cfg.learn_during_eval and policy.learning)
-        if snapshot is not None:
-            policy.load_state(snapshot)
-        row = {"run": run_dir.name, "scenario": scenario.name, "experiment": cfg.name, "policy": name,
-               "learned": name in learned, "rate": rate, "seed": seed, **cell.summary}
-        kdf = cell.k_by_batch.assign(policy=name, rate=rate, seed=seed)
-        append_rows(run_dir / "k_by_batch.csv", kdf[["policy", "rate", "seed", "batch_size", "steps", "mean_k"]])
-        append_rows(run_dir / "results.csv", pd.DataFrame([{c: row.get(c) for c in TABLE_COLUMNS}]))
-    bar.close()
-    results = read_table(run_dir / "results.csv")
-    kdf = read_table(run_dir / "k_by_batch.csv").drop_duplicates(
-        ["policy", "rate", "seed", "batch_size"], keep="last")
+                   progress: bool = True, executor=None) -> ExperimentResult:
+    """Train, evaluate the sweep (skipping finished cells when resuming), write tables and plots.
+    `executor` (an object with map/close, see nightjar_rl.experiments.executor) overrides the
+    config's; results are the same on every executor."""
+    scenario = resolve_scenario(cfg)
+    build_policies(cfg, scenario)  # fail on bad specs before creating the run folder
+    own = executor is None
+    executor = make_executor(cfg.executor) if own else executor
+    try:
+        run_dir, ctx, specs, artifacts, learned = _train_phase(cfg, scenario, out_dir, resume, executor, progress)
+        cells = sweep_cells(cfg, specs, artifacts, learned)
+        done = _finished_cells(run_dir)
+        todo = [c for c in cells if c.key not in done]
+        bar = tqdm(total=len(todo), desc=f"evaluate {cfg.name} ({executor.name})", unit="cell", disable=not progress)
+        for job, (row, krows) in executor.map(cell_job, ctx, todo):
+            bar.set_postfix_str(f"{job.policy} @ {job.rate:g}/s seed {job.seed}", refresh=False)
+            append_rows(run_dir / "k_by_batch.csv", pd.DataFrame(krows, columns=KBB_COLUMNS))
+            append_rows(run_dir / "results.csv", pd.DataFrame([{c: row.get(c) for c in TABLE_COLUMNS}]))
+            bar.update()
+        bar.close()
+    finally:
+        if own:
+            executor.close()
+    results = canonical_order(read_table(run_dir / "results.csv"), cells)
+    write_table(results, run_dir / "results.csv")
+    kdf = read_table(run_dir / "k_by_batch.csv")
+    if "replicate" not in kdf.columns:
+        kdf.insert(1, "replicate", 0)
+    kdf = canonical_order(kdf.drop_duplicates(["policy", "replicate", "rate", "seed", "batch_size"], keep="last"), cells)
     write_table(kdf, run_dir / "k_by_batch.csv")
     train_path = run_dir / "train.csv"
     train = read_table(train_path) if train_path.is_file() else pd.DataFrame()
-    fixed = [name for name, p in policies.items() if p.type_name == "fixed"]
-    summary = write_report(run_dir, results, kdf, learned, fixed)
-    return ExperimentResult(run_dir, results, kdf, train, summary)
+    summary = write_report(run_dir, results, kdf, learned, fixed_policies(cfg))
+    return ExperimentResult(run_dir, results, kdf, train, summary, cfg)
+
+
+def fixed_policies(cfg: ExperimentConfig) -> list[str]:
+    """Names of the config's fixed-k policies, in config order."""
+    def type_name(spec) -> str:
+        data = parse_spec_string(spec) if isinstance(spec, str) else spec
+        return str(data.get("type", "")).replace("-", "_")
+
+    return [e.name for e in cfg.policies if type_name(e.spec) == "fixed"]
+
+
+def load_run(run_dir: str | Path) -> ExperimentResult:
+    """A finished (or partial) run folder's tables, summary and config, as run_experiment returns them."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file() or not (run_dir / "results.csv").is_file():
+        raise ExperimentError(f"{run_dir}: not a run folder (needs config.yaml and results.csv)")
+    saved = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    saved["evaluate"] = {"learn": saved.pop("learn_during_eval", False)}
+    cfg = experiment_from_dict(saved, run_dir.name)
+    train_path, summary_path = run_dir / "train.csv", run_dir / "summary.txt"
+    return ExperimentResult(
+        run_dir, read_table(run_dir / "results.csv"), read_table(run_dir / "k_by_batch.csv"),
+        read_table(train_path) if train_path.is_file() else pd.DataFrame(),
+        summary_path.read_text(encoding="utf-8") if summary_path.is_file() else "", cfg)

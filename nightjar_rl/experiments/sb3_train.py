@@ -25,6 +25,7 @@ A script that trains with subprocess envs needs the `if __name__ == "__main__":`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -52,7 +53,6 @@ from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
 from nightjar_rl.experiments.config import ExperimentConfig, ExperimentError
 from nightjar_rl.experiments.sb3_config import SB3Spec, parse_sb3_spec, sb3_algorithm
 from nightjar_rl.policy import load_policy
-from nightjar_rl.policy.base import Policy
 from nightjar_rl.policy.sb3 import check_export, export_sb3
 
 ACTIVATION_FNS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "elu": torch.nn.ELU,
@@ -346,19 +346,22 @@ def training_scenario(spec: SB3Spec, cfg: ExperimentConfig, eval_scenario: Scena
 
 
 def train_experiment_entry(name: str, index: int, cfg: ExperimentConfig, eval_scenario: Scenario, backend,
-                           run_dir: Path, progress: bool = True) -> Policy:
-    """Train the experiment's sb3 policy `name` (entry `index`), log a row to train_sb3.csv, and
-    return the exported policy, loaded from its artifact. `backend` is the evaluation scenario's: a
-    live one shares its loaded target model with the training envs when both use the same model."""
+                           artifact: Path, replicate: int = 0, progress: bool = True) -> Path:
+    """Train replicate `replicate` of the experiment's sb3 policy `name` (entry `index`) and export it
+    to `artifact` (run_dir/policies/NAME.json, or NAME.repR.json: seed + R); log a row to
+    train_sb3.csv. `backend` is the evaluation scenario's: a live one shares its loaded target model
+    with the training envs when both use the same model."""
     where = f"experiment {cfg.name!r}: field 'policies[{index}].spec"
     spec = parse_sb3_spec(cfg.policies[index].spec, where)
+    spec = dataclasses.replace(spec, seed=(spec.seed if spec.seed is not None else cfg.train.seed) + replicate)
     scenario = training_scenario(spec, cfg, eval_scenario, where)
     same_model = all(getattr(scenario, f) == getattr(eval_scenario, f) for f in ("model", "dtype", "device"))
     shared = None  # sim envs load no model
     if spec.train_on == "live":  # one target for every in-process env (and the evaluation, when it is the same)
         shared = backend.target if getattr(backend, "needs_model", False) and same_model else make_backend(scenario).target
-    result = train_sb3(spec, scenario, run_dir, name, target=shared, rates=cfg.train.rates or cfg.rates,
-                       num_requests=cfg.train.num_requests, seed=cfg.train.seed, progress=progress)
-    append_rows(run_dir / "train_sb3.csv", pd.DataFrame([{"policy": name, "algo": spec.algo, "scenario": scenario.name,
-                                                          **result.as_row()}]))
-    return load_policy(result.artifact)
+    run_dir, stem = artifact.parent.parent, artifact.stem
+    result = train_sb3(spec, scenario, run_dir, stem, target=shared, rates=cfg.train.rates or cfg.rates,
+                       num_requests=cfg.train.num_requests, progress=progress)
+    append_rows(run_dir / "train_sb3.csv", pd.DataFrame([{"policy": name, "replicate": replicate, "algo": spec.algo,
+                                                          "scenario": scenario.name, **result.as_row()}]))
+    return result.artifact

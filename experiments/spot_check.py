@@ -1,0 +1,85 @@
+"""Live spot check of the simulator's ranking: the best two policies of a finished sim study and
+k = 0, evaluated on the live engine and on its sim twin with the same seeded workloads.
+
+    python3 experiments/spot_check.py --study-run runs/smollm2-ngram-sim__nightjar_study_cpu__...
+        [--live smollm2-ngram] [--sim smollm2-ngram-sim] [--rates 0.5,4] [--seeds 0,1] [--num-requests 16]
+
+The best two are the study's policies with the best mean throughput relative to the per-rate best;
+learners are deployed as trained in the study (its policies/NAME.json, replicate 0), without
+learning. Writes <out>/spot_check.csv and prints, per rate, both rankings and whether they agree.
+Live runs are slow (minutes per cell on the CPU); validate with --live tiny --sim tiny-sim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pandas as pd  # noqa: E402
+
+from nightjar_rl.analysis.study import relative_score  # noqa: E402
+from nightjar_rl.experiments.config import experiment_from_dict  # noqa: E402
+from nightjar_rl.experiments.runner import load_run, run_experiment  # noqa: E402
+from nightjar_rl.io import read_json  # noqa: E402
+
+
+def spot_policies(run_dir: Path, top: int = 2) -> list[dict]:
+    """k = 0 plus the study's `top` best policies by relative throughput, as experiment entries."""
+    study = load_run(run_dir)
+    specs = {e.name: e.spec for e in study.config.policies}
+    best = [p for p in relative_score(study.results, list(specs)).index if p != "k0"][:top]
+    entries = [{"name": "k0", "spec": "fixed-0"}]
+    for name in best:
+        artifact = run_dir / "policies" / f"{name}.json"
+        entries.append({"name": name, "spec": read_json(artifact, "policy") if artifact.is_file() else specs[name]})
+    return entries
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--study-run", required=True, help="finished run folder of the sim study (nightjar_study_cpu)")
+    p.add_argument("--live", default="smollm2-ngram", help="live scenario (default smollm2-ngram)")
+    p.add_argument("--sim", default="smollm2-ngram-sim", help="its sim twin (default smollm2-ngram-sim)")
+    p.add_argument("--rates", default="0.5,4", help="comma-separated rates (default: idle and saturated)")
+    p.add_argument("--seeds", default="0,1", help="comma-separated workload seeds")
+    p.add_argument("--num-requests", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--out-dir", default=str(ROOT / "runs" / "spot_check"))
+    a = p.parse_args(argv)
+    policies = spot_policies(Path(a.study_run))
+    frames = []
+    for backend, scenario in (("sim", a.sim), ("live", a.live)):
+        cfg = experiment_from_dict({
+            "name": f"spot_{backend}", "scenario": scenario, "rates": [float(r) for r in a.rates.split(",")],
+            "seeds": [int(s) for s in a.seeds.split(",")], "num_requests": a.num_requests,
+            "max_new_tokens": a.max_new_tokens, "policies": policies, "train": {"episodes": 0},
+        }, f"spot_{backend}")
+        start = time.perf_counter()
+        result = run_experiment(cfg, out_dir=a.out_dir, progress=True)
+        print(f"{backend} ({scenario}): {time.perf_counter() - start:.0f} s, {result.run_dir}")
+        frames.append(result.results.assign(backend=backend))
+    df = pd.concat(frames, ignore_index=True)
+    table = df.pivot_table(index=["rate", "policy"], columns="backend", values="throughput_tok_s", aggfunc="mean")
+    table["live/sim"] = table["live"] / table["sim"]
+    agree = []
+    for rate, group in table.groupby(level="rate"):
+        sim_rank = list(group["sim"].sort_values(ascending=False).index.get_level_values("policy"))
+        live_rank = list(group["live"].sort_values(ascending=False).index.get_level_values("policy"))
+        agree.append(sim_rank == live_rank)
+        print(f"{rate:g}/s  sim: {' > '.join(sim_rank)}   live: {' > '.join(live_rank)}   "
+              f"{'same ranking' if sim_rank == live_rank else 'DIFFERENT ranking'}")
+    print(table.round(3).to_string())
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table.reset_index().to_csv(out / "spot_check.csv", index=False)
+    print(f"rankings agree at {sum(agree)}/{len(agree)} rates; wrote {out / 'spot_check.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""Executors: Ray and local give identical tables on tiny-sim; config and CLI fields; missing Ray."""
+
+import builtins
+
+import pandas as pd
+import pytest
+
+from nightjar_rl.experiments import executor as ex
+from nightjar_rl.experiments.config import ExperimentError, experiment_from_dict
+from nightjar_rl.experiments.runner import load_run, run_experiment
+
+SWEEP = {
+    "name": "exec", "scenario": "tiny-sim", "rates": [5, 50], "seeds": [0, 1], "num_requests": 4, "max_new_tokens": 8,
+    "policies": ["fixed-0", "fixed-2", "hf_heuristic", {"name": "oracle", "spec": {"type": "oracle", "profile": "scenario"}},
+                 {"name": "nightjar", "spec": {"type": "nightjar", "epsilon": 0.3}}],
+    "train": {"episodes": 2, "num_requests": 3, "replicates": 2},
+}
+
+
+def _comparable(df: pd.DataFrame) -> pd.DataFrame:
+    return df.drop(columns="run")
+
+
+def test_replicates_and_canonical_order(tmp_path):
+    result = run_experiment(experiment_from_dict(SWEEP, "exec"), out_dir=tmp_path, progress=False)
+    df = result.results
+    learned = df[df["policy"] == "nightjar"]
+    assert len(df) == 2 * 2 * (4 + 2) and sorted(learned["replicate"].unique()) == [0, 1]
+    assert (df.loc[df["policy"] != "nightjar", "replicate"] == 0).all()
+    assert (result.run_dir / "policies" / "nightjar.json").is_file()
+    assert (result.run_dir / "policies" / "nightjar.rep1.json").is_file()
+    assert sorted(result.train["replicate"].unique()) == [0, 1] and len(result.train) == 4
+    assert list(df["rate"].iloc[:6]) == [5.0] * 6 and list(df["policy"].iloc[:6]) == [
+        "fixed-0", "fixed-2", "hf_heuristic", "oracle", "nightjar", "nightjar"]
+    again = load_run(result.run_dir)
+    pd.testing.assert_frame_equal(again.results, df)
+    assert again.learned == ["nightjar"] and again.config.train.replicates == 2
+    assert "95% CI" in result.summary
+
+
+def test_ray_executor_gives_the_local_table(tmp_path):
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'nightjar-rl[ray]')")
+    cfg = experiment_from_dict(SWEEP, "exec")
+    local = run_experiment(cfg, out_dir=tmp_path / "local", progress=False)
+    try:
+        ray_ex = ex.RayExecutor(workers=2)
+    except ExperimentError as exc:
+        pytest.skip(f"Ray could not start here: {exc}")
+    try:
+        remote = run_experiment(cfg, out_dir=tmp_path / "ray", progress=False, executor=ray_ex)
+    finally:
+        ray_ex.close()
+    pd.testing.assert_frame_equal(_comparable(local.results), _comparable(remote.results))
+    pd.testing.assert_frame_equal(local.k_by_batch, remote.k_by_batch)
+    for name in ("nightjar.json", "nightjar.rep1.json"):
+        assert (local.run_dir / "policies" / name).read_text() == (remote.run_dir / "policies" / name).read_text()
+
+
+def test_missing_ray_is_one_line(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(ExperimentError) as err:
+        ex.import_ray()
+    assert "pip install" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("value, field", [
+    ({"executor": "spark"}, "'executor'"),
+    ({"executor": {"kind": "ray", "workers": 0}}, "workers"),
+    ({"executor": {"kind": "local", "address": "x:1"}}, "kind 'ray'"),
+    ({"train": {"replicates": 0}}, "'train.replicates'"),
+])
+def test_bad_executor_or_replicates(value, field):
+    with pytest.raises(ExperimentError) as err:
+        experiment_from_dict({**SWEEP, **value}, "bad")
+    assert field in str(err.value) and "\n" not in str(err.value)
+
+
+def test_executor_config_and_cli_flags():
+    import argparse
+
+    from nightjar_rl.experiments.cli import add_experiment_parser
+
+    cfg = experiment_from_dict({**SWEEP, "executor": {"kind": "ray", "address": "10.0.0.1:6379"}}, "x")
+    assert (cfg.executor.kind, cfg.executor.address) == ("ray", "10.0.0.1:6379")
+    assert "executor" not in cfg.to_dict()  # results do not depend on it: resumable on another executor
+    parser = argparse.ArgumentParser()
+    add_experiment_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["experiment", "c.yaml", "--executor", "ray", "--ray-address", "auto", "--workers", "2"])
+    assert (args.executor, args.ray_address, args.workers) == ("ray", "auto", 2)
