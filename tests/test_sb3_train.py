@@ -197,3 +197,14 @@ def test_missing_required_field_and_backend_mismatch(tmp_path):
     cfg = experiment_from_dict(experiment([{"name": "ppo", "spec": sb3_spec("PPO")}], scenario="tiny"))
     with pytest.raises(ExperimentError, match="train_on' is sim but scenario 'tiny' runs on the live backend"):
         runner.train_experiment(cfg, out_dir=tmp_path, progress=False)
+
+
+def test_replicates_train_one_policy_per_seed_and_evaluate_each(tmp_path):
+    data = experiment([{"name": "k0", "spec": "fixed-0"}, {"name": "dqn", "spec": sb3_spec("DQN", total=64)}])
+    data["train"]["replicates"] = 2
+    result = runner.run_experiment(experiment_from_dict(data), out_dir=tmp_path, progress=False)
+    seeds = [load_policy(result.run_dir / "policies" / f).provenance["seed"] for f in ("dqn.json", "dqn.rep1.json")]
+    assert seeds == [10_000, 10_001]
+    df = result.results
+    assert sorted(df.loc[df["policy"] == "dqn", "replicate"].unique()) == [0, 1]
+    assert (result.run_dir / "checkpoints" / "dqn.rep1" / "model_64_steps.zip").is_file()
