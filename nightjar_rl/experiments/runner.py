@@ -18,6 +18,7 @@ Run folder:
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,6 +255,19 @@ def write_report(run_dir: Path, results: pd.DataFrame, kdf: pd.DataFrame, learne
     return summary
 
 
+@contextmanager
+def _executor(cfg: ExperimentConfig, executor=None):
+    """The given executor, or the config's (closed on exit)."""
+    if executor is not None:
+        yield executor
+        return
+    executor = make_executor(cfg.executor)
+    try:
+        yield executor
+    finally:
+        executor.close()
+
+
 def _train_phase(cfg: ExperimentConfig, scenario: Scenario, out_dir, resume, executor, progress: bool):
     """Run folder, sweep context, and the trained policies: (run_dir, ctx, specs, artifacts, learned)."""
     run_dir = _prepare_run_dir(cfg, scenario, out_dir, resume)
@@ -281,13 +295,8 @@ def train_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume
     so `run_experiment(cfg, resume=run_dir)` then evaluates without retraining."""
     scenario = resolve_scenario(cfg)
     build_policies(cfg, scenario)  # fail on bad specs before creating the run folder
-    own = executor is None
-    executor = make_executor(cfg.executor) if own else executor
-    try:
-        run_dir, _, _, _, learned = _train_phase(cfg, scenario, out_dir, resume, executor, progress)
-    finally:
-        if own:
-            executor.close()
+    with _executor(cfg, executor) as ex:
+        run_dir, _, _, _, learned = _train_phase(cfg, scenario, out_dir, resume, ex, progress)
     return TrainedRun(run_dir, scenario, learned, cfg.train.replicates)
 
 
@@ -298,23 +307,18 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: 
     config's; results are the same on every executor."""
     scenario = resolve_scenario(cfg)
     build_policies(cfg, scenario)  # fail on bad specs before creating the run folder
-    own = executor is None
-    executor = make_executor(cfg.executor) if own else executor
-    try:
-        run_dir, ctx, specs, artifacts, learned = _train_phase(cfg, scenario, out_dir, resume, executor, progress)
+    with _executor(cfg, executor) as ex:
+        run_dir, ctx, specs, artifacts, learned = _train_phase(cfg, scenario, out_dir, resume, ex, progress)
         cells = sweep_cells(cfg, specs, artifacts, learned)
         done = _finished_cells(run_dir)
         todo = [c for c in cells if c.key not in done]
-        bar = tqdm(total=len(todo), desc=f"evaluate {cfg.name} ({executor.name})", unit="cell", disable=not progress)
-        for job, (row, krows) in executor.map(cell_job, ctx, todo):
+        bar = tqdm(total=len(todo), desc=f"evaluate {cfg.name} ({ex.name})", unit="cell", disable=not progress)
+        for job, (row, krows) in ex.map(cell_job, ctx, todo):
             bar.set_postfix_str(f"{job.policy} @ {job.rate:g}/s seed {job.seed}", refresh=False)
             append_rows(run_dir / "k_by_batch.csv", pd.DataFrame(krows, columns=KBB_COLUMNS))
             append_rows(run_dir / "results.csv", pd.DataFrame([{c: row.get(c) for c in TABLE_COLUMNS}]))
             bar.update()
         bar.close()
-    finally:
-        if own:
-            executor.close()
     results = canonical_order(read_table(run_dir / "results.csv"), cells)
     write_table(results, run_dir / "results.csv")
     kdf = read_table(run_dir / "k_by_batch.csv")
