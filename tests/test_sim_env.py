@@ -33,7 +33,9 @@ def test_default_sim_id_needs_nothing_else(no_model_loading):
     assert env.unwrapped.scenario.name == "smollm2-ngram-sim" and env.unwrapped.backend.needs_model is False
     check_env(env.unwrapped)
     obs, _ = env.reset(seed=0)
-    obs, reward, *_ = env.step(2)
+    obs, reward, *_ = env.step(2)  # prefill only: decode_throughput is 0
+    assert env.observation_space.contains(obs) and reward == 0.0
+    obs, reward, *_ = env.step(2)  # a decoding step
     assert env.observation_space.contains(obs) and reward > 0
 
 

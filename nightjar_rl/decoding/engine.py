@@ -15,14 +15,13 @@ whose own forward fails leave with finish_reason "error" (the message on `Sequen
 from __future__ import annotations
 
 import logging
-from collections import deque
 
 import torch
 
 from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
 from nightjar_rl.decoding.runner import ModelRunner
-from nightjar_rl.decoding.scheduler import ABORT, ERROR, Retired, Scheduler, prefill_groups
-from nightjar_rl.decoding.sequence import Request, Sequence
+from nightjar_rl.decoding.scheduler import ABORT, ERROR, Retired, ScheduledEngine, Scheduler, prefill_groups
+from nightjar_rl.decoding.sequence import Sequence
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.decoding.timing import now
 from nightjar_rl.decoding.tree import TokenTree, batch_tree_inputs, repair_moves, tree_greedy_accept
@@ -37,7 +36,7 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
-class SpeculativeEngine:
+class SpeculativeEngine(ScheduledEngine):
     """Continuous-batching speculative decoder over one target model and an optional drafter.
 
     Capacity is enforced by queueing: a request is admitted only when a slot is free and its worst
@@ -79,49 +78,6 @@ class SpeculativeEngine:
             drafter.setup(max_batch_size, capacity)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.step_count = 0
-
-    # ---- requests -------------------------------------------------------------------------
-    @property
-    def waiting(self) -> deque[Request]:
-        """Requests queued for admission (FIFO)."""
-        return self.scheduler.waiting
-
-    @property
-    def running(self) -> list[Sequence]:
-        """Rows the next step decodes."""
-        return self.scheduler.running
-
-    @property
-    def finished(self) -> list[Sequence]:
-        """Rows that left and were not popped yet."""
-        return self.scheduler.finished
-
-    def submit(self, request: Request) -> None:
-        """Queue a request. ValueError for one that could never be served (or whose id is in use),
-        `QueueFullError` (a ValueError) when `max_waiting` requests already wait."""
-        self.scheduler.submit(request)
-
-    def abort(self, request_id: str) -> bool:
-        """Abort a queued or running request: at the next step boundary its slot and KV are freed and
-        it comes out of `pop_finished` with finish_reason "abort". False if unknown or already finished."""
-        return self.scheduler.abort(request_id)
-
-    @property
-    def has_work(self) -> bool:
-        return self.scheduler.has_work
-
-    def pop_finished(self) -> list[Sequence]:
-        """Sequences finished since the last call (each returned exactly once)."""
-        return self.scheduler.pop_finished()
-
-    def close(self) -> None:
-        """Release background resources (none here; decoders with worker threads stop them)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # ---- the step: schedule -> run -> postprocess ---------------------------------------------
     def step(self, k: int) -> StepStats:

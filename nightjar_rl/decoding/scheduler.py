@@ -261,3 +261,52 @@ class Scheduler:
         done, self.finished = self.finished, []
         self._unpopped.clear()
         return done
+
+
+class ScheduledEngine:
+    """The engine surface's request side, delegated to `self.scheduler` (a `Scheduler`): shared by the
+    live decoders and the simulator, so queueing, aborts and popping behave identically."""
+
+    scheduler: Scheduler
+
+    @property
+    def waiting(self) -> deque[Request]:
+        """Requests queued for admission (FIFO)."""
+        return self.scheduler.waiting
+
+    @property
+    def running(self) -> list[Sequence]:
+        """Rows the next step decodes."""
+        return self.scheduler.running
+
+    @property
+    def finished(self) -> list[Sequence]:
+        """Rows that left and were not popped yet."""
+        return self.scheduler.finished
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    def submit(self, request: Request) -> None:
+        """Queue a request. ValueError for one that could never be served (or whose id is in use),
+        `QueueFullError` (a ValueError) when `max_waiting` requests already wait."""
+        self.scheduler.submit(request)
+
+    def abort(self, request_id: str) -> bool:
+        """Abort a queued or running request: at the next step boundary its slot and KV are freed and
+        it comes out of `pop_finished` with finish_reason "abort". False if unknown or already finished."""
+        return self.scheduler.abort(request_id)
+
+    def pop_finished(self) -> list[Sequence]:
+        """Sequences finished since the last call (each returned exactly once)."""
+        return self.scheduler.pop_finished()
+
+    def close(self) -> None:
+        """Release background resources (none by default; decoders with worker threads stop them)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

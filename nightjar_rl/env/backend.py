@@ -76,6 +76,7 @@ class SimBackend:
         self.trace = Trace.load(resolve_data_path(s.trace, s.base_dir))
         self.profile = HardwareProfile.load(resolve_data_path(s.profile, s.base_dir))
         self.synthetic = SyntheticAcceptance.from_dict(s.synthetic_acceptance) if s.synthetic_acceptance else None
+        self._memo: dict = {}  # profile lookups, shared by every episode's engine
         if s.max_k > self.trace.max_k:
             raise ValueError(f"scenario {s.name!r}: max_k {s.max_k} exceeds the trace's max_k {self.trace.max_k}")
         if self.synthetic is None and s.drafter != self.trace.drafter:
@@ -98,7 +99,7 @@ class SimBackend:
 
         s = self.scenario
         return SimEngine(self.trace, self.profile, max_batch_size=s.max_batch_size, max_seq_len=s.max_seq_len,
-                         max_speculation=s.max_k, seed=seed, synthetic=self.synthetic)
+                         max_speculation=s.max_k, seed=seed, synthetic=self.synthetic, memo=self._memo)
 
 
 def make_backend(scenario, target=None) -> Backend:

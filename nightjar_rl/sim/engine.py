@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nightjar_rl.decoding.scheduler import ABORT, Scheduler
+from nightjar_rl.decoding.scheduler import ABORT, ScheduledEngine, Scheduler
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.sim.profile import HardwareProfile
@@ -88,7 +88,7 @@ class _Row:
         self.synced = 0  # draft model: tokens of this row in the draft's KV cache
 
 
-class SimEngine:
+class SimEngine(ScheduledEngine):
     """Drop-in for `SpeculativeEngine` on the engine surface (submit, abort, step, pop_finished, ...).
     Admission, aborts, the queue bound and retirement are the live engine's own `Scheduler`."""
 
@@ -104,7 +104,10 @@ class SimEngine:
         max_speculation: int = 8,
         seed: int = 0,
         synthetic: SyntheticAcceptance | None = None,
+        memo: dict | None = None,
     ):
+        """`memo`: a dict of profile lookups to share between engines over the same profile (a
+        backend makes one engine per episode; the lookups repeat across episodes)."""
         if not 0 <= max_speculation <= trace.max_k:
             raise ValueError(f"max_speculation must be in [0, {trace.max_k}] (the trace's max_k), got {max_speculation}")
         self.scheduler = Scheduler(max_batch_size, max_seq_len, max_speculation, max_kv_tokens, max_waiting)
@@ -112,24 +115,7 @@ class SimEngine:
         self.max_batch_size, self.max_speculation, self.seed = max_batch_size, max_speculation, seed
         self.draft_model = synthetic is not None or trace.drafter == "draft"
         self.step_count = 0
-        self._memo: dict = {}  # profile lookups by (table, arguments): steps repeat them
-
-    # ---- requests (the scheduler's state) ---------------------------------------------------
-    @property
-    def waiting(self):
-        return self.scheduler.waiting
-
-    @property
-    def running(self) -> list[Sequence]:
-        return self.scheduler.running
-
-    @property
-    def finished(self) -> list[Sequence]:
-        return self.scheduler.finished
-
-    @property
-    def has_work(self) -> bool:
-        return self.scheduler.has_work
+        self._memo: dict = {} if memo is None else memo  # profile lookups by (table, arguments)
 
     def submit(self, request: Request) -> None:
         """Queue a request whose prompt is in the trace (plus the live engine's checks and queue bound)."""
@@ -143,30 +129,13 @@ class SimEngine:
                              f"only {len(rec)} (max_new_tokens {self.trace.max_new_tokens}); record a longer trace")
         self.scheduler.submit(request)
 
-    def abort(self, request_id: str) -> bool:
-        """Abort a queued or running request at the next step boundary (finish_reason "abort")."""
-        return self.scheduler.abort(request_id)
-
-    def pop_finished(self) -> list[Sequence]:
-        return self.scheduler.pop_finished()
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def _row_state(self, req: Request) -> _Row:
         rec = self.trace.lookup(req.prompt_ids)
         limit = min(len(rec), req.max_new_tokens)
+        output, drafted, accepted = rec.as_lists()  # rows past `limit` are never read
         if self.synthetic is not None:
             drafted, accepted = self.synthetic.tables(limit, self.trace.max_k, self.seed, req.request_id)
-        else:
-            drafted, accepted = rec.drafted[:limit].tolist(), rec.accepted[:limit].tolist()
-        return _Row(rec.output_ids[:limit].tolist(), limit, rec.eos and limit == len(rec), drafted, accepted)
+        return _Row(output, limit, rec.eos and limit == len(rec), drafted, accepted)
 
     # ---- the step: schedule -> prefill -> retire -> decode -> retire, as the live engine -------
     def step(self, k: int) -> StepStats:

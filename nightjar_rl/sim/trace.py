@@ -52,6 +52,13 @@ class TraceRecord:
     def __len__(self) -> int:
         return len(self.output_ids)
 
+    def as_lists(self) -> tuple[list[int], list[list[int]], list[list[int]]]:
+        """(output, drafted, accepted) as Python lists, converted once (the simulator's hot loop)."""
+        cached = self.__dict__.get("_lists")
+        if cached is None:
+            cached = self.__dict__["_lists"] = (self.output_ids.tolist(), self.drafted.tolist(), self.accepted.tolist())
+        return cached
+
 
 @dataclass
 class Trace:
