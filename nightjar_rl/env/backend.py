@@ -82,9 +82,9 @@ class SimBackend:
         if self.synthetic is None and s.drafter != self.trace.drafter:
             raise ValueError(f"scenario {s.name!r}: drafter {s.drafter!r} but the trace was recorded for "
                              f"{self.trace.drafter!r}")
-        longest = max(len(r) for r in self.trace.records)
         if s.max_new_tokens > self.trace.max_new_tokens and not all(r.eos or len(r) >= s.max_new_tokens
                                                                     for r in self.trace.records):
+            longest = max(len(r) for r in self.trace.records)
             raise ValueError(f"scenario {s.name!r}: max_new_tokens {s.max_new_tokens} exceeds the trace's "
                              f"{self.trace.max_new_tokens} (longest recorded output {longest})")
 

@@ -63,9 +63,7 @@ class SyntheticAcceptance:
 
     def tables(self, n: int, max_k: int, seed: int, request_id: str) -> tuple[list, list]:
         rng = np.random.default_rng([seed, zlib.crc32(request_id.encode())])
-        rates = np.resize(np.asarray(self.rates), max_k)  # positions past the list repeat its pattern
-        if len(self.rates) < max_k:
-            rates[len(self.rates):] = self.rates[-1]
+        rates = np.array((self.rates + self.rates[-1:] * max_k)[:max_k])  # positions past the list take its last rate
         rates = np.minimum(1.0, rates * np.exp(self.heterogeneity * rng.standard_normal()))
         hits = rng.random((n, max_k)) < rates[None, :]
         run = np.where(hits.all(axis=1), max_k, np.argmin(hits, axis=1))  # leading successes
