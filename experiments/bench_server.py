@@ -1,8 +1,11 @@
 """The HTTP server under load vs `bench` at the same concurrency.
 
-Starts `nightjar-rl serve` as a subprocess, sends `--num-requests` streaming completions from
-`--concurrency` clients (each client takes the next request when its last one ends), then stops it
-and runs the same requests through `nightjar-rl bench` (offline, engine batch = concurrency).
+Starts `nightjar-rl serve` as a subprocess, sends `--num-requests` streaming chat completions (each
+prompt as one user message: the tokenizer's chat template, exactly what `generate` and `bench` feed
+the model) from `--concurrency` clients (each client takes the next request when its last one
+ends), then stops it and runs the same requests through `nightjar-rl bench` (offline, engine batch =
+concurrency). The server's per-step log is kept (`server_steps.csv`) to compare its batches with
+bench's.
 
 Checks and numbers:
 - completed exactly once: every request got exactly one final chunk and one [DONE], and its
@@ -65,9 +68,10 @@ async def _clients(url: str, prompts: list[str], a: Args) -> tuple[list[dict], f
     async def client(http: httpx.AsyncClient) -> None:
         while todo:
             i, prompt = todo.pop(0)
-            body = {"prompt": prompt, "max_tokens": a.max_new_tokens, "stream": True, "return_token_ids": True}
+            body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": a.max_new_tokens, "stream": True,
+                    "return_token_ids": True}
             ids, times, finals, done = [], [], 0, 0
-            async with http.stream("POST", f"{url}/v1/completions", json=body) as r:
+            async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
                 async for line in r.aiter_lines():
                     if not line.startswith("data: "):
                         continue
@@ -87,10 +91,10 @@ async def _clients(url: str, prompts: list[str], a: Args) -> tuple[list[dict], f
     return results, t0
 
 
-def run_server(a: Args, prompts: list[str]) -> tuple[list[dict], float]:
+def run_server(a: Args, prompts: list[str], steps_log: Path) -> tuple[list[dict], float]:
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "nightjar_rl.cli", "serve", *_engine_flags(a), "--port", str(port),
-                             "--quiet", "--default-max-tokens", str(a.max_new_tokens)],
+                             "--quiet", "--default-max-tokens", str(a.max_new_tokens), "--log-steps", str(steps_log)],
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     url = f"http://127.0.0.1:{port}"
     try:
@@ -104,7 +108,8 @@ def run_server(a: Args, prompts: list[str]) -> tuple[list[dict], float]:
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError("the server did not start")
             time.sleep(0.5)
-        httpx.post(f"{url}/v1/completions", json={"prompt": prompts[0], "max_tokens": 4}, timeout=300)  # warm-up
+        httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": prompts[0]}],
+                                                        "max_tokens": 4}, timeout=300)  # warm-up
         return asyncio.run(_clients(url, prompts, a))
     finally:
         proc.terminate()
@@ -119,7 +124,7 @@ def run_bench(a: Args, prompts_file: Path, out: Path) -> tuple[dict, list[list[i
             "--out", str(gen), "--quiet"]) != 0:
         raise RuntimeError("generate failed")
     if cli(["bench", *_engine_flags(a), "--prompts", str(prompts_file), "--max-new-tokens", str(a.max_new_tokens),
-            "--out", str(out / "bench.json"), "--quiet"]) != 0:
+            "--out", str(out / "bench.json"), "--log-steps", str(out / "bench_steps.csv"), "--quiet"]) != 0:
         raise RuntimeError("bench failed")
     ids = [json.loads(line)["token_ids"] for line in gen.read_text().splitlines()]
     return json.loads((out / "bench.json").read_text()), ids
@@ -132,7 +137,7 @@ def main(a: Args) -> dict:
     prompts = [records[i % len(records)].prompt for i in range(a.num_requests)]
     prompts_file = out / "prompts.jsonl"
     prompts_file.write_text("".join(json.dumps({"id": f"r{i}", "prompt": p}) + "\n" for i, p in enumerate(prompts)))
-    results, t0 = run_server(a, prompts)
+    results, t0 = run_server(a, prompts, out / "server_steps.csv")
     bench, bench_ids = run_bench(a, prompts_file, out)  # generate runs first in this process: bench is warm
     by_index = {r["index"]: r for r in results}
     exactly_once = (len(results) == len(prompts) and set(by_index) == set(range(len(prompts)))

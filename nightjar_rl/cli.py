@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -202,13 +203,23 @@ def cmd_serve(a: argparse.Namespace) -> int:
             raise CLIError(f"{flag} must be {'>= 0' if flag == '--port' else '>= 1'}, got {value}")
     stack = build_stack(cfg)
     app, engine_loop = build_server(stack, rp, a.served_model_name, a.max_waiting, a.default_max_tokens)
-    print(f"serving {a.served_model_name or cfg.model} with policy {rp.policy.name} on http://{a.host}:{a.port}")
+    print(f"serving {a.served_model_name or cfg.model} with policy {rp.policy.name} on http://{a.host}:{a.port}", flush=True)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it with the handler it found: make that
+    # handler exit through `finally`, so the learned policy and the step log are saved (as on Ctrl-C)
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         make_server(app, a.host, a.port, log_level="warning" if a.quiet else "info").run()
+    except SystemExit:
+        pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for line in engine_loop.stop():
-            print(line)
+            print(line, flush=True)
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def cmd_export(a: argparse.Namespace) -> int:

@@ -117,3 +117,48 @@ def test_artifact_above_engine_max_k_is_refused(tmp_path, capsys):
     path = save_policy(make_policy("fixed-7", 8), tmp_path / "big.json")
     assert main(["generate", *BASE, "--out", str(tmp_path / "o.jsonl"), "--policy", str(path)]) == 2
     assert "max_k=8" in capsys.readouterr().err
+
+
+def test_serve_saves_learned_policy_and_step_log_on_sigterm(tmp_path):
+    """`kill PID` (SIGTERM) shuts the server down gracefully and still writes --save-policy and
+    --log-steps (uvicorn re-raises SIGTERM after its shutdown; the CLI must exit through its finally)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    saved, steps = tmp_path / "nj.json", tmp_path / "steps.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nightjar_rl.cli", "serve", "--model", "tiny-random", "--drafter", "ngram",
+         "--policy", "nightjar", "--learn", "--save-policy", str(saved), "--log-steps", str(steps),
+         "--port", str(port), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, "server did not start"
+            time.sleep(0.2)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "abc", "max_tokens": 6}, timeout=60)
+        assert r.status_code == 200
+        os.kill(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert load_policy(saved).name.startswith("nightjar")
+    log = pd.read_csv(steps)
+    assert len(log) >= 1 and log["emitted"].sum() == 5  # the first of the 6 tokens comes from the prefill
