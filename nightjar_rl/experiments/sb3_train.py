@@ -186,6 +186,8 @@ class TqdmCallback(BaseCallback):
                         disable=self.disable, leave=False)
 
     def _on_step(self) -> bool:
+        if self.num_timesteps > self.bar.total:  # on-policy algorithms finish their last rollout
+            self.bar.total = self.num_timesteps
         self.bar.update(self.num_timesteps - self.bar.n)
         return True
 
