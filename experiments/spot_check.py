@@ -28,11 +28,15 @@ from nightjar_rl.experiments.runner import load_run, run_experiment  # noqa: E40
 from nightjar_rl.io import read_json  # noqa: E402
 
 
-def spot_policies(run_dir: Path, top: int = 2) -> list[dict]:
-    """k = 0 plus the study's `top` best policies by relative throughput, as experiment entries."""
+def spot_policies(run_dir: Path, top: int = 2, names: list[str] | None = None) -> list[dict]:
+    """k = 0 plus the study's `top` best policies by relative throughput (or the policies `names`),
+    as experiment entries."""
     study = load_run(run_dir)
     specs = {e.name: e.spec for e in study.config.policies}
-    best = [p for p in relative_score(study.results, list(specs)).index if p != "k0"][:top]
+    unknown = sorted(set(names or ()) - set(specs))
+    if unknown:
+        raise SystemExit(f"spot_check: policies not in the study: {', '.join(unknown)}")
+    best = names or [p for p in relative_score(study.results, list(specs)).index if p != "k0"][:top]
     entries = [{"name": "k0", "spec": "fixed-0"}]
     for name in best:
         artifact = run_dir / "policies" / f"{name}.json"
@@ -47,11 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sim", default="smollm2-ngram-sim", help="its sim twin (default smollm2-ngram-sim)")
     p.add_argument("--rates", default="0.5,4", help="comma-separated rates (default: idle and saturated)")
     p.add_argument("--seeds", default="0,1", help="comma-separated workload seeds")
+    p.add_argument("--policies", default=None, help="comma-separated study policies to check (default: the best two)")
     p.add_argument("--num-requests", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--out-dir", default=str(ROOT / "runs" / "spot_check"))
     a = p.parse_args(argv)
-    policies = spot_policies(Path(a.study_run))
+    policies = spot_policies(Path(a.study_run), names=a.policies.split(",") if a.policies else None)
     frames = []
     for backend, scenario in (("sim", a.sim), ("live", a.live)):
         cfg = experiment_from_dict({
