@@ -128,3 +128,21 @@ def test_aborts_free_slots_and_every_request_is_accounted_once(backend):
 def test_bad_max_concurrency_is_refused(backend, bad):
     with pytest.raises(ValueError, match="max_concurrency"):
         ServingSession(engine(backend), workload(backend, 1), max_concurrency=bad)
+
+
+def test_scenario_field_and_reset_option_close_the_env_loop():
+    from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
+
+    scenario = load_scenario("tiny-sim").replace(max_concurrency=1, num_requests=3)
+    env = SpecDecodeEnv(scenario)
+    for options, cap in (({"rate": float("inf")}, 1), ({"rate": float("inf"), "max_concurrency": 2}, 2)):
+        env.reset(seed=0, options=options)
+        assert env.session.max_concurrency == cap
+        while True:
+            *_, terminated, truncated, _ = env.step(2)
+            assert len(env.session.engine.running) + len(env.session.engine.waiting) <= cap
+            if terminated or truncated:
+                break
+        assert terminated and len(env.result().requests) == 3
+    env.reset(seed=0, options={"max_concurrency": None})
+    assert env.session.max_concurrency is None
