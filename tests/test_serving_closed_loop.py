@@ -146,3 +146,24 @@ def test_scenario_field_and_reset_option_close_the_env_loop():
         assert terminated and len(env.result().requests) == 3
     env.reset(seed=0, options={"max_concurrency": None})
     assert env.session.max_concurrency is None
+
+
+def test_bench_max_concurrency_flag(tmp_path, capsys):
+    import json
+
+    from nightjar_rl.cli import main
+
+    outs = {}
+    for flag in ([], ["--max-concurrency", "1"]):
+        out = tmp_path / f"b{len(flag)}.json"
+        assert main(["bench", "--scenario", "tiny-sim", "--k", "2", "--num-requests", "5", "--quiet", "--out", str(out),
+                     *flag]) == 0
+        outs[len(flag)] = json.loads(out.read_text())
+    open_loop, closed = outs[0], outs[2]
+    assert "max_concurrency" not in open_loop and closed["max_concurrency"] == 1
+    assert closed["requests"] == open_loop["requests"] == 5 and closed["output_tokens"] == open_loop["output_tokens"]
+    assert closed["mean_batch"] <= 1.0 < open_loop["mean_batch"]  # one request in flight at a time
+    assert closed["ttft_p95_s"] < open_loop["ttft_p95_s"]  # TTFT counts from the send, not from t=0
+    capsys.readouterr()
+    assert main(["bench", "--scenario", "tiny-sim", "--max-concurrency", "0", "--quiet"]) == 2
+    assert "--max-concurrency must be >= 1" in capsys.readouterr().err
