@@ -69,13 +69,14 @@ def _runtime_policy(a: argparse.Namespace, cfg: EngineConfig):
                           log_steps=a.log_steps)
 
 
-def _serve_workload(rp, engine, requests, progress: bool, desc: str):
-    """Run a workload under the resolved policy; the learned artifact and step log are saved even
-    after an interrupt."""
+def _serve_workload(rp, engine, requests, progress: bool, desc: str, max_concurrency: int | None = None):
+    """Run a workload under the resolved policy (closed loop with at most `max_concurrency` requests
+    in flight, if given); the learned artifact and step log are saved even after an interrupt."""
     from nightjar_rl.serving import ServingSession
 
     try:
-        return rp.driver(ServingSession(engine, requests)).run(progress=progress, desc=desc, on_step=rp.on_step)
+        session = ServingSession(engine, requests, max_concurrency)
+        return rp.driver(session).run(progress=progress, desc=desc, on_step=rp.on_step)
     finally:
         for line in rp.finish():
             print(line)
@@ -144,6 +145,7 @@ class _Workload:
             self.engine = backend.make_engine(a.seed)
             self.tokenizer = backend.target.tokenizer if backend.needs_model else None
             self.label = {"scenario": scenario.name, "backend": scenario.backend}
+            self.max_concurrency = scenario.max_concurrency
         else:
             from nightjar_rl.stack import build_stack
 
@@ -152,6 +154,7 @@ class _Workload:
             self.records, self.requests = _load_workload(a, stack, rate, count)
             self.engine, self.tokenizer = stack.engine, stack.tokenizer
             self.label = {}
+            self.max_concurrency = None
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
@@ -176,12 +179,16 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from nightjar_rl.serving import summarize
 
     rate = None if a.rate in (None, "inf", "offline") else _positive_float(a.rate, "--rate")
+    if a.max_concurrency is not None and a.max_concurrency < 1:
+        raise CLIError(f"--max-concurrency must be >= 1, got {a.max_concurrency}")
     w = _Workload(a, rate, a.num_requests)
     cfg = w.config
     rp = _runtime_policy(a, cfg)
-    result = _serve_workload(rp, w.engine, w.requests, not a.quiet, "bench")
+    concurrency = a.max_concurrency if a.max_concurrency is not None else w.max_concurrency
+    result = _serve_workload(rp, w.engine, w.requests, not a.quiet, "bench", concurrency)
+    closed = {} if concurrency is None else {"max_concurrency": concurrency}
     summary = {"model": cfg.model, "drafter": cfg.drafter, "decoder": cfg.decoder, "dtype": cfg.dtype, **w.label,
-               "policy": rp.policy.name, "rate": rate if rate is not None else "offline", **summarize(result)}
+               "policy": rp.policy.name, "rate": rate if rate is not None else "offline", **closed, **summarize(result)}
     width = max(len(key) for key in summary)
     for key, value in summary.items():
         shown = f"{value:.4g}" if isinstance(value, float) else value
@@ -322,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workload_args(b)
     b.add_argument("--num-requests", type=int, default=None, help="requests (cycling through the prompts)")
     b.add_argument("--rate", default=None, help="Poisson arrival rate in requests/s (default: offline, all at once)")
+    b.add_argument("--max-concurrency", type=int, default=None, metavar="C",
+                   help="closed loop, as vLLM's benchmark_serving: at most C requests in flight, each sent when its "
+                        "arrival has passed and a slot is free; its TTFT counts from the send (default: no cap, "
+                        "or the --scenario's max_concurrency)")
     b.add_argument("--out", default=None, help="write the summary JSON here")
     b.set_defaults(func=cmd_bench)
 

@@ -46,6 +46,9 @@ BAD = [
     ("reward: goodput\nreward_kwargs: {slo: 1}\n", "'reward_kwargs'"),
     ("max_new_tokens: 300\n", "'max_new_tokens'"),
     ("decoder: warp\n", "'decoder'"),
+    ("max_concurrency: 0\n", "'max_concurrency'"),
+    ("max_concurrency: 2.5\n", "'max_concurrency'"),
+    ("max_concurrency: many\n", "'max_concurrency'"),
 ]
 
 

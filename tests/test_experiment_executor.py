@@ -38,9 +38,13 @@ def test_replicates_and_canonical_order(tmp_path):
     assert "95% CI" in result.summary
 
 
-def test_ray_executor_gives_the_local_table(tmp_path):
+CLOSED = {**SWEEP, "rates": ["inf"], "concurrency": [1, 8], "seeds": [0]}  # closed loop: max requests in flight
+
+
+@pytest.mark.parametrize("sweep", [SWEEP, CLOSED], ids=["open", "closed"])
+def test_ray_executor_gives_the_local_table(tmp_path, sweep):
     pytest.importorskip("ray", reason="ray is not installed (pip install 'nightjar-rl[ray]')")
-    cfg = experiment_from_dict(SWEEP, "exec")
+    cfg = experiment_from_dict(sweep, "exec")
     local = run_experiment(cfg, out_dir=tmp_path / "local", progress=False)
     try:
         ray_ex = ex.RayExecutor(workers=2)

@@ -20,12 +20,13 @@ from nightjar_rl.experiments.evaluate import evaluate_cell
 
 
 def episode_steps(policy, scenario: Scenario, rate: float, seed: int, num_requests: int | None = None,
-                  backend=None) -> pd.DataFrame:
-    """One episode at Poisson `rate` (workload `seed`), one row per engine step (StepStats.as_row()
-    plus `clock`, the serving clock at the end of the step)."""
+                  backend=None, concurrency: int | None = None) -> pd.DataFrame:
+    """One episode at Poisson `rate` (workload `seed`; closed loop with at most `concurrency` requests
+    in flight, default the scenario's), one row per engine step (StepStats.as_row() plus `clock`, the
+    serving clock at the end of the step)."""
     backend = backend or make_backend(scenario)
     cell = evaluate_cell(policy, scenario, backend, rate, seed, num_requests or scenario.num_requests,
-                         scenario.max_new_tokens, {"tpot_s": 1e9})
+                         scenario.max_new_tokens, {"tpot_s": 1e9}, concurrency=concurrency)
     frame = pd.DataFrame([s.as_row() for s in cell.serve_result.steps])
     frame["clock"] = frame["wall_time"].cumsum()
     return frame
@@ -99,15 +100,16 @@ def plot_bandit_values(policy, title: str | None = None) -> Figure:
 
 
 def train_learner(spec, scenario: Scenario, episodes: int, rates: list[float], seed: int = 1000,
-                  num_requests: int | None = None, backend=None):
-    """A learner built from `spec` and trained for `episodes` episodes cycling Poisson `rates` (the
-    experiment pipeline's training loop), ready for `episode_steps` and `plot_bandit_values`."""
+                  num_requests: int | None = None, backend=None, concurrency: list[int] | None = None):
+    """A learner built from `spec` and trained for `episodes` episodes cycling Poisson `rates` (and the
+    closed-loop `concurrency`, if given: the experiment pipeline's training loop), ready for
+    `episode_steps` and `plot_bandit_values`."""
     from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
     from nightjar_rl.experiments.train import train_policy
     from nightjar_rl.policy import make_policy
 
     policy = make_policy(spec, scenario.max_k)
     env = SpecDecodeEnv(scenario, backend=backend or make_backend(scenario))
-    train_policy(policy, env, episodes, rates, seed, num_requests, progress=False)
+    train_policy(policy, env, episodes, rates, seed, num_requests, progress=False, concurrency=concurrency)
     policy.learning = False
     return policy

@@ -1,9 +1,10 @@
 """Means and Student-t confidence intervals over seeds.
 
 The unit of replication is the evaluation seed (one seeded workload): rows of the same
-(policy, rate, seed) (learner replicates) are first averaged, so the interval covers both the
+(policy, load, seed) (learner replicates) are first averaged, so the interval covers both the
 workload and, for learners, the training randomness. With n seeds the 95% interval is
 mean +- t(0.975, n - 1) * sd / sqrt(n) (sd with n - 1 degrees of freedom); one seed has no interval.
+The load is the table's load axis (`nightjar_rl.analysis.load`): request rate or max concurrency.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats as _st
+
+from nightjar_rl.analysis.load import CONCURRENCY, RATE, format_load, load_axis
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, int]:
@@ -33,11 +36,12 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     return mean, half, n
 
 
-def ci_table(df: pd.DataFrame, metric: str, by: Sequence[str] = ("policy", "rate"), unit: str = "seed",
+def ci_table(df: pd.DataFrame, metric: str, by: Sequence[str] | None = None, unit: str = "seed",
              confidence: float = 0.95) -> pd.DataFrame:
-    """One row per `by` group: mean, half-width, low, high, n, sd of `metric` over `unit` (rows of
-    the same group and unit are averaged first). Groups keep their first-seen order."""
-    by = list(by)
+    """One row per `by` group (default: policy and the load axis, rate or concurrency): mean,
+    half-width, low, high, n, sd of `metric` over `unit` (rows of the same group and unit are averaged
+    first). Groups keep their first-seen order."""
+    by = ["policy", load_axis(df)] if by is None else list(by)
     for col in (*by, unit, metric):
         if col not in df.columns:
             raise ValueError(f"results table has no column {col!r}")
@@ -51,14 +55,17 @@ def ci_table(df: pd.DataFrame, metric: str, by: Sequence[str] = ("policy", "rate
     return pd.DataFrame(rows)
 
 
-def format_ci(ci: pd.DataFrame, fmt: str = "{:.1f}", index: str = "policy", columns: str = "rate") -> pd.DataFrame:
-    """A `ci_table` as text cells 'mean ± half' (index x columns), for reports and notebooks."""
+def format_ci(ci: pd.DataFrame, fmt: str = "{:.1f}", index: str = "policy", columns: str | None = None) -> pd.DataFrame:
+    """A `ci_table` as text cells 'mean ± half' (index x columns; default columns: its load axis,
+    rate or concurrency), for reports and notebooks."""
+    if columns is None:
+        columns = CONCURRENCY if CONCURRENCY in ci.columns and RATE not in ci.columns else RATE
     text = ci.assign(cell=[fmt.format(m) + ("" if np.isnan(h) else " ± " + fmt.format(h))
                            for m, h in zip(ci["mean"], ci["half"])])
     table = text.pivot(index=index, columns=columns, values="cell")
     table = table.reindex(list(dict.fromkeys(ci[index])))
-    if columns == "rate":
-        table.columns = [f"{r:g}/s" for r in table.columns]
+    if columns in (RATE, CONCURRENCY):
+        table.columns = [format_load(columns, v) for v in table.columns]
     return table
 
 

@@ -1,20 +1,24 @@
-"""Summary tables of tidy results (one row per policy x rate x seed)."""
+"""Summary tables of tidy results (one row per policy x load x seed; load: rate or concurrency)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
+from nightjar_rl.analysis.load import axis_name, format_load, load_axis
+
 
 def summary_table(df: pd.DataFrame, metric: str = "throughput_tok_s") -> pd.DataFrame:
-    """Policy x rate table of `metric` averaged over seeds (policies in first-seen order)."""
+    """Policy x load (rate or concurrency) table of `metric` averaged over seeds (policies in
+    first-seen order)."""
     order = list(dict.fromkeys(df["policy"]))
-    table = df.pivot_table(index="policy", columns="rate", values=metric, aggfunc="mean")
+    table = df.pivot_table(index="policy", columns=load_axis(df), values=metric, aggfunc="mean")
     return table.reindex(order)
 
 
 def best_fixed_comparison(df: pd.DataFrame, policy: str, fixed: list[str]) -> pd.DataFrame:
-    """Per rate: `policy`'s mean throughput vs the best fixed-k policy at that rate and vs the single
-    fixed k that is best over the whole sweep (ratios > 1 mean `policy` is faster)."""
+    """Per load point (rate or concurrency): `policy`'s mean throughput vs the best fixed-k policy there
+    (the `*_at_rate` columns) and vs the single fixed k that is best over the whole sweep (ratios > 1
+    mean `policy` is faster)."""
     table = summary_table(df)
     if policy not in table.index or not set(fixed) & set(table.index):
         raise ValueError(f"need policy {policy!r} and at least one of {fixed} in the results")
@@ -30,7 +34,8 @@ def best_fixed_comparison(df: pd.DataFrame, policy: str, fixed: list[str]) -> pd
 
 
 def format_summary(df: pd.DataFrame) -> str:
-    """Text for the terminal: throughput and e2e p50 latency by policy x rate (mean over seeds)."""
+    """Text for the terminal: throughput and e2e p50 latency by policy x load (mean over seeds)."""
+    axis = load_axis(df)
     parts = []
     for metric, label, fmt in (
         ("throughput_tok_s", "throughput (output tokens/s)", "{:.1f}"),
@@ -41,6 +46,6 @@ def format_summary(df: pd.DataFrame) -> str:
         if metric not in df.columns:
             continue
         table = summary_table(df, metric)
-        table.columns = [f"{r:g}/s" for r in table.columns]
-        parts.append(f"{label}, by request rate:\n" + table.to_string(float_format=fmt.format))
+        table.columns = [format_load(axis, v) for v in table.columns]
+        parts.append(f"{label}, by {axis_name(axis)}:\n" + table.to_string(float_format=fmt.format))
     return "\n\n".join(parts)

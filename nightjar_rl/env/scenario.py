@@ -20,6 +20,8 @@ one raises `ScenarioError` with one line naming the field. Fields (defaults in `
     num_requests    int    requests per episode (a cap for piecewise/trace arrivals)
     arrivals        map    {kind: poisson, rate: R} | {kind: piecewise, schedule: [[secs, rate], ...]}
                            | {kind: trace, path: FILE}
+    max_concurrency int    closed loop: at most this many requests in flight, each sent when its arrival
+                           has passed and a slot is free (vLLM's --max-concurrency); null: open loop
     horizon         map    {steps: N} and/or {seconds: S} of serving clock (truncation); {} = none
     reward          str    throughput | decode_throughput | goodput | latency
     reward_kwargs   map    extra arguments of the reward (goodput: tpot_slo_s; any: per_row, see rewards.py)
@@ -71,6 +73,7 @@ class Scenario:
     max_new_tokens: int = 64
     num_requests: int = 32
     arrivals: dict = field(default_factory=lambda: {"kind": "poisson", "rate": 1.0})
+    max_concurrency: int | None = None
     horizon: dict = field(default_factory=dict)
     reward: str = "throughput"
     reward_kwargs: dict = field(default_factory=dict)
@@ -152,7 +155,7 @@ def validate_scenario(s: Scenario) -> Scenario:
         raise _fail(n, f"field 'max_k' must be an integer >= 0, got {s.max_k!r}")
     if s.ngram_min > s.ngram_max:
         raise _fail(n, "field 'ngram_min' must be <= ngram_max")
-    for key in ("threads", "max_prompt_tokens"):
+    for key in ("threads", "max_prompt_tokens", "max_concurrency"):
         v = getattr(s, key)
         if v is not None and (not _is_int(v) or v < 1):
             raise _fail(n, f"field '{key}' must be an integer >= 1 or null, got {v!r}")

@@ -32,7 +32,7 @@ from nightjar_rl.runtime.driver import PolicyDriver
 from nightjar_rl.serving.arrivals import PoissonArrivals, arrivals_from_dict
 from nightjar_rl.serving.session import ServeResult, ServingSession
 
-RESET_OPTIONS = ("rate", "arrivals", "num_requests")
+RESET_OPTIONS = ("rate", "arrivals", "num_requests", "max_concurrency")
 
 
 class SpecDecodeEnv(gym.Env):
@@ -69,7 +69,8 @@ class SpecDecodeEnv(gym.Env):
     # ---- gymnasium API ------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Options (all optional): `rate` (Poisson at this rate), `arrivals` (an arrivals mapping),
-        `num_requests` (override the scenario's count) for this episode."""
+        `num_requests` (override the scenario's count), `max_concurrency` (closed loop: at most this
+        many requests in flight; None: open loop; default: the scenario's) for this episode."""
         super().reset(seed=seed)
         options = dict(options or {})
         unknown = set(options) - set(RESET_OPTIONS)
@@ -85,7 +86,7 @@ class SpecDecodeEnv(gym.Env):
         if not requests:
             raise ValueError(f"scenario {self.scenario.name!r}: the arrival process produced no requests")
         engine = self.backend.make_engine(int(self.np_random.integers(2**31 - 1)))
-        self.session = ServingSession(engine, requests)
+        self.session = ServingSession(engine, requests, options.get("max_concurrency", self.scenario.max_concurrency))
         self.driver = PolicyDriver(self.session, self.max_k)
         self.episode += 1
         self.episode_log = []

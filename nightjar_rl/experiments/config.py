@@ -4,7 +4,12 @@ Fields:
 
     name          str    experiment name (defaults to the file stem); part of the run name
     scenario      str    scenario name in envs/ or a YAML path (model, drafter, prompts, max_k...)
-    rates         list   request rates (requests/s, finite, > 0) of the evaluation sweep
+    rates         list   request rates (requests/s, > 0) of the evaluation sweep; `inf` (every request
+                         scheduled at t=0, vLLM's --request-rate inf) only with a `concurrency` list
+    concurrency   list   optional closed-loop sweep: max requests in flight (ints >= 1, vLLM's
+                         --max-concurrency); the sweep is then rates x concurrency and the results get a
+                         `concurrency` column (absent without this field: open loop, the scenario's
+                         max_concurrency, if any, applies)
     seeds         list   workload seeds; every policy sees the same workload per (rate, seed)
     num_requests  int    requests per evaluation cell (default: the scenario's)
     max_new_tokens int   output budget per request (default: the scenario's)
@@ -15,9 +20,11 @@ Fields:
                          artifact (fields: nightjar_rl/experiments/sb3_config.py).
                          A spec field `profile: scenario` means the scenario's hardware profile
                          (sim scenarios), so oracle/sssd rules price steps on the simulated hardware.
-    train         map    {episodes: N, rates: [...] (default: rates), num_requests: N, seed: S,
-                          replicates: R}: each learner is trained R times (replicate r: policy seed
-                          + r, workload seeds S + r*N ...); every replicate is evaluated on every cell
+    train         map    {episodes: N, rates: [...] (default: rates), concurrency: [...] (default:
+                          concurrency), num_requests: N, seed: S, replicates: R}: episode i uses
+                          rates[i % len] and concurrency[i % len]; each learner is trained R times
+                          (replicate r: policy seed + r, workload seeds S + r*N ...); every replicate is
+                          evaluated on every cell
     evaluate      map    {learn: false}: whether learners keep learning during evaluation
     executor      str|map  local (default) | ray | {kind: ray, address: ADDR|null, workers: N|null}:
                          where the training jobs and evaluation cells run; results do not depend on it
@@ -47,6 +54,7 @@ class PolicyEntry:
 class TrainConfig:
     episodes: int = 4
     rates: list[float] | None = None  # None: the evaluation rates, cycled
+    concurrency: list[int] | None = None  # None: the evaluation concurrency (if any), cycled
     num_requests: int | None = None  # None: the evaluation num_requests
     seed: int = 10_000  # training workloads use seeds seed, seed+1, ... (apart from evaluation seeds)
     replicates: int = 1  # independent trainings per learner (replicate r: workload seeds seed + r*episodes ...)
@@ -76,14 +84,19 @@ class ExperimentConfig:
     learn_during_eval: bool = False
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     base_dir: str | None = None
+    concurrency: list[int] | None = None  # closed-loop sweep (None: open loop)
 
     def to_dict(self) -> dict:
         """The fields that determine results (saved as the run's config.yaml, compared on resume)."""
         d = asdict(self)
         d.pop("base_dir")
         d.pop("executor")
+        # fields added later are left out at their defaults: older run folders stay resumable
         if d["train"]["replicates"] == 1:
-            d["train"].pop("replicates")  # run folders from before replicates existed stay resumable
+            d["train"].pop("replicates")
+        for part in (d, d["train"]):
+            if part["concurrency"] is None:
+                part.pop("concurrency")
         return d
 
 
@@ -95,15 +108,32 @@ def _int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _rates(name: str, key: str, value) -> list[float]:
-    if not isinstance(value, list) or not value or not all(_num(r) and r > 0 and math.isfinite(r) for r in value):
-        raise ExperimentError(f"experiment {name!r}: field '{key}' must be a non-empty list of finite rates > 0 "
-                              f"(requests/s), got {value!r}")
-    return [float(r) for r in value]
+def rate_value(v) -> float | None:
+    """A rate as a float (`inf`, `.inf` or float infinity: every request at t=0), None if not a number."""
+    if isinstance(v, str) and v.strip().lower() in ("inf", ".inf", "infinity"):
+        return math.inf
+    return float(v) if _num(v) else None
+
+
+def parse_rates(value, closed_loop: bool, fail) -> list[float]:
+    """A non-empty list of rates > 0; infinite ones only in a closed loop (`fail(msg)` makes the error)."""
+    rates = [rate_value(r) for r in value] if isinstance(value, list) else []
+    if not rates or not all(r is not None and r > 0 for r in rates):
+        raise fail(f"must be a non-empty list of rates > 0 (requests/s), got {value!r}")
+    if not closed_loop and not all(math.isfinite(r) for r in rates):
+        raise fail(f"has rate inf (every request at t=0), which needs a 'concurrency' list (closed loop), got {value!r}")
+    return rates
+
+
+def parse_concurrency(value, fail) -> list[int]:
+    """A non-empty list of distinct integers >= 1 (max requests in flight)."""
+    if not isinstance(value, list) or not value or not all(_int(c) and c >= 1 for c in value) or len(set(value)) != len(value):
+        raise fail(f"must be a non-empty list of distinct integers >= 1 (max requests in flight), got {value!r}")
+    return list(value)
 
 
 _TOP = {"name", "scenario", "rates", "seeds", "policies", "num_requests", "max_new_tokens", "slo", "train", "evaluate",
-        "executor"}
+        "executor", "concurrency"}
 
 
 def executor_from_value(value, where: str = "field 'executor'") -> ExecutorConfig:
@@ -144,7 +174,10 @@ def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | N
     scenario = data["scenario"]
     if not isinstance(scenario, str) or not scenario:
         raise fail(f"field 'scenario' must be a scenario name or YAML path, got {scenario!r}")
-    rates = _rates(name, "rates", data["rates"])
+    concurrency = None
+    if data.get("concurrency") is not None:
+        concurrency = parse_concurrency(data["concurrency"], lambda m: fail(f"field 'concurrency' {m}"))
+    rates = parse_rates(data["rates"], concurrency is not None, lambda m: fail(f"field 'rates' {m}"))
     seeds = data["seeds"]
     if not isinstance(seeds, list) or not seeds or not all(_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise fail(f"field 'seeds' must be a non-empty list of distinct integers >= 0, got {seeds!r}")
@@ -186,15 +219,19 @@ def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | N
         raise fail(f"field 'policies' has duplicate names: {sorted({n for n in names if names.count(n) > 1})}")
 
     t = data.get("train") or {}
-    if not isinstance(t, dict) or not set(t) <= {"episodes", "rates", "num_requests", "seed", "replicates"}:
-        raise fail(f"field 'train' must be a mapping with episodes, rates, num_requests, seed, replicates; got {t!r}")
+    if not isinstance(t, dict) or not set(t) <= {"episodes", "rates", "concurrency", "num_requests", "seed", "replicates"}:
+        raise fail(f"field 'train' must be a mapping with episodes, rates, concurrency, num_requests, seed, replicates; "
+                   f"got {t!r}")
     train = TrainConfig()
     if "episodes" in t:
         if not _int(t["episodes"]) or t["episodes"] < 0:
             raise fail(f"field 'train.episodes' must be an integer >= 0, got {t['episodes']!r}")
         train.episodes = t["episodes"]
+    if t.get("concurrency") is not None:
+        train.concurrency = parse_concurrency(t["concurrency"], lambda m: fail(f"field 'train.concurrency' {m}"))
     if t.get("rates") is not None:
-        train.rates = _rates(name, "train.rates", t["rates"])
+        closed = (train.concurrency or concurrency) is not None
+        train.rates = parse_rates(t["rates"], closed, lambda m: fail(f"field 'train.rates' {m}"))
     if t.get("num_requests") is not None:
         if not _int(t["num_requests"]) or t["num_requests"] < 1:
             raise fail(f"field 'train.num_requests' must be an integer >= 1, got {t['num_requests']!r}")
@@ -216,6 +253,7 @@ def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | N
         num_requests=data.get("num_requests"), max_new_tokens=data.get("max_new_tokens"), slo=slo,
         train=train, learn_during_eval=ev.get("learn", False),
         executor=executor_from_value(data.get("executor"), f"experiment {name!r}: field 'executor'"), base_dir=base_dir,
+        concurrency=concurrency,
     )
 
 

@@ -56,12 +56,15 @@ def k_by_batch(steps: list[StepStats]) -> pd.DataFrame:
 
 
 def evaluate_cell(policy, scenario: Scenario, backend: Backend, rate: float, seed: int, num_requests: int,
-                  max_new_tokens: int, slo: dict, learn: bool = False) -> CellResult:
-    """Serve the (rate, seed) workload to completion with `policy` choosing k before every step."""
+                  max_new_tokens: int, slo: dict, learn: bool = False, concurrency: int | None = None) -> CellResult:
+    """Serve the (rate, seed) workload to completion with `policy` choosing k before every step.
+    `concurrency`: closed loop with at most this many requests in flight (None: the scenario's
+    `max_concurrency`, open loop when that is null)."""
     requests = eval_workload(scenario, backend.prompt_pool, rate, seed, num_requests, max_new_tokens)
     engine = backend.make_engine(seed)
     reward = make_reward(scenario.reward, **scenario.reward_kwargs) if learn else None
-    driver = PolicyDriver(ServingSession(engine, requests), scenario.max_k, policy, reward=reward, learn=learn)
+    session = ServingSession(engine, requests, concurrency if concurrency is not None else scenario.max_concurrency)
+    driver = PolicyDriver(session, scenario.max_k, policy, reward=reward, learn=learn)
     result = driver.run()
     summary = summarize(result)
     decode = [s for s in result.steps if s.batch_size > 0]

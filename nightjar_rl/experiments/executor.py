@@ -1,8 +1,8 @@
 """Where an experiment's jobs run: in this process (`local`, the default) or as Ray tasks (`ray`).
 
 A job is plain data: a `SweepContext` (the scenario as a mapping, the SLO, the learning flags) plus
-a `TrainJob` (one learner replicate to train) or a `CellJob` (one policy x rate x seed x replicate
-cell to evaluate). Workers rebuild the scenario's backend once per process (`backend_for`), build
+a `TrainJob` (one learner replicate to train) or a `CellJob` (one policy x rate [x concurrency] x seed x
+replicate cell to evaluate). Workers rebuild the scenario's backend once per process (`backend_for`), build
 the policy from its spec or trained artifact, and return plain rows, so results do not depend on
 where a job ran. Executors yield `(job, result)` pairs as jobs finish; the runner writes each
 result atomically as it arrives (resumable) and sorts the table into the canonical cell order at
@@ -17,6 +17,7 @@ same absolute paths.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,15 @@ from nightjar_rl.policy import make_policy
 from nightjar_rl.policy.artifact import policy_to_dict
 
 KBB_COLUMNS = ["policy", "replicate", "rate", "seed", "batch_size", "steps", "mean_k"]
+
+
+def with_concurrency(columns: list[str], closed_loop: bool) -> list[str]:
+    """`columns` with `concurrency` after `rate` for a closed-loop sweep (unchanged otherwise, so open-loop
+    tables keep their columns)."""
+    if not closed_loop:
+        return list(columns)
+    i = columns.index("rate") + 1
+    return [*columns[:i], "concurrency", *columns[i:]]
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class TrainJob:
     rates: tuple[float, ...] | None
     seed: int  # first training workload seed
     num_requests: int | None
+    concurrency: tuple[int, ...] | None = None  # closed loop: max requests in flight, cycled per episode
 
 
 @dataclass(frozen=True)
@@ -64,10 +75,18 @@ class CellJob:
     replicate: int = 0
     learned: bool = False
     spec: Any = field(default=None, compare=False)  # spec string/dict, or a trained artifact dict
+    concurrency: int | None = None  # closed loop: max requests in flight (None: open loop)
 
     @property
     def key(self) -> tuple:
-        return (self.policy, float(self.rate), int(self.seed), int(self.replicate))
+        return cell_key(self.policy, self.rate, self.seed, self.replicate, self.concurrency)
+
+
+def cell_key(policy: str, rate, seed, replicate, concurrency=None) -> tuple:
+    """The identity of an evaluation cell (a results row's, as read back from a table: NaN
+    concurrency = open loop)."""
+    open_loop = concurrency is None or (isinstance(concurrency, float) and math.isnan(concurrency))
+    return (policy, float(rate), int(seed), int(replicate), None if open_loop else int(concurrency))
 
 
 def portable_scenario(scenario: Scenario) -> dict:
@@ -109,7 +128,7 @@ def train_job(ctx: SweepContext, job: TrainJob) -> tuple[dict, list[dict]]:
     policy = make_policy(job.spec, scenario.max_k)
     env = SpecDecodeEnv(scenario, backend=backend)
     log = train_policy(policy, env, job.episodes, list(job.rates) if job.rates else None, job.seed,
-                       job.num_requests, progress=False)
+                       job.num_requests, progress=False, concurrency=list(job.concurrency) if job.concurrency else None)
     log.insert(0, "replicate", job.replicate)
     log.insert(0, "policy", job.policy)
     return policy_to_dict(policy), log.to_dict("records")
@@ -124,11 +143,12 @@ def cell_job(ctx: SweepContext, job: CellJob) -> tuple[dict, list[dict]]:
         policy.learning = learn
         learn = policy.learning  # an exported `mlp` policy stays False: it never learns
     cell = evaluate_cell(policy, scenario, backend, job.rate, job.seed, scenario.num_requests,
-                         scenario.max_new_tokens, ctx.slo, learn=learn)
+                         scenario.max_new_tokens, ctx.slo, learn=learn, concurrency=job.concurrency)
+    load = {"rate": job.rate} if job.concurrency is None else {"rate": job.rate, "concurrency": job.concurrency}
     row = {"run": ctx.run, "scenario": scenario.name, "experiment": ctx.experiment, "policy": job.policy,
-           "learned": job.learned, "replicate": job.replicate, "rate": job.rate, "seed": job.seed, **cell.summary}
-    kdf = cell.k_by_batch.assign(policy=job.policy, replicate=job.replicate, rate=job.rate, seed=job.seed)
-    return row, kdf[KBB_COLUMNS].to_dict("records")
+           "learned": job.learned, "replicate": job.replicate, **load, "seed": job.seed, **cell.summary}
+    kdf = cell.k_by_batch.assign(policy=job.policy, replicate=job.replicate, **load, seed=job.seed)
+    return row, kdf[with_concurrency(KBB_COLUMNS, job.concurrency is not None)].to_dict("records")
 
 
 class LocalExecutor:

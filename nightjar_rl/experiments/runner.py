@@ -8,11 +8,12 @@ Run folder:
                          sb3 policies also write NAME.safetensors beside it
     checkpoints/, tb/, eval/, train_sb3.csv   sb3 training (nightjar_rl/experiments/sb3_train.py)
     train.csv            one row per training episode (policy, replicate, ...)
-    results.csv          one row per policy x rate x seed x replicate (appended atomically as cells
-                         finish on any executor; sorted into the canonical cell order at the end)
+    results.csv          one row per policy x rate [x concurrency] x seed x replicate (appended atomically
+                         as cells finish on any executor; sorted into the canonical cell order at the
+                         end); a `concurrency` column only when the config has a concurrency sweep
     k_by_batch.csv       decode steps and mean k per batch size, per cell
     summary.txt          the terminal summary
-    throughput_vs_rate.png, latency_vs_rate.png, k_by_batch.png
+    throughput_vs_rate.png, latency_vs_rate.png, k_by_batch.png   (closed-loop sweeps: *_vs_concurrency.png)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from nightjar_rl.analysis import format_summary, plot_k_by_batch, plot_metric_vs_rate
+from nightjar_rl.analysis.load import load_axis
 from nightjar_rl.analysis.stats import ci_table, format_ci
 from nightjar_rl.analysis.study import headline, verdict
 from nightjar_rl.analysis.tables import best_fixed_comparison
@@ -41,9 +43,11 @@ from nightjar_rl.experiments.executor import (
     TrainJob,
     backend_for,
     cell_job,
+    cell_key,
     make_executor,
     portable_scenario,
     train_job,
+    with_concurrency,
 )
 from nightjar_rl.experiments.sb3_config import is_sb3_spec
 from nightjar_rl.io import atomic_write_text, read_json
@@ -165,8 +169,10 @@ def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, ctx: SweepConte
             if path.is_file():
                 artifacts[(name, r)] = read_json(path, "policy artifact")
                 continue
+            concurrency = t.concurrency or cfg.concurrency
             jobs.append(TrainJob(name, r, replicate_spec(specs[name], built[name], r), t.episodes,
-                                 tuple(t.rates or cfg.rates), t.seed + r * t.episodes, t.num_requests))
+                                 tuple(t.rates or cfg.rates), t.seed + r * t.episodes, t.num_requests,
+                                 tuple(concurrency) if concurrency else None))
     bar = tqdm(total=len(jobs), desc=f"train {cfg.name}", unit="learner", disable=not progress or not jobs)
     for job, (artifact, log) in executor.map(train_job, ctx, jobs):
         if log:  # train.episodes 0: deployed as built (or as the artifact the spec holds)
@@ -191,21 +197,22 @@ def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, ctx: SweepConte
 
 
 def sweep_cells(cfg: ExperimentConfig, specs: dict, artifacts: dict, learned: set[str]) -> list[CellJob]:
-    """Every evaluation cell in the canonical order: rate, seed, policy, replicate."""
+    """Every evaluation cell in the canonical order: rate, concurrency, seed, policy, replicate."""
     cells = []
     for rate in cfg.rates:
-        for seed in cfg.seeds:
-            for name, spec in specs.items():
-                if name in learned:
-                    cells += [CellJob(name, rate, seed, r, True, artifacts[(name, r)])
-                              for r in range(cfg.train.replicates)]
-                else:
-                    cells.append(CellJob(name, rate, seed, 0, False, spec))
+        for conc in cfg.concurrency or [None]:
+            for seed in cfg.seeds:
+                for name, spec in specs.items():
+                    if name in learned:
+                        cells += [CellJob(name, rate, seed, r, True, artifacts[(name, r)], conc)
+                                  for r in range(cfg.train.replicates)]
+                    else:
+                        cells.append(CellJob(name, rate, seed, 0, False, spec, conc))
     return cells
 
 
 def _cell_key(row) -> tuple:
-    return (row.policy, float(row.rate), int(row.seed), int(getattr(row, "replicate", 0)))
+    return cell_key(row.policy, row.rate, row.seed, getattr(row, "replicate", 0), getattr(row, "concurrency", None))
 
 
 def _finished_cells(run_dir: Path) -> set[tuple]:
@@ -222,12 +229,17 @@ def canonical_order(df: pd.DataFrame, cells: list[CellJob]) -> pd.DataFrame:
     return df.assign(_rank=keys).sort_values("_rank", kind="stable").drop(columns="_rank").reset_index(drop=True)
 
 
-def write_report(run_dir: Path, results: pd.DataFrame, kdf: pd.DataFrame, learned: set[str],
-                 fixed: list[str] | None = None) -> str:
-    """Summary text and the PNG plots of a run folder. Returns the summary. With `fixed` (names of
-    fixed-k policies), each learned policy is also compared with the best fixed k."""
-    import matplotlib.pyplot as plt
+def report_slices(results: pd.DataFrame) -> list[tuple[float | None, pd.DataFrame]]:
+    """(rate, rows) of each part of a results table with one load axis: (None, the whole table), or one
+    rate at a time when it varies in both rate and concurrency."""
+    try:
+        load_axis(results)
+    except ValueError:
+        return [(r, results[results["rate"] == r]) for r in sorted(results["rate"].unique())]
+    return [(None, results)]
 
+
+def _summary_text(results: pd.DataFrame, learned: set[str], fixed: list[str] | None) -> str:
     summary = format_summary(results)
     for name in sorted(learned):
         if fixed and name in set(results["policy"]):
@@ -239,11 +251,26 @@ def write_report(run_dir: Path, results: pd.DataFrame, kdf: pd.DataFrame, learne
         summary += "\n\nthroughput (output tokens/s), mean ± 95% CI over seeds:\n" + ci.to_string()
         if learned and fixed:
             summary += "\n\n" + "\n".join(verdict(headline(results, sorted(learned), fixed)))
+    return summary
+
+
+def write_report(run_dir: Path, results: pd.DataFrame, kdf: pd.DataFrame, learned: set[str],
+                 fixed: list[str] | None = None) -> str:
+    """Summary text and the PNG plots of a run folder (METRIC_vs_rate.png, or METRIC_vs_concurrency.png
+    for a closed-loop sweep; a sweep of rates x concurrency gets a section and plots per rate,
+    suffixed _rateR). Returns the summary. With `fixed` (names of fixed-k policies), each learned
+    policy is also compared with the best fixed k."""
+    import matplotlib.pyplot as plt
+
+    texts, figs = [], {}
+    for rate, part in report_slices(results):
+        text = _summary_text(part, learned, fixed)
+        texts.append(text if rate is None else f"== rate {rate:g}/s ==\n{text}")
+        name = load_axis(part) + ("" if rate is None else f"_rate{rate:g}")
+        figs[f"throughput_vs_{name}.png"] = plot_metric_vs_rate(part, "throughput_tok_s", "output tokens/s")
+        figs[f"latency_vs_{name}.png"] = plot_metric_vs_rate(part, "e2e_p50_s", "end-to-end latency p50 (s)", logy=True)
+    summary = "\n\n".join(texts)
     atomic_write_text(run_dir / "summary.txt", summary + "\n")
-    figs = {
-        "throughput_vs_rate.png": plot_metric_vs_rate(results, "throughput_tok_s", "output tokens/s"),
-        "latency_vs_rate.png": plot_metric_vs_rate(results, "e2e_p50_s", "end-to-end latency p50 (s)", logy=True),
-    }
     chosen = kdf[kdf["policy"].isin(learned)] if learned else kdf
     if len(chosen):
         figs["k_by_batch.png"] = plot_k_by_batch(chosen, "k chosen by batch size" + (" (learned)" if learned else ""))
@@ -313,10 +340,13 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: 
         done = _finished_cells(run_dir)
         todo = [c for c in cells if c.key not in done]
         bar = tqdm(total=len(todo), desc=f"evaluate {cfg.name} ({ex.name})", unit="cell", disable=not progress)
+        closed = cfg.concurrency is not None
+        kbb_columns, table_columns = with_concurrency(KBB_COLUMNS, closed), with_concurrency(TABLE_COLUMNS, closed)
         for job, (row, krows) in ex.map(cell_job, ctx, todo):
-            bar.set_postfix_str(f"{job.policy} @ {job.rate:g}/s seed {job.seed}", refresh=False)
-            append_rows(run_dir / "k_by_batch.csv", pd.DataFrame(krows, columns=KBB_COLUMNS))
-            append_rows(run_dir / "results.csv", pd.DataFrame([{c: row.get(c) for c in TABLE_COLUMNS}]))
+            load = f"{job.rate:g}/s" + ("" if job.concurrency is None else f" C={job.concurrency}")
+            bar.set_postfix_str(f"{job.policy} @ {load} seed {job.seed}", refresh=False)
+            append_rows(run_dir / "k_by_batch.csv", pd.DataFrame(krows, columns=kbb_columns))
+            append_rows(run_dir / "results.csv", pd.DataFrame([{c: row.get(c) for c in table_columns}]))
             bar.update()
         bar.close()
     results = canonical_order(read_table(run_dir / "results.csv"), cells)
@@ -324,7 +354,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: 
     kdf = read_table(run_dir / "k_by_batch.csv")
     if "replicate" not in kdf.columns:
         kdf.insert(1, "replicate", 0)
-    kdf = canonical_order(kdf.drop_duplicates(["policy", "replicate", "rate", "seed", "batch_size"], keep="last"), cells)
+    cell_columns = with_concurrency(["policy", "replicate", "rate", "seed", "batch_size"], "concurrency" in kdf.columns)
+    kdf = canonical_order(kdf.drop_duplicates(cell_columns, keep="last"), cells)
     write_table(kdf, run_dir / "k_by_batch.csv")
     train_path = run_dir / "train.csv"
     train = read_table(train_path) if train_path.is_file() else pd.DataFrame()

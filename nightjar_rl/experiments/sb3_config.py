@@ -18,7 +18,10 @@ evaluated like every other policy. Fields (validated here; errors name `policies
     vec_env          auto | dummy | subproc (default auto: subproc for sim when n_envs > 1 and the
                      machine has more than 2 cores, else dummy; live is always dummy)
     rates            Poisson rates (requests/s) of training episodes, cycled per episode and offset
-                     per env (default: the experiment's train.rates, else its rates)
+                     per env (default: the experiment's train.rates, else its rates); inf needs concurrency
+    concurrency      closed loop: max requests in flight of training episodes (ints >= 1), cycled
+                     per episode and offset per env like rates (default: the experiment's
+                     train.concurrency, else its concurrency; none: open loop)
     num_requests     requests per training episode (default: train.num_requests, else the scenario's)
     seed             SB3 and workload seed (default: the experiment's train.seed); env i's episodes
                      use seeds seed + i, then continue from that generator
@@ -48,13 +51,14 @@ import inspect
 import math
 from dataclasses import dataclass, field
 
-from nightjar_rl.experiments.config import ExperimentError
+from nightjar_rl.experiments.config import ExperimentError, parse_concurrency, parse_rates
 
 ALGOS = ("PPO", "DQN", "A2C")
 TRAIN_ON = ("live", "sim")
 VEC_ENVS = ("auto", "dummy", "subproc")
 ACTIVATION_NAMES = ("tanh", "relu", "elu", "leaky_relu", "silu")
-OWN_FIELDS = ("type", "algo", "total_timesteps", "train_on", "scenario", "n_envs", "vec_env", "rates", "num_requests",
+OWN_FIELDS = ("type", "algo", "total_timesteps", "train_on", "scenario", "n_envs", "vec_env", "rates", "concurrency",
+              "num_requests",
               "seed", "threads", "reward", "reward_kwargs", "learning_rate", "policy_kwargs", "normalize", "checkpoint_every",
               "eval")
 # SB3 constructor arguments this module sets itself (or that make no sense in a config)
@@ -71,6 +75,7 @@ class SB3Spec:
     n_envs: int = 1
     vec_env: str = "auto"
     rates: list[float] | None = None
+    concurrency: list[int] | None = None
     num_requests: int | None = None
     seed: int | None = None
     threads: int | None = None
@@ -149,8 +154,10 @@ def parse_sb3_spec(spec: dict, where: str = "sb3 spec") -> SB3Spec:
         if not isinstance(spec["reward_kwargs"], dict):
             raise fail("reward_kwargs", f"must be a mapping, got {spec['reward_kwargs']!r}")
         out.reward_kwargs = dict(spec["reward_kwargs"])
+    if spec.get("concurrency") is not None:
+        out.concurrency = parse_concurrency(spec["concurrency"], lambda m: fail("concurrency", m))
     if spec.get("rates") is not None:
-        out.rates = _rates(spec["rates"], lambda m: fail("rates", m))
+        out.rates = parse_rates(spec["rates"], out.concurrency is not None, lambda m: fail("rates", m))
     if spec.get("learning_rate") is not None:
         if not _num(spec["learning_rate"]) or spec["learning_rate"] <= 0:
             raise fail("learning_rate", f"must be a number > 0, got {spec['learning_rate']!r}")
@@ -172,12 +179,6 @@ def parse_sb3_spec(spec: dict, where: str = "sb3 spec") -> SB3Spec:
 def _sub(fail, parent: str):
     """fail(key, msg) for the fields of a nested mapping (an empty key names the mapping itself)."""
     return lambda key, msg: fail(f"{parent}.{key}" if key else parent, msg)
-
-
-def _rates(value, fail) -> list[float]:
-    if not isinstance(value, list) or not value or not all(_num(r) and r > 0 for r in value):
-        raise fail(f"must be a non-empty list of finite rates > 0 (requests/s), got {value!r}")
-    return [float(r) for r in value]
 
 
 def _policy_kwargs(pk, algo: str, fail) -> dict:
@@ -231,7 +232,7 @@ def _eval(value, spec: SB3Spec, fail) -> dict:
         if key not in out:
             raise fail(key, f"is unknown; eval takes {', '.join(out)}")
         if key == "rates":
-            out[key] = _rates(v, lambda m: fail("rates", m))
+            out[key] = parse_rates(v, spec.concurrency is not None, lambda m: fail("rates", m))
         elif not _int(v) or v < (1 if key == "episodes" else 0):
             raise fail(key, f"must be an integer >= {1 if key == 'episodes' else 0}, got {v!r}")
         else:

@@ -63,14 +63,16 @@ RECORDED_OBS = 1000  # raw observations kept from training to check the export a
 
 # ---- envs ---------------------------------------------------------------------------------------
 class WorkloadWrapper(gym.Wrapper):
-    """Sets each episode's workload: Poisson `rates` cycled per episode (starting at `offset`, so
-    parallel envs see different loads) and `num_requests`. With `seeds` (evaluation) episodes cycle
-    through fixed seeds too, and `restart()` replays the same sequence of (rate, seed) episodes."""
+    """Sets each episode's workload: Poisson `rates` and closed-loop `concurrency` (max requests in
+    flight) cycled per episode (starting at `offset`, so parallel envs see different loads) and
+    `num_requests`. With `seeds` (evaluation) episodes cycle through fixed seeds too, and `restart()`
+    replays the same sequence of (rate, seed) episodes."""
 
     def __init__(self, env: gym.Env, rates: list[float] | None, num_requests: int | None, offset: int = 0,
-                 seeds: list[int] | None = None):
+                 seeds: list[int] | None = None, concurrency: list[int] | None = None):
         super().__init__(env)
         self.rates, self.num_requests, self.offset, self.seeds = rates, num_requests, offset, seeds
+        self.concurrency = concurrency
         self.episode = 0
 
     def restart(self) -> None:
@@ -82,6 +84,8 @@ class WorkloadWrapper(gym.Wrapper):
         options = dict(options or {})
         if self.rates:
             options.setdefault("rate", self.rates[i % len(self.rates)])
+        if self.concurrency:
+            options.setdefault("max_concurrency", self.concurrency[i % len(self.concurrency)])
         if self.num_requests is not None:
             options.setdefault("num_requests", self.num_requests)
         if seed is None and self.seeds:
@@ -89,10 +93,10 @@ class WorkloadWrapper(gym.Wrapper):
         return self.env.reset(seed=seed, options=options)
 
 
-def make_env(scenario: Scenario, target, rates, num_requests, offset: int = 0, seeds=None) -> gym.Env:
+def make_env(scenario: Scenario, target, rates, num_requests, offset: int = 0, seeds=None, concurrency=None) -> gym.Env:
     """One monitored env (module-level so that subprocess envs can pickle it)."""
     env = SpecDecodeEnv(scenario, target=target)
-    return WorkloadWrapper(Monitor(env), rates, num_requests, offset, seeds)
+    return WorkloadWrapper(Monitor(env), rates, num_requests, offset, seeds, concurrency)
 
 
 def use_subprocesses(spec: SB3Spec) -> bool:
@@ -101,9 +105,9 @@ def use_subprocesses(spec: SB3Spec) -> bool:
     return spec.vec_env == "subproc" or (spec.vec_env == "auto" and (os.cpu_count() or 1) > 2)
 
 
-def make_vec_env(spec: SB3Spec, scenario: Scenario, target, rates, num_requests):
-    fns = [functools.partial(make_env, scenario, None if use_subprocesses(spec) else target, rates, num_requests, i)
-           for i in range(spec.n_envs)]
+def make_vec_env(spec: SB3Spec, scenario: Scenario, target, rates, num_requests, concurrency=None):
+    fns = [functools.partial(make_env, scenario, None if use_subprocesses(spec) else target, rates, num_requests, i,
+                             concurrency=concurrency) for i in range(spec.n_envs)]
     if use_subprocesses(spec):
         return SubprocVecEnv(fns, start_method="forkserver")
     return DummyVecEnv(fns)
@@ -231,12 +235,14 @@ def sb3_policy_kwargs(spec: SB3Spec) -> dict:
 
 def train_sb3(spec: SB3Spec, scenario: Scenario, run_dir: str | Path, name: str, *, target=None,
               rates: list[float] | None = None, num_requests: int | None = None, seed: int = 0,
-              progress: bool = True, callbacks: list[BaseCallback] = ()) -> SB3Result:
+              progress: bool = True, callbacks: list[BaseCallback] = (), concurrency: list[int] | None = None
+              ) -> SB3Result:
     """Train (or resume) the policy `name` on `scenario` and export it to run_dir/policies/NAME.json.
-    `rates`, `num_requests`, `seed` are the defaults for the spec's unset fields. `target` is the
-    loaded model shared by the in-process live envs."""
+    `rates`, `num_requests`, `seed`, `concurrency` are the defaults for the spec's unset fields.
+    `target` is the loaded model shared by the in-process live envs."""
     run_dir = Path(run_dir)
     rates = spec.rates or rates
+    concurrency = spec.concurrency or concurrency
     num_requests = spec.num_requests or num_requests
     seed = spec.seed if spec.seed is not None else seed
 
@@ -244,24 +250,26 @@ def train_sb3(spec: SB3Spec, scenario: Scenario, run_dir: str | Path, name: str,
     set_random_seed(seed)
     threads = spec.threads or (1 if spec.train_on == "sim" else None)
     with torch_threads(threads):
-        return _train(spec, scenario, run_dir, name, target, rates, num_requests, seed, progress, callbacks)
+        return _train(spec, scenario, run_dir, name, target, rates, num_requests, seed, progress, callbacks,
+                      concurrency)
 
 
 def _train(spec: SB3Spec, scenario: Scenario, run_dir: Path, name: str, target, rates, num_requests, seed: int,
-           progress: bool, callbacks) -> SB3Result:
+           progress: bool, callbacks, concurrency) -> SB3Result:
     ckpt_dir, tb_dir = run_dir / "checkpoints" / name, run_dir / "tb"
     algo_cls = sb3_algorithm(spec.algo)
 
     # 2. envs: training (VecNormalize obs/reward) and held-apart evaluation (obs statistics synced)
     norm = spec.normalize
-    venv = make_vec_env(spec, scenario, target, rates, num_requests)
+    venv = make_vec_env(spec, scenario, target, rates, num_requests, concurrency)
     venv.seed(seed)
     ev = spec.eval
     eval_every = spec.checkpoint_interval if ev["every"] is None else ev["every"]
     eval_seed = ev["seed"] if ev["seed"] is not None else seed + EVAL_SEED_OFFSET
     eval_seeds = [eval_seed + j for j in range(ev["episodes"])]
     eval_venv = VecNormalize(
-        DummyVecEnv([functools.partial(make_env, scenario, target, ev["rates"] or rates, num_requests, 0, eval_seeds)]),
+        DummyVecEnv([functools.partial(make_env, scenario, target, ev["rates"] or rates, num_requests, 0, eval_seeds,
+                                       concurrency)]),
         training=False, norm_obs=norm["obs"], norm_reward=False, clip_obs=norm["clip_obs"])
 
     # 3. algorithm: resume from the newest checkpoint, or start fresh
@@ -303,7 +311,8 @@ def _train(spec: SB3Spec, scenario: Scenario, run_dir: Path, name: str, target, 
     provenance = {
         "algorithm": spec.algo, "timesteps": int(model.num_timesteps), "total_timesteps": spec.total_timesteps,
         "scenario": scenario.name, "train_on": spec.train_on, "seed": seed, "n_envs": spec.n_envs,
-        "rates": rates, "num_requests": num_requests, "reward": scenario.reward, "reward_kwargs": scenario.reward_kwargs,
+        "rates": rates, "concurrency": concurrency, "num_requests": num_requests, "reward": scenario.reward,
+        "reward_kwargs": scenario.reward_kwargs,
         "normalize": norm, "policy_kwargs": spec.policy_kwargs, "algo_kwargs": spec.algo_kwargs,
         "run": run_dir.name, "checkpoint": f"checkpoints/{name}/model_{model.num_timesteps}_steps.zip",
         "stable_baselines3": stable_baselines3.__version__, "torch": torch.__version__,
@@ -363,7 +372,8 @@ def train_experiment_entry(name: str, index: int, cfg: ExperimentConfig, eval_sc
         shared = backend.target if getattr(backend, "needs_model", False) and same_model else make_backend(scenario).target
     run_dir, stem = artifact.parent.parent, artifact.stem
     result = train_sb3(spec, scenario, run_dir, stem, target=shared, rates=cfg.train.rates or cfg.rates,
-                       num_requests=cfg.train.num_requests, progress=progress)
+                       num_requests=cfg.train.num_requests, progress=progress,
+                       concurrency=cfg.train.concurrency or cfg.concurrency)
     append_rows(run_dir / "train_sb3.csv", pd.DataFrame([{"policy": name, "replicate": replicate, "algo": spec.algo,
                                                           "scenario": scenario.name, **result.as_row()}]))
     return result.artifact

@@ -39,9 +39,12 @@ def run_episode(env: SpecDecodeEnv, policy, seed: int, options: dict | None = No
 
 
 def train_policy(policy, env: SpecDecodeEnv, episodes: int, rates: list[float] | None, seed: int,
-                 num_requests: int | None = None, progress: bool = True, desc: str = "train") -> pd.DataFrame:
+                 num_requests: int | None = None, progress: bool = True, desc: str = "train",
+                 concurrency: list[int] | None = None) -> pd.DataFrame:
     """Train `policy` (a learner) for `episodes` episodes, cycling the Poisson `rates` (None: the
-    scenario's own arrivals). Episode i uses workload seed `seed + i`. One row per episode."""
+    scenario's own arrivals) and the closed-loop `concurrency` (max requests in flight; None: the
+    scenario's). Episode i uses workload seed `seed + i`. One row per episode (with a `concurrency`
+    column when `concurrency` is given)."""
     if not getattr(policy, "learning", False):
         raise ValueError(f"policy {policy!r} is not a learner (its 'learning' attribute is not True)")
     rows = []
@@ -49,9 +52,13 @@ def train_policy(policy, env: SpecDecodeEnv, episodes: int, rates: list[float] |
         options: dict = {}
         if rates:
             options["rate"] = rates[i % len(rates)]
+        if concurrency:
+            options["max_concurrency"] = concurrency[i % len(concurrency)]
         if num_requests is not None:
             options["num_requests"] = num_requests
         row = run_episode(env, policy, seed + i, options)
         row.update(episode=i, rate=options.get("rate", float("nan")))
+        if concurrency:
+            row["concurrency"] = options["max_concurrency"]
         rows.append(row)
     return pd.DataFrame(rows)

@@ -4,6 +4,13 @@ Time is the measured wall time of each step; when nothing is running or queued t
 the next arrival; a request arriving during a step is submitted before the next one. `serve` runs
 a session to the end; the env steps one itself.
 
+Closed loop (`max_concurrency=C`, vLLM's `benchmark_serving --max-concurrency`: a client-side
+semaphore): a request is sent only when its scheduled arrival has passed and fewer than C requests are
+in flight (sent and not yet accounted for: completed, aborted, failed and rejected requests all free
+their slot). Its `arrival` (and the `arrival_time` the engine sees) is then the send time,
+max(scheduled arrival, time a slot freed), so TTFT is measured from the send as vLLM does. Requests
+are sent in scheduled order (FIFO). `None` is open loop: every request is sent at its scheduled time.
+
 Every request ends up with exactly one row in the per-request table, whatever happened to it:
 completed (finish_reason "eos"/"length"), aborted ("abort"), failed ("error", message in `error`)
 or rejected because the engine's waiting queue was full ("rejected").
@@ -11,7 +18,9 @@ or rejected because the engine's waiting queue was full ("rejected").
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -33,8 +42,13 @@ class ServeResult:
 
 
 class ServingSession:
-    def __init__(self, engine, requests: list[Request]):
+    def __init__(self, engine, requests: list[Request], max_concurrency: int | None = None):
+        if max_concurrency is not None and (
+            isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1
+        ):
+            raise ValueError(f"max_concurrency must be an integer >= 1 or None, got {max_concurrency!r}")
         self.engine = engine
+        self.max_concurrency = max_concurrency
         self.pending = sorted(requests, key=lambda r: r.arrival_time)
         self.clock = 0.0
         self.steps: list[StepStats] = []
@@ -44,6 +58,9 @@ class ServingSession:
         self._cancelled: set[str] = set()  # aborted before they were submitted
         self._rows: list[dict] = []
         self._accounted: set[str] = set()
+        self._in_flight: set[str] = set()  # sent, not yet accounted for (closed loop only)
+        # closed loop: when each free slot became free, oldest first (all free at the start)
+        self._free_slots: deque[float] | None = None if max_concurrency is None else deque([-math.inf] * max_concurrency)
 
     @property
     def done(self) -> bool:
@@ -59,17 +76,28 @@ class ServingSession:
         """Ids of the requests that have their row in the table."""
         return frozenset(self._accounted)
 
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet accounted for (closed loop; 0 in open loop)."""
+        return len(self._in_flight)
+
     def advance(self) -> int:
-        """Submit every request that has arrived by now; when idle, jump the clock to the next
-        arrival. Returns how many requests arrived (submitted, or rejected by a full queue)."""
+        """Send every request that has arrived by now (closed loop: while a slot is free); when idle,
+        jump the clock to the next arrival. Returns how many requests were sent (submitted, or rejected
+        by a full queue)."""
         arrived = 0
         while True:
             while self._next < len(self.pending) and self.pending[self._next].arrival_time <= self.clock:
                 req = self.pending[self._next]
-                self._next += 1
                 if req.request_id in self._cancelled:
+                    self._next += 1
                     self._record_unserved(req, ABORT)
                     continue
+                if self._free_slots is not None:
+                    if not self._free_slots:
+                        break  # every slot in flight: wait for one to free
+                    req = self._take_slot(req)
+                self._next += 1
                 arrived += 1
                 try:
                     self.engine.submit(req)
@@ -77,7 +105,15 @@ class ServingSession:
                     self._record_unserved(req, REJECTED, str(exc))
             if self.engine.has_work or self._next >= len(self.pending):
                 return arrived
+            if self._free_slots is not None and not self._free_slots:
+                raise RuntimeError(f"{self.in_flight} requests in flight but the engine has no work")
             self.clock = self.pending[self._next].arrival_time
+
+    def _take_slot(self, req: Request) -> Request:
+        """Closed loop: take the oldest free slot; the request is sent when both it and the slot are there."""
+        freed = self._free_slots.popleft()
+        self._in_flight.add(req.request_id)
+        return dataclasses.replace(req, arrival_time=freed) if freed > req.arrival_time else req
 
     def abort(self, request_id: str) -> bool:
         """Abort a request of this session: one not submitted yet is dropped on arrival, a queued or
@@ -120,6 +156,9 @@ class ServingSession:
     def _add_row(self, req: Request, first_token: float, reason: str | None, error: str | None, *,
                  output_tokens: int = 0, drafted: int = 0, accepted: int = 0, decode_steps: int = 0) -> None:
         self._accounted.add(req.request_id)
+        if req.request_id in self._in_flight:  # closed loop: its slot frees now
+            self._in_flight.discard(req.request_id)
+            self._free_slots.append(self.clock)
         self._rows.append(
             dict(
                 request_id=req.request_id,
