@@ -39,9 +39,13 @@ def test_replicates_and_canonical_order(tmp_path):
 
 
 CLOSED = {**SWEEP, "rates": ["inf"], "concurrency": [1, 8], "seeds": [0]}  # closed loop: max requests in flight
+PPO = {"name": "ppo", "spec": {"type": "sb3", "algo": "PPO", "train_on": "sim", "total_timesteps": 128, "n_envs": 2,
+                               "n_steps": 32, "batch_size": 32, "n_epochs": 2, "checkpoint_every": 128,
+                               "eval": {"every": 0}}}
+WITH_SB3 = {**SWEEP, "seeds": [0], "policies": ["fixed-0", PPO]}  # sb3 replicates train as parallel Ray tasks
 
 
-@pytest.mark.parametrize("sweep", [SWEEP, CLOSED], ids=["open", "closed"])
+@pytest.mark.parametrize("sweep", [SWEEP, CLOSED, WITH_SB3], ids=["open", "closed", "sb3"])
 def test_ray_executor_gives_the_local_table(tmp_path, sweep):
     pytest.importorskip("ray", reason="ray is not installed (pip install 'nightjar-rl[ray]')")
     cfg = experiment_from_dict(sweep, "exec")
@@ -56,8 +60,19 @@ def test_ray_executor_gives_the_local_table(tmp_path, sweep):
         ray_ex.close()
     pd.testing.assert_frame_equal(_comparable(local.results), _comparable(remote.results))
     pd.testing.assert_frame_equal(local.k_by_batch, remote.k_by_batch)
-    for name in ("nightjar.json", "nightjar.rep1.json"):
-        assert (local.run_dir / "policies" / name).read_text() == (remote.run_dir / "policies" / name).read_text()
+    learner = "nightjar" if sweep is not WITH_SB3 else "ppo"
+    for name in (f"{learner}.json", f"{learner}.rep1.json"):
+        assert (local.run_dir / "policies" / name).is_file() and (remote.run_dir / "policies" / name).is_file()
+        if learner == "nightjar":
+            assert (local.run_dir / "policies" / name).read_text() == (remote.run_dir / "policies" / name).read_text()
+    if learner == "ppo":  # the same weights: training did not depend on where it ran
+        from safetensors.numpy import load_file
+
+        for name in ("ppo.safetensors", "ppo.rep1.safetensors"):
+            mine, theirs = load_file(local.run_dir / "policies" / name), load_file(remote.run_dir / "policies" / name)
+            assert mine.keys() == theirs.keys() and all((mine[k] == theirs[k]).all() for k in mine)
+        rows = pd.read_csv(remote.run_dir / "train_sb3.csv")
+        assert sorted(rows["replicate"]) == [0, 1] and set(rows["policy"]) == {"ppo"}
 
 
 def test_missing_ray_is_one_line(monkeypatch):

@@ -1,7 +1,8 @@
 """Where an experiment's jobs run: in this process (`local`, the default) or as Ray tasks (`ray`).
 
 A job is plain data: a `SweepContext` (the scenario as a mapping, the SLO, the learning flags) plus
-a `TrainJob` (one learner replicate to train) or a `CellJob` (one policy x rate [x concurrency] x seed x
+a `TrainJob` (one learner replicate to train), an `SB3Job` (one sb3 replicate trained on the
+simulator) or a `CellJob` (one policy x rate [x concurrency] x seed x
 replicate cell to evaluate). Workers rebuild the scenario's backend once per process (`backend_for`), build
 the policy from its spec or trained artifact, and return plain rows, so results do not depend on
 where a job ran. Executors yield `(job, result)` pairs as jobs finish; the runner writes each
@@ -132,6 +133,28 @@ def train_job(ctx: SweepContext, job: TrainJob) -> tuple[dict, list[dict]]:
     log.insert(0, "replicate", job.replicate)
     log.insert(0, "policy", job.policy)
     return policy_to_dict(policy), log.to_dict("records")
+
+
+@dataclass(frozen=True)
+class SB3Job:
+    """One replicate of an sb3 entry trained on the simulator (live training stays in the runner's
+    process: it shares the loaded model and its timings must not compete with other jobs)."""
+
+    policy: str
+    index: int  # the entry's position in the experiment's policies
+    replicate: int
+    artifact: str  # run_dir/policies/NAME[.repR].json
+    config: Any  # the ExperimentConfig
+
+
+def sb3_job(ctx: SweepContext, job: SB3Job) -> dict:
+    """Train and export one sb3 replicate. Returns its train_sb3.csv row (the runner writes it)."""
+    from nightjar_rl.experiments.sb3_train import train_entry
+
+    scenario, backend = backend_for(ctx.scenario)
+    _, row = train_entry(job.policy, job.index, job.config, scenario, backend, Path(job.artifact), job.replicate,
+                         progress=False)
+    return row
 
 
 def cell_job(ctx: SweepContext, job: CellJob) -> tuple[dict, list[dict]]:

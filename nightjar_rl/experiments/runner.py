@@ -39,6 +39,8 @@ from nightjar_rl.experiments.config import ExperimentConfig, ExperimentError, ex
 from nightjar_rl.experiments.executor import (
     KBB_COLUMNS,
     CellJob,
+    LocalExecutor,
+    SB3Job,
     SweepContext,
     TrainJob,
     backend_for,
@@ -46,10 +48,11 @@ from nightjar_rl.experiments.executor import (
     cell_key,
     make_executor,
     portable_scenario,
+    sb3_job,
     train_job,
     with_concurrency,
 )
-from nightjar_rl.experiments.sb3_config import is_sb3_spec
+from nightjar_rl.experiments.sb3_config import is_sb3_spec, parse_sb3_spec
 from nightjar_rl.io import atomic_write_text, read_json
 from nightjar_rl.policy import make_policy, save_policy
 from nightjar_rl.policy.artifact import policy_from_dict
@@ -181,19 +184,42 @@ def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, ctx: SweepConte
         artifacts[(job.policy, job.replicate)] = artifact
         bar.update()
     bar.close()
-    for index, entry in enumerate(cfg.policies):  # sb3 policies train here, on vectorised envs of their own
+    _train_sb3(cfg, scenario, ctx, run_dir, executor, progress)
+    for entry in cfg.policies:
         if is_sb3_spec(entry.spec):
             learned.add(entry.name)
-            for r in range(t.replicates):
-                path = _policy_file(run_dir, entry.name, r)
-                if not path.is_file():
-                    # local: training needs stable-baselines3, evaluating an exported policy does not
-                    from nightjar_rl.experiments.sb3_train import train_experiment_entry
-
-                    train_experiment_entry(entry.name, index, cfg, scenario, backend_for(ctx.scenario)[1], path,
-                                           replicate=r, progress=progress)
-                artifacts[(entry.name, r)] = str(path.resolve())  # cells load it by path (weights beside it)
+            for r in range(t.replicates):  # cells load it by path (weights beside it)
+                artifacts[(entry.name, r)] = str(_policy_file(run_dir, entry.name, r).resolve())
     return specs, artifacts, learned
+
+
+def _train_sb3(cfg: ExperimentConfig, scenario: Scenario, ctx: SweepContext, run_dir: Path, executor,
+               progress: bool) -> None:
+    """Train every sb3 replicate not exported yet (on vectorised envs of its own). On the local executor
+    one after another with a progress bar each; on Ray, replicates trained on the simulator run as
+    parallel tasks (live training always stays in this process)."""
+    remote = []
+    for index, entry in enumerate(cfg.policies):
+        if not is_sb3_spec(entry.spec):
+            continue
+        for r in range(cfg.train.replicates):
+            path = _policy_file(run_dir, entry.name, r)
+            if path.is_file():
+                continue
+            # imported only here: training needs stable-baselines3, evaluating an exported policy does not
+            from nightjar_rl.experiments.sb3_train import train_experiment_entry
+
+            if isinstance(executor, LocalExecutor) or parse_sb3_spec(entry.spec).train_on == "live":
+                train_experiment_entry(entry.name, index, cfg, scenario, backend_for(ctx.scenario)[1], path,
+                                       replicate=r, progress=progress)
+            else:
+                remote.append(SB3Job(entry.name, index, r, str(path), cfg))
+    bar = tqdm(total=len(remote), desc=f"train sb3 {cfg.name} ({executor.name})", unit="replicate",
+               disable=not progress or not remote)
+    for _, row in executor.map(sb3_job, ctx, remote):
+        append_rows(run_dir / "train_sb3.csv", pd.DataFrame([row]))
+        bar.update()
+    bar.close()
 
 
 def sweep_cells(cfg: ExperimentConfig, specs: dict, artifacts: dict, learned: set[str]) -> list[CellJob]:

@@ -358,10 +358,21 @@ def training_scenario(spec: SB3Spec, cfg: ExperimentConfig, eval_scenario: Scena
 
 def train_experiment_entry(name: str, index: int, cfg: ExperimentConfig, eval_scenario: Scenario, backend,
                            artifact: Path, replicate: int = 0, progress: bool = True) -> Path:
-    """Train replicate `replicate` of the experiment's sb3 policy `name` (entry `index`) and export it
-    to `artifact` (run_dir/policies/NAME.json, or NAME.repR.json: seed + R); log a row to
-    train_sb3.csv. `backend` is the evaluation scenario's: a live one shares its loaded target model
-    with the training envs when both use the same model."""
+    """Train replicate `replicate` of the experiment's sb3 policy `name` (entry `index`), export it
+    to `artifact` (run_dir/policies/NAME.json, or NAME.repR.json: seed + R) and log a row to
+    train_sb3.csv (see `train_entry`)."""
+    run_dir = artifact.parent.parent
+    path, row = train_entry(name, index, cfg, eval_scenario, backend, artifact, replicate, progress)
+    append_rows(run_dir / "train_sb3.csv", pd.DataFrame([row]))
+    return path
+
+
+def train_entry(name: str, index: int, cfg: ExperimentConfig, eval_scenario: Scenario, backend,
+                artifact: Path, replicate: int = 0, progress: bool = True) -> tuple[Path, dict]:
+    """Train and export one sb3 replicate; returns (artifact, its train_sb3.csv row) without writing
+    the row, so executor workers can train in parallel and the runner writes every row itself.
+    `backend` is the evaluation scenario's: a live one shares its loaded target model with the
+    training envs when both use the same model."""
     where = f"experiment {cfg.name!r}: field 'policies[{index}].spec"
     spec = parse_sb3_spec(cfg.policies[index].spec, where)
     spec = dataclasses.replace(spec, seed=(spec.seed if spec.seed is not None else cfg.train.seed) + replicate)
@@ -374,6 +385,5 @@ def train_experiment_entry(name: str, index: int, cfg: ExperimentConfig, eval_sc
     result = train_sb3(spec, scenario, run_dir, stem, target=shared, rates=cfg.train.rates or cfg.rates,
                        num_requests=cfg.train.num_requests, progress=progress,
                        concurrency=cfg.train.concurrency or cfg.concurrency)
-    append_rows(run_dir / "train_sb3.csv", pd.DataFrame([{"policy": name, "replicate": replicate, "algo": spec.algo,
-                                                          "scenario": scenario.name, **result.as_row()}]))
-    return result.artifact
+    return result.artifact, {"policy": name, "replicate": replicate, "algo": spec.algo, "scenario": scenario.name,
+                             **result.as_row()}
