@@ -4,8 +4,8 @@ that the tables are identical. The lead runs it on a quiet machine (goal: Ray wi
 
     python3 experiments/bench_ray.py [CONFIG] [--workers 2] [--seeds N] [--rates R,R] [--num-requests N]
 
-CONFIG defaults to experiments/nightjar_study.yaml. --seeds/--rates/--num-requests/--episodes shrink
-the sweep (validation: experiments/study_tiny.yaml). Run folders go to a temporary directory.
+CONFIG defaults to experiments/nightjar_study.yaml. --seeds/--rates/--num-requests/--episodes/
+--sb3-timesteps shrink the sweep (validation: experiments/study_tiny.yaml). Run folders go to a temporary directory.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pandas as pd  # noqa: E402
 from nightjar_rl.experiments import load_experiment  # noqa: E402
 from nightjar_rl.experiments.executor import LocalExecutor, RayExecutor  # noqa: E402
 from nightjar_rl.experiments.runner import run_experiment  # noqa: E402
+from nightjar_rl.experiments.sb3_config import is_sb3_spec  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", default=None, help="comma-separated rates to keep")
     p.add_argument("--num-requests", type=int, default=None, help="requests per cell")
     p.add_argument("--episodes", type=int, default=None, help="training episodes per learner replicate")
+    p.add_argument("--sb3-timesteps", type=int, default=None,
+                   help="total_timesteps of the sb3 entries (0 drops them from the sweep)")
     a = p.parse_args(argv)
     cfg = load_experiment(a.config)
     if a.seeds:
@@ -45,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg.num_requests = cfg.train.num_requests = a.num_requests
     if a.episodes is not None:
         cfg.train.episodes = a.episodes
+    if a.sb3_timesteps is not None:
+        sb3 = [e for e in cfg.policies if is_sb3_spec(e.spec)]
+        cfg.policies = [e for e in cfg.policies if e not in sb3 or a.sb3_timesteps > 0]
+        for e in sb3:
+            e.spec["total_timesteps"] = a.sb3_timesteps
     out = Path(tempfile.mkdtemp(prefix="bench_ray_"))
 
     start = time.perf_counter()
