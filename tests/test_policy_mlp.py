@@ -137,3 +137,20 @@ def test_loading_does_not_import_stable_baselines3(saved):
             f"p = load_policy({str(saved)!r}); import numpy as np; p.predict(np.zeros({obs_size(MAX_K)}, np.float32)); "
             "assert 'stable_baselines3' not in sys.modules, 'stable_baselines3 was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_shipped_ppo_artifact_loads_without_sb3_and_picks_k_by_load():
+    """policies/ppo-gpu-whatif-ngram.json (trained on the GPU what-if sim) loads with numpy alone,
+    speculates at a small idle batch and turns speculation off at a full batch under load."""
+    import sys
+    from pathlib import Path
+
+    from nightjar_rl.policy import load_policy
+    from nightjar_rl.runtime.export import typical_observation
+
+    path = Path(__file__).resolve().parents[1] / "policies" / "ppo-gpu-whatif-ngram.json"
+    before = "stable_baselines3" in sys.modules
+    policy = load_policy(path)
+    assert policy.max_k == 4 and ("stable_baselines3" in sys.modules) == before
+    assert policy.predict(typical_observation(4, 2)) > 0
+    assert policy.predict(typical_observation(4, 256, {"queue_len": 50, "arrival_rate": 240})) == 0
