@@ -193,8 +193,13 @@ def test_sb3_envs_cycle_concurrency_per_episode_offset_per_env(tmp_path):
 def test_closed_study_config_mirrors_the_open_study():
     closed = load_experiment(ROOT / "experiments" / "nightjar_study_closed.yaml")
     study = load_experiment(ROOT / "experiments" / "nightjar_study.yaml")
-    assert (closed.scenario, closed.seeds, closed.policies, closed.slo) == (study.scenario, study.seeds, study.policies,
-                                                                           study.slo)
+    assert (closed.scenario, closed.seeds, closed.slo) == (study.scenario, study.seeds, study.slo)
+    assert [e.name for e in closed.policies] == [e.name for e in study.policies]
+    for mine, theirs in zip(closed.policies, study.policies):  # PPO trains longer in closed loop (300k vs 200k)
+        if mine.name != "ppo":
+            assert mine.spec == theirs.spec
+        else:
+            assert {**mine.spec, "total_timesteps": 0} == {**theirs.spec, "total_timesteps": 0}
     assert closed.rates == [math.inf] and closed.concurrency == [1, 4, 16, 64, 128, 256, 512]
     assert closed.num_requests > max(closed.concurrency)  # the cap binds at the largest C
     assert closed.train.replicates == 3 and closed.train.concurrency == closed.concurrency
