@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ import httpx
 import numpy as np
 
 from nightjar_rl.io import atomic_write_json
+from nightjar_rl.runtime.server import free_port, wait_until_healthy
 from nightjar_rl.serving import load_prompts
 
 
@@ -53,12 +53,6 @@ def _engine_flags(a: Args) -> list[str]:
     flags = ["--model", a.model, "--drafter", a.drafter, "--policy", a.policy, "--max-batch-size", str(a.concurrency),
              "--max-seq-len", "1024"]
     return flags + (["--threads", str(a.threads)] if a.threads else [])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _clients(url: str, prompts: list[str], a: Args) -> tuple[list[dict], float]:
@@ -92,22 +86,13 @@ async def _clients(url: str, prompts: list[str], a: Args) -> tuple[list[dict], f
 
 
 def run_server(a: Args, prompts: list[str], steps_log: Path) -> tuple[list[dict], float]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "nightjar_rl.cli", "serve", *_engine_flags(a), "--port", str(port),
                              "--quiet", "--default-max-tokens", str(a.max_new_tokens), "--log-steps", str(steps_log)],
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.5)
+        wait_until_healthy(url, proc, timeout=300, poll=0.5)
         httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": prompts[0]}],
                                                         "max_tokens": 4}, timeout=300)  # warm-up
         return asyncio.run(_clients(url, prompts, a))

@@ -124,16 +124,14 @@ def test_serve_saves_learned_policy_and_step_log_on_sigterm(tmp_path):
     --log-steps (uvicorn re-raises SIGTERM after its shutdown; the CLI must exit through its finally)."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
-    import time
 
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from nightjar_rl.runtime.server import free_port, wait_until_healthy
+
+    port = free_port()
     saved, steps = tmp_path / "nj.json", tmp_path / "steps.csv"
     proc = subprocess.Popen(
         [sys.executable, "-m", "nightjar_rl.cli", "serve", "--model", "tiny-random", "--drafter", "ngram",
@@ -142,15 +140,7 @@ def test_serve_saves_learned_policy_and_step_log_on_sigterm(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, "server did not start"
-            time.sleep(0.2)
+        wait_until_healthy(f"http://127.0.0.1:{port}", proc, timeout=120)
         r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "abc", "max_tokens": 6}, timeout=60)
         assert r.status_code == 200
         os.kill(proc.pid, signal.SIGTERM)

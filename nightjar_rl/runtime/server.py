@@ -277,3 +277,29 @@ def build_server(stack, rp, served_model_name: str | None = None, max_waiting: i
     engine_loop = EngineLoop(stack.engine, rp, metrics, max_waiting=max_waiting).start()
     server_cfg = ServerConfig(name, cfg.max_seq_len, default_max_tokens, cfg.temperature, cfg.top_p)
     return create_app(engine_loop, TextCodec(stack.tokenizer, stack.vocab_size), server_cfg), engine_loop
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (for a server started as a subprocess)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_healthy(url: str, proc, timeout: float, poll: float = 0.2) -> None:
+    """Poll `url`/health until it answers 200; RuntimeError if the server process `proc` (a Popen)
+    exits first or `timeout` seconds pass."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"the server at {url} did not start")
+        time.sleep(poll)
