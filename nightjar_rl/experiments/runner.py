@@ -206,12 +206,13 @@ def _train_sb3(cfg: ExperimentConfig, scenario: Scenario, ctx: SweepContext, run
             path = _policy_file(run_dir, entry.name, r)
             if path.is_file():
                 continue
-            # imported only here: training needs stable-baselines3, evaluating an exported policy does not
-            from nightjar_rl.experiments.sb3_train import train_experiment_entry
-
             if isinstance(executor, LocalExecutor) or parse_sb3_spec(entry.spec).train_on == "live":
-                train_experiment_entry(entry.name, index, cfg, scenario, backend_for(ctx.scenario)[1], path,
-                                       replicate=r, progress=progress)
+                # imported only here: training needs stable-baselines3, evaluating an exported policy does not
+                from nightjar_rl.experiments.sb3_train import train_entry
+
+                _, row = train_entry(entry.name, index, cfg, scenario, backend_for(ctx.scenario)[1], path,
+                                     replicate=r, progress=progress)
+                append_rows(run_dir / "train_sb3.csv", pd.DataFrame([row]))
             else:
                 remote.append(SB3Job(entry.name, index, r, str(path), cfg))
     bar = tqdm(total=len(remote), desc=f"train sb3 {cfg.name} ({executor.name})", unit="replicate",

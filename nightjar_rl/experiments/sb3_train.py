@@ -37,7 +37,6 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import pandas as pd
 import stable_baselines3
 import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
@@ -47,7 +46,6 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNorm
 from tqdm.auto import tqdm
 
 from nightjar_rl.env.backend import make_backend
-from nightjar_rl.env.recorder import append_rows
 from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
 from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
 from nightjar_rl.experiments.config import ExperimentConfig, ExperimentError
@@ -190,8 +188,7 @@ class TqdmCallback(BaseCallback):
                         disable=self.disable, leave=False)
 
     def _on_step(self) -> bool:
-        if self.num_timesteps > self.bar.total:  # on-policy algorithms finish their last rollout
-            self.bar.total = self.num_timesteps
+        self.bar.total = max(self.bar.total, self.num_timesteps)  # on-policy algorithms finish their last rollout
         self.bar.update(self.num_timesteps - self.bar.n)
         return True
 
@@ -356,21 +353,11 @@ def training_scenario(spec: SB3Spec, cfg: ExperimentConfig, eval_scenario: Scena
     return scenario
 
 
-def train_experiment_entry(name: str, index: int, cfg: ExperimentConfig, eval_scenario: Scenario, backend,
-                           artifact: Path, replicate: int = 0, progress: bool = True) -> Path:
-    """Train replicate `replicate` of the experiment's sb3 policy `name` (entry `index`), export it
-    to `artifact` (run_dir/policies/NAME.json, or NAME.repR.json: seed + R) and log a row to
-    train_sb3.csv (see `train_entry`)."""
-    run_dir = artifact.parent.parent
-    path, row = train_entry(name, index, cfg, eval_scenario, backend, artifact, replicate, progress)
-    append_rows(run_dir / "train_sb3.csv", pd.DataFrame([row]))
-    return path
-
-
 def train_entry(name: str, index: int, cfg: ExperimentConfig, eval_scenario: Scenario, backend,
                 artifact: Path, replicate: int = 0, progress: bool = True) -> tuple[Path, dict]:
-    """Train and export one sb3 replicate; returns (artifact, its train_sb3.csv row) without writing
-    the row, so executor workers can train in parallel and the runner writes every row itself.
+    """Train replicate `replicate` of the experiment's sb3 policy `name` (entry `index`) and export it
+    to `artifact` (run_dir/policies/NAME.json, or NAME.repR.json: seed + R). Returns (artifact, its
+    train_sb3.csv row); the runner writes the row, wherever the training ran.
     `backend` is the evaluation scenario's: a live one shares its loaded target model with the
     training envs when both use the same model."""
     where = f"experiment {cfg.name!r}: field 'policies[{index}].spec"
