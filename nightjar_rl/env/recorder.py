@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import pandas as pd
 
@@ -38,3 +41,35 @@ def append_rows(path: str | Path, rows: pd.DataFrame) -> pd.DataFrame:
     table = pd.concat([read_table(path), rows], ignore_index=True) if path.exists() else rows
     write_table(table, path)
     return table
+
+
+class TableAppender:
+    """Appends rows to tables in batches: each table is rewritten (atomically, by `append_rows`) at most
+    once every `every_s` seconds and once on close, also after an error or an interrupt. Appending
+    every row as it comes rewrites a growing file each time (quadratic in the run's length).
+
+    Tables are flushed in the order they were first given rows, so a table fed first (a cell's
+    details) is never behind one fed after it (the record of finished cells a resume trusts)."""
+
+    def __init__(self, every_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.every_s, self.clock = every_s, clock
+        self._pending: dict[Path, list[pd.DataFrame]] = {}
+        self._last = clock()
+
+    def add(self, path: str | Path, rows: pd.DataFrame) -> None:
+        self._pending.setdefault(Path(path), []).append(rows)
+        if self.clock() - self._last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        for path, parts in self._pending.items():
+            rows = [p for p in parts if not p.empty] or parts[:1]
+            append_rows(path, pd.concat(rows, ignore_index=True) if len(rows) > 1 else rows[0])
+        self._pending.clear()
+        self._last = self.clock()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()

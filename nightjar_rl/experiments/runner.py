@@ -9,8 +9,9 @@ Run folder:
     checkpoints/, tb/, eval/, train_sb3.csv   sb3 training (nightjar_rl/experiments/sb3_train.py)
     train.csv            one row per training episode (policy, replicate, ...)
     results.csv          one row per policy x rate [x concurrency] x seed x replicate (appended atomically
-                         as cells finish on any executor; sorted into the canonical cell order at the
-                         end); a `concurrency` column only when the config has a concurrency sweep
+                         as cells finish on any executor, in batches 5 s apart; sorted into the
+                         canonical cell order at the end); a `concurrency` column only when the
+                         config has a concurrency sweep
     k_by_batch.csv       decode steps and mean k per batch size, per cell
     summary.txt          the terminal summary
     throughput_vs_rate.png, latency_vs_rate.png, k_by_batch.png   (closed-loop sweeps: *_vs_concurrency.png)
@@ -33,7 +34,7 @@ from nightjar_rl.analysis.stats import ci_table, format_ci
 from nightjar_rl.analysis.study import headline, verdict
 from nightjar_rl.analysis.tables import best_fixed_comparison
 from nightjar_rl.env.backend import resolve_data_path
-from nightjar_rl.env.recorder import append_rows, read_table, write_table
+from nightjar_rl.env.recorder import TableAppender, append_rows, read_table, write_table
 from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
 from nightjar_rl.experiments.config import ExperimentConfig, ExperimentError, experiment_from_dict
 from nightjar_rl.experiments.executor import (
@@ -369,12 +370,13 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: 
         bar = tqdm(total=len(todo), desc=f"evaluate {cfg.name} ({ex.name})", unit="cell", disable=not progress)
         closed = cfg.concurrency is not None
         kbb_columns, table_columns = with_concurrency(KBB_COLUMNS, closed), with_concurrency(TABLE_COLUMNS, closed)
-        for job, (row, krows) in ex.map(cell_job, ctx, todo):
-            load = f"{job.rate:g}/s" + ("" if job.concurrency is None else f" C={job.concurrency}")
-            bar.set_postfix_str(f"{job.policy} @ {load} seed {job.seed}", refresh=False)
-            append_rows(run_dir / "k_by_batch.csv", pd.DataFrame(krows, columns=kbb_columns))
-            append_rows(run_dir / "results.csv", pd.DataFrame([{c: row.get(c) for c in table_columns}]))
-            bar.update()
+        with TableAppender(every_s=5.0) as tables:  # k_by_batch first: a finished cell's details are on disk
+            for job, (row, krows) in ex.map(cell_job, ctx, todo):
+                load = f"{job.rate:g}/s" + ("" if job.concurrency is None else f" C={job.concurrency}")
+                bar.set_postfix_str(f"{job.policy} @ {load} seed {job.seed}", refresh=False)
+                tables.add(run_dir / "k_by_batch.csv", pd.DataFrame(krows, columns=kbb_columns))
+                tables.add(run_dir / "results.csv", pd.DataFrame([{c: row.get(c) for c in table_columns}]))
+                bar.update()
         bar.close()
     results = canonical_order(read_table(run_dir / "results.csv"), cells)
     write_table(results, run_dir / "results.csv")
