@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 
 from nightjar_rl.analysis.study import relative_score  # noqa: E402
+from nightjar_rl.env.recorder import write_table  # noqa: E402
 from nightjar_rl.experiments.config import experiment_from_dict  # noqa: E402
 from nightjar_rl.experiments.runner import load_run, run_experiment  # noqa: E402
-from nightjar_rl.io import read_json  # noqa: E402
 
 
 def spot_policies(run_dir: Path, top: int = 2, names: list[str] | None = None) -> list[dict]:
@@ -40,7 +40,8 @@ def spot_policies(run_dir: Path, top: int = 2, names: list[str] | None = None) -
     entries = [{"name": "k0", "spec": "fixed-0"}]
     for name in best:
         artifact = run_dir / "policies" / f"{name}.json"
-        entries.append({"name": name, "spec": read_json(artifact, "policy") if artifact.is_file() else specs[name]})
+        # an artifact by path: an `mlp` manifest finds its weights file beside it
+        entries.append({"name": name, "spec": str(artifact.resolve()) if artifact.is_file() else specs[name]})
     return entries
 
 
@@ -79,10 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{rate:g}/s  sim: {' > '.join(sim_rank)}   live: {' > '.join(live_rank)}   "
               f"{'same ranking' if sim_rank == live_rank else 'DIFFERENT ranking'}")
     print(table.round(3).to_string())
-    out = Path(a.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    table.reset_index().to_csv(out / "spot_check.csv", index=False)
-    print(f"rankings agree at {sum(agree)}/{len(agree)} rates; wrote {out / 'spot_check.csv'}")
+    out = write_table(table.reset_index(), Path(a.out_dir) / "spot_check.csv")
+    print(f"rankings agree at {sum(agree)}/{len(agree)} rates; wrote {out}")
     return 0
 
 

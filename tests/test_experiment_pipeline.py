@@ -130,3 +130,15 @@ def test_experiment_subcommand_parser():
     args = parser.parse_args(["experiment", "experiments/tiny.yaml", "--resume", "runs/x"])
     assert (args.command, args.config, args.resume, args.out_dir) == ("experiment", "experiments/tiny.yaml", "runs/x", "runs")
     assert callable(args.func)
+
+
+def test_fixed_policies_names_only_fixed_k_entries(tmp_path):
+    """An artifact given by path (as spot_check.py passes trained policies) is not a fixed k, nor an error."""
+    from nightjar_rl.policy import make_policy
+    from nightjar_rl.policy.artifact import save_policy
+
+    artifact = save_policy(make_policy({"type": "nightjar"}, 3), tmp_path / "nj.json")
+    cfg = experiment_from_dict({"name": "f", "scenario": "tiny-sim", "rates": [1.0], "seeds": [0], "policies": [
+        {"name": "k0", "spec": "fixed-0"}, {"name": "k2", "spec": {"type": "fixed", "k": 2}},
+        {"name": "nj", "spec": str(artifact)}, {"name": "hf", "spec": "hf_heuristic"}]}, "f")
+    assert runner.fixed_policies(cfg) == ["k0", "k2"]

@@ -395,6 +395,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: 
 def fixed_policies(cfg: ExperimentConfig) -> list[str]:
     """Names of the config's fixed-k policies, in config order."""
     def type_name(spec) -> str:
+        if isinstance(spec, str) and spec.strip().lower().endswith(".json"):
+            return "artifact"  # a policy file (make_policy loads it): never a plain fixed k
         data = parse_spec_string(spec) if isinstance(spec, str) else spec
         return str(data.get("type", "")).replace("-", "_")
 
