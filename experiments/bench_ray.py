@@ -1,5 +1,6 @@
 """Local vs Ray executor on the study sweep: wall time of the same experiment on each, and a check
-that the tables are identical. The lead runs it on a quiet machine (goal: Ray with 2 workers
+that the tables are identical. Each phase (train, then evaluate) is timed on its own; with --repeats N
+the two executors run in turn N times and the medians are printed. The lead runs it on a quiet machine (goal: Ray with 2 workers
 <= 0.6x the local time on 2 cores).
 
     python3 experiments/bench_ray.py [CONFIG] [--workers 2] [--seeds N] [--rates R,R] [--num-requests N]
@@ -11,6 +12,7 @@ CONFIG defaults to experiments/nightjar_study.yaml. --seeds/--rates/--num-reques
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -23,7 +25,7 @@ import pandas as pd  # noqa: E402
 
 from nightjar_rl.experiments import load_experiment  # noqa: E402
 from nightjar_rl.experiments.executor import LocalExecutor, RayExecutor  # noqa: E402
-from nightjar_rl.experiments.runner import run_experiment  # noqa: E402
+from nightjar_rl.experiments.runner import run_experiment, train_experiment  # noqa: E402
 from nightjar_rl.experiments.sb3_config import is_sb3_spec  # noqa: E402
 
 
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=None, help="training episodes per learner replicate")
     p.add_argument("--sb3-timesteps", type=int, default=None,
                    help="total_timesteps of the sb3 entries (0 drops them from the sweep)")
+    p.add_argument("--repeats", type=int, default=1, help="runs of each executor (medians are reported)")
     a = p.parse_args(argv)
     cfg = load_experiment(a.config)
     if a.seeds:
@@ -55,29 +58,41 @@ def main(argv: list[str] | None = None) -> int:
             e.spec["total_timesteps"] = a.sb3_timesteps
     out = Path(tempfile.mkdtemp(prefix="bench_ray_"))
 
-    start = time.perf_counter()
-    local = run_experiment(cfg, out_dir=out / "local", progress=False, executor=LocalExecutor())
-    t_local = time.perf_counter() - start
+    def timed_run(executor, folder: str) -> tuple[pd.DataFrame, dict]:
+        """The experiment in two phases (train, then evaluate by resuming the trained run), timed."""
+        start = time.perf_counter()
+        trained = train_experiment(cfg, out_dir=out / folder, progress=False, executor=executor)
+        t_train = time.perf_counter() - start
+        result = run_experiment(cfg, out_dir=out / folder, resume=trained.run_dir, progress=False, executor=executor)
+        return result.results, {"train_s": t_train, "evaluate_s": time.perf_counter() - start - t_train}
 
-    start = time.perf_counter()
-    executor = RayExecutor(a.ray_address, None if a.ray_address else a.workers)
-    t_init = time.perf_counter() - start
-    try:
-        remote = run_experiment(cfg, out_dir=out / "ray", progress=False, executor=executor)
-    finally:
-        executor.close()
-    t_ray = time.perf_counter() - start
+    times: dict[str, list[dict]] = {"local": [], "ray": []}
+    for rep in range(a.repeats):  # side by side: local then Ray, each repeat
+        local, t = timed_run(LocalExecutor(), f"local{rep}")
+        times["local"].append(t)
+        start = time.perf_counter()
+        executor = RayExecutor(a.ray_address, None if a.ray_address else a.workers)
+        t_init = time.perf_counter() - start
+        try:
+            remote, t = timed_run(executor, f"ray{rep}")
+        finally:
+            executor.close()
+        times["ray"].append({**t, "start_s": t_init})
+    t_local, t_ray = ({k: statistics.median(t[k] for t in runs) for k in runs[0]} for runs in times.values())
 
-    same = local.results.drop(columns="run").equals(remote.results.drop(columns="run"))
-    cells = len(local.results)
-    print(pd.DataFrame([
-        {"executor": "local", "cells": cells, "wall_s": round(t_local, 2), "ratio": 1.0},
-        {"executor": f"ray ({a.ray_address or f'{a.workers} workers'})", "cells": cells, "wall_s": round(t_ray, 2),
-         "ratio": round(t_ray / t_local, 3)},
-        {"executor": "ray, excluding Ray start-up", "cells": cells, "wall_s": round(t_ray - t_init, 2),
-         "ratio": round((t_ray - t_init) / t_local, 3)},
-    ]).to_string(index=False))
-    print(f"tables identical: {same}; goal: ray <= 0.6x local -> {'met' if t_ray <= 0.6 * t_local else 'NOT met'}")
+    same = local.drop(columns="run").equals(remote.drop(columns="run"))
+    total_local = sum(t_local.values())
+    rows = []
+    for name, t in (("local", t_local), (f"ray ({a.ray_address or f'{a.workers} workers'})", t_ray)):
+        total = sum(t.values())
+        rows.append({"executor": name, "cells": len(local), **{k: round(v, 2) for k, v in t.items()},
+                     "total_s": round(total, 2), "ratio": round(total / total_local, 3)})
+    for phase in ("train_s", "evaluate_s"):
+        rows.append({"executor": f"ray/local, {phase[:-2]} only", "ratio": round(t_ray[phase] / t_local[phase], 3)})
+    print(pd.DataFrame(rows).to_string(index=False, na_rep=""))
+    ratio = sum(t_ray.values()) / total_local
+    print(f"{a.repeats} run(s) each, medians; tables identical: {same}; "
+          f"goal: ray <= 0.6x local -> {'met' if ratio <= 0.6 else 'NOT met'}")
     return 0 if same else 1
 
 
