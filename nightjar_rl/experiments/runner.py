@@ -57,7 +57,7 @@ from nightjar_rl.experiments.sb3_config import is_sb3_spec, parse_sb3_spec
 from nightjar_rl.io import atomic_write_text, read_json
 from nightjar_rl.policy import make_policy, save_policy
 from nightjar_rl.policy.artifact import policy_from_dict
-from nightjar_rl.policy.registry import parse_spec_string
+from nightjar_rl.policy.registry import is_artifact_path, parse_spec_string
 
 CELL_KEYS = ["policy", "rate", "seed", "replicate"]
 TABLE_COLUMNS = [
@@ -395,7 +395,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: 
 def fixed_policies(cfg: ExperimentConfig) -> list[str]:
     """Names of the config's fixed-k policies, in config order."""
     def type_name(spec) -> str:
-        if isinstance(spec, str) and spec.strip().lower().endswith(".json"):
+        if is_artifact_path(spec):
             return "artifact"  # a policy file (make_policy loads it): never a plain fixed k
         data = parse_spec_string(spec) if isinstance(spec, str) else spec
         return str(data.get("type", "")).replace("-", "_")

@@ -130,13 +130,18 @@ def build_policy(type_name: str, params: Mapping, max_k: int) -> Policy:
     return cls(max_k=max_k, **kwargs)
 
 
+def is_artifact_path(spec) -> bool:
+    """Whether `spec` names a policy artifact file (a `.json` path) rather than a spec string."""
+    return isinstance(spec, str) and spec.strip().lower().endswith(".json")
+
+
 def make_policy(spec: Mapping | str | Policy, max_k: int) -> Policy:
     """Build a policy from a spec dict or string (see module docstring)."""
     if isinstance(spec, Policy):
         if spec.max_k != max_k:
             raise ValueError(f"policy {spec.name} has max_k={spec.max_k}, expected {max_k}")
         return spec
-    if isinstance(spec, str) and spec.strip().lower().endswith(".json"):
+    if is_artifact_path(spec):
         from nightjar_rl.policy.artifact import load_policy
 
         policy = load_policy(spec.strip())
