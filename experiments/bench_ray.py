@@ -1,12 +1,13 @@
 """Local vs Ray executor on the study sweep: wall time of the same experiment on each, and a check
-that the tables are identical. Each phase (train, then evaluate) is timed on its own; with --repeats N
-the two executors run in turn N times and the medians are printed. The lead runs it on a quiet machine (goal: Ray with 2 workers
-<= 0.6x the local time on 2 cores).
+that the tables are identical. Each phase (train, then evaluate) is timed on its own; with
+--repeats N the two executors run in turn N times and the medians are printed. The lead runs it on a
+quiet machine (goal: Ray with 2 workers <= 0.6x the local time on 2 cores).
 
     python3 experiments/bench_ray.py [CONFIG] [--workers 2] [--seeds N] [--rates R,R] [--num-requests N]
 
 CONFIG defaults to experiments/nightjar_study.yaml. --seeds/--rates/--num-requests/--episodes/
---sb3-timesteps shrink the sweep (validation: experiments/study_tiny.yaml). Run folders go to a temporary directory.
+--sb3-timesteps shrink the sweep (validation: experiments/study_tiny.yaml). Run folders go to a
+temporary directory.
 """
 
 from __future__ import annotations
