@@ -1,12 +1,14 @@
-"""The simulator replays acceptance exactly: driven with the same k schedule (and the same aborts) on
-the same offline workload, every SimEngine step decodes the same rows, drafts, accepts and emits the
-same counts, and finishes the same requests as the live engine, for every drafter."""
+"""The simulator replays acceptance exactly: driven with the same schedule of plans (uniform k, or a
+random speculation length per row, zeros included; and the same aborts) on the same offline
+workload, every SimEngine step decodes the same rows, drafts, accepts and emits the same counts, and
+finishes the same requests as the live engine, for every drafter."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.models import LoadedModel, load_model
 from nightjar_rl.sim.engine import SimEngine
@@ -14,8 +16,8 @@ from nightjar_rl.sim.profile import HardwareProfile
 from nightjar_rl.sim.record import record_trace
 from nightjar_rl.stack import EngineConfig, build_stack
 
-FIELDS = ("request_ids", "drafted", "accepted", "emitted", "first_token_ids", "finished_ids", "aborted_ids", "batch_size",
-          "num_waiting", "num_prefilled", "prefill_tokens", "verify_tokens")
+FIELDS = ("k", "request_ids", "plan", "drafted", "accepted", "emitted", "first_token_ids", "finished_ids", "aborted_ids",
+          "batch_size", "num_waiting", "num_prefilled", "prefill_tokens", "verify_tokens", "scored_tokens")
 DRAFTERS = {
     "ngram": dict(drafter="ngram"),
     "draft-self": dict(drafter="draft", draft="tiny-random"),  # accepts everything
@@ -34,15 +36,29 @@ def random_prompts(count: int, seed: int, vocab: int = 90) -> list[tuple[str, li
     return out
 
 
-def run_schedule(engine, requests: list[Request], schedule: list[int], aborts: dict[int, str] | None = None):
-    """Serve with k from `schedule`; before step i, abort request `aborts[i]` (queued or running)."""
+def random_row_plans(max_k: int, seed: int):
+    """A plan schedule: at step i, a random length in [0, max_k] for each running row (by id) and a
+    random default; the same for any engine whose running rows are the same."""
+
+    def plan(i: int, running: list[str]) -> SpecPlan:
+        rng = np.random.default_rng([seed, i])
+        return SpecPlan.per_row({rid: int(rng.integers(0, max_k + 1)) for rid in running},
+                                default=int(rng.integers(0, max_k + 1)))
+
+    return plan
+
+
+def run_schedule(engine, requests: list[Request], schedule: list, aborts: dict[int, str] | None = None):
+    """Serve with plans from `schedule` (a k, a plan, or a function (step, running ids) -> plan);
+    before step i, abort request `aborts[i]` (queued or running)."""
     for r in requests:
         engine.submit(r)
     steps, outputs, i = [], {}, 0
     while engine.has_work:
         if aborts and i in aborts:
             engine.abort(aborts[i])
-        stats = engine.step(schedule[i % len(schedule)])
+        item = schedule[i % len(schedule)]
+        stats = engine.step(item(i, [s.request_id for s in engine.running]) if callable(item) else item)
         steps.append({f: getattr(stats, f) for f in FIELDS})
         outputs.update({s.request_id: (s.output_ids, s.finish_reason, s.drafted, s.accepted)
                         for s in engine.pop_finished()})
@@ -56,11 +72,11 @@ def check_replay(target: LoadedModel, config: EngineConfig, prompts, max_new: in
     for n, schedule in enumerate(schedules):
         requests = [Request(rid, ids, max_new) for rid, ids in prompts]
         live = build_stack(config, target=target).engine
-        live_steps, live_out = run_schedule(live, requests, schedule, aborts if n == 1 else None)
+        live_steps, live_out = run_schedule(live, requests, schedule, aborts if n % 2 else None)
         sim = SimEngine(trace, FLAT_PROFILE, max_batch_size=config.max_batch_size, max_seq_len=config.max_seq_len,
                         max_speculation=config.max_speculation)
         sim_steps, sim_out = run_schedule(sim, [Request(r.request_id, r.prompt_ids, max_new) for r in requests],
-                                          schedule, aborts if n == 1 else None)
+                                          schedule, aborts if n % 2 else None)
         assert len(sim_steps) == len(live_steps)
         for i, (a, b) in enumerate(zip(live_steps, sim_steps)):
             assert a == b, f"step {i} differs (schedule {schedule})"
@@ -77,7 +93,8 @@ def tiny():
 def test_sim_replays_live_engine_step_for_step(tiny, name):
     cfg = EngineConfig(model="tiny-random", max_batch_size=3, max_seq_len=128, max_speculation=5, **DRAFTERS[name])
     rng = np.random.default_rng(1)
-    schedules = [[5], [0, 3, 3, 0, 0, 1, 5, 2], rng.integers(0, 6, size=37).tolist()]
+    schedules = [[5], [0, 3, 3, 0, 0, 1, 5, 2], rng.integers(0, 6, size=37).tolist(), [random_row_plans(5, seed=3)],
+                 [random_row_plans(5, seed=4), 0, 0, 0]]  # per-row plans, with aborts; with k = 0 runs between
     trace = check_replay(tiny, cfg, random_prompts(7, seed=2), max_new=14, max_k=5, schedules=schedules)
     if name != "sssd":  # linear drafters: accepted[p, k] = min(k, L(p))
         for rec in trace.records:

@@ -1,13 +1,13 @@
-"""The speculative decoding engine: `step(k)` is the unit of work: schedule -> run -> postprocess.
+"""The speculative decoding engine: `step(plan)` is the unit of work: schedule -> run -> postprocess.
 
 Schedule: apply aborts, admit queued requests that fit (`Scheduler`, model-free). Run: prefill the
 admitted rows, then one decoding round for the rows that were already running: the drafter
-proposes up to k tokens per row, the target scores [last token, *drafts] in one forward pass, each
+proposes up to the plan's length for each row (`SpecPlan`; an int k means k for every row), the target scores [last token, *drafts] in one forward pass, each
 row keeps its agreeing prefix plus the bonus token, and rejected positions are rolled back by
 lowering the row's length (nothing is recomputed). Postprocess: finished rows leave and the rest
 are compacted into consecutive KV slots.
 
-Faults: a drafter that raises leaves its rows undrafted for that round (k = 0, counted in
+Faults: a drafter that raises leaves its rows undrafted for that round (length 0, counted in
 `StepStats.draft_failures`); a target forward that raises is retried row by row, and only the rows
 whose own forward fails leave with finish_reason "error" (the message on `Sequence.error`).
 """
@@ -20,7 +20,7 @@ import torch
 
 from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
 from nightjar_rl.decoding.runner import ModelRunner
-from nightjar_rl.decoding.scheduler import ABORT, ERROR, Retired, ScheduledEngine, Scheduler, prefill_groups
+from nightjar_rl.decoding.scheduler import ERROR, Retired, ScheduledEngine, Scheduler, prefill_groups
 from nightjar_rl.decoding.sequence import Sequence
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.decoding.timing import now
@@ -79,48 +79,21 @@ class SpeculativeEngine(ScheduledEngine):
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.step_count = 0
 
-    # ---- the step: schedule -> run -> postprocess ---------------------------------------------
-    def step(self, k: int) -> StepStats:
-        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= self.max_speculation:
-            raise ValueError(f"k must be an int in [0, {self.max_speculation}], got {k!r}")
-        if k > 0 and self.drafter is None:
-            k = 0  # no drafter: plain decoding
-        t_start = now(self.device)
-        model_time_start = self._model_time()
-        stats = StepStats(step=self.step_count, k=k, batch_size=0, num_waiting=0, num_prefilled=0)
-        decode_rows, admitted = self._schedule(stats)
-        self._prefill(admitted, stats)
-        self._retire(stats)  # rows finished by their first token, or failed in prefill
-        self._decode(decode_rows, k, stats)
-        self._retire(stats)
-        stats.batch_size = len(stats.request_ids)
-        stats.num_waiting = len(self.waiting)
+    # ---- executor hooks of the step loop (`ScheduledEngine.step`) ----------------------------------
+    @property
+    def can_draft(self) -> bool:
+        return self.drafter is not None  # no drafter: plain decoding, every row at length 0
+
+    def _start_clock(self) -> tuple[float, float]:
+        return now(self.device), self._model_time()
+
+    def _stop_clock(self, clock: tuple[float, float], stats: StepStats) -> None:
+        t_start, model_time_start = clock
         stats.wall_time = now(self.device) - t_start
         stats.model_time = self._model_time() - model_time_start
-        self.step_count += 1
-        return stats
 
     def _model_time(self) -> float:
         return self.runner.model_time + (self.drafter.model_time if self.drafter is not None else 0.0)
-
-    def _schedule(self, stats: StepStats) -> tuple[list[Sequence], list[Sequence]]:
-        """Apply aborts, then admit. Returns (rows decoded this step: those running before admission,
-        rows admitted now)."""
-        queued = len(self.finished)
-        marked = self.scheduler.apply_aborts()
-        self._record_leaving(self.finished[queued:], stats)  # aborted while queued
-        if marked:
-            self._before_abort(marked)
-            self._retire(stats)
-        decode_rows = list(self.running)
-        return decode_rows, self.scheduler.admit(self._route)
-
-    def _route(self) -> int:
-        """The slot region of the next admitted row."""
-        return 0
-
-    def _before_abort(self, rows: list[Sequence]) -> None:
-        """Hook: `rows` (running) are about to leave by abort."""
 
     def _prefill(self, admitted: list[Sequence], stats: StepStats) -> None:
         if not admitted:
@@ -175,20 +148,21 @@ class SpeculativeEngine(ScheduledEngine):
         seq.finish_reason, seq.error = ERROR, describe(exc)
         log.warning("request %s failed: %s", seq.request_id, seq.error)
 
-    def _decode(self, rows: list[Sequence], k: int, stats: StepStats) -> None:
-        """One decoding round for `rows` (consecutive slots from rows[0].slot; may be none)."""
+    def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats) -> None:
+        """One decoding round for `rows` (consecutive slots from rows[0].slot)."""
         if not rows:
             return
-        proposal = self._propose(rows, k, stats)
-        self._verify_and_commit(rows, k if proposal is not None else 0, proposal or DraftProposal.empty(len(rows)),
-                                stats, rows[0].slot)
+        proposal = self._propose(rows, lengths, stats)
+        self._verify_and_commit(rows, lengths, proposal or DraftProposal.empty(len(rows)), stats, rows[0].slot,
+                                drafted=proposal is not None and max(lengths) > 0)
 
-    def _propose(self, rows: list[Sequence], k: int, stats: StepStats) -> DraftProposal | None:
-        """Drafting phase of a round (no target work): up to k tokens per row; None if the drafter failed."""
-        if k == 0:
+    def _propose(self, rows: list[Sequence], lengths: list[int], stats: StepStats) -> DraftProposal | None:
+        """Drafting phase of a round (no target work): up to lengths[i] tokens for row i; None if the
+        drafter failed."""
+        if max(lengths, default=0) == 0:
             return DraftProposal.empty(len(rows))
         try:
-            return self.drafter.propose(rows, k, rows[0].slot, self.sampling, self.generator)
+            return self.drafter.propose(rows, lengths, rows[0].slot, self.sampling, self.generator)
         except Exception as exc:  # noqa: BLE001 - the round goes on undrafted
             self._draft_failed(len(rows), exc, stats)
             return None
@@ -199,11 +173,14 @@ class SpeculativeEngine(ScheduledEngine):
         log.warning("drafter failed on %d rows (they run undrafted): %s", rows, describe(exc))
 
     def _verify_and_commit(
-        self, rows: list[Sequence], k: int, proposal: DraftProposal, stats: StepStats, slot_start: int = 0
+        self, rows: list[Sequence], lengths: list[int], proposal: DraftProposal, stats: StepStats,
+        slot_start: int = 0, drafted: bool = False,
     ) -> None:
-        """Verification phase: one target pass over [last token, *drafts] per row, accept, append."""
-        # never verify past a row's token budget
-        drafts = [d[: max(0, s.remaining - 1)] for d, s in zip(proposal.tokens, rows)]
+        """Verification phase: one target pass over [last token, *drafts] per row, accept, append.
+        Row i verifies at most lengths[i] drafts; `drafted`: the proposal is the drafter's (it is told
+        what was kept)."""
+        # never verify past a row's plan length or its token budget
+        drafts = [d[: max(0, min(n, s.remaining - 1))] for d, n, s in zip(proposal.tokens, lengths, rows)]
         t0 = now(self.device)
         trees = proposal.extra.pop("tree", None)  # token trees (greedy only; sampling verifies `tokens`)
         if trees is not None and self.sampling.greedy:
@@ -225,9 +202,9 @@ class SpeculativeEngine(ScheduledEngine):
                     kept_tokens[i] = tokens
         stats.verify_time += now(self.device) - t0
         kept_drafts = [max(0, len(t) - 1) for t in kept_tokens]
-        if k > 0:
+        if drafted:
             self.drafter.on_commit(rows, proposal, kept_drafts)
-        for seq, d, tokens, a in zip(rows, drafts, kept_tokens, kept_drafts):
+        for seq, n, d, tokens, a in zip(rows, lengths, drafts, kept_tokens, kept_drafts):
             if seq.finish_reason == ERROR:
                 continue
             emitted = self._append(seq, tokens)
@@ -236,12 +213,15 @@ class SpeculativeEngine(ScheduledEngine):
             seq.accepted += a
             seq.steps += 1
             stats.request_ids.append(seq.request_id)
+            stats.plan.append(n)
             stats.drafted.append(len(d))
             stats.accepted.append(a)
             stats.emitted.append(emitted)
         stats.draft_time += proposal.draft_time
         stats.catchup_time += proposal.catchup_time
-        stats.verify_tokens = max(stats.verify_tokens, 1 + max(len(d) for d in drafts))
+        width = 1 + max(len(d) for d in drafts)  # the verify pass pads every row to the longest
+        stats.verify_tokens = max(stats.verify_tokens, width)
+        stats.scored_tokens += len(rows) * width
         stats.extra.update(proposal.extra)
 
     def _verify_tree(
@@ -285,12 +265,8 @@ class SpeculativeEngine(ScheduledEngine):
             seq.finish_reason = "length"
         return kept
 
-    def _retire(self, stats: StepStats, region: int | None = None) -> None:
-        """Postprocess: finished rows (of one slot region, or all) leave; survivors are compacted."""
-        self._apply_retired(self.scheduler.retire(region), stats)
-
-    def _apply_retired(self, retired: Retired, stats: StepStats) -> None:
-        """Tell the drafter who left, move compacted rows' KV entries, record who left."""
+    def _apply_moves(self, retired: Retired) -> None:
+        """Tell the drafter who left, move compacted rows' KV entries."""
         for seq in retired.leaving:
             if self.drafter is not None:
                 self.drafter.on_finish(seq)
@@ -298,13 +274,3 @@ class SpeculativeEngine(ScheduledEngine):
             self.runner.cache.move_slot(move.src, move.dst, move.seq.cached_len)
             if self.drafter is not None:
                 self.drafter.on_move(move.seq, move.src, move.dst)
-        self._record_leaving(retired.leaving, stats)
-
-    @staticmethod
-    def _record_leaving(rows: list[Sequence], stats: StepStats) -> None:
-        for seq in rows:
-            stats.finished_ids.append(seq.request_id)
-            if seq.finish_reason == ABORT:
-                stats.aborted_ids.append(seq.request_id)
-            elif seq.finish_reason == ERROR:
-                stats.failed_ids.append(seq.request_id)

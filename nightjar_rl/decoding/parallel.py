@@ -6,7 +6,7 @@ up from slot 0, the upper half grows down from the last slot, so each half is a 
 range and compacting one half never moves a row of the other (a row whose drafts await
 verification must not move: the draft model's cache already holds its draft tokens).
 
-One `step(k)` gives every running row one round, in two phases:
+One `step(plan)` gives every running row one round, in two phases:
 
     phase 1: verify F (drafted last step)  ||  draft S (worker)
     phase 2: verify S                      ||  draft F for the next step (worker)
@@ -18,8 +18,10 @@ the shared `Scheduler`'s, with two slot regions (the halves).
 Balance rule: a new request joins the smaller half (ties: the half drafted first, S). When one half
 has no row to decode the step is a standard round (draft, then verify) for the other; as soon as
 it has rows to decode again its drafting overlaps the other's verification and the pipeline is back. k = 0 is
-a plain decoding round (one target pass when the halves touch). Drafts made last step with a
-larger k are truncated to this step's k (lossless); with a smaller k they are verified as drafted.
+a plain decoding round (one target pass when the halves touch). Per-row plans: a row is drafted
+with its plan length (rows admitted this step, drafted ahead for the next, with the step's largest);
+drafts are truncated to the plan length of the step that verifies them (lossless); drafts shorter
+than that are verified as drafted.
 
 Overlap: on CPU the drafter runs in one worker thread (its own torch intra-op thread count: torch's
 OpenMP setting is per thread, and threads started later inherit the last value set); on CUDA on its
@@ -119,7 +121,7 @@ def resolve_draft_device(
 
 
 class ParallelBatchDecoder(SpeculativeEngine):
-    """Drop-in replacement for `SpeculativeEngine` (same constructor, `submit`, `step(k)`,
+    """Drop-in replacement for `SpeculativeEngine` (same constructor, `submit`, `step(plan)`,
     `StepStats`) that overlaps drafting of one sub-batch with verification of the other.
 
     Extra arguments: `draft_threads` / `verify_threads` (CPU intra-op threads of the drafting worker /
@@ -156,7 +158,7 @@ class ParallelBatchDecoder(SpeculativeEngine):
             verify_threads = verify_threads or max(1, total - draft_threads)
         self.draft_threads, self.verify_threads, self.overlap = draft_threads, verify_threads, overlap
         self._pending: _Pending | None = None
-        self._decoding: set[str] = set()  # ids of the rows this step decodes
+        self._decoding: dict[str, int] = {}  # the rows this step decodes: id -> plan length
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         draft_dev = self._drafter_device()
@@ -211,7 +213,7 @@ class ParallelBatchDecoder(SpeculativeEngine):
         """Forget the pending drafts (kept 0: lossless, the drafter is told)."""
         pend, self._pending = self._pending, None
         if pend is not None and pend.k > 0:
-            self.drafter.on_commit(pend.rows, self._truncated(pend, 0), [0] * len(pend.rows))
+            self.drafter.on_commit(pend.rows, self._truncated(pend, [0] * len(pend.rows)), [0] * len(pend.rows))
 
     def _retire(self, stats: StepStats, region: int | None = None) -> None:
         retired = self.scheduler.retire(region)
@@ -219,14 +221,16 @@ class ParallelBatchDecoder(SpeculativeEngine):
         for move in retired.moves:
             if move.seq.request_id in pending:
                 raise RuntimeError(f"internal: row {move.seq.request_id} moved while its drafts await verification")
-        self._apply_retired(retired, stats)
+        self._apply_moves(retired)
+        self._record_leaving(retired.leaving, stats)
 
     # ---- the round ------------------------------------------------------------------------------
-    def _decode(self, rows: list[Sequence], k: int, stats: StepStats) -> None:
-        self._decoding = {s.request_id for s in rows}
+    def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats) -> None:
+        self._decoding = {s.request_id: n for s, n in zip(rows, lengths)}
         sizes = self.halves
+        k = stats.k  # the largest length (the plan's own when no row decodes: drafting ahead uses it)
         plan = self._plain_round(stats) if k == 0 else self._pipelined_round(k, stats)
-        self._decoding = set()
+        self._decoding = {}
         self._record(stats, plan, sizes)
 
     def _plain_round(self, stats: StepStats) -> _StepPlan:
@@ -235,7 +239,7 @@ class ParallelBatchDecoder(SpeculativeEngine):
         touching = lower and upper and lower[-1].slot + 1 == upper[0].slot
         groups = [lower + upper] if touching else [rows for rows in (lower, upper) if rows]
         for rows in groups:
-            self._verify_and_commit(rows, 0, DraftProposal.empty(len(rows)), stats, rows[0].slot)
+            self._verify_and_commit(rows, [0] * len(rows), DraftProposal.empty(len(rows)), stats, rows[0].slot)
         self._drop_pending()
         for half in (LOWER, UPPER):
             self._retire(stats, half)
@@ -282,7 +286,9 @@ class ParallelBatchDecoder(SpeculativeEngine):
             future = self._submit_draft(draft_rows, k)
         with self._verify_thread_count(future is not None):
             tv = time.perf_counter()
-            self._verify_and_commit(pend.rows, pend.k, self._truncated(pend, k), stats, pend.rows[0].slot)
+            lengths = [self._decoding[s.request_id] for s in pend.rows]
+            self._verify_and_commit(pend.rows, lengths, self._truncated(pend, lengths), stats, pend.rows[0].slot,
+                                    drafted=pend.k > 0)
             record.verify_s = time.perf_counter() - tv
         drafted = None
         if draft_rows:
@@ -309,13 +315,18 @@ class ParallelBatchDecoder(SpeculativeEngine):
         stats.catchup_time += proposal.catchup_time
         return _Pending(half, rows, proposal, k)
 
-    def _truncated(self, pend: _Pending, k: int) -> DraftProposal:
-        """The pending drafts cut to at most k tokens per row (timings already accounted)."""
+    def _truncated(self, pend: _Pending, lengths: list[int]) -> DraftProposal:
+        """The pending drafts cut to at most lengths[i] tokens for row i (timings already accounted)."""
         prop = pend.proposal
         extra = dict(prop.extra)
         if "tree" in extra:
-            extra["tree"] = [t.prune_depth(k) for t in extra["tree"]]
-        return DraftProposal(tokens=[d[:k] for d in prop.tokens], probs=list(prop.probs), extra=extra)
+            extra["tree"] = [t.prune_depth(n) for t, n in zip(extra["tree"], lengths)]
+        return DraftProposal(tokens=[d[:n] for d, n in zip(prop.tokens, lengths)], probs=list(prop.probs), extra=extra)
+
+    def _draft_lengths(self, rows: list[Sequence], k: int) -> list[int]:
+        """Lengths to draft `rows` with: their plan entry this step; rows admitted this step (verified
+        next step, truncated then to that step's plan) get the step's largest length k."""
+        return [self._decoding.get(s.request_id, k) for s in rows]
 
     # ---- drafting off the main thread -------------------------------------------------------------
     def _draft(self, rows: list[Sequence], k: int) -> tuple[DraftProposal | None, float, Exception | None]:
@@ -324,9 +335,11 @@ class ParallelBatchDecoder(SpeculativeEngine):
         try:
             if self._draft_stream is not None:
                 with torch.cuda.stream(self._draft_stream):
-                    proposal = self.drafter.propose(rows, k, rows[0].slot, self.sampling, self._draft_generator)
+                    proposal = self.drafter.propose(rows, self._draft_lengths(rows, k), rows[0].slot, self.sampling,
+                                                    self._draft_generator)
             else:
-                proposal = self.drafter.propose(rows, k, rows[0].slot, self.sampling, self._draft_generator)
+                proposal = self.drafter.propose(rows, self._draft_lengths(rows, k), rows[0].slot, self.sampling,
+                                                self._draft_generator)
         except Exception as exc:  # noqa: BLE001 - reported by the main thread, rows go undrafted
             return None, time.perf_counter() - t0, exc
         return proposal, time.perf_counter() - t0, None

@@ -18,7 +18,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from nightjar_rl.contracts.plan import SpecPlan
 from nightjar_rl.decoding.sequence import Request, Sequence
+from nightjar_rl.decoding.stats import StepStats
 
 ABORT, ERROR = "abort", "error"  # finish reasons besides "eos" and "length"
 
@@ -264,11 +266,105 @@ class Scheduler:
 
 
 class ScheduledEngine:
-    """The engine surface's request side, delegated to `self.scheduler` (a `Scheduler`): shared by the
-    live decoders and the simulator, so queueing, aborts and popping behave identically."""
+    """The one step loop, shared by the live decoders and the simulator (its executors).
+
+    `step(plan)` is schedule -> run -> postprocess, written once here:
+
+        check the plan against the running rows
+        schedule:    apply aborts (retire the aborted rows), admit what fits
+        run:         prefill the admitted rows; retire rows finished by their first token;
+                     one decoding round for the rows that were running before the step
+        postprocess: retire finished rows, count, time
+
+    An executor (the live model runner in `SpeculativeEngine`, trace replay in `SimEngine`) supplies
+    `_prefill`, `_decode` (the round, given each row's speculation length), `_apply_moves` (KV
+    compaction) and the step's clock (`_start_clock` / `_stop_clock`). The request side (submit,
+    abort, pop_finished) is delegated to `self.scheduler`, so queueing behaves identically too.
+    """
 
     scheduler: Scheduler
+    max_speculation: int
+    step_count: int
 
+    # ---- the step ---------------------------------------------------------------------------------
+    def step(self, plan: SpecPlan | int) -> StepStats:
+        """Admit and prefill what fits, then one decoding round in which each row that was running
+        drafts up to its plan length (an int k is the uniform plan: every row up to k; 0 = off)."""
+        plan = SpecPlan.coerce(plan)
+        plan.check(self.max_speculation, (s.request_id for s in self.running))
+        clock = self._start_clock()
+        stats = StepStats(step=self.step_count, k=0, batch_size=0, num_waiting=0, num_prefilled=0)
+        decode_rows, admitted = self._schedule(stats)
+        self._prefill(admitted, stats)
+        self._retire(stats)  # rows finished by their first token (or failed in prefill)
+        lengths = plan.resolve(s.request_id for s in decode_rows) if self.can_draft else [0] * len(decode_rows)
+        stats.k = max(lengths, default=plan.max_length if self.can_draft else 0)
+        self._decode(decode_rows, lengths, stats)
+        self._retire(stats)
+        stats.batch_size = len(stats.request_ids)
+        stats.num_waiting = len(self.waiting)
+        self._stop_clock(clock, stats)
+        self.step_count += 1
+        return stats
+
+    def _schedule(self, stats: StepStats) -> tuple[list[Sequence], list[Sequence]]:
+        """Apply aborts, then admit. Returns (rows decoded this step: those running before admission,
+        rows admitted now)."""
+        queued = len(self.finished)
+        marked = self.scheduler.apply_aborts()
+        self._record_leaving(self.finished[queued:], stats)  # aborted while queued
+        if marked:
+            self._before_abort(marked)
+            self._retire(stats)
+        decode_rows = list(self.running)
+        return decode_rows, self.scheduler.admit(self._route)
+
+    def _retire(self, stats: StepStats, region: int | None = None) -> None:
+        """Postprocess: finished rows (of one slot region, or all) leave; survivors are compacted."""
+        retired = self.scheduler.retire(region)
+        self._apply_moves(retired)
+        self._record_leaving(retired.leaving, stats)
+
+    @staticmethod
+    def _record_leaving(rows: list[Sequence], stats: StepStats) -> None:
+        for seq in rows:
+            stats.finished_ids.append(seq.request_id)
+            if seq.finish_reason == ABORT:
+                stats.aborted_ids.append(seq.request_id)
+            elif seq.finish_reason == ERROR:
+                stats.failed_ids.append(seq.request_id)
+
+    # ---- executor hooks ----------------------------------------------------------------------------
+    @property
+    def can_draft(self) -> bool:
+        """False when there is nothing to draft with (every row then runs at length 0)."""
+        return True
+
+    def _route(self) -> int:
+        """The slot region of the next admitted row."""
+        return 0
+
+    def _before_abort(self, rows: list[Sequence]) -> None:
+        """`rows` (running) are about to leave by abort."""
+
+    def _apply_moves(self, retired: Retired) -> None:
+        """Rows left and survivors were compacted: move their state (KV entries) accordingly."""
+
+    def _start_clock(self):
+        """Called when a step starts; its value is handed to `_stop_clock`."""
+
+    def _stop_clock(self, clock, stats: StepStats) -> None:
+        """Set the step's `wall_time` and `model_time` (and anything else timed per step)."""
+
+    def _prefill(self, admitted: list[Sequence], stats: StepStats) -> None:
+        raise NotImplementedError
+
+    def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats) -> None:
+        """One decoding round for `rows` (may be none); row i drafts up to `lengths[i]` tokens
+        (`stats.k` is already the largest length, or the plan's when no row decodes)."""
+        raise NotImplementedError
+
+    # ---- the request side ------------------------------------------------------------------------
     @property
     def waiting(self) -> deque[Request]:
         """Requests queued for admission (FIFO)."""

@@ -16,11 +16,12 @@ class StepStats:
     """
 
     step: int
-    k: int  # speculation length asked for (0 = off)
+    k: int  # largest speculation length the plan gave a decoded row (0 = off for every row)
     batch_size: int  # rows decoded in this step's round (running before the step; len(request_ids))
     num_waiting: int  # requests still queued after admission
     num_prefilled: int  # requests admitted (prefilled) this step
     request_ids: list[str] = field(default_factory=list)
+    plan: list[int] = field(default_factory=list)  # speculation length each row was given (its plan entry)
     drafted: list[int] = field(default_factory=list)  # draft tokens proposed per row
     accepted: list[int] = field(default_factory=list)  # draft tokens accepted and kept per row (bonus excluded)
     emitted: list[int] = field(default_factory=list)  # tokens appended per row (after EOS/max truncation)
@@ -38,6 +39,7 @@ class StepStats:
     wall_time: float = 0.0  # whole step, including bookkeeping
     model_time: float = 0.0  # time inside model forwards (target + draft model), summed over threads
     verify_tokens: int = 0  # positions scored per row in the verify pass (1 + max drafted)
+    scored_tokens: int = 0  # positions the verify pass computed over all rows (padded: rows x verify_tokens)
     extra: dict = field(default_factory=dict)  # decoder-specific detail (e.g. sub-batches)
 
     @property
@@ -84,6 +86,6 @@ class StepStats:
         return row
 
 
-_LIST_FIELDS = ("request_ids", "drafted", "accepted", "emitted", "first_token_ids", "finished_ids", "aborted_ids",
+_LIST_FIELDS = ("request_ids", "plan", "drafted", "accepted", "emitted", "first_token_ids", "finished_ids", "aborted_ids",
                 "failed_ids", "extra")
 _SCALAR_FIELDS = tuple(f.name for f in fields(StepStats) if f.name not in _LIST_FIELDS)

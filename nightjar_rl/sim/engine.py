@@ -1,18 +1,20 @@
 """`SimEngine`: the engine surface over a trace (tokens) and a hardware profile (time).
 
-It follows the live engine's step exactly: admit queued requests FIFO while a slot is free and the
-worst-case KV reservation fits, prefill them (first token), then one decoding round for the rows
-that were already running, then retire finished rows. A row at output position p drafts
-min(drafted[p, k], remaining - 1) tokens and accepts min(accepted[p, k], drafted) of them, so
-per-request accepted lengths equal the live engine's (`tests/test_sim_exactness.py`). For a draft
-model it also tracks how far the draft's KV cache lags, so the catch-up after k = 0 is charged as
-in the live engine. Only time is modelled:
+It is the trace-replay executor of the live engine's own step loop (`ScheduledEngine.step`):
+admission, aborts, the step order and retirement are shared code, not a copy. A row at output
+position p with plan length k drafts min(drafted[p, k], remaining - 1) tokens and accepts
+min(accepted[p, k], drafted) of them, so per-request accepted lengths equal the live engine's for
+any per-row plan (`tests/test_sim_exactness.py`). For a draft model (which drafts the whole batch
+k_max = the largest plan length times) it also tracks how far the draft's KV cache lags, so the
+catch-up after k = 0 is charged as in the live engine. Only time is modelled:
 
     wall = prefill + draft + catch-up + verify + overhead
     prefill  = sum over prefill groups of prefill_ms(group rows x longest prompt)
-    draft    = k x draft_ms(B) (draft model) or B x ngram_lookup_ms_per_row (n-gram, SSSD)
+    draft    = k_max x draft_ms(B) (draft model) or D x ngram_lookup_ms_per_row (n-gram, SSSD;
+               D = rows with a plan length > 0)
     catch-up = draft_prefill_ms(B x (largest lag - 1)) when the largest lag exceeds 2
-    verify   = verify_ms(B, 1 + max drafted, context = longest row)
+    verify   = verify_ms(B, tokens per row, context = longest row), tokens per row by layout:
+               padded (default, the live engine): 1 + max drafted; packed: (B + sum drafted) / B
     overhead = overhead_ms(B)
     model_time = prefill + verify (+ draft + catch-up for a draft model), as the live engine counts it
 
@@ -31,13 +33,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nightjar_rl.decoding.scheduler import ABORT, ScheduledEngine, Scheduler
+from nightjar_rl.decoding.scheduler import ScheduledEngine, Scheduler
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.sim.profile import HardwareProfile
 from nightjar_rl.sim.trace import Trace, TraceError
 
 ROW = "sim"  # per-row replay state in Sequence.state
+VERIFY_LAYOUTS = {
+    "padded": "every row scores 1 + the longest row's drafts (what the live engine's verify pass computes)",
+    "packed": "rows are flattened: a step scores rows + drafted tokens (vLLM's layout)",
+}
 
 
 @dataclass(frozen=True)
@@ -103,9 +109,14 @@ class SimEngine(ScheduledEngine):
         seed: int = 0,
         synthetic: SyntheticAcceptance | None = None,
         memo: dict | None = None,
+        verify_layout: str = "padded",
     ):
         """`memo`: a dict of profile lookups to share between engines over the same profile (a
-        backend makes one engine per episode; the lookups repeat across episodes)."""
+        backend makes one engine per episode; the lookups repeat across episodes). `verify_layout`:
+        how the verify pass is priced, see `VERIFY_LAYOUTS`."""
+        if verify_layout not in VERIFY_LAYOUTS:
+            raise ValueError(f"verify_layout must be one of {', '.join(VERIFY_LAYOUTS)}, got {verify_layout!r}")
+        self.verify_layout = verify_layout
         if not 0 <= max_speculation <= trace.max_k:
             raise ValueError(f"max_speculation must be in [0, {trace.max_k}] (the trace's max_k), got {max_speculation}")
         self.scheduler = Scheduler(max_batch_size, max_seq_len, max_speculation, max_kv_tokens, max_waiting)
@@ -135,33 +146,13 @@ class SimEngine(ScheduledEngine):
             drafted, accepted = self.synthetic.tables(limit, self.trace.max_k, self.seed, req.request_id)
         return _Row(output, limit, rec.eos and limit == len(rec), drafted, accepted)
 
-    # ---- the step: schedule -> prefill -> retire -> decode -> retire, as the live engine -------
-    def step(self, k: int) -> StepStats:
-        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= self.max_speculation:
-            raise ValueError(f"k must be an int in [0, {self.max_speculation}], got {k!r}")
-        stats = StepStats(step=self.step_count, k=k, batch_size=0, num_waiting=0, num_prefilled=0)
-        sched = self.scheduler
-        queued = len(sched.finished)
-        if sched.apply_aborts():
-            sched.retire()
-        decode_rows = list(sched.running)
-        self._prefill(sched.admit(), stats)
-        sched.retire()  # rows finished by their first token
-        if decode_rows:
-            self._decode_round(decode_rows, k, stats)
-        sched.retire()
-        for seq in sched.finished[queued:]:
-            stats.finished_ids.append(seq.request_id)
-            if seq.finish_reason == ABORT:
-                stats.aborted_ids.append(seq.request_id)
-        stats.batch_size = len(stats.request_ids)
-        stats.num_waiting = len(sched.waiting)
-        overhead = self._seconds("overhead", max(1, len(decode_rows)))
+    # ---- executor hooks of the step loop (`ScheduledEngine.step`, the live engine's own) ----------
+    def _stop_clock(self, clock, stats: StepStats) -> None:
+        """The modelled clock: the step's parts from the profile (see the module docstring)."""
+        overhead = self._seconds("overhead", max(1, stats.batch_size))
         drafting = stats.draft_time + stats.catchup_time
         stats.model_time = stats.prefill_time + stats.verify_time + (drafting if self.draft_model else 0.0)
         stats.wall_time = stats.prefill_time + drafting + stats.verify_time + overhead
-        self.step_count += 1
-        return stats
 
     def _prefill(self, admitted: list[Sequence], stats: StepStats) -> None:
         if not admitted:
@@ -175,42 +166,50 @@ class SimEngine(ScheduledEngine):
         stats.prefill_emitted = stats.num_prefilled = len(admitted)
         stats.prefill_tokens = sum(s.num_prompt for s in admitted)
 
-    def _decode_round(self, rows: list[Sequence], k: int, stats: StepStats) -> None:
-        batch = len(rows)
-        max_drafted, context, lag = 0, 0, 0
-        for seq in rows:
+    def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats) -> None:
+        if not rows:
+            return
+        batch, k_max = len(rows), max(lengths)
+        max_drafted, total_drafted, drafting_rows, context, lag = 0, 0, 0, 0, 0
+        for seq, k in zip(rows, lengths):
             row: _Row = seq.state[ROW]
             p = row.pos
             cap = max(0, seq.request.max_new_tokens - p - 1)
             d = min(row.drafted[p][k], cap)
             a = min(row.accepted[p][k], d)
-            if k > 0 and self.draft_model:
+            if k_max > 0 and self.draft_model:  # the draft model runs the whole batch k_max times
                 lag = max(lag, len(seq.tokens) - row.synced)
-                row.synced = len(seq.tokens) + min(a, k - 1)  # what the draft's cache holds after commit
+                row.synced = len(seq.tokens) + min(a, k_max - 1)  # what the draft's cache holds after commit
             context = max(context, len(seq.tokens) - 1)
             emitted = self._append(seq, row, a + 1)
             kept = min(a, emitted)
             max_drafted = max(max_drafted, d)
+            total_drafted += d
+            drafting_rows += k > 0
             seq.drafted += d
             seq.accepted += kept
             seq.steps += 1
             stats.request_ids.append(seq.request_id)
+            stats.plan.append(k)
             stats.drafted.append(d)
             stats.accepted.append(kept)
             stats.emitted.append(emitted)
-        if k > 0:
-            stats.draft_time = self._seconds("draft", batch, k)
+        if k_max > 0:
+            stats.draft_time = self._seconds("draft", batch if self.draft_model else drafting_rows, k_max)
             if self.draft_model and lag > 2:
                 stats.catchup_time = self._seconds("catchup", batch * (lag - 1))
         stats.verify_tokens = 1 + max_drafted
-        stats.verify_time = self._verify_seconds(batch, stats.verify_tokens, context)
+        stats.scored_tokens = batch * stats.verify_tokens  # the live engine pads every row to the longest
+        scored = stats.scored_tokens if self.verify_layout == "padded" else batch + total_drafted
+        stats.verify_time = self._verify_seconds(batch, scored, context)
 
-    def _verify_seconds(self, batch: int, tokens: int, context: int) -> float:
-        """Verify time, linear over context between the profile's contexts (clamped), as the profile does."""
-        key = ("verify", batch, tokens)
+    def _verify_seconds(self, batch: int, scored: int, context: int) -> float:
+        """Verify time of `batch` rows scoring `scored` positions in all (`HardwareProfile.verify_step_ms`),
+        linear over context between the profile's contexts (clamped), as the profile does."""
+        key = ("verify", batch, scored)
         curve = self._memo.get(key)
         if curve is None:
-            ctxs, ms = self.profile.verify_context_curve(batch, tokens)
+            ctxs, ms = self.profile.verify_context_curve(batch, scored / batch)
             curve = self._memo[key] = (ctxs, [m / 1000.0 for m in ms])
         ctxs, secs = curve
         if context <= ctxs[0]:

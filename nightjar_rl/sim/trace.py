@@ -218,7 +218,7 @@ def tree_tables(drafter, prompt: list[int], output: list[int], max_k: int, max_n
     for p in range(1, n):
         truth = list(output[p:])
         for k in range(1, max_k + 1):
-            tree = drafter.propose([seq], k, 0, greedy).extra["tree"][0]
+            tree = drafter.propose([seq], [k], 0, greedy).extra["tree"][0]
             tree = tree.prune_depth(max(0, max_new_tokens - p - 1))
             # the target's choice after a node is the true next token while the node's path is true
             choice = [truth[0]] + [-1] * len(tree)

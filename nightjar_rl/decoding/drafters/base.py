@@ -12,7 +12,7 @@ from nightjar_rl.decoding.verify import SamplingParams
 
 @dataclass
 class DraftProposal:
-    tokens: list[list[int]]  # up to k proposed tokens per row (may be empty)
+    tokens: list[list[int]]  # up to lengths[i] proposed tokens for row i (may be empty)
     probs: list[torch.Tensor | None]  # q per row `[len, V]`, or None for deterministic drafts
     draft_time: float = 0.0
     catchup_time: float = 0.0
@@ -30,8 +30,10 @@ class Drafter:
     name = "base"
 
     def propose(
-        self, rows: list[Sequence], k: int, slot_start: int, params: SamplingParams, generator=None
+        self, rows: list[Sequence], lengths: list[int], slot_start: int, params: SamplingParams, generator=None
     ) -> DraftProposal:
+        """Up to `lengths[i]` draft tokens for row i (0: none for that row; at least one length is > 0).
+        Rows are consecutive KV slots starting at `slot_start`."""
         raise NotImplementedError
 
     def on_commit(self, rows: list[Sequence], proposal: DraftProposal, kept: list[int]) -> None:

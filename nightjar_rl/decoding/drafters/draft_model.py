@@ -1,4 +1,4 @@
-"""A separate (smaller) model drafts k tokens autoregressively, with its own KV cache.
+"""A separate (smaller) model drafts tokens autoregressively, with its own KV cache.
 
 Its cache is kept in step with accepted tokens. While speculation is off (k = 0) it is not run,
 so it falls behind; the next time it drafts it first catches up by feeding the missing tokens in
@@ -38,7 +38,11 @@ class DraftModelDrafter(Drafter):
         probs = probs_from_logits(logits, params)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1).tolist(), probs
 
-    def propose(self, rows: list[Sequence], k: int, slot_start: int, params: SamplingParams, generator=None):
+    def propose(self, rows: list[Sequence], lengths: list[int], slot_start: int, params: SamplingParams,
+                generator=None):
+        """The whole batch drafts max(lengths) tokens (one batched pass per token; rows at length 0
+        are kept in sync this way too), then row i keeps its first lengths[i]."""
+        k = max(lengths)
         runner = self.runner
         device = runner.device
         # at most len - 1: drafts dropped unverified leave the cache holding every token, and the
@@ -68,8 +72,9 @@ class DraftModelDrafter(Drafter):
         for seq, b in zip(rows, base):
             seq.state[SYNCED] = b  # provisional: `on_commit` adds the kept drafts it has cached
         return DraftProposal(
-            tokens=drafts,
-            probs=[torch.stack(d) for d in dists] if dists is not None else [None] * len(rows),
+            tokens=[d[:n] for d, n in zip(drafts, lengths)],
+            probs=[torch.stack(d[:n]) if n else None for d, n in zip(dists, lengths)] if dists is not None
+            else [None] * len(rows),
             draft_time=t2 - t_catchup,
             catchup_time=t_catchup - t0,
             extra={"draft_k": k},

@@ -35,10 +35,11 @@ class NgramDrafter(Drafter):
             raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
 
-    def propose(self, rows: list[Sequence], k: int, slot_start: int, params: SamplingParams, generator=None):
+    def propose(self, rows: list[Sequence], lengths: list[int], slot_start: int, params: SamplingParams,
+                generator=None):
         start = time.perf_counter()
         tokens = [
-            lookup_continuation(np.asarray(seq.tokens, dtype=np.int64), k, self.max_ngram, self.min_ngram)
-            for seq in rows
+            lookup_continuation(np.asarray(seq.tokens, dtype=np.int64), k, self.max_ngram, self.min_ngram) if k else []
+            for seq, k in zip(rows, lengths)
         ]
         return DraftProposal(tokens=tokens, probs=[None] * len(rows), draft_time=time.perf_counter() - start)

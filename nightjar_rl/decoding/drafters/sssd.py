@@ -96,12 +96,14 @@ class SSSDDrafter(Drafter):
         return cands, weights
 
     # ---- drafter interface -------------------------------------------------------------------------
-    def propose(self, rows: list[Sequence], k: int, slot_start: int, params: SamplingParams, generator=None):
+    def propose(self, rows: list[Sequence], lengths: list[int], slot_start: int, params: SamplingParams,
+                generator=None):
+        """Row i gets a tree of at most lengths[i] nodes (greedy) or a path of at most lengths[i] tokens."""
         start = time.perf_counter()
-        depth = k if self.max_depth is None else min(k, self.max_depth)
         trees, paths = [], []
-        for seq in rows:
-            cands, weights = self.candidates(seq, depth)
+        for seq, k in zip(rows, lengths):
+            depth = k if self.max_depth is None else min(k, self.max_depth)
+            cands, weights = self.candidates(seq, depth) if k else ([], [])
             if params.greedy:
                 tree = build_tree(cands, k, weights)
                 trees.append(tree)
