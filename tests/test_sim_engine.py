@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.sim.engine import SimEngine, SyntheticAcceptance
 from nightjar_rl.sim.profile import HardwareProfile, ProfileError
-from nightjar_rl.sim.roofline import GPUSpec, ModelShape, from_mapping, pass_time_ms, roofline_profile
+from nightjar_rl.sim.roofline import GPUSpec, ModelShape, from_mapping, pass_time_ms, roofline_profile, step_time_ms
 from nightjar_rl.sim.trace import Trace, TraceError, TraceRecord, make_meta
 
 MAX_K = 3
@@ -70,6 +71,34 @@ def test_step_times_follow_the_documented_clock():
     assert done["a"].output_ids == list(range(7, 13)) and done["b"].output_ids == list(range(7, 11))
     assert not engine.has_work
 
+
+
+@pytest.mark.parametrize("layout, verify_ms, scored", [("padded", 28.0, 6), ("packed", 24.0, 6)])
+def test_a_per_row_plan_is_priced_by_what_it_scores(layout, verify_ms, scored):
+    """Step 1 with plan {a: 2, b: 0}: a drafts 2 (accepts 1), b drafts nothing. Padded (the live
+    engine's verify pass) prices 2 rows x 3 positions: verify_ms[2][3] = 28 ms. Packed prices
+    2 + 2 = 4 positions, 2 per row: verify_ms[2][2] = 24 ms."""
+    trace = toy_trace()
+    engine = SimEngine(trace, CLOCK, max_batch_size=2, max_speculation=MAX_K, verify_layout=layout)
+    for r in requests(trace):
+        engine.submit(r)
+    engine.step(0)  # prefill
+    s1 = engine.step(SpecPlan.per_row({"a": 2, "b": 0}))
+    assert (s1.plan, s1.drafted, s1.accepted, s1.k) == ([2, 0], [2, 0], [1, 0], 2)
+    assert (s1.verify_tokens, s1.scored_tokens) == (3, scored)  # what the live engine computes, either way
+    assert s1.verify_time == pytest.approx(verify_ms / 1000)
+    assert s1.draft_time == pytest.approx(0.0005)  # only a row with a length > 0 looks up: 1 x 0.5 ms
+
+
+def test_bad_verify_layout_is_rejected():
+    with pytest.raises(ValueError, match="verify_layout must be one of padded, packed, got 'dense'"):
+        SimEngine(toy_trace(), CLOCK, verify_layout="dense")
+
+
+def test_profile_prices_rows_and_total_scored_tokens():
+    # 2 rows scoring 5 positions read the table at 2.5 tokens per row: 24 + (28 - 24) / 2 = 26 ms
+    assert CLOCK.verify_step_ms(2, 5) == pytest.approx(26.0)
+    assert CLOCK.verify_step_ms(2, 6) == CLOCK.verify_time_ms(2, 3) == 28.0  # uniform k = 2
 
 def test_draft_model_catch_up_is_charged_after_speculation_was_off():
     trace = toy_trace("draft")
@@ -167,6 +196,10 @@ def test_roofline_pass_time_on_a_hand_computed_shape():
     assert pass_time_ms(gpu, shape, batch=2, tokens=3, context=5) == pytest.approx(2976.5)
     # one row, one token, no context: bytes 368 + 8 = 376 (0.376 s) vs FLOPs 368 + 16 = 384 (0.384 s)
     assert pass_time_ms(gpu, shape, batch=1, tokens=1, context=0) == pytest.approx(384.5)
+    # priced by rows and total scored tokens: 2 rows scoring 5 (a per-row plan {2 drafts, 1 draft}, packed):
+    # bytes 368 + (2*5 + 5)*8 = 488 (0.488 s); FLOPs 2*184*5 + 4*1*2*2*5*(5 + 2.5) = 1840 + 600 = 2440 (2.44 s)
+    assert step_time_ms(gpu, shape, rows=2, scored=5, context=5) == pytest.approx(2440.5)
+    assert step_time_ms(gpu, shape, rows=2, scored=6, context=5) == pass_time_ms(gpu, shape, 2, 3, 5)
     prof = roofline_profile(gpu, shape, shape, batch_sizes=[1, 2], tokens_per_row=[1, 3], contexts=[5], prefill_tokens=[4])
     assert prof.verify_time_ms(2, 3, 5) == pytest.approx(2976.5) and prof.has_draft_model
     with pytest.raises(ProfileError, match="unknown field"):

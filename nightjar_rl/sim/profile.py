@@ -24,7 +24,8 @@ analytic with `--roofline`, see `nightjar_rl.sim.roofline`):
 ```
 
 `verify_ms[b][n]` is one target forward scoring `n` positions per row for `b` rows (a decode step
-with speculation length k scores n = k + 1). `draft_ms[b]` is one draft token for `b` rows, so
+with speculation length k scores n = k + 1). A step is priced by rows, total scored tokens and
+context (`verify_step_ms`): a per-row plan scoring T positions over b rows reads n = T / b. `draft_ms[b]` is one draft token for `b` rows, so
 drafting k tokens costs k x draft_ms[b]. When `draft_ms` is empty the drafter is taken to be an
 n-gram lookup costing `ngram_lookup_ms_per_row` per row.
 
@@ -195,6 +196,13 @@ class HardwareProfile:
         t0 = self._by_context[hi - 1](batch, tokens_per_row)
         t1 = self._by_context[hi](batch, tokens_per_row)
         return t0 + (t1 - t0) * (context - c0) / (c1 - c0)
+
+    def verify_step_ms(self, rows: float, scored_tokens: float, context: float | None = None) -> float:
+        """One verify pass priced by what it computes: `rows` rows, `scored_tokens` positions in all
+        (a uniform k over B rows scores B x (k + 1); a per-row plan, packed, scores B + its drafts).
+        The tables are read at scored_tokens / rows tokens per row, so version 1 and 2 profiles
+        (measured with uniform rows) price plans as they are."""
+        return self.verify_time_ms(rows, scored_tokens / rows, context)
 
     def verify_context_curve(self, batch: float, tokens_per_row: float) -> tuple[list[float], list[float]]:
         """(contexts, ms) of `verify_time_ms(batch, tokens_per_row, context)` at the measured contexts

@@ -116,11 +116,19 @@ def from_mapping(cls, data: Mapping, what: str):
 
 
 def pass_time_ms(gpu: GPUSpec, shape: ModelShape, batch: int, tokens: int, context: int) -> float:
-    """Roofline time of one forward pass (see the module docstring)."""
-    new = batch * tokens
-    moved = shape.params_per_token * shape.bytes_per_param + batch * (context + tokens) * shape.kv_bytes_per_token
-    attention = 4 * shape.num_hidden_layers * shape.num_attention_heads * shape.head_dim * new * (context + tokens)
-    work = 2 * shape.params_per_token * new + attention
+    """Roofline time of one forward pass of `batch` rows x `tokens` new tokens per row (see the module
+    docstring)."""
+    return step_time_ms(gpu, shape, batch, batch * tokens, context)
+
+
+def step_time_ms(gpu: GPUSpec, shape: ModelShape, rows: int, scored: int, context: int) -> float:
+    """Roofline time of one packed forward pass: `rows` rows scoring `scored` new tokens in all over
+    `context` cached tokens each (the module docstring's formula with b x n = scored; attention
+    takes the mean tokens per row, n = scored / rows, exact for uniform rows)."""
+    per_row = scored / rows
+    moved = shape.params_per_token * shape.bytes_per_param + (rows * context + scored) * shape.kv_bytes_per_token
+    attention = 4 * shape.num_hidden_layers * shape.num_attention_heads * shape.head_dim * scored * (context + per_row)
+    work = 2 * shape.params_per_token * scored + attention
     return max(moved / gpu.bandwidth, work / gpu.flops) * 1000.0 + gpu.launch_overhead_ms
 
 
