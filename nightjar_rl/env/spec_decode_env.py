@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from gymnasium import spaces
 
+from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.env.backend import Backend, make_backend
 from nightjar_rl.env.observation import obs_size
 from nightjar_rl.env.recorder import write_table
@@ -87,7 +88,7 @@ class SpecDecodeEnv(gym.Env):
             raise ValueError(f"scenario {self.scenario.name!r}: the arrival process produced no requests")
         engine = self.backend.make_engine(int(self.np_random.integers(2**31 - 1)))
         self.session = ServingSession(engine, requests, options.get("max_concurrency", self.scenario.max_concurrency))
-        self.driver = PolicyDriver(self.session, self.max_k)
+        self.driver = PolicyDriver(self.session, self.max_k, reward=self.reward_fn)
         self.episode += 1
         self.episode_log = []
         self._steps = 0
@@ -95,11 +96,15 @@ class SpecDecodeEnv(gym.Env):
         return obs, {"clock": self.session.clock, "num_requests": len(requests)}
 
     def step(self, action):
-        k = int(action)
-        if not 0 <= k <= self.max_k or k != action:
-            raise ValueError(f"action must be an int in [0, {self.max_k}], got {action!r}")
-        stats = self.driver.act(k)
-        reward = float(self.reward_fn(stats))
+        """`action`: a speculation length in the Discrete action space, or a `SpecPlan` (per-row
+        lengths; outside the declared space, for per-row policies driving the env directly)."""
+        if not isinstance(action, SpecPlan):
+            k = int(action)
+            if not 0 <= k <= self.max_k or k != action:
+                raise ValueError(f"action must be an int in [0, {self.max_k}], got {action!r}")
+            action = k
+        stats = self.driver.act(action)
+        reward = self.driver.last_reward
         self._steps += 1
         clock = self.session.clock
         terminated = self.session.done

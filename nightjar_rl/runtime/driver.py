@@ -7,7 +7,7 @@ and optionally lets the policy learn from the step's reward:
 ```
 obs = driver.start()                 # submit what has arrived; first observation
 while not driver.done:
-    stats = driver.step()            # k = policy.predict(obs); session.step(k); observe/learn
+    stats = driver.step()            # plan = policy.predict(obs) (a k or a SpecPlan); session.step(plan); observe/learn
 ```
 
 The env drives it with its own actions through `act(k)` (no policy inside); evaluation, the CLI
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.env.observe import ObservationBuilder
 from nightjar_rl.serving.session import ServeResult, ServingSession
@@ -79,25 +80,27 @@ class PolicyDriver:
         self.obs = self.builder.vector(self.decision.batch_size, self.decision.queue_len)
         return self.obs
 
-    def act(self, k: int) -> StepStats:
-        """Run one step at speculation length k, then fold it into the next observation."""
+    def act(self, action: SpecPlan | int) -> StepStats:
+        """Run one step with a plan (or a uniform speculation length k), then fold it into the next
+        observation."""
         if self.obs is None:
             raise RuntimeError("call start() before act()")
         obs = self.obs
-        stats = self.session.step(int(k))
+        stats = self.session.step(action)
         self.last_reward = float(self.reward_fn(stats)) if self.reward_fn is not None else float("nan")
         if self.policy is not None:
             self.policy.observe(stats)
             if self.learn and stats.batch_size > 0:
-                self.policy.update(obs, int(k), self.last_reward)
+                self.policy.update(obs, action, self.last_reward)
         self._observe(stats)
         return stats
 
-    def decide(self) -> int:
-        """The policy's k for the current observation."""
+    def decide(self) -> SpecPlan | int:
+        """The policy's decision for the current observation: a k (scalar-k policies) or a plan."""
         if self.policy is None:
             raise RuntimeError("this driver has no policy: pass k to act()")
-        return int(self.policy.predict(self.obs, deterministic=not self.learn))
+        action = self.policy.predict(self.obs, deterministic=not self.learn)
+        return action if isinstance(action, SpecPlan) else int(action)
 
     def step(self) -> StepStats:
         return self.act(self.decide())

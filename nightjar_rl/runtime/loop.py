@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.runtime.metrics import ServerMetrics
@@ -97,8 +98,8 @@ class LiveSession:
         if self.listeners.pop(request_id, None) is not None:
             self.engine.abort(request_id)  # slot and KV freed at the next step boundary
 
-    def step(self, k: int) -> StepStats:
-        stats = self.engine.step(int(k))
+    def step(self, plan: SpecPlan | int) -> StepStats:
+        stats = self.engine.step(plan)
         self.clock = time.perf_counter() - self._t0
         if self.metrics is not None:
             self.metrics.record_step(stats, len(self.engine.running), len(self.engine.waiting))

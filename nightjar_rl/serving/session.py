@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.decoding.scheduler import ABORT, QueueFullError
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
@@ -127,11 +128,12 @@ class ServingSession:
             return True
         return False
 
-    def step(self, k: int) -> StepStats:
-        """One engine step (call `advance` first); advances the clock by its wall time."""
+    def step(self, plan: SpecPlan | int) -> StepStats:
+        """One engine step with a plan (or a uniform k; call `advance` first); advances the clock by
+        its wall time."""
         if not self.engine.has_work:
             raise RuntimeError("nothing to serve: call advance() first")
-        stats = self.engine.step(int(k))
+        stats = self.engine.step(plan)
         self.steps.append(stats)
         self.clock += stats.wall_time
         for rid in stats.first_token_ids:
