@@ -57,7 +57,7 @@ from nightjar_rl.experiments.sb3_config import is_sb3_spec, parse_sb3_spec
 from nightjar_rl.io import atomic_write_text, read_json
 from nightjar_rl.policy import make_policy, save_policy
 from nightjar_rl.policy.artifact import policy_from_dict
-from nightjar_rl.policy.registry import is_artifact_path, parse_spec_string
+from nightjar_rl.policy.registry import is_artifact_path, spec_as_dict
 
 CELL_KEYS = ["policy", "rate", "seed", "replicate"]
 TABLE_COLUMNS = [
@@ -150,8 +150,7 @@ def replicate_spec(spec, policy, replicate: int):
     """The spec of learner replicate r: the policy's own seed + r (when it has one)."""
     if replicate == 0 or "seed" not in policy.params():
         return spec
-    data = parse_spec_string(spec) if isinstance(spec, str) else dict(spec)
-    return {**data, "seed": int(policy.params()["seed"]) + replicate}
+    return {**spec_as_dict(spec), "seed": int(policy.params()["seed"]) + replicate}
 
 
 def _policy_file(run_dir: Path, name: str, replicate: int) -> Path:
@@ -397,8 +396,7 @@ def fixed_policies(cfg: ExperimentConfig) -> list[str]:
     def type_name(spec) -> str:
         if is_artifact_path(spec):
             return "artifact"  # a policy file (make_policy loads it): never a plain fixed k
-        data = parse_spec_string(spec) if isinstance(spec, str) else spec
-        return str(data.get("type", "")).replace("-", "_")
+        return str(spec_as_dict(spec).get("type", "")).replace("-", "_")
 
     return [e.name for e in cfg.policies if type_name(e.spec) == "fixed"]
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def policy_to_dict(policy: Policy) -> dict:
 
 
 def policy_from_dict(data: Mapping, source: str = "policy artifact", base_dir: str | Path | None = None) -> Policy:
-    from nightjar_rl.policy.registry import POLICY_TYPES, build_policy, policy_fields
+    from nightjar_rl.policy.registry import POLICY_TYPES, build_policy, is_entry_point, policy_fields
 
     if not isinstance(data, Mapping):
         raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
@@ -86,7 +87,11 @@ def policy_from_dict(data: Mapping, source: str = "policy artifact", base_dir: s
     params, state = data["params"], data.get("state", {})
     if not isinstance(params, Mapping) or not isinstance(state, Mapping):
         raise ValueError(f"{source}: 'params' and 'state' must be objects")
-    cls = POLICY_TYPES.get(str(data["type"]))
+    type_name = str(data["type"])
+    if is_entry_point(type_name) and type_name.partition(":")[0] not in sys.modules:
+        raise ValueError(f"{source}: type {type_name!r} is a user class whose module is not imported; artifacts "
+                         f"never import code: import it first, or name it in --policy / a spec")
+    cls = POLICY_TYPES.get(type_name)
     if base_dir is not None and cls is not None and "base_dir" in policy_fields(cls):
         params = {**params, "base_dir": str(base_dir)}
     try:

@@ -12,6 +12,14 @@ A spec is a dict with a "type" and that type's constructor fields, or a short st
     {"type": "nightjar", "epsilon": 0.2}            "nightjar"     "ucb1"    "thompson"
     {"type": "hysteresis", "policy": "nightjar", "dwell": 4}
     "policies/ppo-gpu.json"                         (a path ending in .json: a saved artifact, e.g. type mlp)
+    "mypkg.policies:MyPolicy"    {"type": "mypkg.policies:MyPolicy", "alpha": 0.5}
+                                 (a user's class by entry point, Gymnasium's "module:Class" convention)
+
+A user's class is imported from the Python path (never from a file path) and built as
+`Class(max_k=max_k, **fields)`; it must subclass `nightjar_rl.policy.Policy` (one `predict(obs) ->
+k or SpecPlan`). Its spec is a plain string, so it travels to Ray workers and into `--resume`
+manifests like a built-in's (the workers need the module importable too: install it, or put its
+folder on PYTHONPATH).
 
 Hyphens and underscores in type names are interchangeable. Unknown types and fields raise
 ValueError naming them. A spec may also be an artifact dict (with "format"), which is loaded.
@@ -19,6 +27,7 @@ ValueError naming them. A spec may also be an artifact dict (with "format"), whi
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Mapping
 
@@ -109,12 +118,46 @@ def parse_spec_string(text: str) -> dict:
     raise ValueError(f"unknown policy {text!r}; known types: {', '.join(sorted(POLICY_TYPES))}, off")
 
 
+def is_entry_point(spec) -> bool:
+    """Whether `spec` names a class as "package.module:Class"."""
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        return False
+    module, _, attr = spec.strip().partition(":")
+    return all(part.isidentifier() for part in module.split(".")) and attr.isidentifier()
+
+
+def load_entry_point(spec: str) -> type[Policy]:
+    """Import the policy class named by "package.module:Class"."""
+    module_name, _, attr = spec.strip().partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"policy {spec!r}: cannot import module {module_name!r} ({exc})") from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Policy)):
+        what = "has no attribute" if cls is None else "is not a nightjar_rl.policy.Policy subclass:"
+        raise ValueError(f"policy {spec!r}: module {module_name!r} {what} {attr!r}")
+    return cls
+
+
+def spec_as_dict(spec: str | Mapping) -> dict:
+    """A spec string or dict as a dict with a "type" (artifact paths are not specs: check first)."""
+    if is_entry_point(spec):
+        return {"type": spec.strip()}
+    return parse_spec_string(spec) if isinstance(spec, str) else dict(spec)
+
+
 def build_policy(type_name: str, params: Mapping, max_k: int) -> Policy:
-    """Construct policy `type_name` from its fields, validating the field names."""
-    name = _norm(type_name)
-    if name not in POLICY_TYPES:
-        raise ValueError(f"unknown policy type {type_name!r}; known types: {', '.join(sorted(POLICY_TYPES))}")
-    cls = POLICY_TYPES[name]
+    """Construct policy `type_name` (a registered name or "module:Class") from its fields, validating
+    the field names."""
+    name = type_name.strip() if is_entry_point(type_name) else _norm(type_name)
+    if is_entry_point(name):
+        cls = load_entry_point(name)
+    elif name not in POLICY_TYPES:
+        raise ValueError(f"unknown policy type {type_name!r}; known types: {', '.join(sorted(POLICY_TYPES))}, "
+                         f"or a class as 'package.module:Class'")
+    else:
+        cls = POLICY_TYPES[name]
     allowed = policy_fields(cls)
     for key in params:
         if key not in allowed:
@@ -149,7 +192,7 @@ def make_policy(spec: Mapping | str | Policy, max_k: int) -> Policy:
             raise ValueError(f"policy artifact {spec} has max_k={policy.max_k}, expected {max_k}")
         return policy
     if isinstance(spec, str):
-        spec = parse_spec_string(spec)
+        spec = spec_as_dict(spec)
     if not isinstance(spec, Mapping):
         raise ValueError(f"a policy spec must be a dict or a string, got {type(spec).__name__}")
     if "format" in spec:

@@ -23,7 +23,7 @@ from nightjar_rl.runtime.steplog import StepLog
 
 def resolve_policy(text: str, max_k: int) -> Policy:
     """The policy named by `text` (see module docstring), checked against the engine's largest k."""
-    from nightjar_rl.policy.registry import make_policy, parse_spec_string
+    from nightjar_rl.policy.registry import make_policy, spec_as_dict
 
     text = text.strip()
     if not text:
@@ -43,7 +43,7 @@ def resolve_policy(text: str, max_k: int) -> Policy:
             )
         return policy
     try:
-        spec = parse_spec_string(text)
+        spec = spec_as_dict(text)
     except ValueError:
         if text.endswith(".json") or "/" in text:
             raise ValueError(f"policy file {text!r} does not exist") from None
