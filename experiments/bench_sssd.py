@@ -22,11 +22,12 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import pandas as pd
+import quickmode  # same folder
 import torch
 
 from nightjar_rl.decoding.datastore import Datastore, tokenizer_fingerprint
@@ -195,14 +196,12 @@ def parse_args() -> BenchConfig:
     p.add_argument("--profile", default=None)
     p.add_argument("--out", "--out-dir", dest="out", default="runs/bench_sssd")
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face generate reference")
-    p.add_argument("--quick", action="store_true", help=f"a seconds-long smoke run: {QUICK}")
-    a = p.parse_args()
+    a = quickmode.parse_args(p, QUICK)
     if a.batch < 1 or a.max_new_tokens < 1:
         raise SystemExit("--batch and --max-new-tokens must be >= 1")
-    cfg = BenchConfig(model=a.model, batch=a.batch, prompts=a.prompts, families=a.families,
-                      max_new_tokens=a.max_new_tokens, cap=a.cap, out=a.out, profile=a.profile,
-                      hf_reference=not a.no_hf)
-    return replace(cfg, **QUICK) if a.quick else cfg
+    return BenchConfig(model=a.model, batch=a.batch, prompts=a.prompts, families=a.families,
+                       max_new_tokens=a.max_new_tokens, cap=a.cap, out=a.out, profile=a.profile,
+                       hf_reference=not a.no_hf)
 
 
 if __name__ == "__main__":
