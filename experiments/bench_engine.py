@@ -47,7 +47,8 @@ class Args:
     out: str = "runs/bench_engine"
 
 
-QUICK = dict(model="tiny-random", repeats=1, single_prompts=2, max_new_tokens=8, batch_requests=8, batch_size=4)
+QUICK = {"model": "tiny-random", "repeats": 1, "single_prompts": 2, "max_new_tokens": 8, "batch_requests": 8,
+         "batch_size": 4, "threads": 1}
 
 
 def vocab_size(loaded) -> int:

@@ -182,7 +182,8 @@ def main(cfg: BenchConfig) -> pd.DataFrame:
 
 
 # --quick: end to end in seconds on the tiny random model (for the tests; numbers mean nothing)
-QUICK = dict(model="tiny-random", families=["grounded", "code"], max_new_tokens=8, cap=8)
+QUICK = {"model": "tiny-random", "families": ["grounded", "code"], "max_new_tokens": 8, "cap": 8,
+         "threads": 1}
 
 
 def parse_args() -> BenchConfig:
@@ -193,6 +194,7 @@ def parse_args() -> BenchConfig:
     p.add_argument("--families", nargs="+", default=["grounded", "code", "chat"])
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--cap", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--profile", default=None)
     p.add_argument("--out", "--out-dir", dest="out", default="runs/bench_sssd")
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face generate reference")
@@ -200,8 +202,8 @@ def parse_args() -> BenchConfig:
     if a.batch < 1 or a.max_new_tokens < 1:
         raise SystemExit("--batch and --max-new-tokens must be >= 1")
     return BenchConfig(model=a.model, batch=a.batch, prompts=a.prompts, families=a.families,
-                       max_new_tokens=a.max_new_tokens, cap=a.cap, out=a.out, profile=a.profile,
-                       hf_reference=not a.no_hf)
+                       max_new_tokens=a.max_new_tokens, cap=a.cap, threads=a.threads, out=a.out,
+                       profile=a.profile, hf_reference=not a.no_hf)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from nightjar_rl.serving import build_requests, load_prompts, serve
 from nightjar_rl.serving.workload import encode_prompt
 from nightjar_rl.stack import EngineConfig, build_stack
 
-QUICK = dict(model="tiny-random", prompts_per_family=1, max_new_tokens=8, ks=[2])
+QUICK = {"model": "tiny-random", "prompts_per_family": 1, "max_new_tokens": 8, "ks": [2]}
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:
