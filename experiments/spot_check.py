@@ -45,17 +45,19 @@ def spot_policies(run_dir: Path, top: int = 2, names: list[str] | None = None) -
     as experiment entries. A `profile: scenario` spec keeps the study's (sim) profile, so the live
     scenario, which has none, runs the same policy."""
     study = load_run(run_dir)
-    scenario = resolve_scenario(study.config)
-    specs = {e.name: resolve_spec(e.spec, scenario) for e in study.config.policies}
+    specs = {e.name: e.spec for e in study.config.policies}
     unknown = sorted(set(names or ()) - set(specs))
     if unknown:
         raise SystemExit(f"spot_check: policies not in the study: {', '.join(unknown)}")
     best = names or [p for p in relative_score(study.results, list(specs)).index if p != "k0"][:top]
     entries = [{"name": "k0", "spec": "fixed-0"}]
     for name in best:
-        artifact = run_dir / "policies" / f"{name}.json"
-        # an artifact by path: an `mlp` manifest finds its weights file beside it
-        entries.append({"name": name, "spec": str(artifact.resolve()) if artifact.is_file() else specs[name]})
+        artifact, spec = run_dir / "policies" / f"{name}.json", specs[name]
+        if artifact.is_file():  # an artifact by path: an `mlp` manifest finds its weights file beside it
+            spec = str(artifact.resolve())
+        elif isinstance(spec, dict) and spec.get("profile") == "scenario":
+            spec = resolve_spec(spec, resolve_scenario(study.config))
+        entries.append({"name": name, "spec": spec})
     return entries
 
 
