@@ -10,6 +10,7 @@ Measured side by side in one run, interleaved, median of `--repeats` runs:
 Every engine output is also checked token for token against HF greedy (float32: must match).
 
     python experiments/bench_engine.py --repeats 3
+    python experiments/bench_engine.py --quick --out-dir /tmp/bench_engine   # seconds: tiny random model
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import quickmode  # same folder
 import torch
 
 from nightjar_rl.io import atomic_write_text
@@ -45,9 +47,21 @@ class Args:
     out: str = "runs/bench_engine"
 
 
+QUICK = {"model": "tiny-random", "repeats": 1, "single_prompts": 2, "max_new_tokens": 8, "batch_requests": 8,
+         "batch_size": 4, "threads": 1}
+
+
+def vocab_size(loaded) -> int:
+    """The id range prompts are encoded into: the tokenizer's size (tiny random models have none)."""
+    return len(loaded.tokenizer) if loaded.tokenizer is not None else loaded.model.config.vocab_size
+
+
 def hf_generate(model, tokenizer, prompts: list[list[int]], max_new: int, **kwargs) -> tuple[list[list[int]], float]:
     """Left-padded batch `generate`, greedy. Returns generated ids (up to EOS) and wall seconds."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if tokenizer is None:  # tiny random model
+        pad = 0
+    else:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
@@ -78,10 +92,11 @@ def main(a: Args) -> pd.DataFrame:
     target = load_model(a.model, a.dtype)
     tok = target.tokenizer
     grounded = load_prompts(families=["grounded"])[: a.single_prompts]
-    single = [encode_prompt(tok, r.prompt, len(tok)) for r in grounded]
+    vocab = vocab_size(target)
+    single = [encode_prompt(tok, r.prompt, vocab) for r in grounded]
     mixed_records = load_prompts()
     rng = np.random.default_rng(0)
-    mixed = [encode_prompt(tok, mixed_records[i % len(mixed_records)].prompt, len(tok)) for i in range(a.batch_requests)]
+    mixed = [encode_prompt(tok, mixed_records[i % len(mixed_records)].prompt, vocab) for i in range(a.batch_requests)]
     budgets = rng.integers(a.max_new_tokens // 4, 2 * a.max_new_tokens - a.max_new_tokens // 4, size=a.batch_requests).tolist()
     cfg1 = EngineConfig(model=a.model, dtype=a.dtype, drafter="ngram", max_batch_size=1, ngram_max=a.ngram_max,
                         max_speculation=max(8, a.k))
@@ -155,6 +170,8 @@ def main(a: Args) -> pd.DataFrame:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, default in Args().__dict__.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default) if default is not None else int,
-                            default=default)
-    main(Args(**vars(parser.parse_args())))
+        flags = [f"--{name.replace('_', '-')}"] + (["--out-dir"] if name == "out" else [])
+        parser.add_argument(*flags, dest=name, type=type(default) if default is not None else int, default=default)
+    args = vars(quickmode.parse_args(parser, QUICK))
+    del args["quick"]
+    main(Args(**args))

@@ -16,6 +16,7 @@ Examples:
   flock /tmp/nightjar-bench.lock python experiments/bench_parallel.py --drafter draft --draft early-exit:8
   python experiments/bench_parallel.py --device cuda --target-config llama-3-8b --draft-config llama-3.2-1b \
       --max-batch-size 32 --num-requests 64 --rates inf,8,16
+  python experiments/bench_parallel.py --quick --out-dir /tmp/bench_parallel    # seconds: tiny random model
 Outputs: a table on stdout and runs/bench_parallel/<run name>.csv (one row per rate x decoder).
 """
 
@@ -29,16 +30,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import quickmode  # same folder
 import torch
 
 from nightjar_rl.decoding import DraftModelDrafter, NgramDrafter, ParallelBatchDecoder, SpeculativeEngine
 from nightjar_rl.decoding.psd_model import overlap_efficiency
+from nightjar_rl.env.recorder import write_table
 from nightjar_rl.models import DTYPES, SHAPES, early_exit_draft, load_model, pick_device
 from nightjar_rl.models import random_shaped_model as random_model
 from nightjar_rl.serving import build_requests, load_prompts, poisson_arrivals, serve, summarize
 from nightjar_rl.serving.workload import encode_prompt
 
 DECODERS = ("standard", "psd-seq", "psd")
+QUICK = {"model": "tiny-random", "draft": "early-exit:2", "k": 2, "num_requests": 4, "max_new_tokens": 8,
+         "max_prompt_tokens": 32, "max_batch_size": 4, "threads": 1}
 
 
 @dataclass
@@ -68,8 +73,11 @@ def parse_args() -> BenchConfig:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name, default in vars(BenchConfig()).items():
         kind = type(default) if default is not None else (int if "threads" in name else str)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
-    cfg = BenchConfig(**vars(parser.parse_args()))
+        flags = [f"--{name.replace('_', '-')}"] + (["--out-dir"] if name == "out" else [])
+        parser.add_argument(*flags, dest=name, type=kind, default=default)
+    args = vars(quickmode.parse_args(parser, QUICK))
+    del args["quick"]
+    cfg = BenchConfig(**args)
     if cfg.drafter not in ("draft", "ngram"):
         raise SystemExit("--drafter must be draft or ngram")
     for shape in (cfg.target_config, cfg.draft_config):
@@ -218,13 +226,12 @@ def main() -> None:
     df.insert(2, "drafter", cfg.drafter if cfg.drafter == "ngram" else cfg.draft_config or cfg.draft)
     df["draft_threads"], df["verify_threads"] = cfg.draft_threads, cfg.verify_threads
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = (
         f"{df.loc[0, 'target']}__{df.loc[0, 'drafter']}__k{cfg.k}__{time.strftime('%Y%m%d-%H%M%S')}".replace(
             ":", ""
         )
     )
-    df.to_csv(out / f"{name}.csv", index=False)
+    write_table(df, out / f"{name}.csv")
     cols = [
         "rate",
         "decoder",

@@ -11,6 +11,9 @@ Target (issue 9): under 50 microseconds per decision on the project's CPU. Run o
 
     python experiments/bench_policy_decision.py --decisions 20000 --repeats 5
     python experiments/bench_policy_decision.py --artifact runs/<run>/policies/ppo.json
+    python experiments/bench_policy_decision.py --quick --out-dir /tmp/bench_policy   # seconds (tests)
+
+With --out-dir the result is also written to <out-dir>/result.json.
 """
 
 from __future__ import annotations
@@ -23,9 +26,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import quickmode  # same folder
 
 from nightjar_rl.env.observation import obs_size
+from nightjar_rl.io import atomic_write_json
 from nightjar_rl.policy import MLPPolicy, load_policy, save_policy
+
+QUICK = {"decisions": 200, "repeats": 1}
 
 
 def random_ppo_policy(max_k: int, folder: Path, hidden: int = 64) -> MLPPolicy:
@@ -82,7 +89,8 @@ def main() -> None:
     ap.add_argument("--decisions", type=int, default=20_000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sb3", default=None, metavar="CHECKPOINT.zip", help="also time SB3's predict of this checkpoint")
-    args = ap.parse_args()
+    ap.add_argument("--out-dir", default=None, help="also write the result to OUT_DIR/result.json")
+    args = quickmode.parse_args(ap, QUICK)
 
     with tempfile.TemporaryDirectory() as tmp:
         policy = load_policy(args.artifact) if args.artifact else random_ppo_policy(args.max_k, Path(tmp))
@@ -104,6 +112,8 @@ def main() -> None:
             "predict_us_median"])
     result["meets_target"] = result["predict_us_median"] < result["target_us"]
     print(json.dumps(result, indent=1))
+    if args.out_dir:
+        atomic_write_json(Path(args.out_dir) / "result.json", result)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ quiet machine (goal: Ray with 2 workers <= 0.6x the local time on 2 cores).
 
 CONFIG defaults to experiments/nightjar_study.yaml. --seeds/--rates/--num-requests/--episodes/
 --sb3-timesteps shrink the sweep (validation: experiments/study_tiny.yaml). Run folders go to a
-temporary directory.
+temporary directory, or to --out-dir with the table (bench_ray.csv). A seconds-long check (tests):
+
+    python3 experiments/bench_ray.py --quick --out-dir /tmp/bench_ray
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
+import quickmode  # noqa: E402  (same folder)
 
+from nightjar_rl.env.recorder import write_table  # noqa: E402
 from nightjar_rl.experiments import load_experiment  # noqa: E402
 from nightjar_rl.experiments.executor import LocalExecutor, RayExecutor  # noqa: E402
 from nightjar_rl.experiments.runner import run_experiment, train_experiment  # noqa: E402
 from nightjar_rl.experiments.sb3_config import is_sb3_spec  # noqa: E402
+
+QUICK = {"config": str(ROOT / "experiments" / "study_tiny.yaml"), "seeds": 1, "rates": "50",
+         "num_requests": 4, "episodes": 1, "sb3_timesteps": 0}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sb3-timesteps", type=int, default=None,
                    help="total_timesteps of the sb3 entries (0 drops them from the sweep)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each executor (medians are reported)")
-    a = p.parse_args(argv)
+    p.add_argument("--out-dir", default=None, help="run folders and bench_ray.csv (default: a temp dir)")
+    a = quickmode.parse_args(p, QUICK, argv)
     cfg = load_experiment(a.config)
     if a.seeds:
         cfg.seeds = cfg.seeds[: a.seeds]
@@ -57,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.policies = [e for e in cfg.policies if e not in sb3 or a.sb3_timesteps > 0]
         for e in sb3:
             e.spec["total_timesteps"] = a.sb3_timesteps
-    out = Path(tempfile.mkdtemp(prefix="bench_ray_"))
+    out = Path(a.out_dir) if a.out_dir else Path(tempfile.mkdtemp(prefix="bench_ray_"))
 
     def timed_run(executor, folder: str) -> tuple[pd.DataFrame, dict]:
         """The experiment in two phases (train, then evaluate by resuming the trained run), timed."""
@@ -90,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                      "total_s": round(total, 2), "ratio": round(total / total_local, 3)})
     for phase in ("train_s", "evaluate_s"):
         rows.append({"executor": f"ray/local, {phase[:-2]} only", "ratio": round(t_ray[phase] / t_local[phase], 3)})
-    print(pd.DataFrame(rows).to_string(index=False, na_rep=""))
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False, na_rep=""))
+    if a.out_dir:
+        write_table(table, out / "bench_ray.csv")
     ratio = sum(t_ray.values()) / total_local
     print(f"{a.repeats} run(s) each, medians; tables identical: {same}; "
           f"goal: ray <= 0.6x local -> {'met' if ratio <= 0.6 else 'NOT met'}")

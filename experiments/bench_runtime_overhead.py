@@ -6,7 +6,7 @@ Overhead per step = (whole run wall time - sum of the engine's own step wall tim
 the engine's work cancels out; runs are interleaved and repeated, medians reported.
 
     python experiments/bench_runtime_overhead.py                      # SmolLM2-135M, 3 repeats
-    python experiments/bench_runtime_overhead.py --model tiny-random --max-new-tokens 8 --repeats 1   # smoke
+    python experiments/bench_runtime_overhead.py --quick --out-dir /tmp/bench_runtime   # smoke: tiny-random
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import quickmode  # same folder
 
 from nightjar_rl.decoding.sequence import Request
+from nightjar_rl.env.recorder import write_table
 from nightjar_rl.io import atomic_write_text
 from nightjar_rl.policy import make_policy
 from nightjar_rl.runtime.driver import PolicyDriver
@@ -29,6 +31,7 @@ from nightjar_rl.stack import EngineConfig, build_stack
 
 POLICIES = {"fixed-4": "fixed-4", "table-mlc_llm": "table-mlc_llm", "nightjar (learning)": "nightjar",
             "fixed-4 + step log": "fixed-4"}
+QUICK = {"model": "tiny-random", "max_new_tokens": 8, "prompts": 2, "repeats": 1, "threads": 1}
 
 
 @dataclass
@@ -91,7 +94,7 @@ def main(a: Args) -> pd.DataFrame:
     bare_us = summary.loc["bare engine", "overhead_us_per_step"]
     summary["runtime_over_bare_pct"] = 100 * (summary["overhead_us_per_step"] - bare_us) / (1e3 * summary["step_ms"])
     summary["goal_lt_2pct"] = summary["runtime_over_bare_pct"] < 2.0
-    df.to_csv(out / "runs.csv", index=False)
+    write_table(df, out / "runs.csv")
     atomic_write_text(out / "summary.md", summary.to_markdown() if _has_tabulate() else summary.to_string())
     print(summary.to_string())
     return summary
@@ -109,5 +112,8 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for field, default in Args.__dataclass_fields__.items():
         kind = int if field in ("max_new_tokens", "prompts", "repeats", "threads") else str
-        p.add_argument(f"--{field.replace('_', '-')}", type=kind, default=default.default)
-    main(Args(**vars(p.parse_args())))
+        flags = [f"--{field.replace('_', '-')}"] + (["--out-dir"] if field == "out" else [])
+        p.add_argument(*flags, dest=field, type=kind, default=default.default)
+    args = vars(quickmode.parse_args(p, QUICK))
+    del args["quick"]
+    main(Args(**args))

@@ -14,7 +14,7 @@ Checks and numbers:
 - p50 time between tokens (streamed token arrival gaps) vs bench's TPOT p50.
 
     python experiments/bench_server.py                                     # SmolLM2-135M, 32 clients
-    python experiments/bench_server.py --model tiny-random --num-requests 8 --concurrency 4 --max-new-tokens 8   # smoke
+    python experiments/bench_server.py --quick --out-dir /tmp/bench_server   # smoke: tiny random model
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import quickmode  # same folder
 
-from nightjar_rl.io import atomic_write_json
+from nightjar_rl.io import atomic_write_json, atomic_write_jsonl
 from nightjar_rl.runtime.server import free_port, wait_until_healthy
 from nightjar_rl.serving import load_prompts
 
@@ -47,6 +48,9 @@ class Args:
     max_new_tokens: int = 64
     threads: int | None = None
     out: str = "runs/bench_server"
+
+
+QUICK = {"model": "tiny-random", "num_requests": 8, "concurrency": 4, "max_new_tokens": 8, "threads": 1}
 
 
 def _engine_flags(a: Args) -> list[str]:
@@ -121,7 +125,7 @@ def main(a: Args) -> dict:
     records = load_prompts(None)
     prompts = [records[i % len(records)].prompt for i in range(a.num_requests)]
     prompts_file = out / "prompts.jsonl"
-    prompts_file.write_text("".join(json.dumps({"id": f"r{i}", "prompt": p}) + "\n" for i, p in enumerate(prompts)))
+    atomic_write_jsonl(prompts_file, ({"id": f"r{i}", "prompt": p} for i, p in enumerate(prompts)))
     results, t0 = run_server(a, prompts, out / "server_steps.csv")
     bench, bench_ids = run_bench(a, prompts_file, out)  # generate runs first in this process: bench is warm
     by_index = {r["index"]: r for r in results}
@@ -148,5 +152,8 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for field, default in Args.__dataclass_fields__.items():
         kind = int if field in ("concurrency", "num_requests", "max_new_tokens", "threads") else str
-        p.add_argument(f"--{field.replace('_', '-')}", type=kind, default=default.default)
-    main(Args(**vars(p.parse_args())))
+        flags = [f"--{field.replace('_', '-')}"] + (["--out-dir"] if field == "out" else [])
+        p.add_argument(*flags, dest=field, type=kind, default=default.default)
+    args = vars(quickmode.parse_args(p, QUICK))
+    del args["quick"]
+    main(Args(**args))

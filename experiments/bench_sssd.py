@@ -12,6 +12,7 @@ hardware profile measured once and cached under the output folder). At batch 1 H
 Run (always under the shared lock; each run stays within a few minutes):
     flock /tmp/nightjar-bench.lock env PYTHONPATH=. python experiments/bench_sssd.py --batch 1
     flock /tmp/nightjar-bench.lock env PYTHONPATH=. python experiments/bench_sssd.py --batch 8
+    python experiments/bench_sssd.py --quick --out-dir /tmp/bench_sssd     # seconds: tiny random model
 Outputs: runs/bench_sssd/<run name>/results.csv (one row per family x method) and the printed table.
 """
 
@@ -26,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 
 import pandas as pd
+import quickmode  # same folder
 import torch
 
 from nightjar_rl.decoding.datastore import Datastore, tokenizer_fingerprint
@@ -36,8 +38,10 @@ from nightjar_rl.decoding.drafters.sssd_budget import SSSDBudget
 from nightjar_rl.decoding.engine import SpeculativeEngine
 from nightjar_rl.decoding.profiler import profile_hardware
 from nightjar_rl.decoding.sequence import Request
+from nightjar_rl.env.recorder import write_table
 from nightjar_rl.io import atomic_write_json
 from nightjar_rl.models import load_model
+from nightjar_rl.policy import Policy, make_policy
 from nightjar_rl.serving.loop import serve
 from nightjar_rl.serving.workload import encode_prompt, load_prompts
 
@@ -67,10 +71,10 @@ def get_profile(cfg: BenchConfig, model) -> dict:
     return data
 
 
-def run_engine(model, eos, drafter, requests, k_policy, max_spec, batch) -> dict:
+def run_engine(model, eos, drafter, requests, k: int | Policy, max_spec, batch) -> dict:
+    """Serve `requests` on a fresh engine at a fixed k or under a k policy (`nightjar_rl.policy`)."""
     engine = SpeculativeEngine(model, drafter, max_batch_size=batch, max_seq_len=1024,
                                max_speculation=max_spec, eos_token_ids=eos)
-    k = k_policy(engine) if callable(k_policy) else k_policy
     res = serve(engine, requests, k=k, progress=False)
     steps = [s for s in res.steps if s.batch_size > 0]
     drafted = sum(sum(s.drafted) for s in steps)
@@ -114,7 +118,7 @@ def hf_generate(model, prompts: list[list[int]], max_new: int, lookup: int | Non
 
 def main(cfg: BenchConfig) -> pd.DataFrame:
     torch.set_num_threads(cfg.threads)
-    run_name = f"smollm2__sssd__b{cfg.batch}__{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = f"{cfg.model}__sssd__b{cfg.batch}__{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = Path(cfg.out) / run_name
     target = load_model(cfg.model)
     model, tok, eos = target.model, target.tokenizer, target.eos_token_ids
@@ -133,11 +137,13 @@ def main(cfg: BenchConfig) -> pd.DataFrame:
     store = Datastore.load(ds_path, vocab, tokenizer_fingerprint(tok, vocab))
     print(f"datastore: {store.header['num_tokens']} tokens from {store.header['num_docs']} docs, built in {build_s:.1f} s")
 
+    # k = budget(batch) - 1 for every speculative method: the `sssd` baseline policy with the measured knee
+    sssd_k = make_policy({"type": "sssd", "knee": budget.knee, "cap": cfg.cap}, max_spec)
     methods = {
         "plain": (lambda: None, 0),
-        "ngram": (lambda: NgramDrafter(), budget.policy),
-        "sssd": (lambda: SSSDDrafter(), budget.policy),
-        "sssd+ds": (lambda: SSSDDrafter(store), budget.policy),
+        "ngram": (lambda: NgramDrafter(), sssd_k),
+        "sssd": (lambda: SSSDDrafter(), sssd_k),
+        "sssd+ds": (lambda: SSSDDrafter(store), sssd_k),
     }
     rows = []
     for family in cfg.families:
@@ -165,8 +171,7 @@ def main(cfg: BenchConfig) -> pd.DataFrame:
     plain = df[df.method == "plain"].set_index("family")["tokens_per_s"]
     df["speedup_vs_ngram"] = df.tokens_per_s / df.family.map(base)
     df["speedup_vs_plain"] = df.tokens_per_s / df.family.map(plain)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out_dir / "results.csv", index=False)
+    write_table(df, out_dir / "results.csv")
     atomic_write_json(out_dir / "config.json", {**asdict(cfg), "knee": budget.knee,
                                                  "budget": budget.as_table([1, 2, 4, 8, 16, 32, 64])})
     cols = ["family", "method", "tokens_per_s", "speedup_vs_ngram", "speedup_vs_plain", "mean_accepted",
@@ -176,21 +181,29 @@ def main(cfg: BenchConfig) -> pd.DataFrame:
     return df
 
 
+# --quick: end to end in seconds on the tiny random model (for the tests; numbers mean nothing)
+QUICK = {"model": "tiny-random", "families": ["grounded", "code"], "max_new_tokens": 8, "cap": 8,
+         "threads": 1}
+
+
 def parse_args() -> BenchConfig:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--prompts", type=int, default=None, help="prompts per family (default: --batch)")
     p.add_argument("--families", nargs="+", default=["grounded", "code", "chat"])
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--cap", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--profile", default=None)
-    p.add_argument("--out", default="runs/bench_sssd")
+    p.add_argument("--out", "--out-dir", dest="out", default="runs/bench_sssd")
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face generate reference")
-    a = p.parse_args()
+    a = quickmode.parse_args(p, QUICK)
     if a.batch < 1 or a.max_new_tokens < 1:
         raise SystemExit("--batch and --max-new-tokens must be >= 1")
-    return BenchConfig(model="smollm2-135m", batch=a.batch, prompts=a.prompts, families=a.families, max_new_tokens=a.max_new_tokens,
-                       cap=a.cap, out=a.out, profile=a.profile, hf_reference=not a.no_hf)
+    return BenchConfig(model=a.model, batch=a.batch, prompts=a.prompts, families=a.families,
+                       max_new_tokens=a.max_new_tokens, cap=a.cap, threads=a.threads, out=a.out,
+                       profile=a.profile, hf_reference=not a.no_hf)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ shapes round differently and can flip near-ties. Reports diverged runs and the f
 token index.
 
     python experiments/bf16_divergence.py --prompts-per-family 4 --max-new-tokens 96
+    python experiments/bf16_divergence.py --quick --out-dir /tmp/bf16_divergence   # seconds: tiny random model
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bench_engine import hf_generate  # noqa: E402  (same folder)
+import quickmode  # same folder
+from bench_engine import hf_generate, vocab_size  # same folder
 
 from nightjar_rl.io import atomic_write_text
 from nightjar_rl.models import load_model
 from nightjar_rl.serving import build_requests, load_prompts, serve
 from nightjar_rl.serving.workload import encode_prompt
 from nightjar_rl.stack import EngineConfig, build_stack
+
+QUICK = {"model": "tiny-random", "prompts_per_family": 1, "max_new_tokens": 8, "ks": [2]}
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:
@@ -36,7 +40,7 @@ def main(args) -> pd.DataFrame:
     rows = []
     for dtype in ("float32", "bfloat16"):
         target = load_model(args.model, dtype)
-        prompts = [encode_prompt(target.tokenizer, r.prompt, len(target.tokenizer)) for r in records]
+        prompts = [encode_prompt(target.tokenizer, r.prompt, vocab_size(target)) for r in records]
         hf = [hf_generate(target.model, target.tokenizer, [p], args.max_new_tokens)[0][0] for p in prompts]
         outputs = {}
         for k in [0, *args.ks]:
@@ -72,5 +76,5 @@ if __name__ == "__main__":
     p.add_argument("--prompts-per-family", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8])
-    p.add_argument("--out", default="runs/bf16_divergence")
-    main(p.parse_args())
+    p.add_argument("--out", "--out-dir", dest="out", default="runs/bf16_divergence")
+    main(quickmode.parse_args(p, QUICK))

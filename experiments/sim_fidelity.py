@@ -8,6 +8,7 @@ throughput, TPOT p50 and TTFT p50 (relative error; goals 5%, 5%, 10%). Writes a 
 
     python experiments/sim_fidelity.py                       # smollm2-ngram vs smollm2-ngram-sim
     python experiments/sim_fidelity.py --rates 0.5,2,8 --ks 0,2,4 --seeds 0,1 --num-requests 16
+    python experiments/sim_fidelity.py --quick --out-dir /tmp/sim_fidelity   # seconds: tiny vs tiny-sim
 
 Run it alone on the machine: live timings are the ground truth here.
 """
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import quickmode  # same folder
 from tqdm.auto import tqdm
 
 from nightjar_rl.env.backend import make_backend
@@ -30,6 +32,7 @@ from nightjar_rl.policy import make_policy
 
 METRICS = {"throughput_tok_s": 0.05, "tpot_p50_s": 0.05, "ttft_p50_s": 0.10}
 PER_REQUEST = ["drafted", "accepted", "decode_steps", "output_tokens"]
+QUICK = {"live": "tiny", "sim": "tiny-sim", "rates": "50", "ks": "0,2", "seeds": "0", "num_requests": 4}
 
 
 def compare_cell(live_scn, sim_scn, live, sim, rate: float, k: int, seed: int, num_requests: int) -> dict:
@@ -58,7 +61,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--num-requests", type=int, default=16)
     ap.add_argument("--out-dir", default="runs")
-    a = ap.parse_args()
+    a = quickmode.parse_args(ap, QUICK)
     live_scn, sim_scn = load_scenario(a.live), load_scenario(a.sim)
     live, sim = make_backend(live_scn), make_backend(sim_scn)
     cells = [(float(r), int(k), int(s)) for s in a.seeds.split(",") for r in a.rates.split(",") for k in a.ks.split(",")]

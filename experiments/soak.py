@@ -13,6 +13,7 @@ failures, peak RSS at the start and at the end of the soak, and per window: toke
 queue length, current RSS.
 
 Examples:
+  python experiments/soak.py --quick --out-dir /tmp/soak                          # seconds: tiny random model
   python experiments/soak.py --models tiny-random --minutes 0.33 --window-s 5     # quick check
   python experiments/soak.py                                                     # 10 min, tiny + smollm2
 Outputs: a table on stdout and runs/soak/<run name>/{windows.csv,summary.json}. Exit status 1 when a
@@ -32,8 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import quickmode  # same folder
 
 from nightjar_rl.decoding import QueueFullError, Request
+from nightjar_rl.env.recorder import write_table
 from nightjar_rl.io import atomic_write_json
 from nightjar_rl.models import load_model
 from nightjar_rl.serving import load_prompts
@@ -70,11 +73,18 @@ class SoakConfig:
     out: str = "runs/soak"
 
 
+QUICK = {"models": "tiny-random", "minutes": 0.1, "calibrate_s": 1.0, "window_s": 2.0, "max_batch_size": 4,
+         "max_waiting": 16, "drain_s": 30.0, "threads": 1}
+
+
 def parse_args() -> SoakConfig:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name, default in vars(SoakConfig()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    cfg = SoakConfig(**vars(parser.parse_args()))
+        flags = [f"--{name.replace('_', '-')}"] + (["--out-dir"] if name == "out" else [])
+        parser.add_argument(*flags, dest=name, type=type(default), default=default)
+    args = vars(quickmode.parse_args(parser, QUICK))
+    del args["quick"]
+    cfg = SoakConfig(**args)
     for name in ("minutes", "overload", "calibrate_s", "window_s"):
         if not getattr(cfg, name) > 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be > 0")
@@ -251,8 +261,7 @@ def main() -> int:
             frames.append(windows)
             print(windows.to_string(index=False) if len(windows) else "(no full window)")
             print(pd.Series(summary).to_string(), "\n", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    pd.concat(frames).to_csv(out / "windows.csv", index=False)
+    write_table(pd.concat(frames), out / "windows.csv")
     atomic_write_json(out / "summary.json", {"config": asdict(cfg), "runs": summaries})
     print(f"wrote {out}")
     lost = [s for s in summaries if s["unaccounted"] or s["duplicates"]]

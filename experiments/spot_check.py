@@ -7,7 +7,9 @@ k = 0, evaluated on the live engine and on its sim twin with the same seeded wor
 The best two are the study's policies with the best mean throughput relative to the per-rate best;
 learners are deployed as trained in the study (its policies/NAME.json, replicate 0), without
 learning. Writes <out>/spot_check.csv and prints, per rate, both rankings and whether they agree.
-Live runs are slow (minutes per cell on the CPU); validate with --live tiny --sim tiny-sim.
+Live runs are slow (minutes per cell on the CPU); validate with --live tiny --sim tiny-sim, or
+    python3 experiments/spot_check.py --quick --out-dir /tmp/spot_check
+which first runs experiments/study_tiny.yaml (tiny-sim, seconds) when no --study-run is given.
 """
 
 from __future__ import annotations
@@ -21,16 +23,27 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
+import quickmode  # noqa: E402  (same folder)
 
 from nightjar_rl.analysis.study import relative_score  # noqa: E402
 from nightjar_rl.env.recorder import write_table  # noqa: E402
+from nightjar_rl.experiments import load_experiment  # noqa: E402
 from nightjar_rl.experiments.config import experiment_from_dict  # noqa: E402
-from nightjar_rl.experiments.runner import load_run, run_experiment  # noqa: E402
+from nightjar_rl.experiments.runner import (  # noqa: E402
+    load_run,
+    resolve_scenario,
+    resolve_spec,
+    run_experiment,
+)
+
+QUICK = {"live": "tiny", "sim": "tiny-sim", "rates": "5,50", "seeds": "0", "num_requests": 4}
+TINY_STUDY = ROOT / "experiments" / "study_tiny.yaml"
 
 
 def spot_policies(run_dir: Path, top: int = 2, names: list[str] | None = None) -> list[dict]:
     """k = 0 plus the study's `top` best policies by relative throughput (or the policies `names`),
-    as experiment entries."""
+    as experiment entries. A `profile: scenario` spec keeps the study's (sim) profile, so the live
+    scenario, which has none, runs the same policy."""
     study = load_run(run_dir)
     specs = {e.name: e.spec for e in study.config.policies}
     unknown = sorted(set(names or ()) - set(specs))
@@ -39,15 +52,20 @@ def spot_policies(run_dir: Path, top: int = 2, names: list[str] | None = None) -
     best = names or [p for p in relative_score(study.results, list(specs)).index if p != "k0"][:top]
     entries = [{"name": "k0", "spec": "fixed-0"}]
     for name in best:
-        artifact = run_dir / "policies" / f"{name}.json"
-        # an artifact by path: an `mlp` manifest finds its weights file beside it
-        entries.append({"name": name, "spec": str(artifact.resolve()) if artifact.is_file() else specs[name]})
+        artifact, spec = run_dir / "policies" / f"{name}.json", specs[name]
+        if artifact.is_file():  # an artifact by path: an `mlp` manifest finds its weights file beside it
+            spec = str(artifact.resolve())
+        elif isinstance(spec, dict) and spec.get("profile") == "scenario":
+            spec = resolve_spec(spec, resolve_scenario(study.config))
+        entries.append({"name": name, "spec": spec})
     return entries
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--study-run", required=True, help="finished run folder of the sim study (nightjar_study_cpu)")
+    p.add_argument("--study-run", default=None,
+                   help="finished run folder of the sim study (nightjar_study_cpu); with --quick, default: "
+                        "a fresh run of experiments/study_tiny.yaml under --out-dir")
     p.add_argument("--live", default="smollm2-ngram", help="live scenario (default smollm2-ngram)")
     p.add_argument("--sim", default="smollm2-ngram-sim", help="its sim twin (default smollm2-ngram-sim)")
     p.add_argument("--rates", default="0.5,4", help="comma-separated rates (default: idle and saturated)")
@@ -56,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-requests", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--out-dir", default=str(ROOT / "runs" / "spot_check"))
-    a = p.parse_args(argv)
-    policies = spot_policies(Path(a.study_run), names=a.policies.split(",") if a.policies else None)
+    a = quickmode.parse_args(p, QUICK, argv)
+    if a.study_run is None and not a.quick:
+        p.error("--study-run is required (without --quick)")
+    study_run = Path(a.study_run) if a.study_run else run_experiment(
+        load_experiment(TINY_STUDY), out_dir=a.out_dir, progress=False).run_dir
+    policies = spot_policies(study_run, names=a.policies.split(",") if a.policies else None)
     frames = []
     for backend, scenario in (("sim", a.sim), ("live", a.live)):
         cfg = experiment_from_dict({

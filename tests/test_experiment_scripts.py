@@ -1,0 +1,128 @@
+"""Every experiment script runs end to end in its quick mode (tiny random model or tiny-sim), so
+none can rot: `python experiments/X.py --quick --out-dir TMP` exits 0 and writes results that parse.
+
+Each script runs as a subprocess from the repository root on one torch thread (two spinning
+threads on a busy 2-core machine make a tiny model ~100x slower). Numbers mean nothing here: a
+few checks of what the scripts themselves verify (lossless outputs, exactly-once serving).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+HELPERS = {"quickmode.py"}  # imported by the scripts, not run
+# scripts that cannot run here, with the reason
+EXCLUDED = {
+    "gpu/engine_check.sh": "needs CUDA and nvidia-smi: GPU tests, a profile and benches of an 8B-shaped model",
+}
+
+
+def _all_true(column: str) -> Callable[[pd.DataFrame], None]:
+    def check(df: pd.DataFrame) -> None:
+        assert df[column].astype(bool).all(), f"{column} is False in some rows:\n{df.to_string()}"
+
+    return check
+
+
+def _summary_true(*keys: str) -> Callable[[dict], None]:
+    def check(summary: dict) -> None:
+        assert all(summary[k] is True for k in keys), summary
+
+    return check
+
+
+@dataclass(frozen=True)
+class Script:
+    """How the test runs one script and what it must leave in its --out-dir."""
+
+    name: str
+    outputs: tuple[str, ...]  # glob patterns under the out dir; each must match a file that parses
+    args: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()  # importable modules, else the test is skipped
+    slow: bool = False  # about 15 s or more on the 2-core CPU
+    check: dict[str, Callable] | None = None  # pattern -> check of the parsed file
+
+    def param(self):
+        marks = [pytest.mark.slow] if self.slow else []
+        return pytest.param(self, id=self.name, marks=marks)
+
+
+SCRIPTS = [
+    Script("bench_engine", ("runs.csv", "summary.md")),
+    Script("bench_parallel", ("*.csv",), check={"*.csv": _all_true("same_output")}),
+    Script("bench_policy_decision", ("result.json",)),
+    Script("bench_ray", ("bench_ray.csv", "local0/*/results.csv", "ray0/*/results.csv"), needs=("ray",), slow=True),
+    Script("bench_runtime_overhead", ("runs.csv", "summary.md", "steps.parquet")),
+    Script("bench_server", ("summary.json", "server_steps.csv", "bench.json", "bench_generations.jsonl"),
+           needs=("fastapi", "uvicorn", "httpx"), slow=True,
+           check={"summary.json": _summary_true("completed_exactly_once", "outputs_identical_to_bench")}),
+    Script("bench_sim_speed", ("result.json",)),
+    Script("bench_sssd", ("*/results.csv", "*/config.json"), check={"*/results.csv": _all_true("identical")}),
+    Script("bf16_divergence", ("runs.csv", "summary.txt")),
+    Script("run_notebooks", ("quickstart.ipynb", "figures/quickstart/*.png"), args=("quickstart",),
+           needs=("nbclient", "ipykernel")),
+    Script("sim_fidelity", ("*/fidelity.csv",), check={"*/fidelity.csv": _all_true("per_request_identical")}),
+    Script("soak", ("*/windows.csv", "*/summary.json"), slow=True),
+    Script("spot_check", ("spot_check.csv", "*study_tiny*/results.csv")),
+]
+
+
+def parse(path: Path):
+    """The file's content, parsed by its suffix; fails when it is empty."""
+    assert path.stat().st_size > 0, f"{path} is empty"
+    if path.suffix == ".csv":
+        df = pd.read_csv(path)
+        assert len(df) > 0, f"{path} has no rows"
+        return df
+    if path.suffix == ".parquet":
+        df = pd.read_parquet(path)
+        assert len(df) > 0, f"{path} has no rows"
+        return df
+    if path.suffix in (".json", ".ipynb"):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        assert data, f"{path} is empty JSON"
+        return data
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return path.read_bytes()
+
+
+def test_every_script_is_covered():
+    scripts = {p.relative_to(EXPERIMENTS).as_posix() for p in EXPERIMENTS.rglob("*") if p.suffix in (".py", ".sh")}
+    covered = {f"{s.name}.py" for s in SCRIPTS} | HELPERS | set(EXCLUDED)
+    assert scripts == covered, f"not run by this test: {sorted(scripts - covered)}; gone: {sorted(covered - scripts)}"
+
+
+@pytest.mark.parametrize("script", [s.param() for s in SCRIPTS])
+def test_script_quick_mode(script: Script, tmp_path):
+    for module in script.needs:
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{script.name} needs {module}")
+    out = tmp_path / "out"
+    runs_before = sorted((ROOT / "runs").glob("*")) if (ROOT / "runs").is_dir() else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
+           "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    cmd = [sys.executable, str(EXPERIMENTS / f"{script.name}.py"), "--quick", "--out-dir", str(out), *script.args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    for pattern in script.outputs:
+        files = sorted(out.glob(pattern))
+        assert files, f"{script.name}: no {pattern} under {out}: {sorted(p.relative_to(out) for p in out.rglob('*'))}"
+        for path in files:
+            data = parse(path)
+            if script.check and pattern in script.check:
+                script.check[pattern](data)
+    runs_after = sorted((ROOT / "runs").glob("*")) if (ROOT / "runs").is_dir() else []
+    assert runs_after == runs_before, f"{script.name} wrote into the repository's runs/"
