@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import quickmode  # same folder
 
-from nightjar_rl.env.observation import obs_size
+from nightjar_rl.contracts.observation import obs_size
 from nightjar_rl.io import atomic_write_json
 from nightjar_rl.policy import MLPPolicy, load_policy, save_policy
 

@@ -58,7 +58,7 @@ def bare(engine, requests: list[Request], k: int) -> tuple[float, float, int]:
 
 
 def driven(engine, requests: list[Request], name: str, tmp: Path) -> tuple[float, float, int]:
-    from nightjar_rl.env.rewards import make_reward
+    from nightjar_rl.contracts.rewards import make_reward
 
     learn = "learning" in name
     policy = make_policy(POLICIES[name], engine.max_speculation)

@@ -2,8 +2,8 @@
 
 import pytest
 
+from nightjar_rl.contracts.rewards import make_reward
 from nightjar_rl.decoding.stats import StepStats
-from nightjar_rl.env.rewards import make_reward
 from nightjar_rl.env.scenario import ScenarioError, load_scenario
 
 # 3 decoded rows emitting 4, 2, 1 tokens plus 1 newly prefilled request (its first token): 8 tokens,

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nightjar_rl.contracts.rewards import REWARDS, make_reward
 from nightjar_rl.decoding.stats import StepStats
-from nightjar_rl.env.rewards import REWARDS, make_reward
 from nightjar_rl.env.scenario import ScenarioError, load_scenario
 
 ENVS = Path(__file__).resolve().parents[1] / "envs"

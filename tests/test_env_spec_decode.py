@@ -9,8 +9,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import nightjar_rl.env  # noqa: F401  (registers the ids)
+from nightjar_rl.contracts.observation import OBS_INDEX, obs_size
 from nightjar_rl.env import ENV_IDS
-from nightjar_rl.env.observation import OBS_INDEX, obs_size
 from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
 from nightjar_rl.models import load_model
 from nightjar_rl.registration import SIM_IDS

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nightjar_rl.env.observation import OBS_INDEX
+from nightjar_rl.contracts.observation import OBS_INDEX
 from nightjar_rl.env.scenario import load_scenario
 from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.spec_decode_env import SpecDecodeEnv

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from nightjar_rl.contracts.observation import ObservationTracker
 from nightjar_rl.decoding.stats import StepStats
-from nightjar_rl.env.observation import ObservationTracker
 from nightjar_rl.policy import BatchSizeTable, DisableByBatchSize, FixedK, HFHeuristic
 from nightjar_rl.policy.base import make_observation
 from nightjar_rl.policy.table import PRESETS, parse_table

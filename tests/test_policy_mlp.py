@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nightjar_rl.env.observation import OBS_LAYOUT_VERSION, obs_layout, obs_size
+from nightjar_rl.contracts.observation import OBS_LAYOUT_VERSION, obs_layout, obs_size
 from nightjar_rl.policy import MLPPolicy, load_policy, make_policy, save_policy
 
 MAX_K = 4

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
+from nightjar_rl.contracts.rewards import DecodeThroughputReward
 from nightjar_rl.decoding import DraftModelDrafter, Request, SpeculativeEngine
-from nightjar_rl.env.rewards import DecodeThroughputReward
 from nightjar_rl.models import early_exit_draft
 from nightjar_rl.policy import make_policy
 from nightjar_rl.runtime import PolicyDriver

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nightjar_rl.cli import main
-from nightjar_rl.env.observation import obs_field
+from nightjar_rl.contracts.observation import obs_field
 from nightjar_rl.policy import make_policy
 from nightjar_rl.policy.base import Policy, batch_of
 from nightjar_rl.runtime.export import FORMATS, export_schedule, schedule, sensitivity, table_from_export, validate

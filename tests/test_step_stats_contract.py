@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
-from nightjar_rl.decoding import Request
+from nightjar_rl.contracts.step import StepRecord
+from nightjar_rl.decoding import Request, StepStats
 
 from .engines import make_engine
 
@@ -106,3 +107,9 @@ def test_step_stats_fields_mean_the_same_for_every_engine(tiny_target, name):
     finally:
         engine.close()
     assert left == {r.request_id for group in _requests() for r in group}
+
+
+def test_step_stats_provide_what_the_contracts_read():
+    """The observation and the rewards read a `StepRecord`: every engine's `StepStats` is one."""
+    assert isinstance(StepStats(step=0, k=0, batch_size=0, num_waiting=0, num_prefilled=0), StepRecord)
+    assert set(StepRecord.__annotations__) <= set(StepStats.__dataclass_fields__)

@@ -9,7 +9,7 @@ registers the env ids:
   model, deterministic for a seed. Any `backend: sim` scenario works (`scenario="gpu-whatif-ngram"`).
 """
 
-from nightjar_rl.env.rewards import REWARDS, make_reward
+from nightjar_rl.contracts.rewards import REWARDS, make_reward
 from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
 from nightjar_rl.registration import ENV_IDS, register_envs
 

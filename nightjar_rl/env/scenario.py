@@ -132,7 +132,7 @@ def _is_int(v) -> bool:
 
 def validate_scenario(s: Scenario) -> Scenario:
     """Check every field; raise ScenarioError naming the first bad one. Returns `s`."""
-    from nightjar_rl.env.rewards import REWARDS  # local: rewards import nothing from here
+    from nightjar_rl.contracts.rewards import REWARDS  # local: rewards import nothing from here
 
     n = s.name
     for key in ("name", "model", "drafter", "decoder", "dtype", "reward", "backend"):

@@ -1,9 +1,9 @@
 """`SpecDecodeEnv`: choose the speculation length of every engine step of a serving workload, on the
 live engine or on the simulator (the scenario's `backend`).
 
-- Observation: `nightjar_rl.env.observation` (Box, float32, documented fields; size 8 + max_k).
+- Observation: `nightjar_rl.contracts.observation` (Box, float32, documented fields; size 8 + max_k).
 - Action: Discrete(max_k + 1); 0 = speculation off, k = draft up to k tokens per row.
-- Reward: the scenario's named reward (`nightjar_rl.env.rewards`) of the step just taken.
+- Reward: the scenario's named reward (`nightjar_rl.contracts.rewards`) of the step just taken.
 - Episode: one seeded workload; terminated when every request is served, truncated at the horizon.
 - info: `stats` (the raw StepStats) and `clock`; `episode_frame()` tabulates the episode's steps.
 
@@ -23,10 +23,10 @@ import pandas as pd
 from gymnasium import spaces
 
 from nightjar_rl.contracts import SpecPlan
+from nightjar_rl.contracts.observation import obs_size
+from nightjar_rl.contracts.rewards import make_reward
 from nightjar_rl.env.backend import Backend, make_backend
-from nightjar_rl.env.observation import obs_size
 from nightjar_rl.env.recorder import write_table
-from nightjar_rl.env.rewards import make_reward
 from nightjar_rl.env.scenario import Scenario, load_scenario
 from nightjar_rl.env.workload import sample_requests
 from nightjar_rl.runtime.driver import PolicyDriver

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 from gymnasium.utils import seeding
 
+from nightjar_rl.contracts.rewards import make_reward
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.env.backend import Backend
-from nightjar_rl.env.rewards import make_reward
 from nightjar_rl.env.scenario import Scenario
 from nightjar_rl.env.workload import PromptPool, sample_requests
 from nightjar_rl.runtime.driver import PolicyDriver

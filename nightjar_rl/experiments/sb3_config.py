@@ -25,7 +25,7 @@ evaluated like every other policy. Fields (validated here; errors name `policies
     num_requests     requests per training episode (default: train.num_requests, else the scenario's)
     seed             SB3 and workload seed (default: the experiment's train.seed); env i's episodes
                      use seeds seed + i, then continue from that generator
-    reward           reward name for training (default: the training scenario's); see env/rewards.py
+    reward           reward name for training (default: the training scenario's); see nightjar_rl/contracts/rewards.py
     reward_kwargs    its arguments, e.g. {per_row: true} (tokens/s per running request: the same
                      per-step optimum with a magnitude that does not grow with load)
     threads          torch CPU threads while training (default: 1 for sim, where the small network gains

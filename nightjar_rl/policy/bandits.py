@@ -32,8 +32,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nightjar_rl.contracts.observation import obs_field
 from nightjar_rl.decoding.stats import StepStats
-from nightjar_rl.env.observation import obs_field
 from nightjar_rl.policy.base import Policy, batch_of, check_float, check_int
 from nightjar_rl.policy.buckets import BatchBuckets
 

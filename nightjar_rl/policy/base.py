@@ -5,7 +5,7 @@ Lifecycle, as driven by the runtime's `PolicyDriver` (for the env, evaluation, t
 ```
 policy.reset()                       # start of an episode / serving run
 loop:
-    k = policy.predict(obs)          # obs: nightjar_rl.env.observation layout; k in [0, max_k], 0 = off
+    k = policy.predict(obs)          # obs: nightjar_rl.contracts.observation layout; k in [0, max_k], 0 = off
     stats = engine.step(k)
     policy.observe(stats)            # optional hook: the exact outcome of the step just run
     policy.update(obs, k, reward)    # learners only, and only while `policy.learning` is True
@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from nightjar_rl.contracts.observation import HIST_START, OBS_INDEX, obs_field, obs_size
 from nightjar_rl.decoding.stats import StepStats
-from nightjar_rl.env.observation import HIST_START, OBS_INDEX, obs_field, obs_size
 
 
 def check_int(name: str, value: Any, low: int = 0, high: int | None = None) -> int:

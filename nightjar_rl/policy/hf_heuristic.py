@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nightjar_rl.contracts.observation import obs_field
 from nightjar_rl.decoding.stats import StepStats
-from nightjar_rl.env.observation import obs_field
 from nightjar_rl.policy.base import Policy, check_float, check_int
 
 

@@ -10,7 +10,7 @@ stable-baselines3 or torch. `params` of the manifest:
                      "layers.{i}.weight" (out x in, float32) and "layers.{i}.bias" (out)
     output           "logits" (PPO/A2C action logits) | "q_values" (DQN); both have max_k + 1 entries
     observation      {"layout_version": N, "fields": [...]}: must equal this toolkit's
-                     `OBS_LAYOUT_VERSION` / `obs_layout(max_k)` (nightjar_rl.env.observation)
+                     `OBS_LAYOUT_VERSION` / `obs_layout(max_k)` (nightjar_rl.contracts.observation)
     normalization    null, or VecNormalize's observation statistics applied before the network:
                      x = clip((obs - mean) / sqrt(var + epsilon), -clip, clip) in float64, then float32
     action_space     {"type": "discrete", "n": max_k + 1}: action a is the speculation length k = a
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nightjar_rl.env.observation import OBS_LAYOUT_VERSION, obs_layout, obs_size
+from nightjar_rl.contracts.observation import OBS_LAYOUT_VERSION, obs_layout, obs_size
 from nightjar_rl.io import atomic_writer
 from nightjar_rl.policy.base import Policy, check_int
 

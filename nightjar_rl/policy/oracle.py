@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nightjar_rl.env.observation import obs_field, obs_histogram
+from nightjar_rl.contracts.observation import obs_field, obs_histogram
 from nightjar_rl.policy.base import Policy, batch_of, check_float
 from nightjar_rl.sim.profile import HardwareProfile
 

@@ -24,8 +24,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nightjar_rl.contracts import SpecPlan
+from nightjar_rl.contracts.observation import ObservationBuilder
 from nightjar_rl.decoding.stats import StepStats
-from nightjar_rl.env.observe import ObservationBuilder
 from nightjar_rl.serving.session import ServeResult, ServingSession
 
 
@@ -42,7 +42,7 @@ class Decision:
 class PolicyDriver:
     """Session + observation builder (+ policy): decide -> step -> observe -> learn.
 
-    `reward` (a named reward from `nightjar_rl.env.rewards`) is needed only to learn; `learn=True`
+    `reward` (a named reward from `nightjar_rl.contracts.rewards`) is needed only to learn; `learn=True`
     also makes `predict` non-deterministic (exploration). A prefill-only step (no row decoded) is
     never credited to k: it did not depend on it.
     """

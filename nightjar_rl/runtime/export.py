@@ -67,7 +67,7 @@ def schedule(policy: Policy, max_batch: int, typical: Mapping | None = None) -> 
 
 def sensitivity(policy: Policy, max_batch: int, typical: Mapping | None = None) -> list[str]:
     """What the schedule loses: one line per observation field that changes k at some batch size."""
-    from nightjar_rl.env.observation import OBS_INDEX
+    from nightjar_rl.contracts.observation import OBS_INDEX
 
     notes = []
     batches = sorted({b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, max_batch) if b <= max_batch})

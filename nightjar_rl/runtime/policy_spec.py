@@ -99,7 +99,7 @@ def runtime_policy(
     save_policy: str | None = None, log_steps: str | None = None, default_k: int = 4,
 ) -> RuntimePolicy:
     """Resolve the CLI's policy flags (see `nightjar-rl generate --help`)."""
-    from nightjar_rl.env.rewards import make_reward
+    from nightjar_rl.contracts.rewards import make_reward
     from nightjar_rl.policy.baselines import FixedK
 
     if k is not None and policy is not None:
