@@ -33,15 +33,13 @@ Fields:
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
-
-class ExperimentError(ValueError):
-    """A bad experiment config (message names the field)."""
+from nightjar_rl.experiments.fields import ExperimentError, is_int, is_number, parse_concurrency, parse_rates
+from nightjar_rl.experiments.sb3_config import is_sb3_spec, parse_sb3_spec
 
 
 @dataclass
@@ -100,38 +98,6 @@ class ExperimentConfig:
         return d
 
 
-def _num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def rate_value(v) -> float | None:
-    """A rate as a float (`inf`, `.inf` or float infinity: every request at t=0), None if not a number."""
-    if isinstance(v, str) and v.strip().lower() in ("inf", ".inf", "infinity"):
-        return math.inf
-    return float(v) if _num(v) else None
-
-
-def parse_rates(value, closed_loop: bool, fail) -> list[float]:
-    """A non-empty list of rates > 0; infinite ones only in a closed loop (`fail(msg)` makes the error)."""
-    rates = [rate_value(r) for r in value] if isinstance(value, list) else []
-    if not rates or not all(r is not None and r > 0 for r in rates):
-        raise fail(f"must be a non-empty list of rates > 0 (requests/s), got {value!r}")
-    if not closed_loop and not all(math.isfinite(r) for r in rates):
-        raise fail(f"has rate inf (every request at t=0), which needs a 'concurrency' list (closed loop), got {value!r}")
-    return rates
-
-
-def parse_concurrency(value, fail) -> list[int]:
-    """A non-empty list of distinct integers >= 1 (max requests in flight)."""
-    if not isinstance(value, list) or not value or not all(_int(c) and c >= 1 for c in value) or len(set(value)) != len(value):
-        raise fail(f"must be a non-empty list of distinct integers >= 1 (max requests in flight), got {value!r}")
-    return list(value)
-
-
 _TOP = {"name", "scenario", "rates", "seeds", "policies", "num_requests", "max_new_tokens", "slo", "train", "evaluate",
         "executor", "concurrency"}
 
@@ -147,7 +113,7 @@ def executor_from_value(value, where: str = "field 'executor'") -> ExecutorConfi
     address, workers = data.get("address"), data.get("workers")
     if address is not None and (not isinstance(address, str) or not address):
         raise ExperimentError(f"{where}: 'address' must be a Ray cluster address or null, got {address!r}")
-    if workers is not None and (not _int(workers) or workers < 1):
+    if workers is not None and (not is_int(workers) or workers < 1):
         raise ExperimentError(f"{where}: 'workers' must be an integer >= 1 or null, got {workers!r}")
     if data["kind"] == "local" and (address is not None or workers is not None):
         raise ExperimentError(f"{where}: 'address' and 'workers' need kind 'ray'")
@@ -179,16 +145,16 @@ def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | N
         concurrency = parse_concurrency(data["concurrency"], lambda m: fail(f"field 'concurrency' {m}"))
     rates = parse_rates(data["rates"], concurrency is not None, lambda m: fail(f"field 'rates' {m}"))
     seeds = data["seeds"]
-    if not isinstance(seeds, list) or not seeds or not all(_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
+    if not isinstance(seeds, list) or not seeds or not all(is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise fail(f"field 'seeds' must be a non-empty list of distinct integers >= 0, got {seeds!r}")
     for key in ("num_requests", "max_new_tokens"):
         v = data.get(key)
-        if v is not None and (not _int(v) or v < 1):
+        if v is not None and (not is_int(v) or v < 1):
             raise fail(f"field '{key}' must be an integer >= 1, got {v!r}")
     slo = data.get("slo", {"tpot_s": 0.25, "ttft_s": None})
-    if not isinstance(slo, dict) or not set(slo) <= {"tpot_s", "ttft_s"} or not (_num(slo.get("tpot_s")) and slo["tpot_s"] > 0):
+    if not isinstance(slo, dict) or not set(slo) <= {"tpot_s", "ttft_s"} or not (is_number(slo.get("tpot_s")) and slo["tpot_s"] > 0):
         raise fail(f"field 'slo' must be {{tpot_s: SECONDS > 0, ttft_s: SECONDS or null}}, got {slo!r}")
-    if slo.get("ttft_s") is not None and not (_num(slo["ttft_s"]) and slo["ttft_s"] > 0):
+    if slo.get("ttft_s") is not None and not (is_number(slo["ttft_s"]) and slo["ttft_s"] > 0):
         raise fail(f"field 'slo.ttft_s' must be a number > 0 or null, got {slo['ttft_s']!r}")
     slo = {"tpot_s": float(slo["tpot_s"]), "ttft_s": None if slo.get("ttft_s") is None else float(slo["ttft_s"])}
 
@@ -206,9 +172,7 @@ def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | N
             raise fail(f"field 'policies[{i}].spec' is a boolean ({spec!r}); quote it: YAML reads off/on as booleans")
         if not isinstance(spec, (str, dict)) or not spec:
             raise fail(f"field 'policies[{i}].spec' must be a string or a mapping, got {spec!r}")
-        if isinstance(spec, dict) and str(spec.get("type", "")).strip().lower() == "sb3":
-            from nightjar_rl.experiments.sb3_config import parse_sb3_spec  # local: it imports this module
-
+        if is_sb3_spec(spec):
             parse_sb3_spec(spec, f"experiment {name!r}: field 'policies[{i}].spec")
         label = entry.get("name") or (spec if isinstance(spec, str) else None)
         if not isinstance(label, str) or not label or "/" in label:
@@ -224,7 +188,7 @@ def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | N
                    f"got {t!r}")
     train = TrainConfig()
     if "episodes" in t:
-        if not _int(t["episodes"]) or t["episodes"] < 0:
+        if not is_int(t["episodes"]) or t["episodes"] < 0:
             raise fail(f"field 'train.episodes' must be an integer >= 0, got {t['episodes']!r}")
         train.episodes = t["episodes"]
     if t.get("concurrency") is not None:
@@ -233,15 +197,15 @@ def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | N
         closed = (train.concurrency or concurrency) is not None
         train.rates = parse_rates(t["rates"], closed, lambda m: fail(f"field 'train.rates' {m}"))
     if t.get("num_requests") is not None:
-        if not _int(t["num_requests"]) or t["num_requests"] < 1:
+        if not is_int(t["num_requests"]) or t["num_requests"] < 1:
             raise fail(f"field 'train.num_requests' must be an integer >= 1, got {t['num_requests']!r}")
         train.num_requests = t["num_requests"]
     if "seed" in t:
-        if not _int(t["seed"]) or t["seed"] < 0:
+        if not is_int(t["seed"]) or t["seed"] < 0:
             raise fail(f"field 'train.seed' must be an integer >= 0, got {t['seed']!r}")
         train.seed = t["seed"]
     if "replicates" in t:
-        if not _int(t["replicates"]) or t["replicates"] < 1:
+        if not is_int(t["replicates"]) or t["replicates"] < 1:
             raise fail(f"field 'train.replicates' must be an integer >= 1, got {t['replicates']!r}")
         train.replicates = t["replicates"]
 

@@ -28,8 +28,9 @@ from typing import Any
 
 from nightjar_rl.env.backend import make_backend, resolve_data_path
 from nightjar_rl.env.scenario import Scenario, scenario_from_dict
-from nightjar_rl.experiments.config import ExecutorConfig, ExperimentError
+from nightjar_rl.experiments.config import ExecutorConfig
 from nightjar_rl.experiments.evaluate import evaluate_cell
+from nightjar_rl.experiments.fields import ExperimentError
 from nightjar_rl.policy import make_policy
 from nightjar_rl.policy.artifact import policy_to_dict
 

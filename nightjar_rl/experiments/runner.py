@@ -36,7 +36,7 @@ from nightjar_rl.analysis.tables import best_fixed_comparison
 from nightjar_rl.env.backend import resolve_data_path
 from nightjar_rl.env.recorder import TableAppender, append_rows, read_table, write_table
 from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
-from nightjar_rl.experiments.config import ExperimentConfig, ExperimentError, experiment_from_dict
+from nightjar_rl.experiments.config import ExperimentConfig, experiment_from_dict
 from nightjar_rl.experiments.executor import (
     KBB_COLUMNS,
     CellJob,
@@ -53,6 +53,7 @@ from nightjar_rl.experiments.executor import (
     train_job,
     with_concurrency,
 )
+from nightjar_rl.experiments.fields import ExperimentError
 from nightjar_rl.experiments.sb3_config import is_sb3_spec, parse_sb3_spec
 from nightjar_rl.io import atomic_write_text, read_json
 from nightjar_rl.policy import make_policy, save_policy

@@ -51,7 +51,7 @@ import inspect
 import math
 from dataclasses import dataclass, field
 
-from nightjar_rl.experiments.config import ExperimentError, parse_concurrency, parse_rates
+from nightjar_rl.experiments.fields import ExperimentError, is_int, is_number, parse_concurrency, parse_rates
 
 ALGOS = ("PPO", "DQN", "A2C")
 TRAIN_ON = ("live", "sim")
@@ -100,12 +100,8 @@ def is_sb3_spec(spec) -> bool:
     return isinstance(spec, dict) and str(spec.get("type", "")).strip().lower() == "sb3"
 
 
-def _int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _finite(v) -> bool:
+    return is_number(v) and math.isfinite(v)
 
 
 def sb3_algorithm(name: str):
@@ -130,7 +126,7 @@ def parse_sb3_spec(spec: dict, where: str = "sb3 spec") -> SB3Spec:
     if algo not in ALGOS:
         raise fail("algo", f"must be one of {', '.join(ALGOS)}, got {spec['algo']!r}")
     out = SB3Spec(algo=algo, total_timesteps=spec["total_timesteps"])
-    if not _int(out.total_timesteps) or out.total_timesteps < 1:
+    if not is_int(out.total_timesteps) or out.total_timesteps < 1:
         raise fail("total_timesteps", f"must be an integer >= 1, got {spec['total_timesteps']!r}")
     for key, choices in (("train_on", TRAIN_ON), ("vec_env", VEC_ENVS)):
         if key in spec:
@@ -142,7 +138,7 @@ def parse_sb3_spec(spec: dict, where: str = "sb3 spec") -> SB3Spec:
                               "measures honest step times; a CUDA context cannot be forked); use dummy or auto")
     for key, low in (("n_envs", 1), ("num_requests", 1), ("seed", 0), ("threads", 1), ("checkpoint_every", 1)):
         if spec.get(key) is not None:
-            if not _int(spec[key]) or spec[key] < low:
+            if not is_int(spec[key]) or spec[key] < low:
                 raise fail(key, f"must be an integer >= {low}, got {spec[key]!r}")
             setattr(out, key, spec[key])
     for key in ("scenario", "reward"):
@@ -159,7 +155,7 @@ def parse_sb3_spec(spec: dict, where: str = "sb3 spec") -> SB3Spec:
     if spec.get("rates") is not None:
         out.rates = parse_rates(spec["rates"], out.concurrency is not None, lambda m: fail("rates", m))
     if spec.get("learning_rate") is not None:
-        if not _num(spec["learning_rate"]) or spec["learning_rate"] <= 0:
+        if not _finite(spec["learning_rate"]) or spec["learning_rate"] <= 0:
             raise fail("learning_rate", f"must be a number > 0, got {spec['learning_rate']!r}")
         out.learning_rate = float(spec["learning_rate"])
     out.policy_kwargs = _policy_kwargs(spec.get("policy_kwargs") or {}, algo, _sub(fail, "policy_kwargs"))
@@ -192,7 +188,7 @@ def _policy_kwargs(pk, algo: str, fail) -> dict:
         arch = pk["net_arch"]
 
         def sizes(v) -> bool:
-            return isinstance(v, list) and all(_int(n) and n >= 1 for n in v)
+            return isinstance(v, list) and all(is_int(n) and n >= 1 for n in v)
 
         ok = sizes(arch) or (algo != "DQN" and isinstance(arch, dict) and set(arch) == {"pi", "vf"}
                              and all(sizes(v) for v in arch.values()))
@@ -218,7 +214,7 @@ def _normalize(value, fail) -> dict:
             raise fail(key, f"is unknown; normalize takes {', '.join(out)}")
         if key in ("obs", "reward") and not isinstance(v, bool):
             raise fail(key, f"must be true or false, got {v!r}")
-        if key.startswith("clip") and not (_num(v) and v > 0):
+        if key.startswith("clip") and not (_finite(v) and v > 0):
             raise fail(key, f"must be a number > 0, got {v!r}")
         out[key] = v
     return out
@@ -233,7 +229,7 @@ def _eval(value, spec: SB3Spec, fail) -> dict:
             raise fail(key, f"is unknown; eval takes {', '.join(out)}")
         if key == "rates":
             out[key] = parse_rates(v, spec.concurrency is not None, lambda m: fail("rates", m))
-        elif not _int(v) or v < (1 if key == "episodes" else 0):
+        elif not is_int(v) or v < (1 if key == "episodes" else 0):
             raise fail(key, f"must be an integer >= {1 if key == 'episodes' else 0}, got {v!r}")
         else:
             out[key] = v

@@ -48,7 +48,8 @@ from tqdm.auto import tqdm
 from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
 from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
-from nightjar_rl.experiments.config import ExperimentConfig, ExperimentError
+from nightjar_rl.experiments.config import ExperimentConfig
+from nightjar_rl.experiments.fields import ExperimentError
 from nightjar_rl.experiments.sb3_config import SB3Spec, parse_sb3_spec, sb3_algorithm
 from nightjar_rl.policy import load_policy
 from nightjar_rl.policy.sb3 import check_export, export_sb3
