@@ -34,7 +34,6 @@ from nightjar_rl.decoding.datastore import Datastore, tokenizer_fingerprint
 from nightjar_rl.decoding.datastore_cli import build_datastore
 from nightjar_rl.decoding.drafters.ngram import NgramDrafter
 from nightjar_rl.decoding.drafters.sssd import SSSDDrafter
-from nightjar_rl.decoding.drafters.sssd_budget import SSSDBudget
 from nightjar_rl.decoding.engine import SpeculativeEngine
 from nightjar_rl.decoding.profiler import profile_hardware
 from nightjar_rl.decoding.sequence import Request
@@ -42,6 +41,7 @@ from nightjar_rl.env.recorder import write_table
 from nightjar_rl.io import atomic_write_json
 from nightjar_rl.models import load_model
 from nightjar_rl.policy import Policy, make_policy
+from nightjar_rl.policy.sssd import SSSDBudget
 from nightjar_rl.serving.loop import serve
 from nightjar_rl.serving.workload import encode_prompt, load_prompts
 

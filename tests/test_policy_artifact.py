@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from nightjar_rl.hardware import HardwareProfile
 from nightjar_rl.policy import POLICY_TYPES, load_policy, make_policy, save_policy
 from nightjar_rl.policy.base import make_observation
-from nightjar_rl.sim.profile import HardwareProfile
 
 MAX_K = 5
 

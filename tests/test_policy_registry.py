@@ -1,5 +1,6 @@
 import pytest
 
+from nightjar_rl.hardware import HardwareProfile
 from nightjar_rl.policy import (
     BatchSizeTable,
     DisableByBatchSize,
@@ -12,7 +13,6 @@ from nightjar_rl.policy import (
     UCB1Bandit,
     make_policy,
 )
-from nightjar_rl.sim.profile import HardwareProfile
 
 MAX_K = 6
 

@@ -10,7 +10,7 @@ import pytest
 from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.sim.engine import SimEngine, SyntheticAcceptance
-from nightjar_rl.sim.profile import HardwareProfile, ProfileError
+from nightjar_rl.hardware import HardwareProfile, ProfileError
 from nightjar_rl.sim.roofline import GPUSpec, ModelShape, from_mapping, pass_time_ms, roofline_profile, step_time_ms
 from nightjar_rl.sim.trace import Trace, TraceError, TraceRecord, make_meta
 

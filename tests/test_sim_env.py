@@ -115,7 +115,7 @@ def test_cli_records_a_trace_and_writes_roofline_profiles(tmp_path, capsys):
     prof = tmp_path / "p.json"
     assert main(["profile", "--roofline", "--gpu", "a100", "--model", "llama-3-8b", "--draft", "llama-3.2-1b",
                  "--out", str(prof)]) == 0
-    from nightjar_rl.sim.profile import HardwareProfile
+    from nightjar_rl.hardware import HardwareProfile
 
     assert HardwareProfile.load(prof).has_draft_model
     capsys.readouterr()

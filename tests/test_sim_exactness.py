@@ -10,9 +10,9 @@ import pytest
 
 from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.decoding.sequence import Request
+from nightjar_rl.hardware import HardwareProfile
 from nightjar_rl.models import LoadedModel, load_model
 from nightjar_rl.sim.engine import SimEngine
-from nightjar_rl.sim.profile import HardwareProfile
 from nightjar_rl.sim.record import record_trace
 from nightjar_rl.stack import EngineConfig, build_stack
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from nightjar_rl.sim.profile import HardwareProfile, ProfileError
+from nightjar_rl.hardware import HardwareProfile, ProfileError
 
 
 def grid_profile() -> HardwareProfile:

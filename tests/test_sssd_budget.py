@@ -7,14 +7,8 @@ import json
 
 import pytest
 
-from nightjar_rl.decoding.drafters.sssd_budget import (
-    BUDGET_TABLE,
-    SSSDBudget,
-    knee_tokens,
-    round_to_table,
-    sssd_k,
-)
-from nightjar_rl.sim.profile import HardwareProfile
+from nightjar_rl.hardware import HardwareProfile
+from nightjar_rl.policy.sssd import BUDGET_TABLE, SSSDBudget, knee_tokens, round_to_table
 
 BATCHES = [1, 2, 4, 8, 16, 32, 64, 128]
 
@@ -35,7 +29,7 @@ def test_paper_example_table():
     budget = SSSDBudget(192, cap=32)
     assert budget.as_table(BATCHES) == {1: 32, 2: 32, 4: 32, 8: 24, 16: 12, 32: 6, 64: 3, 128: 1}
     assert budget.k(128) == 0 and budget.k(8) == 23 and budget.k(8, max_speculation=8) == 8
-    assert sssd_k(16, budget) == 11
+    assert budget.k(16) == 11
 
 
 @pytest.mark.parametrize("knee", [3, 20, 64, 192, 1000])

@@ -31,9 +31,9 @@ EPS = 1e-6
 
 def sim_engine(target, **kw):
     """A SimEngine over a trace of this test's prompts (the target drafting for itself)."""
+    from nightjar_rl.hardware import HardwareProfile
     from nightjar_rl.models import LoadedModel
     from nightjar_rl.sim.engine import SimEngine
-    from nightjar_rl.sim.profile import HardwareProfile
     from nightjar_rl.sim.record import record_trace
     from nightjar_rl.stack import EngineConfig
 

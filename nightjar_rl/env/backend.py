@@ -68,8 +68,8 @@ class SimBackend:
     needs_model = False
 
     def __init__(self, scenario):
+        from nightjar_rl.hardware import HardwareProfile
         from nightjar_rl.sim.engine import SyntheticAcceptance
-        from nightjar_rl.sim.profile import HardwareProfile
         from nightjar_rl.sim.trace import Trace
 
         s = self.scenario = scenario

@@ -1,6 +1,7 @@
 """Speculation policies: the predict(obs) -> k protocol, baselines, the goodput oracle, bandits,
 hysteresis, artifacts and the config registry."""
 
+from nightjar_rl.hardware import HardwareProfile, ProfileError
 from nightjar_rl.policy.artifact import load_policy, policy_from_dict, policy_to_dict, save_policy
 from nightjar_rl.policy.bandits import NightjarBandit, ThompsonBandit, UCB1Bandit
 from nightjar_rl.policy.base import Policy
@@ -10,7 +11,6 @@ from nightjar_rl.policy.hf_heuristic import HFHeuristic
 from nightjar_rl.policy.hysteresis import Hysteresis
 from nightjar_rl.policy.mlp import MLPPolicy
 from nightjar_rl.policy.oracle import GoodputOracle, expected_goodput, expected_tokens_per_row
-from nightjar_rl.sim.profile import HardwareProfile, ProfileError
 from nightjar_rl.policy.registry import POLICY_TYPES, make_policy
 from nightjar_rl.policy.sssd import SSSDBudgetPolicy
 from nightjar_rl.policy.table import PRESETS, BatchSizeTable

@@ -3,7 +3,7 @@
 For acceptance rate a, a row yields E(k) = (1 - a^(k+1)) / (1 - a) tokens per step (k + 1 when
 a = 1), so a step over B rows is predicted to produce B x E(k) tokens in
 profile.step_time_ms(B, k) (drafting k tokens plus verifying k + 1 positions; see
-`nightjar_rl.sim.profile`). The oracle returns argmax_k of B x E(k) / step time, ties to the
+`nightjar_rl.hardware`). The oracle returns argmax_k of B x E(k) / step time, ties to the
 smaller k.
 
 a is the observation's `ema_acceptance`. Before any speculative step has been seen (the
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from nightjar_rl.contracts.observation import obs_field, obs_histogram
+from nightjar_rl.hardware import HardwareProfile
 from nightjar_rl.policy.base import Policy, batch_of, check_float
-from nightjar_rl.sim.profile import HardwareProfile
 
 
 def expected_tokens_per_row(acceptance: float, k: int) -> float:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from nightjar_rl.sim.profile import ProfileError
+from nightjar_rl.hardware import ProfileError
 from nightjar_rl.sim.roofline import GPU_PRESETS, GPUSpec, ModelShape, from_mapping, model_shape, roofline_profile
 
 

@@ -36,7 +36,7 @@ import numpy as np
 from nightjar_rl.decoding.scheduler import ScheduledEngine, Scheduler
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
-from nightjar_rl.sim.profile import HardwareProfile
+from nightjar_rl.hardware import HardwareProfile
 from nightjar_rl.sim.trace import Trace, TraceError
 
 ROW = "sim"  # per-row replay state in Sequence.state

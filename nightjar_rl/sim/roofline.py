@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 
-from nightjar_rl.sim.profile import PROFILE_FORMAT, PROFILE_VERSION, HardwareProfile, ProfileError
+from nightjar_rl.hardware import PROFILE_FORMAT, PROFILE_VERSION, HardwareProfile, ProfileError
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,336 @@
+"""Hardware profile: what a step costs, as data. The goodput oracle, the SSSD budget and the
+simulator's clock read it instead of timing the model again.
+
+Format (JSON, written by `nightjar-rl profile`: measured by `nightjar_rl.decoding.profiler`, or
+analytic with `--roofline`, see `nightjar_rl.sim.roofline`):
+
+```
+{
+  "format": "nightjar-rl/hardware-profile",   # optional; checked when present
+  "version": 2,                                # 1 or 2 (version 1 has only the first three tables)
+  "device": "NVIDIA H100" | "x86_64" | ...,    # free text
+  "model": "smollm2-135m",                     # target model the times belong to
+  "dtype": "float32",
+  "verify_ms": {"<batch>": {"<tokens_per_row>": ms, ...}, ...},   # required, non-empty
+  "draft_ms": {"<batch>": ms, ...},            # optional: one draft-model step (1 token per row)
+  "ngram_lookup_ms_per_row": 0.01,             # optional: n-gram drafting cost per row
+  # version 2, all optional:
+  "verify_ms_by_context": {"<context>": {"<batch>": {"<tokens_per_row>": ms}}},
+  "prefill_ms": {"<tokens>": ms},              # one target prefill pass over that many (padded) tokens
+  "draft_prefill_ms": {"<tokens>": ms},        # one draft-model pass over that many tokens (catch-up)
+  "overhead_ms": {"<batch>": ms},              # per-step time outside model forwards
+  ...                                          # any other keys are kept in `meta`
+}
+```
+
+`verify_ms[b][n]` is one target forward scoring `n` positions per row for `b` rows (a decode step
+with speculation length k scores n = k + 1). A step is priced by rows, total scored tokens and
+context (`verify_step_ms`): a per-row plan scoring T positions over b rows reads n = T / b. `draft_ms[b]` is one draft token for `b` rows, so
+drafting k tokens costs k x draft_ms[b]. When `draft_ms` is empty the drafter is taken to be an
+n-gram lookup costing `ngram_lookup_ms_per_row` per row.
+
+Interpolation. Verify: linear over tokens per row within each batch size, then linear over batch
+size (bilinear on a full grid); with `verify_ms_by_context`, then linear over context between the
+measured contexts (without it, context is ignored). Batch, tokens and context are clamped to the
+measured range. Token-count tables (`prefill_ms`, `draft_prefill_ms`) are linear inside their
+range, proportional to tokens beyond its largest point (a long pass is compute-bound) and clamped
+below. `overhead_ms` is linear over batch, clamped.
+
+Fallbacks when a version-2 table is missing (rough; measure, or use a roofline profile): prefill
+of T tokens costs a verify pass of T rows x 1 token (the same tokens through the weights; beyond
+the largest batch, proportional); a draft catch-up over T tokens costs a draft step at batch T;
+overhead is 0.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from nightjar_rl.io import read_json
+
+PROFILE_FORMAT = "nightjar-rl/hardware-profile"
+PROFILE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+_KNOWN_KEYS = (
+    "format", "version", "device", "model", "dtype", "verify_ms", "draft_ms", "ngram_lookup_ms_per_row",
+    "verify_ms_by_context", "prefill_ms", "draft_prefill_ms", "overhead_ms",
+)
+
+
+class ProfileError(ValueError):
+    """A hardware profile file or dict is malformed."""
+
+
+def _positive_int_key(key, where: str) -> int:
+    try:
+        value = int(str(key))
+    except ValueError:
+        raise ProfileError(f"{where}: key {key!r} is not an integer") from None
+    if value < 1 or str(value) != str(key).strip():
+        raise ProfileError(f"{where}: key {key!r} must be a positive integer")
+    return value
+
+
+def _time_ms(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProfileError(f"{where}: expected a number of milliseconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ProfileError(f"{where}: milliseconds must be finite and >= 0, got {value!r}")
+    return float(value)
+
+
+def _interp(xs: np.ndarray, ys: np.ndarray, x: float) -> float:
+    """Piecewise-linear interpolation, clamped at both ends (np.interp clamps)."""
+    return float(np.interp(x, xs, ys))
+
+
+class Curve:
+    """A 1-D table {x: ms}: linear inside, clamped below, clamped or proportional above."""
+
+    def __init__(self, table: Mapping, where: str, proportional_above: bool):
+        if not isinstance(table, Mapping) or not table:
+            raise ProfileError(f"{where} must be a non-empty mapping {{int: ms}}")
+        pts = sorted((_positive_int_key(x, where), _time_ms(ms, f"{where}[{x!r}]")) for x, ms in table.items())
+        if len({x for x, _ in pts}) != len(pts):
+            raise ProfileError(f"{where}: a key appears twice")
+        self.xs = np.array([x for x, _ in pts], float)
+        self.ys = np.array([ms for _, ms in pts], float)
+        self.proportional_above = proportional_above
+
+    def __call__(self, x: float) -> float:
+        if self.proportional_above and x > self.xs[-1]:
+            return float(self.ys[-1] * x / self.xs[-1])
+        return _interp(self.xs, self.ys, x)
+
+    def to_dict(self) -> dict:
+        return {str(int(x)): float(y) for x, y in zip(self.xs, self.ys)}
+
+
+class VerifyTable:
+    """{batch: {tokens_per_row: ms}} at one context, interpolated as the module docstring says."""
+
+    def __init__(self, table: Mapping, where: str = "verify_ms"):
+        if not isinstance(table, Mapping) or not table:
+            raise ProfileError(f"{where} must be a non-empty mapping {{batch: {{tokens_per_row: ms}}}}")
+        rows: dict[int, Curve] = {}
+        for bkey, cells in table.items():
+            b = _positive_int_key(bkey, where)
+            if b in rows:
+                raise ProfileError(f"{where}: batch size {b} appears twice")
+            rows[b] = Curve(cells, f"{where}[{bkey!r}]", proportional_above=False)
+        self.rows = dict(sorted(rows.items()))
+        self.batches = np.array(list(self.rows), float)
+
+    def __call__(self, batch: float, tokens_per_row: float) -> float:
+        per_batch = np.array([row(tokens_per_row) for row in self.rows.values()])
+        return _interp(self.batches, per_batch, batch)
+
+    def to_dict(self) -> dict:
+        return {str(b): row.to_dict() for b, row in self.rows.items()}
+
+
+class HardwareProfile:
+    """Validated, interpolating view of a hardware profile (see the module docstring)."""
+
+    def __init__(
+        self,
+        verify_ms: Mapping,
+        draft_ms: Mapping | None = None,
+        *,
+        ngram_lookup_ms_per_row: float = 0.0,
+        device: str = "unknown",
+        model: str = "unknown",
+        dtype: str = "unknown",
+        verify_ms_by_context: Mapping | None = None,
+        prefill_ms: Mapping | None = None,
+        draft_prefill_ms: Mapping | None = None,
+        overhead_ms: Mapping | None = None,
+        meta: Mapping | None = None,
+    ):
+        self._verify = VerifyTable(verify_ms)
+        draft_ms = draft_ms or {}
+        if not isinstance(draft_ms, Mapping):
+            raise ProfileError("draft_ms must be a mapping {batch: ms per draft token}")
+        self._draft = Curve(draft_ms, "draft_ms", proportional_above=False) if draft_ms else None
+        self.ngram_lookup_ms_per_row = _time_ms(ngram_lookup_ms_per_row, "ngram_lookup_ms_per_row")
+        by_context = verify_ms_by_context or {}
+        if not isinstance(by_context, Mapping):
+            raise ProfileError("verify_ms_by_context must be a mapping {context: {batch: {tokens_per_row: ms}}}")
+        tables = sorted(
+            (_positive_int_key(c, "verify_ms_by_context"), VerifyTable(t, f"verify_ms_by_context[{c!r}]"))
+            for c, t in by_context.items()
+        ) if by_context else []
+        if len({c for c, _ in tables}) != len(tables):
+            raise ProfileError("verify_ms_by_context: a context appears twice")
+        self._contexts = [c for c, _ in tables]
+        self._by_context = [t for _, t in tables]
+        self._prefill = Curve(prefill_ms, "prefill_ms", proportional_above=True) if prefill_ms else None
+        self._draft_prefill = (
+            Curve(draft_prefill_ms, "draft_prefill_ms", proportional_above=True) if draft_prefill_ms else None
+        )
+        self._overhead = Curve(overhead_ms, "overhead_ms", proportional_above=False) if overhead_ms else None
+        for name, value in (("device", device), ("model", model), ("dtype", dtype)):
+            if not isinstance(value, str):
+                raise ProfileError(f"{name} must be a string, got {value!r}")
+        self.device, self.model, self.dtype = device, model, dtype
+        self.meta = dict(meta or {})
+
+    # ---- lookups ----------------------------------------------------------------------------
+    def verify_time_ms(self, batch: float, tokens_per_row: float, context: float | None = None) -> float:
+        """Milliseconds of one verify forward over `tokens_per_row` positions for `batch` rows, each
+        row holding `context` cached tokens (ignored unless the profile has `verify_ms_by_context`)."""
+        if context is None or not self._by_context:
+            return self._verify(batch, tokens_per_row)
+        ctxs = self._contexts
+        if context <= ctxs[0]:
+            return self._by_context[0](batch, tokens_per_row)
+        if context >= ctxs[-1]:
+            return self._by_context[-1](batch, tokens_per_row)
+        hi = bisect.bisect_right(ctxs, context)
+        c0, c1 = ctxs[hi - 1], ctxs[hi]
+        t0 = self._by_context[hi - 1](batch, tokens_per_row)
+        t1 = self._by_context[hi](batch, tokens_per_row)
+        return t0 + (t1 - t0) * (context - c0) / (c1 - c0)
+
+    def verify_step_ms(self, rows: float, scored_tokens: float, context: float | None = None) -> float:
+        """One verify pass priced by what it computes: `rows` rows, `scored_tokens` positions in all
+        (a uniform k over B rows scores B x (k + 1); a per-row plan, packed, scores B + its drafts).
+        The tables are read at scored_tokens / rows tokens per row, so version 1 and 2 profiles
+        (measured with uniform rows) price plans as they are."""
+        return self.verify_time_ms(rows, scored_tokens / rows, context)
+
+    def verify_context_curve(self, batch: float, tokens_per_row: float) -> tuple[list[float], list[float]]:
+        """(contexts, ms) of `verify_time_ms(batch, tokens_per_row, context)` at the measured contexts
+        (one point at context 0 without `verify_ms_by_context`): for callers that interpolate over
+        context themselves, as the simulator's hot loop does."""
+        if not self._by_context:
+            return [0.0], [self._verify(batch, tokens_per_row)]
+        return [float(c) for c in self._contexts], [t(batch, tokens_per_row) for t in self._by_context]
+
+    @property
+    def has_draft_model(self) -> bool:
+        return self._draft is not None
+
+    def draft_time_ms(self, batch: float, k: int) -> float:
+        """Milliseconds to draft `k` tokens per row for `batch` rows (0 when k = 0)."""
+        if k <= 0:
+            return 0.0
+        if self._draft is not None:
+            return k * self._draft(batch)
+        return batch * self.ngram_lookup_ms_per_row
+
+    def step_time_ms(self, batch: float, k: int, context: float | None = None) -> float:
+        """Predicted decode-step time with speculation length k: drafting plus verifying k + 1 positions."""
+        return self.draft_time_ms(batch, k) + self.verify_time_ms(batch, k + 1, context)
+
+    def prefill_time_ms(self, tokens: float) -> float:
+        """One target prefill pass over `tokens` (padded) prompt tokens."""
+        if tokens <= 0:
+            return 0.0
+        if self._prefill is not None:
+            return self._prefill(tokens)
+        largest = float(self._verify.batches[-1])
+        if tokens > largest:
+            return self._verify(largest, 1) * tokens / largest
+        return self._verify(tokens, 1)
+
+    def draft_prefill_time_ms(self, tokens: float) -> float:
+        """One draft-model pass over `tokens` tokens (the catch-up after speculation was off)."""
+        if tokens <= 0:
+            return 0.0
+        if self._draft_prefill is not None:
+            return self._draft_prefill(tokens)
+        return self._draft(tokens) if self._draft is not None else 0.0
+
+    def overhead_time_ms(self, batch: float) -> float:
+        """Per-step time outside model forwards (scheduling, inputs, accept/reject)."""
+        return self._overhead(batch) if self._overhead is not None else 0.0
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return [int(b) for b in self._verify.batches]
+
+    @property
+    def contexts(self) -> list[int]:
+        return list(self._contexts)
+
+    # ---- (de)serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        out = {
+            **self.meta,
+            "format": PROFILE_FORMAT,
+            "version": PROFILE_VERSION,
+            "device": self.device,
+            "model": self.model,
+            "dtype": self.dtype,
+            "verify_ms": self._verify.to_dict(),
+            "draft_ms": self._draft.to_dict() if self._draft is not None else {},
+            "ngram_lookup_ms_per_row": self.ngram_lookup_ms_per_row,
+        }
+        if self._by_context:
+            out["verify_ms_by_context"] = {str(c): t.to_dict() for c, t in zip(self._contexts, self._by_context)}
+        for key, curve in (("prefill_ms", self._prefill), ("draft_prefill_ms", self._draft_prefill),
+                           ("overhead_ms", self._overhead)):
+            if curve is not None:
+                out[key] = curve.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping, source: str = "profile") -> HardwareProfile:
+        """Validate and build from a parsed profile; errors name `source` and the bad field."""
+        if not isinstance(data, Mapping):
+            raise ProfileError(
+                f"{source}: a hardware profile must be a JSON object, got {type(data).__name__}"
+            )
+        if "format" in data and data["format"] != PROFILE_FORMAT:
+            raise ProfileError(f"{source}: format is {data['format']!r}, expected {PROFILE_FORMAT!r}")
+        if "version" in data and data["version"] not in READABLE_VERSIONS:
+            raise ProfileError(
+                f"{source}: profile version {data['version']!r} is not supported (reads {READABLE_VERSIONS})"
+            )
+        if "verify_ms" not in data:
+            raise ProfileError(f"{source}: missing required field 'verify_ms'")
+        try:
+            return cls(
+                data["verify_ms"],
+                data.get("draft_ms") or {},
+                ngram_lookup_ms_per_row=data.get("ngram_lookup_ms_per_row", 0.0),
+                device=data.get("device", "unknown"),
+                model=data.get("model", "unknown"),
+                dtype=data.get("dtype", "unknown"),
+                verify_ms_by_context=data.get("verify_ms_by_context"),
+                prefill_ms=data.get("prefill_ms"),
+                draft_prefill_ms=data.get("draft_prefill_ms"),
+                overhead_ms=data.get("overhead_ms"),
+                meta={k: v for k, v in data.items() if k not in _KNOWN_KEYS},
+            )
+        except ProfileError as exc:
+            raise ProfileError(f"{source}: {exc}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> HardwareProfile:
+        return cls.from_dict(read_json(path, "hardware profile", ProfileError), source=str(path))
+
+    @classmethod
+    def from_model_fn(
+        cls,
+        verify_fn: Callable[[int, int], float],
+        batch_sizes: Iterable[int],
+        tokens_per_row: Iterable[int],
+        draft_fn: Callable[[int], float] | None = None,
+        **kwargs,
+    ) -> HardwareProfile:
+        """Tabulate analytic cost functions (ms) on a grid: synthetic profiles for tests and studies."""
+        batch_sizes, tokens_per_row = list(batch_sizes), list(tokens_per_row)
+        verify = {str(b): {str(n): float(verify_fn(b, n)) for n in tokens_per_row} for b in batch_sizes}
+        draft = {str(b): float(draft_fn(b)) for b in batch_sizes} if draft_fn is not None else {}
+        kwargs.setdefault("device", "synthetic")
+        return cls(verify, draft, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"HardwareProfile(model={self.model!r}, device={self.device!r}, batches={self.batch_sizes})"
