@@ -231,8 +231,8 @@ def _exit_on_sigterm(signum: int, frame) -> None:
 
 def cmd_export(a: argparse.Namespace) -> int:
     from nightjar_rl.io import atomic_write_json
-    from nightjar_rl.runtime.export import export_schedule, schedule, sensitivity, to_ranges
-    from nightjar_rl.runtime.policy_spec import resolve_policy
+    from nightjar_rl.policy.export import export_schedule, schedule, sensitivity, to_ranges
+    from nightjar_rl.policy.resolve import resolve_policy
 
     if a.max_batch_size < 1:
         raise CLIError(f"--max-batch-size must be >= 1, got {a.max_batch_size}")

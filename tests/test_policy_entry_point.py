@@ -14,7 +14,7 @@ from nightjar_rl.experiments import executor as ex
 from nightjar_rl.experiments.config import ExperimentError, experiment_from_dict
 from nightjar_rl.experiments.runner import run_experiment
 from nightjar_rl.policy import make_policy, policy_from_dict, policy_to_dict
-from nightjar_rl.runtime.policy_spec import resolve_policy
+from nightjar_rl.policy.resolve import resolve_policy
 
 MODULE = "nj_user_policies"  # a module outside the package, as a user would write it
 SOURCE = textwrap.dedent('''

@@ -146,7 +146,7 @@ def test_shipped_ppo_artifact_loads_without_sb3_and_picks_k_by_load():
     from pathlib import Path
 
     from nightjar_rl.policy import load_policy
-    from nightjar_rl.runtime.export import typical_observation
+    from nightjar_rl.policy.export import typical_observation
 
     path = Path(__file__).resolve().parents[1] / "policies" / "ppo-gpu-whatif-ngram.json"
     before = "stable_baselines3" in sys.modules

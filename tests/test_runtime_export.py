@@ -10,8 +10,8 @@ from nightjar_rl.cli import main
 from nightjar_rl.contracts.observation import obs_field
 from nightjar_rl.policy import make_policy
 from nightjar_rl.policy.base import Policy, batch_of
-from nightjar_rl.runtime.export import FORMATS, export_schedule, schedule, sensitivity, table_from_export, validate
-from nightjar_rl.runtime.policy_spec import resolve_policy
+from nightjar_rl.policy.export import FORMATS, export_schedule, schedule, sensitivity, table_from_export, validate
+from nightjar_rl.policy.resolve import resolve_policy
 
 
 class QueueAware(Policy):

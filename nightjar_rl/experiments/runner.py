@@ -58,7 +58,8 @@ from nightjar_rl.experiments.sb3_config import is_sb3_spec, parse_sb3_spec
 from nightjar_rl.io import atomic_write_text, read_json
 from nightjar_rl.policy import make_policy, save_policy
 from nightjar_rl.policy.artifact import policy_from_dict
-from nightjar_rl.policy.registry import is_artifact_path, spec_as_dict
+from nightjar_rl.policy.registry import spec_as_dict
+from nightjar_rl.policy.resolve import is_artifact_path
 
 CELL_KEYS = ["policy", "rate", "seed", "replicate"]
 TABLE_COLUMNS = [

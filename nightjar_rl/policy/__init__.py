@@ -11,7 +11,8 @@ from nightjar_rl.policy.hf_heuristic import HFHeuristic
 from nightjar_rl.policy.hysteresis import Hysteresis
 from nightjar_rl.policy.mlp import MLPPolicy
 from nightjar_rl.policy.oracle import GoodputOracle, expected_goodput, expected_tokens_per_row
-from nightjar_rl.policy.registry import POLICY_TYPES, make_policy
+from nightjar_rl.policy.registry import POLICY_TYPES
+from nightjar_rl.policy.resolve import make_policy
 from nightjar_rl.policy.sssd import SSSDBudgetPolicy
 from nightjar_rl.policy.table import PRESETS, BatchSizeTable
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from nightjar_rl.io import atomic_write_text, read_json
 from nightjar_rl.policy.base import Policy
+from nightjar_rl.policy.registry import POLICY_TYPES, build_policy, is_entry_point, policy_fields
 
 ARTIFACT_FORMAT = "nightjar-rl/policy"
 ARTIFACT_VERSION = 1
@@ -71,8 +72,6 @@ def policy_to_dict(policy: Policy) -> dict:
 
 
 def policy_from_dict(data: Mapping, source: str = "policy artifact", base_dir: str | Path | None = None) -> Policy:
-    from nightjar_rl.policy.registry import POLICY_TYPES, build_policy, is_entry_point, policy_fields
-
     if not isinstance(data, Mapping):
         raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
     if data.get("format") != ARTIFACT_FORMAT:

@@ -1,4 +1,4 @@
-"""Build policies from config specs (YAML/CLI): `make_policy(spec, max_k)`.
+"""The policy types and their specs: `policy_from_spec(spec, max_k)` builds a policy from a spec.
 
 A spec is a dict with a "type" and that type's constructor fields, or a short string:
 
@@ -11,7 +11,6 @@ A spec is a dict with a "type" and that type's constructor fields, or a short st
     {"type": "sssd", "profile": "envs/profiles/x.json"}     "sssd-envs/profiles/x.json"   {"type": "sssd", "knee": 8}
     {"type": "nightjar", "epsilon": 0.2}            "nightjar"     "ucb1"    "thompson"
     {"type": "hysteresis", "policy": "nightjar", "dwell": 4}
-    "policies/ppo-gpu.json"                         (a path ending in .json: a saved artifact, e.g. type mlp)
     "mypkg.policies:MyPolicy"    {"type": "mypkg.policies:MyPolicy", "alpha": 0.5}
                                  (a user's class by entry point, Gymnasium's "module:Class" convention)
 
@@ -22,7 +21,8 @@ manifests like a built-in's (the workers need the module importable too: install
 folder on PYTHONPATH).
 
 Hyphens and underscores in type names are interchangeable. Unknown types and fields raise
-ValueError naming them. A spec may also be an artifact dict (with "format"), which is loaded.
+ValueError naming them. Saved policies (artifact files and dicts, exported engine schedules) are
+read by `nightjar_rl.policy.resolve.make_policy`, which takes every form a policy can be named in.
 """
 
 from __future__ import annotations
@@ -169,39 +169,16 @@ def build_policy(type_name: str, params: Mapping, max_k: int) -> Policy:
         raise ValueError(f"policy type {name!r} needs field(s) {', '.join(missing)}")
     kwargs = dict(params)
     if cls is Hysteresis:
-        return Hysteresis(make_policy(kwargs.pop("policy"), max_k), **kwargs)
+        return Hysteresis(policy_from_spec(kwargs.pop("policy"), max_k), **kwargs)
     return cls(max_k=max_k, **kwargs)
 
 
-def is_artifact_path(spec) -> bool:
-    """Whether `spec` names a policy artifact file (a `.json` path) rather than a spec string."""
-    return isinstance(spec, str) and spec.strip().lower().endswith(".json")
-
-
-def make_policy(spec: Mapping | str | Policy, max_k: int) -> Policy:
+def policy_from_spec(spec: Mapping | str, max_k: int) -> Policy:
     """Build a policy from a spec dict or string (see module docstring)."""
-    if isinstance(spec, Policy):
-        if spec.max_k != max_k:
-            raise ValueError(f"policy {spec.name} has max_k={spec.max_k}, expected {max_k}")
-        return spec
-    if is_artifact_path(spec):
-        from nightjar_rl.policy.artifact import load_policy
-
-        policy = load_policy(spec.strip())
-        if policy.max_k != max_k:
-            raise ValueError(f"policy artifact {spec} has max_k={policy.max_k}, expected {max_k}")
-        return policy
     if isinstance(spec, str):
         spec = spec_as_dict(spec)
     if not isinstance(spec, Mapping):
         raise ValueError(f"a policy spec must be a dict or a string, got {type(spec).__name__}")
-    if "format" in spec:
-        from nightjar_rl.policy.artifact import policy_from_dict
-
-        policy = policy_from_dict(spec)
-        if policy.max_k != max_k:
-            raise ValueError(f"policy artifact has max_k={policy.max_k}, expected {max_k}")
-        return policy
     if "type" not in spec:
         raise ValueError(f"policy spec {dict(spec)!r} has no 'type' field")
     fields = {k: v for k, v in spec.items() if k != "type"}

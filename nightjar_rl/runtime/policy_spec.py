@@ -1,67 +1,18 @@
-"""Resolve `--policy ARTIFACT|SPEC` into a policy for an engine.
-
-- a path to a file: a policy artifact (`nightjar-rl/policy`, any type, e.g. rules, bandits, `mlp`),
-  or a schedule exported for vLLM / TensorRT-LLM / SGLang (`nightjar-rl export`), read back as a
-  `table` policy;
-- otherwise a spec: a short string (`fixed-3`, `table-mlc_llm`, `nightjar`) or a JSON object
-  (`{"type": "disable_by_batch_size", "k": 4, "threshold": 8}`), built for the engine's largest k.
-
-An artifact may have a smaller max_k than the engine (the driver then observes with the policy's
-max_k); a larger one is refused: the engine could not run the k it asks for.
-"""
+"""What the CLI's policy flags (`--k/--policy/--learn/--save-policy/--log-steps`) resolve to for one
+run: the policy (`--policy` through `nightjar_rl.policy.resolve.resolve_policy`), whether it learns,
+where it is saved and the step log."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from nightjar_rl.contracts.rewards import make_reward
 from nightjar_rl.policy.base import Policy
+from nightjar_rl.policy.baselines import FixedK
+from nightjar_rl.policy.resolve import resolve_policy
 from nightjar_rl.runtime.driver import PolicyDriver
 from nightjar_rl.runtime.steplog import StepLog
-
-
-def resolve_policy(text: str, max_k: int) -> Policy:
-    """The policy named by `text` (see module docstring), checked against the engine's largest k."""
-    from nightjar_rl.policy.registry import make_policy, spec_as_dict
-
-    text = text.strip()
-    if not text:
-        raise ValueError("--policy is empty")
-    if text.startswith("{"):
-        try:
-            spec = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--policy: not valid JSON ({exc.msg})") from None
-        return make_policy(spec, max_k)
-    if Path(text).is_file():
-        policy = load_any(Path(text), max_k)
-        if policy.max_k > max_k:
-            raise ValueError(
-                f"policy {text} has max_k={policy.max_k}, above the engine's largest k "
-                f"(--max-speculation {max_k})"
-            )
-        return policy
-    try:
-        spec = spec_as_dict(text)
-    except ValueError:
-        if text.endswith(".json") or "/" in text:
-            raise ValueError(f"policy file {text!r} does not exist") from None
-        raise
-    return make_policy(spec, max_k)
-
-
-def load_any(path: Path, max_k: int) -> Policy:
-    """A policy artifact (any type, through `load_policy`), or an exported engine schedule read
-    back as a table policy."""
-    from nightjar_rl.io import read_json
-    from nightjar_rl.policy.artifact import ARTIFACT_FORMAT, load_policy
-    from nightjar_rl.runtime.export import table_from_export
-
-    data = read_json(path, "policy file")
-    if isinstance(data, dict) and data.get("format") == ARTIFACT_FORMAT:
-        return load_policy(path)
-    return table_from_export(data, max_k, source=str(path))
 
 
 @dataclass
@@ -84,7 +35,9 @@ class RuntimePolicy:
     def finish(self) -> list[str]:
         """Save the learned artifact and the step log (call at exit, also after an interrupt).
         Returns one line per file written."""
-        from nightjar_rl.policy.artifact import save_policy
+        from nightjar_rl.policy.artifact import (
+            save_policy,  # local: `runtime_policy` has a parameter of that name
+        )
 
         lines = []
         if self.learn and self.save_path is not None:
@@ -99,9 +52,6 @@ def runtime_policy(
     save_policy: str | None = None, log_steps: str | None = None, default_k: int = 4,
 ) -> RuntimePolicy:
     """Resolve the CLI's policy flags (see `nightjar-rl generate --help`)."""
-    from nightjar_rl.contracts.rewards import make_reward
-    from nightjar_rl.policy.baselines import FixedK
-
     if k is not None and policy is not None:
         raise ValueError("give --k or --policy, not both (--k N is --policy fixed-N)")
     if k is not None and k < 0:

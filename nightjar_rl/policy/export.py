@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nightjar_rl.contracts.observation import OBS_INDEX
 from nightjar_rl.policy.base import Policy, make_observation
 from nightjar_rl.policy.table import BatchSizeTable, format_range
 
@@ -67,8 +68,6 @@ def schedule(policy: Policy, max_batch: int, typical: Mapping | None = None) -> 
 
 def sensitivity(policy: Policy, max_batch: int, typical: Mapping | None = None) -> list[str]:
     """What the schedule loses: one line per observation field that changes k at some batch size."""
-    from nightjar_rl.contracts.observation import OBS_INDEX
-
     notes = []
     batches = sorted({b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, max_batch) if b <= max_batch})
     for name, values in PROBES:
