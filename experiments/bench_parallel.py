@@ -38,7 +38,8 @@ from nightjar_rl.decoding.psd_model import overlap_efficiency
 from nightjar_rl.env.recorder import write_table
 from nightjar_rl.models import DTYPES, SHAPES, early_exit_draft, load_model, pick_device
 from nightjar_rl.models import random_shaped_model as random_model
-from nightjar_rl.serving import build_requests, load_prompts, poisson_arrivals, serve, summarize
+from nightjar_rl.runtime import serve
+from nightjar_rl.serving import build_requests, load_prompts, poisson_arrivals, summarize
 from nightjar_rl.serving.workload import encode_prompt
 
 DECODERS = ("standard", "psd-seq", "psd")

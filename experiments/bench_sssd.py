@@ -42,7 +42,7 @@ from nightjar_rl.io import atomic_write_json
 from nightjar_rl.models import load_model
 from nightjar_rl.policy import Policy, make_policy
 from nightjar_rl.policy.sssd import SSSDBudget
-from nightjar_rl.serving.loop import serve
+from nightjar_rl.runtime import serve
 from nightjar_rl.serving.workload import encode_prompt, load_prompts
 
 

@@ -21,7 +21,8 @@ from bench_engine import hf_generate, vocab_size  # same folder
 
 from nightjar_rl.io import atomic_write_text
 from nightjar_rl.models import load_model
-from nightjar_rl.serving import build_requests, load_prompts, serve
+from nightjar_rl.runtime import serve
+from nightjar_rl.serving import build_requests, load_prompts
 from nightjar_rl.serving.workload import encode_prompt
 from nightjar_rl.stack import EngineConfig, build_stack
 

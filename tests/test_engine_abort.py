@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nightjar_rl.decoding import QueueFullError, Request
-from nightjar_rl.serving import ServingSession, serve, summarize
+from nightjar_rl.runtime import serve
+from nightjar_rl.serving import ServingSession, summarize
 
 from .conftest import greedy_reference
 from .engines import DECODER_KINDS, drain, make_engine

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from nightjar_rl.decoding import Request
-from nightjar_rl.serving import serve, summarize
+from nightjar_rl.runtime import serve
+from nightjar_rl.serving import summarize
 
 from .conftest import greedy_reference
 from .engines import DECODER_KINDS, drain, fail_calls, make_engine, poison_target

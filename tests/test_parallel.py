@@ -22,7 +22,7 @@ from nightjar_rl.decoding import (
 )
 from nightjar_rl.decoding.parallel import WORKER_PREFIX
 from nightjar_rl.models import early_exit_draft
-from nightjar_rl.serving import serve
+from nightjar_rl.runtime import serve
 from nightjar_rl.stack import DECODERS, EngineConfig, build_stack
 
 from .conftest import greedy_reference, make_drafter

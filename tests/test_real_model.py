@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from nightjar_rl.serving import build_requests, load_prompts, serve
+from nightjar_rl.runtime import serve
+from nightjar_rl.serving import build_requests, load_prompts
 from nightjar_rl.serving.workload import encode_prompt
 from nightjar_rl.stack import EngineConfig, build_stack
 

@@ -12,8 +12,9 @@ from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.scenario import load_scenario
 from nightjar_rl.policy.baselines import FixedK
+from nightjar_rl.runtime import serve
 from nightjar_rl.runtime.driver import PolicyDriver
-from nightjar_rl.serving import ServingSession, build_requests, serve
+from nightjar_rl.serving import ServingSession, build_requests
 from nightjar_rl.serving.session import COMPLETED, REJECTED
 from nightjar_rl.sim.engine import SimEngine
 

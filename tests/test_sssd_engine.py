@@ -10,7 +10,7 @@ from nightjar_rl.decoding.drafters.sssd import SSSDDrafter
 from nightjar_rl.decoding.engine import SpeculativeEngine
 from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.decoding.verify import SamplingParams
-from nightjar_rl.serving.loop import serve
+from nightjar_rl.runtime import serve
 from tests.conftest import greedy_reference
 
 

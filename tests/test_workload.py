@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from nightjar_rl.decoding import NgramDrafter, Request, SpeculativeEngine
-from nightjar_rl.serving import WorkloadError, load_prompts, poisson_arrivals, serve, summarize
+from nightjar_rl.runtime import serve
+from nightjar_rl.serving import WorkloadError, load_prompts, poisson_arrivals, summarize
 
 
 def test_bundled_prompts_have_three_families():

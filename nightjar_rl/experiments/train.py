@@ -1,4 +1,5 @@
-"""Train a learner on the env (live or sim): episodes of predict -> step -> update with the env's reward."""
+"""Train a learner on the env (live or sim): episodes in which the learner, attached to the env's
+`PolicyDriver`, decides each step and learns from the env's reward."""
 
 from __future__ import annotations
 
@@ -6,29 +7,27 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
 
 
 def run_episode(env: SpecDecodeEnv, policy, seed: int, options: dict | None = None, learn: bool = True) -> dict:
     """One episode; the learner updates after every step when `learn`. Returns an episode summary."""
-    obs, _ = env.reset(seed=seed, options=options)
-    policy.reset()
+    env.reset(seed=seed, options=options)
+    driver = env.driver
+    driver.attach(policy, learn=learn)
     total_reward, tokens, ks, steps = 0.0, 0, [], 0
     busy = 0.0
     while True:
-        k = int(policy.predict(obs, deterministic=not learn))
-        next_obs, reward, terminated, truncated, info = env.step(k)
+        action = driver.decide()  # the driver's act (inside env.step) observes the step and learns from it
+        _, reward, terminated, truncated, info = env.step(action)
         stats = info["stats"]
-        policy.observe(stats)
-        if learn and stats.batch_size > 0:  # prefill-only steps: k had no effect
-            policy.update(obs, k, reward)
-        obs = next_obs
         total_reward += reward
         tokens += stats.tokens_out
         busy += stats.wall_time
         steps += 1
         if stats.batch_size > 0:
-            ks.append(k)
+            ks.append(SpecPlan.coerce(action).max_length)  # the k chosen (a plan's largest length)
         if terminated or truncated:
             break
     return {

@@ -1,4 +1,5 @@
-"""`PolicyDriver`: the one loop that decides k for every consumer (env, evaluation, CLI, server).
+"""`PolicyDriver`: the one loop that decides k for every consumer (env, training, evaluation, CLI,
+server).
 
 It reads the serving session's decision state (rows to decode, queue, arrivals since the last
 decision, clock), turns it into the documented observation, asks a policy for k, runs the step,
@@ -10,9 +11,10 @@ while not driver.done:
     stats = driver.step()            # plan = policy.predict(obs) (a k or a SpecPlan); session.step(plan); observe/learn
 ```
 
-The env drives it with its own actions through `act(k)` (no policy inside); evaluation, the CLI
-and the server give it a policy. Nothing here rebuilds the clock or the arrivals: the session owns
-both.
+`drive` is that loop; `run` drives a `ServingSession` to the end and returns its result, and
+`serve` does so for an engine and a list of requests. The env drives a driver with its agent's
+actions through `act(k)` (no policy inside, or one attached for training). Nothing here rebuilds
+the clock or the arrivals: the session owns both.
 """
 
 from __future__ import annotations
@@ -25,8 +27,12 @@ from tqdm.auto import tqdm
 
 from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.contracts.observation import ObservationBuilder
+from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.decoding.stats import StepStats
+from nightjar_rl.policy.baselines import FixedK
 from nightjar_rl.serving.session import ServeResult, ServingSession
+
+OnStep = Callable[["Decision", StepStats, float], None]  # (decision state, the step's stats, its reward)
 
 
 @dataclass(frozen=True)
@@ -48,10 +54,9 @@ class PolicyDriver:
     """
 
     def __init__(self, session: ServingSession, max_k: int, policy=None, *, reward=None, learn: bool = False):
-        if learn and (policy is None or reward is None):
-            raise ValueError("learning needs a policy and a reward")
-        self.session, self.max_k, self.policy = session, int(max_k), policy
-        self.reward_fn, self.learn = reward, learn
+        self.session, self.max_k = session, int(max_k)
+        self.reward_fn = reward
+        self._set_policy(policy, learn)
         self.builder = ObservationBuilder(self.max_k)
         self.obs: np.ndarray | None = None
         self.decision: Decision | None = None
@@ -64,6 +69,17 @@ class PolicyDriver:
     @property
     def done(self) -> bool:
         return self.session.done
+
+    def _set_policy(self, policy, learn: bool) -> None:
+        if learn and (policy is None or self.reward_fn is None):
+            raise ValueError("learning needs a policy and a reward")
+        self.policy, self.learn = policy, learn
+
+    def attach(self, policy, *, learn: bool = False) -> None:
+        """Let `policy` decide (and learn, with `learn`) from now on, from a fresh state: how an agent
+        trains through the env, whose driver is started without a policy."""
+        self._set_policy(policy, learn)
+        policy.reset()
 
     def start(self) -> np.ndarray:
         """Submit everything that has arrived by t=0 (or the first arrival) and return the first observation."""
@@ -105,22 +121,35 @@ class PolicyDriver:
     def step(self) -> StepStats:
         return self.act(self.decide())
 
-    def run(
-        self, progress: bool = False, desc: str = "serving",
-        on_step: Callable[[Decision, StepStats, float], None] | None = None,
-    ) -> ServeResult:
-        """Serve the session's whole workload; every request is accounted for exactly once (completed,
-        aborted, failed or rejected: see the result's `finish_reason` column). `on_step` gets each
+    def drive(self, on_step: OnStep | None = None) -> None:
+        """Start, then decide -> step (-> learn) until the session is done; `on_step` gets each
         step's decision state, its stats and its reward (e.g. a `runtime.steplog.StepLog`)."""
         self.start()
+        while not self.done:
+            decision = self.decision
+            stats = self.step()
+            if on_step is not None:
+                on_step(decision, stats, self.last_reward)
+
+    def run(self, progress: bool = False, desc: str = "serving", on_step: OnStep | None = None) -> ServeResult:
+        """Serve the session's whole workload (`drive`); every request is accounted for exactly once
+        (completed, aborted, failed or rejected: see the result's `finish_reason` column)."""
         with tqdm(total=len(self.session.pending), desc=desc, unit="req", disable=not progress, leave=False) as bar:
-            while not self.done:
-                decision = self.decision
-                stats = self.step()
+
+            def after_step(decision: Decision, stats: StepStats, reward: float) -> None:
                 if on_step is not None:
-                    on_step(decision, stats, self.last_reward)
+                    on_step(decision, stats, reward)
                 bar.update(self.session.num_finished - bar.n)
+
+            self.drive(after_step)
         missing = {r.request_id for r in self.session.pending} - self.session.accounted
         if missing:
             raise RuntimeError(f"{len(missing)} requests were never served")
         return self.session.result()
+
+
+def serve(engine, requests: list[Request], k=0, progress: bool = True, desc: str = "serving") -> ServeResult:
+    """Serve `requests` to completion on `engine` (any `EngineSurface`). `k` is a fixed speculation
+    length or a policy (`predict(obs) -> k`, see `nightjar_rl.policy`)."""
+    policy = FixedK(int(k), engine.max_speculation) if isinstance(k, int) else k
+    return PolicyDriver(ServingSession(engine, requests), engine.max_speculation, policy).run(progress, desc)

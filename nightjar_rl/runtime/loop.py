@@ -183,14 +183,8 @@ class EngineLoop:
         return self.finish_lines
 
     def _run(self) -> None:
-        on_step = self.rp.on_step
         try:
-            self.driver.start()
-            while not self.session.done:
-                decision = self.driver.decision
-                stats = self.driver.step()
-                if on_step is not None:
-                    on_step(decision, stats, self.driver.last_reward)
+            self.driver.drive(self.rp.on_step)
         except Exception as exc:  # an engine failure must not hang the clients
             self.error = f"engine failed: {type(exc).__name__}: {exc}"
         finally:

@@ -1,6 +1,6 @@
-"""Workloads, arrival processes, the serving loop and per-request metrics."""
+"""Workloads, arrival processes, the serving session (clock, arrivals, per-request table) and
+per-request metrics. `nightjar_rl.runtime.serve` serves a workload through the policy driver."""
 
-from nightjar_rl.serving.loop import serve
 from nightjar_rl.serving.metrics import summarize
 from nightjar_rl.serving.session import ServeResult, ServingSession
 from nightjar_rl.serving.workload import (
@@ -12,6 +12,6 @@ from nightjar_rl.serving.workload import (
 )
 
 __all__ = [
-    "ServeResult", "ServingSession", "serve", "summarize", "PromptRecord", "WorkloadError", "build_requests", "load_prompts",
+    "ServeResult", "ServingSession", "summarize", "PromptRecord", "WorkloadError", "build_requests", "load_prompts",
     "poisson_arrivals",
 ]

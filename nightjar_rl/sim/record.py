@@ -25,7 +25,7 @@ TRACEABLE = ("ngram", "draft", "sssd")
 def greedy_outputs(target: LoadedModel, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16,
                    progress: bool = True) -> list[tuple[list[int], bool]]:
     """Greedy outputs of the target (continuous batching, no speculation) and whether each ended in EOS."""
-    from nightjar_rl.serving.loop import serve
+    from nightjar_rl.runtime.driver import serve
 
     longest = max(len(p) for p in prompts) + max_new_tokens
     engine = SpeculativeEngine(target.model, None, max_batch_size=batch_size, max_seq_len=longest + 1,
