@@ -62,6 +62,7 @@ class Script:
 SCRIPTS = [
     Script("bench_engine", ("runs.csv", "summary.md")),
     Script("bench_parallel", ("*.csv",), check={"*.csv": _all_true("same_output")}),
+    Script("bench_plan", ("result.json",)),
     Script("bench_policy_decision", ("result.json",)),
     Script("bench_ray", ("bench_ray.csv", "local0/*/results.csv", "ray0/*/results.csv"), needs=("ray",), slow=True),
     Script("bench_runtime_overhead", ("runs.csv", "summary.md", "steps.parquet")),
