@@ -11,8 +11,10 @@ from pathlib import Path
 
 from nightjar_rl.decoding.datastore_cli import add_datastore_parser
 from nightjar_rl.experiments.cli import add_experiment_parser, add_train_parser
+from nightjar_rl.runtime.server_config import ServerConfig
+from nightjar_rl.schema import add_arguments, from_namespace
 from nightjar_rl.sim.cli import add_roofline_args, add_trace_parser
-from nightjar_rl.stack import DECODERS, DRAFTERS, EngineConfig
+from nightjar_rl.stack import EngineConfig
 
 DEFAULT_PROFILE_DIR = Path("envs") / "profiles"
 
@@ -22,31 +24,8 @@ class CLIError(Exception):
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("engine")
-    g.add_argument("--model", default="smollm2-135m", help="target: smollm2-135m (bundled), tiny-random[-N], HF name or path")
-    g.add_argument("--drafter", default="ngram", choices=DRAFTERS, help="drafter (default: ngram)")
-    g.add_argument("--draft", default=None, help="draft model for --drafter draft (name/path, or early-exit:LAYERS)")
-    g.add_argument("--decoder", default="standard", choices=DECODERS, help="decoding loop")
-    g.add_argument(
-        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-        help="float32 (default) keeps speculation bit-exact; bfloat16 is faster on CPU but may flip near-ties",
-    )
-    g.add_argument("--device", default=None, help="cuda/cpu (default: cuda when available)")
-    g.add_argument("--max-batch-size", type=int, default=16)
-    g.add_argument("--max-seq-len", type=int, default=1024, help="context per request (prompt + new tokens)")
-    g.add_argument("--max-kv-tokens", type=int, default=None, help="KV token budget; requests queue beyond it")
-    g.add_argument(
-        "--max-waiting", type=int, default=None,
-        help="bound on the waiting queue; requests arriving beyond it are rejected (default: no bound)",
-    )
-    g.add_argument("--max-speculation", type=int, default=8, help="largest k the engine accepts")
-    g.add_argument("--datastore", default=None, help="sssd: datastore built by `nightjar-rl datastore build`")
-    g.add_argument("--ngram-max", type=int, default=3)
-    g.add_argument("--ngram-min", type=int, default=1)
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    """One flag per `EngineConfig` field, with the schema's default, choices and help."""
+    add_arguments(p.add_argument_group("engine"), EngineConfig)
 
 
 def _add_policy_args(p: argparse.ArgumentParser) -> None:
@@ -88,35 +67,36 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", default=None,
                    help="serve a scenario's prompts on its backend (e.g. smollm2-ngram-sim: the simulator, outputs "
                         "from its trace); engine and prompt flags are then the scenario's")
-    p.add_argument("--prompts", default=None, help="JSONL with a 'prompt' field (default: bundled set)")
+    p.add_argument("--workload", default=None, metavar="SPEC",
+                   help="prompts: bundled (default), a .jsonl file ('prompt' or 'messages', optional id, family, "
+                        "max_tokens), jsonl:FILE, or a registered/entry-point source")
+    p.add_argument("--prompts", default=None, help="a JSONL prompt file (same as --workload FILE)")
     p.add_argument("--families", default=None, help="comma-separated prompt families to keep")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--quiet", action="store_true")
 
 
 def _engine_config(a: argparse.Namespace) -> EngineConfig:
-    return EngineConfig(
-        model=a.model, drafter=a.drafter, draft=a.draft, dtype=a.dtype, device=a.device, decoder=a.decoder,
-        max_batch_size=a.max_batch_size, max_seq_len=a.max_seq_len, max_kv_tokens=a.max_kv_tokens,
-        max_waiting=a.max_waiting, max_speculation=a.max_speculation, ngram_max=a.ngram_max, ngram_min=a.ngram_min,
-        temperature=a.temperature, top_p=a.top_p, seed=a.seed, threads=a.threads, datastore=a.datastore,
-    )
+    return from_namespace(EngineConfig, a)
 
 
 def _load_workload(a, stack, rate: float | None, count: int | None):
     import numpy as np
 
-    from nightjar_rl.serving import build_requests, load_prompts, poisson_arrivals
-    from nightjar_rl.serving.workload import encode_prompt
+    from nightjar_rl.serving import build_requests, poisson_arrivals
+    from nightjar_rl.serving.workload import budgets, encode_record, load_workload
 
-    records = load_prompts(a.prompts, a.families.split(",") if getattr(a, "families", None) else None)
+    if a.prompts and a.workload:
+        raise CLIError("--prompts and --workload name the same thing: give one")
+    records = load_workload(a.workload or a.prompts, a.families.split(",") if getattr(a, "families", None) else None)
     if count is not None:
         if count < 1:
             raise CLIError(f"--num-requests must be >= 1, got {count}")
         records = [records[i % len(records)] for i in range(count)]
-    ids = [encode_prompt(stack.tokenizer, r.prompt, stack.vocab_size) for r in records]
+    ids = [encode_record(stack.tokenizer, r, stack.vocab_size) for r in records]
     rng = np.random.default_rng(a.seed)
-    return records, build_requests(ids, [r.id for r in records], poisson_arrivals(len(ids), rate, rng), a.max_new_tokens)
+    return records, build_requests(ids, [r.id for r in records], poisson_arrivals(len(ids), rate, rng),
+                                   budgets(records, a.max_new_tokens))
 
 
 class _Workload:
@@ -205,12 +185,10 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     cfg = _engine_config(a)
     rp = _runtime_policy(a, cfg)
-    for flag, value in (("--port", a.port), ("--max-waiting", a.max_waiting), ("--default-max-tokens", a.default_max_tokens)):
-        if value is not None and value < (0 if flag == "--port" else 1):
-            raise CLIError(f"{flag} must be {'>= 0' if flag == '--port' else '>= 1'}, got {value}")
+    server_cfg = from_namespace(ServerConfig, a, engine=cfg)
     stack = build_stack(cfg)
-    app, engine_loop = build_server(stack, rp, a.served_model_name, a.max_waiting, a.default_max_tokens)
-    print(f"serving {a.served_model_name or cfg.model} with policy {rp.policy.name} on http://{a.host}:{a.port}", flush=True)
+    app, engine_loop = build_server(stack, rp, server_cfg)
+    print(f"serving {server_cfg.model_name} with policy {rp.policy.name} on http://{a.host}:{a.port}", flush=True)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it with the handler it found: make that
     # handler exit through `finally`, so the learned policy and the step log are saved (as on Ctrl-C)
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -339,10 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, /metrics)")
     _add_engine_args(s)
     _add_policy_args(s)
-    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--served-model-name", default=None, help="model name clients pass (default: --model)")
-    s.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens of a request that sets none")
+    add_arguments(s.add_argument_group("server"), ServerConfig)
     s.add_argument("--quiet", action="store_true", help="no per-request access log")
     s.set_defaults(func=cmd_serve)
 

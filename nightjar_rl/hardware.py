@@ -224,6 +224,16 @@ class HardwareProfile:
             return k * self._draft(batch)
         return batch * self.ngram_lookup_ms_per_row
 
+    def draft_model_time_ms(self, batch: float, k: int) -> float:
+        """Milliseconds for a draft model to draft `k` tokens for each of `batch` rows (needs draft_ms)."""
+        if self._draft is None:
+            raise ProfileError("this profile has no draft_ms: it cannot price a draft model")
+        return k * self._draft(batch) if k > 0 else 0.0
+
+    def lookup_time_ms(self, rows: float) -> float:
+        """Milliseconds of model-free drafting (n-gram lookup, SSSD trees) for `rows` rows."""
+        return rows * self.ngram_lookup_ms_per_row
+
     def step_time_ms(self, batch: float, k: int, context: float | None = None) -> float:
         """Predicted decode-step time with speculation length k: drafting plus verifying k + 1 positions."""
         return self.draft_time_ms(batch, k) + self.verify_time_ms(batch, k + 1, context)

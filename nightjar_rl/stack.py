@@ -7,60 +7,56 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nightjar_rl.decoding import DraftModelDrafter, NgramDrafter, SamplingParams, SpeculativeEngine
+from nightjar_rl.decoding import SamplingParams, SpeculativeEngine
+from nightjar_rl.decoding.drafters.registry import DRAFTER_KINDS, build_sssd, drafter_kind, load_draft_model
 from nightjar_rl.decoding.parallel import PARALLEL_OPTIONS, ParallelBatchDecoder
-from nightjar_rl.models import (
-    DEFAULT_MODEL,
-    LoadedModel,
-    ModelLoadError,
-    check_same_tokenizer,
-    early_exit_draft,
-    load_model,
-)
+from nightjar_rl.models import DEFAULT_MODEL, DTYPES, LoadedModel, load_model
+from nightjar_rl.schema import ConfigError, check, option
 
-DRAFTERS = ("none", "draft", "ngram", "sssd")
+DRAFTERS = tuple(DRAFTER_KINDS)  # the registered names (plus "package.module:Name" entry points)
 DECODERS = ("standard", "parallel")
-EARLY_EXIT = "early-exit:"
+__all__ = ["DECODERS", "DRAFTERS", "EngineConfig", "Stack", "build_sssd", "build_stack", "load_draft_model"]
 
 
 @dataclass
 class EngineConfig:
-    """Everything needed to build an engine. Field docs are the CLI's help."""
+    """Everything needed to build an engine, declared once: scenarios, CLI flags (`--max-batch-size`)
+    and the server read these fields, defaults and bounds (`nightjar_rl.schema`)."""
 
-    model: str = DEFAULT_MODEL  # target: smollm2-135m, tiny-random[-SEED], or an HF name/path
-    drafter: str = "ngram"  # none | draft | ngram | sssd
-    draft: str | None = None  # draft model (HF name/path, tiny-random-N) or early-exit:L
-    dtype: str = "float32"  # float32 (exact) | bfloat16 (faster on CPU, may flip near-ties)
-    device: str | None = None  # default: cuda when available, else cpu
-    decoder: str = "standard"
-    max_batch_size: int = 16
-    max_seq_len: int = 1024
-    max_kv_tokens: int | None = None
-    max_waiting: int | None = None  # bound on the waiting queue; submit raises QueueFullError beyond it
-    max_speculation: int = 8
-    ngram_max: int = 3
-    ngram_min: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    threads: int | None = None  # torch intra-op threads on CPU (default: torch's choice)
-    datastore: str | None = None  # sssd: datastore .npz (`nightjar-rl datastore build`); else extra["datastore"]
-    extra: dict = field(default_factory=dict)
+    model: str = option(DEFAULT_MODEL, "target: smollm2-135m (bundled), tiny-random[-N], an HF name or path")
+    drafter: str = option("ngram", f"drafter: {', '.join(DRAFTER_KINDS)}, or a 'package.module:Name' entry point")
+    draft: str | None = option(None, "draft model for drafter 'draft' (name/path, or early-exit:LAYERS)", str)
+    decoder: str = option("standard", "decoding loop: standard, or parallel (batch-parallel PSD)", choices=DECODERS)
+    dtype: str = option("float32", "float32 keeps speculation bit-exact; bfloat16 is faster on CPU but may flip "
+                                   "near-ties", choices=tuple(DTYPES))
+    device: str | None = option(None, "cuda or cpu (default: cuda when available)", str)
+    max_batch_size: int = option(16, "engine slots (rows decoded together)", low=1)
+    max_seq_len: int = option(1024, "context per request (prompt + new tokens)", low=2)
+    max_kv_tokens: int | None = option(None, "KV token budget; requests queue beyond it (default: slots x context)",
+                                       int, low=1)
+    max_waiting: int | None = option(None, "bound on the waiting queue; requests beyond it are rejected "
+                                           "(default: no bound)", int, low=1)
+    max_speculation: int = option(8, "largest speculation length a plan may give a row", low=0)
+    ngram_max: int = option(3, "ngram drafter: longest n-gram looked up", low=1)
+    ngram_min: int = option(1, "ngram drafter: shortest n-gram looked up", low=1)
+    datastore: str | None = option(None, "sssd drafter: datastore .npz (`nightjar-rl datastore build`)", str)
+    temperature: float = option(0.0, "sampling temperature (0 = greedy)", low=0.0)
+    top_p: float = option(1.0, "nucleus sampling mass", above=0.0, high=1.0)
+    seed: int = option(0, "engine sampling seed (and the workload's arrivals)", low=0)
+    threads: int | None = option(None, "torch CPU intra-op threads (default: torch's choice)", int, low=1)
+    extra: dict = field(default_factory=dict)  # decoder/drafter options not declared above (parallel, sssd)
 
-    def validate(self) -> None:
-        if self.drafter not in DRAFTERS:
-            raise ValueError(f"unknown drafter {self.drafter!r}; choose one of {', '.join(DRAFTERS)}")
-        if self.decoder not in DECODERS:
-            raise ValueError(f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}")
-        if self.drafter == "draft" and not self.draft:
-            raise ValueError("--drafter draft needs --draft MODEL (or --draft early-exit:LAYERS)")
-        for name in ("max_batch_size", "max_seq_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.max_speculation < 0:
-            raise ValueError("max_speculation must be >= 0")
-        if self.max_waiting is not None and self.max_waiting < 1:
-            raise ValueError(f"max_waiting must be >= 1 (or unset for no bound), got {self.max_waiting}")
+    def validate(self, where: str = "engine") -> EngineConfig:
+        """Check every field (one ConfigError line naming it) and the drafter's own requirements."""
+        check(self, where)
+        try:
+            kind = drafter_kind(self.drafter)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: field 'drafter': {exc}") from None
+        problem = kind.check(self) if kind.check is not None else None
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
+        return self
 
 
 @dataclass
@@ -78,41 +74,6 @@ class Stack:
         return self.target.model.config.vocab_size
 
 
-def _build_drafter(cfg: EngineConfig, target: LoadedModel):
-    if cfg.drafter == "none":
-        return None
-    if cfg.drafter == "ngram":
-        return NgramDrafter(cfg.ngram_max, cfg.ngram_min)
-    if cfg.drafter == "sssd":
-        return build_sssd(cfg, target)
-    return DraftModelDrafter(load_draft_model(cfg.draft, target, cfg.dtype, cfg.device))
-
-
-def load_draft_model(spec: str, target: LoadedModel, dtype: str, device: str | None) -> torch.nn.Module:
-    """A draft model for `target`: `early-exit:L` (the target's first L layers) or a model name/path
-    that must share the target's tokenizer."""
-    if spec.startswith(EARLY_EXIT):
-        layers = spec[len(EARLY_EXIT):]
-        if not layers.isdigit():
-            raise ModelLoadError(f"early-exit drafts look like 'early-exit:4', got {spec!r}")
-        return early_exit_draft(target.model, int(layers))
-    draft = load_model(spec, dtype, device)
-    check_same_tokenizer(target, draft)
-    return draft.model
-
-
-def build_sssd(cfg: EngineConfig, target: LoadedModel):
-    from nightjar_rl.decoding.datastore import Datastore, tokenizer_fingerprint
-    from nightjar_rl.decoding.drafters.sssd import SSSDDrafter
-
-    path = cfg.datastore or cfg.extra.get("datastore")
-    store = None
-    if path:
-        vocab = target.model.config.vocab_size
-        store = Datastore.load(path, vocab, tokenizer_fingerprint(target.tokenizer, vocab))
-    return SSSDDrafter(store, live=bool(cfg.extra.get("datastore_live", False)))
-
-
 def build_stack(cfg: EngineConfig, target: LoadedModel | None = None) -> Stack:
     """Load (or reuse `target`) and assemble the engine described by `cfg`."""
     cfg.validate()
@@ -125,7 +86,7 @@ def build_stack(cfg: EngineConfig, target: LoadedModel | None = None) -> Stack:
         decoder_kwargs = {key: cfg.extra[key] for key in PARALLEL_OPTIONS if key in cfg.extra}
     engine = engine_cls(
         target.model,
-        _build_drafter(cfg, target),
+        drafter_kind(cfg.drafter).build(cfg, target),
         max_batch_size=cfg.max_batch_size,
         max_seq_len=cfg.max_seq_len,
         max_kv_tokens=cfg.max_kv_tokens,

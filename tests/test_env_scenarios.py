@@ -26,12 +26,12 @@ def test_shipped_set_covers_the_issue():
     ramp = load_scenario("smollm2-load-ramp").arrivals
     rates = [r for _, r in ramp["schedule"]]
     assert rates[1] > rates[0] and rates[2] < rates[1]
-    assert load_scenario("smollm2-early-exit").draft == "early-exit:4"
+    assert load_scenario("smollm2-early-exit").engine.draft == "early-exit:4"
 
 
 BAD = [
     ("drafter: magic\n", "'drafter'"),
-    ("max_k: -1\n", "'max_k'"),
+    ("max_speculation: -1\n", "'max_speculation'"),
     ("max_batch_size: 0\n", "'max_batch_size'"),
     ("reward: speed\n", "'reward'"),
     ("horizon: {minutes: 3}\n", "'horizon'"),
@@ -79,3 +79,23 @@ def test_rewards_are_named_and_swappable():
     assert make_reward("goodput", tpot_slo_s=0.05)(stats) == pytest.approx(30.0)
     with pytest.raises(ValueError, match="unknown reward"):
         make_reward("speed")
+
+
+def test_max_k_is_another_name_for_max_speculation():
+    assert load_scenario({"name": "x", "max_k": 3}).max_k == 3
+    with pytest.raises(ScenarioError, match="fields 'max_k' and 'max_speculation' are the same setting"):
+        load_scenario({"name": "x", "max_k": 3, "max_speculation": 4})
+
+
+def test_every_engine_field_is_settable_from_a_scenario():
+    s = load_scenario({"name": "x", "max_kv_tokens": 4096, "max_waiting": 7, "temperature": 0.5, "top_p": 0.9})
+    e = s.engine_config(seed=3)
+    assert (e.max_kv_tokens, e.max_waiting, e.temperature, e.top_p, e.seed) == (4096, 7, 0.5, 0.9, 3)
+    assert load_scenario(s.to_dict()).engine == s.engine  # the flat form round-trips
+
+
+def test_an_empty_scenario_file_is_an_error(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing here\n")
+    with pytest.raises(ScenarioError, match="the file is empty"):
+        load_scenario(path)

@@ -62,6 +62,7 @@ class Script:
 SCRIPTS = [
     Script("bench_engine", ("runs.csv", "summary.md")),
     Script("bench_parallel", ("*.csv",), check={"*.csv": _all_true("same_output")}),
+    Script("bench_plan", ("result.json",)),
     Script("bench_policy_decision", ("result.json",)),
     Script("bench_ray", ("bench_ray.csv", "local0/*/results.csv", "ray0/*/results.csv"), needs=("ray",), slow=True),
     Script("bench_runtime_overhead", ("runs.csv", "summary.md", "steps.parquet")),
@@ -69,6 +70,8 @@ SCRIPTS = [
            needs=("fastapi", "uvicorn", "httpx"), slow=True,
            check={"summary.json": _summary_true("completed_exactly_once", "outputs_identical_to_bench")}),
     Script("bench_sim_speed", ("result.json",)),
+    Script("custom_policy", ("*/results.csv",), check={"*/results.csv": lambda df: (
+        df.loc[df["policy"] == "acceptance-gated", "throughput_tok_s"] > 0).all() or None}),
     Script("bench_sssd", ("*/results.csv", "*/config.json"), check={"*/results.csv": _all_true("identical")}),
     Script("bf16_divergence", ("runs.csv", "summary.txt")),
     Script("run_notebooks", ("quickstart.ipynb", "figures/quickstart/*.png"), args=("quickstart",),

@@ -300,7 +300,7 @@ def test_serving_loop_and_stack_build_the_parallel_decoder(tiny_target):
     want = serve(standard.engine, requests, k=3, progress=False)
     assert got.outputs == want.outputs
     assert len(got.requests) == 6
-    with pytest.raises(ValueError, match="unknown decoder"):
+    with pytest.raises(ValueError, match="field 'decoder' must be one of standard, parallel"):
         build_stack(EngineConfig(model="tiny-random", decoder="pipelined"))
 
 

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from nightjar_rl.cli import main  # noqa: E402
 from nightjar_rl.runtime.policy_spec import runtime_policy  # noqa: E402
 from nightjar_rl.runtime.server import build_server, start_in_thread  # noqa: E402
+from nightjar_rl.runtime.server_config import ServerConfig  # noqa: E402
 from nightjar_rl.stack import EngineConfig, build_stack  # noqa: E402
 
 SEQ = 128
@@ -25,9 +26,9 @@ PROMPTS = ["hello there, how are you", "a b a b a b a b", "def f(x): return x", 
 
 def _start(policy: str = "table-mlc_llm", **kwargs):
     cfg = EngineConfig(model="tiny-random", drafter="ngram", max_batch_size=kwargs.pop("max_batch_size", 4),
-                       max_seq_len=SEQ, max_speculation=6)
+                       max_seq_len=SEQ, max_speculation=6, max_waiting=kwargs.pop("max_waiting", None))
     stack = build_stack(cfg)
-    app, loop = build_server(stack, runtime_policy(6, policy=policy), **kwargs)
+    app, loop = build_server(stack, runtime_policy(6, policy=policy), ServerConfig(**kwargs))
     server, thread, url = start_in_thread(app)
     return server, thread, url, loop
 

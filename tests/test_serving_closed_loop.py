@@ -26,8 +26,8 @@ def backend():
 
 def engine(backend, **kwargs) -> SimEngine:
     s = backend.scenario
-    kwargs.setdefault("max_batch_size", s.max_batch_size)
-    return SimEngine(backend.trace, backend.profile, max_seq_len=s.max_seq_len, max_speculation=s.max_k, **kwargs)
+    kwargs.setdefault("max_batch_size", s.engine.max_batch_size)
+    return SimEngine(backend.trace, backend.profile, max_seq_len=s.engine.max_seq_len, max_speculation=s.max_k, **kwargs)
 
 
 def workload(backend, n: int, times=None) -> list[Request]:

@@ -92,7 +92,7 @@ def test_sim_scenario_checks(tmp_path):
         load_scenario({**base, "synthetic_acceptance": {"rates": [0.2, 0.9]}})
     envs = tiny_sim_paths()
     with pytest.raises(ValueError, match="exceeds the trace's max_k"):
-        SpecDecodeEnv({**base, **envs, "max_k": 9})
+        SpecDecodeEnv({**base, **envs, "max_speculation": 9})
     with pytest.raises(ValueError, match="recorded for 'ngram'"):
         SpecDecodeEnv({**base, **envs, "drafter": "sssd"})
     with pytest.raises(ValueError, match="not found"):

@@ -24,7 +24,7 @@ DRAFTERS = {
     "draft-early-exit": dict(drafter="draft", draft="early-exit:2"),
     "sssd": dict(drafter="sssd"),
 }
-FLAT_PROFILE = HardwareProfile({"1": {"1": 1.0}})
+FLAT_PROFILE = HardwareProfile({"1": {"1": 1.0}}, {"1": 1.0})  # draft_ms: the draft-model traces need one
 
 
 def random_prompts(count: int, seed: int, vocab: int = 90) -> list[tuple[str, list[int]]]:

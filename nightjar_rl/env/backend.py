@@ -40,7 +40,7 @@ class LiveBackend:
             from nightjar_rl.models import load_model
 
             s = self.scenario
-            self._target = load_model(s.model, s.dtype, s.device)
+            self._target = load_model(s.engine.model, s.engine.dtype, s.engine.device)
         return self._target
 
     @cached_property
@@ -79,8 +79,8 @@ class SimBackend:
         self._memo: dict = {}  # profile lookups, shared by every episode's engine
         if s.max_k > self.trace.max_k:
             raise ValueError(f"scenario {s.name!r}: max_k {s.max_k} exceeds the trace's max_k {self.trace.max_k}")
-        if self.synthetic is None and s.drafter != self.trace.drafter:
-            raise ValueError(f"scenario {s.name!r}: drafter {s.drafter!r} but the trace was recorded for "
+        if self.synthetic is None and s.engine.drafter != self.trace.drafter:
+            raise ValueError(f"scenario {s.name!r}: drafter {s.engine.drafter!r} but the trace was recorded for "
                              f"{self.trace.drafter!r}")
         if s.max_new_tokens > self.trace.max_new_tokens and not all(r.eos or len(r) >= s.max_new_tokens
                                                                     for r in self.trace.records):
@@ -97,9 +97,10 @@ class SimBackend:
     def make_engine(self, seed: int) -> EngineSurface:
         from nightjar_rl.sim.engine import SimEngine
 
-        s = self.scenario
-        return SimEngine(self.trace, self.profile, max_batch_size=s.max_batch_size, max_seq_len=s.max_seq_len,
-                         max_speculation=s.max_k, seed=seed, synthetic=self.synthetic, memo=self._memo)
+        e = self.scenario.engine
+        return SimEngine(self.trace, self.profile, max_batch_size=e.max_batch_size, max_seq_len=e.max_seq_len,
+                         max_kv_tokens=e.max_kv_tokens, max_waiting=e.max_waiting, max_speculation=e.max_speculation,
+                         seed=seed, synthetic=self.synthetic, memo=self._memo, verify_layout=self.scenario.verify_layout)
 
 
 def make_backend(scenario, target=None) -> Backend:

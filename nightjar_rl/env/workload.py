@@ -13,7 +13,7 @@ import numpy as np
 
 from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.serving.arrivals import ArrivalProcess
-from nightjar_rl.serving.workload import build_requests, encode_prompt, load_prompts
+from nightjar_rl.serving.workload import build_requests, encode_record, load_workload
 
 
 @dataclass
@@ -22,14 +22,16 @@ class PromptPool:
 
     ids: list[str]
     token_ids: list[list[int]]
+    max_tokens: list[int | None] | None = None  # each prompt's own output budget (None: the scenario's)
 
     @classmethod
     def build(cls, prompts: dict, tokenizer, vocab_size: int, max_prompt_tokens: int | None = None) -> PromptPool:
-        records = load_prompts(prompts.get("path", "bundled"), prompts.get("families"))
-        encoded = [encode_prompt(tokenizer, r.prompt, vocab_size) for r in records]
+        """`prompts`: {path: a workload spec (bundled, a .jsonl file, jsonl:FILE, NAME[:ARG]), families: [...]}."""
+        records = load_workload(prompts.get("path", "bundled"), prompts.get("families"))
+        encoded = [encode_record(tokenizer, r, vocab_size) for r in records]
         if max_prompt_tokens is not None:
             encoded = [e[-max_prompt_tokens:] for e in encoded]
-        return cls([r.id for r in records], encoded)
+        return cls([r.id for r in records], encoded, [r.max_tokens for r in records])
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -49,6 +51,6 @@ def sample_requests(
     picks = rng.choice(len(pool), size=num_requests, replace=num_requests > len(pool))
     times = arrivals.sample(num_requests, rng)
     picks = picks[: len(times)]
-    return build_requests(
-        [pool.token_ids[i] for i in picks], [pool.ids[i] for i in picks], times, max_new_tokens
-    )
+    own = pool.max_tokens or [None] * len(pool)
+    limits = [min(own[i], max_new_tokens) if own[i] else max_new_tokens for i in picks]
+    return build_requests([pool.token_ids[i] for i in picks], [pool.ids[i] for i in picks], times, limits)

@@ -365,7 +365,7 @@ def train_entry(name: str, index: int, cfg: ExperimentConfig, eval_scenario: Sce
     spec = parse_sb3_spec(cfg.policies[index].spec, where)
     spec = dataclasses.replace(spec, seed=(spec.seed if spec.seed is not None else cfg.train.seed) + replicate)
     scenario = training_scenario(spec, cfg, eval_scenario, where)
-    same_model = all(getattr(scenario, f) == getattr(eval_scenario, f) for f in ("model", "dtype", "device"))
+    same_model = all(getattr(scenario.engine, f) == getattr(eval_scenario.engine, f) for f in ("model", "dtype", "device"))
     shared = None  # sim envs load no model
     if spec.train_on == "live":  # one target for every in-process env (and the evaluation, when it is the same)
         shared = backend.target if getattr(backend, "needs_model", False) and same_model else make_backend(scenario).target

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import dataclasses
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,16 +28,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from nightjar_rl.decoding.sequence import Request as EngineRequest
 from nightjar_rl.runtime.loop import EngineLoop, OverloadedError, TokenEvent
 from nightjar_rl.runtime.protocol import ChatRequest, CompletionRequest, unsupported
+from nightjar_rl.runtime.server_config import ServerConfig
 from nightjar_rl.runtime.text import TextCodec
-
-
-@dataclass
-class ServerConfig:
-    model_name: str  # the name clients pass as "model" (vLLM: --served-model-name)
-    max_seq_len: int  # prompt + completion tokens per request
-    default_max_tokens: int = 256  # when a request sets none (capped by the context left)
-    temperature: float = 0.0
-    top_p: float = 1.0
 
 
 class APIError(Exception):
@@ -266,17 +258,15 @@ def start_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> tup
     return server, thread, f"http://{host}:{bound}"
 
 
-def build_server(stack, rp, served_model_name: str | None = None, max_waiting: int | None = None,
-                 default_max_tokens: int = 256) -> tuple[FastAPI, EngineLoop]:
-    """The app and its (started) engine loop for a built `Stack` and a resolved `RuntimePolicy`."""
+def build_server(stack, rp, config: ServerConfig | None = None) -> tuple[FastAPI, EngineLoop]:
+    """The app and its (started) engine loop for a built `Stack` and a resolved `RuntimePolicy`
+    (`config`: the server's settings; its engine config is the stack's)."""
     from nightjar_rl.runtime.metrics import ServerMetrics
 
-    cfg = stack.config
-    name = served_model_name or cfg.model
-    metrics = ServerMetrics(rp.policy.max_k, name, rp.policy.name)
-    engine_loop = EngineLoop(stack.engine, rp, metrics, max_waiting=max_waiting).start()
-    server_cfg = ServerConfig(name, cfg.max_seq_len, default_max_tokens, cfg.temperature, cfg.top_p)
-    return create_app(engine_loop, TextCodec(stack.tokenizer, stack.vocab_size), server_cfg), engine_loop
+    config = dataclasses.replace(config or ServerConfig(), engine=stack.config).validate()
+    metrics = ServerMetrics(rp.policy.max_k, config.model_name, rp.policy.name)
+    engine_loop = EngineLoop(stack.engine, rp, metrics, max_waiting=stack.config.max_waiting).start()
+    return create_app(engine_loop, TextCodec(stack.tokenizer, stack.vocab_size), config), engine_loop
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,49 +23,144 @@ class WorkloadError(ValueError):
 
 @dataclass(frozen=True)
 class PromptRecord:
+    """One request of a workload: a user turn (`prompt`) or a conversation (`messages`, rendered
+    through the chat template), an id kept end to end, and optionally its own output budget."""
+
     id: str
     prompt: str
     family: str = "custom"
+    messages: tuple = ()  # ({"role": ..., "content": ...}, ...); when set, `prompt` is its last user turn
+    max_tokens: int | None = None  # this request's output budget (capped by the caller's max_new_tokens)
+
+
+@dataclass(frozen=True)
+class WorkloadSource:
+    """A named source of prompt records: `load(argument)` gets what follows "NAME:" in a spec (or None)."""
+
+    name: str
+    doc: str
+    load: Callable[[str | None], list[PromptRecord]]
 
 
 def bundled_prompts_path() -> Path:
     return Path(str(resources.files("nightjar_rl") / "data" / "prompts.jsonl"))
 
 
-def load_prompts(path: str | Path | None = None, families: list[str] | None = None) -> list[PromptRecord]:
-    """Read a JSONL file whose objects carry a `prompt` string (optional `id`, `family`).
-    `None` or "bundled" reads the prompt set shipped with the package."""
-    path = bundled_prompts_path() if path in (None, BUNDLED) else Path(path)
+def _record(obj, where: str) -> PromptRecord:
+    """A JSONL object as a record: `prompt` (a string) or `messages` (role/content objects), optional
+    `id`, `family`, `max_tokens`."""
+    if not isinstance(obj, dict):
+        raise WorkloadError(f"{where}: each line must be a JSON object")
+    messages = obj.get("messages")
+    if messages is not None:
+        if (not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages)):
+            raise WorkloadError(f"{where}: 'messages' must be a non-empty list of {{role, content}} strings")
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        prompt = users[-1] if users else messages[-1]["content"]
+    else:
+        prompt = obj.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise WorkloadError(f"{where}: each line needs a non-empty string field 'prompt' (or 'messages')")
+    budget = obj.get("max_tokens")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise WorkloadError(f"{where}: 'max_tokens' must be an integer >= 1, got {budget!r}")
+    rid = str(obj["id"]) if obj.get("id") is not None else ""  # "" : the reader numbers it
+    return PromptRecord(rid, prompt, str(obj.get("family", "custom")), tuple(dict(m) for m in messages or ()), budget)
+
+
+def read_jsonl_workload(path: str | Path | None) -> list[PromptRecord]:
+    """A JSONL file of records (see `_record`); ids default to p<line>."""
+    if not path:
+        raise WorkloadError("workload 'jsonl' needs a file: jsonl:PATH")
+    path = Path(path)
     if not path.is_file():
         raise WorkloadError(f"prompt file not found: {path}")
     records = []
     for lineno, obj in read_jsonl(path, WorkloadError):
-        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"]:
-            raise WorkloadError(f"{path}:{lineno}: each line needs a non-empty string field 'prompt'")
-        records.append(PromptRecord(str(obj.get("id", f"p{lineno}")), obj["prompt"], str(obj.get("family", "custom"))))
+        rec = _record(obj, f"{path}:{lineno}")
+        records.append(rec if rec.id else dataclasses.replace(rec, id=f"p{lineno}"))
+    return records
+
+
+WORKLOAD_SOURCES: dict[str, WorkloadSource] = {src.name: src for src in (
+    WorkloadSource(BUNDLED, "the 70 prompts shipped with the package (grounded, code, chat)",
+                   lambda arg: read_jsonl_workload(bundled_prompts_path())),
+    WorkloadSource("jsonl", "your JSONL file: 'prompt' or 'messages', optional id, family, max_tokens",
+                   read_jsonl_workload),
+)}
+
+
+def workload_source(spec: str) -> tuple[WorkloadSource, str | None]:
+    """The source a spec names and its argument: "bundled", "jsonl:PATH", "NAME[:ARG]" of a registered
+    source, a path to a .jsonl file, or a "package.module:name" entry point (a `WorkloadSource`)."""
+    name, sep, arg = spec.partition(":")
+    if name in WORKLOAD_SOURCES:
+        return WORKLOAD_SOURCES[name], (arg if sep else None)
+    if spec.endswith(".jsonl") or Path(spec).is_file():
+        return WORKLOAD_SOURCES["jsonl"], spec
+    if sep and all(part.isidentifier() for part in name.split(".")) and arg.isidentifier():
+        try:
+            found = getattr(importlib.import_module(name), arg, None)
+        except ImportError as exc:
+            raise WorkloadError(f"workload {spec!r}: cannot import module {name!r} ({exc})") from None
+        if isinstance(found, WorkloadSource):
+            return found, None
+        raise WorkloadError(f"workload {spec!r}: {arg!r} is not a WorkloadSource")
+    raise WorkloadError(f"unknown workload {spec!r}; sources: {', '.join(WORKLOAD_SOURCES)} (NAME[:ARG]), "
+                        f"a .jsonl file, or a 'package.module:name' entry point")
+
+
+def load_workload(spec: str | Path | None = None, families: list[str] | None = None) -> list[PromptRecord]:
+    """The records of a workload spec (see `workload_source`; None: bundled), optionally only some families."""
+    source, arg = workload_source(str(spec) if spec is not None else BUNDLED)
+    records = source.load(arg)
     if families:
         unknown = set(families) - {r.family for r in records}
         if unknown:
-            raise WorkloadError(f"{path}: no prompts of family {', '.join(sorted(unknown))}")
+            raise WorkloadError(f"workload {spec or BUNDLED}: no prompts of family {', '.join(sorted(unknown))}")
         records = [r for r in records if r.family in families]
     if not records:
-        raise WorkloadError(f"{path}: no prompts")
+        raise WorkloadError(f"workload {spec or BUNDLED}: no prompts")
     return records
+
+
+def load_prompts(path: str | Path | None = None, families: list[str] | None = None) -> list[PromptRecord]:
+    """`load_workload` under its older name (a JSONL path, or None / "bundled")."""
+    return load_workload(path, families)
 
 
 def encode_prompt(tokenizer, text: str, vocab_size: int, chat: bool = True) -> list[int]:
     """Token ids for a user message: the chat template when the tokenizer has one. Tiny random models
     have no tokenizer: their ids are the UTF-8 bytes folded into the vocabulary."""
-    if tokenizer is None:
-        return [b % vocab_size for b in text.encode("utf-8")]
-    if chat and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-        )
+    return encode_messages(tokenizer, [{"role": "user", "content": text}], vocab_size) if chat else (
+        [b % vocab_size for b in text.encode("utf-8")] if tokenizer is None else tokenizer(text)["input_ids"])
+
+
+def encode_messages(tokenizer, messages: list[dict], vocab_size: int) -> list[int]:
+    """Token ids for a conversation, ready for the assistant's reply: the chat template when the
+    tokenizer has one; else one user message is its content verbatim and several become
+    `role: content` lines (as the server renders them)."""
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
         return list(ids)
+    text = messages[0]["content"] if len(messages) == 1 else "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+    if tokenizer is None:
+        return [b % vocab_size for b in text.encode("utf-8")]
     return tokenizer(text)["input_ids"]
+
+
+def encode_record(tokenizer, record: PromptRecord, vocab_size: int) -> list[int]:
+    """Token ids of a record: its conversation, or its prompt as one user turn."""
+    return encode_messages(tokenizer, list(record.messages) or [{"role": "user", "content": record.prompt}], vocab_size)
+
+
+def budgets(records: list[PromptRecord], max_new_tokens: int) -> list[int]:
+    """Each record's output budget: its own max_tokens, capped by `max_new_tokens`."""
+    return [min(r.max_tokens, max_new_tokens) if r.max_tokens else max_new_tokens for r in records]
 
 
 def poisson_arrivals(n: int, rate: float | None, rng: np.random.Generator) -> np.ndarray:

@@ -11,7 +11,7 @@ from nightjar_rl.sim.roofline import GPU_PRESETS, GPUSpec, ModelShape, from_mapp
 
 
 def default_trace_path(scenario) -> Path:
-    return Path("envs") / "traces" / f"{scenario.name}-{scenario.drafter}.npz"
+    return Path("envs") / "traces" / f"{scenario.name}-{scenario.engine.drafter}.npz"
 
 
 def cmd_trace_record(a: argparse.Namespace) -> int:

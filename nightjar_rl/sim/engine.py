@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nightjar_rl.decoding.drafters.registry import DRAFT_MODEL, drafter_kind
 from nightjar_rl.decoding.scheduler import ScheduledEngine, Scheduler
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
@@ -122,7 +123,12 @@ class SimEngine(ScheduledEngine):
         self.scheduler = Scheduler(max_batch_size, max_seq_len, max_speculation, max_kv_tokens, max_waiting)
         self.trace, self.profile, self.synthetic = trace, profile, synthetic
         self.max_batch_size, self.max_speculation, self.seed = max_batch_size, max_speculation, seed
-        self.draft_model = synthetic is not None or trace.drafter == "draft"
+        # how drafting is priced is the drafter kind's (a synthetic draft model is a draft model)
+        self.draft_model = synthetic is not None or drafter_kind(trace.drafter).cost == DRAFT_MODEL
+        if self.draft_model and not profile.has_draft_model:
+            raise TraceError(f"the trace's drafter ({'synthetic draft model' if synthetic else trace.drafter}) is a "
+                             f"draft model but the profile ({profile.model}, {profile.device}) has no draft_ms: "
+                             f"profile it with a draft model")
         self.step_count = 0
         self._memo: dict = {} if memo is None else memo  # profile lookups by (table, arguments)
 
@@ -195,7 +201,8 @@ class SimEngine(ScheduledEngine):
             stats.accepted.append(kept)
             stats.emitted.append(emitted)
         if k_max > 0:
-            stats.draft_time = self._seconds("draft", batch if self.draft_model else drafting_rows, k_max)
+            stats.draft_time = (self._seconds("draft", batch, k_max) if self.draft_model
+                                else self._seconds("lookup", drafting_rows))
             if self.draft_model and lag > 2:
                 stats.catchup_time = self._seconds("catchup", batch * (lag - 1))
         stats.verify_tokens = 1 + max_drafted
@@ -226,7 +233,8 @@ class SimEngine(ScheduledEngine):
         value = self._memo.get(key)
         if value is None:
             p = self.profile
-            fn = {"overhead": p.overhead_time_ms, "prefill": p.prefill_time_ms, "draft": p.draft_time_ms,
+            fn = {"overhead": p.overhead_time_ms, "prefill": p.prefill_time_ms, "draft": p.draft_model_time_ms,
+                  "lookup": p.lookup_time_ms,
                   "catchup": p.draft_prefill_time_ms}[table]
             value = self._memo[key] = fn(*args) / 1000.0
         return value

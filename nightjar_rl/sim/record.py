@@ -5,21 +5,14 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
+from nightjar_rl.decoding.drafters.registry import DRAFTER_KINDS, drafter_kind
 from nightjar_rl.decoding.engine import SpeculativeEngine
 from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.models import LoadedModel
-from nightjar_rl.sim.trace import (
-    Trace,
-    TraceError,
-    TraceRecord,
-    draft_model_tables,
-    make_meta,
-    ngram_tables,
-    tree_tables,
-)
-from nightjar_rl.stack import EngineConfig, build_sssd, load_draft_model
+from nightjar_rl.sim.trace import Trace, TraceError, TraceRecord, make_meta
+from nightjar_rl.stack import EngineConfig
 
-TRACEABLE = ("ngram", "draft", "sssd")
+TRACEABLE = tuple(name for name, kind in DRAFTER_KINDS.items() if kind.traceable)
 
 
 def greedy_outputs(target: LoadedModel, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16,
@@ -39,8 +32,9 @@ def greedy_outputs(target: LoadedModel, prompts: list[list[int]], max_new_tokens
 
 def record_trace(target: LoadedModel, prompts: list[tuple[str, list[int]]], config: EngineConfig, max_k: int,
                  max_new_tokens: int, progress: bool = True, **meta) -> Trace:
-    """Trace of `prompts` (id, token ids) for the drafter in `config` (ngram | draft | sssd)."""
-    if config.drafter not in TRACEABLE:
+    """Trace of `prompts` (id, token ids) for the drafter in `config` (any kind with trace tables)."""
+    kind = drafter_kind(config.drafter)
+    if not kind.traceable:
         raise TraceError(f"cannot trace drafter {config.drafter!r}; traceable: {', '.join(TRACEABLE)}")
     if config.temperature > 0:
         raise TraceError("traces replay greedy decoding; temperature must be 0")
@@ -48,24 +42,12 @@ def record_trace(target: LoadedModel, prompts: list[tuple[str, list[int]]], conf
         raise TraceError("a live SSSD datastore depends on the order requests finish in: trace a fixed one")
     ids = [p[1] for p in prompts]
     outputs = greedy_outputs(target, ids, max_new_tokens, config.max_batch_size, progress)
-    settings: dict = {}
-    if config.drafter == "ngram":
-        settings = {"ngram_max": config.ngram_max, "ngram_min": config.ngram_min}
-    elif config.drafter == "draft":
-        draft_model = load_draft_model(config.draft, target, config.dtype, config.device)
-        settings = {"draft": config.draft}
-    else:
-        sssd = build_sssd(config, target)
-        settings = {"datastore": config.datastore or config.extra.get("datastore")}
+    drafter = kind.build(config, target)
+    settings = kind.settings(config)
     records = []
     for (rid, prompt), (out, eos) in tqdm(list(zip(prompts, outputs)), desc=f"trace {config.drafter}",
                                           disable=not progress, leave=False):
-        if config.drafter == "ngram":
-            drafted, accepted = ngram_tables(prompt, out, max_k, config.ngram_max, config.ngram_min)
-        elif config.drafter == "draft":
-            drafted, accepted = draft_model_tables(draft_model, prompt, out, max_k)
-        else:
-            drafted, accepted = tree_tables(sssd, prompt, out, max_k, max_new_tokens)
+        drafted, accepted = kind.tables(drafter, prompt, out, max_k, max_new_tokens)
         records.append(TraceRecord(rid, tuple(prompt), np.asarray(out, np.int64), eos, drafted, accepted))
     meta = make_meta(target.name, config.drafter, max_k, max_new_tokens, config.dtype, **settings, **meta)
     return Trace(meta, records)

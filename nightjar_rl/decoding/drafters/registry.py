@@ -1,0 +1,135 @@
+"""Drafter kinds by name: each declares the config fields it reads, how to build it, how to trace it
+and how the simulator prices its drafting. Adding a drafter is its own module plus one entry here
+(or, outside the package, a `"package.module:Name"` entry point: a `DrafterKind`, or a `Drafter`
+subclass built with no arguments, priced as a lookup and traced by its own proposals, which
+assumes it is model-free and deterministic: declare a `DrafterKind` otherwise).
+
+    none    plain decoding
+    ngram   prompt lookup (ngram_max, ngram_min)           priced per row: ngram_lookup_ms_per_row
+    draft   a draft model or early-exit:L (draft)          priced as k draft-model steps (+ catch-up)
+    sssd    token trees from n-grams (datastore)           priced per row, like n-gram lookup
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from nightjar_rl.decoding.drafters.acceptance import (
+    draft_model_tables,
+    ngram_tables,
+    stateless_tables,
+    tree_tables,
+)
+from nightjar_rl.decoding.drafters.base import Drafter
+from nightjar_rl.decoding.drafters.draft_model import DraftModelDrafter
+from nightjar_rl.decoding.drafters.ngram import NgramDrafter
+from nightjar_rl.models import LoadedModel, ModelLoadError, check_same_tokenizer, early_exit_draft, load_model
+
+EARLY_EXIT = "early-exit:"
+LOOKUP, DRAFT_MODEL, FREE = "lookup", "draft_model", "free"  # how drafting is priced (see DrafterKind.cost)
+
+# (drafter, prompt, output, max_k, max_new_tokens) -> (drafted, accepted) tables of a trace
+TableFn = Callable[[Drafter, list, list, int, int], "tuple[np.ndarray, np.ndarray]"]
+
+
+@dataclass(frozen=True)
+class DrafterKind:
+    """A drafter as configs name it. `build(config, target)` gets the engine config (duck-typed: the
+    fields listed in `fields`, plus dtype/device/extra) and the loaded target model."""
+
+    name: str
+    doc: str
+    build: Callable[[Any, LoadedModel], Drafter | None]
+    fields: tuple[str, ...] = ()  # engine-config fields that configure this drafter
+    cost: str = LOOKUP  # lookup: rows x ngram_lookup_ms_per_row; draft_model: k x draft_ms(B) + catch-up
+    tables: TableFn | None = None  # trace tables; None: cannot be traced
+    check: Callable[[Any], str | None] | None = None  # a config problem, in words (or None)
+
+    @property
+    def traceable(self) -> bool:
+        return self.tables is not None
+
+    def settings(self, config) -> dict:
+        """The config fields this drafter reads, as a trace records them."""
+        return {name: getattr(config, name) for name in self.fields}
+
+
+def load_draft_model(spec: str, target: LoadedModel, dtype: str, device: str | None) -> torch.nn.Module:
+    """A draft model for `target`: `early-exit:L` (the target's first L layers) or a model name/path
+    that must share the target's tokenizer."""
+    if spec.startswith(EARLY_EXIT):
+        layers = spec[len(EARLY_EXIT):]
+        if not layers.isdigit():
+            raise ModelLoadError(f"early-exit drafts look like 'early-exit:4', got {spec!r}")
+        return early_exit_draft(target.model, int(layers))
+    draft = load_model(spec, dtype, device)
+    check_same_tokenizer(target, draft)
+    return draft.model
+
+
+def build_sssd(config, target: LoadedModel) -> Drafter:
+    from nightjar_rl.decoding.datastore import Datastore, tokenizer_fingerprint
+    from nightjar_rl.decoding.drafters.sssd import SSSDDrafter
+
+    path = config.datastore or config.extra.get("datastore")
+    store = None
+    if path:
+        vocab = target.model.config.vocab_size
+        store = Datastore.load(path, vocab, tokenizer_fingerprint(target.tokenizer, vocab))
+    return SSSDDrafter(store, live=bool(config.extra.get("datastore_live", False)))
+
+
+def _ngram_tables(drafter: NgramDrafter, prompt, output, max_k: int, max_new_tokens: int):
+    return ngram_tables(prompt, output, max_k, drafter.max_ngram, drafter.min_ngram)
+
+
+def _draft_tables(drafter: DraftModelDrafter, prompt, output, max_k: int, max_new_tokens: int):
+    return draft_model_tables(drafter.model, prompt, output, max_k)
+
+
+def _check_ngram(config) -> str | None:
+    return "field 'ngram_min' must be <= ngram_max" if config.ngram_min > config.ngram_max else None
+
+
+def _check_draft(config) -> str | None:
+    return None if config.draft else "drafter 'draft' needs field 'draft' (a model name/path, or early-exit:LAYERS)"
+
+
+DRAFTER_KINDS: dict[str, DrafterKind] = {kind.name: kind for kind in (
+    DrafterKind("none", "plain decoding (no speculation)", lambda config, target: None, cost=FREE),
+    DrafterKind("ngram", "prompt lookup: what followed the last n-gram earlier in the request",
+                lambda config, target: NgramDrafter(config.ngram_max, config.ngram_min),
+                fields=("ngram_max", "ngram_min"), tables=_ngram_tables, check=_check_ngram),
+    DrafterKind("draft", "a draft model (name/path) or the target's first layers (early-exit:L)",
+                lambda config, target: DraftModelDrafter(load_draft_model(config.draft, target, config.dtype,
+                                                                          config.device)),
+                fields=("draft",), cost=DRAFT_MODEL, tables=_draft_tables, check=_check_draft),
+    DrafterKind("sssd", "SSSD token trees from the request's n-grams and an optional datastore",
+                build_sssd, fields=("datastore",), tables=tree_tables),
+)}
+
+
+def drafter_kind(name: str) -> DrafterKind:
+    """The kind registered as `name`, or the one a "package.module:Name" entry point names."""
+    kind = DRAFTER_KINDS.get(name)
+    if kind is not None:
+        return kind
+    module_name, sep, attr = str(name).partition(":")
+    if not sep or not attr.isidentifier() or not all(p.isidentifier() for p in module_name.split(".")):
+        raise ValueError(f"unknown drafter {name!r}; choose one of {', '.join(DRAFTER_KINDS)} "
+                         f"or a 'package.module:Name' entry point")
+    try:
+        target = getattr(importlib.import_module(module_name), attr, None)
+    except ImportError as exc:
+        raise ValueError(f"drafter {name!r}: cannot import module {module_name!r} ({exc})") from None
+    if isinstance(target, DrafterKind):
+        return target
+    if isinstance(target, type) and issubclass(target, Drafter):
+        return DrafterKind(name, target.__doc__ or name, lambda config, model: target(), tables=stateless_tables)
+    raise ValueError(f"drafter {name!r}: {attr!r} is neither a DrafterKind nor a Drafter subclass")
