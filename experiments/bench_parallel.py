@@ -40,7 +40,7 @@ from nightjar_rl.models import DTYPES, SHAPES, early_exit_draft, load_model, pic
 from nightjar_rl.models import random_shaped_model as random_model
 from nightjar_rl.runtime import serve
 from nightjar_rl.serving import build_requests, load_prompts, poisson_arrivals, summarize
-from nightjar_rl.serving.workload import encode_prompt
+from nightjar_rl.text import encode_prompt
 
 DECODERS = ("standard", "psd-seq", "psd")
 QUICK = {"model": "tiny-random", "draft": "early-exit:2", "k": 2, "num_requests": 4, "max_new_tokens": 8,

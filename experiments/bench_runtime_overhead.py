@@ -26,8 +26,8 @@ from nightjar_rl.policy import make_policy
 from nightjar_rl.runtime.driver import PolicyDriver
 from nightjar_rl.runtime.steplog import StepLog
 from nightjar_rl.serving import ServingSession, load_prompts
-from nightjar_rl.serving.workload import encode_prompt
 from nightjar_rl.stack import EngineConfig, build_stack
+from nightjar_rl.text import encode_prompt
 
 POLICIES = {"fixed-4": "fixed-4", "table-mlc_llm": "table-mlc_llm", "nightjar (learning)": "nightjar",
             "fixed-4 + step log": "fixed-4"}

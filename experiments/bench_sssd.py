@@ -43,7 +43,8 @@ from nightjar_rl.models import load_model
 from nightjar_rl.policy import Policy, make_policy
 from nightjar_rl.policy.sssd import SSSDBudget
 from nightjar_rl.runtime import serve
-from nightjar_rl.serving.workload import encode_prompt, load_prompts
+from nightjar_rl.serving.workload import load_prompts
+from nightjar_rl.text import encode_prompt
 
 
 @dataclass

@@ -23,8 +23,8 @@ from nightjar_rl.io import atomic_write_text
 from nightjar_rl.models import load_model
 from nightjar_rl.runtime import serve
 from nightjar_rl.serving import build_requests, load_prompts
-from nightjar_rl.serving.workload import encode_prompt
 from nightjar_rl.stack import EngineConfig, build_stack
+from nightjar_rl.text import encode_prompt
 
 QUICK = {"model": "tiny-random", "prompts_per_family": 1, "max_new_tokens": 8, "ks": [2]}
 

@@ -40,8 +40,8 @@ from nightjar_rl.env.recorder import write_table
 from nightjar_rl.io import atomic_write_json
 from nightjar_rl.models import load_model
 from nightjar_rl.serving import load_prompts
-from nightjar_rl.serving.workload import encode_prompt
 from nightjar_rl.stack import EngineConfig, build_stack
+from nightjar_rl.text import encode_prompt
 
 # request states, one byte per request created
 NEW, QUEUED, REJECTED, COMPLETED, ABORTED, FAILED = range(6)

@@ -8,8 +8,8 @@ import torch
 
 from nightjar_rl.runtime import serve
 from nightjar_rl.serving import build_requests, load_prompts
-from nightjar_rl.serving.workload import encode_prompt
 from nightjar_rl.stack import EngineConfig, build_stack
+from nightjar_rl.text import encode_prompt
 
 pytestmark = [
     pytest.mark.real_model,

@@ -104,7 +104,8 @@ def test_real_model_tree_verification_is_lossless():
 
     from nightjar_rl.decoding.datastore_cli import build_datastore
     from nightjar_rl.models import load_model
-    from nightjar_rl.serving.workload import encode_prompt, load_prompts
+    from nightjar_rl.serving.workload import load_prompts
+    from nightjar_rl.text import encode_prompt
 
     target = load_model("smollm2-135m")
     vocab = target.model.config.vocab_size

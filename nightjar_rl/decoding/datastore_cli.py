@@ -9,7 +9,7 @@ from pathlib import Path
 from nightjar_rl.decoding.datastore import Datastore, tokenizer_fingerprint
 from nightjar_rl.io import read_jsonl
 from nightjar_rl.models import DEFAULT_MODEL, TINY_PREFIX, ensure_default_converted, tiny_config
-from nightjar_rl.serving.workload import encode_prompt
+from nightjar_rl.text import encode_prompt
 
 
 def read_corpus(path: str | Path, field: str = "text") -> list[str]:

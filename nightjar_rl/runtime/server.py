@@ -29,7 +29,7 @@ from nightjar_rl.decoding.sequence import Request as EngineRequest
 from nightjar_rl.runtime.loop import EngineLoop, OverloadedError, TokenEvent
 from nightjar_rl.runtime.protocol import ChatRequest, CompletionRequest, unsupported
 from nightjar_rl.runtime.server_config import ServerConfig
-from nightjar_rl.runtime.text import TextCodec
+from nightjar_rl.text import TextCodec
 
 
 class APIError(Exception):

@@ -13,6 +13,7 @@ import numpy as np
 
 from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.io import read_jsonl
+from nightjar_rl.text import encode_messages
 
 BUNDLED = "bundled"
 
@@ -129,28 +130,6 @@ def load_workload(spec: str | Path | None = None, families: list[str] | None = N
 def load_prompts(path: str | Path | None = None, families: list[str] | None = None) -> list[PromptRecord]:
     """`load_workload` under its older name (a JSONL path, or None / "bundled")."""
     return load_workload(path, families)
-
-
-def encode_prompt(tokenizer, text: str, vocab_size: int, chat: bool = True) -> list[int]:
-    """Token ids for a user message: the chat template when the tokenizer has one. Tiny random models
-    have no tokenizer: their ids are the UTF-8 bytes folded into the vocabulary."""
-    return encode_messages(tokenizer, [{"role": "user", "content": text}], vocab_size) if chat else (
-        [b % vocab_size for b in text.encode("utf-8")] if tokenizer is None else tokenizer(text)["input_ids"])
-
-
-def encode_messages(tokenizer, messages: list[dict], vocab_size: int) -> list[int]:
-    """Token ids for a conversation, ready for the assistant's reply: the chat template when the
-    tokenizer has one; else one user message is its content verbatim and several become
-    `role: content` lines (as the server renders them)."""
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return list(ids)
-    text = messages[0]["content"] if len(messages) == 1 else "\n".join(f"{m['role']}: {m['content']}" for m in messages)
-    if tokenizer is None:
-        return [b % vocab_size for b in text.encode("utf-8")]
-    return tokenizer(text)["input_ids"]
 
 
 def encode_record(tokenizer, record: PromptRecord, vocab_size: int) -> list[int]:
