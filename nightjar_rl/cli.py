@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 from nightjar_rl.decoding.datastore_cli import add_datastore_parser
+from nightjar_rl.env.trace_cli import add_trace_parser
 from nightjar_rl.experiments.cli import add_experiment_parser, add_train_parser
 from nightjar_rl.runtime.server_config import ServerConfig
 from nightjar_rl.schema import add_arguments, from_namespace
-from nightjar_rl.sim.cli import add_roofline_args, add_trace_parser
+from nightjar_rl.sim.cli import add_roofline_args
 from nightjar_rl.stack import EngineConfig
 
 DEFAULT_PROFILE_DIR = Path("envs") / "profiles"

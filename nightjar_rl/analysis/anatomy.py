@@ -1,7 +1,8 @@
 """Anatomy of one episode: what a policy chose step by step, what it cost, and what a learner learned.
 
-- `episode_steps`: serve one seeded workload with a policy (the evaluation path: PolicyDriver on
-  the scenario's backend) and return one row per step (clock, batch size, k, acceptance, times).
+The episode's steps come from `nightjar_rl.experiments.evaluate.episode_steps` (a learner from
+`nightjar_rl.experiments.train.train_learner`); this module reads them:
+
 - `switching_cost`: how often speculation was re-enabled after k = 0 and what the catch-up cost.
 - `plot_episode`: k, batch size and acceptance over time; `plot_bandit_values`: a bandit's learned
   value per batch-size bucket x arm (its k-by-batch heatmap), the greedy choice marked.
@@ -14,22 +15,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from nightjar_rl.analysis.plots import plt
-from nightjar_rl.env.backend import make_backend
-from nightjar_rl.env.scenario import Scenario
-from nightjar_rl.experiments.evaluate import evaluate_cell
-
-
-def episode_steps(policy, scenario: Scenario, rate: float, seed: int, num_requests: int | None = None,
-                  backend=None, concurrency: int | None = None) -> pd.DataFrame:
-    """One episode at Poisson `rate` (workload `seed`; closed loop with at most `concurrency` requests
-    in flight, default the scenario's), one row per engine step (StepStats.as_row() plus `clock`, the
-    serving clock at the end of the step)."""
-    backend = backend or make_backend(scenario)
-    cell = evaluate_cell(policy, scenario, backend, rate, seed, num_requests or scenario.num_requests,
-                         scenario.max_new_tokens, {"tpot_s": 1e9}, concurrency=concurrency)
-    frame = pd.DataFrame([s.as_row() for s in cell.serve_result.steps])
-    frame["clock"] = frame["wall_time"].cumsum()
-    return frame
 
 
 def switching_cost(frame: pd.DataFrame) -> dict:
@@ -97,19 +82,3 @@ def plot_bandit_values(policy, title: str | None = None) -> Figure:
     fig.colorbar(im, ax=ax, fraction=0.05)
     fig.tight_layout()
     return fig
-
-
-def train_learner(spec, scenario: Scenario, episodes: int, rates: list[float], seed: int = 1000,
-                  num_requests: int | None = None, backend=None, concurrency: list[int] | None = None):
-    """A learner built from `spec` and trained for `episodes` episodes cycling Poisson `rates` (and the
-    closed-loop `concurrency`, if given: the experiment pipeline's training loop), ready for
-    `episode_steps` and `plot_bandit_values`."""
-    from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
-    from nightjar_rl.experiments.train import train_policy
-    from nightjar_rl.policy import make_policy
-
-    policy = make_policy(spec, scenario.max_k)
-    env = SpecDecodeEnv(scenario, backend=backend or make_backend(scenario))
-    train_policy(policy, env, episodes, rates, seed, num_requests, progress=False, concurrency=concurrency)
-    policy.learning = False
-    return policy

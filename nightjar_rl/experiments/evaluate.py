@@ -14,7 +14,7 @@ from gymnasium.utils import seeding
 
 from nightjar_rl.contracts.rewards import make_reward
 from nightjar_rl.decoding.stats import StepStats
-from nightjar_rl.env.backend import Backend
+from nightjar_rl.env.backend import Backend, make_backend
 from nightjar_rl.env.scenario import Scenario
 from nightjar_rl.env.workload import PromptPool, sample_requests
 from nightjar_rl.runtime.driver import PolicyDriver
@@ -74,3 +74,16 @@ def evaluate_cell(policy, scenario: Scenario, backend: Backend, rate: float, see
         frac_k0=float(np.mean([s.k == 0 for s in decode])) if decode else float("nan"),
     )
     return CellResult(summary, k_by_batch(result.steps), result)
+
+
+def episode_steps(policy, scenario: Scenario, rate: float, seed: int, num_requests: int | None = None,
+                  backend=None, concurrency: int | None = None) -> pd.DataFrame:
+    """One episode at Poisson `rate` (workload `seed`; closed loop with at most `concurrency` requests
+    in flight, default the scenario's), one row per engine step (StepStats.as_row() plus `clock`, the
+    serving clock at the end of the step)."""
+    backend = backend or make_backend(scenario)
+    cell = evaluate_cell(policy, scenario, backend, rate, seed, num_requests or scenario.num_requests,
+                         scenario.max_new_tokens, {"tpot_s": 1e9}, concurrency=concurrency)
+    frame = pd.DataFrame([s.as_row() for s in cell.serve_result.steps])
+    frame["clock"] = frame["wall_time"].cumsum()
+    return frame

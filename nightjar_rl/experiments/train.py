@@ -8,7 +8,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from nightjar_rl.contracts import SpecPlan
+from nightjar_rl.env.backend import make_backend
+from nightjar_rl.env.scenario import Scenario
 from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
+from nightjar_rl.policy import make_policy
 
 
 def run_episode(env: SpecDecodeEnv, policy, seed: int, options: dict | None = None, learn: bool = True) -> dict:
@@ -61,3 +64,15 @@ def train_policy(policy, env: SpecDecodeEnv, episodes: int, rates: list[float] |
             row["concurrency"] = options["max_concurrency"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def train_learner(spec, scenario: Scenario, episodes: int, rates: list[float], seed: int = 1000,
+                  num_requests: int | None = None, backend=None, concurrency: list[int] | None = None):
+    """A learner built from `spec` and trained for `episodes` episodes cycling Poisson `rates` (and the
+    closed-loop `concurrency`, if given: the experiment pipeline's training loop), ready for
+    `episode_steps` and `plot_bandit_values`."""
+    policy = make_policy(spec, scenario.max_k)
+    env = SpecDecodeEnv(scenario, backend=backend or make_backend(scenario))
+    train_policy(policy, env, episodes, rates, seed, num_requests, progress=False, concurrency=concurrency)
+    policy.learning = False
+    return policy

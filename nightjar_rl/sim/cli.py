@@ -1,4 +1,5 @@
-"""`nightjar-rl trace record --scenario S` and `nightjar-rl profile --roofline`: the simulator's data."""
+"""`nightjar-rl profile --roofline`: an analytic hardware profile for the simulator (no model run).
+`nightjar-rl trace record` lives with the scenarios it records, in `nightjar_rl.env.trace_cli`."""
 
 from __future__ import annotations
 
@@ -7,37 +8,14 @@ import json
 from pathlib import Path
 
 from nightjar_rl.hardware import ProfileError
-from nightjar_rl.sim.roofline import GPU_PRESETS, GPUSpec, ModelShape, from_mapping, model_shape, roofline_profile
-
-
-def default_trace_path(scenario) -> Path:
-    return Path("envs") / "traces" / f"{scenario.name}-{scenario.engine.drafter}.npz"
-
-
-def cmd_trace_record(a: argparse.Namespace) -> int:
-    from nightjar_rl.env.backend import LiveBackend
-    from nightjar_rl.env.scenario import load_scenario
-    from nightjar_rl.sim.record import record_trace
-
-    scenario = load_scenario(a.scenario)
-    if scenario.backend != "live":
-        raise ValueError(f"scenario {scenario.name!r} is a sim scenario: record from the live scenario it twins")
-    max_k = a.max_k if a.max_k is not None else scenario.max_k
-    max_new = a.max_new_tokens if a.max_new_tokens is not None else scenario.max_new_tokens
-    if max_k < 1 or max_new < 1:
-        raise ValueError("--max-k and --max-new-tokens must be >= 1")
-    backend = LiveBackend(scenario)
-    pool = backend.prompt_pool
-    config = scenario.engine_config()
-    config.max_speculation = max_k
-    trace = record_trace(backend.target, list(zip(pool.ids, pool.token_ids)), config, max_k, max_new,
-                         progress=not a.quiet, scenario=scenario.name, prompt_set=scenario.prompts,
-                         max_prompt_tokens=scenario.max_prompt_tokens)
-    out = Path(a.out) if a.out else default_trace_path(scenario)
-    trace.save(out)
-    tokens = sum(len(r) for r in trace.records)
-    print(f"wrote trace {out} ({len(trace.records)} prompts, {tokens} output tokens, max_k {max_k})")
-    return 0
+from nightjar_rl.sim.roofline import (
+    GPU_PRESETS,
+    GPUSpec,
+    ModelShape,
+    from_mapping,
+    model_shape,
+    roofline_profile,
+)
 
 
 def _load_spec(ref: str, presets: dict, cls, what: str):
@@ -67,22 +45,6 @@ def cmd_profile_roofline(a: argparse.Namespace) -> dict:
     target = _shape(a.model.removeprefix("random:"))
     draft = _shape(a.draft.removeprefix("random:")) if a.draft else None
     return roofline_profile(gpu, target, draft, overhead_ms=a.overhead_ms).to_dict()
-
-
-def add_trace_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("trace", help="simulator traces: record greedy outputs and acceptance")
-    sub = parser.add_subparsers(dest="trace_command", required=True)
-    rec = sub.add_parser("record", help="record a trace of a live scenario's prompts for its drafter",
-                         description="Serve every prompt of the scenario greedily on the live engine, then record "
-                                     "what the scenario's drafter would get accepted at every output position "
-                                     "for k = 0..max_k.")
-    rec.add_argument("--scenario", required=True, help="live scenario name in envs/ or a YAML path")
-    rec.add_argument("--max-k", type=int, default=None, help="largest k to record (default: the scenario's)")
-    rec.add_argument("--max-new-tokens", type=int, default=None, help="output budget (default: the scenario's)")
-    rec.add_argument("--out", default=None, help="output .npz (default: envs/traces/<scenario>-<drafter>.npz)")
-    rec.add_argument("--quiet", action="store_true")
-    rec.set_defaults(func=cmd_trace_record)
-    return parser
 
 
 def add_roofline_args(parser: argparse.ArgumentParser) -> None:
