@@ -28,7 +28,11 @@ from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.io import atomic_write_text
 from nightjar_rl.serving import load_prompts
 from nightjar_rl.stack import EngineConfig, build_stack
-from nightjar_rl.text import encode_prompt
+
+try:
+    from nightjar_rl.text import encode_prompt
+except ImportError:  # a checkout from before nightjar_rl/text.py (the old-vs-new comparison)
+    from nightjar_rl.serving.workload import encode_prompt
 
 QUICK = {"model": "tiny-random", "requests": 6, "max_new_tokens": 12, "repeats": 1}
 
