@@ -38,8 +38,18 @@ from pathlib import Path
 
 import yaml
 
+from nightjar_rl.env.scenario import Scenario
 from nightjar_rl.experiments.fields import ExperimentError, is_int, is_number, parse_concurrency, parse_rates
 from nightjar_rl.experiments.sb3_config import is_sb3_spec, parse_sb3_spec
+from nightjar_rl.schema import ConfigError, check, check_value, declarations, option
+
+
+def _checked(name: str, value, declaration, where: str):
+    """`value` checked against a field declared elsewhere (one ExperimentError line naming `name`)."""
+    try:
+        return check_value(name, value, declaration, where)
+    except ConfigError as exc:
+        raise ExperimentError(str(exc)) from None
 
 
 @dataclass
@@ -50,12 +60,13 @@ class PolicyEntry:
 
 @dataclass
 class TrainConfig:
-    episodes: int = 4
+    episodes: int = option(4, "training episodes per learner", low=0)
     rates: list[float] | None = None  # None: the evaluation rates, cycled
     concurrency: list[int] | None = None  # None: the evaluation concurrency (if any), cycled
-    num_requests: int | None = None  # None: the evaluation num_requests
-    seed: int = 10_000  # training workloads use seeds seed, seed+1, ... (apart from evaluation seeds)
-    replicates: int = 1  # independent trainings per learner (replicate r: workload seeds seed + r*episodes ...)
+    num_requests: int | None = option(None, "requests per training episode (null: the evaluation's)", int, low=1)
+    seed: int = option(10_000, "training workloads use seeds seed, seed+1, ... (apart from evaluation seeds)", low=0)
+    replicates: int = option(1, "independent trainings per learner (replicate r: workload seeds seed + r*episodes "
+                                "...)", low=1)
 
 
 EXECUTORS = ("local", "ray")
@@ -63,9 +74,9 @@ EXECUTORS = ("local", "ray")
 
 @dataclass
 class ExecutorConfig:
-    kind: str = "local"  # local | ray
-    address: str | None = None  # ray: a running cluster's address (None: start a local instance)
-    workers: int | None = None  # ray: CPUs of the local instance (None: all)
+    kind: str = option("local", "where jobs run: local | ray", choices=EXECUTORS)
+    address: str | None = option(None, "ray: a running cluster's address (null: start a local instance)", str)
+    workers: int | None = option(None, "ray: CPUs of the local instance (null: all)", int, low=1)
 
 
 @dataclass
@@ -110,14 +121,14 @@ def executor_from_value(value, where: str = "field 'executor'") -> ExecutorConfi
     if not isinstance(data, dict) or not set(data) <= {"kind", "address", "workers"} or data.get("kind") not in EXECUTORS:
         raise ExperimentError(f"{where} must be one of {', '.join(EXECUTORS)} or a mapping {{kind: ray, address: ADDR, "
                               f"workers: N}}, got {value!r}")
-    address, workers = data.get("address"), data.get("workers")
-    if address is not None and (not isinstance(address, str) or not address):
-        raise ExperimentError(f"{where}: 'address' must be a Ray cluster address or null, got {address!r}")
-    if workers is not None and (not is_int(workers) or workers < 1):
-        raise ExperimentError(f"{where}: 'workers' must be an integer >= 1 or null, got {workers!r}")
-    if data["kind"] == "local" and (address is not None or workers is not None):
+    executor = ExecutorConfig(**data)
+    try:
+        check(executor, where)
+    except ConfigError as exc:
+        raise ExperimentError(str(exc)) from None
+    if executor.kind == "local" and (executor.address is not None or executor.workers is not None):
         raise ExperimentError(f"{where}: 'address' and 'workers' need kind 'ray'")
-    return ExecutorConfig(data["kind"], address, workers)
+    return executor
 
 
 def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | None = None) -> ExperimentConfig:
@@ -147,10 +158,10 @@ def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | N
     seeds = data["seeds"]
     if not isinstance(seeds, list) or not seeds or not all(is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise fail(f"field 'seeds' must be a non-empty list of distinct integers >= 0, got {seeds!r}")
+    scenario_fields = declarations(Scenario)  # the overrides are the scenario's fields, declared there
     for key in ("num_requests", "max_new_tokens"):
-        v = data.get(key)
-        if v is not None and (not is_int(v) or v < 1):
-            raise fail(f"field '{key}' must be an integer >= 1, got {v!r}")
+        if data.get(key) is not None:
+            _checked(key, data[key], scenario_fields[key], f"experiment {name!r}")
     slo = data.get("slo", {"tpot_s": 0.25, "ttft_s": None})
     if not isinstance(slo, dict) or not set(slo) <= {"tpot_s", "ttft_s"} or not (is_number(slo.get("tpot_s")) and slo["tpot_s"] > 0):
         raise fail(f"field 'slo' must be {{tpot_s: SECONDS > 0, ttft_s: SECONDS or null}}, got {slo!r}")
@@ -186,28 +197,16 @@ def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | N
     if not isinstance(t, dict) or not set(t) <= {"episodes", "rates", "concurrency", "num_requests", "seed", "replicates"}:
         raise fail(f"field 'train' must be a mapping with episodes, rates, concurrency, num_requests, seed, replicates; "
                    f"got {t!r}")
-    train = TrainConfig()
-    if "episodes" in t:
-        if not is_int(t["episodes"]) or t["episodes"] < 0:
-            raise fail(f"field 'train.episodes' must be an integer >= 0, got {t['episodes']!r}")
-        train.episodes = t["episodes"]
+    train = TrainConfig(**{k: t[k] for k in ("episodes", "num_requests", "seed", "replicates") if k in t})
+    try:
+        check(train, f"experiment {name!r}: field 'train'")
+    except ConfigError as exc:
+        raise ExperimentError(str(exc).replace("field 'train': field '", "field 'train.")) from None
     if t.get("concurrency") is not None:
         train.concurrency = parse_concurrency(t["concurrency"], lambda m: fail(f"field 'train.concurrency' {m}"))
     if t.get("rates") is not None:
         closed = (train.concurrency or concurrency) is not None
         train.rates = parse_rates(t["rates"], closed, lambda m: fail(f"field 'train.rates' {m}"))
-    if t.get("num_requests") is not None:
-        if not is_int(t["num_requests"]) or t["num_requests"] < 1:
-            raise fail(f"field 'train.num_requests' must be an integer >= 1, got {t['num_requests']!r}")
-        train.num_requests = t["num_requests"]
-    if "seed" in t:
-        if not is_int(t["seed"]) or t["seed"] < 0:
-            raise fail(f"field 'train.seed' must be an integer >= 0, got {t['seed']!r}")
-        train.seed = t["seed"]
-    if "replicates" in t:
-        if not is_int(t["replicates"]) or t["replicates"] < 1:
-            raise fail(f"field 'train.replicates' must be an integer >= 1, got {t['replicates']!r}")
-        train.replicates = t["replicates"]
 
     ev = data.get("evaluate") or {}
     if not isinstance(ev, dict) or not set(ev) <= {"learn"} or not isinstance(ev.get("learn", False), bool):
