@@ -1,4 +1,4 @@
-"""The engine: KV cache, drafters, verification, `step(k)`."""
+"""The engine: KV cache, drafters, verification, `step(plan)` (a `SpecPlan`, or an int k for every row)."""
 
 from nightjar_rl.decoding.drafters import Drafter, DraftModelDrafter, DraftProposal, NgramDrafter
 from nightjar_rl.decoding.engine import SpeculativeEngine
