@@ -185,22 +185,29 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from nightjar_rl.stack import build_stack
 
     cfg = _engine_config(a)
-    rp = _runtime_policy(a, cfg)
     server_cfg = from_namespace(ServerConfig, a, engine=cfg)
+    server_cfg.check_bind()  # a bound port or a bad host: one line now, not after the model loads
+    rp = _runtime_policy(a, cfg)
     stack = build_stack(cfg)
     app, engine_loop = build_server(stack, rp, server_cfg)
+    server = make_server(app, a.host, a.port, log_level="warning" if a.quiet else "info", engine_loop=engine_loop)
     print(f"serving {server_cfg.model_name} with policy {rp.policy.name} on http://{a.host}:{a.port}", flush=True)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it with the handler it found: make that
     # handler exit through `finally`, so the learned policy and the step log are saved (as on Ctrl-C)
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        make_server(app, a.host, a.port, log_level="warning" if a.quiet else "info").run()
+        server.run()
     except SystemExit:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
         for line in engine_loop.stop():
             print(line, flush=True)
+    if not server.started:
+        raise CLIError(f"the server did not start on {a.host}:{a.port} (see the log above)")
+    if engine_loop.error:
+        print(f"nightjar-rl: error: {engine_loop.error}", file=sys.stderr)
+        return 1
     return 0
 
 
