@@ -44,10 +44,15 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
 
 
 def read_jsonl(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, object]]:
-    """Yield (line number, parsed object) for each non-blank line; a bad line raises `error` naming it."""
+    """Yield (line number, parsed object) for each non-blank line; a bad line (not UTF-8, not JSON)
+    raises `error` naming the file and the line."""
     path = Path(path)
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise error(f"{path}:{lineno}: not valid UTF-8 (byte {exc.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
@@ -63,5 +68,24 @@ def read_json(path: str | Path, what: str, error: type[Exception] = ValueError):
         raise error(f"{what} {str(path)!r} does not exist")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not valid UTF-8 (byte {exc.start + 1})") from None
     except json.JSONDecodeError as exc:
         raise error(f"{path}: not valid JSON ({exc})") from None
+
+
+def check_writable(path: str | Path, what: str, folder: bool = False) -> None:
+    """ValueError (one line naming `what`) unless `path` can be written as a file (or, with `folder`,
+    created or filled as a folder): checked before any work starts, so nothing is lost at the end."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise ValueError(f"{what} {str(path)!r} is {'a file' if folder else 'a folder'}; "
+                         f"expected {'a folder' if folder else 'a file path'}")
+    base = path if folder and path.exists() else path.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(f"{what} {str(path)!r} cannot be created: {str(base)!r} is a file")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {str(path)!r} cannot be written: {str(base)!r} is not writable")
+
