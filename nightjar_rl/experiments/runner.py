@@ -181,7 +181,9 @@ def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, ctx: SweepConte
     bar = tqdm(total=len(jobs), desc=f"train {cfg.name}", unit="learner", disable=not progress or not jobs)
     for job, (artifact, log) in executor.map(train_job, ctx, jobs):
         if log:  # train.episodes 0: deployed as built (or as the artifact the spec holds)
-            append_rows(run_dir / "train.csv", pd.DataFrame(log))
+            # a learner retrained after an interrupt (its log written, its policy not) replaces its rows
+            append_rows(run_dir / "train.csv", pd.DataFrame(log),
+                        replace={"policy": job.policy, "replicate": job.replicate})
         save_policy(policy_from_dict(artifact), _policy_file(run_dir, job.policy, job.replicate))
         artifacts[(job.policy, job.replicate)] = artifact
         bar.update()
