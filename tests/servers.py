@@ -13,11 +13,11 @@ from nightjar_rl.stack import EngineConfig, build_stack
 SEQ = 128
 
 
-def start_server(policy: str = "table-mlc_llm", *, max_speculation: int = 6, max_batch_size: int = 4,
-                 max_waiting: int | None = None, codec=None, link: bool = False, **server):
+def start_server(policy: str = "table-mlc_llm", *, model: str = "tiny-random", max_speculation: int = 6,
+                 max_batch_size: int = 4, max_waiting: int | None = None, codec=None, link: bool = False, **server):
     """(uvicorn server, its thread, base URL, engine loop). `codec`: a TextCodec class to use instead
     of the stack's; `link`: server and engine loop stop together (as `serve` runs them)."""
-    cfg = EngineConfig(model="tiny-random", drafter="ngram", max_batch_size=max_batch_size, max_seq_len=SEQ,
+    cfg = EngineConfig(model=model, drafter="ngram", max_batch_size=max_batch_size, max_seq_len=SEQ,
                        max_speculation=max_speculation, max_waiting=max_waiting)
     stack = build_stack(cfg)
     app, loop = build_server(stack, runtime_policy(max_speculation, policy=policy), ServerConfig(**server))
