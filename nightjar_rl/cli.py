@@ -379,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# flags naming output paths, checked before any command starts (attribute, flag, is a folder)
+# flags naming output paths, checked before any command starts (attribute, flag, is a folder); --out-dir
+# is unused when resuming a run folder
 _OUTPUTS = (("out", "--out", False), ("log_steps", "--log-steps", False), ("save_policy", "--save-policy", False),
             ("out_dir", "--out-dir", True))
 
@@ -392,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         for attr, flag, folder in _OUTPUTS:
-            if getattr(args, attr, None):
+            if getattr(args, attr, None) and not (attr == "out_dir" and getattr(args, "resume", None)):
                 check_writable(getattr(args, attr), flag, folder)
         return int(args.func(args) or 0)
     except (CLIError, ModelLoadError, WorkloadError, ValueError, FileNotFoundError) as exc:

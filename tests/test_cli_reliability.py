@@ -112,3 +112,11 @@ def test_check_int_messages_read_well():
         check_int("max_k", -1)
     with pytest.raises(ValueError, match=r"^k must be in \[0, 4\], got 5$"):
         check_int("k", 5, 0, 4)
+
+
+def test_out_dir_is_not_checked_when_resuming(tmp_path, capsys):
+    """--resume writes into the run folder, not --out-dir (its default may be unwritable there)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(["experiment", CONFIG, "--out-dir", str(blocker), "--resume", str(tmp_path / "no-run")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
