@@ -35,6 +35,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from nightjar_rl.decoding.sequence import Request as EngineRequest
 from nightjar_rl.runtime.loop import EngineLoop, OverloadedError, TokenEvent
@@ -180,6 +181,11 @@ def create_app(engine_loop: EngineLoop, codec: TextCodec, cfg: ServerConfig) -> 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> Response:
         return exc.response()
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> Response:  # e.g. a body that is not UTF-8
+        kind = {404: "NotFoundError", 405: "MethodNotAllowedError"}.get(exc.status_code, "BadRequestError")
+        return APIError(exc.status_code, str(exc.detail), kind).response()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
