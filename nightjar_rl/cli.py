@@ -18,6 +18,7 @@ from nightjar_rl.sim.cli import add_roofline_args
 from nightjar_rl.stack import EngineConfig
 
 DEFAULT_PROFILE_DIR = Path("envs") / "profiles"
+MAX_EXPORT_BATCH = 65536  # export --max-batch-size: beyond any engine's batch (and the schedule is read per size)
 
 
 class CLIError(Exception):
@@ -185,22 +186,29 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from nightjar_rl.stack import build_stack
 
     cfg = _engine_config(a)
-    rp = _runtime_policy(a, cfg)
     server_cfg = from_namespace(ServerConfig, a, engine=cfg)
+    server_cfg.check_bind()  # a bound port or a bad host: one line now, not after the model loads
+    rp = _runtime_policy(a, cfg)
     stack = build_stack(cfg)
     app, engine_loop = build_server(stack, rp, server_cfg)
+    server = make_server(app, a.host, a.port, log_level="warning" if a.quiet else "info", engine_loop=engine_loop)
     print(f"serving {server_cfg.model_name} with policy {rp.policy.name} on http://{a.host}:{a.port}", flush=True)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it with the handler it found: make that
     # handler exit through `finally`, so the learned policy and the step log are saved (as on Ctrl-C)
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        make_server(app, a.host, a.port, log_level="warning" if a.quiet else "info").run()
+        server.run()
     except SystemExit:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
         for line in engine_loop.stop():
             print(line, flush=True)
+    if not server.started:
+        raise CLIError(f"the server did not start on {a.host}:{a.port} (see the log above)")
+    if engine_loop.error:
+        print(f"nightjar-rl: error: {engine_loop.error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -213,10 +221,15 @@ def cmd_export(a: argparse.Namespace) -> int:
     from nightjar_rl.policy.export import export_schedule, schedule, sensitivity, to_ranges
     from nightjar_rl.policy.resolve import resolve_policy
 
-    if a.max_batch_size < 1:
-        raise CLIError(f"--max-batch-size must be >= 1, got {a.max_batch_size}")
+    if not 1 <= a.max_batch_size <= MAX_EXPORT_BATCH:
+        raise CLIError(f"--max-batch-size must be in [1, {MAX_EXPORT_BATCH}], got {a.max_batch_size}")
     if not 0 <= a.acceptance <= 1:
         raise CLIError(f"--acceptance must be in [0, 1], got {a.acceptance}")
+    if not (math.isfinite(a.queue_len) and a.queue_len >= 0):
+        raise CLIError(f"--queue-len must be a finite number >= 0, got {a.queue_len}")
+    if a.num_speculative_tokens is not None and a.num_speculative_tokens < 1:
+        raise CLIError(f"--num-speculative-tokens must be >= 1 (a schedule that never speculates needs no "
+                       f"speculative config), got {a.num_speculative_tokens}")
     max_k = a.max_k if a.max_k is not None else (1024 if Path(a.policy).is_file() else 8)
     policy = resolve_policy(a.policy, max_k)
     typical = {"acceptance": a.acceptance, "queue_len": a.queue_len}
@@ -254,18 +267,26 @@ def cmd_profile(a: argparse.Namespace) -> int:
     from nightjar_rl.models import load_model
     from nightjar_rl.stack import load_draft_model
 
+    for flag, value, low in (("--context", a.context, 1), ("--repeats", a.repeats, 1),
+                             ("--overhead-steps", a.overhead_steps, 0), ("--threads", a.threads or 1, 1)):
+        if value < low:
+            raise CLIError(f"{flag} must be >= {low}, got {value}")
+    batch_sizes, tokens = _int_list(a.batch_sizes, "--batch-sizes"), _int_list(a.tokens, "--tokens")
+    contexts = _int_list(a.contexts, "--contexts") if a.contexts else None
+    prefill = _int_list(a.prefill_tokens, "--prefill-tokens") if a.prefill_tokens else None
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
     target = load_model(a.model, a.dtype, a.device)
+    positions = getattr(getattr(target.model, "config", None), "max_position_embeddings", None)
+    longest = max([a.context, *(contexts or [])]) + max(tokens)
+    if isinstance(positions, int) and longest > positions:
+        raise CLIError(f"--context/--contexts plus --tokens reach {longest} positions; {a.model} has {positions}")
     draft = load_draft_model(a.draft, target, a.dtype, a.device) if a.draft else None
     profile = profile_hardware(
-        target.model, a.model, _int_list(a.batch_sizes, "--batch-sizes"), _int_list(a.tokens, "--tokens"),
-        context=a.context, repeats=a.repeats, draft_model=draft, progress=not a.quiet,
-        contexts=_int_list(a.contexts, "--contexts") if a.contexts else None,
-        prefill_tokens=_int_list(a.prefill_tokens, "--prefill-tokens") if a.prefill_tokens else None,
-        overhead_steps=a.overhead_steps,
+        target.model, a.model, batch_sizes, tokens, context=a.context, repeats=a.repeats, draft_model=draft,
+        progress=not a.quiet, contexts=contexts, prefill_tokens=prefill, overhead_steps=a.overhead_steps,
     )
     out = Path(a.out) if a.out else DEFAULT_PROFILE_DIR / f"{a.model.replace('/', '_')}-{profile['device_type']}-{a.dtype}.json"
     atomic_write_json(out, profile)
@@ -358,12 +379,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# flags naming output paths, checked before any command starts (attribute, flag, is a folder); --out-dir
+# is unused when resuming a run folder
+_OUTPUTS = (("out", "--out", False), ("log_steps", "--log-steps", False), ("save_policy", "--save-policy", False),
+            ("out_dir", "--out-dir", True))
+
+
 def main(argv: list[str] | None = None) -> int:
+    from nightjar_rl.io import check_writable
     from nightjar_rl.models import ModelLoadError
     from nightjar_rl.serving import WorkloadError
 
     args = build_parser().parse_args(argv)
     try:
+        for attr, flag, folder in _OUTPUTS:
+            if getattr(args, attr, None) and not (attr == "out_dir" and getattr(args, "resume", None)):
+                check_writable(getattr(args, attr), flag, folder)
         return int(args.func(args) or 0)
     except (CLIError, ModelLoadError, WorkloadError, ValueError, FileNotFoundError) as exc:
         print(f"nightjar-rl: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -44,10 +47,15 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
 
 
 def read_jsonl(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, object]]:
-    """Yield (line number, parsed object) for each non-blank line; a bad line raises `error` naming it."""
+    """Yield (line number, parsed object) for each non-blank line; a bad line (not UTF-8, not JSON)
+    raises `error` naming the file and the line."""
     path = Path(path)
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise error(f"{path}:{lineno}: not valid UTF-8 (byte {exc.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
@@ -63,5 +71,87 @@ def read_json(path: str | Path, what: str, error: type[Exception] = ValueError):
         raise error(f"{what} {str(path)!r} does not exist")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not valid UTF-8 (byte {exc.start + 1})") from None
     except json.JSONDecodeError as exc:
         raise error(f"{path}: not valid JSON ({exc})") from None
+
+
+def check_writable(path: str | Path, what: str, folder: bool = False) -> None:
+    """ValueError (one line naming `what`) unless `path` can be written as a file (or, with `folder`,
+    created or filled as a folder): checked before any work starts, so nothing is lost at the end."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise ValueError(f"{what} {str(path)!r} is {'a file' if folder else 'a folder'}; "
+                         f"expected {'a folder' if folder else 'a file path'}")
+    base = path if folder and path.exists() else path.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(f"{what} {str(path)!r} cannot be created: {str(base)!r} is a file")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {str(path)!r} cannot be written: {str(base)!r} is not writable")
+
+
+# ---- signed manifests: files this user's nightjar-rl wrote, checked before they are loaded ----------------
+KEY_ENV = "NIGHTJAR_RL_KEY_FILE"
+
+
+def local_key() -> bytes:
+    """This user's secret signing key, created on first use (mode 0600): the file named by
+    $NIGHTJAR_RL_KEY_FILE, else $XDG_CONFIG_HOME/nightjar-rl/signing.key (~/.config by default)."""
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    path = Path(os.environ.get(KEY_ENV) or config / "nightjar-rl" / "signing.key")
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(secrets.token_hex(32))
+            os.link(tmp, path)  # atomic, and never over a key another process made meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    return bytes.fromhex(path.read_text(encoding="utf-8").strip())
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _signature(files: dict[str, str]) -> str:
+    return hmac.new(local_key(), json.dumps(files, sort_keys=True).encode(), "sha256").hexdigest()
+
+
+def signed_manifest(files: dict[str, str | Path]) -> dict:
+    """A manifest of `files` ({name in the folder: where the content is now}): each file's sha256,
+    signed with this user's key (`local_key`)."""
+    hashes = {name: file_sha256(path) for name, path in files.items()}
+    return {"files": hashes, "hmac": _signature(hashes)}
+
+
+def check_signed_manifest(manifest_path: str | Path) -> list[Path]:
+    """The files a manifest written by `signed_manifest` names (beside it), once its signature and
+    every hash check out; ValueError in one line otherwise (unsigned, another key, a changed file)."""
+    manifest_path = Path(manifest_path)
+    data = read_json(manifest_path, "manifest")
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict) or not isinstance(data.get("hmac"), str):
+        raise ValueError(f"{manifest_path}: not a signed manifest")
+    if not hmac.compare_digest(data["hmac"], _signature(files)):
+        raise ValueError(f"{manifest_path}: not signed with this user's key (written elsewhere or edited)")
+    paths = []
+    for name, sha in files.items():
+        path = manifest_path.parent / name
+        if Path(name).name != name:
+            raise ValueError(f"{manifest_path}: names a file outside its folder: {name!r}")
+        if not path.is_file() or file_sha256(path) != sha:
+            raise ValueError(f"{path}: missing or changed since it was written (sha256 differs from "
+                             f"{manifest_path.name})")
+        paths.append(path)
+    return paths

@@ -45,10 +45,22 @@ class LoadedModel:
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    """`cuda` when available, else CPU (or the device asked for)."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """`cuda` when available, else CPU (or the device asked for: `ModelLoadError` in one line for a
+    name torch does not know, or a CUDA device this machine does not have)."""
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ModelLoadError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelLoadError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
+        if dev.index is not None and dev.index >= count:
+            raise ModelLoadError(f"device {device!r}: this machine has {count} CUDA device(s) "
+                                 f"(cuda:0..cuda:{count - 1})")
+    return dev
 
 
 def parse_dtype(name: str) -> torch.dtype:

@@ -54,3 +54,19 @@ def decoders():
     yield made
     for dec in made:
         dec.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signing_key(tmp_path_factory):
+    """Checkpoint manifests are signed with a per-user key: tests use their own, not ~/.config's."""
+    import os
+
+    from nightjar_rl.io import KEY_ENV
+
+    before = os.environ.get(KEY_ENV)
+    os.environ[KEY_ENV] = str(tmp_path_factory.mktemp("key") / "signing.key")
+    yield os.environ[KEY_ENV]
+    if before is None:
+        os.environ.pop(KEY_ENV, None)
+    else:
+        os.environ[KEY_ENV] = before

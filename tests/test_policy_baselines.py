@@ -52,7 +52,7 @@ def test_table_clamps_to_max_k_and_accepts_triples():
         ({"1-5": 1}, "open range"),
         ({"1+": 1, "5+": 0}, "after an open-ended"),
         ({"1-x": 1}, "form"),
-        ({"1+": -1}, "must be in"),
+        ({"1+": -1}, "must be >= 0, got -1"),
         ({}, "empty"),
     ],
 )

@@ -98,6 +98,9 @@ def _edit(path: Path, change) -> Path:
     ("corrupt manifest", "not valid JSON"),
     ("truncated manifest", "not valid JSON"),
     ("wrong shape", "the network has 16 outputs, expected max_k"),
+    ("weights outside", "weights must be a file inside the manifest.s folder"),
+    ("absolute weights", "weights must be a file inside the manifest.s folder"),
+    ("no sha256", "weights_sha256 .* is required"),
 ])
 def test_broken_artifacts_give_one_clear_error(saved, case, match):
     weights = saved.with_suffix(".safetensors")
@@ -118,6 +121,13 @@ def test_broken_artifacts_give_one_clear_error(saved, case, match):
         saved.write_text(saved.read_text()[:200])
     elif case == "wrong shape":
         _edit(saved, lambda p: p.update(layers=["linear", "tanh", "linear"]))
+    elif case == "weights outside":
+        weights.replace(saved.parent.parent / weights.name)
+        _edit(saved, lambda p: p.update(weights=f"../{weights.name}"))
+    elif case == "absolute weights":
+        _edit(saved, lambda p: p.update(weights=str(weights.resolve())))
+    elif case == "no sha256":
+        _edit(saved, lambda p: p.pop("weights_sha256"))
     with pytest.raises(ValueError, match=match) as info:
         load_policy(saved)
     assert "\n" not in str(info.value) and str(saved) in str(info.value)

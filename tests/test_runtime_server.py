@@ -15,46 +15,17 @@ openai = pytest.importorskip("openai")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from nightjar_rl.cli import main  # noqa: E402
-from nightjar_rl.runtime.policy_spec import runtime_policy  # noqa: E402
-from nightjar_rl.runtime.server import build_server, start_in_thread  # noqa: E402
-from nightjar_rl.runtime.server_config import ServerConfig  # noqa: E402
-from nightjar_rl.stack import EngineConfig, build_stack  # noqa: E402
 
-SEQ = 128
+from .servers import SEQ, slow_engine, start_server, stop_server  # noqa: E402
+
 PROMPTS = ["hello there, how are you", "a b a b a b a b", "def f(x): return x", "the quick brown fox"]
-
-
-def _start(policy: str = "table-mlc_llm", **kwargs):
-    cfg = EngineConfig(model="tiny-random", drafter="ngram", max_batch_size=kwargs.pop("max_batch_size", 4),
-                       max_seq_len=SEQ, max_speculation=6, max_waiting=kwargs.pop("max_waiting", None))
-    stack = build_stack(cfg)
-    app, loop = build_server(stack, runtime_policy(6, policy=policy), ServerConfig(**kwargs))
-    server, thread, url = start_in_thread(app)
-    return server, thread, url, loop
-
-
-def _slow(loop, seconds: float = 0.02) -> None:
-    """Slow the engine's steps so a request stays in flight long enough to act on it."""
-    step = loop.engine.step
-
-    def slow_step(k):
-        time.sleep(seconds)
-        return step(k)
-
-    loop.engine.step = slow_step
-
-
-def _stop(server, thread, loop):
-    server.should_exit = True
-    thread.join(10)
-    loop.stop()
 
 
 @pytest.fixture(scope="module")
 def srv():
-    server, thread, url, loop = _start()
+    server, thread, url, loop = start_server()
     yield url, loop
-    _stop(server, thread, loop)
+    stop_server(server, thread, loop)
 
 
 def _complete(url, prompt, max_tokens=12, **extra) -> dict:
@@ -166,8 +137,8 @@ def test_malformed_json_is_400(srv):
 
 
 def test_streaming_disconnect_aborts_the_request():
-    server, thread, url, loop = _start(policy="fixed-0")
-    _slow(loop)
+    server, thread, url, loop = start_server(policy="fixed-0")
+    slow_engine(loop)
     try:
         with httpx.Client(timeout=30) as client:
             with client.stream("POST", f"{url}/v1/completions",
@@ -184,12 +155,12 @@ def test_streaming_disconnect_aborts_the_request():
         assert _metrics(url)[("vllm:request_success_total", "abort")] >= 1
         assert not loop.engine.running and not loop.engine.waiting  # slot and KV freed
     finally:
-        _stop(server, thread, loop)
+        stop_server(server, thread, loop)
 
 
 def test_full_queue_gets_503():
-    server, thread, url, loop = _start(policy="fixed-0", max_batch_size=1, max_waiting=1)
-    _slow(loop)
+    server, thread, url, loop = start_server(policy="fixed-0", max_batch_size=1, max_waiting=1)
+    slow_engine(loop)
     try:
         with httpx.Client(timeout=60) as client:
             with client.stream("POST", f"{url}/v1/completions", json={"prompt": "one", "max_tokens": 100, "stream": True}) as r1:
@@ -199,7 +170,7 @@ def test_full_queue_gets_503():
                     r3 = client.post(f"{url}/v1/completions", json={"prompt": "three", "max_tokens": 5})
                     assert r3.status_code == 503 and "queue is full" in r3.json()["error"]["message"]
     finally:
-        _stop(server, thread, loop)
+        stop_server(server, thread, loop)
 
 
 def test_abort_calls_engine_abort_when_present():

@@ -1,6 +1,7 @@
 """The sb3 policy kind: training on the tiny scenarios with each algorithm, checkpoints and resume,
 TensorBoard, the exported artifact against SB3's own predictions, the train command, config errors."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +209,49 @@ def test_replicates_train_one_policy_per_seed_and_evaluate_each(tmp_path):
     df = result.results
     assert sorted(df.loc[df["policy"] == "dqn", "replicate"].unique()) == [0, 1]
     assert (result.run_dir / "checkpoints" / "dqn.rep1" / "model_64_steps.zip").is_file()
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A PPO run stopped after its 128-step checkpoint (copied by each test that tampers with it)."""
+    folder = tmp_path_factory.mktemp("interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        train_sb3(parse_sb3_spec(sb3_spec("PPO")), load_scenario("tiny-sim"), folder, "ppo", progress=False,
+                  callbacks=[Interrupt(150)])
+    return folder
+
+
+@pytest.mark.parametrize("tamper, match", [
+    ("stats", "vecnormalize_128_steps.pkl: missing or changed since it was written"),
+    ("model", "model_128_steps.zip: missing or changed since it was written"),
+    ("no manifest", "it has no signed manifest"),
+    ("forged manifest", "not signed with this user's key"),
+    ("other key", "not signed with this user's key"),
+])
+def test_resume_refuses_checkpoints_it_did_not_write(interrupted, tmp_path, monkeypatch, tamper, match):
+    import shutil
+
+    from nightjar_rl.experiments.sb3_train import manifest_path
+    from nightjar_rl.io import KEY_ENV, file_sha256
+
+    run = tmp_path / "run"
+    shutil.copytree(interrupted, run)
+    ckpt = run / "checkpoints" / "ppo"
+    manifest = manifest_path(ckpt, 128)
+    if tamper == "stats":
+        (ckpt / "vecnormalize_128_steps.pkl").write_bytes(b"crafted pickle")
+    elif tamper == "model":
+        with open(ckpt / "model_128_steps.zip", "ab") as fh:
+            fh.write(b"\0")
+    elif tamper == "no manifest":
+        manifest.unlink()
+    elif tamper == "forged manifest":  # a crafted pickle with a manifest whose hashes match it
+        (ckpt / "vecnormalize_128_steps.pkl").write_bytes(b"crafted pickle")
+        data = json.loads(manifest.read_text())
+        data["files"]["vecnormalize_128_steps.pkl"] = file_sha256(ckpt / "vecnormalize_128_steps.pkl")
+        manifest.write_text(json.dumps(data))
+    elif tamper == "other key":
+        monkeypatch.setenv(KEY_ENV, str(tmp_path / "someone-else.key"))
+    with pytest.raises(ExperimentError, match=match) as info:
+        train_sb3(parse_sb3_spec(sb3_spec("PPO")), load_scenario("tiny-sim"), run, "ppo", progress=False)
+    assert "\n" not in str(info.value)

@@ -55,3 +55,15 @@ def test_it_appends_to_an_existing_table(tmp_path):
     with TableAppender(clock=FakeClock()) as tables:
         tables.add(path, rows(3))
     assert list(read_table(path)["x"]) == [1, 2, 3]
+
+
+def test_append_rows_replacing_a_unit_of_work_never_duplicates_it(tmp_path):
+    """train.csv: a learner retrained after a kill between its log append and its policy save."""
+    path = tmp_path / "train.csv"
+    log = pd.DataFrame({"policy": ["a", "a"], "replicate": [0, 0], "episode": [0, 1]})
+    other = pd.DataFrame({"policy": ["a", "b"], "replicate": [1, 0], "episode": [0, 0]})
+    recorder.append_rows(path, other)
+    recorder.append_rows(path, log, replace={"policy": "a", "replicate": 0})
+    recorder.append_rows(path, log, replace={"policy": "a", "replicate": 0})  # the retrain
+    table = read_table(path)
+    assert len(table) == 4 and table[(table.policy == "a") & (table.replicate == 0)].episode.tolist() == [0, 1]

@@ -109,6 +109,16 @@ class SpecPlan:
         """The length of each of `request_ids`, in order."""
         return [self.lengths.get(rid, self.default) for rid in request_ids]
 
+    def capped(self, caps: Mapping[str, int]) -> SpecPlan:
+        """This plan with each named request given at most its cap (the minimum of the two); the
+        caller names only running requests (e.g. per-request caps set by server clients)."""
+        if not caps:
+            return self
+        lengths = dict(self.lengths)
+        for rid, cap in caps.items():
+            lengths[rid] = min(self.length_for(rid), _length(cap, f"cap of request {rid!r}"))
+        return SpecPlan(self.default, lengths)
+
     def to_dict(self) -> dict:
         return {"default": self.default, "lengths": dict(self.lengths)}
 

@@ -35,10 +35,18 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
 
 
-def append_rows(path: str | Path, rows: pd.DataFrame) -> pd.DataFrame:
-    """Append `rows` to the table at `path` (created if missing), rewriting it atomically."""
+def append_rows(path: str | Path, rows: pd.DataFrame, replace: dict | None = None) -> pd.DataFrame:
+    """Append `rows` to the table at `path` (created if missing), rewriting it atomically. With
+    `replace` ({column: value}), existing rows matching it are dropped first: appending a unit of
+    work again (after an interrupt between its append and its completion) never duplicates it."""
     path = Path(path)
-    table = pd.concat([read_table(path), rows], ignore_index=True) if path.exists() else rows
+    table = read_table(path) if path.exists() else None
+    if table is not None and replace:
+        stale = pd.Series(True, index=table.index)
+        for column, value in replace.items():
+            stale &= table[column] == value if column in table else False
+        table = table[~stale]
+    table = pd.concat([table, rows], ignore_index=True) if table is not None else rows
     write_table(table, path)
     return table
 

@@ -181,7 +181,9 @@ def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, ctx: SweepConte
     bar = tqdm(total=len(jobs), desc=f"train {cfg.name}", unit="learner", disable=not progress or not jobs)
     for job, (artifact, log) in executor.map(train_job, ctx, jobs):
         if log:  # train.episodes 0: deployed as built (or as the artifact the spec holds)
-            append_rows(run_dir / "train.csv", pd.DataFrame(log))
+            # a learner retrained after an interrupt (its log written, its policy not) replaces its rows
+            append_rows(run_dir / "train.csv", pd.DataFrame(log),
+                        replace={"policy": job.policy, "replicate": job.replicate})
         save_policy(policy_from_dict(artifact), _policy_file(run_dir, job.policy, job.replicate))
         artifacts[(job.policy, job.replicate)] = artifact
         bar.update()
@@ -245,10 +247,24 @@ def _cell_key(row) -> tuple:
 
 
 def _finished_cells(run_dir: Path) -> set[tuple]:
+    """Cells results.csv already holds; ExperimentError naming the file and the row when it cannot
+    be read back (a truncated or edited file), instead of a conversion error."""
     path = run_dir / "results.csv"
     if not path.is_file():
         return set()
-    return {_cell_key(row) for row in read_table(path).itertuples(index=False)}
+    try:
+        table = read_table(path)
+    except ValueError as exc:  # pandas' ParserError / EmptyDataError
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ExperimentError(f"{path}: cannot be read ({first}); fix or remove it to resume") from None
+    cells = set()
+    for n, row in enumerate(table.itertuples(index=False), 1):
+        try:
+            cells.add(_cell_key(row))
+        except (AttributeError, TypeError, ValueError):
+            raise ExperimentError(f"{path}: data row {n} is incomplete (a truncated file?); remove it to re-run "
+                                  f"its cell") from None
+    return cells
 
 
 def canonical_order(df: pd.DataFrame, cells: list[CellJob]) -> pd.DataFrame:

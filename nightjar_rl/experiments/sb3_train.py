@@ -7,13 +7,17 @@ the run folder:
     checkpoints/NAME/model_<steps>_steps.zip     SB3 checkpoints (resumable), every checkpoint_every steps
     checkpoints/NAME/vecnormalize_<steps>_steps.pkl   the VecNormalize statistics of that checkpoint
     checkpoints/NAME/replay_buffer.pkl           DQN only: the replay buffer of the latest checkpoint
+    checkpoints/NAME/model_<steps>_steps.manifest.json   sha256 of that checkpoint's files, signed (HMAC) with
+                                                 this user's key (`nightjar_rl.io.local_key`)
     tb/NAME_1/events.out.tfevents.*              TensorBoard (SB3's rollout/train/eval/time scalars)
     eval/NAME/evaluations.npz                    evaluation callback results on held-apart seeds
     policies/NAME.json + NAME.safetensors        the exported policy (loads without SB3)
 
 Resuming: when checkpoints/NAME holds a checkpoint, training continues from the newest one (model,
 VecNormalize statistics, replay buffer) and its step count up to total_timesteps; the episode that
-was running when training stopped is not resumed (each env starts a fresh workload).
+was running when training stopped is not resumed (each env starts a fresh workload). Resume unpickles
+only a checkpoint whose signed manifest checks out (`trusted_checkpoint_files`): files it did not
+write, or wrote under another user's key, are refused before anything is loaded.
 
 Vectorised envs: `n_envs` envs step together. Live envs run in this process (DummyVecEnv) and share
 one loaded target model: their reward is measured wall time, which parallel processes on the same
@@ -51,6 +55,7 @@ from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
 from nightjar_rl.experiments.config import ExperimentConfig
 from nightjar_rl.experiments.fields import ExperimentError
 from nightjar_rl.experiments.sb3_config import SB3Spec, parse_sb3_spec, sb3_algorithm
+from nightjar_rl.io import atomic_write_json, check_signed_manifest, signed_manifest
 from nightjar_rl.policy import load_policy
 from nightjar_rl.policy.sb3 import check_export, export_sb3
 
@@ -127,6 +132,30 @@ def latest_checkpoint(folder: Path) -> tuple[int, Path, Path] | None:
     return max(found) if found else None
 
 
+def manifest_path(folder: Path, steps: int) -> Path:
+    """The signed manifest of checkpoint `steps` (sha256 of each of its files, see `CheckpointCallback`)."""
+    return Path(folder) / f"model_{steps}_steps.manifest.json"
+
+
+def trusted_checkpoint_files(folder: Path, steps: int) -> set[Path]:
+    """The files of checkpoint `steps` that resume may load (unpickle): those its signed manifest
+    names, each unchanged since this user's nightjar-rl wrote it. ExperimentError in one line when
+    the manifest is missing, not signed with this user's key, or a file differs."""
+    path = manifest_path(folder, steps)
+    if not path.is_file():
+        zip_path = Path(folder) / f"model_{steps}_steps.zip"
+        raise ExperimentError(f"refusing to resume from {zip_path}: it has no signed "
+                              f"manifest ({path.name}), so it was not written by this user's nightjar-rl")
+    try:
+        files = set(check_signed_manifest(path))
+    except ValueError as exc:
+        raise ExperimentError(f"refusing to resume: {exc}") from None
+    needed = {Path(folder) / f"model_{steps}_steps.zip", Path(folder) / f"vecnormalize_{steps}_steps.pkl"}
+    if not needed <= files:
+        raise ExperimentError(f"refusing to resume: {path} does not name the checkpoint's model and statistics")
+    return files
+
+
 class CheckpointCallback(BaseCallback):
     """Every `every` timesteps (and at the end): VecNormalize statistics, the DQN replay buffer
     (latest only), then the model zip, each written to a temp name and renamed, so a checkpoint whose
@@ -150,11 +179,16 @@ class CheckpointCallback(BaseCallback):
         steps, f = self.num_timesteps, self.folder
         self.model.get_vec_normalize_env().save(str(f / ".vecnormalize.tmp"))
         os.replace(f / ".vecnormalize.tmp", f / f"vecnormalize_{steps}_steps.pkl")
+        staged = {f"vecnormalize_{steps}_steps.pkl": f / f"vecnormalize_{steps}_steps.pkl"}
         if hasattr(self.model, "replay_buffer") and self.model.replay_buffer is not None:
             self.model.save_replay_buffer(f / ".replay_buffer.tmp.pkl")
-            os.replace(f / ".replay_buffer.tmp.pkl", f / "replay_buffer.pkl")
+            staged["replay_buffer.pkl"] = f / ".replay_buffer.tmp.pkl"
         self.model.save(f / ".model.tmp.zip")
-        os.replace(f / ".model.tmp.zip", f / f"model_{steps}_steps.zip")
+        staged[f"model_{steps}_steps.zip"] = f / ".model.tmp.zip"
+        atomic_write_json(manifest_path(f, steps), signed_manifest(staged))  # before the zip marks it complete
+        for name, tmp in staged.items():
+            if tmp.name != name:
+                os.replace(tmp, f / name)
         self.last = steps
 
 
@@ -274,9 +308,10 @@ def _train(spec: SB3Spec, scenario: Scenario, run_dir: Path, name: str, target, 
     last = latest_checkpoint(ckpt_dir)
     if last is not None:
         resumed_from, zip_path, stats_path = last
+        trusted = trusted_checkpoint_files(ckpt_dir, resumed_from)  # checked before anything is unpickled
         venv = VecNormalize.load(str(stats_path), venv)
         model = algo_cls.load(zip_path, env=venv, device="cpu", tensorboard_log=str(tb_dir))
-        if (ckpt_dir / "replay_buffer.pkl").is_file() and hasattr(model, "load_replay_buffer"):
+        if ckpt_dir / "replay_buffer.pkl" in trusted and hasattr(model, "load_replay_buffer"):
             model.load_replay_buffer(ckpt_dir / "replay_buffer.pkl")
         venv.seed(seed + resumed_from)  # fresh workloads, not the ones before the interruption
     else:

@@ -34,8 +34,8 @@ def check_int(name: str, value: Any, low: int = 0, high: int | None = None) -> i
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < low or (high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be in {bound}, got {value}")
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
     return int(value)
 
 
@@ -44,8 +44,8 @@ def check_float(name: str, value: Any, low: float = 0.0, high: float | None = No
         raise ValueError(f"{name} must be a number, got {value!r}")
     value = float(value)
     if not np.isfinite(value) or value < low or (high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be finite and in {bound}, got {value}")
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be finite and {bound}, got {value}")
     return value
 
 

@@ -4,8 +4,8 @@ The artifact is data: the usual JSON manifest (`nightjar-rl/policy` version 1, t
 safetensors file beside it holding the weights. Loading needs numpy and safetensors, never
 stable-baselines3 or torch. `params` of the manifest:
 
-    weights          the safetensors file name, relative to the manifest's folder
-    weights_sha256   sha256 of that file; a different or modified file is refused
+    weights          the safetensors file name, inside the manifest's folder (no absolute path, no "..")
+    weights_sha256   sha256 of that file (required); a different or modified file is refused
     layers           e.g. ["linear", "tanh", "linear", "tanh", "linear"]; linear layer i has tensors
                      "layers.{i}.weight" (out x in, float32) and "layers.{i}.bias" (out)
     output           "logits" (PPO/A2C action logits) | "q_values" (DQN); both have max_k + 1 entries
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePath, PureWindowsPath
 
 import numpy as np
 
@@ -140,16 +140,20 @@ class MLPPolicy(Policy):
 
         if not isinstance(weights, str) or not weights:
             raise ValueError(f"weights must be a safetensors file name, got {weights!r}")
-        path = Path(weights)
-        if not path.is_absolute() and base_dir is not None:
-            path = Path(base_dir) / path
+        name = PurePath(weights)
+        if name.is_absolute() or PureWindowsPath(weights).is_absolute() or ".." in name.parts or "\\" in weights:
+            raise ValueError(f"weights must be a file inside the manifest's folder (no absolute path, no '..'), "
+                             f"got {weights!r}")
+        if not isinstance(sha, str) or len(sha) != 64:
+            raise ValueError(f"weights_sha256 (the sha256 of {weights!r}, 64 hex digits) is required, got {sha!r}")
+        path = Path(base_dir) / name if base_dir is not None else Path(name)
         if not path.is_file():
             raise ValueError(f"weights file {path} not found (the manifest names {weights!r})")
         data = path.read_bytes()
         actual = sha256_bytes(data)
-        if sha is not None and actual != sha:
+        if actual != sha.lower():
             raise ValueError(f"weights file {path} does not match the manifest: sha256 {actual[:12]}..., "
-                             f"expected {str(sha)[:12]}... (a different or modified file)")
+                             f"expected {sha[:12]}... (a different or modified file)")
         try:
             tensors = load(data)
         except SafetensorError as exc:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nightjar_rl.contracts.rewards import make_reward
+from nightjar_rl.io import check_writable
 from nightjar_rl.policy.base import Policy
 from nightjar_rl.policy.baselines import FixedK
 from nightjar_rl.policy.resolve import resolve_policy
@@ -74,4 +75,5 @@ def runtime_policy(
         if policy is None or not Path(policy).is_file():
             raise ValueError("--learn with a policy spec needs --save-policy FILE")
         save_policy = str(Path(policy).with_suffix(".learned.json"))
+        check_writable(save_policy, "--save-policy (default: ARTIFACT.learned.json)")
     return RuntimePolicy(chosen, True, Path(save_policy), log, make_reward("decode_throughput"))

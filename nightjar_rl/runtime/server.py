@@ -3,27 +3,39 @@
 Endpoints: POST /v1/completions, POST /v1/chat/completions (streaming via server-sent events when
 `"stream": true`), GET /v1/models, GET /health, GET /metrics (Prometheus text, see `metrics.py`).
 Errors use OpenAI's body {"error": {"message", "type", "param", "code"}}: 400 for a request that
-cannot be served (too long for the context, unsupported option, malformed body or JSON), 404 for
-an unknown model name, 503 when the waiting queue is full or the engine has failed.
+cannot be served (too long for the context, unsupported option, malformed body or JSON, text that
+is not valid Unicode), 404 for an unknown model name, 413 for a body over `--max-request-bytes`,
+503 when the waiting queue is full or the engine has failed.
+
+Extensions (see `protocol.py`): `"speculation": {"max_tokens": N}` caps this request's speculation
+length (the step's plan gives it the minimum of the policy's length and N; 0 = off), and
+`"return_speculation_metrics": true` adds `speculation_metrics` (vLLM's spec-decode counters for
+this request, its acceptance rate and accepted-length histogram) to the response, or to the last
+chunk of a stream.
 
 The engine runs in its own thread (`loop.EngineLoop`); a handler submits its request, then
-receives token events through an asyncio queue. A client that disconnects (streaming or not) has
-its request aborted.
+receives token events through an asyncio queue. Tokenization runs in a tokenizer thread, so a huge
+prompt never blocks the event loop (/health keeps answering). A client that disconnects (streaming
+or not) has its request aborted. On shutdown, or if the engine fails, requests in flight end with
+an error event and the server stops (`make_server(..., engine_loop)`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
-import dataclasses
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from nightjar_rl.decoding.sequence import Request as EngineRequest
 from nightjar_rl.runtime.loop import EngineLoop, OverloadedError, TokenEvent
@@ -32,24 +44,87 @@ from nightjar_rl.runtime.server_config import ServerConfig
 from nightjar_rl.text import TextCodec
 
 
+def _json(body: Any, status: int = 200) -> Response:
+    """A JSON response; `ensure_ascii` keeps any lone surrogate echoed from a request encodable."""
+    return Response(json.dumps(body), status_code=status, media_type="application/json")
+
+
 class APIError(Exception):
     def __init__(self, status: int, message: str, kind: str = "BadRequestError", param: str | None = None):
         super().__init__(message)
         self.status, self.message, self.kind, self.param = status, message, kind, param
 
-    def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
-        return JSONResponse(body, status_code=self.status)
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
+
+    def response(self) -> Response:
+        return _json(self.body(), self.status)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` gets HTTP 413 before anything parses it (the
+    body is read here, at most `max_bytes` of it, and handed on whole)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._reject(scope, receive, send)
+                return
+            if not message.get("more_body"):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, scope, receive, send) -> None:
+        error = APIError(413, f"the request body is larger than {self.max_bytes} bytes (--max-request-bytes)",
+                         "RequestTooLargeError")
+        await error.response()(scope, receive, send)
+
+
+def _encode_checked(encode: Callable[[Any], list[int]], value: Any, param: str) -> list[int]:
+    """`encode(value)` once its text is known to be valid Unicode (a lone surrogate is a 400)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(400, f"{param} is not valid Unicode text (a lone surrogate)", param=param) from None
+    return encode(value)
 
 
 class RequestStream:
     """One request in flight: token events from the engine thread into an asyncio queue."""
 
-    def __init__(self, loop: EngineLoop, request_id: str, prompt_ids: list[int], max_tokens: int):
+    def __init__(self, loop: EngineLoop, request_id: str, prompt_ids: list[int], max_tokens: int,
+                 cap: int | None = None, speculation_metrics: bool = False):
         self.engine_loop, self.request_id = loop, request_id
         self.prompt_ids, self.max_tokens = prompt_ids, max_tokens
+        self.cap, self.speculation_metrics = cap, speculation_metrics
         self.events: asyncio.Queue[TokenEvent] = asyncio.Queue()
         self.finished = False
+        self.speculation: dict | None = None  # the request's speculation metrics, from its last event
 
     async def submit(self) -> None:
         aio = asyncio.get_running_loop()
@@ -62,7 +137,7 @@ class RequestStream:
             aio.call_soon_threadsafe(self.events.put_nowait, event)
 
         request = EngineRequest(self.request_id, self.prompt_ids, self.max_tokens, time.time())
-        self.engine_loop.submit(request, listener, ack)
+        self.engine_loop.submit(request, listener, ack, self.cap, self.speculation_metrics)
         try:
             exc = await accepted
         except asyncio.CancelledError:
@@ -78,6 +153,7 @@ class RequestStream:
                 event = await self.events.get()
                 if event.finish_reason is not None:
                     self.finished = True
+                    self.speculation = event.speculation
                 if event.error is not None:
                     raise APIError(503, event.error, "ServiceUnavailableError")
                 yield event
@@ -92,14 +168,27 @@ class RequestStream:
 
 def create_app(engine_loop: EngineLoop, codec: TextCodec, cfg: ServerConfig) -> FastAPI:
     app = FastAPI(title="nightjar-rl", description="OpenAI-compatible speculative decoding server")
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_request_bytes)
     created = int(time.time())
+    tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightjar-tokenize")
+
+    async def tokenize(encode: Callable[[Any], list[int]], value: Any, param: str) -> list[int]:
+        """Tokens of `value`, computed off the event loop (one tokenizer thread: HF tokenizers are
+        not safe to share across threads)."""
+        aio = asyncio.get_running_loop()
+        return await aio.run_in_executor(tokenizer_thread, _encode_checked, encode, value, param)
 
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+    async def _api_error(_: Request, exc: APIError) -> Response:
         return exc.response()
 
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> Response:  # e.g. a body that is not UTF-8
+        kind = {404: "NotFoundError", 405: "MethodNotAllowedError"}.get(exc.status_code, "BadRequestError")
+        return APIError(exc.status_code, str(exc.detail), kind).response()
+
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
@@ -121,14 +210,17 @@ def create_app(engine_loop: EngineLoop, codec: TextCodec, cfg: ServerConfig) -> 
                 "root": cfg.model_name, "max_model_len": cfg.max_seq_len}
         return {"object": "list", "data": [card]}
 
-    def prepare(req, prompt_ids: list[int], max_tokens: int | None) -> RequestStream:
+    def check(req) -> None:
+        """Refuse what no prompt can fix: unknown model, engine down, unsupported options."""
         if req.model is not None and req.model != cfg.model_name:
             raise APIError(404, f"The model `{req.model}` does not exist.", "NotFoundError", "model")
         if not engine_loop.alive:
             raise APIError(503, engine_loop.error or "the engine is not running", "ServiceUnavailableError")
-        reason = unsupported(req, cfg.temperature, cfg.top_p)
-        if reason:
-            raise APIError(400, reason)
+        refused = unsupported(req, cfg.temperature, cfg.top_p)
+        if refused:
+            raise APIError(400, refused[1], param=refused[0])
+
+    def prepare(req, prompt_ids: list[int], max_tokens: int | None) -> RequestStream:
         if not prompt_ids:
             raise APIError(400, "the prompt is empty", param="prompt")
         room = cfg.max_seq_len - len(prompt_ids)
@@ -138,16 +230,18 @@ def create_app(engine_loop: EngineLoop, codec: TextCodec, cfg: ServerConfig) -> 
             raise APIError(400, f"This model's maximum context length is {cfg.max_seq_len} tokens. However, you "
                                 f"requested {len(prompt_ids) + max(max_tokens, 1)} tokens ({len(prompt_ids)} in the "
                                 f"prompt, {max(max_tokens, 1)} for the completion). Please reduce the prompt or max_tokens.")
-        return RequestStream(engine_loop, f"{uuid.uuid4().hex}", prompt_ids, max_tokens)
+        return RequestStream(engine_loop, f"{uuid.uuid4().hex}", prompt_ids, max_tokens, req.speculation_cap,
+                             req.return_speculation_metrics)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, raw: Request):
+        check(req)
         prompt = req.prompt
         if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
             if len(prompt) != 1:
                 raise APIError(400, "batched prompts (a list of prompts) are not supported; send one per request", param="prompt")
             prompt = prompt[0]
-        ids = codec.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        ids = await tokenize(codec.encode, prompt, "prompt") if isinstance(prompt, str) else [int(t) for t in prompt]
         vocab = codec.vocab_size
         if any(not 0 <= t < vocab for t in ids):
             raise APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
@@ -157,7 +251,8 @@ def create_app(engine_loop: EngineLoop, codec: TextCodec, cfg: ServerConfig) -> 
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, raw: Request):
-        ids = codec.encode_chat([m.model_dump() for m in req.messages])
+        check(req)
+        ids = await tokenize(codec.encode_chat, [m.model_dump() for m in req.messages], "messages")
         stream = prepare(req, ids, req.max_completion_tokens or req.max_tokens)
         await stream.submit()
         return await respond(stream, req, raw, chat=True)
@@ -178,6 +273,8 @@ def create_app(engine_loop: EngineLoop, codec: TextCodec, cfg: ServerConfig) -> 
         body = {**head, "choices": [choice], "usage": usage_of(stream, len(ids))}
         if req.return_token_ids:
             body["prompt_token_ids"] = stream.prompt_ids
+        if stream.speculation is not None:
+            body["speculation_metrics"] = stream.speculation
         return body
 
     async def collect(stream: RequestStream, raw: Request) -> tuple[list[int], str]:
@@ -214,7 +311,8 @@ def create_app(engine_loop: EngineLoop, codec: TextCodec, cfg: ServerConfig) -> 
                 choice["text"] = delta_text or ""
             if token_ids and not role:
                 choice["token_ids"] = ids
-            return "data: " + json.dumps({**head, "object": obj, "choices": [choice]}) + "\n\n"
+            extra = {"speculation_metrics": stream.speculation} if finish and stream.speculation is not None else {}
+            return "data: " + json.dumps({**head, "object": obj, "choices": [choice], **extra}) + "\n\n"
 
         try:
             if chat:
@@ -228,7 +326,7 @@ def create_app(engine_loop: EngineLoop, codec: TextCodec, cfg: ServerConfig) -> 
                 yield "data: " + json.dumps({**head, "object": obj, "choices": [], "usage": usage_of(stream, n_out)}) + "\n\n"
             yield "data: [DONE]\n\n"
         except APIError as exc:
-            yield "data: " + json.dumps({"error": {"message": exc.message, "type": exc.kind, "code": exc.status}}) + "\n\n"
+            yield "data: " + json.dumps(exc.body()) + "\n\n"
 
     def usage_of(stream: RequestStream, n_out: int) -> dict:
         n_in = len(stream.prompt_ids)
@@ -237,16 +335,31 @@ def create_app(engine_loop: EngineLoop, codec: TextCodec, cfg: ServerConfig) -> 
     return app
 
 
-def make_server(app: FastAPI, host: str, port: int, log_level: str = "info"):
+def make_server(app: FastAPI, host: str, port: int, log_level: str = "info", engine_loop: EngineLoop | None = None):
+    """A uvicorn server for `app`. With its `engine_loop`, the two stop together: a shutdown signal
+    stops the engine first (streams in flight get an error event instead of being cut), and an
+    engine that stops or fails stops the server (no process left answering 503)."""
     import uvicorn
 
-    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5))
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    if engine_loop is not None:
+        handle_exit = server.handle_exit
+
+        def stop_engine_then_server(sig: int, frame) -> None:
+            engine_loop.shutdown()
+            handle_exit(sig, frame)
+
+        server.handle_exit = stop_engine_then_server
+        engine_loop.on_exit = lambda: setattr(server, "should_exit", True)
+    return server
 
 
-def start_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> tuple[object, threading.Thread, str]:
+def start_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
+                    engine_loop: EngineLoop | None = None) -> tuple[object, threading.Thread, str]:
     """Run `app` with uvicorn in a background thread (tests, benchmarks). Port 0 picks a free one.
     Returns (server, thread, base URL); stop with `server.should_exit = True; thread.join()`."""
-    server = make_server(app, host, port, log_level="warning")
+    server = make_server(app, host, port, log_level="warning", engine_loop=engine_loop)
     thread = threading.Thread(target=server.run, name="nightjar-http", daemon=True)
     thread.start()
     deadline = time.time() + 30

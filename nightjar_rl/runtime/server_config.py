@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 
-from nightjar_rl.schema import check, option
+from nightjar_rl.schema import ConfigError, check, option
 from nightjar_rl.stack import EngineConfig
 
 
@@ -19,10 +20,26 @@ class ServerConfig:
     served_model_name: str | None = option(None, "model name clients pass (default: the engine's model)", str)
     default_max_tokens: int = option(256, "max_tokens of a request that sets none (capped by the context left)",
                                      low=1)
+    max_request_bytes: int = option(8 * 1024 * 1024, "largest request body in bytes (larger: HTTP 413)", low=1)
 
     def validate(self, where: str = "server") -> ServerConfig:
         check(self, where)
         return self
+
+    def check_bind(self) -> None:
+        """`ConfigError` (one line) unless `host:port` can be bound now (checked before a model loads;
+        the port is released again at once)."""
+        try:
+            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise ConfigError(f"server: cannot resolve host {self.host!r} ({exc})") from None
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise ConfigError(f"server: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
 
     @property
     def model_name(self) -> str:
