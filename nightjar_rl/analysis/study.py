@@ -69,28 +69,42 @@ def headline(df: pd.DataFrame, learned: Sequence[str], fixed: Sequence[str], met
     return pd.DataFrame(rows)
 
 
-def verdict(table: pd.DataFrame, win: float = 1.15, low_loss: float = 0.97, hindsight: float = 0.97) -> list[str]:
-    """The study's goals checked on a `headline` table: +15% over the best single fixed k at the
-    highest load (intervals apart), at most 3% loss at the lowest load, within 3% of the hindsight
-    best at every load point. One line per goal, stating the numbers whatever they are. Loads read
-    "64/s" (rate) or "C=64" (concurrency)."""
+GOALS = {"win": 1.15, "low_loss": 0.97, "hindsight": 0.97}  # the Nightjar study's own targets (opt-in)
+
+
+def findings(table: pd.DataFrame) -> list[str]:
+    """A `headline` table as three plain statements, with no targets: the best learner vs the best
+    single fixed k at the highest and the lowest load (intervals apart or not, paired per seed), and
+    its worst ratio to the per-load hindsight best. Loads read "64/s" (rate) or "C=64" (concurrency)."""
     axis = CONCURRENCY if CONCURRENCY in table.columns else RATE
     hi, lo = table.iloc[-1], table.iloc[0]
     name, single = hi["policy"], hi["single_fixed"]
     worst = table.loc[table["vs_hindsight"].idxmin()]
-    met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
-    high_ok = hi["vs_single"] >= win and hi["apart_from_single"]
     return [
         f"high load ({format_load(axis, hi[axis])}): {name} {hi['mean']:.1f} ± {hi['half']:.1f} vs best single fixed k "
         f"{single} {hi['single_mean']:.1f} ± {hi['single_half']:.1f} tok/s = {hi['vs_single']:.3f}x "
         f"(intervals {'apart' if hi['apart_from_single'] else 'overlap'}; paired per seed "
-        f"{hi['paired_vs_single']:.3f} ± {hi['paired_half']:.3f}x); goal >= {win:.2f}x: {met(high_ok)}",
-        f"low load ({format_load(axis, lo[axis])}): {name} {lo['vs_single']:.3f}x the best single fixed k; "
-        f"goal >= {low_loss:.2f}x: {met(lo['vs_single'] >= low_loss)}",
+        f"{hi['paired_vs_single']:.3f} ± {hi['paired_half']:.3f}x)",
+        f"low load ({format_load(axis, lo[axis])}): {name} {lo['vs_single']:.3f}x the best single fixed k "
+        f"(intervals {'apart' if lo['apart_from_single'] else 'overlap'}; paired per seed "
+        f"{lo['paired_vs_single']:.3f} ± {lo['paired_half']:.3f}x)",
         f"vs hindsight best fixed k per {'concurrency' if axis == CONCURRENCY else 'rate'}: "
-        f"worst {worst['vs_hindsight']:.3f}x at {format_load(axis, worst[axis])} "
-        f"({worst['hindsight']}); goal >= {hindsight:.2f}x everywhere: {met(table['vs_hindsight'].min() >= hindsight)}",
+        f"worst {worst['vs_hindsight']:.3f}x at {format_load(axis, worst[axis])} ({worst['hindsight']})",
     ]
+
+
+def verdict(table: pd.DataFrame, win: float = GOALS["win"], low_loss: float = GOALS["low_loss"],
+            hindsight: float = GOALS["hindsight"]) -> list[str]:
+    """`findings` checked against targets (defaults: the Nightjar study's goals, +15% over the best
+    single fixed k at the highest load with intervals apart, at most 3% loss at the lowest load,
+    within 3% of the hindsight best everywhere). An experiment prints these only when its config
+    declares `goals:`; one line per goal, stating the numbers whatever they are."""
+    hi, lo = table.iloc[-1], table.iloc[0]
+    met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    high_ok = hi["vs_single"] >= win and hi["apart_from_single"]
+    checks = [f"goal >= {win:.2f}x: {met(high_ok)}", f"goal >= {low_loss:.2f}x: {met(lo['vs_single'] >= low_loss)}",
+              f"goal >= {hindsight:.2f}x everywhere: {met(table['vs_hindsight'].min() >= hindsight)}"]
+    return [f"{line}; {check}" for line, check in zip(findings(table), checks)]
 
 
 def training_spread(df: pd.DataFrame, metric: str = "throughput_tok_s") -> pd.DataFrame:

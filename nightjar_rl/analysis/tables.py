@@ -49,3 +49,14 @@ def format_summary(df: pd.DataFrame) -> str:
         table.columns = [format_load(axis, v) for v in table.columns]
         parts.append(f"{label}, by {axis_name(axis)}:\n" + table.to_string(float_format=fmt.format))
     return "\n\n".join(parts)
+
+
+def with_speedup(df: pd.DataFrame, baseline: str, metric: str = "throughput_tok_s") -> pd.DataFrame:
+    """`df` plus a `speedup` column: each row's `metric` over the `baseline` policy's at the same load
+    and seed (paired: the same workload), so its interval over seeds is the sharp comparison."""
+    if baseline not in set(df["policy"]):
+        raise ValueError(f"baseline policy {baseline!r} is not in the results")
+    keys = [c for c in ("rate", "concurrency", "seed") if c in df.columns]
+    base = df[df["policy"] == baseline].groupby(keys, dropna=False)[metric].mean().rename("_base").reset_index()
+    out = df.merge(base, on=keys, how="left")
+    return out.assign(speedup=out[metric] / out["_base"]).drop(columns="_base")

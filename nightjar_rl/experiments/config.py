@@ -29,6 +29,16 @@ Fields:
     executor      str|map  local (default) | ray | {kind: ray, address: ADDR|null, workers: N|null}:
                          where the training jobs and evaluation cells run; results do not depend on it
                          (not part of the run's config.yaml, so a run may be resumed on another executor)
+    goals         map    optional targets the summary checks the headline against: {win: X,
+                         low_loss: X, hindsight: X} (any subset; `{}`: the Nightjar study's, see
+                         nightjar_rl.analysis.study.verdict). Without it the summary states results only.
+                         Reporting only: not part of the run's config.yaml (nor is `confirm`)
+    confirm       map    optional live confirmation after the sweep (nightjar_rl/experiments/confirm.py):
+                         {scenario: LIVE, twin: SIM or null, top: N, policies: [NAME...] or null,
+                         rates: [...], concurrency: [...] or null, repeats: R, seed: S,
+                         num_requests: N, max_new_tokens: N}: the sweep's best `top` policies plus its
+                         first fixed k (or the named `policies`), served R times on one seeded
+                         workload per load point on LIVE (and once on SIM), interleaved
 """
 
 from __future__ import annotations
@@ -80,6 +90,20 @@ class ExecutorConfig:
 
 
 @dataclass
+class ConfirmConfig:
+    scenario: str  # the live scenario
+    rates: list[float]
+    twin: str | None = None  # its sim twin: the prediction shown beside the live numbers
+    top: int = 2  # the sweep's best `top` policies (by mean throughput relative to the per-load best)
+    policies: list[str] | None = None  # or these, by name
+    concurrency: list[int] | None = None  # closed loop (rates then default to [inf])
+    repeats: int = 3  # live runs of the same workload per cell: the measured noise
+    seed: int = 0
+    num_requests: int | None = None
+    max_new_tokens: int | None = None
+
+
+@dataclass
 class ExperimentConfig:
     name: str
     scenario: str
@@ -94,6 +118,8 @@ class ExperimentConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     base_dir: str | None = None
     concurrency: list[int] | None = None  # closed-loop sweep (None: open loop)
+    goals: dict | None = None  # targets the summary checks (None: results only)
+    confirm: ConfirmConfig | None = None  # live confirmation after the sweep
 
     def to_dict(self) -> dict:
         """The fields that determine results (saved as the run's config.yaml, compared on resume)."""
@@ -106,11 +132,16 @@ class ExperimentConfig:
         for part in (d, d["train"]):
             if part["concurrency"] is None:
                 part.pop("concurrency")
+        d.pop("goals")  # reporting only: a run may be resumed with other goals
+        d.pop("confirm")  # runs after the sweep, on every resume: adding one to a finished run just runs it
         return d
 
 
 _TOP = {"name", "scenario", "rates", "seeds", "policies", "num_requests", "max_new_tokens", "slo", "train", "evaluate",
-        "executor", "concurrency"}
+        "executor", "concurrency", "goals", "confirm"}
+GOAL_KEYS = ("win", "low_loss", "hindsight")
+_CONFIRM = {"scenario", "twin", "top", "policies", "rates", "concurrency", "repeats", "seed", "num_requests",
+            "max_new_tokens"}
 
 
 def executor_from_value(value, where: str = "field 'executor'") -> ExecutorConfig:
@@ -129,6 +160,46 @@ def executor_from_value(value, where: str = "field 'executor'") -> ExecutorConfi
     if executor.kind == "local" and (executor.address is not None or executor.workers is not None):
         raise ExperimentError(f"{where}: 'address' and 'workers' need kind 'ray'")
     return executor
+
+
+def goals_from_value(value, fail) -> dict | None:
+    """`goals:` -> {win, low_loss, hindsight} with the given ones (numbers > 0), None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not set(value) <= set(GOAL_KEYS) or not all(
+            is_number(v) and v > 0 for v in value.values()):
+        raise fail(f"field 'goals' must be a mapping with any of {', '.join(GOAL_KEYS)} (numbers > 0), got {value!r}")
+    return {k: float(v) for k, v in value.items()}
+
+
+def confirm_from_value(value, fail) -> ConfirmConfig | None:
+    """`confirm:` -> ConfirmConfig (None when absent); `fail(msg)` makes the error."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not set(value) <= _CONFIRM:
+        raise fail(f"field 'confirm' must be a mapping with {', '.join(sorted(_CONFIRM))}, got {value!r}")
+    scenario, twin = value.get("scenario"), value.get("twin")
+    if not isinstance(scenario, str) or not scenario:
+        raise fail(f"field 'confirm.scenario' must be a live scenario name or YAML path, got {scenario!r}")
+    if twin is not None and (not isinstance(twin, str) or not twin):
+        raise fail(f"field 'confirm.twin' must be a sim scenario name, YAML path or null, got {twin!r}")
+    concurrency = None
+    if value.get("concurrency") is not None:
+        concurrency = parse_concurrency(value["concurrency"], lambda m: fail(f"field 'confirm.concurrency' {m}"))
+    rates = value.get("rates", ["inf"] if concurrency else None)
+    rates = parse_rates(rates, concurrency is not None, lambda m: fail(f"field 'confirm.rates' {m}"))
+    names = value.get("policies")
+    if names is not None and (not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names)):
+        raise fail(f"field 'confirm.policies' must be a non-empty list of policy names or null, got {names!r}")
+    out = ConfirmConfig(scenario, rates, twin, policies=names, concurrency=concurrency)
+    for key, low in (("top", 1), ("repeats", 2), ("seed", 0), ("num_requests", 1), ("max_new_tokens", 1)):
+        v = value.get(key)
+        if v is None:
+            continue
+        if not is_int(v) or v < low:
+            raise fail(f"field 'confirm.{key}' must be an integer >= {low}, got {v!r}")
+        setattr(out, key, v)
+    return out
 
 
 def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | None = None) -> ExperimentConfig:
@@ -208,6 +279,11 @@ def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | N
         closed = (train.concurrency or concurrency) is not None
         train.rates = parse_rates(t["rates"], closed, lambda m: fail(f"field 'train.rates' {m}"))
 
+    confirm = confirm_from_value(data.get("confirm"), fail)
+    if confirm is not None and confirm.policies is not None and not set(confirm.policies) <= set(names):
+        raise fail(f"field 'confirm.policies' names policies not in 'policies': "
+                   f"{', '.join(sorted(set(confirm.policies) - set(names)))}")
+
     ev = data.get("evaluate") or {}
     if not isinstance(ev, dict) or not set(ev) <= {"learn"} or not isinstance(ev.get("learn", False), bool):
         raise fail(f"field 'evaluate' must be a mapping {{learn: true|false}}, got {ev!r}")
@@ -216,7 +292,8 @@ def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | N
         num_requests=data.get("num_requests"), max_new_tokens=data.get("max_new_tokens"), slo=slo,
         train=train, learn_during_eval=ev.get("learn", False),
         executor=executor_from_value(data.get("executor"), f"experiment {name!r}: field 'executor'"), base_dir=base_dir,
-        concurrency=concurrency,
+        concurrency=concurrency, goals=goals_from_value(data.get("goals"), fail),
+        confirm=confirm,
     )
 
 

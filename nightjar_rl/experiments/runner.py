@@ -13,8 +13,10 @@ Run folder:
                          canonical cell order at the end); a `concurrency` column only when the
                          config has a concurrency sweep
     k_by_batch.csv       decode steps and mean k per batch size, per cell
-    summary.txt          the terminal summary
+    summary.txt          the terminal summary (results against the config's own `goals:`, if any)
+    confirm.csv          with a `confirm:` section: the live confirmation's cells (experiments/confirm.py)
     throughput_vs_rate.png, latency_vs_rate.png, k_by_batch.png   (closed-loop sweeps: *_vs_concurrency.png)
+    speedup_vs_rate.png  throughput over the first fixed-k policy's, paired per seed (when the config has one)
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ from tqdm.auto import tqdm
 from nightjar_rl.analysis import format_summary, plot_k_by_batch, plot_metric_vs_rate
 from nightjar_rl.analysis.load import load_axis
 from nightjar_rl.analysis.stats import ci_table, format_ci
-from nightjar_rl.analysis.study import headline, verdict
-from nightjar_rl.analysis.tables import best_fixed_comparison
+from nightjar_rl.analysis.study import findings, headline, verdict
+from nightjar_rl.analysis.tables import best_fixed_comparison, with_speedup
 from nightjar_rl.env.backend import resolve_data_path
 from nightjar_rl.env.recorder import TableAppender, append_rows, read_table, write_table
-from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
+from nightjar_rl.env.scenario import Scenario
 from nightjar_rl.experiments.config import ExperimentConfig, experiment_from_dict
+from nightjar_rl.experiments.confirm import choose_policies, confirmation_summary, run_confirmation, scenario_near
 from nightjar_rl.experiments.executor import (
     KBB_COLUMNS,
     CellJob,
@@ -77,6 +80,7 @@ class ExperimentResult:
     train: pd.DataFrame
     summary: str
     config: ExperimentConfig | None = None
+    confirm: pd.DataFrame | None = None  # the live confirmation's rows (a `confirm:` section)
 
     @property
     def learned(self) -> list[str]:
@@ -88,12 +92,7 @@ class ExperimentResult:
 def resolve_scenario(cfg: ExperimentConfig) -> Scenario:
     """The experiment's scenario (by name, path, or path relative to the experiment file), with the
     experiment's workload overrides applied."""
-    try:
-        scenario = load_scenario(cfg.scenario)
-    except ScenarioError:
-        if cfg.base_dir is None or not (Path(cfg.base_dir) / cfg.scenario).is_file():
-            raise
-        scenario = load_scenario(Path(cfg.base_dir) / cfg.scenario)
+    scenario = scenario_near(cfg.scenario, cfg.base_dir)
     changes = {}
     if cfg.num_requests is not None:
         changes["num_requests"] = cfg.num_requests
@@ -284,7 +283,7 @@ def report_slices(results: pd.DataFrame) -> list[tuple[float | None, pd.DataFram
     return [(None, results)]
 
 
-def _summary_text(results: pd.DataFrame, learned: set[str], fixed: list[str] | None) -> str:
+def _summary_text(results: pd.DataFrame, learned: set[str], fixed: list[str] | None, goals: dict | None) -> str:
     summary = format_summary(results)
     for name in sorted(learned):
         if fixed and name in set(results["policy"]):
@@ -294,26 +293,34 @@ def _summary_text(results: pd.DataFrame, learned: set[str], fixed: list[str] | N
     if results["seed"].nunique() > 1:
         ci = format_ci(ci_table(results, "throughput_tok_s"))
         summary += "\n\nthroughput (output tokens/s), mean ± 95% CI over seeds:\n" + ci.to_string()
+        if fixed and fixed[0] in set(results["policy"]):
+            speedup = format_ci(ci_table(with_speedup(results, fixed[0]), "speedup"), "{:.3f}")
+            summary += (f"\n\nspeedup over {fixed[0]} (throughput ratio paired per seed), mean ± 95% CI over seeds:\n"
+                        + speedup.to_string())
         if learned and fixed:
-            summary += "\n\n" + "\n".join(verdict(headline(results, sorted(learned), fixed)))
+            table = headline(results, sorted(learned), fixed)
+            summary += "\n\n" + "\n".join(findings(table) if goals is None else verdict(table, **goals))
     return summary
 
 
 def write_report(run_dir: Path, results: pd.DataFrame, kdf: pd.DataFrame, learned: set[str],
-                 fixed: list[str] | None = None) -> str:
+                 fixed: list[str] | None = None, goals: dict | None = None) -> str:
     """Summary text and the PNG plots of a run folder (METRIC_vs_rate.png, or METRIC_vs_concurrency.png
     for a closed-loop sweep; a sweep of rates x concurrency gets a section and plots per rate,
     suffixed _rateR). Returns the summary. With `fixed` (names of fixed-k policies), each learned
-    policy is also compared with the best fixed k."""
+    policy is also compared with the best fixed k, checked against `goals` only when given."""
     import matplotlib.pyplot as plt
 
     texts, figs = [], {}
     for rate, part in report_slices(results):
-        text = _summary_text(part, learned, fixed)
+        text = _summary_text(part, learned, fixed, goals)
         texts.append(text if rate is None else f"== rate {rate:g}/s ==\n{text}")
         name = load_axis(part) + ("" if rate is None else f"_rate{rate:g}")
         figs[f"throughput_vs_{name}.png"] = plot_metric_vs_rate(part, "throughput_tok_s", "output tokens/s")
         figs[f"latency_vs_{name}.png"] = plot_metric_vs_rate(part, "e2e_p50_s", "end-to-end latency p50 (s)", logy=True)
+        if fixed and fixed[0] in set(part["policy"]):
+            figs[f"speedup_vs_{name}.png"] = plot_metric_vs_rate(with_speedup(part, fixed[0]), "speedup",
+                                                                 f"speedup over {fixed[0]} (paired per seed)")
     summary = "\n\n".join(texts)
     atomic_write_text(run_dir / "summary.txt", summary + "\n")
     chosen = kdf[kdf["policy"].isin(learned)] if learned else kdf
@@ -405,8 +412,17 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: 
     write_table(kdf, run_dir / "k_by_batch.csv")
     train_path = run_dir / "train.csv"
     train = read_table(train_path) if train_path.is_file() else pd.DataFrame()
-    summary = write_report(run_dir, results, kdf, learned, fixed_policies(cfg))
-    return ExperimentResult(run_dir, results, kdf, train, summary, cfg)
+    fixed = fixed_policies(cfg)
+    summary = write_report(run_dir, results, kdf, learned, fixed, cfg.goals)
+    confirm = None
+    if cfg.confirm is not None:
+        names = choose_policies(cfg.confirm, results, fixed)
+        chosen = {n: artifacts[(n, 0)] if n in learned else specs[n] for n in names}
+        confirm = run_confirmation(cfg.confirm, chosen, learned, cfg.slo, run_dir, cfg.base_dir, progress)
+        baseline = names[0] if names[0] in fixed else None
+        summary += "\n\n" + confirmation_summary(confirm, cfg.confirm, baseline)
+        atomic_write_text(run_dir / "summary.txt", summary + "\n")
+    return ExperimentResult(run_dir, results, kdf, train, summary, cfg, confirm)
 
 
 def fixed_policies(cfg: ExperimentConfig) -> list[str]:

@@ -1,0 +1,156 @@
+"""Live confirmation of a simulated sweep: its best policies served on the live engine, with the noise
+measured.
+
+After the sweep, `run_confirmation` serves the chosen policies (the sweep's best `top` by mean
+throughput relative to the per-load best, plus its first fixed-k policy as the baseline) on the live
+scenario: one seeded workload per load point, `repeats` times, in interleaved order (repeat, load,
+policy) so that drift in the machine's speed hits every policy alike. The twin scenario (if any) serves
+each cell once (the simulator is deterministic): its prediction is shown beside the live numbers.
+Learned policies are deployed as trained (replicate 0), without learning.
+
+`confirmation_table` reduces the rows to one per load point x policy: live median, min and max,
+mean ± 95% t interval over repeats, the twin's prediction and live/twin, and the ratio to the
+baseline paired per repeat (same workload, adjacent in time) with its own t interval.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from nightjar_rl.analysis.load import CONCURRENCY, RATE, format_load
+from nightjar_rl.analysis.stats import t_interval
+from nightjar_rl.analysis.study import relative_score
+from nightjar_rl.env.recorder import write_table
+from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
+from nightjar_rl.experiments.config import ConfirmConfig
+from nightjar_rl.experiments.executor import CellJob, SweepContext, cell_job, portable_scenario
+
+METRIC = "throughput_tok_s"
+COLUMNS = ["backend", "scenario", "policy", "rate", "concurrency", "seed", "repeat", METRIC, "tpot_p50_s",
+           "e2e_p50_s", "mean_k", "requests", "output_tokens", "duration_s"]
+
+
+def scenario_near(name: str, base_dir: str | None) -> Scenario:
+    """A scenario by name or path, or by a path relative to `base_dir` (an experiment file's folder)."""
+    try:
+        return load_scenario(name)
+    except ScenarioError:
+        if base_dir is None or not (Path(base_dir) / name).is_file():
+            raise
+        return load_scenario(Path(base_dir) / name)
+
+
+def choose_policies(cc: ConfirmConfig, results: pd.DataFrame, fixed: list[str]) -> list[str]:
+    """The baseline (the sweep's first fixed-k policy, if any) and the sweep's best `cc.top` policies
+    (or the configured names), baseline first."""
+    known = list(dict.fromkeys(results["policy"]))
+    if cc.policies is not None:
+        unknown = [n for n in cc.policies if n not in known]
+        if unknown:
+            raise ValueError(f"field 'confirm.policies': not in the sweep: {', '.join(unknown)}")
+        best = list(cc.policies)
+    else:
+        best = list(relative_score(results, known).index[:cc.top])
+    baseline = [f for f in fixed if f in known][:1]
+    return list(dict.fromkeys(baseline + best))
+
+
+def _load_points(cc: ConfirmConfig) -> list[tuple[float, int | None]]:
+    return [(rate, conc) for rate in cc.rates for conc in (cc.concurrency or [None])]
+
+
+def run_confirmation(cc: ConfirmConfig, specs: dict, learned: set[str], slo: dict, run_dir: Path,
+                     base_dir: str | None = None, progress: bool = True) -> pd.DataFrame:
+    """Serve `specs` ({name: spec or trained artifact}) on the live scenario `cc.repeats` times per load
+    point (and once on the twin); write run_dir/confirm.csv and return its rows."""
+    changes = {k: v for k, v in (("num_requests", cc.num_requests), ("max_new_tokens", cc.max_new_tokens))
+               if v is not None}
+    plan = [("live", cc.scenario, range(cc.repeats))] + ([("sim", cc.twin, range(1))] if cc.twin else [])
+    loads, rows = _load_points(cc), []
+    total = sum(len(reps) for _, _, reps in plan) * len(loads) * len(specs)
+    bar = tqdm(total=total, desc="confirm live", unit="cell", disable=not progress)
+    for backend, name, repeats in reversed(plan):  # the twin first: seconds
+        scenario = scenario_near(name, base_dir)
+        ctx = SweepContext(portable_scenario(scenario.replace(**changes) if changes else scenario), slo,
+                           run=run_dir.name, experiment=f"confirm_{backend}")
+        load_before = os.getloadavg()[0]
+        for repeat in repeats:
+            for rate, conc in loads:
+                for policy, spec in specs.items():
+                    bar.set_postfix_str(f"{backend} {policy} repeat {repeat}", refresh=False)
+                    row, _ = cell_job(ctx, CellJob(policy, rate, cc.seed, 0, policy in learned, spec, conc))
+                    rows.append({**row, "backend": backend, "repeat": repeat, "concurrency": conc,
+                                 "load_avg_before": load_before, "load_avg_after": math.nan})
+                    bar.update()
+        for row in rows:
+            if row["backend"] == backend:
+                row["load_avg_after"] = os.getloadavg()[0]
+    bar.close()
+    df = pd.DataFrame(rows)[COLUMNS + ["load_avg_before", "load_avg_after"]]
+    write_table(df, run_dir / "confirm.csv")
+    return df
+
+
+def _axis(df: pd.DataFrame) -> str:
+    return CONCURRENCY if df[CONCURRENCY].notna().any() else RATE
+
+
+def confirmation_table(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
+    """One row per load point x policy of the live rows (see the module docstring)."""
+    axis = _axis(df)
+    live, twin = df[df["backend"] == "live"], df[df["backend"] == "sim"]
+    predicted = twin.groupby([axis, "policy"])[METRIC].mean() if len(twin) else None
+    rows = []
+    for load, part in live.groupby(axis, sort=False):
+        base = part[part["policy"] == baseline].set_index("repeat")[METRIC] if baseline else None
+        for policy, group in part.groupby("policy", sort=False):
+            x = group.set_index("repeat")[METRIC]
+            mean, half, n = t_interval(x)
+            row = {axis: load, "policy": policy, "repeats": n, "median": x.median(), "min": x.min(), "max": x.max(),
+                   "mean": mean, "half": half}
+            if predicted is not None:
+                row["twin"] = predicted.get((load, policy), math.nan)
+                row["live/twin"] = row["median"] / row["twin"]
+            if base is not None and len(base):
+                row["vs_baseline"], row["vs_baseline_half"], _ = t_interval((x / base).dropna())
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def confirmation_summary(df: pd.DataFrame, cc: ConfirmConfig, baseline: str | None) -> str:
+    """The confirmation as text: the table, then per load point the live order, which differences
+    are measurable (the paired interval excludes 1) and how large the repeat-to-repeat noise was."""
+    table = confirmation_table(df, baseline)
+    axis = _axis(df)
+    live = df[df["backend"] == "live"]
+    requests, tokens = int(live["requests"].max()), int(live["output_tokens"].max())
+    head = (f"live confirmation on {cc.scenario}: {cc.repeats} repeats of one workload per load point "
+            f"(seed {cc.seed}, {requests} requests, {tokens} output tokens), policies interleaved"
+            + (f"; twin prediction from {cc.twin}" if cc.twin else "")
+            + f"; load average {live['load_avg_before'].iloc[0]:.2f} -> {live['load_avg_after'].iloc[0]:.2f}")
+    shown = table.copy()
+    shown[axis] = [format_load(axis, v) for v in shown[axis]]
+    lines = [head, "throughput (output tokens/s): live median [min, max], mean ± 95% CI over repeats"
+             + (f"; vs_baseline = policy / {baseline} paired per repeat" if baseline else ""),
+             shown.to_string(index=False, float_format=lambda v: f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}")]
+    for load, part in table.groupby(axis, sort=False):
+        order = list(part.sort_values("median", ascending=False)["policy"])
+        text = f"{format_load(axis, load)}: live order {' > '.join(order)}"
+        if "twin" in part:
+            twin_order = list(part.sort_values("twin", ascending=False)["policy"])
+            text += f" (twin: {' > '.join(twin_order)}; {'same' if twin_order == order else 'different'})"
+        if baseline and "vs_baseline" in part:
+            for row in part[part["policy"] != baseline].itertuples(index=False):
+                lo, hi = row.vs_baseline - row.vs_baseline_half, row.vs_baseline + row.vs_baseline_half
+                verdict = ("faster" if lo > 1 else "slower") if (lo > 1 or hi < 1) else "not distinguishable"
+                text += (f"; {row.policy} {row.vs_baseline:.3f} ± {row.vs_baseline_half:.3f}x {baseline} "
+                         f"({verdict} at {cc.repeats} repeats)")
+        spread = (part["max"] / part["min"] - 1.0).max()
+        text += f"; repeat-to-repeat spread up to {100 * spread:.1f}%"
+        lines.append(text)
+    return "\n".join(lines)
