@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policies", default=None, help="comma-separated study policies to check (default: the best two)")
     p.add_argument("--num-requests", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--out-dir", default=str(ROOT / "runs" / "spot_check"))
+    p.add_argument("--out-dir", default="runs/spot_check", help="output folder (default: runs/spot_check under the working directory)")
     a = quickmode.parse_args(p, QUICK, argv)
     if a.study_run is None and not a.quick:
         p.error("--study-run is required (without --quick)")

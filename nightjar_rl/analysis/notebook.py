@@ -5,6 +5,9 @@ Environment variables (the test suite sets them; a reader running a notebook nee
     NIGHTJAR_NOTEBOOK_QUICK=1   run the tiny configuration (tiny-sim, a few cells: CI speed)
     NIGHTJAR_FIGURES_DIR=DIR    write each figure as DIR/<notebook>/<name>.png (default: runs/figures)
     NIGHTJAR_RUNS_DIR=DIR       parent folder of the runs a notebook starts (default: runs)
+
+Default folders resolve against the working directory (a notebook's is its own folder), never the
+installed package's checkout; configs are read from the package's checkout (`repo_path`).
     NIGHTJAR_STUDY_RUN=DIR      nightjar_study.ipynb: plot this finished run folder instead of running
 """
 
@@ -30,11 +33,14 @@ def repo_path(relative: str) -> Path:
 
 
 def runs_dir() -> Path:
-    return Path(os.environ.get("NIGHTJAR_RUNS_DIR") or REPO / "runs")
+    """Where a notebook's runs go: $NIGHTJAR_RUNS_DIR, else runs/ under the working directory."""
+    return Path(os.environ.get("NIGHTJAR_RUNS_DIR") or Path.cwd() / "runs")
 
 
 def figures_dir(notebook: str) -> Path:
-    path = Path(os.environ.get("NIGHTJAR_FIGURES_DIR") or REPO / "runs" / "figures") / notebook
+    """Where a notebook's figures go (created): $NIGHTJAR_FIGURES_DIR/NOTEBOOK, else runs/figures/NOTEBOOK
+    under the working directory."""
+    path = Path(os.environ.get("NIGHTJAR_FIGURES_DIR") or Path.cwd() / "runs" / "figures") / notebook
     path.mkdir(parents=True, exist_ok=True)
     return path
 

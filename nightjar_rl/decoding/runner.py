@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from nightjar_rl.decoding.kv_cache import SlotKVCache
@@ -18,6 +20,9 @@ class ModelRunner:
         self.cache = SlotKVCache(model.config, num_slots, capacity, self.dtype, self.device)
         self._decoder = model.get_decoder()
         self._lm_head = model.get_output_embeddings()
+        # transformers 5.x names the cache argument `cache` (`past_key_values` is deprecated and warns)
+        params = inspect.signature(self._decoder.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._neg = torch.finfo(self.dtype).min
         self.model_time = 0.0  # seconds spent inside model forwards (decoder + head), cumulative
 
@@ -69,7 +74,7 @@ class ModelRunner:
         self.cache.set_window(slot_start, positions, kv_len)
         t0 = now(self.device)
         hidden = self._decoder(
-            input_ids=ids, position_ids=position_ids, attention_mask=mask, past_key_values=self.cache, use_cache=True
+            input_ids=ids, position_ids=position_ids, attention_mask=mask, use_cache=True, **{self._cache_arg: self.cache}
         ).last_hidden_state
         if last_only:
             hidden = hidden[torch.arange(batch, device=self.device), lengths - 1]

@@ -39,7 +39,14 @@ RESET_OPTIONS = ("rate", "arrivals", "num_requests", "max_concurrency")
 class SpecDecodeEnv(gym.Env):
     """Gymnasium env over a backend (from the scenario: the live engine or the simulator). A live
     target model is loaded on first use, or passed in as `target` to share it between envs; the
-    engine is rebuilt on every reset. The sim backend loads no model."""
+    engine is rebuilt on every reset. The sim backend loads no model. It renders nothing: its only
+    render mode is None (`metadata["render_modes"]` is empty).
+
+    Plain stable-baselines3 works on the registered ids: `make_vec_env("nightjar_rl/SpecDecodeSim-v0",
+    n_envs=4)` then `PPO("MlpPolicy", venv, gamma=0.5)` (k barely moves the next states: a short
+    horizon learns better than 0.99); on the sim, `torch.set_num_threads(1)` first (a small network
+    gains nothing from more threads). `nightjar_rl.policy.sb3.export_sb3` turns the trained model into
+    an `mlp` artifact that runs without SB3."""
 
     metadata: ClassVar[dict] = {"render_modes": []}
 
@@ -50,8 +57,8 @@ class SpecDecodeEnv(gym.Env):
         backend: Backend | None = None,
         render_mode: str | None = None,
     ):
-        if render_mode is not None:
-            raise ValueError(f"SpecDecodeEnv has no render modes, got render_mode={render_mode!r}")
+        if render_mode is not None:  # a TypeError: SB3's make_vec_env then retries without render_mode
+            raise TypeError(f"SpecDecodeEnv renders nothing (render_modes: none), got render_mode={render_mode!r}")
         self.scenario = load_scenario(scenario)
         s = self.scenario
         self.max_k = s.max_k

@@ -97,8 +97,12 @@ class WorkloadWrapper(gym.Wrapper):
         return self.env.reset(seed=seed, options=options)
 
 
-def make_env(scenario: Scenario, target, rates, num_requests, offset: int = 0, seeds=None, concurrency=None) -> gym.Env:
-    """One monitored env (module-level so that subprocess envs can pickle it)."""
+def make_env(scenario: Scenario, target, rates, num_requests, offset: int = 0, seeds=None, concurrency=None,
+             threads: int | None = None) -> gym.Env:
+    """One monitored env (module-level so that subprocess envs can pickle it; `threads`: torch threads
+    of a subprocess env's process, the trainer's own)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     env = SpecDecodeEnv(scenario, target=target)
     return WorkloadWrapper(Monitor(env), rates, num_requests, offset, seeds, concurrency)
 
@@ -111,7 +115,8 @@ def use_subprocesses(spec: SB3Spec) -> bool:
 
 def make_vec_env(spec: SB3Spec, scenario: Scenario, target, rates, num_requests, concurrency=None):
     fns = [functools.partial(make_env, scenario, None if use_subprocesses(spec) else target, rates, num_requests, i,
-                             concurrency=concurrency) for i in range(spec.n_envs)]
+                             concurrency=concurrency, threads=torch.get_num_threads() if use_subprocesses(spec) else None)
+           for i in range(spec.n_envs)]
     if use_subprocesses(spec):
         return SubprocVecEnv(fns, start_method="forkserver")
     return DummyVecEnv(fns)
