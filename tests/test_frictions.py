@@ -2,6 +2,7 @@
 thread per sim-training process, the transformers cache argument, run folders under the working
 directory."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -96,9 +97,12 @@ def test_model_runner_uses_the_current_cache_argument():
         return decoder(**kwargs)
 
     runner._decoder = spy
-    logits = runner.forward(0, [[1, 2, 3], [4, 5]], [0, 0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logits = runner.forward(0, [[1, 2, 3], [4, 5]], [0, 0])
     assert logits.shape[:2] == (2, 3)
     assert seen and all("past_key_values" not in s and "cache" in s for s in seen)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
 
 
 def test_notebook_folders_resolve_against_the_working_directory(tmp_path, monkeypatch):
