@@ -1,7 +1,7 @@
 """Profile the hardware once: time a verify pass over batch sizes x tokens per row (x contexts), a
 draft step, prefill passes and the engine's per-step overhead.
 
-The result is a hardware profile (JSON, see `nightjar_rl.sim.profile` for the format) that the
+The result is a hardware profile (JSON, see `nightjar_rl.hardware` for the format) that the
 oracle policy, the SSSD budget and the simulator's clock read instead of timing the model again.
 """
 
