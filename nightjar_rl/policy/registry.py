@@ -27,10 +27,10 @@ read by `nightjar_rl.policy.resolve.make_policy`, which takes every form a polic
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Mapping
 
+from nightjar_rl.entry_points import import_entry_point, is_entry_point
 from nightjar_rl.policy.bandits import BucketedBandit, NightjarBandit, ThompsonBandit, UCB1Bandit
 from nightjar_rl.policy.base import Policy
 from nightjar_rl.policy.baselines import DisableByBatchSize, FixedK
@@ -118,22 +118,10 @@ def parse_spec_string(text: str) -> dict:
     raise ValueError(f"unknown policy {text!r}; known types: {', '.join(sorted(POLICY_TYPES))}, off")
 
 
-def is_entry_point(spec) -> bool:
-    """Whether `spec` names a class as "package.module:Class"."""
-    if not isinstance(spec, str) or spec.count(":") != 1:
-        return False
-    module, _, attr = spec.strip().partition(":")
-    return all(part.isidentifier() for part in module.split(".")) and attr.isidentifier()
-
-
 def load_entry_point(spec: str) -> type[Policy]:
     """Import the policy class named by "package.module:Class"."""
     module_name, _, attr = spec.strip().partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"policy {spec!r}: cannot import module {module_name!r} ({exc})") from None
-    cls = getattr(module, attr, None)
+    cls = import_entry_point(spec, "policy")
     if not (isinstance(cls, type) and issubclass(cls, Policy)):
         what = "has no attribute" if cls is None else "is not a nightjar_rl.policy.Policy subclass:"
         raise ValueError(f"policy {spec!r}: module {module_name!r} {what} {attr!r}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from nightjar_rl.decoding.sequence import Request
+from nightjar_rl.entry_points import import_entry_point, is_entry_point
 from nightjar_rl.io import read_jsonl
 from nightjar_rl.text import encode_messages
 
@@ -101,11 +101,8 @@ def workload_source(spec: str) -> tuple[WorkloadSource, str | None]:
         return WORKLOAD_SOURCES[name], (arg if sep else None)
     if spec.endswith(".jsonl") or Path(spec).is_file():
         return WORKLOAD_SOURCES["jsonl"], spec
-    if sep and all(part.isidentifier() for part in name.split(".")) and arg.isidentifier():
-        try:
-            found = getattr(importlib.import_module(name), arg, None)
-        except ImportError as exc:
-            raise WorkloadError(f"workload {spec!r}: cannot import module {name!r} ({exc})") from None
+    if is_entry_point(spec):
+        found = import_entry_point(spec, "workload", WorkloadError)
         if isinstance(found, WorkloadSource):
             return found, None
         raise WorkloadError(f"workload {spec!r}: {arg!r} is not a WorkloadSource")

@@ -12,7 +12,6 @@ assumes it is model-free and deterministic: declare a `DrafterKind` otherwise).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,15 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from nightjar_rl.decoding.drafters.acceptance import (
-    draft_model_tables,
-    ngram_tables,
-    stateless_tables,
-    tree_tables,
-)
+from nightjar_rl.decoding.drafters.acceptance import draft_model_tables, stateless_tables, tree_tables
 from nightjar_rl.decoding.drafters.base import Drafter
 from nightjar_rl.decoding.drafters.draft_model import DraftModelDrafter
 from nightjar_rl.decoding.drafters.ngram import NgramDrafter
+from nightjar_rl.entry_points import import_entry_point, is_entry_point
 from nightjar_rl.models import LoadedModel, ModelLoadError, check_same_tokenizer, early_exit_draft, load_model
 
 EARLY_EXIT = "early-exit:"
@@ -85,10 +80,6 @@ def build_sssd(config, target: LoadedModel) -> Drafter:
     return SSSDDrafter(store, live=bool(config.extra.get("datastore_live", False)))
 
 
-def _ngram_tables(drafter: NgramDrafter, prompt, output, max_k: int, max_new_tokens: int):
-    return ngram_tables(prompt, output, max_k, drafter.max_ngram, drafter.min_ngram)
-
-
 def _draft_tables(drafter: DraftModelDrafter, prompt, output, max_k: int, max_new_tokens: int):
     return draft_model_tables(drafter.model, prompt, output, max_k)
 
@@ -105,7 +96,7 @@ DRAFTER_KINDS: dict[str, DrafterKind] = {kind.name: kind for kind in (
     DrafterKind("none", "plain decoding (no speculation)", lambda config, target: None, cost=FREE),
     DrafterKind("ngram", "prompt lookup: what followed the last n-gram earlier in the request",
                 lambda config, target: NgramDrafter(config.ngram_max, config.ngram_min),
-                fields=("ngram_max", "ngram_min"), tables=_ngram_tables, check=_check_ngram),
+                fields=("ngram_max", "ngram_min"), tables=stateless_tables, check=_check_ngram),
     DrafterKind("draft", "a draft model (name/path) or the target's first layers (early-exit:L)",
                 lambda config, target: DraftModelDrafter(load_draft_model(config.draft, target, config.dtype,
                                                                           config.device)),
@@ -120,14 +111,11 @@ def drafter_kind(name: str) -> DrafterKind:
     kind = DRAFTER_KINDS.get(name)
     if kind is not None:
         return kind
-    module_name, sep, attr = str(name).partition(":")
-    if not sep or not attr.isidentifier() or not all(p.isidentifier() for p in module_name.split(".")):
+    if not is_entry_point(name):
         raise ValueError(f"unknown drafter {name!r}; choose one of {', '.join(DRAFTER_KINDS)} "
                          f"or a 'package.module:Name' entry point")
-    try:
-        target = getattr(importlib.import_module(module_name), attr, None)
-    except ImportError as exc:
-        raise ValueError(f"drafter {name!r}: cannot import module {module_name!r} ({exc})") from None
+    attr = name.partition(":")[2]
+    target = import_entry_point(name, "drafter")
     if isinstance(target, DrafterKind):
         return target
     if isinstance(target, type) and issubclass(target, Drafter):
