@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nightjar_rl.decoding.drafters.ngram import lookup_continuation
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.tree import tree_greedy_accept
 from nightjar_rl.decoding.verify import SamplingParams
@@ -35,17 +34,6 @@ def linear_tables(proposal_len: list[int], agree: list[int], max_k: int) -> tupl
     a = np.minimum(ks[None, :], np.asarray(agree)[:, None])
     d[0] = a[0] = 0
     return d, a
-
-
-def ngram_tables(prompt: list[int], output: list[int], max_k: int, max_ngram: int, min_ngram: int):
-    """Prompt-lookup acceptance: the lookup at p sees prompt + output[:p]."""
-    full = np.asarray(list(prompt) + list(output), dtype=np.int64)
-    lens, agree = [0], [0]
-    for p in range(1, len(output)):
-        prop = lookup_continuation(full[: len(prompt) + p], max_k, max_ngram, min_ngram)
-        lens.append(len(prop))
-        agree.append(agreement(prop, output[p:]))
-    return linear_tables(lens, agree, max_k)
 
 
 def draft_model_tables(draft_model, prompt: list[int], output: list[int], max_k: int):
@@ -93,7 +81,8 @@ def tree_tables(drafter, prompt: list[int], output: list[int], max_k: int, max_n
 
 def stateless_tables(drafter, prompt: list[int], output: list[int], max_k: int, max_new_tokens: int):
     """Tables of any model-free linear drafter whose proposal depends only on the row's tokens (and
-    whose k-token proposal is a prefix of its max_k one): its own `propose` at every position."""
+    whose k-token proposal is a prefix of its max_k one), n-gram prompt lookup included: its own
+    `propose` at every position, the lookup at p seeing prompt + output[:p]."""
     greedy = SamplingParams()
     seq = Sequence(Request("trace", list(prompt), max_new_tokens), tokens=list(prompt) + [output[0]])
     lens, agree = [0], [0]
