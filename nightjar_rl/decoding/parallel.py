@@ -42,6 +42,7 @@ import torch
 
 from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
 from nightjar_rl.decoding.engine import SpeculativeEngine
+from nightjar_rl.decoding.scheduler import Retired
 from nightjar_rl.decoding.sequence import Sequence
 from nightjar_rl.decoding.stats import StepStats
 
@@ -215,14 +216,13 @@ class ParallelBatchDecoder(SpeculativeEngine):
         if pend is not None and pend.k > 0:
             self.drafter.on_commit(pend.rows, self._truncated(pend, [0] * len(pend.rows)), [0] * len(pend.rows))
 
-    def _retire(self, stats: StepStats, region: int | None = None) -> None:
-        retired = self.scheduler.retire(region)
+    def _apply_moves(self, retired: Retired) -> None:
+        """A row whose drafts await verification must never move (the draft cache holds its drafts)."""
         pending = {s.request_id for s in self._pending.rows} if self._pending is not None else set()
         for move in retired.moves:
             if move.seq.request_id in pending:
                 raise RuntimeError(f"internal: row {move.seq.request_id} moved while its drafts await verification")
-        self._apply_moves(retired)
-        self._record_leaving(retired.leaving, stats)
+        super()._apply_moves(retired)
 
     # ---- the round ------------------------------------------------------------------------------
     def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats) -> None:
