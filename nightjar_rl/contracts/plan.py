@@ -107,7 +107,7 @@ class SpecPlan:
 
     def resolve(self, request_ids: Iterable[str]) -> list[int]:
         """The length of each of `request_ids`, in order."""
-        return [self.lengths.get(rid, self.default) for rid in request_ids]
+        return [self.length_for(rid) for rid in request_ids]
 
     def capped(self, caps: Mapping[str, int]) -> SpecPlan:
         """This plan with each named request given at most its cap (the minimum of the two); the

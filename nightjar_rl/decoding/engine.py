@@ -2,10 +2,10 @@
 
 Schedule: apply aborts, admit queued requests that fit (`Scheduler`, model-free). Run: prefill the
 admitted rows, then one decoding round for the rows that were already running: the drafter
-proposes up to the plan's length for each row (`SpecPlan`; an int k means k for every row), the target scores [last token, *drafts] in one forward pass, each
-row keeps its agreeing prefix plus the bonus token, and rejected positions are rolled back by
-lowering the row's length (nothing is recomputed). Postprocess: finished rows leave and the rest
-are compacted into consecutive KV slots.
+proposes up to the plan's length for each row (`SpecPlan`; an int k means k for every row), the
+target scores [last token, *drafts] in one forward pass, each row keeps its agreeing prefix plus
+the bonus token, and rejected positions are rolled back by lowering the row's length (nothing is
+recomputed). Postprocess: finished rows leave and the rest are compacted into consecutive KV slots.
 
 Faults: a drafter that raises leaves its rows undrafted for that round (length 0, counted in
 `StepStats.draft_failures`); a target forward that raises is retried row by row, and only the rows
