@@ -70,3 +70,21 @@ def signing_key(tmp_path_factory):
         os.environ.pop(KEY_ENV, None)
     else:
         os.environ[KEY_ENV] = before
+
+
+def run_on_ray(cfg, out_dir):
+    """`run_experiment(cfg)` on a local 2-worker Ray executor (closed afterwards); the test is
+    skipped when Ray is not installed or cannot start here."""
+    from nightjar_rl.experiments import executor as ex
+    from nightjar_rl.experiments.config import ExperimentError
+    from nightjar_rl.experiments.runner import run_experiment
+
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'nightjar-rl[ray]')")
+    try:
+        ray_ex = ex.RayExecutor(workers=2)
+    except ExperimentError as exc:
+        pytest.skip(f"Ray could not start here: {exc}")
+    try:
+        return run_experiment(cfg, out_dir=out_dir, progress=False, executor=ray_ex)
+    finally:
+        ray_ex.close()

@@ -9,6 +9,8 @@ from nightjar_rl.experiments import executor as ex
 from nightjar_rl.experiments.config import ExperimentError, experiment_from_dict
 from nightjar_rl.experiments.runner import load_run, run_experiment
 
+from .conftest import run_on_ray
+
 SWEEP = {
     "name": "exec", "scenario": "tiny-sim", "rates": [5, 50], "seeds": [0, 1], "num_requests": 4, "max_new_tokens": 8,
     "policies": ["fixed-0", "fixed-2", "hf_heuristic", {"name": "oracle", "spec": {"type": "oracle", "profile": "scenario"}},
@@ -50,14 +52,7 @@ def test_ray_executor_gives_the_local_table(tmp_path, sweep):
     pytest.importorskip("ray", reason="ray is not installed (pip install 'nightjar-rl[ray]')")
     cfg = experiment_from_dict(sweep, "exec")
     local = run_experiment(cfg, out_dir=tmp_path / "local", progress=False)
-    try:
-        ray_ex = ex.RayExecutor(workers=2)
-    except ExperimentError as exc:
-        pytest.skip(f"Ray could not start here: {exc}")
-    try:
-        remote = run_experiment(cfg, out_dir=tmp_path / "ray", progress=False, executor=ray_ex)
-    finally:
-        ray_ex.close()
+    remote = run_on_ray(cfg, tmp_path / "ray")
     pd.testing.assert_frame_equal(_comparable(local.results), _comparable(remote.results))
     pd.testing.assert_frame_equal(local.k_by_batch, remote.k_by_batch)
     learner = "nightjar" if sweep is not WITH_SB3 else "ppo"

@@ -10,11 +10,12 @@ import pytest
 
 from nightjar_rl.cli import main
 from nightjar_rl.contracts import SpecPlan
-from nightjar_rl.experiments import executor as ex
-from nightjar_rl.experiments.config import ExperimentError, experiment_from_dict
+from nightjar_rl.experiments.config import experiment_from_dict
 from nightjar_rl.experiments.runner import run_experiment
 from nightjar_rl.policy import make_policy, policy_from_dict, policy_to_dict
 from nightjar_rl.policy.resolve import resolve_policy
+
+from .conftest import run_on_ray
 
 MODULE = "nj_user_policies"  # a module outside the package, as a user would write it
 SOURCE = textwrap.dedent('''
@@ -116,15 +117,7 @@ def test_experiment_runs_a_users_policy_locally_on_ray_and_on_resume(user_module
     assert len(mine) == 4 and (mine["throughput_tok_s"] > 0).all() and mine["mean_k"].between(0, 3).all()
     resumed = run_experiment(cfg, out_dir=tmp_path / "local", progress=False, resume=local.run_dir)
     pd.testing.assert_frame_equal(resumed.results, local.results)
-    pytest.importorskip("ray", reason="ray is not installed (pip install 'nightjar-rl[ray]')")
-    try:
-        ray_ex = ex.RayExecutor(workers=2)
-    except ExperimentError as exc:
-        pytest.skip(f"Ray could not start here: {exc}")
-    try:
-        remote = run_experiment(cfg, out_dir=tmp_path / "ray", progress=False, executor=ray_ex)
-    finally:
-        ray_ex.close()
+    remote = run_on_ray(cfg, tmp_path / "ray")
     pd.testing.assert_frame_equal(local.results.drop(columns="run"), remote.results.drop(columns="run"))
 
 
