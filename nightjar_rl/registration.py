@@ -8,6 +8,7 @@ ENV_IDS = {
     "nightjar_rl/SpecDecode-v0": "smollm2-ngram",
     "nightjar_rl/SpecDecodeTiny-v0": "tiny",
     "nightjar_rl/SpecDecodeSim-v0": "smollm2-ngram-sim",
+    "nightjar_rl/SpecDecodeVLLM-v0": "smollm2-ngram-vllm",  # needs vLLM (pip install -e '.[vllm]')
 }
 SIM_IDS = frozenset({"nightjar_rl/SpecDecodeSim-v0"})
 

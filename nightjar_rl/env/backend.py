@@ -4,6 +4,7 @@ backend for a fresh engine per episode and for the prompt pool; everything above
 
 - `LiveBackend`: the real engine (`build_stack`); loads the target model once, on first use.
 - `SimBackend`: `SimEngine` over the scenario's trace and hardware profile; loads no model.
+- `VLLMBackend`: vLLM's engine stepped in-process (`nightjar_rl.integrations.vllm`; needs vLLM).
 """
 
 from __future__ import annotations
@@ -103,8 +104,48 @@ class SimBackend:
                          seed=seed, synthetic=self.synthetic, memo=self._memo, verify_layout=self.scenario.verify_layout)
 
 
+class VLLMBackend:
+    """vLLM's engine, started once (on first use) and stepped in this process; a fresh engine surface
+    (`VLLMEngine`) per episode over it. Prompts are tokenized with the model folder's tokenizer."""
+
+    needs_model = False  # no nightjar-rl model is loaded
+
+    def __init__(self, scenario):
+        from nightjar_rl.integrations.vllm import require_vllm
+
+        require_vllm()
+        self.scenario = scenario
+        self._llm = None
+        self._engine = None  # the latest episode's engine surface
+
+    @cached_property
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        from nightjar_rl.integrations.vllm.config import model_path
+
+        return AutoTokenizer.from_pretrained(model_path(self.scenario.engine.model))
+
+    @cached_property
+    def prompt_pool(self) -> PromptPool:
+        s = self.scenario
+        return PromptPool.build(s.prompts, self.tokenizer, len(self.tokenizer), s.max_prompt_tokens)
+
+    def make_engine(self, seed: int) -> EngineSurface:
+        from nightjar_rl.integrations.vllm.engine import VLLMEngine, start_llm_engine
+
+        if self._llm is None:
+            self._llm = start_llm_engine(self.scenario.engine_config())
+        if self._engine is not None:
+            self._engine.close()  # the previous episode's requests leave the shared engine
+        self._engine = VLLMEngine(self._llm, self.scenario.engine_config(seed))
+        return self._engine
+
+
 def make_backend(scenario, target=None) -> Backend:
-    """The backend a scenario names (`backend: live | sim`)."""
+    """The backend a scenario names (`backend: live | sim | vllm`)."""
     if scenario.backend == "sim":
         return SimBackend(scenario)
+    if scenario.backend == "vllm":
+        return VLLMBackend(scenario)
     return LiveBackend(scenario, target)

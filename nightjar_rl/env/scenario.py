@@ -25,7 +25,7 @@ from nightjar_rl.serving.workload import WorkloadError
 from nightjar_rl.sim.engine import VERIFY_LAYOUTS
 from nightjar_rl.stack import EngineConfig
 
-BACKENDS = ("live", "sim")
+BACKENDS = ("live", "sim", "vllm")
 ENGINE_FIELDS = tuple(declarations(EngineConfig))
 ALIASES = {"max_k": "max_speculation"}  # older scenario files
 
@@ -55,7 +55,8 @@ class Scenario:
     reward: str = option("throughput", "throughput | decode_throughput | goodput | latency")
     reward_kwargs: dict = option({}, "extra arguments of the reward (goodput: tpot_slo_s; any: per_row)")
     # ---- simulator ----
-    backend: str = option("live", "live (the real engine) | sim (SimEngine: trace + profile, no model)",
+    backend: str = option("live", "live (the real engine) | sim (SimEngine: trace + profile, no model) | vllm "
+                          "(vLLM's engine stepped in-process; needs vLLM)",
                           choices=BACKENDS)
     trace: str | None = option(None, "sim: trace .npz (`nightjar-rl trace record`), relative to the scenario file", str)
     profile: str | None = option(None, "sim: hardware profile JSON (`nightjar-rl profile`, `--roofline`)", str)

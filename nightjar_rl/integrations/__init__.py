@@ -1,0 +1,1 @@
+"""Integrations with other serving engines (optional dependencies, imported only when used)."""

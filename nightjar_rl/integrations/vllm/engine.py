@@ -1,0 +1,178 @@
+"""`VLLMEngine`: vLLM's engine, stepped in this process, behind nightjar-rl's engine surface.
+
+`ServingSession`, the `PolicyDriver`, the env and the CLI drive it exactly like the live engine and
+the simulator (`nightjar_rl.serving.surface.EngineSurface`): `submit`, `step(plan)`, `pop_finished`,
+`running`, `waiting`, `abort`. One `step(plan)` is one `LLMEngine.step()` (schedule, forward,
+sample, n-gram proposal) with `NightjarScheduler` in mode "trim": vLLM proposes
+`num_speculative_tokens` drafts per row and the plan trims each row's drafts for this step, so a
+plan means what it means on our engine. The `StepStats` are the scheduler's (per row drafted /
+accepted / emitted from vLLM's outputs), keyed by our request ids, with the wall time measured
+around the whole `LLMEngine.step()`.
+
+vLLM's engine is costly to start (tens of seconds on CPU), so `nightjar_rl.env.backend.VLLMBackend`
+starts one per process and hands every episode a fresh `VLLMEngine` over it (`close` aborts what an
+episode leaves running).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from nightjar_rl.contracts import SpecPlan
+from nightjar_rl.decoding.scheduler import ABORT
+from nightjar_rl.decoding.sequence import Request, Sequence
+from nightjar_rl.decoding.stats import StepStats
+from nightjar_rl.integrations.vllm.config import engine_kwargs, ensure_inprocess, require_vllm
+from nightjar_rl.stack import EngineConfig
+
+FINISH_REASONS = {"stop": "eos", "length": "length", "abort": ABORT, "error": "error"}
+
+
+def start_llm_engine(cfg: EngineConfig, enforce_eager: bool = True):
+    """An in-process `vllm.LLMEngine` for `cfg` with `NightjarScheduler` in mode trim."""
+    require_vllm()
+    ensure_inprocess()
+    from vllm import EngineArgs, LLMEngine
+
+    return LLMEngine.from_engine_args(EngineArgs(**engine_kwargs(cfg, scheduler={"mode": "trim"},
+                                                                 enforce_eager=enforce_eager)))
+
+
+class VLLMEngine:
+    """The engine surface over an in-process `LLMEngine` (module docstring). `max_speculation` is
+    vLLM's `num_speculative_tokens` (0 without a speculative config)."""
+
+    def __init__(self, llm_engine, cfg: EngineConfig):
+        from vllm import SamplingParams
+
+        self.llm = llm_engine
+        self.scheduler = llm_engine.engine_core.engine_core.scheduler
+        if getattr(self.scheduler, "mode", None) != "trim":
+            raise ValueError("the vLLM engine needs NightjarScheduler in mode 'trim' (start_llm_engine)")
+        if self.scheduler.has_requests():
+            raise RuntimeError("the vLLM engine still has requests from a previous run")
+        self.cfg = cfg
+        self.max_speculation = self.scheduler.max_k
+        self.max_seq_len = cfg.max_seq_len
+        self._params = SamplingParams
+        self._seqs: dict[str, Sequence] = {}  # ours, by our request id, until popped
+        self._internal: dict[str, str] = {}  # our id -> vLLM's (it appends a random suffix)
+        self._external: dict[str, str] = {}
+        self._waiting: deque[Request] = deque()
+        self._finished: list[Sequence] = []
+        self._aborted: list[str] = []
+        self.step_count = 0
+
+    # ---- the surface ------------------------------------------------------------------------------
+    @property
+    def running(self) -> list[Sequence]:
+        return [self._seqs[self._external[r.request_id]] for r in self.scheduler.running
+                if r.request_id in self._external]
+
+    @property
+    def waiting(self) -> deque[Request]:
+        running = {r.request_id for r in self.scheduler.running}
+        return deque(req for req in self._waiting if self._internal[req.request_id] not in running)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._seqs.keys() - {s.request_id for s in self._finished})
+
+    def submit(self, request: Request) -> None:
+        rid = request.request_id
+        if rid in self._seqs:
+            raise ValueError(f"duplicate request id {rid!r}")
+        if not request.prompt_ids:
+            raise ValueError(f"request {rid!r} has an empty prompt")
+        if request.max_new_tokens < 1:
+            raise ValueError(f"request {rid!r}: max_new_tokens must be >= 1")
+        if len(request.prompt_ids) + request.max_new_tokens > self.max_seq_len:
+            raise ValueError(f"request {rid!r}: prompt of {len(request.prompt_ids)} tokens + {request.max_new_tokens} "
+                             f"new tokens exceeds the context of {self.max_seq_len} tokens")
+        params = self._params(temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=request.max_new_tokens,
+                              seed=self.cfg.seed if self.cfg.temperature > 0 else None)
+        internal = self.llm.add_request(rid, {"prompt_token_ids": list(request.prompt_ids)}, params)
+        self._internal[rid], self._external[internal] = internal, rid
+        self._seqs[rid] = Sequence(request=request, tokens=list(request.prompt_ids))
+        self._waiting.append(request)
+
+    def abort(self, request_id: str) -> bool:
+        seq = self._seqs.get(request_id)
+        if seq is None or seq.finished:
+            return False
+        self.llm.abort_request([self._internal[request_id]], internal=True)
+        self._aborted.append(request_id)
+        return True
+
+    def step(self, plan: SpecPlan | int) -> StepStats:
+        plan = SpecPlan.coerce(plan)
+        plan.check(self.max_speculation, (s.request_id for s in self.running))
+        self.scheduler.plan = SpecPlan(plan.default, {self._internal[r]: k for r, k in plan.lengths.items()})
+        before = self.scheduler.last_stats
+        start = time.perf_counter()
+        outputs = self.llm.step()
+        wall = time.perf_counter() - start
+        stats = self.scheduler.last_stats
+        if stats is before:  # nothing was scheduled (e.g. only aborts were processed)
+            stats = StepStats(step=self.step_count, k=0, batch_size=0, num_waiting=len(self.waiting), num_prefilled=0)
+        stats = self._ours(stats)
+        stats.step, stats.wall_time = self.step_count, wall
+        for out in outputs:
+            self._update(out)
+        for rid in self._aborted:
+            seq = self._seqs[rid]
+            if not seq.finished:
+                seq.finish_reason = ABORT
+                self._leave(seq)
+                stats.finished_ids.append(rid)
+                stats.aborted_ids.append(rid)
+        self._aborted.clear()
+        started = {s.request_id for s in self.running} | {s.request_id for s in self._finished}
+        self._waiting = deque(r for r in self._waiting if r.request_id not in started)
+        stats.num_waiting = len(self._waiting)
+        self.step_count += 1
+        return stats
+
+    def _ours(self, stats: StepStats) -> StepStats:
+        """The scheduler's stats with vLLM's request ids turned back into ours."""
+        ext = self._external
+        for name in ("request_ids", "first_token_ids", "finished_ids", "aborted_ids", "failed_ids"):
+            setattr(stats, name, [ext.get(r, r) for r in getattr(stats, name)])
+        return stats
+
+    def _update(self, out) -> None:
+        rid = self._external.get(out.request_id)
+        if rid is None:
+            return
+        seq = self._seqs[rid]
+        completion = out.outputs[0]
+        seq.tokens = list(seq.request.prompt_ids) + list(completion.token_ids)
+        if out.finished and not seq.finished:
+            seq.finish_reason = FINISH_REASONS.get(completion.finish_reason, completion.finish_reason or "eos")
+            self._leave(seq)
+
+    def _leave(self, seq: Sequence) -> None:
+        self._finished.append(seq)
+
+    def pop_finished(self) -> list[Sequence]:
+        done, self._finished = self._finished, []
+        for seq in done:
+            internal = self._internal.pop(seq.request_id)
+            self._external.pop(internal, None)
+            self._seqs.pop(seq.request_id)
+        return done
+
+    def close(self) -> None:
+        """Abort whatever is left (the engine is shared by the backend's episodes)."""
+        left = [self._internal[r] for r, s in self._seqs.items() if not s.finished]
+        if left:
+            self.llm.abort_request(left, internal=True)
+        self._seqs.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+

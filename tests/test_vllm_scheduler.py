@@ -1,0 +1,176 @@
+"""NightjarScheduler inside a real vLLM (offline `LLM`, engine core in this process): the policy sets
+k step by step, per-row budgets trim each row's drafts exactly, greedy outputs never change, a
+bandit learns online and saves its artifact. One engine for the module (eager, 4 slots)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.vllm_support import MAX_K, bundled_prompts, engine_config, skip_without_vllm
+
+skip_without_vllm()
+
+from nightjar_rl.contracts import SpecPlan  # noqa: E402
+from nightjar_rl.policy.base import Policy  # noqa: E402
+from nightjar_rl.runtime.policy_spec import runtime_policy  # noqa: E402
+
+NEW_TOKENS = 48
+TABLE = {"1": 4, "2-3": 2, "4+": 1}
+
+
+@pytest.fixture(scope="module")
+def llm():
+    from vllm import LLM
+
+    from nightjar_rl.integrations.vllm.config import engine_kwargs, ensure_inprocess
+
+    ensure_inprocess()
+    engine = LLM(**engine_kwargs(engine_config(), scheduler={}, kv_tokens=4 * 512))
+    yield engine
+    del engine
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return bundled_prompts(6)
+
+
+def scheduler_of(llm):
+    return llm.llm_engine.engine_core.engine_core.scheduler
+
+
+def generate(llm, prompts, **scheduler_attrs) -> tuple[list[list[int]], list]:
+    """Greedy outputs of `prompts` with the scheduler's attributes set; returns (tokens, step stats)."""
+    from vllm import SamplingParams
+
+    sched = scheduler_of(llm)
+    defaults = dict(mode="propose", runtime=None, plan=None, _row_plan={}, _credit=[], _finished=False, decisions=[])
+    for name, value in {**defaults, **scheduler_attrs}.items():
+        setattr(sched, name, value)
+    steps = []
+    original = type(sched)._observe
+
+    def record(stats):
+        steps.append(stats)
+        original(sched, stats)
+
+    sched._observe = record
+    try:
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
+                            SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS), use_tqdm=False)
+    finally:
+        del sched._observe
+    return [list(o.outputs[0].token_ids) for o in outs], steps
+
+
+@pytest.fixture(scope="module")
+def plain(llm, prompts):
+    """Every step at k = 0: no draft is proposed or verified (plain greedy decoding)."""
+    return generate(llm, prompts, runtime=runtime_policy(MAX_K, 0))[0]
+
+
+class Cycle(Policy):
+    """k = 4, 0, 2, 0, ... by decision (a policy that changes k every step)."""
+
+    type_name = "test_cycle"
+
+    def __init__(self, max_k: int):
+        super().__init__(max_k)
+        self.n = 0
+
+    def predict(self, obs, deterministic: bool = True) -> int:
+        self.n += 1
+        return (4, 0, 2, 0)[(self.n - 1) % 4]
+
+
+def test_k_zero_is_plain_vllm(llm, prompts, plain):
+    """k = 0 every step matches vLLM with its own scheduler and no speculation in the step stats."""
+    _, steps = generate(llm, prompts, runtime=runtime_policy(MAX_K, 0))
+    assert all(sum(s.drafted) == 0 for s in steps)
+    assert all(s.extra["num_spec_tokens_to_schedule"] == 0 for s in steps)
+    assert sum(s.tokens_out for s in steps) == sum(len(t) for t in plain)
+
+
+def test_policy_changes_k_every_step_and_outputs_stay_greedy(llm, prompts, plain):
+    rp = runtime_policy(MAX_K, policy=json.dumps({"type": "fixed", "k": 0}))
+    rp.policy = Cycle(MAX_K)
+    tokens, steps = generate(llm, prompts, runtime=rp)
+    assert tokens == plain
+    proposed = [s.extra["num_spec_tokens_to_schedule"] for s in steps]
+    assert proposed == [(4, 0, 2, 0)[i % 4] for i in range(len(steps))]
+    # the drafts a step verifies were proposed at the previous step, at most its k
+    for prev, step in zip(steps, steps[1:]):
+        assert all(d <= prev.extra["num_spec_tokens_to_schedule"] for d in step.drafted)
+    assert sum(sum(s.accepted) for s in steps) > 0  # speculation really ran
+
+
+def test_table_policy_sets_k_by_batch_size(llm, prompts, plain):
+    rp = runtime_policy(MAX_K, policy=json.dumps({"type": "table", "table": TABLE}))
+    tokens, steps = generate(llm, prompts, runtime=rp)
+    assert tokens == plain
+    sched = scheduler_of(llm)
+    table = rp.policy
+    assert {b for b, _ in sched.decisions} >= {1, 4}  # several batch sizes were seen
+    assert all(k == table.k_for_batch(b) for b, k in sched.decisions)
+    assert [s.extra["num_spec_tokens_to_schedule"] for s in steps] == [k for _, k in sched.decisions]
+
+
+class HashPlan(SpecPlan):
+    """A different length per row, from its id."""
+
+    def length_for(self, request_id: str) -> int:
+        return sum(map(ord, request_id)) % (MAX_K + 1)
+
+
+def test_per_row_budgets_trim_each_rows_drafts_exactly(llm, prompts, plain):
+    """Mode trim: every row verifies min(its proposed drafts, its plan length) drafts, no more, no less."""
+    sched = scheduler_of(llm)
+    proposed: dict[str, int] = {}
+    seen: list[tuple[int, int, int]] = []
+    original = type(sched).update_draft_token_ids
+
+    def spy(draft_token_ids):
+        for rid, ids in zip(draft_token_ids.req_ids, draft_token_ids.draft_token_ids):
+            proposed[rid] = len(ids)
+        original(sched, draft_token_ids)
+
+    original_stats = type(sched)._step_stats
+
+    def check(out, model_out, before):
+        stats = original_stats(sched, out, model_out, before)
+        for rid, k, d in zip(stats.request_ids, stats.plan, stats.drafted):
+            seen.append((min(proposed.get(rid, 0), k), d, k))
+        return stats
+
+    sched.update_draft_token_ids, sched._step_stats = spy, check
+    try:
+        tokens, steps = generate(llm, prompts, mode="trim", plan=HashPlan(default=0))
+    finally:
+        del sched.update_draft_token_ids, sched._step_stats
+    assert tokens == plain
+    assert seen and all(expect == got for expect, got, _ in seen)
+    assert {k for _, _, k in seen} >= {0, MAX_K}  # rows with different budgets in the same run
+    assert any(0 < got < MAX_K for _, got, _ in seen) and any(got == MAX_K for _, got, _ in seen)
+
+
+def test_bandit_learns_online_and_saves_its_artifact(llm, prompts, plain, tmp_path):
+    from nightjar_rl.policy.artifact import load_policy
+
+    path = tmp_path / "learned.json"
+    rp = runtime_policy(MAX_K, policy="ucb1", learn=True, save_policy=str(path))
+    tokens, steps = generate(llm, prompts, runtime=rp)
+    assert tokens == plain
+    sched = scheduler_of(llm)
+    assert sched.finish() == [f"saved learned policy {path}"]
+    learned = load_policy(path)
+    counts = np.asarray(learned.state()["counts"])
+    assert counts.sum() == sum(1 for s in steps[1:] if s.batch_size > 0)  # every decode step credited once
+    assert len({k for _, k in sched.decisions}) > 1  # it explored
+
+
+def test_decision_cost_is_measured(llm):
+    cost = scheduler_of(llm).decision_cost()
+    assert cost["steps"] > 0 and 0 < cost["median_us"] < 1e6
