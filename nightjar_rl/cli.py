@@ -72,6 +72,9 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workload", default=None, metavar="SPEC",
                    help="prompts: bundled (default), a .jsonl file ('prompt' or 'messages', optional id, family, "
                         "max_tokens), jsonl:FILE, or a registered/entry-point source")
+    p.add_argument("--backend", default="live", choices=["live", "vllm"],
+                   help="live: nightjar-rl's engine; vllm: vLLM's engine stepped in-process, same engine flags, "
+                        "n-gram drafter (needs vLLM: install.sh --vllm)")
     p.add_argument("--prompts", default=None, help="a JSONL prompt file (same as --workload FILE)")
     p.add_argument("--families", default=None, help="comma-separated prompt families to keep")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -105,7 +108,9 @@ class _Workload:
     """What generate/bench serve: an engine, its max k, prompt records and requests, a tokenizer."""
 
     def __init__(self, a: argparse.Namespace, rate: float | None, count: int | None):
-        if a.scenario:  # the scenario's backend: the live engine or the simulator
+        if a.scenario and a.backend != "live":
+            raise CLIError("--backend and --scenario both name the backend: give one (a scenario says `backend:`)")
+        if a.scenario:  # the scenario's backend: the live engine, the simulator or vLLM
             import numpy as np
 
             from nightjar_rl.env.backend import make_backend
@@ -125,9 +130,25 @@ class _Workload:
                                            scenario.max_new_tokens)
             self.config = scenario.engine_config(a.seed)
             self.engine = backend.make_engine(a.seed)
-            self.tokenizer = backend.target.tokenizer if backend.needs_model else None
+            self.tokenizer = backend.target.tokenizer if backend.needs_model else getattr(backend, "tokenizer", None)
             self.label = {"scenario": scenario.name, "backend": scenario.backend}
             self.max_concurrency = scenario.max_concurrency
+        elif a.backend == "vllm":
+            from types import SimpleNamespace
+
+            from transformers import AutoTokenizer
+
+            from nightjar_rl.integrations.vllm.config import model_path, require_vllm
+            from nightjar_rl.integrations.vllm.engine import VLLMEngine, start_llm_engine
+
+            require_vllm()
+            self.config = _engine_config(a)
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path(self.config.model))
+            words = SimpleNamespace(tokenizer=self.tokenizer, vocab_size=len(self.tokenizer))
+            self.records, self.requests = _load_workload(a, words, rate, count)
+            self.engine = VLLMEngine(start_llm_engine(self.config), self.config)
+            self.label = {"backend": "vllm"}
+            self.max_concurrency = None
         else:
             from nightjar_rl.stack import build_stack
 

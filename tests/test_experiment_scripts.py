@@ -70,6 +70,7 @@ SCRIPTS = [
            needs=("fastapi", "uvicorn", "httpx"), slow=True,
            check={"summary.json": _summary_true("completed_exactly_once", "outputs_identical_to_bench")}),
     Script("bench_sim_speed", ("result.json",)),
+    Script("bench_vllm", ("runs.csv", "outputs.csv", "summary.json", "summary.md"), needs=("vllm",), slow=True),
     Script("custom_policy", ("*/results.csv",), check={"*/results.csv": lambda df: (
         df.loc[df["policy"] == "acceptance-gated", "throughput_tok_s"] > 0).all() or None}),
     Script("bench_sssd", ("*/results.csv", "*/config.json"), check={"*/results.csv": _all_true("identical")}),

@@ -1,6 +1,8 @@
 """NightjarScheduler inside a real vLLM (offline `LLM`, engine core in this process): the policy sets
 k step by step, per-row budgets trim each row's drafts exactly, greedy outputs never change, a
-bandit learns online and saves its artifact. One engine for the module (eager, 4 slots)."""
+bandit learns online and saves its artifact; and a table exported with `nightjar-rl export --to
+vllm` loads in vLLM's own validator and, run by vLLM itself, picks the k the live policy picks at
+every step. One engine for the module (eager, 4 slots, the exported table in its speculative config)."""
 
 from __future__ import annotations
 
@@ -22,13 +24,26 @@ TABLE = {"1": 4, "2-3": 2, "4+": 1}
 
 
 @pytest.fixture(scope="module")
-def llm():
+def exported(tmp_path_factory) -> dict:
+    """`nightjar-rl export --to vllm` of the TABLE policy, as vLLM's speculative config."""
+    from nightjar_rl.cli import main
+    from nightjar_rl.integrations.vllm.config import speculative_config
+
+    path = tmp_path_factory.mktemp("export") / "vllm.json"
+    policy = json.dumps({"type": "table", "table": TABLE})
+    assert main(["export", policy, "--to", "vllm", "--max-batch-size", "4", "--max-k", str(MAX_K),
+                 "--out", str(path)]) == 0
+    return {**speculative_config(engine_config()), **json.loads(path.read_text())}
+
+
+@pytest.fixture(scope="module")
+def llm(exported):
     from vllm import LLM
 
     from nightjar_rl.integrations.vllm.config import engine_kwargs, ensure_inprocess
 
     ensure_inprocess()
-    engine = LLM(**engine_kwargs(engine_config(), scheduler={}, kv_tokens=4 * 512))
+    engine = LLM(**engine_kwargs(engine_config(), scheduler={}, kv_tokens=4 * 512, speculation=exported))
     yield engine
     del engine
 
@@ -174,3 +189,24 @@ def test_bandit_learns_online_and_saves_its_artifact(llm, prompts, plain, tmp_pa
 def test_decision_cost_is_measured(llm):
     cost = scheduler_of(llm).decision_cost()
     assert cost["steps"] > 0 and 0 < cost["median_us"] < 1e6
+
+
+def test_export_loads_in_vllms_validator_and_matches_the_live_policy(llm, prompts, plain, exported):
+    from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
+
+    table = runtime_policy(MAX_K, policy=json.dumps({"type": "table", "table": TABLE})).policy
+    lookup = build_dynamic_sd_schedule_lookup(exported["num_speculative_tokens_per_batch_size"], 4, MAX_K)
+    assert lookup[1:] == [table.k_for_batch(b) for b in range(1, 5)]  # vLLM's own reading of the file
+    config = scheduler_of(llm).vllm_config.speculative_config
+    assert config.num_speculative_tokens_per_batch_size == exported["num_speculative_tokens_per_batch_size"]
+    tokens, vllm_steps = generate(llm, prompts)  # no policy: vLLM's table decides
+    _, live_steps = generate(llm, prompts, runtime=runtime_policy(MAX_K, policy=json.dumps({"type": "table",
+                                                                                           "table": TABLE})))
+    assert tokens == plain
+
+    def ks(steps):
+        return [(s.extra["scheduled_rows"], s.extra["num_spec_tokens_to_schedule"]) for s in steps]
+
+    assert ks(vllm_steps) == ks(live_steps)
+    assert {b for b, _ in ks(vllm_steps)} >= {1, 4}
+    assert all(k == table.k_for_batch(b) for b, k in ks(vllm_steps))

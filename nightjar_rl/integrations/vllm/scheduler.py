@@ -23,7 +23,8 @@ wall time from scheduling to the processed outputs), which feeds the observation
 Settings, as vLLM config (`additional_config={"nightjar": {...}}`, `--additional-config`) or the JSON
 in $NIGHTJAR_VLLM: `policy` (artifact path or spec, as `nightjar-rl generate --policy`), `learn`,
 `save_policy` (where a learning policy is saved at shutdown), `log_steps` (.csv/.parquet), `mode`.
-Without a policy the plan is `self.plan` or vLLM's full `num_speculative_tokens`.
+Without a policy the plan is `self.plan`; without either, vLLM decides as it would (its
+`num_speculative_tokens`, or its own batch-size table) and this class only records the steps.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class NightjarScheduler(Scheduler):
         now = time.perf_counter()
         self.tracker.observe_arrivals(self._arrivals, now - self._last_decision)
         self._arrivals, self._last_decision = 0, now
-        if self.runtime is None:
+        if self.runtime is None:  # mode trim without a plan: every draft vLLM proposed is verified
             plan = self.plan if self.plan is not None else SpecPlan.uniform(self.max_k)
         else:
             obs = self.tracker.vector(batch, queue)
@@ -122,7 +123,8 @@ class NightjarScheduler(Scheduler):
         cost = time.perf_counter() - start
         out = super().schedule(*args, **kwargs)
         resumed = time.perf_counter()
-        if self.mode == "propose" and self.max_k and out.num_scheduled_tokens:
+        decides = self.runtime is not None or self.plan is not None
+        if self.mode == "propose" and decides and self.max_k and out.num_scheduled_tokens:
             rows = list(out.num_scheduled_tokens)
             self._row_plan = self._lengths(self._decide(len(rows), len(self.waiting)), rows)
             out.num_spec_tokens_to_schedule = max(self._row_plan.values())
@@ -178,6 +180,7 @@ class NightjarScheduler(Scheduler):
         stats.verify_tokens = 1 + max(stats.drafted, default=0) if stats.request_ids else 0
         stats.scored_tokens = sum(1 + d for d in stats.drafted)  # vLLM packs rows: no padding
         stats.extra["num_spec_tokens_to_schedule"] = int(out.num_spec_tokens_to_schedule)
+        stats.extra["scheduled_rows"] = len(out.num_scheduled_tokens)  # vLLM's batch size (its table's key)
         self._step_count += 1
         return stats
 
@@ -208,7 +211,7 @@ class NightjarScheduler(Scheduler):
         t = np.asarray(self.decision_times) * 1e6
         if not len(t):
             return {"steps": 0}
-        return {"steps": int(len(t)), "median_us": float(np.median(t)), "p90_us": float(np.percentile(t, 90)),
+        return {"steps": len(t), "median_us": float(np.median(t)), "p90_us": float(np.percentile(t, 90)),
                 "mean_us": float(t.mean()), "max_us": float(t.max())}
 
     def finish(self) -> list[str]:

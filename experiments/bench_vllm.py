@@ -1,0 +1,178 @@
+"""Peer benchmark: nightjar-rl's engine vs vLLM on the same model, dtype, prompts and greedy settings.
+
+Both engines serve the bundled prompts (chat-templated token ids), greedy, `--max-new-tokens` each,
+through the same `ServingSession` (same clock: each step's measured wall time; all requests arrive
+at t=0 and at most `batch` are in flight, so batch 1 is sequential requests), for every batch size
+in `--batches` and speculation off / n-gram at every k in `--ks` (`ngram_max`/`ngram_min` the same
+on both sides). vLLM's engine is stepped in-process (`nightjar_rl.integrations.vllm.VLLMEngine`,
+its scheduler with a fixed plan: the drafts vLLM proposes are all verified); each vLLM configuration
+(no speculative config for k = 0, `num_speculative_tokens = k` otherwise) lives in its own child
+process, started once (its start-up time is reported separately), so runs interleave: for each
+repeat, every (batch, k) cell runs on our engine then on vLLM. Reported per cell: median tokens/s,
+TTFT p50, TPOT p50 over repeats, the vLLM / ours ratio, and the outputs compared token by token
+(requests identical to our engine's greedy output, and to vLLM's own k = 0).
+
+Both sides get `--threads` torch threads (vLLM's CPU build would otherwise drop to 1).
+
+    python experiments/bench_vllm.py --repeats 3                          # the real run (minutes)
+    python experiments/bench_vllm.py --quick --out-dir /tmp/bench_vllm    # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import quickmode  # same folder
+
+from nightjar_rl.io import atomic_write_json, atomic_write_text
+
+
+@dataclass
+class Args:
+    model: str = "smollm2-135m"
+    dtype: str = "float32"
+    repeats: int = 3
+    prompts: int = 64
+    max_new_tokens: int = 64
+    batches: list[int] = field(default_factory=lambda: [1, 16, 64])
+    ks: list[int] = field(default_factory=lambda: [0, 2, 4])
+    ngram_max: int = 3
+    ngram_min: int = 1
+    max_seq_len: int = 1024
+    threads: int = 2
+    out: str = "runs/bench_vllm"
+
+
+QUICK = {"repeats": 1, "prompts": 3, "max_new_tokens": 8, "batches": [1, 3], "ks": [2], "max_seq_len": 512}
+
+
+def engine_config(a: Args, k: int, slots: int):
+    from nightjar_rl.stack import EngineConfig
+
+    return EngineConfig(model=a.model, dtype=a.dtype, max_batch_size=slots, max_seq_len=a.max_seq_len,
+                        max_speculation=k, ngram_max=a.ngram_max, ngram_min=a.ngram_min, threads=a.threads)
+
+
+def prompt_ids(a: Args) -> list[list[int]]:
+    """Chat-templated token ids of the first `a.prompts` bundled prompts (cycled if more are asked)."""
+    from transformers import AutoTokenizer
+
+    from nightjar_rl.integrations.vllm.config import model_path
+    from nightjar_rl.serving.workload import encode_record, load_workload
+
+    tok = AutoTokenizer.from_pretrained(model_path(a.model))
+    records = load_workload("bundled")
+    keep = a.max_seq_len - a.max_new_tokens
+    return [encode_record(tok, records[i % len(records)], len(tok))[-keep:] for i in range(a.prompts)]
+
+
+def serve_once(engine, prompts: list[list[int]], max_new: int, batch: int, k: int) -> dict:
+    """One run: every prompt, at most `batch` in flight, uniform k; metrics and the outputs."""
+    from nightjar_rl.policy.baselines import FixedK
+    from nightjar_rl.runtime import PolicyDriver
+    from nightjar_rl.serving import ServingSession, build_requests, summarize
+
+    requests = build_requests(prompts, [f"p{i}" for i in range(len(prompts))], np.zeros(len(prompts)), max_new)
+    session = ServingSession(engine, requests, max_concurrency=batch)
+    result = PolicyDriver(session, engine.max_speculation, FixedK(k, engine.max_speculation)).run()
+    s = summarize(result)
+    return {"tokens_s": s["throughput_tok_s"], "ttft_p50_s": s["ttft_p50_s"], "tpot_p50_s": s["tpot_p50_s"],
+            "acceptance": s["acceptance_rate"], "output_tokens": int(result.requests["output_tokens"].sum()),
+            "outputs": [result.outputs[r.request_id] for r in requests]}
+
+
+def vllm_worker(conn, a: Args, k: int, slots: int) -> None:
+    """Child process: start vLLM for (k, slots) once, then serve the runs the parent asks for."""
+    from nightjar_rl.integrations.vllm.engine import VLLMEngine, start_llm_engine
+
+    cfg = engine_config(a, k, slots)
+    t0 = time.perf_counter()
+    llm = start_llm_engine(cfg)
+    conn.send({"startup_s": time.perf_counter() - t0})
+    while (job := conn.recv()) is not None:
+        prompts, max_new, batch = job
+        with VLLMEngine(llm, cfg) as engine:
+            conn.send(serve_once(engine, prompts, max_new, batch, k))
+
+
+def main(a: Args) -> pd.DataFrame:
+    from tqdm.auto import tqdm
+
+    from nightjar_rl.integrations.vllm import require_vllm
+    from nightjar_rl.stack import build_stack
+
+    require_vllm()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = prompt_ids(a)
+    slots = max(a.batches)
+    ctx = mp.get_context("spawn")
+    os.environ["OMP_NUM_THREADS"] = str(a.threads)  # inherited by the vLLM children (else vLLM uses 1 thread)
+    workers = {}
+    for k in a.ks:  # started one after the other: start-up times measured alone
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=vllm_worker, args=(child, a, k, slots), daemon=True)
+        proc.start()
+        workers[k] = (proc, parent, parent.recv()["startup_s"])
+    stack = build_stack(engine_config(a, max(a.ks), slots))
+    rows, outputs = [], {}
+    cells = [(r, b, k) for r in range(a.repeats) for b in a.batches for k in a.ks]
+    try:
+        for rep, batch, k in tqdm(cells, desc="bench_vllm", unit="cell"):
+            ours = serve_once(stack.engine, prompts, a.max_new_tokens, batch, k)
+            _, conn, _ = workers[k]
+            conn.send((prompts, a.max_new_tokens, batch))
+            theirs = conn.recv()
+            for engine, res in (("nightjar", ours), ("vllm", theirs)):
+                outputs[(engine, batch, k)] = res.pop("outputs")
+                rows.append({"engine": engine, "repeat": rep, "batch": batch, "k": k, **res})
+    finally:
+        for proc, conn, _ in workers.values():
+            conn.send(None)
+            proc.join(timeout=60)
+    df = pd.DataFrame(rows)
+    atomic_write_text(out / "runs.csv", df.to_csv(index=False))
+    med = df.groupby(["batch", "k", "engine"])[["tokens_s", "ttft_p50_s", "tpot_p50_s", "acceptance"]].median()
+    table = med.unstack("engine")
+    table[("ratio", "vllm/ours tokens_s")] = table[("tokens_s", "vllm")] / table[("tokens_s", "nightjar")]
+    same = []
+    for batch in a.batches:
+        for k in a.ks:
+            ours, theirs = outputs[("nightjar", batch, k)], outputs[("vllm", batch, k)]
+            base = outputs.get(("vllm", batch, 0))
+            same.append({"batch": batch, "k": k, "requests": len(ours),
+                         "vllm_identical_to_ours": sum(x == y for x, y in zip(ours, theirs)),
+                         "vllm_identical_to_vllm_k0": None if base is None else sum(x == y for x, y in zip(base, theirs)),
+                         "first_divergence": next((min(j for j, (u, v) in enumerate(zip(x + [-1], y + [-2])) if u != v)
+                                                   for x, y in zip(ours, theirs) if x != y), None)})
+    same_df = pd.DataFrame(same)
+    startup = {f"k={k}": round(s, 2) for k, (_, _, s) in workers.items()}
+    atomic_write_text(out / "outputs.csv", same_df.to_csv(index=False))
+    atomic_write_json(out / "summary.json", {"vllm_startup_s": startup, "cells": len(cells), "repeats": a.repeats,
+                                             "threads": a.threads, "machine_cpus": os.cpu_count(),
+                                             "load_avg_at_end": os.getloadavg()})
+    text = (f"vLLM start-up (s, eager, per configuration): {startup}\n\nmedians over {a.repeats} repeats\n"
+            f"{table.to_string(float_format=lambda v: f'{v:.4g}')}\n\noutputs token by token\n{same_df.to_string(index=False)}\n")
+    atomic_write_text(out / "summary.md", text)
+    print(text)
+    return df
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in vars(Args()).items():
+        flag = f"--{name.replace('_', '-')}" if name != "out" else "--out-dir"
+        if isinstance(default, list):
+            parser.add_argument(flag, dest=name, type=int, nargs="+", default=default)
+        else:
+            parser.add_argument(flag, dest=name, type=type(default), default=default)
+    args = vars(quickmode.parse_args(parser, QUICK))
+    args.pop("quick")
+    main(Args(**args))
