@@ -9,8 +9,9 @@ its scheduler with a fixed plan: the drafts vLLM proposes are all verified); eac
 (no speculative config for k = 0, `num_speculative_tokens = k` otherwise) lives in its own child
 process, started once (its start-up time is reported separately), so runs interleave: for each
 repeat, every (batch, k) cell runs on our engine then on vLLM. Reported per cell: median tokens/s,
-TTFT p50, TPOT p50 over repeats, the vLLM / ours ratio, and the outputs compared token by token
-(requests identical to our engine's greedy output, and to vLLM's own k = 0).
+TTFT p50, TPOT p50 over repeats, the vLLM / ours ratio, the outputs compared token by token
+(requests identical to our engine's greedy output, and to vLLM's own k = 0), and the median time
+`NightjarScheduler` adds to a vLLM step (`plugin_us_per_step`).
 
 Both sides get `--threads` torch threads (vLLM's CPU build would otherwise drop to 1).
 
@@ -99,7 +100,11 @@ def vllm_worker(conn, a: Args, k: int, slots: int) -> None:
     while (job := conn.recv()) is not None:
         prompts, max_new, batch = job
         with VLLMEngine(llm, cfg) as engine:
-            conn.send(serve_once(engine, prompts, max_new, batch, k))
+            seen = len(engine.scheduler.decision_times)
+            result = serve_once(engine, prompts, max_new, batch, k)
+            # what NightjarScheduler adds per vLLM step (plan, trimming, StepStats): the plugin's cost
+            result["plugin_us_per_step"] = float(np.median(engine.scheduler.decision_times[seen:])) * 1e6
+            conn.send(result)
 
 
 def main(a: Args) -> pd.DataFrame:
@@ -139,7 +144,8 @@ def main(a: Args) -> pd.DataFrame:
             proc.join(timeout=60)
     df = pd.DataFrame(rows)
     atomic_write_text(out / "runs.csv", df.to_csv(index=False))
-    med = df.groupby(["batch", "k", "engine"])[["tokens_s", "ttft_p50_s", "tpot_p50_s", "acceptance"]].median()
+    med = df.groupby(["batch", "k", "engine"])[["tokens_s", "ttft_p50_s", "tpot_p50_s", "acceptance",
+                                                 "plugin_us_per_step"]].median()
     table = med.unstack("engine")
     table[("ratio", "vllm/ours tokens_s")] = table[("tokens_s", "vllm")] / table[("tokens_s", "nightjar")]
     same = []

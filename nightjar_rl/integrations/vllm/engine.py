@@ -50,7 +50,7 @@ class VLLMEngine:
         self.scheduler = llm_engine.engine_core.engine_core.scheduler
         if getattr(self.scheduler, "mode", None) != "trim":
             raise ValueError("the vLLM engine needs NightjarScheduler in mode 'trim' (start_llm_engine)")
-        if self.scheduler.has_requests():
+        if self.scheduler.has_unfinished_requests():
             raise RuntimeError("the vLLM engine still has requests from a previous run")
         self.cfg = cfg
         self.max_speculation = self.scheduler.max_k
@@ -118,6 +118,9 @@ class VLLMEngine:
             stats = StepStats(step=self.step_count, k=0, batch_size=0, num_waiting=len(self.waiting), num_prefilled=0)
         stats = self._ours(stats)
         stats.step, stats.wall_time = self.step_count, wall
+        for rid, drafted, accepted in zip(stats.request_ids, stats.drafted, stats.accepted):
+            seq = self._seqs[rid]
+            seq.drafted, seq.accepted, seq.steps = seq.drafted + drafted, seq.accepted + accepted, seq.steps + 1
         for out in outputs:
             self._update(out)
         for rid in self._aborted:
