@@ -131,6 +131,12 @@ class VLLMEngine:
                 stats.finished_ids.append(rid)
                 stats.aborted_ids.append(rid)
         self._aborted.clear()
+        for rid in self._lost():
+            seq = self._seqs[rid]
+            seq.finish_reason, seq.error = "error", "vLLM dropped the request without finishing it"
+            self._leave(seq)
+            stats.finished_ids.append(rid)
+            stats.failed_ids.append(rid)
         started = {s.request_id for s in self.running} | {s.request_id for s in self._finished}
         self._waiting = deque(r for r in self._waiting if r.request_id not in started)
         stats.num_waiting = len(self._waiting)
@@ -145,8 +151,8 @@ class VLLMEngine:
         return stats
 
     def _update(self, out) -> None:
-        rid = self._external.get(out.request_id)
-        if rid is None:
+        rid = out.request_id  # vLLM reports the id it was given (ours), not its internal one
+        if rid not in self._seqs:
             return
         seq = self._seqs[rid]
         completion = out.outputs[0]
@@ -154,6 +160,11 @@ class VLLMEngine:
         if out.finished and not seq.finished:
             seq.finish_reason = FINISH_REASONS.get(completion.finish_reason, completion.finish_reason or "eos")
             self._leave(seq)
+
+    def _lost(self) -> list[str]:
+        """Our unfinished requests that vLLM no longer holds (never expected; guards against a hang)."""
+        held = self.scheduler.requests
+        return [rid for rid, seq in self._seqs.items() if not seq.finished and self._internal[rid] not in held]
 
     def _leave(self, seq: Sequence) -> None:
         self._finished.append(seq)
