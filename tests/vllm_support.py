@@ -7,7 +7,7 @@ import pytest
 from nightjar_rl.integrations.vllm import vllm_available
 from nightjar_rl.integrations.vllm.config import _import_error
 
-SKIP_REASON = f"vLLM is not importable here ({_import_error()}); install it with pip install -e '.[vllm]'"
+SKIP_REASON = f"vLLM is not importable here ({_import_error()}); install it with bash install.sh --vllm"
 MAX_K = 4
 
 

