@@ -128,6 +128,8 @@ class NightjarScheduler(Scheduler):
             rows = list(out.num_scheduled_tokens)
             self._row_plan = self._lengths(self._decide(len(rows), len(self.waiting)), rows)
             out.num_spec_tokens_to_schedule = max(self._row_plan.values())
+        elif self.mode == "trim" and self.max_k:
+            out.num_spec_tokens_to_schedule = self.max_k  # full proposals (not vLLM's table): the plan trims them
         self.decision_times.append(cost + time.perf_counter() - resumed)
         return out
 
