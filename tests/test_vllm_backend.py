@@ -114,7 +114,10 @@ def test_env_on_vllm_passes_check_env(backend):
     import gymnasium as gym
     from gymnasium.utils.env_checker import check_env
 
-    env = gym.make("nightjar_rl/SpecDecodeVLLM-v0", scenario=SCENARIO, backend=backend).unwrapped
+    from nightjar_rl.env import SpecDecodeEnv
+
+    env = SpecDecodeEnv(load_scenario(SCENARIO), backend=backend)  # gym.make would deep-copy the engine
+    env.spec = gym.spec("nightjar_rl/SpecDecodeVLLM-v0")  # the registered id (what gym.make would attach)
     assert env.spec.nondeterministic  # observations carry measured step times
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the Box is unbounded above (queue length, rates): a warning only
