@@ -22,13 +22,16 @@ wall time from scheduling to the processed outputs), which feeds the observation
 
 Settings, as vLLM config (`additional_config={"nightjar": {...}}`, `--additional-config`) or the JSON
 in $NIGHTJAR_VLLM: `policy` (artifact path or spec, as `nightjar-rl generate --policy`), `learn`,
-`save_policy` (where a learning policy is saved at shutdown), `log_steps` (.csv/.parquet), `mode`.
+`save_policy` (where a learning policy is saved: at shutdown, at exit, and every `save_every` steps,
+default 500, since a server's engine process may be killed before its shutdown runs), `log_steps`
+(.csv/.parquet, written at shutdown/exit), `mode`.
 Without a policy the plan is `self.plan`; without either, vLLM decides as it would (its
 `num_speculative_tokens`, or its own batch-size table) and this class only records the steps.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import time
 
@@ -43,7 +46,8 @@ from nightjar_rl.integrations.vllm.config import plugin_settings
 from nightjar_rl.schema import ConfigError
 
 MODES = ("propose", "trim")
-SETTINGS = ("policy", "learn", "save_policy", "log_steps", "mode")
+SETTINGS = ("policy", "learn", "save_policy", "log_steps", "mode", "save_every")
+SAVE_EVERY = 500  # steps between saves of a learning policy (a server may be killed before shutdown runs)
 logger = logging.getLogger("nightjar_rl.vllm")
 
 
@@ -58,6 +62,7 @@ class NightjarScheduler(Scheduler):
             raise ConfigError(f"nightjar scheduler: unknown setting(s) {', '.join(sorted(unknown))}; "
                               f"known: {', '.join(SETTINGS)}")
         self.mode = settings.get("mode", "propose")
+        self.save_every = int(settings.get("save_every", SAVE_EVERY))
         if self.mode not in MODES:
             raise ConfigError(f"nightjar scheduler: mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         self.max_k = int(self.num_spec_tokens)
@@ -68,6 +73,7 @@ class NightjarScheduler(Scheduler):
             self.runtime = runtime_policy(self.max_k, None, str(settings["policy"]), learn=bool(settings.get("learn")),
                                           save_policy=settings.get("save_policy"), log_steps=settings.get("log_steps"))
             self.runtime.policy.reset()
+            atexit.register(self.finish)
         elif settings.get("learn") or settings.get("save_policy"):
             raise ConfigError("nightjar scheduler: learn/save_policy need a policy")
         self.plan: SpecPlan | None = None  # set from outside before a step (the backend), used without a policy
@@ -202,6 +208,10 @@ class NightjarScheduler(Scheduler):
             obs, action = self._credit.pop(0)
             if rp.learn and stats.batch_size > 0:
                 rp.policy.update(obs, action, reward)
+        if rp.learn and rp.save_path is not None and self.save_every > 0 and self._step_count % self.save_every == 0:
+            from nightjar_rl.policy.artifact import save_policy
+
+            save_policy(rp.policy, rp.save_path)
         if rp.log is not None:
             from nightjar_rl.runtime.driver import Decision
 
