@@ -14,8 +14,8 @@ minimum of the two (`SpecPlan.capped`). A request that asks for its speculation 
 Aborts: a client that goes away has its request aborted with `engine.abort(request_id)`: the slot
 and KV are freed at the next step boundary and the sequence leaves with finish_reason "abort".
 Overload: `max_waiting` bounds the requests accepted but not yet admitted (the inbox plus the
-engine's queue); beyond it a request is refused at once (HTTP 503), and the engine's own
-`max_waiting` (`QueueFullError`) backs that up.
+engine's queue) beyond the batch slots free now; beyond it a request is refused at once (HTTP 503),
+and the engine's own `max_waiting` (`QueueFullError`, the same count) backs that up.
 Failure and shutdown: requests in flight end with an error event; `on_exit` (if set) is called
 when the loop ends, so the server can stop instead of answering 503 forever.
 """
@@ -168,8 +168,13 @@ class LiveSession:
             listener(TokenEvent(list(output[sent:]), finish, speculation=counts.as_dict() if counts else None))
 
     def fail_all(self, message: str) -> None:
+        """End every request in flight with an error event; one listener failing does not stop the
+        others from being told (nor the loop's shutdown)."""
         for listener in self.listeners.values():
-            listener(TokenEvent([], "error", message))
+            try:
+                listener(TokenEvent([], "error", message))
+            except Exception:  # noqa: BLE001 - its client is gone; the others still must hear
+                continue
         self.listeners.clear()
 
 
@@ -197,8 +202,8 @@ class EngineLoop:
         return self
 
     def queue_depth(self) -> int:
-        """Requests accepted but not yet admitted to the batch (approximate, any thread)."""
-        return self._pending + len(self.engine.waiting)
+        """Requests accepted but not yet admitted, beyond the free batch slots (approximate, any thread)."""
+        return self.engine.backlog(self._pending)
 
     def submit(self, request: Request, listener: Listener, ack: Ack, cap: int | None = None,
                speculation_metrics: bool = False) -> None:
