@@ -302,6 +302,7 @@ class ScheduledEngine:
         clock = self._start_clock()
         stats = StepStats(step=self.step_count, k=0, batch_size=0, num_waiting=0, num_prefilled=0)
         decode_rows, admitted = self._schedule(stats)
+        stats.context = max((len(s.tokens) - 1 for s in decode_rows), default=0)
         self._prefill(admitted, stats)
         self._retire(stats)  # rows finished by their first token (or failed in prefill)
         lengths = plan.resolve(s.request_id for s in decode_rows) if self.can_draft else [0] * len(decode_rows)
@@ -365,6 +366,13 @@ class ScheduledEngine:
 
     def _prefill(self, admitted: list[Sequence], stats: StepStats) -> None:
         raise NotImplementedError
+
+    def _prefill_groups(self, admitted: list[Sequence], stats: StepStats) -> list[list[Sequence]]:
+        """The admitted rows as prefill forwards (`Scheduler.prefill_batches`), their padded sizes
+        recorded in `stats.prefill_padded_tokens` (what a prefill forward computes)."""
+        groups = self.scheduler.prefill_batches(admitted)
+        stats.prefill_padded_tokens += sum(len(rows) * max(s.num_prompt for s in rows) for rows in groups)
+        return groups
 
     def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats) -> None:
         """One decoding round for `rows` (may be none); row i drafts up to `lengths[i]` tokens
