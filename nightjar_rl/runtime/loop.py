@@ -209,21 +209,22 @@ class EngineLoop:
                speculation_metrics: bool = False) -> None:
         """Queue `request` (at most `cap` draft tokens per step, if given); `ack(None)` once the
         engine took it, `ack(exc)` if it refused it (queue full, or a request that can never fit)."""
-        if not self.alive:
-            ack(OverloadedError(self.error or "the server is shutting down"))
-            return
-        if self.max_waiting is not None and self.queue_depth() >= self.max_waiting:
-            ack(OverloadedError(f"the waiting queue is full ({self.max_waiting} requests); retry later"))
-            return
-        with self._lock:
-            self._pending += 1
-
         def acked(exc: Exception | None) -> None:
             with self._lock:
                 self._pending -= 1
             ack(exc)
 
-        self.session.inbox.put(("submit", Submission(request, listener, acked, cap, speculation_metrics)))
+        refusal = None
+        with self._lock:  # the shutdown takes this lock too: a submission is either queued before the
+            if not self.alive:  # final drain (and answered by it) or refused here, never lost between
+                refusal = OverloadedError(self.error or "the server is shutting down")
+            elif self.max_waiting is not None and self.queue_depth() >= self.max_waiting:
+                refusal = OverloadedError(f"the waiting queue is full ({self.max_waiting} requests); retry later")
+            else:
+                self._pending += 1
+                self.session.inbox.put(("submit", Submission(request, listener, acked, cap, speculation_metrics)))
+        if refusal is not None:
+            ack(refusal)
 
     def abort(self, request_id: str) -> None:
         self.session.inbox.put(("abort", request_id))
@@ -246,7 +247,8 @@ class EngineLoop:
         except Exception as exc:  # an engine failure must not hang the clients
             self.error = f"engine failed: {type(exc).__name__}: {exc}"
         finally:
-            self.session.stopping = True
+            with self._lock:
+                self.session.stopping = True
             self.session.fail_all(self.error or "server shutting down")
             self._drain_refusing()
             try:
