@@ -37,6 +37,7 @@ import random
 import resource
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,7 +54,7 @@ from nightjar_rl.stack import EngineConfig, build_stack
 from nightjar_rl.text import encode_prompt
 
 # request states, one byte per request created
-NEW, QUEUED, REJECTED, COMPLETED, ABORTED, FAILED = range(6)
+NEW, QUEUED, REJECTED, COMPLETED, ABORTED, FAILED, UNSENT = range(7)  # UNSENT: the client could not send it
 OUTCOME = {"eos": COMPLETED, "length": COMPLETED, "abort": ABORTED, "error": FAILED}
 
 
@@ -78,6 +79,7 @@ class SoakConfig:
     draft_fault_rate: float = 0.02  # share of drafter calls that raise
     target_fault_rate: float = 0.0  # share of target forwards that raise (their rows fail)
     drain_s: float = 300.0  # longest time to serve what was accepted after the soak
+    max_connections: int = 256  # --through server: client connections; more arrivals wait in the client pool
     threads: int = 0  # torch CPU threads (0: torch's choice)
     seed: int = 0
     out: str = "runs/soak"
@@ -267,16 +269,19 @@ def soak_one(model_name: str, decoder: str, loaded, cfg: SoakConfig) -> tuple[di
     return summary, pd.DataFrame(windows)
 
 
-async def _client(client, url: str, prompt: list[int], cfg: SoakConfig, abort_after: float | None) -> int:
+async def _client(client, url: str, prompt: list[int], cfg: SoakConfig, abort_after: float | None,
+                  accepted: list[bool]) -> int:
     """One streamed request; its outcome as seen by the client: REJECTED (503), COMPLETED, ABORTED (the
     client hung up after the server accepted it), FAILED (an error event or another status); QUEUED
-    when an accepted stream ended without a terminal event (a lost request)."""
+    when an accepted stream ended without a terminal event (a lost request). Sets `accepted[0]` once
+    the server answered 200."""
     body = {"prompt": prompt, "max_tokens": cfg.max_new_tokens, "stream": True, "temperature": 0}
     async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
         if response.status_code == 503:
             return REJECTED
         if response.status_code != 200:
             return FAILED
+        accepted[0] = True
 
         async def read() -> int:
             async for line in response.aiter_lines():
@@ -307,15 +312,18 @@ async def _drive_server(url: str, pid: int, prompts: list[list[int]], cfg: SoakC
     tasks: list[asyncio.Task] = []
     windows: list[dict] = []
     health_ms: list[float] = []
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+    client_errors: Counter[str] = Counter()
+    limits = httpx.Limits(max_connections=cfg.max_connections, max_keepalive_connections=cfg.max_connections)
     async with httpx.AsyncClient(timeout=httpx.Timeout(cfg.drain_s + 60), limits=limits) as client:
 
         async def request(i: int) -> None:
             abort_after = rng.uniform(0, cfg.abort_within_s) if rng.random() < cfg.abort_frac else None
+            accepted = [False]
             try:
-                state[i] = await _client(client, url, prompts[i % len(prompts)], cfg, abort_after)
-            except httpx.HTTPError:
-                state[i] = FAILED
+                state[i] = await _client(client, url, prompts[i % len(prompts)], cfg, abort_after, accepted)
+            except httpx.HTTPError as exc:  # after a 200 the server sees a hang-up: an abort
+                state[i] = ABORTED if accepted[0] else UNSENT
+                client_errors[type(exc).__name__] += 1
 
         stop_polling = threading.Event()
 
@@ -354,7 +362,7 @@ async def _drive_server(url: str, pid: int, prompts: list[list[int]], cfg: SoakC
             await asyncio.wait(tasks, timeout=cfg.drain_s)
         stop_polling.set()
         poller.join()
-    return state, windows, health_ms, rss_end
+    return state, windows, health_ms, rss_end, client_errors
 
 
 def _serve_child(cfg: SoakConfig, model_name: str, decoder: str, port_queue, stop_event) -> None:
@@ -410,7 +418,7 @@ def soak_server_one(model_name: str, decoder: str, loaded, cfg: SoakConfig) -> t
         rate = cfg.overload * saturation
         rng = np.random.default_rng(cfg.seed)
         rss_start = _process_rss_mb(child.pid)
-        state, windows, health_ms, rss_end = asyncio.run(
+        state, windows, health_ms, rss_end, client_errors = asyncio.run(
             _drive_server(url, child.pid, prompts_for(loaded, cfg), cfg, rate, rng, model_name, decoder))
         time.sleep(1.0)  # the engine thread records an abort at the step after the hang-up
         finished = _server_metrics(url)
@@ -426,6 +434,7 @@ def soak_server_one(model_name: str, decoder: str, loaded, cfg: SoakConfig) -> t
         model=model_name, decoder=decoder, through="server", saturation_req_s=round(saturation, 2),
         arrival_rate_req_s=round(rate, 2), created=len(state), completed=state.count(COMPLETED),
         aborted=state.count(ABORTED), rejected=state.count(REJECTED), failed=state.count(FAILED),
+        unsent=state.count(UNSENT), client_errors=" ".join(f"{k}={n}" for k, n in client_errors.items()) or "none",
         unaccounted=state.count(QUEUED) + state.count(NEW) + max(0, accepted - server_finished),
         duplicates=max(0, server_finished - accepted), tokens_out=int(tokens),
         server_finished=" ".join(f"{r}={int(n)}" for r, n in finished.items()),
