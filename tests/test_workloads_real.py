@@ -206,3 +206,12 @@ def test_cli_serves_a_sampled_workload_with_ids_end_to_end(sharegpt_file, tmp_pa
     assert np.allclose(table["e2e"], table["ttft"] + table["tpot"] * (table["output_tokens"] - 1))
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["config"]["args"]["burstiness"] == 0.5 and prov["packages"]["numpy"] == np.__version__
+
+
+def test_a_repeated_sharegpt_prompt_is_sampled_once(tmp_path, word_tokenizer):
+    # the simulator finds trace records by prompt tokens: two requests with one prompt would be one record
+    path = tmp_path / "dup.json"
+    path.write_text(json.dumps([conv("a", words(5), words(6)), conv("b", words(5), words(9)),
+                                conv("c", words(6), words(4))]))
+    records = load_workload(f"sharegpt:{path}", query=WorkloadQuery(count=3, seed=0, tokenizer=word_tokenizer))
+    assert len(records) == 2 and len({r.prompt for r in records}) == 2 and "c" in {r.id for r in records}

