@@ -110,3 +110,18 @@ def test_cli_records_a_workload_without_scenario_files(tmp_path):
                               "model": "tiny-random", "max_speculation": 4, "max_new_tokens": 5})
     pool = SimBackend(scenario).prompt_pool
     assert pool.max_tokens == [3, 4, 5, 5] and pool.families == ["chat", "code", "chat", "code"]
+
+
+def test_tokens_per_step_walks_the_trace_by_hand():
+    from nightjar_rl.analysis.acceptance import acceptance_summary, acceptance_table, decode_steps
+    from nightjar_rl.sim.trace import TraceRecord, make_meta
+
+    acc = np.zeros((6, 3), np.int64)
+    acc[:, 2] = [0, 2, 0, 0, 1, 0]  # at k=2: p=1 accepts 2 -> p=4 accepts min(1, 6-4-1) -> p=6: 2 steps
+    acc[:, 1] = np.minimum(acc[:, 2], 1)  # k=1: p=1 +1 -> p=3 +0 -> p=4 +1 -> p=6: 3 steps
+    rec = TraceRecord("r", (1, 2), np.arange(6), True, np.minimum(np.arange(3), 2)[None].repeat(6, 0), acc)
+    assert [decode_steps(rec, k) for k in (0, 1, 2)] == [5, 3, 2]
+    trace = Trace(dict(make_meta("m", "ngram", 2, 8, "float32"), families={"r": "chat"}), [rec])
+    table = acceptance_table(trace, [1, 2], "w")
+    assert table["tokens_per_step"].tolist() == [5 / 3, 2.5] and set(table["family"]) == {"chat"}
+    assert acceptance_summary(table)["pooled"].tolist() == [5 / 3, 2.5]

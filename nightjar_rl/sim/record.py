@@ -77,7 +77,8 @@ def record_trace(target: LoadedModel, prompts: list[tuple[str, list[int]]], conf
         meta["families"] = {rid: families[rid] for rid, _, _ in todo if rid in families}
     done = _resume(checkpoint, meta) if checkpoint is not None else {}
     drafter = kind.build(config, target)
-    pending = [t for t in todo if t[0] not in done]
+    # generated shortest prompt first (batches of similar lengths pad less); the trace keeps the prompts' order
+    pending = sorted((t for t in todo if t[0] not in done), key=lambda t: len(t[1]) + t[2])
     bar = tqdm(total=len(todo), initial=len(todo) - len(pending), desc=f"trace {config.drafter}", unit="prompt",
                disable=not progress)
     for start in range(0, len(pending), chunk):
