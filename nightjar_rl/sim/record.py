@@ -77,12 +77,11 @@ def record_trace(target: LoadedModel, prompts: list[tuple[str, list[int]]], conf
         meta["families"] = {rid: families[rid] for rid, _, _ in todo if rid in families}
     done = _resume(checkpoint, meta) if checkpoint is not None else {}
     drafter = kind.build(config, target)
-    # generated shortest prompt first (batches of similar lengths pad less); the trace keeps the prompts' order
-    pending = sorted((t for t in todo if t[0] not in done), key=lambda t: len(t[1]) + t[2])
+    pending = [t for t in todo if t[0] not in done]  # in the prompts' order: a partial trace is a prefix
     bar = tqdm(total=len(todo), initial=len(todo) - len(pending), desc=f"trace {config.drafter}", unit="prompt",
                disable=not progress)
     for start in range(0, len(pending), chunk):
-        part = pending[start: start + chunk]
+        part = sorted(pending[start: start + chunk], key=lambda t: len(t[1]) + t[2])  # similar lengths pad less
         outputs = [reusable_output(reuse.lookup(ids) if reuse is not None else None, b) for _, ids, b in part]
         missing = [i for i, o in enumerate(outputs) if o is None]
         if missing:
