@@ -79,6 +79,7 @@ SCRIPTS = [
     Script("sim_fidelity", ("*/fidelity.csv",), check={"*/fidelity.csv": _all_true("per_request_identical")}),
     Script("soak", ("*/windows.csv", "*/summary.json"), slow=True),
     Script("spot_check", ("spot_check.csv", "*study_tiny*/results.csv")),
+    Script("workload_acceptance", ("acceptance.csv", "summary.csv", "tokens_per_step.png")),
 ]
 
 

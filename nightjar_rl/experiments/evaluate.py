@@ -19,7 +19,7 @@ from nightjar_rl.env.scenario import Scenario
 from nightjar_rl.env.workload import PromptPool, sample_requests
 from nightjar_rl.runtime.driver import PolicyDriver
 from nightjar_rl.serving import ServeResult, summarize
-from nightjar_rl.serving.arrivals import PoissonArrivals
+from nightjar_rl.serving.arrivals import at_rate
 from nightjar_rl.serving.session import ServingSession
 
 
@@ -32,9 +32,11 @@ class CellResult:
 
 def eval_workload(scenario: Scenario, pool: PromptPool, rate: float, seed: int, num_requests: int,
                   max_new_tokens: int):
-    """The workload of one (rate, seed) cell: identical for every policy."""
+    """The workload of one (rate, seed) cell: identical for every policy. Arrivals are Poisson at `rate`,
+    or the scenario's own process driven at `rate` when it has a shape (gamma burstiness, a
+    rate-scaled trace)."""
     rng, _ = seeding.np_random(int(seed))
-    return sample_requests(pool, PoissonArrivals(rate), num_requests, max_new_tokens, rng)
+    return sample_requests(pool, at_rate(scenario.arrival_process(), rate), num_requests, max_new_tokens, rng)
 
 
 def goodput(requests: pd.DataFrame, duration: float, tpot_s: float, ttft_s: float | None = None) -> float:
