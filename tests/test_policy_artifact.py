@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from nightjar_rl.contracts.observation import obs_size
 from nightjar_rl.hardware import HardwareProfile
 from nightjar_rl.policy import POLICY_TYPES, load_policy, make_policy, save_policy
 from nightjar_rl.policy.base import make_observation
@@ -28,7 +29,7 @@ SPECS = {
     "hysteresis": {"type": "hysteresis", "policy": {"type": "nightjar"}, "dwell": 2},
     "sssd": {"type": "sssd", "knee": 12, "cap": 8},
     "mlp": {"type": "mlp", "layers": ["linear", "tanh", "linear"], "weights": {  # arrays: written on save
-        "layers.0.weight": np.random.default_rng(0).normal(size=(8, MAX_K + 8)), "layers.0.bias": np.zeros(8),
+        "layers.0.weight": np.random.default_rng(0).normal(size=(8, obs_size(MAX_K))), "layers.0.bias": np.zeros(8),
         "layers.2.weight": np.random.default_rng(1).normal(size=(MAX_K + 1, 8)), "layers.2.bias": np.ones(MAX_K + 1)}},
 }
 

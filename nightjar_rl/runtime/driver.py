@@ -2,7 +2,9 @@
 server).
 
 It reads the serving session's decision state (rows to decode, queue, arrivals since the last
-decision, clock), turns it into the documented observation, asks a policy for k, runs the step,
+decision, clock), turns it into the documented observation (an `Observation`: the vector plus the
+running rows' features, with the proposals the executor reports through an optional
+`engine.proposal_lengths()`), asks a policy for k or a plan, runs the step,
 and optionally lets the policy learn from the step's reward:
 
 ```
@@ -26,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nightjar_rl.contracts import SpecPlan
-from nightjar_rl.contracts.observation import ObservationBuilder
+from nightjar_rl.contracts.observation import Observation, ObservationBuilder
 from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.policy.baselines import FixedK
@@ -58,7 +60,7 @@ class PolicyDriver:
         self.reward_fn = reward
         self._set_policy(policy, learn)
         self.builder = ObservationBuilder(self.max_k)
-        self.obs: np.ndarray | None = None
+        self.obs: Observation | None = None
         self.decision: Decision | None = None
         self.last_reward = float("nan")
 
@@ -93,7 +95,9 @@ class PolicyDriver:
         engine = self.session.engine
         self.decision = Decision(len(engine.running), len(engine.waiting), new, self.session.clock)
         self.builder.update(stats, new, self.session.clock)
-        self.obs = self.builder.vector(self.decision.batch_size, self.decision.queue_len)
+        proposals = getattr(engine, "proposal_lengths", None)
+        self.obs = self.builder.observation(engine.running, self.decision.queue_len,
+                                            proposals() if proposals is not None else None)
         return self.obs
 
     def act(self, action: SpecPlan | int) -> StepStats:
