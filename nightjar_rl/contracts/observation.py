@@ -12,7 +12,8 @@ Layout (float32, fixed per `max_k`):
 | 5           | last_k             | k used in the previous step                                     |
 | 6           | last_time_per_token| wall time of the previous step / tokens it produced (s)         |
 | 7 .. 7+max_k| hist_0..hist_max_k | share of recent row-steps that accepted 0..max_k draft tokens   |
-| then        | fi_acceptance      | full-information per-token acceptance estimate (0 while unknown)|
+| then        | fi_acceptance      | full-information per-token acceptance estimate over all rows, a |
+|             |                    | row without a proposal counted as a rejection (0 while unknown) |
 |             | fi_known           | 1 once full information has been seen, 0 = unknown yet          |
 |             | rows_unknown       | share of running rows with no acceptance estimate yet           |
 |             | rows_acc_0..3      | share of running rows whose estimate is in [0, .25), [.25, .5), [.5, .75), [.75, 1] |
@@ -28,12 +29,15 @@ the rows that drafted.
 Acceptance estimates are the geometric model's maximum likelihood (the model behind "the j-th draft
 survives with probability alpha^j"): a row that drafted d tokens and had a accepted contributes a
 successes and, when a < d, one failure; alpha = EMA(successes) / EMA(successes + failures). A row
-with no trial yet (no proposal so far) is *unknown*, not zero.
+with no trial yet (no proposal so far) is *unknown*, not zero: per-row estimates count only rows that
+had a proposal (the proposal is a feature of its own); the step-level `fi_acceptance` counts a row
+without one as a rejection of its first draft, what a uniform k gets from it.
 
 Per-row features (`RowBatch`) ride on the observation the runtime's driver builds (`Observation`,
 an ndarray with a `rows` attribute; `rows_of(obs)` reads it): per running row its acceptance
 estimate (nan = unknown), the samples behind it, the proposal its drafter holds (-1 = unknown), its
-output position and its remaining budget. Per-step policies see only the vector.
+output position, its remaining budget and its length (prompt + output). Per-step policies see only
+the vector.
 
 `ObservationBuilder` computes it, the same way wherever a policy runs (the env, evaluation, the
 CLI and the server all go through the runtime's `PolicyDriver`, which owns one).
@@ -109,9 +113,12 @@ def obs_histogram(obs: np.ndarray) -> np.ndarray:
     return obs[HIST_START:_summary_start(obs)]
 
 
-def geometric_trials(drafted: int, accepted: int) -> tuple[int, int]:
+def geometric_trials(drafted: int, accepted: int, empty_is_failure: bool = False) -> tuple[int, int]:
     """(successes, trials) of one row-step under the geometric acceptance model: every accepted draft is
-    a success; a rejection (accepted < drafted) is one failure; nothing drafted is no trial."""
+    a success; a rejection (accepted < drafted) is one failure; nothing drafted is no trial, or with
+    `empty_is_failure` one failure (no proposal: what a uniform k gets from the row)."""
+    if drafted == 0:
+        return 0, 1 if empty_is_failure else 0
     return accepted, accepted + (1 if accepted < drafted else 0)
 
 
@@ -154,6 +161,7 @@ class RowBatch:
     proposal: np.ndarray  # draft tokens the row's drafter holds for the next step; -1 = unknown
     position: np.ndarray  # output tokens generated so far
     remaining: np.ndarray  # output budget left (tokens)
+    context: np.ndarray  # tokens in the row (prompt + output)
 
     def __len__(self) -> int:
         return len(self.request_ids)
@@ -221,7 +229,7 @@ class RowTracker:
         """The `RowBatch` of `running` (Sequences: request_id, output_ids, remaining); `proposals` by
         request id (absent: unknown)."""
         proposals = proposals or {}
-        ids, acc, samples, prop, pos, rem = [], [], [], [], [], []
+        ids, acc, samples, prop, pos, rem, ctx = [], [], [], [], [], [], []
         for seq in running:
             rid = seq.request_id
             est = self.rows.get(rid)
@@ -233,8 +241,10 @@ class RowTracker:
             n_out = len(seq.tokens) - seq.num_prompt
             pos.append(n_out)
             rem.append(seq.request.max_new_tokens - n_out)
+            ctx.append(len(seq.tokens))
         return RowBatch(tuple(ids), np.array(acc, dtype=float), np.array(samples, dtype=int),
-                        np.array(prop, dtype=int), np.array(pos, dtype=int), np.array(rem, dtype=int))
+                        np.array(prop, dtype=int), np.array(pos, dtype=int), np.array(rem, dtype=int),
+                        np.array(ctx, dtype=int))
 
 
 def row_summary(rows: RowBatch | None, max_k: int) -> np.ndarray:
@@ -272,7 +282,7 @@ class ObservationTracker:
     def observe_step(self, stats: StepRecord) -> None:
         succ = trials = 0
         for d, a in step_samples(stats):
-            s, t = geometric_trials(d, a)
+            s, t = geometric_trials(d, a, empty_is_failure=True)
             succ, trials = succ + s, trials + t
         self.full_info.add(succ, trials)
         self.last_k = stats.k
