@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from nightjar_rl.contracts import SpecPlan
-from nightjar_rl.contracts.observation import RowBatch, obs_field, rows_of
+from nightjar_rl.contracts.observation import obs_field, rows_of
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.hardware import HardwareProfile
 from nightjar_rl.policy.bandits import NightjarBandit
