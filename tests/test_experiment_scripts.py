@@ -76,6 +76,10 @@ SCRIPTS = [
     Script("bf16_divergence", ("runs.csv", "summary.txt")),
     Script("run_notebooks", ("quickstart.ipynb", "figures/quickstart/*.png"), args=("quickstart",),
            needs=("nbclient", "ipykernel")),
+    Script("per_row_study", ("per_row_study_tiny/summary.txt", "per_row_study_tiny/per_row_table.csv",
+                             "per_row_study_tiny/speedup_vs_load_*.png", "per_row_study_tiny/*/*/*/results.csv"),
+           check={"per_row_study_tiny/per_row_table.csv": lambda df: (
+               set(df["loop"]) == {"closed", "open"} and df["best_per_row"].notna().all()) or None}),
     Script("sim_fidelity", ("*/fidelity.csv",), check={"*/fidelity.csv": _all_true("per_request_identical")}),
     Script("soak", ("*/windows.csv", "*/summary.json"), slow=True),
     Script("spot_check", ("spot_check.csv", "*study_tiny*/results.csv")),
