@@ -227,3 +227,27 @@ def test_per_row_artifacts_round_trip(spec, tmp_path):
     assert ours == theirs
     assert all(isinstance(p, SpecPlan) for p in ours)
     assert set(OBS_INDEX) <= set(obs_layout(MAX_K))
+
+
+def test_allocator_prices_a_step_as_the_simulator_charges_it():
+    """On the GPU what-if (packed verify), the allocator's predicted T for the plan it chose equals the
+    simulated step's draft + verify + overhead time (steps without prefill)."""
+    scenario = load_scenario("gpu-whatif-ngram").replace(verify_layout="packed", max_new_tokens=24)
+    backend = make_backend(scenario)
+    reqs = [Request(f"q{i}", list(p), scenario.max_new_tokens) for i, p in enumerate(backend.prompt_pool.token_ids[:24])]
+    policy = AdaptiveBudget(backend.profile, scenario.max_k)
+    driver = PolicyDriver(ServingSession(backend.make_engine(0), reqs), scenario.max_k, policy)
+    checked = 0
+    driver.start()
+    while not driver.done:
+        obs = driver.obs
+        stats = driver.step()
+        if stats.num_prefilled or not stats.batch_size:
+            continue
+        r = rows_of(obs)
+        d = np.array(stats.drafted)
+        assert stats.drafted == stats.plan  # the allocator never plans past a row's proposal
+        predicted = policy.step_ms(len(r), int(d.sum()), int(d.max()), int((d > 0).sum()), float(r.context.max() - 1))
+        assert predicted == pytest.approx(1000 * stats.wall_time, rel=1e-9)
+        checked += 1
+    assert checked > 10

@@ -162,6 +162,7 @@ class RowBatch:
     position: np.ndarray  # output tokens generated so far
     remaining: np.ndarray  # output budget left (tokens)
     context: np.ndarray  # tokens in the row (prompt + output)
+    depth_rates: np.ndarray | None = None  # [rows, max_k] P(depth j accepted | j - 1 were); nan unknown; None: geometric
 
     def __len__(self) -> int:
         return len(self.request_ids)
@@ -176,9 +177,14 @@ class RowBatch:
         return np.where(self.proposal >= 0, np.minimum(caps, self.proposal), caps).astype(int)
 
     def survival(self, max_k: int, prior: float) -> np.ndarray:
-        """[rows, max_k]: P(the row's j-th draft is accepted) = alpha^j for j <= its cap, 0 beyond."""
+        """[rows, max_k]: P(the row's j-th draft is accepted) for j <= its cap, 0 beyond: the product of
+        its depth rates up to j (unknown ones at `prior`), or alpha^j without depth rates."""
         j = np.arange(1, max_k + 1)
-        surv = self.alpha(prior)[:, None] ** j[None, :]
+        if self.depth_rates is None:
+            surv = self.alpha(prior)[:, None] ** j[None, :]
+        else:
+            rates = np.asarray(self.depth_rates, dtype=float)[:, :max_k]
+            surv = np.cumprod(np.where(np.isnan(rates), prior, rates), axis=1)
         return np.where(j[None, :] <= self.draft_caps(max_k)[:, None], surv, 0.0)
 
 
@@ -205,46 +211,89 @@ def rows_of(obs: np.ndarray) -> RowBatch | None:
     return getattr(obs, "rows", None)
 
 
-class RowTracker:
-    """Per-request acceptance estimates (`AcceptanceEstimate`, full information where the executor has
-    it), forgotten when the request leaves."""
+class DepthCounts:
+    """Conditional acceptance per draft depth j = 1..max_k: a proposal of d tokens with a accepted is a
+    trial at depths 1..min(a + 1, d) and a success at depths 1..a (decayed counts)."""
 
-    def __init__(self, decay: float = 0.8):
+    __slots__ = ("decay", "successes", "trials")
+
+    def __init__(self, max_k: int, decay: float):
         self.decay = decay
-        self.rows: dict[str, AcceptanceEstimate] = {}
+        self.successes, self.trials = [0.0] * max_k, [0.0] * max_k
+
+    def add(self, drafted: int, accepted: int) -> None:
+        reach = min(accepted + 1, drafted, len(self.trials))
+        if reach <= 0:
+            return
+        s, t, g = self.successes, self.trials, self.decay
+        for j in range(len(t)):
+            s[j] *= g
+            t[j] *= g
+        for j in range(reach):
+            t[j] += 1.0
+            if j < accepted:
+                s[j] += 1.0
+
+
+class RowTracker:
+    """Per-request acceptance estimates (full information where the executor has it), forgotten when
+    the request leaves: the geometric `AcceptanceEstimate` and, per draft depth, conditional acceptance
+    shrunk towards all rows' (`depth_rates`: (s_rj + w g_j) / (t_rj + w), g_j the batch-wide rate at
+    depth j, w = `prior_weight`), which calibrates survival when acceptance is not geometric (an n-gram
+    that copies a span tends to keep copying)."""
+
+    def __init__(self, max_k: int, decay: float = 0.8, global_decay: float = 0.999, prior_weight: float = 2.0):
+        self.max_k, self.decay, self.prior_weight = max_k, decay, prior_weight
+        self.global_decay = global_decay
+        self.reset()
 
     def reset(self) -> None:
-        self.rows.clear()
+        self.rows: dict[str, tuple[AcceptanceEstimate, DepthCounts]] = {}
+        self.depths = DepthCounts(self.max_k, self.global_decay)
 
     def observe_step(self, stats: StepRecord) -> None:
         for rid, (d, a) in zip(getattr(stats, "request_ids", ()), step_samples(stats)):
-            est = self.rows.get(rid)
-            if est is None:
-                est = self.rows[rid] = AcceptanceEstimate(self.decay)
-            est.add(*geometric_trials(d, a))
+            entry = self.rows.get(rid)
+            if entry is None:
+                entry = self.rows[rid] = (AcceptanceEstimate(self.decay), DepthCounts(self.max_k, self.decay))
+            entry[0].add(*geometric_trials(d, a))
+            entry[1].add(d, a)
+            self.depths.add(d, a)
         for rid in getattr(stats, "finished_ids", ()):
             self.rows.pop(rid, None)
 
+    def global_rates(self) -> np.ndarray:
+        """Batch-wide conditional acceptance per depth (nan where no trial yet)."""
+        t = np.array(self.depths.trials)
+        return np.where(t > 0, np.array(self.depths.successes) / np.maximum(t, 1e-300), np.nan)
+
     def batch(self, running, proposals: dict[str, int] | None = None) -> RowBatch:
-        """The `RowBatch` of `running` (Sequences: request_id, output_ids, remaining); `proposals` by
-        request id (absent: unknown)."""
+        """The `RowBatch` of `running` (Sequences: request_id, tokens, request); `proposals` by request
+        id (absent: unknown)."""
         proposals = proposals or {}
-        ids, acc, samples, prop, pos, rem, ctx = [], [], [], [], [], [], []
+        ids, acc, samples, prop, pos, rem, ctx, ds, dt = [], [], [], [], [], [], [], [], []
+        zeros = [0.0] * self.max_k
         for seq in running:
             rid = seq.request_id
-            est = self.rows.get(rid)
-            value = est.value if est is not None else None
+            entry = self.rows.get(rid)
+            value = entry[0].value if entry is not None else None
             ids.append(rid)
             acc.append(math.nan if value is None else value)
-            samples.append(est.samples if est is not None else 0)
+            samples.append(entry[0].samples if entry is not None else 0)
+            ds.append(entry[1].successes if entry is not None else zeros)
+            dt.append(entry[1].trials if entry is not None else zeros)
             prop.append(proposals.get(rid, -1))
             n_out = len(seq.tokens) - seq.num_prompt
             pos.append(n_out)
             rem.append(seq.request.max_new_tokens - n_out)
             ctx.append(len(seq.tokens))
+        g, w = self.global_rates(), self.prior_weight
+        s, t = np.array(ds, dtype=float).reshape(-1, self.max_k), np.array(dt, dtype=float).reshape(-1, self.max_k)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rates = np.where(np.isnan(g), s / t, (s + w * np.nan_to_num(g)) / (t + w))
         return RowBatch(tuple(ids), np.array(acc, dtype=float), np.array(samples, dtype=int),
                         np.array(prop, dtype=int), np.array(pos, dtype=int), np.array(rem, dtype=int),
-                        np.array(ctx, dtype=int))
+                        np.array(ctx, dtype=int), rates)
 
 
 def row_summary(rows: RowBatch | None, max_k: int) -> np.ndarray:
@@ -336,7 +385,7 @@ class ObservationBuilder:
 
     def __init__(self, max_k: int):
         self.tracker = ObservationTracker(max_k)
-        self.row_tracker = RowTracker()
+        self.row_tracker = RowTracker(max_k)
         self._last_clock = 0.0
 
     def reset(self) -> None:
