@@ -251,3 +251,42 @@ def test_allocator_prices_a_step_as_the_simulator_charges_it():
         assert predicted == pytest.approx(1000 * stats.wall_time, rel=1e-9)
         checked += 1
     assert checked > 10
+
+
+def test_live_ngram_full_information_at_k0_matches_the_trace():
+    """The live engine with an n-gram drafter, served at k = 0 through the driver: every resolved
+    full-information sample (a proposal made at output position p, checked against the tokens the
+    target then emitted) equals the trace's drafted/accepted at p for max_k; pending checks report none."""
+    from nightjar_rl.models import load_model
+    from nightjar_rl.sim.record import record_trace
+    from nightjar_rl.stack import EngineConfig, build_stack
+
+    from .test_sim_exactness import random_prompts
+
+    tiny = load_model("tiny-random")
+    cfg = EngineConfig(model="tiny-random", drafter="ngram", max_batch_size=3, max_seq_len=128, max_speculation=4)
+    prompts, max_new = random_prompts(6, seed=2), 14
+    trace = record_trace(tiny, prompts, cfg, 4, max_new, progress=False)
+    engine = build_stack(cfg, target=tiny).engine
+    driver = PolicyDriver(ServingSession(engine, [Request(r, ids, max_new) for r, ids in prompts]), 4,
+                          make_policy("off", 4))
+    assert driver.shadow is not None
+    made: dict[str, int] = {}  # request -> output position of its pending proposal
+    checked = pending = 0
+    driver.start()
+    while not driver.done:
+        before = {s.request_id: len(s.output_ids) for s in engine.running}
+        for rid, pos in before.items():
+            made.setdefault(rid, pos)
+        stats = driver.step()
+        assert stats.drafted == [0] * stats.batch_size
+        for rid, d, a in zip(stats.request_ids, stats.shadow_drafted, stats.shadow_accepted):
+            if d < 0:
+                pending += 1
+                continue
+            rec = trace.lookup(next(ids for r, ids in prompts if r == rid))
+            p = made.pop(rid)
+            assert (d, a) == (rec.drafted[p, 4], rec.accepted[p, 4]), (rid, p)
+            checked += 1
+    assert checked >= 20 and pending > 0
+    assert obs_field(driver.obs, "fi_known") == 1

@@ -116,7 +116,10 @@ def obs_histogram(obs: np.ndarray) -> np.ndarray:
 def geometric_trials(drafted: int, accepted: int, empty_is_failure: bool = False) -> tuple[int, int]:
     """(successes, trials) of one row-step under the geometric acceptance model: every accepted draft is
     a success; a rejection (accepted < drafted) is one failure; nothing drafted is no trial, or with
-    `empty_is_failure` one failure (no proposal: what a uniform k gets from the row)."""
+    `empty_is_failure` one failure (no proposal: what a uniform k gets from the row); drafted < 0 is no
+    sample (`nightjar_rl.runtime.full_info`: a check still pending)."""
+    if drafted < 0:  # no sample (a full-information check still pending)
+        return 0, 0
     if drafted == 0:
         return 0, 1 if empty_is_failure else 0
     return accepted, accepted + (1 if accepted < drafted else 0)
@@ -288,7 +291,8 @@ class RowTracker:
             rem.append(seq.request.max_new_tokens - n_out)
             ctx.append(len(seq.tokens))
         g, w = self.global_rates(), self.prior_weight
-        s, t = np.array(ds, dtype=float).reshape(-1, self.max_k), np.array(dt, dtype=float).reshape(-1, self.max_k)
+        shape = (len(ids), self.max_k)
+        s, t = np.array(ds, dtype=float).reshape(shape), np.array(dt, dtype=float).reshape(shape)
         with np.errstate(invalid="ignore", divide="ignore"):
             rates = np.where(np.isnan(g), s / t, (s + w * np.nan_to_num(g)) / (t + w))
         return RowBatch(tuple(ids), np.array(acc, dtype=float), np.array(samples, dtype=int),
