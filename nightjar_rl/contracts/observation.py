@@ -50,6 +50,7 @@ version-1 prefix). Bump it whenever the table changes.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -267,8 +268,7 @@ class RowTracker:
 
     def global_rates(self) -> np.ndarray:
         """Batch-wide conditional acceptance per depth (nan where no trial yet)."""
-        t = np.array(self.depths.trials)
-        return np.where(t > 0, np.array(self.depths.successes) / np.maximum(t, 1e-300), np.nan)
+        return np.array([s / t if t > 0 else math.nan for s, t in zip(self.depths.successes, self.depths.trials)])
 
     def batch(self, running, proposals: dict[str, int] | None = None) -> RowBatch:
         """The `RowBatch` of `running` (Sequences: request_id, tokens, request); `proposals` by request
@@ -293,25 +293,28 @@ class RowTracker:
         g, w = self.global_rates(), self.prior_weight
         shape = (len(ids), self.max_k)
         s, t = np.array(ds, dtype=float).reshape(shape), np.array(dt, dtype=float).reshape(shape)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rates = np.where(np.isnan(g), s / t, (s + w * np.nan_to_num(g)) / (t + w))
+        known = ~np.isnan(g)
+        rates = np.divide(s, t, out=np.full(shape, math.nan), where=(t > 0) & ~known)  # no batch-wide rate yet
+        rates[:, known] = (s[:, known] + w * g[known]) / (t[:, known] + w)
         return RowBatch(tuple(ids), np.array(acc, dtype=float), np.array(samples, dtype=int),
                         np.array(prop, dtype=int), np.array(pos, dtype=int), np.array(rem, dtype=int),
                         np.array(ctx, dtype=int), rates)
 
 
-def row_summary(rows: RowBatch | None, max_k: int) -> np.ndarray:
-    """rows_unknown, rows_acc_0..3, rows_proposal of the observation (zeros without rows)."""
-    out = np.zeros(len(ROW_BINS) + 3)
-    if rows is None or not len(rows):
+def row_summary(rows: RowBatch | None, max_k: int) -> list[float]:
+    """rows_unknown, rows_acc_0..3, rows_proposal of the observation (zeros without rows). Plain Python:
+    it runs every step, mostly over a few rows."""
+    out = [0.0] * (len(ROW_BINS) + 3)
+    n = len(rows) if rows is not None else 0
+    if not n:
         return out
-    n = len(rows)
-    known = ~np.isnan(rows.acceptance)
-    out[0] = 1.0 - known.sum() / n
-    bins = np.digitize(rows.acceptance[known], ROW_BINS)
-    out[1:len(ROW_BINS) + 2] = np.bincount(bins, minlength=len(ROW_BINS) + 1) / n
-    prop = rows.proposal[rows.proposal >= 0]
-    out[-1] = prop.mean() / max_k if len(prop) and max_k else 0.0
+    for a in rows.acceptance.tolist():
+        if a != a:  # nan: unknown
+            out[0] += 1.0 / n
+        else:
+            out[1 + bisect.bisect_right(ROW_BINS, a)] += 1.0 / n
+    prop = [p for p in rows.proposal.tolist() if p >= 0]
+    out[-1] = sum(prop) / len(prop) / max_k if prop and max_k else 0.0
     return out
 
 
