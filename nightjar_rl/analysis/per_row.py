@@ -106,3 +106,79 @@ def plot_speedup_vs_load(df: pd.DataFrame, per_step: Sequence[str], per_row: Seq
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ---- why a goal is (not) reachable: the step-cost curve and the acceptance distribution ----------------
+def step_cost_table(profile, rows: Sequence[int], tokens_per_row: Sequence[float], context: float | None = None) -> pd.DataFrame:
+    """Verify-step milliseconds (`HardwareProfile.verify_step_ms`) by rows x scored tokens per row, plus
+    the marginal cost of one more scored token relative to a row's share of the k = 0 step: a draft slot
+    pays only if its survival exceeds that ratio (lookups and overhead aside)."""
+    out = []
+    for n in rows:
+        base = profile.verify_step_ms(n, n, context)
+        for tpr in tokens_per_row:
+            ms = profile.verify_step_ms(n, n * tpr, context)
+            out.append({"rows": n, "tokens_per_row": tpr, "verify_ms": ms})
+        top = max(tokens_per_row)
+        slope = (profile.verify_step_ms(n, n * top, context) - base) / (n * (top - 1)) if top > 1 else float("nan")
+        out[-1]["break_even_survival"] = slope / (base / n)
+    return pd.DataFrame(out)
+
+
+def acceptance_distribution(trace, max_k: int) -> pd.DataFrame:
+    """Over every output position of `trace`: the share of positions whose max_k proposal had j tokens
+    accepted (j = 0..max_k), and the conditional acceptance at depth j (P(j accepted | j - 1 were, the
+    proposal reached j)): flat for a geometric drafter, rising for an n-gram that copies spans."""
+    acc = np.concatenate([r.accepted[1:, max_k] for r in trace.records])
+    dr = np.concatenate([r.drafted[1:, max_k] for r in trace.records])
+    rows = []
+    for j in range(max_k + 1):
+        reach = (dr >= j) & (acc >= j - 1) if j else np.ones_like(dr, bool)
+        rows.append({"accepted": j, "share": float((acc == j).mean()),
+                     "conditional": float((acc[reach] >= j).mean()) if j and reach.any() else np.nan})
+    return pd.DataFrame(rows)
+
+
+def clairvoyant_bound(trace, profile, max_k: int, rows: Sequence[int], context: float | None = None) -> pd.DataFrame:
+    """Throughput of a per-row policy that knows every row's accepted length in advance (drafts exactly
+    the tokens that will be accepted, nothing else), relative to k = 0, per batch size: steps of n rows
+    emit n (1 + m) tokens for m = mean accepted at max_k and score as many. No real policy beats it."""
+    acc = np.concatenate([r.accepted[1:, max_k] for r in trace.records]).astype(float)
+    m, drafting = acc.mean(), (acc > 0).mean()
+    out = []
+    for n in rows:
+        t0 = profile.verify_step_ms(n, n, context) + profile.overhead_time_ms(n)
+        t1 = (profile.verify_step_ms(n, n * (1 + m), context) + profile.overhead_time_ms(n)
+              + (profile.draft_model_time_ms(n, max_k) if profile.has_draft_model else profile.lookup_time_ms(n * drafting)))
+        out.append({"rows": n, "k0_ms": t0, "clairvoyant_ms": t1, "tokens_ratio": 1 + m, "bound_vs_k0": (1 + m) * t0 / t1})
+    return pd.DataFrame(out)
+
+
+def plot_step_cost(table: pd.DataFrame, title: str = "verify step cost") -> Figure:
+    """Verify ms against scored tokens per row, one line per batch size (a `step_cost_table`)."""
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    for n, group in table.groupby("rows"):
+        ax.plot(group["tokens_per_row"], group["verify_ms"], marker="o", label=f"{n} rows")
+    ax.set_xlabel("scored tokens per row (1 = no drafts)")
+    ax.set_ylabel("verify ms per step")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_acceptance(dist: pd.DataFrame, title: str = "accepted length at max_k") -> Figure:
+    """Share of positions by accepted length and the conditional acceptance by depth (`acceptance_distribution`)."""
+    fig = Figure(figsize=(8, 3.5))
+    a, b = fig.subplots(1, 2)
+    a.bar(dist["accepted"], dist["share"])
+    a.set_xlabel("draft tokens accepted (proposal at max_k)")
+    a.set_ylabel("share of positions")
+    b.plot(dist["accepted"][1:], dist["conditional"][1:], marker="o")
+    b.set_ylim(0, 1)
+    b.set_xlabel("depth j")
+    b.set_ylabel("P(j accepted | j - 1 were)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
