@@ -290,3 +290,25 @@ def test_live_ngram_full_information_at_k0_matches_the_trace():
             checked += 1
     assert checked >= 20 and pending > 0
     assert obs_field(driver.obs, "fi_known") == 1
+
+
+def test_mixed_layout_folds_a_decoding_steps_prefill_into_its_pass():
+    """`verify_layout: mixed`: a step that prefills and decodes pays prefill_ms(tokens) - prefill_ms(1) for
+    its prefill (the weights are read once); a prefill-only step pays it whole, as packed does."""
+    scenario = load_scenario("tiny-sim")
+    out = {}
+    for layout in ("packed", "mixed"):
+        backend = make_backend(scenario.replace(verify_layout=layout))
+        engine = backend.make_engine(0)
+        ids = backend.prompt_pool.token_ids
+        engine.submit(Request("a", list(ids[0]), 6))
+        first = engine.step(0)
+        engine.submit(Request("b", list(ids[1]), 6))
+        second = engine.step(0)
+        out[layout] = (first, second)
+    prefill_ms = backend.profile.prefill_time_ms
+    (p1, p2), (m1, m2) = out["packed"], out["mixed"]
+    assert m1.prefill_time == p1.prefill_time == pytest.approx(prefill_ms(p1.prefill_tokens) / 1000)
+    assert m2.batch_size == 1 and m2.prefill_tokens == p2.prefill_tokens > 0
+    assert m2.prefill_time == pytest.approx((prefill_ms(p2.prefill_tokens) - prefill_ms(1)) / 1000)
+    assert m2.verify_time == p2.verify_time

@@ -46,6 +46,8 @@ ROW = "sim"  # per-row replay state in Sequence.state
 VERIFY_LAYOUTS = {
     "padded": "every row scores 1 + the longest row's drafts (what the live engine's verify pass computes)",
     "packed": "rows are flattened: a step scores rows + drafted tokens (vLLM's layout)",
+    "mixed": "packed, and the step's prefill rides in the same pass (vLLM's chunked prefill): a step that also "
+             "decodes pays prefill_ms(tokens) - prefill_ms(1), the weight reads not repeated (a first-order what-if)",
 }
 
 
@@ -213,6 +215,8 @@ class SimEngine(ScheduledEngine):
         stats.verify_tokens = 1 + max_drafted
         stats.scored_tokens = batch * stats.verify_tokens  # the live engine pads every row to the longest
         scored = stats.scored_tokens if self.verify_layout == "padded" else batch + total_drafted
+        if self.verify_layout == "mixed" and stats.prefill_time:  # this step's prefill joins the pass
+            stats.prefill_time = max(0.0, stats.prefill_time - self._seconds("prefill", 1))
         stats.verify_time = self._verify_seconds(batch, scored, context)
 
     def proposal_lengths(self) -> dict[str, int]:
