@@ -18,6 +18,7 @@ from nightjar_rl.sim.cli import add_roofline_args
 from nightjar_rl.stack import EngineConfig
 
 DEFAULT_PROFILE_DIR = Path("envs") / "profiles"
+MEASURED_BATCH_SIZES = "1,2,4,8,16,32,64"
 MAX_EXPORT_BATCH = 65536  # export --max-batch-size: beyond any engine's batch (and the schedule is read per size)
 
 
@@ -263,6 +264,8 @@ def cmd_profile(a: argparse.Namespace) -> int:
         atomic_write_json(out, profile)
         print(f"wrote roofline profile {out}")
         return 0
+    if a.from_steps:
+        return _profile_from_steps(a)
     from nightjar_rl.decoding.profiler import profile_hardware
     from nightjar_rl.models import load_model
     from nightjar_rl.stack import load_draft_model
@@ -271,7 +274,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
                              ("--overhead-steps", a.overhead_steps, 0), ("--threads", a.threads or 1, 1)):
         if value < low:
             raise CLIError(f"{flag} must be >= {low}, got {value}")
-    batch_sizes, tokens = _int_list(a.batch_sizes, "--batch-sizes"), _int_list(a.tokens, "--tokens")
+    batch_sizes, tokens = _int_list(a.batch_sizes or MEASURED_BATCH_SIZES, "--batch-sizes"), _int_list(a.tokens, "--tokens")
     contexts = _int_list(a.contexts, "--contexts") if a.contexts else None
     prefill = _int_list(a.prefill_tokens, "--prefill-tokens") if a.prefill_tokens else None
     if a.threads:
@@ -291,6 +294,29 @@ def cmd_profile(a: argparse.Namespace) -> int:
     out = Path(a.out) if a.out else DEFAULT_PROFILE_DIR / f"{a.model.replace('/', '_')}-{profile['device_type']}-{a.dtype}.json"
     atomic_write_json(out, profile)
     print(f"wrote hardware profile {out}")
+    return 0
+
+
+def _profile_from_steps(a: argparse.Namespace) -> int:
+    """`profile --from-steps LOG...`: fit the clock model to logged live steps (`nightjar_rl.sim.calibrate`)."""
+    from nightjar_rl.io import atomic_write_json
+    from nightjar_rl.sim.calibrate import CalibrationError, calibrate, read_step_logs
+
+    if a.out is None:
+        raise CLIError("profile --from-steps needs --out FILE.json")
+    try:
+        steps = read_step_logs(a.from_steps)
+        result = calibrate(
+            steps, holdout=a.holdout, seed=a.seed,
+            batch_sizes=_int_list(a.batch_sizes, "--batch-sizes") if a.batch_sizes else None,
+            contexts=_int_list(a.contexts, "--contexts") if a.contexts else None,
+            device=a.device_name, model=a.model, dtype=a.dtype,
+        )
+    except CalibrationError as exc:
+        raise CLIError(str(exc)) from None
+    atomic_write_json(a.out, result.profile)
+    print(result.summary())
+    print(f"wrote calibrated profile {a.out} (fitted to {len(steps)} logged steps)")
     return 0
 
 
@@ -359,7 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--draft", default=None, help="draft model to time (name/path or early-exit:LAYERS; with --roofline a shape)")
     pr.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     pr.add_argument("--device", default=None)
-    pr.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
+    pr.add_argument("--batch-sizes", default=None,
+                    help=f"batch sizes to time (default {MEASURED_BATCH_SIZES}); with --from-steps, the profile's grid "
+                         "(default: the range the logs cover)")
     pr.add_argument("--tokens", default="1,2,3,5,9", help="tokens per row scored (k+1)")
     pr.add_argument("--context", type=int, default=128, help="cached tokens per row")
     pr.add_argument("--repeats", type=int, default=3)
@@ -369,6 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int, default=None)
     pr.add_argument("--out", default=None, help=f"output JSON (default: {DEFAULT_PROFILE_DIR}/<model>-<device>-<dtype>.json)")
     pr.add_argument("--quiet", action="store_true")
+    pr.add_argument("--from-steps", nargs="+", default=None, metavar="LOG",
+                    help="fit the profile to live step logs (--log-steps files) instead of timing synthetic batches")
+    pr.add_argument("--holdout", type=float, default=0.2, help="with --from-steps: share of steps held out to report the fit error")
+    pr.add_argument("--seed", type=int, default=0, help="with --from-steps: seed of the held-out split")
+    pr.add_argument("--device-name", default="unknown", help="with --from-steps: the machine the logs come from")
     add_roofline_args(pr)
     pr.set_defaults(func=cmd_profile)
 

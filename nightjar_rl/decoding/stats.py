@@ -45,6 +45,8 @@ class StepStats:
     model_time: float = 0.0  # time inside model forwards (target + draft model), summed over threads
     verify_tokens: int = 0  # positions scored per row in the verify pass (1 + max drafted)
     scored_tokens: int = 0  # positions the verify pass computed over all rows (padded: rows x verify_tokens)
+    context: int = 0  # longest cached context among the decoded rows before the step (tokens)
+    prefill_padded_tokens: int = 0  # prefill forwards' padded sizes, summed (rows x longest prompt per forward)
     extra: dict = field(default_factory=dict)  # decoder-specific detail (e.g. sub-batches)
 
     @property
@@ -87,6 +89,7 @@ class StepStats:
             num_finished=len(self.finished_ids),
             num_aborted=len(self.aborted_ids),
             num_failed=len(self.failed_ids),
+            drafting_rows=sum(k > 0 for k in self.plan),
         )
         return row
 

@@ -18,6 +18,7 @@ ids are no longer registered: `gymnasium.make` of one raises Gymnasium's Depreca
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import gymnasium as gym
@@ -76,6 +77,7 @@ class SpecDecodeEnv(gym.Env):
         self.episode_log: list[tuple] = []  # (stats, clock, reward) per step; rows built on demand
         self.episode = -1
         self._steps = 0
+        self._ended: str | None = None
 
     # ---- gymnasium API ------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -83,6 +85,8 @@ class SpecDecodeEnv(gym.Env):
         `num_requests` (override the scenario's count), `max_concurrency` (closed loop: at most this
         many requests in flight; None: open loop; default: the scenario's) for this episode."""
         super().reset(seed=seed)
+        if options is not None and not isinstance(options, Mapping):
+            raise TypeError(f"reset options must be a mapping (a dict) or None, got {type(options).__name__} {options!r}")
         options = dict(options or {})
         unknown = set(options) - set(RESET_OPTIONS)
         if unknown:
@@ -102,12 +106,18 @@ class SpecDecodeEnv(gym.Env):
         self.episode += 1
         self.episode_log = []
         self._steps = 0
+        self._ended: str | None = None
         obs = self.driver.start()
         return obs, {"clock": self.session.clock, "num_requests": len(requests)}
 
     def step(self, action):
         """`action`: a speculation length in the Discrete action space, or a `SpecPlan` (per-row
-        lengths; outside the declared space, for per-row policies driving the env directly)."""
+        lengths; outside the declared space, for per-row policies driving the env directly).
+        RuntimeError before the first `reset()` and after the episode ended (terminated or truncated)."""
+        if self.driver is None:
+            raise RuntimeError("call reset() before step()")
+        if self._ended is not None:
+            raise RuntimeError(f"the episode has ended ({self._ended}); call reset() to start a new one")
         if not isinstance(action, SpecPlan):
             k = int(action)
             if not 0 <= k <= self.max_k or k != action:
@@ -124,6 +134,8 @@ class SpecDecodeEnv(gym.Env):
             or (s.horizon_seconds is not None and clock >= s.horizon_seconds)
         )
         self.episode_log.append((stats, clock, reward))
+        if terminated or truncated:
+            self._ended = "terminated: every request served" if terminated else "truncated at the horizon"
         return self.driver.obs, reward, terminated, truncated, {"stats": stats, "clock": clock}
 
     # ---- recording ----------------------------------------------------------------------------

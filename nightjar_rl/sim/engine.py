@@ -15,7 +15,7 @@ catch-up after k = 0 is charged as in the live engine. Only time is modelled:
     draft    = k_max x draft_ms(B) (draft model) or D x ngram_lookup_ms_per_row (n-gram, SSSD;
                D = rows with a plan length > 0)
     catch-up = draft_prefill_ms(B x (largest lag - 1)) when the largest lag exceeds 2
-    verify   = verify_ms(B, tokens per row, context = longest row), tokens per row by layout:
+    verify   = verify_ms(B, tokens per row, context = longest row, `StepStats.context`), tokens per row by layout:
                padded (default, the live engine): 1 + max drafted; packed: (B + sum drafted) / B
     overhead = overhead_ms(B)
     model_time = prefill + verify (+ draft + catch-up for a draft model), as the live engine counts it
@@ -167,7 +167,7 @@ class SimEngine(ScheduledEngine):
     def _prefill(self, admitted: list[Sequence], stats: StepStats) -> None:
         if not admitted:
             return
-        for rows in self.scheduler.prefill_batches(admitted):
+        for rows in self._prefill_groups(admitted, stats):
             stats.prefill_time += self._seconds("prefill", len(rows) * max(s.num_prompt for s in rows))
             for seq in rows:
                 row = seq.state[ROW] = self._row_state(seq.request)
@@ -180,7 +180,7 @@ class SimEngine(ScheduledEngine):
         if not rows:
             return
         batch, k_max = len(rows), max(lengths)
-        max_drafted, total_drafted, drafting_rows, context, lag = 0, 0, 0, 0, 0
+        max_drafted, total_drafted, drafting_rows, lag = 0, 0, 0, 0
         for seq, k in zip(rows, lengths):
             row: _Row = seq.state[ROW]
             p = row.pos
@@ -190,7 +190,6 @@ class SimEngine(ScheduledEngine):
             if k_max > 0 and self.draft_model:  # the draft model runs the whole batch k_max times
                 lag = max(lag, len(seq.tokens) - row.synced)
                 row.synced = len(seq.tokens) + min(a, k_max - 1)  # what the draft's cache holds after commit
-            context = max(context, len(seq.tokens) - 1)
             shadow = min(row.drafted[p][self.max_speculation], cap)  # full information: the whole proposal
             stats.shadow_drafted.append(shadow)
             stats.shadow_accepted.append(min(row.accepted[p][self.max_speculation], shadow, row.limit - p))
@@ -217,7 +216,7 @@ class SimEngine(ScheduledEngine):
         scored = stats.scored_tokens if self.verify_layout == "padded" else batch + total_drafted
         if self.verify_layout == "mixed" and stats.prefill_time:  # this step's prefill joins the pass
             stats.prefill_time = max(0.0, stats.prefill_time - self._seconds("prefill", 1))
-        stats.verify_time = self._verify_seconds(batch, scored, context)
+        stats.verify_time = self._verify_seconds(batch, scored, stats.context)
 
     def proposal_lengths(self) -> dict[str, int]:
         """Draft tokens each running row's drafter has for its next step at max_speculation (capped by
