@@ -4,12 +4,14 @@ Kept free of heavy imports: the env module itself is loaded only when an env is 
 from __future__ import annotations
 
 ENTRY_POINT = "nightjar_rl.env.spec_decode_env:SpecDecodeEnv"
+# v1: observation layout 2 (full-information acceptance, row summary). The v0 ids (layout 1) are not
+# registered any more: gymnasium.make of one raises DeprecatedEnv naming v1.
 ENV_IDS = {
-    "nightjar_rl/SpecDecode-v0": "smollm2-ngram",
-    "nightjar_rl/SpecDecodeTiny-v0": "tiny",
-    "nightjar_rl/SpecDecodeSim-v0": "smollm2-ngram-sim",
+    "nightjar_rl/SpecDecode-v1": "smollm2-ngram",
+    "nightjar_rl/SpecDecodeTiny-v1": "tiny",
+    "nightjar_rl/SpecDecodeSim-v1": "smollm2-ngram-sim",
 }
-SIM_IDS = frozenset({"nightjar_rl/SpecDecodeSim-v0"})
+SIM_IDS = frozenset({"nightjar_rl/SpecDecodeSim-v1"})
 
 
 def register_envs() -> None:

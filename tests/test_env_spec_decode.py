@@ -135,7 +135,7 @@ def test_episode_recording(tmp_path, suffix, tiny_target):
 @pytest.mark.real_model
 @pytest.mark.parametrize("scenario", ["smollm2-early-exit", "smollm2-load-ramp"])
 def test_real_model_scenarios_step(scenario):
-    env = gym.make("nightjar_rl/SpecDecode-v0", scenario=scenario)
+    env = gym.make("nightjar_rl/SpecDecode-v1", scenario=scenario)
     obs, _ = env.reset(seed=0, options={"num_requests": 2, "rate": float("inf")})
     for k in (2, 0, 2):
         obs, reward, _, _, info = env.step(k)

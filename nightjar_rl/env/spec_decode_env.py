@@ -1,7 +1,8 @@
 """`SpecDecodeEnv`: choose the speculation length of every engine step of a serving workload, on the
 live engine or on the simulator (the scenario's `backend`).
 
-- Observation: `nightjar_rl.contracts.observation` (Box, float32, documented fields; size 8 + max_k).
+- Observation: `nightjar_rl.contracts.observation` (Box, float32, documented fields; layout version 2,
+  size 16 + max_k), an `Observation` carrying the running rows' features in `obs.rows`.
 - Action: Discrete(max_k + 1); 0 = speculation off, k = draft up to k tokens per row.
 - Reward: the scenario's named reward (`nightjar_rl.contracts.rewards`) of the step just taken.
 - Episode: one seeded workload; terminated when every request is served, truncated at the horizon.
@@ -10,7 +11,9 @@ live engine or on the simulator (the scenario's `backend`).
 Each episode is a `ServingSession` over a fresh engine from the backend, driven by the runtime's
 `PolicyDriver` with the agent's actions (the same loop evaluation and the CLI use with a policy).
 
-Version history of the registered ids: v0 = this observation, these rewards and dynamics.
+Version history of the registered ids: v0 = observation layout 1 (8 + max_k entries); v1 = layout 2
+(the full-information acceptance and row summary appended; rewards and dynamics unchanged). The v0
+ids are no longer registered: `gymnasium.make` of one raises Gymnasium's DeprecatedEnv naming v1.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class SpecDecodeEnv(gym.Env):
     engine is rebuilt on every reset. The sim backend loads no model. It renders nothing: its only
     render mode is None (`metadata["render_modes"]` is empty).
 
-    Plain stable-baselines3 works on the registered ids: `make_vec_env("nightjar_rl/SpecDecodeSim-v0",
+    Plain stable-baselines3 works on the registered ids: `make_vec_env("nightjar_rl/SpecDecodeSim-v1",
     n_envs=4)` then `PPO("MlpPolicy", venv, gamma=0.5)` (k barely moves the next states: a short
     horizon learns better than 0.99); on the sim, `torch.set_num_threads(1)` first (a small network
     gains nothing from more threads). `nightjar_rl.policy.sb3.export_sb3` turns the trained model into

@@ -57,6 +57,24 @@ def k_by_batch(steps: list[StepStats]) -> pd.DataFrame:
     return out
 
 
+def plan_switches(steps: list[StepStats]) -> tuple[int, int]:
+    """(step switches, row switches): decode steps whose k (the plan's largest length) differs from the
+    previous decode step's, and per request, decode steps whose plan entry differs from that request's
+    previous one (summed over requests). A uniform plan switches every row when k changes."""
+    step_switches, prev_k, last = 0, None, {}
+    row_switches = 0
+    for s in steps:
+        if s.batch_size <= 0:
+            continue
+        step_switches += prev_k is not None and s.k != prev_k
+        prev_k = s.k
+        for rid, k in zip(s.request_ids, s.plan):
+            before = last.get(rid)
+            row_switches += before is not None and before != k
+            last[rid] = k
+    return int(step_switches), int(row_switches)
+
+
 def evaluate_cell(policy, scenario: Scenario, backend: Backend, rate: float, seed: int, num_requests: int,
                   max_new_tokens: int, slo: dict, learn: bool = False, concurrency: int | None = None) -> CellResult:
     """Serve the (rate, seed) workload to completion with `policy` choosing k before every step.
@@ -75,6 +93,10 @@ def evaluate_cell(policy, scenario: Scenario, backend: Backend, rate: float, see
         mean_k=float(np.mean([s.k for s in decode])) if decode else float("nan"),
         frac_k0=float(np.mean([s.k == 0 for s in decode])) if decode else float("nan"),
     )
+    hours = result.duration / 3600.0
+    step_sw, row_sw = plan_switches(result.steps)
+    summary.update(k_switches_per_h=step_sw / hours if hours > 0 else float("nan"),
+                   row_switches_per_h=row_sw / hours if hours > 0 else float("nan"))
     return CellResult(summary, k_by_batch(result.steps), result)
 
 

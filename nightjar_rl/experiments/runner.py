@@ -73,6 +73,7 @@ TABLE_COLUMNS = [
     "run", "scenario", "experiment", "policy", "learned", "replicate", "rate", "seed", "requests", "output_tokens", "duration_s",
     "throughput_tok_s", "goodput_tok_s", "ttft_p50_s", "ttft_p95_s", "tpot_p50_s", "tpot_p95_s", "e2e_p50_s",
     "e2e_p95_s", "mean_k", "frac_k0", "acceptance_rate", "mean_accepted_length", "mean_batch", "steps",
+    "k_switches_per_h", "row_switches_per_h",
 ]
 
 
