@@ -12,8 +12,11 @@ Each episode is a `ServingSession` over a fresh engine from the backend, driven 
 `PolicyDriver` with the agent's actions (the same loop evaluation and the CLI use with a policy).
 
 Version history of the registered ids: v0 = observation layout 1 (8 + max_k entries); v1 = layout 2
-(the full-information acceptance and row summary appended; rewards and dynamics unchanged). The v0
-ids are no longer registered: `gymnasium.make` of one raises Gymnasium's DeprecatedEnv naming v1.
+(the full-information acceptance and row summary appended; dynamics unchanged), rewards scaled by
+`registration.REWARD_SCALE` (1e-3: thousands of tokens/s; `reward_scale` here, 1 when the class is used
+directly), and Gymnasium's TimeLimit at the default scenario's horizon (400 steps; the env also
+truncates at its own scenario's horizon, so with `scenario=` pass `max_episode_steps=` to change the
+limit). The v0 ids are no longer registered: `gymnasium.make` of one raises DeprecatedEnv naming v1.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class SpecDecodeEnv(gym.Env):
         target=None,
         backend: Backend | None = None,
         render_mode: str | None = None,
+        reward_scale: float = 1.0,
     ):
         if render_mode is not None:  # a TypeError: SB3's make_vec_env then retries without render_mode
             raise TypeError(f"SpecDecodeEnv renders nothing (render_modes: none), got render_mode={render_mode!r}")
@@ -69,6 +73,9 @@ class SpecDecodeEnv(gym.Env):
         self.action_space = spaces.Discrete(s.max_k + 1)
         self.observation_space = spaces.Box(0.0, np.inf, shape=(obs_size(s.max_k),), dtype=np.float32)
         self.reward_fn = make_reward(s.reward, **s.reward_kwargs)
+        if not (isinstance(reward_scale, (int, float)) and np.isfinite(reward_scale) and reward_scale > 0):
+            raise ValueError(f"reward_scale must be a finite number > 0, got {reward_scale!r}")
+        self.reward_scale = float(reward_scale)
         self.backend: Backend = backend or make_backend(s, target)
         self.prompt_pool = self.backend.prompt_pool
         self.arrivals = s.arrival_process()
@@ -124,7 +131,7 @@ class SpecDecodeEnv(gym.Env):
                 raise ValueError(f"action must be an int in [0, {self.max_k}], got {action!r}")
             action = k
         stats = self.driver.act(action)
-        reward = self.driver.last_reward
+        reward = self.driver.last_reward * self.reward_scale
         self._steps += 1
         clock = self.session.clock
         terminated = self.session.done
