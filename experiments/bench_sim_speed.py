@@ -3,7 +3,7 @@
     python experiments/bench_sim_speed.py [--steps 20000] [--repeats 5]
     python experiments/bench_sim_speed.py --quick --out-dir /tmp/bench_sim_speed   # seconds: tiny-sim (tests)
 
-Env steps: `nightjar_rl/SpecDecodeSim-v0` (smollm2-ngram-sim, batch <= 16) with random actions,
+Env steps: `nightjar_rl/SpecDecodeSim-v1` (smollm2-ngram-sim, batch <= 16) with random actions,
 resetting when an episode ends; reports the median of `--repeats` runs. Experiment: the wall time of
 `nightjar-rl experiment experiments/quickstart-sim.yaml` in-process (training included, plots
 included), median of 3. Pin to one core with `taskset -c 0` to measure "one core". Run it alone.
@@ -34,7 +34,7 @@ QUICK = {"steps": 200, "repeats": 1, "scenario": "tiny-sim", "experiment": str(H
 def env_steps_per_second(steps: int, seed: int = 0, scenario: str | None = None) -> tuple[float, float]:
     """Random-action steps per second of the sim env (its default scenario, or `scenario`) and the
     largest batch seen."""
-    env = gym.make("nightjar_rl/SpecDecodeSim-v0", **({"scenario": scenario} if scenario else {})).unwrapped
+    env = gym.make("nightjar_rl/SpecDecodeSim-v1", **({"scenario": scenario} if scenario else {})).unwrapped
     rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
     batches, done_steps, episode = [], 0, 0

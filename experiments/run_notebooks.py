@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from nightjar_rl.analysis.notebook import execute_notebook, png_outputs  # noqa: E402
 from nightjar_rl.io import atomic_writer  # noqa: E402
 
-NOTEBOOKS = ("quickstart", "nightjar_study", "anatomy")
+NOTEBOOKS = ("quickstart", "nightjar_study", "anatomy", "per_row_study")
 
 
 def main(argv: list[str] | None = None) -> int:

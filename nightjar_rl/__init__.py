@@ -1,7 +1,7 @@
 """nightjar-rl: learn when and how far to speculate in LLM serving.
 
-Importing the package registers the Gymnasium ids `nightjar_rl/SpecDecode-v0` (live engine),
-`nightjar_rl/SpecDecodeTiny-v0` (tiny random model) and `nightjar_rl/SpecDecodeSim-v0` (simulator).
+Importing the package registers the Gymnasium ids `nightjar_rl/SpecDecode-v1` (live engine),
+`nightjar_rl/SpecDecodeTiny-v1` (tiny random model) and `nightjar_rl/SpecDecodeSim-v1` (simulator).
 """
 
 from nightjar_rl.registration import register_envs

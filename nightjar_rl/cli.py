@@ -18,6 +18,7 @@ from nightjar_rl.sim.cli import add_roofline_args
 from nightjar_rl.stack import EngineConfig
 
 DEFAULT_PROFILE_DIR = Path("envs") / "profiles"
+MEASURED_BATCH_SIZES = "1,2,4,8,16,32,64"
 MAX_EXPORT_BATCH = 65536  # export --max-batch-size: beyond any engine's batch (and the schedule is read per size)
 
 
@@ -85,23 +86,55 @@ def _engine_config(a: argparse.Namespace) -> EngineConfig:
     return from_namespace(EngineConfig, a)
 
 
-def _load_workload(a, stack, rate: float | None, count: int | None):
+def _arrival_times(a: argparse.Namespace, rate: float | None, n: int):
+    """(arrival times, output budgets from an arrival trace or None) of n requests: Poisson at --rate
+    (all at once without it), gamma with --burstiness, or an --arrival-trace (scaled to --rate if given)."""
     import numpy as np
 
-    from nightjar_rl.serving import build_requests, poisson_arrivals
-    from nightjar_rl.serving.workload import budgets, encode_record, load_workload
+    from nightjar_rl.serving.arrivals import GammaArrivals, PoissonArrivals, TraceArrivals
+
+    burstiness, trace = getattr(a, "burstiness", None), getattr(a, "arrival_trace", None)
+    if trace and burstiness is not None:
+        raise CLIError("--arrival-trace and --burstiness are two arrival processes: give one")
+    if trace:
+        process = TraceArrivals(trace, rate)
+    elif burstiness is not None:
+        if rate is None:
+            raise CLIError("--burstiness needs a --rate")
+        process = GammaArrivals(rate, burstiness)
+    else:
+        process = PoissonArrivals(rate if rate is not None else math.inf)
+    times = process.sample(n, np.random.default_rng(a.seed))
+    return times, process.budgets(len(times)) if isinstance(process, TraceArrivals) else None
+
+
+def _requests(a: argparse.Namespace, records, prompts: list[list[int]], limits: list[int], rate: float | None):
+    """Requests of the records (cycled to --num-requests by the caller), with arrival times; an arrival
+    trace may give fewer (its length) and caps budgets by its output token counts."""
+    from nightjar_rl.serving import build_requests
+
+    times, traced = _arrival_times(a, rate, len(records))
+    if traced is not None:
+        limits = [min(b, max(1, int(t))) for b, t in zip(limits, traced)]
+    n = len(times)
+    return records[:n], build_requests(prompts[:n], [r.id for r in records[:n]], times, limits[:n])
+
+
+def _load_workload(a, stack, rate: float | None, count: int | None):
+    from nightjar_rl.serving.workload import WorkloadQuery, budgets, encode_record, load_workload
 
     if a.prompts and a.workload:
         raise CLIError("--prompts and --workload name the same thing: give one")
-    records = load_workload(a.workload or a.prompts, a.families.split(",") if getattr(a, "families", None) else None)
+    if count is not None and count < 1:
+        raise CLIError(f"--num-requests must be >= 1, got {count}")
+    room = stack.config.max_seq_len - a.max_new_tokens  # longest prompt the engine can take with a full budget
+    query = WorkloadQuery(count, a.seed, stack.tokenizer, stack.vocab_size, max(1, room))
+    records = load_workload(a.workload or a.prompts, a.families.split(",") if getattr(a, "families", None) else None,
+                            query)
     if count is not None:
-        if count < 1:
-            raise CLIError(f"--num-requests must be >= 1, got {count}")
         records = [records[i % len(records)] for i in range(count)]
     ids = [encode_record(stack.tokenizer, r, stack.vocab_size) for r in records]
-    rng = np.random.default_rng(a.seed)
-    return records, build_requests(ids, [r.id for r in records], poisson_arrivals(len(ids), rate, rng),
-                                   budgets(records, a.max_new_tokens))
+    return _requests(a, records, ids, budgets(records, a.max_new_tokens), rate)
 
 
 class _Workload:
@@ -111,28 +144,37 @@ class _Workload:
         if a.scenario and a.backend != "live":
             raise CLIError("--backend and --scenario both name the backend: give one (a scenario says `backend:`)")
         if a.scenario:  # the scenario's backend: the live engine, the simulator or vLLM
-            import numpy as np
-
-            from nightjar_rl.env.backend import make_backend
+            from nightjar_rl.env.backend import make_backend, resolve_data_path
             from nightjar_rl.env.scenario import load_scenario
-            from nightjar_rl.serving import PromptRecord, build_requests, poisson_arrivals
+            from nightjar_rl.serving import PromptRecord
+            from nightjar_rl.serving.workload import budgets
 
             scenario = load_scenario(a.scenario)
+            spec = a.workload or a.prompts
+            if spec and scenario.backend == "sim":
+                raise CLIError(f"scenario {scenario.name!r} replays the prompts its trace was recorded from: drop "
+                               f"--workload, or use the sim scenario recorded from {spec} (e.g. smollm2-sharegpt-sim)")
+            if spec:
+                scenario = scenario.replace(prompts={"path": spec, "sample": count, "seed": a.seed})
             backend = make_backend(scenario)
             pool = backend.prompt_pool
             n = count or len(pool)
             if n < 1:
                 raise CLIError(f"--num-requests must be >= 1, got {n}")
             picks = [i % len(pool) for i in range(n)]
-            self.records = [PromptRecord(pool.ids[i], "", "scenario") for i in picks]
-            times = poisson_arrivals(n, rate, np.random.default_rng(a.seed))
-            self.requests = build_requests([pool.token_ids[i] for i in picks], [r.id for r in self.records], times,
-                                           scenario.max_new_tokens)
+            fams = pool.families or ["scenario"] * len(pool)
+            own = pool.max_tokens or [None] * len(pool)
+            records = [PromptRecord(pool.ids[i], "", fams[i] or "scenario", max_tokens=own[i]) for i in picks]
+            self.records, self.requests = _requests(a, records, [pool.token_ids[i] for i in picks],
+                                                    budgets(records, scenario.max_new_tokens), rate)
             self.config = scenario.engine_config(a.seed)
             self.engine = backend.make_engine(a.seed)
             self.tokenizer = backend.target.tokenizer if backend.needs_model else getattr(backend, "tokenizer", None)
             self.label = {"scenario": scenario.name, "backend": scenario.backend}
             self.max_concurrency = scenario.max_concurrency
+            self.scenario_dict = scenario.to_dict()
+            self.files = {k: str(resolve_data_path(v, scenario.base_dir)) for k in ("trace", "profile")
+                          if (v := getattr(scenario, k))}
         elif a.backend == "vllm":
             from types import SimpleNamespace
 
@@ -149,6 +191,9 @@ class _Workload:
             self.engine = VLLMEngine(start_llm_engine(self.config), self.config)
             self.label = {"backend": "vllm"}
             self.max_concurrency = None
+            self.scenario_dict = None
+            spec = a.workload or a.prompts
+            self.files = {"prompts": spec} if spec else {}
         else:
             from nightjar_rl.stack import build_stack
 
@@ -158,12 +203,15 @@ class _Workload:
             self.engine, self.tokenizer = stack.engine, stack.tokenizer
             self.label = {}
             self.max_concurrency = None
+            self.scenario_dict = None
+            spec = a.workload or a.prompts
+            self.files = {"prompts": spec} if spec else {}
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
     from nightjar_rl.io import atomic_write_jsonl
 
-    w = _Workload(a, None, None)
+    w = _Workload(a, None, a.num_requests)
     rp = _runtime_policy(a, w.config)
     result = _serve_workload(rp, w.engine, w.requests, not a.quiet, "generate")
     reasons = dict(zip(result.requests["request_id"], result.requests["finish_reason"]))
@@ -199,7 +247,26 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.out:
         atomic_write_json(a.out, summary)
         print(f"wrote {a.out}")
+    if a.run_dir:
+        _write_run_dir(Path(a.run_dir), a, w, summary, result)
     return 0
+
+
+def _write_run_dir(run_dir: Path, a: argparse.Namespace, w: _Workload, summary: dict, result) -> None:
+    """bench --run-dir: summary.json, requests.csv (one row per request) and provenance.json."""
+    import dataclasses
+
+    from nightjar_rl.env.recorder import write_table
+    from nightjar_rl.io import atomic_write_json
+    from nightjar_rl.serving.report import provenance, request_table
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "summary.json", summary)
+    write_table(request_table(result, {r.id: r.family for r in w.records}), run_dir / "requests.csv")
+    args = {k: v for k, v in vars(a).items() if k != "func"}
+    atomic_write_json(run_dir / "provenance.json", provenance(
+        {"args": args, "engine": dataclasses.asdict(w.config)}, w.scenario_dict, w.files))
+    print(f"wrote {run_dir}/summary.json, requests.csv, provenance.json")
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -284,6 +351,8 @@ def cmd_profile(a: argparse.Namespace) -> int:
         atomic_write_json(out, profile)
         print(f"wrote roofline profile {out}")
         return 0
+    if a.from_steps:
+        return _profile_from_steps(a)
     from nightjar_rl.decoding.profiler import profile_hardware
     from nightjar_rl.models import load_model
     from nightjar_rl.stack import load_draft_model
@@ -292,7 +361,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
                              ("--overhead-steps", a.overhead_steps, 0), ("--threads", a.threads or 1, 1)):
         if value < low:
             raise CLIError(f"{flag} must be >= {low}, got {value}")
-    batch_sizes, tokens = _int_list(a.batch_sizes, "--batch-sizes"), _int_list(a.tokens, "--tokens")
+    batch_sizes, tokens = _int_list(a.batch_sizes or MEASURED_BATCH_SIZES, "--batch-sizes"), _int_list(a.tokens, "--tokens")
     contexts = _int_list(a.contexts, "--contexts") if a.contexts else None
     prefill = _int_list(a.prefill_tokens, "--prefill-tokens") if a.prefill_tokens else None
     if a.threads:
@@ -312,6 +381,29 @@ def cmd_profile(a: argparse.Namespace) -> int:
     out = Path(a.out) if a.out else DEFAULT_PROFILE_DIR / f"{a.model.replace('/', '_')}-{profile['device_type']}-{a.dtype}.json"
     atomic_write_json(out, profile)
     print(f"wrote hardware profile {out}")
+    return 0
+
+
+def _profile_from_steps(a: argparse.Namespace) -> int:
+    """`profile --from-steps LOG...`: fit the clock model to logged live steps (`nightjar_rl.sim.calibrate`)."""
+    from nightjar_rl.io import atomic_write_json
+    from nightjar_rl.sim.calibrate import CalibrationError, calibrate, read_step_logs
+
+    if a.out is None:
+        raise CLIError("profile --from-steps needs --out FILE.json")
+    try:
+        steps = read_step_logs(a.from_steps)
+        result = calibrate(
+            steps, holdout=a.holdout, seed=a.seed,
+            batch_sizes=_int_list(a.batch_sizes, "--batch-sizes") if a.batch_sizes else None,
+            contexts=_int_list(a.contexts, "--contexts") if a.contexts else None,
+            device=a.device_name, model=a.model, dtype=a.dtype,
+        )
+    except CalibrationError as exc:
+        raise CLIError(str(exc)) from None
+    atomic_write_json(a.out, result.profile)
+    print(result.summary())
+    print(f"wrote calibrated profile {a.out} (fitted to {len(steps)} logged steps)")
     return 0
 
 
@@ -343,18 +435,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_args(g)
     _add_workload_args(g)
     g.add_argument("--out", required=True, help="output JSONL")
+    g.add_argument("--num-requests", type=int, default=None, help="requests (a sampling workload's sample size; "
+                                                                  "file workloads are cycled)")
     g.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("bench", help="serve a workload and report throughput/latency")
     _add_engine_args(b)
     _add_workload_args(b)
-    b.add_argument("--num-requests", type=int, default=None, help="requests (cycling through the prompts)")
+    b.add_argument("--num-requests", type=int, default=None,
+                   help="requests: a seeded sample of a sampling workload (sharegpt, humaneval, mix), or cycling "
+                        "through a file's prompts")
     b.add_argument("--rate", default=None, help="Poisson arrival rate in requests/s (default: offline, all at once)")
     b.add_argument("--max-concurrency", type=int, default=None, metavar="C",
                    help="closed loop, as vLLM's benchmark_serving: at most C requests in flight, each sent when its "
                         "arrival has passed and a slot is free; its TTFT counts from the send (default: no cap, "
                         "or the --scenario's max_concurrency)")
+    b.add_argument("--burstiness", type=float, default=None, metavar="B",
+                   help="gamma arrivals at --rate (vLLM's --burstiness): CV^2 of the intervals = 1/B; 1 = Poisson")
+    b.add_argument("--arrival-trace", default=None, metavar="CSV",
+                   help="replay arrival times from a file (a time column; output token counts cap budgets), "
+                        "time-scaled to --rate when given")
     b.add_argument("--out", default=None, help="write the summary JSON here")
+    b.add_argument("--run-dir", default=None, help="write summary.json, requests.csv (per request: ids, family, tokens, "
+                                                   "TTFT/TPOT/e2e, accepted/drafted, finish reason) and provenance.json")
     b.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, /metrics)")
@@ -380,7 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--draft", default=None, help="draft model to time (name/path or early-exit:LAYERS; with --roofline a shape)")
     pr.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     pr.add_argument("--device", default=None)
-    pr.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
+    pr.add_argument("--batch-sizes", default=None,
+                    help=f"batch sizes to time (default {MEASURED_BATCH_SIZES}); with --from-steps, the profile's grid "
+                         "(default: the range the logs cover)")
     pr.add_argument("--tokens", default="1,2,3,5,9", help="tokens per row scored (k+1)")
     pr.add_argument("--context", type=int, default=128, help="cached tokens per row")
     pr.add_argument("--repeats", type=int, default=3)
@@ -390,6 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int, default=None)
     pr.add_argument("--out", default=None, help=f"output JSON (default: {DEFAULT_PROFILE_DIR}/<model>-<device>-<dtype>.json)")
     pr.add_argument("--quiet", action="store_true")
+    pr.add_argument("--from-steps", nargs="+", default=None, metavar="LOG",
+                    help="fit the profile to live step logs (--log-steps files) instead of timing synthetic batches")
+    pr.add_argument("--holdout", type=float, default=0.2, help="with --from-steps: share of steps held out to report the fit error")
+    pr.add_argument("--seed", type=int, default=0, help="with --from-steps: seed of the held-out split")
+    pr.add_argument("--device-name", default="unknown", help="with --from-steps: the machine the logs come from")
     add_roofline_args(pr)
     pr.set_defaults(func=cmd_profile)
 
@@ -403,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
 # flags naming output paths, checked before any command starts (attribute, flag, is a folder); --out-dir
 # is unused when resuming a run folder
 _OUTPUTS = (("out", "--out", False), ("log_steps", "--log-steps", False), ("save_policy", "--save-policy", False),
-            ("out_dir", "--out-dir", True))
+            ("out_dir", "--out-dir", True), ("run_dir", "--run-dir", True))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -133,10 +133,11 @@ def test_random_aborts_leave_everything_else_exact(tiny_target, reference, kind,
 def test_queue_bound_rejects_clearly_and_memory_stays_flat(tiny_target, decoders, kind):
     engine = make_engine(kind, tiny_target, "ngram", max_batch_size=2, max_seq_len=64, max_speculation=4, max_waiting=3)
     decoders.append(engine)
-    for i in range(3):
+    for i in range(5):  # two for the free slots, three waiting beyond them
         engine.submit(Request(f"q{i}", [1, 2, 3], 4))
-    with pytest.raises(QueueFullError, match="max_waiting=3"):
-        engine.submit(Request("q3", [1, 2, 3], 4))
+    assert engine.backlog() == 3 and engine.backlog(pending=1) == 4
+    with pytest.raises(QueueFullError, match="3 requests already waiting beyond the free batch slots"):
+        engine.submit(Request("q5", [1, 2, 3], 4))
     assert issubclass(QueueFullError, ValueError)
     # sustained overload: five arrivals per step, far more than the engine serves
     rejected = completed = 0
@@ -150,7 +151,7 @@ def test_queue_bound_rejects_clearly_and_memory_stays_flat(tiny_target, decoders
         engine.step(2)
         completed += len(engine.pop_finished())
         sched = engine.scheduler
-        assert len(engine.waiting) <= 3
+        assert len(engine.waiting) + len(engine.running) <= 2 + 3
         sizes.append(len(sched._live) + len(sched._unpopped) + len(sched._aborts) + len(sched.finished))
     assert rejected > 150 and completed > 20
     assert max(sizes) <= 2 + 3  # bookkeeping is bounded by slots + queue, not by requests seen
@@ -163,7 +164,7 @@ def test_session_accounts_for_aborted_and_rejected_requests(tiny_target, referen
     late = Request("late", [9, 9, 9], 5, arrival_time=1e6)
     requests = [Request(r.request_id, r.prompt_ids, r.max_new_tokens) for r in POOL[:6]] + [late]
     session = ServingSession(engine, requests)
-    assert session.advance() == 6  # all arrive at t=0: two wait, four are rejected
+    assert session.advance() == 6  # all arrive at t=0: two take the free slots, two wait, two are rejected
     session.step(2)
     assert session.abort("r0") and session.abort("late")
     assert not session.abort("r5")  # rejected: already accounted for
@@ -176,12 +177,13 @@ def test_session_accounts_for_aborted_and_rejected_requests(tiny_target, referen
     reasons = dict(zip(result.requests["request_id"], result.requests["finish_reason"]))
     assert sorted(reasons) == sorted(r.request_id for r in requests)
     assert reasons["r0"] == reasons["late"] == "abort"
-    assert [reasons[f"r{i}"] for i in (2, 3, 4, 5)] == ["rejected"] * 4
-    assert reasons["r1"] in ("eos", "length") and result.outputs["r1"] == reference(POOL[1])
-    assert result.requests.set_index("request_id").loc["r3", "error"].startswith("request 'r3' rejected")
+    assert [reasons[f"r{i}"] for i in (4, 5)] == ["rejected"] * 2
+    for i in (1, 2, 3):
+        assert reasons[f"r{i}"] in ("eos", "length") and result.outputs[f"r{i}"] == reference(POOL[i])
+    assert result.requests.set_index("request_id").loc["r5", "error"].startswith("request 'r5' rejected")
     summary = summarize(result)
-    assert (summary["completed"], summary["aborted"], summary["rejected"], summary["failed"]) == (1, 2, 4, 0)
+    assert (summary["completed"], summary["aborted"], summary["rejected"], summary["failed"]) == (3, 2, 2, 0)
     # serve(): rejected requests count as accounted for, not as "never served"
     engine = make_engine("standard", tiny_target, "ngram", max_batch_size=2, max_seq_len=64, max_waiting=2)
     served = serve(engine, requests[:6], k=2, progress=False)
-    assert (served.requests["finish_reason"] == "rejected").sum() == 4
+    assert (served.requests["finish_reason"] == "rejected").sum() == 2

@@ -135,7 +135,7 @@ def test_episode_recording(tmp_path, suffix, tiny_target):
 @pytest.mark.real_model
 @pytest.mark.parametrize("scenario", ["smollm2-early-exit", "smollm2-load-ramp"])
 def test_real_model_scenarios_step(scenario):
-    env = gym.make("nightjar_rl/SpecDecode-v0", scenario=scenario)
+    env = gym.make("nightjar_rl/SpecDecode-v1", scenario=scenario)
     obs, _ = env.reset(seed=0, options={"num_requests": 2, "rate": float("inf")})
     for k in (2, 0, 2):
         obs, reward, _, _, info = env.step(k)
@@ -153,3 +153,19 @@ def test_piecewise_arrivals_per_episode(tiny_target):
     assert np.sum((times >= 0.5) & (times < 1.0)) > np.sum(times < 0.5)
     with pytest.raises(ValueError, match="arrivals.kind"):
         env.reset(seed=9, options={"arrivals": {"kind": "burst"}})
+
+
+def test_step_outside_an_episode_and_non_mapping_options_are_clear_errors():
+    env = SpecDecodeEnv("tiny-sim")
+    with pytest.raises(RuntimeError, match=r"call reset\(\) before step\(\)"):
+        env.step(1)
+    with pytest.raises(TypeError, match="reset options must be a mapping"):
+        env.reset(seed=0, options="x")
+    env.reset(seed=0, options={"num_requests": 3, "rate": float("inf")})
+    terminated = truncated = False
+    while not (terminated or truncated):
+        _, _, terminated, truncated, _ = env.step(2)
+    with pytest.raises(RuntimeError, match=r"the episode has ended \((terminated|truncated).*call reset\(\)"):
+        env.step(2)
+    env.reset(seed=1)  # a new episode steps again
+    env.step(0)

@@ -43,6 +43,11 @@ def _summary_true(*keys: str) -> Callable[[dict], None]:
     return check
 
 
+def _per_row_table(df: pd.DataFrame) -> None:
+    assert set(df["loop"]) == {"closed", "open"}, df
+    assert df["best_per_row"].notna().all() and df["paired_ratio"].gt(0).all(), df
+
+
 @dataclass(frozen=True)
 class Script:
     """How the test runs one script and what it must leave in its --out-dir."""
@@ -77,9 +82,13 @@ SCRIPTS = [
     Script("bf16_divergence", ("runs.csv", "summary.txt")),
     Script("run_notebooks", ("quickstart.ipynb", "figures/quickstart/*.png"), args=("quickstart",),
            needs=("nbclient", "ipykernel")),
+    Script("per_row_study", ("per_row_study_tiny/summary.txt", "per_row_study_tiny/per_row_table.csv",
+                             "per_row_study_tiny/speedup_vs_load_*.png", "per_row_study_tiny/*/*/*/results.csv"),
+           check={"per_row_study_tiny/per_row_table.csv": _per_row_table}),
     Script("sim_fidelity", ("*/fidelity.csv",), check={"*/fidelity.csv": _all_true("per_request_identical")}),
     Script("soak", ("*/windows.csv", "*/summary.json"), slow=True),
     Script("spot_check", ("spot_check.csv", "*study_tiny*/results.csv")),
+    Script("workload_acceptance", ("acceptance.csv", "summary.csv", "tokens_per_step.png")),
 ]
 
 

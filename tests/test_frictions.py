@@ -5,6 +5,7 @@ directory."""
 import warnings
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -30,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("env_id", sorted(ENV_IDS))
 def test_make_vec_env_on_every_registered_id(env_id):
     """SB3 asks for render_mode='rgb_array'; the env declares none and make_vec_env falls back."""
-    kwargs = {} if env_id in SIM_IDS or ENV_IDS[env_id] == "tiny" else {"scenario": "tiny"}  # live SmolLM2: tiny
+    kwargs = {} if env_id in SIM_IDS or ENV_IDS[env_id][0] == "tiny" else {"scenario": "tiny"}  # live SmolLM2: tiny
     venv = make_vec_env(env_id, n_envs=2, seed=0, env_kwargs=kwargs)
     try:
         obs = venv.reset()
@@ -126,3 +127,19 @@ def test_experiment_command_writes_under_the_working_directory(tmp_path, monkeyp
     assert len(list((tmp_path / "mine").glob("tiny-sim__study_tiny__*"))) == 1
     after = set((REPO / "runs").iterdir()) if (REPO / "runs").is_dir() else set()
     assert after == before  # nothing written into the checkout
+
+
+def test_registered_ids_scale_rewards_and_carry_a_time_limit():
+    """v1: rewards x REWARD_SCALE (the same argmax, thousands instead of millions per episode) and
+    Gymnasium's TimeLimit at the default scenario's horizon; the class itself is unscaled."""
+    from nightjar_rl.registration import REWARD_SCALE
+
+    env = gym.make("nightjar_rl/SpecDecodeSim-v1", scenario="tiny-sim")
+    assert env.spec.max_episode_steps == ENV_IDS["nightjar_rl/SpecDecodeSim-v1"][1] == 400
+    env.reset(seed=0)
+    _, reward, *_ = env.step(2)
+    raw = env.unwrapped.reward_fn(env.unwrapped.episode_log[-1][0])
+    assert reward == pytest.approx(raw * REWARD_SCALE) and REWARD_SCALE == 1e-3 and raw > 0
+    assert SpecDecodeEnv("tiny-sim").reward_scale == 1.0
+    with pytest.raises(ValueError, match="reward_scale"):
+        SpecDecodeEnv("tiny-sim", reward_scale=0)

@@ -11,7 +11,7 @@ pytest.importorskip("ipykernel", reason="notebook execution needs ipykernel (pip
 from nightjar_rl.analysis.notebook import execute_notebook, png_outputs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = {"quickstart": 3, "nightjar_study": 5, "anatomy": 5}
+FIGURES = {"quickstart": 3, "nightjar_study": 5, "anatomy": 5, "per_row_study": 4}
 
 
 @pytest.mark.parametrize("name", sorted(FIGURES))

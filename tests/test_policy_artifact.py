@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from nightjar_rl.contracts.observation import obs_size
 from nightjar_rl.hardware import HardwareProfile
 from nightjar_rl.policy import POLICY_TYPES, load_policy, make_policy, save_policy
 from nightjar_rl.policy.base import make_observation
@@ -27,8 +28,13 @@ SPECS = {
     "thompson": {"type": "thompson", "prior_strength": 2.0},
     "hysteresis": {"type": "hysteresis", "policy": {"type": "nightjar"}, "dwell": 2},
     "sssd": {"type": "sssd", "knee": 12, "cap": 8},
+    # per-row policies: on plain vectors (no per-row features) they decide a uniform k (tests/test_per_row.py
+    # round-trips them on observations that carry rows)
+    "adaptive_budget": {"type": "adaptive_budget", "profile": profile_dict(), "prior_acceptance": 0.6},
+    "per_request_k": {"type": "per_request_k", "dwell": 3, "off_above": 40},
+    "per_row_bandit": {"type": "per_row_bandit", "bandit": {"epsilon": 0.3, "seed": 3}},
     "mlp": {"type": "mlp", "layers": ["linear", "tanh", "linear"], "weights": {  # arrays: written on save
-        "layers.0.weight": np.random.default_rng(0).normal(size=(8, MAX_K + 8)), "layers.0.bias": np.zeros(8),
+        "layers.0.weight": np.random.default_rng(0).normal(size=(8, obs_size(MAX_K))), "layers.0.bias": np.zeros(8),
         "layers.2.weight": np.random.default_rng(1).normal(size=(MAX_K + 1, 8)), "layers.2.bias": np.ones(MAX_K + 1)}},
 }
 

@@ -93,7 +93,7 @@ def _edit(path: Path, change) -> Path:
     ("missing weights", "weights file .* not found"),
     ("other weights", "does not match the manifest: sha256"),
     ("corrupt weights", "does not match the manifest"),
-    ("layout version", "observation layout version 2 is not supported"),
+    ("layout version", "observation layout version 3 is not supported"),
     ("layout fields", "observation fields"),
     ("corrupt manifest", "not valid JSON"),
     ("truncated manifest", "not valid JSON"),
@@ -112,7 +112,7 @@ def test_broken_artifacts_give_one_clear_error(saved, case, match):
     elif case == "corrupt weights":
         weights.write_bytes(weights.read_bytes()[:-7])
     elif case == "layout version":
-        _edit(saved, lambda p: p["observation"].update(layout_version=2))
+        _edit(saved, lambda p: p["observation"].update(layout_version=3))
     elif case == "layout fields":
         _edit(saved, lambda p: p["observation"]["fields"].reverse())
     elif case == "corrupt manifest":
@@ -134,7 +134,7 @@ def test_broken_artifacts_give_one_clear_error(saved, case, match):
 
 
 def test_bad_constructor_fields():
-    with pytest.raises(ValueError, match="do not fit an input of 13"):
+    with pytest.raises(ValueError, match=f"do not fit an input of {obs_size(MAX_K + 1)}"):
         MLPPolicy(MAX_K + 1, weights=mlp().tensors, layers=mlp().layers)
     with pytest.raises(ValueError, match="unknown kind 'sigmoid'"):
         MLPPolicy(MAX_K, weights=mlp().tensors, layers=["linear", "sigmoid", "linear", "relu", "linear"])

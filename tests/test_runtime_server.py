@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -169,6 +170,23 @@ def test_full_queue_gets_503():
                     assert r2.status_code == 200  # waiting
                     r3 = client.post(f"{url}/v1/completions", json={"prompt": "three", "max_tokens": 5})
                     assert r3.status_code == 503 and "queue is full" in r3.json()["error"]["message"]
+    finally:
+        stop_server(server, thread, loop)
+
+
+def test_burst_into_free_slots_is_not_rejected():
+    """Finding 13: a burst as large as the free batch slots plus `max_waiting` is all served; requests
+    handed to the engine thread but not yet applied count against the free slots, not as waiting."""
+    server, thread, url, loop = start_server(policy="fixed-0", max_batch_size=8, max_waiting=2)
+    slow_engine(loop, 0.2)  # the burst lands while the engine thread sleeps in a step
+    try:
+        def post(i: int) -> int:
+            with httpx.Client(timeout=120) as client:
+                return client.post(f"{url}/v1/completions", json={"prompt": f"burst {i}", "max_tokens": 20}).status_code
+
+        with ThreadPoolExecutor(12) as pool:
+            codes = list(pool.map(post, range(12)))
+        assert sorted(codes) == [200] * 10 + [503] * 2
     finally:
         stop_server(server, thread, loop)
 

@@ -341,3 +341,47 @@ def test_serve_refuses_bad_flags_with_one_line(capsys, flags, message):
     assert main(["serve", "--model", "tiny-random", "--quiet", *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and message in err
+
+
+def test_every_submission_racing_the_shutdown_is_answered():
+    """Submissions from many threads while the engine loop stops: each is either refused or accepted,
+    and every accepted one gets a terminal event (finish or error); none is left unanswered."""
+    from nightjar_rl.decoding.sequence import Request
+    from nightjar_rl.runtime.loop import EngineLoop
+    from nightjar_rl.runtime.metrics import ServerMetrics
+    from nightjar_rl.runtime.policy_spec import runtime_policy
+    from nightjar_rl.stack import EngineConfig, build_stack
+
+    stack = build_stack(EngineConfig(model="tiny-random", drafter="ngram", max_batch_size=4, max_seq_len=SEQ))
+    loop = EngineLoop(stack.engine, runtime_policy(4, k=0), ServerMetrics(4, "tiny", "fixed-0")).start()
+    acks: dict[str, object] = {}
+    ends: dict[str, str] = {}
+    lock = threading.Lock()
+
+    def client(t: int) -> None:
+        for i in range(40):
+            rid = f"t{t}-{i}"
+
+            def ack(exc, rid=rid):
+                with lock:
+                    acks[rid] = exc
+
+            def listener(event, rid=rid):
+                if event.finish_reason is not None:
+                    with lock:
+                        ends[rid] = event.finish_reason
+
+            loop.submit(Request(rid, [1, 2, 3], 3), listener, ack)
+            time.sleep(0.001)
+
+    threads = [threading.Thread(target=client, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    time.sleep(0.05)
+    loop.stop()
+    for th in threads:
+        th.join()
+    assert len(acks) == 160  # every submission was answered, accepted (None) or refused
+    accepted = {rid for rid, exc in acks.items() if exc is None}
+    assert accepted and len(accepted) < 160  # the race happened: some before the stop, some after
+    assert set(ends) == accepted  # each accepted request ended (finished, or an error event at shutdown)

@@ -92,15 +92,17 @@ def test_a_cap_of_at_least_the_requests_is_open_loop_exactly(backend, cap):
 
 
 def test_rejected_requests_free_their_slot(backend):
-    # one engine row, a queue of one: r0 waits in the queue, r1.. find it full and are rejected at once;
-    # each rejection frees its slot, so with 2 slots every later request is still sent (and rejected)
+    # one engine row, a queue of one: r0 takes the free row, r1 waits beyond it, r2.. find the queue
+    # full and are rejected at once; each rejection frees its concurrency slot, so with 3 slots every
+    # later request is still sent (and rejected)
     reqs = workload(backend, 5)
-    session = ServingSession(engine(backend, max_batch_size=1, max_waiting=1), reqs, max_concurrency=2)
+    session = ServingSession(engine(backend, max_batch_size=1, max_waiting=1), reqs, max_concurrency=3)
     assert session.advance() == 5
-    df = drive(session, cap=2)
+    df = drive(session, cap=3)
     reasons = df.set_index("request_id")["finish_reason"]
-    assert reasons[reqs[0].request_id] in COMPLETED
-    assert (reasons.drop(reqs[0].request_id) == REJECTED).all()
+    ids = [r.request_id for r in reqs]
+    assert reasons[ids[0]] in COMPLETED and reasons[ids[1]] in COMPLETED
+    assert (reasons[ids[2:]] == REJECTED).all()
     assert len(df) == 5 and df["request_id"].is_unique and session.in_flight == 0
 
 

@@ -91,7 +91,7 @@ def test_a_per_row_plan_is_priced_by_what_it_scores(layout, verify_ms, scored):
 
 
 def test_bad_verify_layout_is_rejected():
-    with pytest.raises(ValueError, match="verify_layout must be one of padded, packed, got 'dense'"):
+    with pytest.raises(ValueError, match="verify_layout must be one of padded, packed, mixed, got 'dense'"):
         SimEngine(toy_trace(), CLOCK, verify_layout="dense")
 
 

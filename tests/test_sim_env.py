@@ -29,7 +29,7 @@ def no_model_loading(monkeypatch):
 
 
 def test_default_sim_id_needs_nothing_else(no_model_loading):
-    env = gym.make("nightjar_rl/SpecDecodeSim-v0")
+    env = gym.make("nightjar_rl/SpecDecodeSim-v1")
     assert env.unwrapped.scenario.name == "smollm2-ngram-sim" and env.unwrapped.backend.needs_model is False
     check_env(env.unwrapped)
     obs, _ = env.reset(seed=0)
@@ -41,7 +41,7 @@ def test_default_sim_id_needs_nothing_else(no_model_loading):
 
 @pytest.mark.parametrize("name", SIM_SCENARIOS)
 def test_every_sim_scenario_passes_check_env(name, no_model_loading):
-    env = gym.make("nightjar_rl/SpecDecodeSim-v0", scenario=name)
+    env = gym.make("nightjar_rl/SpecDecodeSim-v1", scenario=name)
     check_env(env.unwrapped)
 
 
@@ -58,8 +58,8 @@ def episode(env, seed: int, actions_seed: int = 0):
 
 
 def test_same_seed_same_episode_bit_for_bit():
-    a = gym.make("nightjar_rl/SpecDecodeSim-v0", scenario="tiny-sim").unwrapped
-    b = gym.make("nightjar_rl/SpecDecodeSim-v0", scenario="tiny-sim").unwrapped
+    a = gym.make("nightjar_rl/SpecDecodeSim-v1", scenario="tiny-sim").unwrapped
+    b = gym.make("nightjar_rl/SpecDecodeSim-v1", scenario="tiny-sim").unwrapped
     first, second = episode(a, seed=7), episode(b, seed=7)
     assert len(first) == len(second) and all(np.array_equal(x, y) for x, y in zip(first, second))
     other = episode(a, seed=8)

@@ -117,7 +117,7 @@ def test_env_on_vllm_passes_check_env(backend):
     from nightjar_rl.env import SpecDecodeEnv
 
     env = SpecDecodeEnv(load_scenario(SCENARIO), backend=backend)  # gym.make would deep-copy the engine
-    env.spec = gym.spec("nightjar_rl/SpecDecodeVLLM-v0")  # the registered id (what gym.make would attach)
+    env.spec = gym.spec("nightjar_rl/SpecDecodeVLLM-v1")  # the registered id (what gym.make would attach)
     assert env.spec.nondeterministic  # observations carry measured step times
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the Box is unbounded above (queue length, rates): a warning only
@@ -130,5 +130,5 @@ def test_env_on_vllm_passes_check_env(backend):
 def test_registered_id_names_the_vllm_scenario():
     from nightjar_rl.registration import ENV_IDS, SIM_IDS
 
-    assert load_scenario(ENV_IDS["nightjar_rl/SpecDecodeVLLM-v0"]).backend == "vllm"
-    assert "nightjar_rl/SpecDecodeVLLM-v0" not in SIM_IDS
+    assert load_scenario(ENV_IDS["nightjar_rl/SpecDecodeVLLM-v1"]).backend == "vllm"
+    assert "nightjar_rl/SpecDecodeVLLM-v1" not in SIM_IDS

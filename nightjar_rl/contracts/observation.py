@@ -12,16 +12,47 @@ Layout (float32, fixed per `max_k`):
 | 5           | last_k             | k used in the previous step                                     |
 | 6           | last_time_per_token| wall time of the previous step / tokens it produced (s)         |
 | 7 .. 7+max_k| hist_0..hist_max_k | share of recent row-steps that accepted 0..max_k draft tokens   |
+| then        | fi_acceptance      | full-information per-token acceptance estimate over all rows, a |
+|             |                    | row without a proposal counted as a rejection (0 while unknown) |
+|             | fi_known           | 1 once full information has been seen, 0 = unknown yet          |
+|             | rows_unknown       | share of running rows with no acceptance estimate yet           |
+|             | rows_acc_0..3      | share of running rows whose estimate is in [0, .25), [.25, .5), [.5, .75), [.75, 1] |
+|             | rows_proposal      | mean draft tokens the running rows' drafters hold for the next step / max_k (0 unknown) |
+
+Version 1 was the first 8 + max_k entries alone; they keep their meaning in version 2 (a version-1
+policy reads `obs[:obs_size_v1(max_k)]`). Fields 0..7+max_k summarise the steps that drafted: they
+do not move while k = 0. The version-2 fields do: they come from full information
+(`StepStats.shadow_drafted/shadow_accepted`: the drafter's whole proposal at each row's position
+checked against the tokens the target emitted, no verify cost), and where the executor has none, from
+the rows that drafted.
+
+Acceptance estimates are the geometric model's maximum likelihood (the model behind "the j-th draft
+survives with probability alpha^j"): a row that drafted d tokens and had a accepted contributes a
+successes and, when a < d, one failure; alpha = EMA(successes) / EMA(successes + failures). A row
+with no trial yet (no proposal so far) is *unknown*, not zero: per-row estimates count only rows that
+had a proposal (the proposal is a feature of its own); the step-level `fi_acceptance` counts a row
+without one as a rejection of its first draft, what a uniform k gets from it.
+
+Per-row features (`RowBatch`) ride on the observation the runtime's driver builds (`Observation`,
+an ndarray with a `rows` attribute; `rows_of(obs)` reads it): per running row its acceptance
+estimate (nan = unknown), the samples behind it, the proposal its drafter holds (-1 = unknown), its
+output position, its remaining budget and its length (prompt + output). Per-step policies see only
+the vector.
 
 `ObservationBuilder` computes it, the same way wherever a policy runs (the env, evaluation, the
 CLI and the server all go through the runtime's `PolicyDriver`, which owns one).
 
 Policies read fields by name through `OBS_INDEX`, never by magic numbers. `OBS_LAYOUT_VERSION`
 numbers this layout (fields, order, meaning); exported neural policies record it with
-`obs_layout(max_k)` and refuse to load against another one. Bump it whenever the table changes.
+`obs_layout(max_k)` and refuse to load against another one (version-1 artifacts load and read the
+version-1 prefix). Bump it whenever the table changes.
 """
 
 from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,27 +69,253 @@ SCALAR_FIELDS = (
 )
 OBS_INDEX = {name: i for i, name in enumerate(SCALAR_FIELDS)}
 HIST_START = len(SCALAR_FIELDS)
+ROW_BINS = (0.25, 0.5, 0.75)  # upper edges of the rows_acc_0..2 bins; rows_acc_3 holds the rest
+SUMMARY_FIELDS = ("fi_acceptance", "fi_known", "rows_unknown",
+                  *(f"rows_acc_{i}" for i in range(len(ROW_BINS) + 1)), "rows_proposal")
+
+OBS_LAYOUT_VERSION = 2
+LAYOUT_VERSIONS = (1, 2)
 
 
-OBS_LAYOUT_VERSION = 1
-
-
-def obs_size(max_k: int) -> int:
+def obs_size_v1(max_k: int) -> int:
+    """Entries of a version-1 observation (the prefix of a version-2 one)."""
     return HIST_START + max_k + 1
 
 
-def obs_layout(max_k: int) -> list[str]:
-    """Field names of the observation vector in order: the scalars, then hist_0..hist_{max_k}."""
-    return [*SCALAR_FIELDS, *(f"hist_{i}" for i in range(max_k + 1))]
+def obs_size(max_k: int) -> int:
+    return obs_size_v1(max_k) + len(SUMMARY_FIELDS)
+
+
+def obs_layout(max_k: int, version: int = OBS_LAYOUT_VERSION) -> list[str]:
+    """Field names of the observation vector in order: the scalars, hist_0..hist_{max_k}, then (version
+    2) the full-information summary."""
+    if version not in LAYOUT_VERSIONS:
+        raise ValueError(f"observation layout version must be one of {LAYOUT_VERSIONS}, got {version!r}")
+    v1 = [*SCALAR_FIELDS, *(f"hist_{i}" for i in range(max_k + 1))]
+    return v1 if version == 1 else [*v1, *SUMMARY_FIELDS]
+
+
+def _summary_start(obs: np.ndarray) -> int:
+    return len(obs) - len(SUMMARY_FIELDS)
 
 
 def obs_field(obs: np.ndarray, name: str) -> float:
-    """Read one scalar field of an observation by name."""
-    return float(np.asarray(obs)[OBS_INDEX[name]])
+    """Read one field of an observation by name (a scalar or a version-2 summary field)."""
+    obs = np.asarray(obs)
+    if name in OBS_INDEX:
+        return float(obs[OBS_INDEX[name]])
+    if name in SUMMARY_FIELDS:
+        return float(obs[_summary_start(obs) + SUMMARY_FIELDS.index(name)])
+    raise ValueError(f"unknown observation field {name!r}; fields: {', '.join((*OBS_INDEX, *SUMMARY_FIELDS))}")
 
 
 def obs_histogram(obs: np.ndarray) -> np.ndarray:
-    return np.asarray(obs)[HIST_START:]
+    obs = np.asarray(obs)
+    return obs[HIST_START:_summary_start(obs)]
+
+
+def geometric_trials(drafted: int, accepted: int, empty_is_failure: bool = False) -> tuple[int, int]:
+    """(successes, trials) of one row-step under the geometric acceptance model: every accepted draft is
+    a success; a rejection (accepted < drafted) is one failure; nothing drafted is no trial, or with
+    `empty_is_failure` one failure (no proposal: what a uniform k gets from the row); drafted < 0 is no
+    sample (`nightjar_rl.runtime.full_info`: a check still pending)."""
+    if drafted < 0:  # no sample (a full-information check still pending)
+        return 0, 0
+    if drafted == 0:
+        return 0, 1 if empty_is_failure else 0
+    return accepted, accepted + (1 if accepted < drafted else 0)
+
+
+def step_samples(stats: StepRecord) -> list[tuple[int, int]]:
+    """(drafted, accepted) per row of a step for the acceptance estimates: full information when the
+    executor reports it (`shadow_drafted/shadow_accepted`), else what the rows drafted."""
+    shadow_d, shadow_a = getattr(stats, "shadow_drafted", None), getattr(stats, "shadow_accepted", None)
+    if shadow_d and len(shadow_d) == len(stats.drafted):
+        return list(zip(shadow_d, shadow_a))
+    return list(zip(stats.drafted, stats.accepted))
+
+
+class AcceptanceEstimate:
+    """alpha = EMA(successes) / EMA(trials) of the geometric model (see module docs); None = unknown."""
+
+    __slots__ = ("decay", "successes", "trials", "samples")
+
+    def __init__(self, decay: float):
+        self.decay, self.successes, self.trials, self.samples = decay, 0.0, 0.0, 0
+
+    def add(self, successes: int, trials: int) -> None:
+        """Fold one sample (e.g. `geometric_trials` of a row-step, or a whole step's sums) in."""
+        if trials:
+            self.successes = self.decay * self.successes + successes
+            self.trials = self.decay * self.trials + trials
+            self.samples += 1
+
+    @property
+    def value(self) -> float | None:
+        return self.successes / self.trials if self.trials > 0 else None
+
+
+@dataclass(frozen=True)
+class RowBatch:
+    """Per-row features of the rows the next step decodes (aligned arrays, running order)."""
+
+    request_ids: tuple[str, ...]
+    acceptance: np.ndarray  # per-token acceptance estimate; nan = unknown yet (not zero)
+    samples: np.ndarray  # row-steps with a trial behind the estimate (0 = unknown)
+    proposal: np.ndarray  # draft tokens the row's drafter holds for the next step; -1 = unknown
+    position: np.ndarray  # output tokens generated so far
+    remaining: np.ndarray  # output budget left (tokens)
+    context: np.ndarray  # tokens in the row (prompt + output)
+    depth_rates: np.ndarray | None = None  # [rows, max_k] P(depth j accepted | j - 1 were); nan unknown; None: geometric
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+    def alpha(self, prior: float) -> np.ndarray:
+        """Acceptance estimates with unknown rows at `prior`."""
+        return np.where(np.isnan(self.acceptance), prior, self.acceptance)
+
+    def draft_caps(self, max_k: int) -> np.ndarray:
+        """Most draft tokens each row can use next step: max_k, its budget left - 1, its proposal if known."""
+        caps = np.minimum(max_k, np.maximum(self.remaining - 1, 0))
+        return np.where(self.proposal >= 0, np.minimum(caps, self.proposal), caps).astype(int)
+
+    def survival(self, max_k: int, prior: float) -> np.ndarray:
+        """[rows, max_k]: P(the row's j-th draft is accepted) for j <= its cap, 0 beyond: the product of
+        its depth rates up to j (unknown ones at `prior`), or alpha^j without depth rates."""
+        j = np.arange(1, max_k + 1)
+        if self.depth_rates is None:
+            surv = self.alpha(prior)[:, None] ** j[None, :]
+        else:
+            rates = np.asarray(self.depth_rates, dtype=float)[:, :max_k]
+            surv = np.cumprod(np.where(np.isnan(rates), prior, rates), axis=1)
+        return np.where(j[None, :] <= self.draft_caps(max_k)[:, None], surv, 0.0)
+
+
+class Observation(np.ndarray):
+    """The observation vector (a float32 ndarray) carrying the per-row features in `rows` (None when
+    built without them). `np.asarray(obs)` is the plain vector."""
+
+    rows: RowBatch | None
+
+    def __new__(cls, vector: np.ndarray, rows: RowBatch | None = None) -> Observation:
+        obj = np.asarray(vector, dtype=np.float32).view(cls)
+        obj.rows = rows
+        return obj
+
+    def __array_finalize__(self, obj) -> None:
+        self.rows = getattr(obj, "rows", None)
+
+    def __reduce__(self):  # pickles (vector envs, Ray) as the plain vector plus rows
+        return (Observation, (np.asarray(self), self.rows))
+
+
+def rows_of(obs: np.ndarray) -> RowBatch | None:
+    """The per-row features an observation carries (None for a plain vector)."""
+    return getattr(obs, "rows", None)
+
+
+class DepthCounts:
+    """Conditional acceptance per draft depth j = 1..max_k: a proposal of d tokens with a accepted is a
+    trial at depths 1..min(a + 1, d) and a success at depths 1..a (decayed counts)."""
+
+    __slots__ = ("decay", "successes", "trials")
+
+    def __init__(self, max_k: int, decay: float):
+        self.decay = decay
+        self.successes, self.trials = [0.0] * max_k, [0.0] * max_k
+
+    def add(self, drafted: int, accepted: int) -> None:
+        reach = min(accepted + 1, drafted, len(self.trials))
+        if reach <= 0:
+            return
+        s, t, g = self.successes, self.trials, self.decay
+        for j in range(len(t)):
+            s[j] *= g
+            t[j] *= g
+        for j in range(reach):
+            t[j] += 1.0
+            if j < accepted:
+                s[j] += 1.0
+
+
+class RowTracker:
+    """Per-request acceptance estimates (full information where the executor has it), forgotten when
+    the request leaves: the geometric `AcceptanceEstimate` and, per draft depth, conditional acceptance
+    shrunk towards all rows' (`depth_rates`: (s_rj + w g_j) / (t_rj + w), g_j the batch-wide rate at
+    depth j, w = `prior_weight`), which calibrates survival when acceptance is not geometric (an n-gram
+    that copies a span tends to keep copying)."""
+
+    def __init__(self, max_k: int, decay: float = 0.8, global_decay: float = 0.999, prior_weight: float = 2.0):
+        self.max_k, self.decay, self.prior_weight = max_k, decay, prior_weight
+        self.global_decay = global_decay
+        self.reset()
+
+    def reset(self) -> None:
+        self.rows: dict[str, tuple[AcceptanceEstimate, DepthCounts]] = {}
+        self.depths = DepthCounts(self.max_k, self.global_decay)
+
+    def observe_step(self, stats: StepRecord) -> None:
+        for rid, (d, a) in zip(getattr(stats, "request_ids", ()), step_samples(stats)):
+            entry = self.rows.get(rid)
+            if entry is None:
+                entry = self.rows[rid] = (AcceptanceEstimate(self.decay), DepthCounts(self.max_k, self.decay))
+            entry[0].add(*geometric_trials(d, a))
+            entry[1].add(d, a)
+            self.depths.add(d, a)
+        for rid in getattr(stats, "finished_ids", ()):
+            self.rows.pop(rid, None)
+
+    def global_rates(self) -> np.ndarray:
+        """Batch-wide conditional acceptance per depth (nan where no trial yet)."""
+        return np.array([s / t if t > 0 else math.nan for s, t in zip(self.depths.successes, self.depths.trials)])
+
+    def batch(self, running, proposals: dict[str, int] | None = None) -> RowBatch:
+        """The `RowBatch` of `running` (Sequences: request_id, tokens, request); `proposals` by request
+        id (absent: unknown)."""
+        proposals = proposals or {}
+        ids, acc, samples, prop, pos, rem, ctx, ds, dt = [], [], [], [], [], [], [], [], []
+        zeros = [0.0] * self.max_k
+        for seq in running:
+            rid = seq.request_id
+            entry = self.rows.get(rid)
+            value = entry[0].value if entry is not None else None
+            ids.append(rid)
+            acc.append(math.nan if value is None else value)
+            samples.append(entry[0].samples if entry is not None else 0)
+            ds.append(entry[1].successes if entry is not None else zeros)
+            dt.append(entry[1].trials if entry is not None else zeros)
+            prop.append(proposals.get(rid, -1))
+            n_out = len(seq.tokens) - seq.num_prompt
+            pos.append(n_out)
+            rem.append(seq.request.max_new_tokens - n_out)
+            ctx.append(len(seq.tokens))
+        g, w = self.global_rates(), self.prior_weight
+        shape = (len(ids), self.max_k)
+        s, t = np.array(ds, dtype=float).reshape(shape), np.array(dt, dtype=float).reshape(shape)
+        known = ~np.isnan(g)
+        rates = np.divide(s, t, out=np.full(shape, math.nan), where=(t > 0) & ~known)  # no batch-wide rate yet
+        rates[:, known] = (s[:, known] + w * g[known]) / (t[:, known] + w)
+        return RowBatch(tuple(ids), np.array(acc, dtype=float), np.array(samples, dtype=int),
+                        np.array(prop, dtype=int), np.array(pos, dtype=int), np.array(rem, dtype=int),
+                        np.array(ctx, dtype=int), rates)
+
+
+def row_summary(rows: RowBatch | None, max_k: int) -> list[float]:
+    """rows_unknown, rows_acc_0..3, rows_proposal of the observation (zeros without rows). Plain Python:
+    it runs every step, mostly over a few rows."""
+    out = [0.0] * (len(ROW_BINS) + 3)
+    n = len(rows) if rows is not None else 0
+    if not n:
+        return out
+    for a in rows.acceptance.tolist():
+        if a != a:  # nan: unknown
+            out[0] += 1.0 / n
+        else:
+            out[1 + bisect.bisect_right(ROW_BINS, a)] += 1.0 / n
+    prop = [p for p in rows.proposal.tolist() if p >= 0]
+    out[-1] = sum(prop) / len(prop) / max_k if prop and max_k else 0.0
+    return out
 
 
 class ObservationTracker:
@@ -76,8 +333,14 @@ class ObservationTracker:
         self.last_tpt = 0.0
         self.hist = np.zeros(self.max_k + 1)
         self._seen_acceptance = False
+        self.full_info = AcceptanceEstimate(1.0 - self.ema)
 
     def observe_step(self, stats: StepRecord) -> None:
+        succ = trials = 0
+        for d, a in step_samples(stats):
+            s, t = geometric_trials(d, a, empty_is_failure=True)
+            succ, trials = succ + s, trials + t
+        self.full_info.add(succ, trials)
         self.last_k = stats.k
         tokens = stats.tokens_out
         self.last_tpt = stats.wall_time / tokens if tokens else stats.wall_time
@@ -103,7 +366,7 @@ class ObservationTracker:
         if elapsed > 0:
             self.arrival_rate += self.ema * (count / elapsed - self.arrival_rate)
 
-    def vector(self, batch_size: int, queue_len: int) -> np.ndarray:
+    def vector(self, batch_size: int, queue_len: int, rows: RowBatch | None = None) -> np.ndarray:
         obs = np.zeros(obs_size(self.max_k), dtype=np.float32)
         obs[: HIST_START] = (
             batch_size,
@@ -115,27 +378,40 @@ class ObservationTracker:
             self.last_tpt,
         )
         total = self.hist.sum()
-        obs[HIST_START:] = self.hist / total if total > 0 else 0.0
+        end = obs_size_v1(self.max_k)
+        obs[HIST_START:end] = self.hist / total if total > 0 else 0.0
+        fi = self.full_info.value
+        obs[end:end + 2] = (fi or 0.0, fi is not None)
+        obs[end + 2:] = row_summary(rows, self.max_k)
         return obs
 
 
 class ObservationBuilder:
-    """Wraps `ObservationTracker`: folds in the last step and the arrivals seen since the previous
-    decision (over the clock elapsed since then), then returns the observation vector."""
+    """Wraps `ObservationTracker` and `RowTracker`: folds in the last step and the arrivals seen since
+    the previous decision (over the clock elapsed since then), then returns the observation."""
 
     def __init__(self, max_k: int):
         self.tracker = ObservationTracker(max_k)
+        self.row_tracker = RowTracker(max_k)
         self._last_clock = 0.0
 
     def reset(self) -> None:
         self.tracker.reset()
+        self.row_tracker.reset()
         self._last_clock = 0.0
 
     def update(self, stats: StepRecord | None, new_arrivals: int, clock: float) -> None:
         if stats is not None:
             self.tracker.observe_step(stats)
+            self.row_tracker.observe_step(stats)
         self.tracker.observe_arrivals(new_arrivals, clock - self._last_clock)
         self._last_clock = clock
 
     def vector(self, batch_size: int, queue_len: int) -> np.ndarray:
+        """The plain vector, without per-row features (the row summary fields are 0)."""
         return self.tracker.vector(batch_size, queue_len)
+
+    def observation(self, running, queue_len: int, proposals: dict[str, int] | None = None) -> Observation:
+        """The observation over the `running` rows (Sequences), carrying their `RowBatch`."""
+        rows = self.row_tracker.batch(running, proposals)
+        return Observation(self.tracker.vector(len(rows), queue_len, rows), rows)

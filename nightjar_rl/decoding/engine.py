@@ -99,7 +99,7 @@ class SpeculativeEngine(ScheduledEngine):
         if not admitted:
             return
         t0 = now(self.device)
-        for rows in self.scheduler.prefill_batches(admitted):
+        for rows in self._prefill_groups(admitted, stats):
             logits, ok = self._forward(rows, rows[0].slot, [s.tokens for s in rows], [0] * len(rows), last_only=True)
             if not ok:
                 continue

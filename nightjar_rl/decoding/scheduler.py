@@ -101,7 +101,9 @@ class Scheduler:
 
     A request is admitted only when a slot is free and its worst case (prompt + max_new_tokens +
     max_speculation) fits `max_kv_tokens`; the queue is FIFO (no skipping ahead). `max_waiting`
-    bounds the queue: `submit` then raises `QueueFullError` instead of growing it.
+    bounds the backlog, the queued requests the free batch slots cannot take at the next admission:
+    `submit` then raises `QueueFullError` instead of growing it. (A burst into an idle batch is not
+    rejected while slots are free; the KV budget may still hold admitted-by-slot requests back.)
     """
 
     def __init__(
@@ -148,6 +150,11 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting) or self.num_running > 0
 
+    def backlog(self, pending: int = 0) -> int:
+        """Queued requests (plus `pending` about to be queued) beyond the batch slots free now: what
+        `max_waiting` bounds."""
+        return max(0, len(self.waiting) + pending - (self.max_batch_size - self.num_running))
+
     def reservation(self, req: Request) -> int:
         """KV tokens a request may need at worst."""
         return len(req.prompt_ids) + req.max_new_tokens + self.max_speculation
@@ -174,10 +181,10 @@ class Scheduler:
     def submit(self, request: Request) -> None:
         """Queue a request: ValueError if it could never be served, QueueFullError if the queue is full."""
         self.check(request)
-        if self.max_waiting is not None and len(self.waiting) >= self.max_waiting:
+        if self.max_waiting is not None and self.backlog() >= self.max_waiting:
             raise QueueFullError(
-                f"request {request.request_id!r} rejected: {len(self.waiting)} requests already waiting "
-                f"(max_waiting={self.max_waiting})"
+                f"request {request.request_id!r} rejected: {self.backlog()} requests already waiting beyond "
+                f"the free batch slots (max_waiting={self.max_waiting})"
             )
         self._live.add(request.request_id)
         self.waiting.append(request)
@@ -295,6 +302,7 @@ class ScheduledEngine:
         clock = self._start_clock()
         stats = StepStats(step=self.step_count, k=0, batch_size=0, num_waiting=0, num_prefilled=0)
         decode_rows, admitted = self._schedule(stats)
+        stats.context = max((len(s.tokens) - 1 for s in decode_rows), default=0)
         self._prefill(admitted, stats)
         self._retire(stats)  # rows finished by their first token (or failed in prefill)
         lengths = plan.resolve(s.request_id for s in decode_rows) if self.can_draft else [0] * len(decode_rows)
@@ -359,6 +367,13 @@ class ScheduledEngine:
     def _prefill(self, admitted: list[Sequence], stats: StepStats) -> None:
         raise NotImplementedError
 
+    def _prefill_groups(self, admitted: list[Sequence], stats: StepStats) -> list[list[Sequence]]:
+        """The admitted rows as prefill forwards (`Scheduler.prefill_batches`), their padded sizes
+        recorded in `stats.prefill_padded_tokens` (what a prefill forward computes)."""
+        groups = self.scheduler.prefill_batches(admitted)
+        stats.prefill_padded_tokens += sum(len(rows) * max(s.num_prompt for s in rows) for rows in groups)
+        return groups
+
     def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats) -> None:
         """One decoding round for `rows` (may be none); row i drafts up to `lengths[i]` tokens
         (`stats.k` is already the largest length, or the plan's when no row decodes)."""
@@ -384,9 +399,13 @@ class ScheduledEngine:
     def has_work(self) -> bool:
         return self.scheduler.has_work
 
+    def backlog(self, pending: int = 0) -> int:
+        """Queued requests (plus `pending` about to be queued) beyond the free batch slots."""
+        return self.scheduler.backlog(pending)
+
     def submit(self, request: Request) -> None:
         """Queue a request. ValueError for one that could never be served (or whose id is in use),
-        `QueueFullError` (a ValueError) when `max_waiting` requests already wait."""
+        `QueueFullError` (a ValueError) when the backlog is at `max_waiting`."""
         self.scheduler.submit(request)
 
     def abort(self, request_id: str) -> bool:

@@ -25,6 +25,11 @@ class StepStats:
     drafted: list[int] = field(default_factory=list)  # draft tokens proposed per row
     accepted: list[int] = field(default_factory=list)  # draft tokens accepted and kept per row (bonus excluded)
     emitted: list[int] = field(default_factory=list)  # tokens appended per row (after EOS/max truncation)
+    # full information (empty when the executor cannot tell): per row, the draft tokens the drafter had
+    # for this position at max_speculation (capped by the row's budget) whatever its plan entry, and how
+    # many of them the target's output confirmed; known at no verify cost, also for rows planned k = 0
+    shadow_drafted: list[int] = field(default_factory=list)
+    shadow_accepted: list[int] = field(default_factory=list)
     prefill_tokens: int = 0  # prompt tokens prefilled this step
     prefill_emitted: int = 0  # first tokens produced by prefill
     first_token_ids: list[str] = field(default_factory=list)  # requests that got their first token
@@ -40,6 +45,8 @@ class StepStats:
     model_time: float = 0.0  # time inside model forwards (target + draft model), summed over threads
     verify_tokens: int = 0  # positions scored per row in the verify pass (1 + max drafted)
     scored_tokens: int = 0  # positions the verify pass computed over all rows (padded: rows x verify_tokens)
+    context: int = 0  # longest cached context among the decoded rows before the step (tokens)
+    prefill_padded_tokens: int = 0  # prefill forwards' padded sizes, summed (rows x longest prompt per forward)
     extra: dict = field(default_factory=dict)  # decoder-specific detail (e.g. sub-batches)
 
     @property
@@ -82,10 +89,11 @@ class StepStats:
             num_finished=len(self.finished_ids),
             num_aborted=len(self.aborted_ids),
             num_failed=len(self.failed_ids),
+            drafting_rows=sum(k > 0 for k in self.plan),
         )
         return row
 
 
-_LIST_FIELDS = ("request_ids", "plan", "drafted", "accepted", "emitted", "first_token_ids", "finished_ids", "aborted_ids",
-                "failed_ids", "extra")
+_LIST_FIELDS = ("request_ids", "plan", "drafted", "accepted", "emitted", "shadow_drafted", "shadow_accepted",
+                "first_token_ids", "finished_ids", "aborted_ids", "failed_ids", "extra")
 _SCALAR_FIELDS = tuple(f.name for f in fields(StepStats) if f.name not in _LIST_FIELDS)

@@ -1,10 +1,10 @@
 """The Gymnasium env: SpecDecodeEnv, scenarios, named rewards. Importing this (or `nightjar_rl`)
 registers the env ids:
 
-- `nightjar_rl/SpecDecode-v0`: any scenario (`gymnasium.make(id, scenario="smollm2-ngram")`); the
+- `nightjar_rl/SpecDecode-v1`: any scenario (`gymnasium.make(id, scenario="smollm2-ngram")`); the
   default is the CPU scenario on smollm2-135m with the n-gram drafter, on the live engine.
-- `nightjar_rl/SpecDecodeTiny-v0`: same env, defaulting to the tiny random-model scenario (tests).
-- `nightjar_rl/SpecDecodeSim-v0`: same env, defaulting to `smollm2-ngram-sim`, the simulator twin of
+- `nightjar_rl/SpecDecodeTiny-v1`: same env, defaulting to the tiny random-model scenario (tests).
+- `nightjar_rl/SpecDecodeSim-v1`: same env, defaulting to `smollm2-ngram-sim`, the simulator twin of
   the default scenario (a shipped trace of the bundled prompts and this CPU's profile): needs no
   model, deterministic for a seed. Any `backend: sim` scenario works (`scenario="gpu-whatif-ngram"`).
 """

@@ -47,7 +47,8 @@ class LiveBackend:
     @cached_property
     def prompt_pool(self) -> PromptPool:
         s, target = self.scenario, self.target
-        return PromptPool.build(s.prompts, target.tokenizer, target.model.config.vocab_size, s.max_prompt_tokens)
+        room = None if s.max_prompt_tokens is not None else s.engine.max_seq_len - s.max_new_tokens
+        return PromptPool.build(s.prompts, target.tokenizer, target.model.config.vocab_size, s.max_prompt_tokens, room)
 
     def make_engine(self, seed: int) -> EngineSurface:
         from nightjar_rl.stack import build_stack
@@ -91,9 +92,13 @@ class SimBackend:
 
     @cached_property
     def prompt_pool(self) -> PromptPool:
-        """The trace's prompts (the scenario's `prompts` field is what the trace was recorded from)."""
+        """The trace's prompts (the scenario's `prompts` field is what the trace was recorded from); a
+        record that stopped by length keeps its length as its budget (a per-request budget, e.g.
+        ShareGPT's reference reply length), and the trace's families, when it has them."""
         records = self.trace.records
-        return PromptPool([r.request_id for r in records], [list(r.prompt_ids) for r in records])
+        families = self.trace.meta.get("families") or {}
+        return PromptPool([r.request_id for r in records], [list(r.prompt_ids) for r in records],
+                          [None if r.eos else len(r) for r in records], [families.get(r.request_id, "") for r in records] if families else None)
 
     def make_engine(self, seed: int) -> EngineSurface:
         from nightjar_rl.sim.engine import SimEngine

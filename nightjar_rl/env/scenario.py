@@ -41,7 +41,8 @@ class Scenario:
     engine: EngineConfig = field(default_factory=EngineConfig)
     # ---- workload ----
     prompts: dict = option({"path": "bundled", "families": None},
-                           "{path: bundled | FILE.jsonl, families: [grounded, code, chat] or null}")
+                           "{path: bundled | FILE.jsonl | sharegpt | humaneval | mix:..., families: [grounded, code, "
+                           "chat] or null, sample: N and seed: S (how many a sampling source such as sharegpt draws)}")
     max_prompt_tokens: int | None = option(None, "keep only the last N prompt tokens (null: whole prompt)", int, low=1)
     max_new_tokens: int = option(64, "output budget per request", low=1)
     num_requests: int = option(32, "requests per episode (a cap for piecewise/trace arrivals)", low=1)
@@ -123,8 +124,12 @@ def validate_scenario(s: Scenario) -> Scenario:
     n = s.name
     if s.max_new_tokens >= s.engine.max_seq_len:
         raise _fail(n, "field 'max_new_tokens' must be smaller than max_seq_len")
-    if not set(s.prompts) <= {"path", "families"}:
-        raise _fail(n, "field 'prompts' must be a mapping with 'path' and optional 'families'")
+    if not set(s.prompts) <= {"path", "families", "sample", "seed"}:
+        raise _fail(n, "field 'prompts' must be a mapping with 'path' and optional 'families', 'sample', 'seed'")
+    for key, low in (("sample", 1), ("seed", 0)):
+        value = s.prompts.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise _fail(n, f"field 'prompts.{key}' must be an integer >= {low}, got {value!r}")
     path, fams = s.prompts.get("path", "bundled"), s.prompts.get("families")
     if not isinstance(path, str) or not path:
         raise _fail(n, f"field 'prompts.path' must be a workload (bundled, a .jsonl file, NAME[:ARG]), got {path!r}")

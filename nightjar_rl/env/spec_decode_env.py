@@ -1,7 +1,8 @@
 """`SpecDecodeEnv`: choose the speculation length of every engine step of a serving workload, on the
 live engine or on the simulator (the scenario's `backend`).
 
-- Observation: `nightjar_rl.contracts.observation` (Box, float32, documented fields; size 8 + max_k).
+- Observation: `nightjar_rl.contracts.observation` (Box, float32, documented fields; layout version 2,
+  size 16 + max_k), an `Observation` carrying the running rows' features in `obs.rows`.
 - Action: Discrete(max_k + 1); 0 = speculation off, k = draft up to k tokens per row.
 - Reward: the scenario's named reward (`nightjar_rl.contracts.rewards`) of the step just taken.
 - Episode: one seeded workload; terminated when every request is served, truncated at the horizon.
@@ -10,11 +11,17 @@ live engine or on the simulator (the scenario's `backend`).
 Each episode is a `ServingSession` over a fresh engine from the backend, driven by the runtime's
 `PolicyDriver` with the agent's actions (the same loop evaluation and the CLI use with a policy).
 
-Version history of the registered ids: v0 = this observation, these rewards and dynamics.
+Version history of the registered ids: v0 = observation layout 1 (8 + max_k entries); v1 = layout 2
+(the full-information acceptance and row summary appended; dynamics unchanged), rewards scaled by
+`registration.REWARD_SCALE` (1e-3: thousands of tokens/s; `reward_scale` here, 1 when the class is used
+directly), and Gymnasium's TimeLimit at the default scenario's horizon (400 steps; the env also
+truncates at its own scenario's horizon, so with `scenario=` pass `max_episode_steps=` to change the
+limit). The v0 ids are no longer registered: `gymnasium.make` of one raises DeprecatedEnv naming v1.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import gymnasium as gym
@@ -42,7 +49,7 @@ class SpecDecodeEnv(gym.Env):
     engine is rebuilt on every reset. The sim backend loads no model. It renders nothing: its only
     render mode is None (`metadata["render_modes"]` is empty).
 
-    Plain stable-baselines3 works on the registered ids: `make_vec_env("nightjar_rl/SpecDecodeSim-v0",
+    Plain stable-baselines3 works on the registered ids: `make_vec_env("nightjar_rl/SpecDecodeSim-v1",
     n_envs=4)` then `PPO("MlpPolicy", venv, gamma=0.5)` (k barely moves the next states: a short
     horizon learns better than 0.99); on the sim, `torch.set_num_threads(1)` first (a small network
     gains nothing from more threads). `nightjar_rl.policy.sb3.export_sb3` turns the trained model into
@@ -56,6 +63,7 @@ class SpecDecodeEnv(gym.Env):
         target=None,
         backend: Backend | None = None,
         render_mode: str | None = None,
+        reward_scale: float = 1.0,
     ):
         if render_mode is not None:  # a TypeError: SB3's make_vec_env then retries without render_mode
             raise TypeError(f"SpecDecodeEnv renders nothing (render_modes: none), got render_mode={render_mode!r}")
@@ -65,6 +73,9 @@ class SpecDecodeEnv(gym.Env):
         self.action_space = spaces.Discrete(s.max_k + 1)
         self.observation_space = spaces.Box(0.0, np.inf, shape=(obs_size(s.max_k),), dtype=np.float32)
         self.reward_fn = make_reward(s.reward, **s.reward_kwargs)
+        if not (isinstance(reward_scale, (int, float)) and np.isfinite(reward_scale) and reward_scale > 0):
+            raise ValueError(f"reward_scale must be a finite number > 0, got {reward_scale!r}")
+        self.reward_scale = float(reward_scale)
         self.backend: Backend = backend or make_backend(s, target)
         self.prompt_pool = self.backend.prompt_pool
         self.arrivals = s.arrival_process()
@@ -73,6 +84,7 @@ class SpecDecodeEnv(gym.Env):
         self.episode_log: list[tuple] = []  # (stats, clock, reward) per step; rows built on demand
         self.episode = -1
         self._steps = 0
+        self._ended: str | None = None
 
     # ---- gymnasium API ------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -80,6 +92,8 @@ class SpecDecodeEnv(gym.Env):
         `num_requests` (override the scenario's count), `max_concurrency` (closed loop: at most this
         many requests in flight; None: open loop; default: the scenario's) for this episode."""
         super().reset(seed=seed)
+        if options is not None and not isinstance(options, Mapping):
+            raise TypeError(f"reset options must be a mapping (a dict) or None, got {type(options).__name__} {options!r}")
         options = dict(options or {})
         unknown = set(options) - set(RESET_OPTIONS)
         if unknown:
@@ -99,19 +113,25 @@ class SpecDecodeEnv(gym.Env):
         self.episode += 1
         self.episode_log = []
         self._steps = 0
+        self._ended: str | None = None
         obs = self.driver.start()
         return obs, {"clock": self.session.clock, "num_requests": len(requests)}
 
     def step(self, action):
         """`action`: a speculation length in the Discrete action space, or a `SpecPlan` (per-row
-        lengths; outside the declared space, for per-row policies driving the env directly)."""
+        lengths; outside the declared space, for per-row policies driving the env directly).
+        RuntimeError before the first `reset()` and after the episode ended (terminated or truncated)."""
+        if self.driver is None:
+            raise RuntimeError("call reset() before step()")
+        if self._ended is not None:
+            raise RuntimeError(f"the episode has ended ({self._ended}); call reset() to start a new one")
         if not isinstance(action, SpecPlan):
             k = int(action)
             if not 0 <= k <= self.max_k or k != action:
                 raise ValueError(f"action must be an int in [0, {self.max_k}], got {action!r}")
             action = k
         stats = self.driver.act(action)
-        reward = self.driver.last_reward
+        reward = self.driver.last_reward * self.reward_scale
         self._steps += 1
         clock = self.session.clock
         terminated = self.session.done
@@ -121,6 +141,8 @@ class SpecDecodeEnv(gym.Env):
             or (s.horizon_seconds is not None and clock >= s.horizon_seconds)
         )
         self.episode_log.append((stats, clock, reward))
+        if terminated or truncated:
+            self._ended = "terminated: every request served" if terminated else "truncated at the horizon"
         return self.driver.obs, reward, terminated, truncated, {"stats": stats, "clock": clock}
 
     # ---- recording ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 
 from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.serving.arrivals import ArrivalProcess
-from nightjar_rl.serving.workload import build_requests, encode_record, load_workload
+from nightjar_rl.serving.workload import WorkloadQuery, build_requests, encode_record, load_workload
 
 
 @dataclass
@@ -23,15 +23,24 @@ class PromptPool:
     ids: list[str]
     token_ids: list[list[int]]
     max_tokens: list[int | None] | None = None  # each prompt's own output budget (None: the scenario's)
+    families: list[str] | None = None  # each prompt's family (None: unknown)
 
     @classmethod
-    def build(cls, prompts: dict, tokenizer, vocab_size: int, max_prompt_tokens: int | None = None) -> PromptPool:
-        """`prompts`: {path: a workload spec (bundled, a .jsonl file, jsonl:FILE, NAME[:ARG]), families: [...]}."""
-        records = load_workload(prompts.get("path", "bundled"), prompts.get("families"))
+    def build(cls, prompts: dict, tokenizer, vocab_size: int, max_prompt_tokens: int | None = None,
+              room: int | None = None) -> PromptPool:
+        """`prompts`: {path: a workload spec (bundled, a .jsonl file, jsonl:FILE, sharegpt, NAME[:ARG]),
+        families: [...], sample: N, seed: S} (sample/seed: how many records a sampling source draws);
+        `room`: the longest prompt the engine can take (a sampling source skips longer ones)."""
+        query = WorkloadQuery(prompts.get("sample"), int(prompts.get("seed") or 0), tokenizer, vocab_size, room)
+        records = load_workload(prompts.get("path", "bundled"), prompts.get("families"), query)
         encoded = [encode_record(tokenizer, r, vocab_size) for r in records]
         if max_prompt_tokens is not None:
             encoded = [e[-max_prompt_tokens:] for e in encoded]
-        return cls([r.id for r in records], encoded, [r.max_tokens for r in records])
+        return cls([r.id for r in records], encoded, [r.max_tokens for r in records], [r.family for r in records])
+
+    def family_of(self) -> dict[str, str]:
+        """Prompt id -> family (empty when unknown)."""
+        return dict(zip(self.ids, self.families)) if self.families else {}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -53,4 +62,7 @@ def sample_requests(
     picks = picks[: len(times)]
     own = pool.max_tokens or [None] * len(pool)
     limits = [min(own[i], max_new_tokens) if own[i] else max_new_tokens for i in picks]
+    traced = arrivals.budgets(len(times)) if hasattr(arrivals, "budgets") else None
+    if traced is not None:  # an arrival trace's output token counts (at least 1) bound the budgets too
+        limits = [min(lim, max(1, int(b))) for lim, b in zip(limits, traced)]
     return build_requests([pool.token_ids[i] for i in picks], [pool.ids[i] for i in picks], times, limits)

@@ -83,7 +83,7 @@ def run_confirmation(cc: ConfirmConfig, specs: dict, learned: set[str], slo: dic
             for rate, conc in loads:
                 for policy, spec in specs.items():
                     bar.set_postfix_str(f"{backend} {policy} repeat {repeat}", refresh=False)
-                    row, _ = cell_job(ctx, CellJob(policy, rate, cc.seed, 0, policy in learned, spec, conc))
+                    row, _, _ = cell_job(ctx, CellJob(policy, rate, cc.seed, 0, policy in learned, spec, conc))
                     rows.append({**row, "backend": backend, "repeat": repeat, "concurrency": conc,
                                  "load_avg_before": load_before, "load_avg_after": math.nan})
                     bar.update()

@@ -19,7 +19,7 @@ from nightjar_rl.env.scenario import Scenario
 from nightjar_rl.env.workload import PromptPool, sample_requests
 from nightjar_rl.runtime.driver import PolicyDriver
 from nightjar_rl.serving import ServeResult, summarize
-from nightjar_rl.serving.arrivals import PoissonArrivals
+from nightjar_rl.serving.arrivals import at_rate
 from nightjar_rl.serving.session import ServingSession
 
 
@@ -32,9 +32,11 @@ class CellResult:
 
 def eval_workload(scenario: Scenario, pool: PromptPool, rate: float, seed: int, num_requests: int,
                   max_new_tokens: int):
-    """The workload of one (rate, seed) cell: identical for every policy."""
+    """The workload of one (rate, seed) cell: identical for every policy. Arrivals are Poisson at `rate`,
+    or the scenario's own process driven at `rate` when it has a shape (gamma burstiness, a
+    rate-scaled trace)."""
     rng, _ = seeding.np_random(int(seed))
-    return sample_requests(pool, PoissonArrivals(rate), num_requests, max_new_tokens, rng)
+    return sample_requests(pool, at_rate(scenario.arrival_process(), rate), num_requests, max_new_tokens, rng)
 
 
 def goodput(requests: pd.DataFrame, duration: float, tpot_s: float, ttft_s: float | None = None) -> float:
@@ -55,6 +57,24 @@ def k_by_batch(steps: list[StepStats]) -> pd.DataFrame:
     return out
 
 
+def plan_switches(steps: list[StepStats]) -> tuple[int, int]:
+    """(step switches, row switches): decode steps whose k (the plan's largest length) differs from the
+    previous decode step's, and per request, decode steps whose plan entry differs from that request's
+    previous one (summed over requests). A uniform plan switches every row when k changes."""
+    step_switches, prev_k, last = 0, None, {}
+    row_switches = 0
+    for s in steps:
+        if s.batch_size <= 0:
+            continue
+        step_switches += prev_k is not None and s.k != prev_k
+        prev_k = s.k
+        for rid, k in zip(s.request_ids, s.plan):
+            before = last.get(rid)
+            row_switches += before is not None and before != k
+            last[rid] = k
+    return int(step_switches), int(row_switches)
+
+
 def evaluate_cell(policy, scenario: Scenario, backend: Backend, rate: float, seed: int, num_requests: int,
                   max_new_tokens: int, slo: dict, learn: bool = False, concurrency: int | None = None) -> CellResult:
     """Serve the (rate, seed) workload to completion with `policy` choosing k before every step.
@@ -73,6 +93,10 @@ def evaluate_cell(policy, scenario: Scenario, backend: Backend, rate: float, see
         mean_k=float(np.mean([s.k for s in decode])) if decode else float("nan"),
         frac_k0=float(np.mean([s.k == 0 for s in decode])) if decode else float("nan"),
     )
+    hours = result.duration / 3600.0
+    step_sw, row_sw = plan_switches(result.steps)
+    summary.update(k_switches_per_h=step_sw / hours if hours > 0 else float("nan"),
+                   row_switches_per_h=row_sw / hours if hours > 0 else float("nan"))
     return CellResult(summary, k_by_batch(result.steps), result)
 
 

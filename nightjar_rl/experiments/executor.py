@@ -33,6 +33,8 @@ from nightjar_rl.experiments.evaluate import evaluate_cell
 from nightjar_rl.experiments.fields import ExperimentError
 from nightjar_rl.policy import make_policy
 from nightjar_rl.policy.artifact import policy_to_dict
+from nightjar_rl.serving.report import request_table
+from nightjar_rl.serving.workload import WORKLOAD_SOURCES
 
 KBB_COLUMNS = ["policy", "replicate", "rate", "seed", "batch_size", "steps", "mean_k"]
 
@@ -98,7 +100,7 @@ def portable_scenario(scenario: Scenario) -> dict:
         if data.get(key):
             data[key] = str(resolve_data_path(data[key], scenario.base_dir).resolve())
     prompts = dict(data.get("prompts") or {})
-    if prompts.get("path") not in (None, "bundled"):
+    if prompts.get("path") is not None and str(prompts["path"]).partition(":")[0] not in WORKLOAD_SOURCES:
         prompts["path"] = str(resolve_data_path(prompts["path"], scenario.base_dir).resolve())
         data["prompts"] = prompts
     arrivals = dict(data.get("arrivals") or {})
@@ -158,8 +160,8 @@ def sb3_job(ctx: SweepContext, job: SB3Job) -> dict:
     return row
 
 
-def cell_job(ctx: SweepContext, job: CellJob) -> tuple[dict, list[dict]]:
-    """Evaluate one cell. Returns (the results row, k-by-batch rows)."""
+def cell_job(ctx: SweepContext, job: CellJob) -> tuple[dict, list[dict], list[dict]]:
+    """Evaluate one cell. Returns (the results row, k-by-batch rows, per-request rows)."""
     scenario, backend = backend_for(ctx.scenario)
     policy = make_policy(job.spec, scenario.max_k)
     learn = job.learned and ctx.learn_during_eval
@@ -172,7 +174,10 @@ def cell_job(ctx: SweepContext, job: CellJob) -> tuple[dict, list[dict]]:
     row = {"run": ctx.run, "scenario": scenario.name, "experiment": ctx.experiment, "policy": job.policy,
            "learned": job.learned, "replicate": job.replicate, **load, "seed": job.seed, **cell.summary}
     kdf = cell.k_by_batch.assign(policy=job.policy, replicate=job.replicate, **load, seed=job.seed)
-    return row, kdf[with_concurrency(KBB_COLUMNS, job.concurrency is not None)].to_dict("records")
+    keys = {"policy": job.policy, "replicate": job.replicate, **load, "seed": job.seed}
+    reqs = request_table(cell.serve_result, backend.prompt_pool.family_of())
+    req_rows = [{**keys, **r} for r in reqs.to_dict("records")]
+    return row, kdf[with_concurrency(KBB_COLUMNS, job.concurrency is not None)].to_dict("records"), req_rows
 
 
 class LocalExecutor:

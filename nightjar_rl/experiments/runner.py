@@ -13,6 +13,9 @@ Run folder:
                          canonical cell order at the end); a `concurrency` column only when the
                          config has a concurrency sweep
     k_by_batch.csv       decode steps and mean k per batch size, per cell
+    requests.csv         one row per request per cell: cell keys, request and prompt ids, family, token
+                         counts, TTFT/TPOT/e2e, drafted/accepted, finish reason (serving/report.py)
+    provenance.json      resolved config and scenario, trace/profile/prompt file hashes, package versions
     summary.txt          the terminal summary (results against the config's own `goals:`, if any)
     confirm.csv          with a `confirm:` section: the live confirmation's cells (experiments/confirm.py)
     throughput_vs_rate.png, latency_vs_rate.png, k_by_batch.png   (closed-loop sweeps: *_vs_concurrency.png)
@@ -58,17 +61,19 @@ from nightjar_rl.experiments.executor import (
 )
 from nightjar_rl.experiments.fields import ExperimentError
 from nightjar_rl.experiments.sb3_config import is_sb3_spec, parse_sb3_spec
-from nightjar_rl.io import atomic_write_text, read_json
+from nightjar_rl.io import atomic_write_json, atomic_write_text, read_json
 from nightjar_rl.policy import make_policy, save_policy
 from nightjar_rl.policy.artifact import policy_from_dict
 from nightjar_rl.policy.registry import spec_as_dict
 from nightjar_rl.policy.resolve import is_artifact_path
+from nightjar_rl.serving.report import provenance
 
 CELL_KEYS = ["policy", "rate", "seed", "replicate"]
 TABLE_COLUMNS = [
     "run", "scenario", "experiment", "policy", "learned", "replicate", "rate", "seed", "requests", "output_tokens", "duration_s",
     "throughput_tok_s", "goodput_tok_s", "ttft_p50_s", "ttft_p95_s", "tpot_p50_s", "tpot_p95_s", "e2e_p50_s",
     "e2e_p95_s", "mean_k", "frac_k0", "acceptance_rate", "mean_accepted_length", "mean_batch", "steps",
+    "k_switches_per_h", "row_switches_per_h",
 ]
 
 
@@ -122,6 +127,10 @@ def _prepare_run_dir(cfg: ExperimentConfig, scenario: Scenario, out_dir: str | P
     run_dir = Path(out_dir) / run_name(scenario.name, cfg)
     run_dir.mkdir(parents=True, exist_ok=False)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
+    data = portable_scenario(scenario)
+    files = {key: data.get(key) for key in ("trace", "profile", "datastore")}
+    files["prompts"] = (data.get("prompts") or {}).get("path")
+    atomic_write_json(run_dir / "provenance.json", provenance(saved, data, files))
     return run_dir
 
 
@@ -395,10 +404,11 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: 
         closed = cfg.concurrency is not None
         kbb_columns, table_columns = with_concurrency(KBB_COLUMNS, closed), with_concurrency(TABLE_COLUMNS, closed)
         with TableAppender(every_s=5.0) as tables:  # k_by_batch first: a finished cell's details are on disk
-            for job, (row, krows) in ex.map(cell_job, ctx, todo):
+            for job, (row, krows, req_rows) in ex.map(cell_job, ctx, todo):
                 load = f"{job.rate:g}/s" + ("" if job.concurrency is None else f" C={job.concurrency}")
                 bar.set_postfix_str(f"{job.policy} @ {load} seed {job.seed}", refresh=False)
                 tables.add(run_dir / "k_by_batch.csv", pd.DataFrame(krows, columns=kbb_columns))
+                tables.add(run_dir / "requests.csv", pd.DataFrame(req_rows))
                 tables.add(run_dir / "results.csv", pd.DataFrame([{c: row.get(c) for c in table_columns}]))
                 bar.update()
         bar.close()
@@ -410,6 +420,11 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: 
     cell_columns = with_concurrency(["policy", "replicate", "rate", "seed", "batch_size"], "concurrency" in kdf.columns)
     kdf = canonical_order(kdf.drop_duplicates(cell_columns, keep="last"), cells)
     write_table(kdf, run_dir / "k_by_batch.csv")
+    req_path = run_dir / "requests.csv"
+    if req_path.is_file():  # a cell re-run after a kill wrote its rows again: keep the last
+        rdf = read_table(req_path)
+        keys = with_concurrency(["policy", "replicate", "rate", "seed", "request_id"], "concurrency" in rdf.columns)
+        write_table(canonical_order(rdf.drop_duplicates(keys, keep="last"), cells), req_path)
     train_path = run_dir / "train.csv"
     train = read_table(train_path) if train_path.is_file() else pd.DataFrame()
     fixed = fixed_policies(cfg)

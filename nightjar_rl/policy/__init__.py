@@ -11,12 +11,14 @@ from nightjar_rl.policy.hf_heuristic import HFHeuristic
 from nightjar_rl.policy.hysteresis import Hysteresis
 from nightjar_rl.policy.mlp import MLPPolicy
 from nightjar_rl.policy.oracle import GoodputOracle, expected_goodput, expected_tokens_per_row
+from nightjar_rl.policy.per_row import AdaptiveBudget, PerRequestK, PerRowBandit
 from nightjar_rl.policy.registry import POLICY_TYPES
 from nightjar_rl.policy.resolve import make_policy
 from nightjar_rl.policy.sssd import SSSDBudgetPolicy
 from nightjar_rl.policy.table import PRESETS, BatchSizeTable
 
 __all__ = [
+    "AdaptiveBudget",
     "POLICY_TYPES",
     "PRESETS",
     "BatchBuckets",
@@ -29,6 +31,8 @@ __all__ = [
     "Hysteresis",
     "MLPPolicy",
     "NightjarBandit",
+    "PerRequestK",
+    "PerRowBandit",
     "Policy",
     "ProfileError",
     "SSSDBudgetPolicy",

@@ -25,7 +25,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from nightjar_rl.contracts.observation import HIST_START, OBS_INDEX, obs_field, obs_size
+from nightjar_rl.contracts.observation import (
+    HIST_START,
+    OBS_INDEX,
+    SUMMARY_FIELDS,
+    obs_field,
+    obs_size,
+    obs_size_v1,
+)
 from nightjar_rl.decoding.stats import StepStats
 
 
@@ -55,17 +62,21 @@ def batch_of(obs: np.ndarray) -> int:
 
 
 def make_observation(max_k: int, hist: Any = None, **fields: float) -> np.ndarray:
-    """An observation with the named scalar fields set (others 0) and an optional histogram."""
+    """An observation with the named fields set (others 0: version-2 summary fields included) and an
+    optional histogram."""
     obs = np.zeros(obs_size(max_k), dtype=np.float32)
     for name, value in fields.items():
-        if name not in OBS_INDEX:
-            raise ValueError(f"unknown observation field {name!r}; fields: {', '.join(OBS_INDEX)}")
-        obs[OBS_INDEX[name]] = value
+        if name in OBS_INDEX:
+            obs[OBS_INDEX[name]] = value
+        elif name in SUMMARY_FIELDS:
+            obs[obs_size_v1(max_k) + SUMMARY_FIELDS.index(name)] = value
+        else:
+            raise ValueError(f"unknown observation field {name!r}; fields: {', '.join((*OBS_INDEX, *SUMMARY_FIELDS))}")
     if hist is not None:
         hist = np.asarray(hist, dtype=np.float32)
         if hist.shape != (max_k + 1,):
             raise ValueError(f"hist must have max_k + 1 = {max_k + 1} entries, got shape {hist.shape}")
-        obs[HIST_START:] = hist
+        obs[HIST_START:obs_size_v1(max_k)] = hist
     return obs
 
 

@@ -9,8 +9,9 @@ stable-baselines3 or torch. `params` of the manifest:
     layers           e.g. ["linear", "tanh", "linear", "tanh", "linear"]; linear layer i has tensors
                      "layers.{i}.weight" (out x in, float32) and "layers.{i}.bias" (out)
     output           "logits" (PPO/A2C action logits) | "q_values" (DQN); both have max_k + 1 entries
-    observation      {"layout_version": N, "fields": [...]}: must equal this toolkit's
-                     `OBS_LAYOUT_VERSION` / `obs_layout(max_k)` (nightjar_rl.contracts.observation)
+    observation      {"layout_version": N, "fields": [...]}: a layout this toolkit builds,
+                     `obs_layout(max_k, N)` (nightjar_rl.contracts.observation); version 1 (the first
+                     8 + max_k entries of version 2) reads that prefix of the observation
     normalization    null, or VecNormalize's observation statistics applied before the network:
                      x = clip((obs - mean) / sqrt(var + epsilon), -clip, clip) in float64, then float32
     action_space     {"type": "discrete", "n": max_k + 1}: action a is the speculation length k = a
@@ -30,7 +31,7 @@ from pathlib import Path, PurePath, PureWindowsPath
 
 import numpy as np
 
-from nightjar_rl.contracts.observation import OBS_LAYOUT_VERSION, obs_layout, obs_size
+from nightjar_rl.contracts.observation import LAYOUT_VERSIONS, OBS_LAYOUT_VERSION, obs_layout, obs_size
 from nightjar_rl.io import atomic_writer
 from nightjar_rl.policy.base import Policy, check_int
 
@@ -112,16 +113,18 @@ class MLPPolicy(Policy):
     # ---- validation -----------------------------------------------------------------------------
     def _check_observation(self, obs: Mapping) -> None:
         version = obs.get("layout_version")
-        if version != OBS_LAYOUT_VERSION:
+        if isinstance(version, bool) or version not in LAYOUT_VERSIONS:
             raise ValueError(f"observation layout version {version!r} is not supported: this nightjar-rl "
-                             f"builds layout version {OBS_LAYOUT_VERSION} (retrain or re-export the policy)")
-        expected = obs_layout(self.max_k)
+                             f"reads layout versions {', '.join(map(str, LAYOUT_VERSIONS))} (retrain or re-export "
+                             f"the policy)")
+        expected = obs_layout(self.max_k, version)
         if list(obs.get("fields") or []) != expected:
             raise ValueError(f"observation fields {obs.get('fields')!r} differ from layout version "
-                             f"{OBS_LAYOUT_VERSION} for max_k={self.max_k}: {expected}")
+                             f"{version} for max_k={self.max_k}: {expected}")
+        self._input_size = len(expected)  # version 1 reads the version-1 prefix of the observation
 
     def _check_normalization(self, norm: Mapping) -> dict:
-        size = obs_size(self.max_k)
+        size = self._input_size
         keys = {"mean", "var", "clip", "epsilon"}
         if not isinstance(norm, Mapping) or set(norm) != keys:
             raise ValueError(f"normalization must be null or a mapping with exactly {sorted(keys)}, got {norm!r}")
@@ -165,7 +168,7 @@ class MLPPolicy(Policy):
         """(W^T, b) for linear layers and functions for activations, shapes checked end to end."""
         if not layers or layers[-1] != "linear":
             raise ValueError(f"layers must be a non-empty list ending with 'linear', got {layers!r}")
-        ops, width, used = [], obs_size(self.max_k), set()
+        ops, width, used = [], self._input_size, set()
         for i, kind in enumerate(layers):
             if kind == "linear":
                 w, b = tensors.get(f"layers.{i}.weight"), tensors.get(f"layers.{i}.bias")
@@ -203,7 +206,12 @@ class MLPPolicy(Policy):
 
     # ---- inference ------------------------------------------------------------------------------
     def normalize(self, obs: np.ndarray) -> np.ndarray:
-        """The network input: VecNormalize's transform (float64, then float32), or obs as float32."""
+        """The network input: VecNormalize's transform (float64, then float32), or obs as float32. A
+        version-1 network reads the version-1 prefix of a current observation."""
+        obs = np.asarray(obs)
+        size = obs_size(self.max_k)
+        if obs.shape[-1] == size and self._input_size != size:
+            obs = obs[..., :self._input_size]
         if self.normalization is None:
             return np.asarray(obs, dtype=np.float32)
         x = (np.asarray(obs, dtype=np.float64) - self._mean) / self._std
@@ -212,8 +220,8 @@ class MLPPolicy(Policy):
     def forward(self, obs: np.ndarray) -> np.ndarray:
         """Outputs (logits or Q-values) for one observation, or a batch of them (n x obs_size)."""
         x = self.normalize(obs)
-        if x.shape[-1] != obs_size(self.max_k):
-            raise ValueError(f"observation has {x.shape[-1]} entries, expected {obs_size(self.max_k)}")
+        if x.shape[-1] != self._input_size:
+            raise ValueError(f"observation has {np.shape(obs)[-1]} entries, expected {obs_size(self.max_k)}")
         for op in self._ops:
             if type(op) is tuple:
                 x = x @ op[0]

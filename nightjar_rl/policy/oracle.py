@@ -6,10 +6,12 @@ profile.step_time_ms(B, k) (drafting k tokens plus verifying k + 1 positions; se
 `nightjar_rl.hardware`). The oracle returns argmax_k of B x E(k) / step time, ties to the
 smaller k.
 
-a is the observation's `ema_acceptance`. Before any speculative step has been seen (the
-observation's acceptance histogram is all zero) the oracle uses `prior_acceptance`. During a
-stretch of k = 0 the tracker does not update the EMA, so the oracle keeps using the last
-(stale) estimate: by design, the decision to re-enable rests on what was last measured.
+a is the observation's `fi_acceptance` (layout version 2): the geometric model's acceptance
+estimate from full information, which keeps moving while k = 0 (each row's proposal is checked
+against the tokens the target emits), so a stretch of k = 0 no longer freezes the decision to
+re-enable on a stale estimate. Until anything is known (`fi_known` = 0) the oracle uses
+`prior_acceptance`. On an observation without full information (a version-1 style vector: both
+fields 0, but a histogram), it falls back to `ema_acceptance`.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ class GoodputOracle(Policy):
         self.prior_acceptance = check_float("prior_acceptance", prior_acceptance, 0.0, 1.0)
 
     def acceptance(self, obs: np.ndarray) -> float:
+        if obs_field(obs, "fi_known") > 0:
+            return min(max(obs_field(obs, "fi_acceptance"), 0.0), 1.0)
         if obs_histogram(obs).sum() <= 0:
             return self.prior_acceptance
         return min(max(obs_field(obs, "ema_acceptance"), 0.0), 1.0)

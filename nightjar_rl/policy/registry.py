@@ -11,6 +11,10 @@ A spec is a dict with a "type" and that type's constructor fields, or a short st
     {"type": "sssd", "profile": "envs/profiles/x.json"}     "sssd-envs/profiles/x.json"   {"type": "sssd", "knee": 8}
     {"type": "nightjar", "epsilon": 0.2}            "nightjar"     "ucb1"    "thompson"
     {"type": "hysteresis", "policy": "nightjar", "dwell": 4}
+    per-row (a SpecPlan per step, from the observation's per-row features; policy/per_row.py):
+    {"type": "adaptive_budget", "profile": "envs/profiles/x.json"}   "adaptive-budget-envs/profiles/x.json"
+    {"type": "per_request_k", "up": 0.7, "down": 0.4, "dwell": 8}    "per-request-k"
+    {"type": "per_row_bandit", "bandit": {"epsilon": 0.2}}          "per-row-bandit"
     "mypkg.policies:MyPolicy"    {"type": "mypkg.policies:MyPolicy", "alpha": 0.5}
                                  (a user's class by entry point, Gymnasium's "module:Class" convention)
 
@@ -38,6 +42,7 @@ from nightjar_rl.policy.hf_heuristic import HFHeuristic
 from nightjar_rl.policy.hysteresis import Hysteresis
 from nightjar_rl.policy.mlp import MLPPolicy
 from nightjar_rl.policy.oracle import GoodputOracle
+from nightjar_rl.policy.per_row import AdaptiveBudget, PerRequestK, PerRowBandit
 from nightjar_rl.policy.sssd import SSSDBudgetPolicy
 from nightjar_rl.policy.table import BatchSizeTable
 
@@ -55,6 +60,9 @@ POLICY_TYPES: dict[str, type[Policy]] = {
         Hysteresis,
         SSSDBudgetPolicy,
         MLPPolicy,
+        AdaptiveBudget,
+        PerRequestK,
+        PerRowBandit,
     )
 }
 ALIASES = {"off": ("fixed", {"k": 0})}
@@ -65,6 +73,7 @@ PRIMARY_FIELD = {
     "hf_heuristic": ("start_k", int),
     "oracle": ("profile", str),
     "sssd": ("profile", str),
+    "adaptive_budget": ("profile", str),
 }
 
 

@@ -2,7 +2,10 @@
 server).
 
 It reads the serving session's decision state (rows to decode, queue, arrivals since the last
-decision, clock), turns it into the documented observation, asks a policy for k, runs the step,
+decision, clock), turns it into the documented observation (an `Observation`: the vector plus the
+running rows' features, with the proposals the executor reports through an optional
+`engine.proposal_lengths()`, or for a live n-gram drafter those of `runtime.full_info.NgramShadow`,
+which also fills the step's full-information fields), asks a policy for k or a plan, runs the step,
 and optionally lets the policy learn from the step's reward:
 
 ```
@@ -26,10 +29,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nightjar_rl.contracts import SpecPlan
-from nightjar_rl.contracts.observation import ObservationBuilder
+from nightjar_rl.contracts.observation import Observation, ObservationBuilder
 from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.policy.baselines import FixedK
+from nightjar_rl.runtime.full_info import shadow_for
 from nightjar_rl.serving.session import ServeResult, ServingSession
 
 OnStep = Callable[["Decision", StepStats, float], None]  # (decision state, the step's stats, its reward)
@@ -58,7 +62,8 @@ class PolicyDriver:
         self.reward_fn = reward
         self._set_policy(policy, learn)
         self.builder = ObservationBuilder(self.max_k)
-        self.obs: np.ndarray | None = None
+        self.shadow = shadow_for(session.engine, self.max_k)  # live n-gram: full information (runtime/full_info.py)
+        self.obs: Observation | None = None
         self.decision: Decision | None = None
         self.last_reward = float("nan")
 
@@ -84,6 +89,8 @@ class PolicyDriver:
     def start(self) -> np.ndarray:
         """Submit everything that has arrived by t=0 (or the first arrival) and return the first observation."""
         self.builder.reset()
+        if self.shadow is not None:
+            self.shadow.reset()
         if self.policy is not None:
             self.policy.reset()
         return self._observe(None)
@@ -93,7 +100,10 @@ class PolicyDriver:
         engine = self.session.engine
         self.decision = Decision(len(engine.running), len(engine.waiting), new, self.session.clock)
         self.builder.update(stats, new, self.session.clock)
-        self.obs = self.builder.vector(self.decision.batch_size, self.decision.queue_len)
+        reported = getattr(engine, "proposal_lengths", None)
+        proposals = reported() if reported is not None else (
+            self.shadow.before(engine.running) if self.shadow is not None else None)
+        self.obs = self.builder.observation(engine.running, self.decision.queue_len, proposals)
         return self.obs
 
     def act(self, action: SpecPlan | int) -> StepStats:
@@ -103,6 +113,8 @@ class PolicyDriver:
             raise RuntimeError("call start() before act()")
         obs = self.obs
         stats = self.session.step(action)
+        if self.shadow is not None:
+            self.shadow.after(stats, {s.request_id: s for s in self.session.engine.running})
         self.last_reward = float(self.reward_fn(stats)) if self.reward_fn is not None else float("nan")
         if self.policy is not None:
             self.policy.observe(stats)

@@ -14,8 +14,8 @@ minimum of the two (`SpecPlan.capped`). A request that asks for its speculation 
 Aborts: a client that goes away has its request aborted with `engine.abort(request_id)`: the slot
 and KV are freed at the next step boundary and the sequence leaves with finish_reason "abort".
 Overload: `max_waiting` bounds the requests accepted but not yet admitted (the inbox plus the
-engine's queue); beyond it a request is refused at once (HTTP 503), and the engine's own
-`max_waiting` (`QueueFullError`) backs that up.
+engine's queue) beyond the batch slots free now; beyond it a request is refused at once (HTTP 503),
+and the engine's own `max_waiting` (`QueueFullError`, the same count) backs that up.
 Failure and shutdown: requests in flight end with an error event; `on_exit` (if set) is called
 when the loop ends, so the server can stop instead of answering 503 forever.
 """
@@ -168,8 +168,13 @@ class LiveSession:
             listener(TokenEvent(list(output[sent:]), finish, speculation=counts.as_dict() if counts else None))
 
     def fail_all(self, message: str) -> None:
+        """End every request in flight with an error event; one listener failing does not stop the
+        others from being told (nor the loop's shutdown)."""
         for listener in self.listeners.values():
-            listener(TokenEvent([], "error", message))
+            try:
+                listener(TokenEvent([], "error", message))
+            except Exception:  # noqa: BLE001 - its client is gone; the others still must hear
+                continue
         self.listeners.clear()
 
 
@@ -197,28 +202,29 @@ class EngineLoop:
         return self
 
     def queue_depth(self) -> int:
-        """Requests accepted but not yet admitted to the batch (approximate, any thread)."""
-        return self._pending + len(self.engine.waiting)
+        """Requests accepted but not yet admitted, beyond the free batch slots (approximate, any thread)."""
+        return self.engine.backlog(self._pending)
 
     def submit(self, request: Request, listener: Listener, ack: Ack, cap: int | None = None,
                speculation_metrics: bool = False) -> None:
         """Queue `request` (at most `cap` draft tokens per step, if given); `ack(None)` once the
         engine took it, `ack(exc)` if it refused it (queue full, or a request that can never fit)."""
-        if not self.alive:
-            ack(OverloadedError(self.error or "the server is shutting down"))
-            return
-        if self.max_waiting is not None and self.queue_depth() >= self.max_waiting:
-            ack(OverloadedError(f"the waiting queue is full ({self.max_waiting} requests); retry later"))
-            return
-        with self._lock:
-            self._pending += 1
-
         def acked(exc: Exception | None) -> None:
             with self._lock:
                 self._pending -= 1
             ack(exc)
 
-        self.session.inbox.put(("submit", Submission(request, listener, acked, cap, speculation_metrics)))
+        refusal = None
+        with self._lock:  # the shutdown takes this lock too: a submission is either queued before the
+            if not self.alive:  # final drain (and answered by it) or refused here, never lost between
+                refusal = OverloadedError(self.error or "the server is shutting down")
+            elif self.max_waiting is not None and self.queue_depth() >= self.max_waiting:
+                refusal = OverloadedError(f"the waiting queue is full ({self.max_waiting} requests); retry later")
+            else:
+                self._pending += 1
+                self.session.inbox.put(("submit", Submission(request, listener, acked, cap, speculation_metrics)))
+        if refusal is not None:
+            ack(refusal)
 
     def abort(self, request_id: str) -> None:
         self.session.inbox.put(("abort", request_id))
@@ -241,7 +247,8 @@ class EngineLoop:
         except Exception as exc:  # an engine failure must not hang the clients
             self.error = f"engine failed: {type(exc).__name__}: {exc}"
         finally:
-            self.session.stopping = True
+            with self._lock:
+                self.session.stopping = True
             self.session.fail_all(self.error or "server shutting down")
             self._drain_refusing()
             try:

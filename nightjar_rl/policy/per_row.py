@@ -1,0 +1,299 @@
+"""Per-row speculation policies: a speculation length per running row (a `SpecPlan`), from the
+per-row features the runtime's driver puts on the observation (`obs.rows`, a
+`nightjar_rl.contracts.observation.RowBatch`).
+
+- `AdaptiveBudget` (`adaptive_budget`, vLLM's adaptive verification / DSpark style): every draft slot
+  (row r, depth j) survives with probability s[r, j] = alpha_r^j (zero past the row's cap: its
+  proposal, budget and max_k). Slots are handed out greedily by survival (which keeps each row's
+  slots a prefix), and the step's total budget B is the one maximising expected tokens per predicted
+  step time:
+
+      E(B) = rows + sum of the B largest survivals         (each row emits its bonus token)
+      T(B) = draft_ms + verify_step_ms(rows, scored(B), context) + overhead_ms(rows)
+      scored(B) = rows + B (packed layout)  |  rows x (1 + largest row length) (padded)
+      B* = argmax_B E(B) / T(B)  (ties to the smaller B)
+
+  draft_ms is the profile's: a draft model drafts every row max-length times (`draft_model_time_ms`),
+  a model-free drafter looks up the rows that draft (`lookup_time_ms`).
+- `PerRequestK` (`per_request_k`, SGLang's per-request mode): each request holds its own k; it moves
+  up one when its acceptance estimate reaches `up`, down one when it falls below `down` (hysteresis:
+  up > down), never sooner than `dwell` of its own steps after its last move. Switches are counted.
+- `PerRowBandit` (`per_row_bandit`): the Nightjar bandit (`nightjar_rl.policy.bandits`) lifted to per-row
+  contexts: one bucketed bandit (contexts = batch-size buckets, arms = k) per acceptance bucket of the
+  row (unknown, then `acceptance_edges`), so the context is (row acceptance bucket x batch bucket).
+  Each row is credited its own tokens per second of the step (`emitted / wall_time`).
+
+Without per-row features (a plain vector, e.g. in a micro-benchmark) every policy falls back to a
+uniform k from the step-level fields (`fi_acceptance`, batch size), as documented per class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nightjar_rl.contracts import SpecPlan
+from nightjar_rl.contracts.observation import obs_field, rows_of
+from nightjar_rl.decoding.stats import StepStats
+from nightjar_rl.hardware import HardwareProfile
+from nightjar_rl.policy.bandits import NightjarBandit
+from nightjar_rl.policy.base import Policy, batch_of, check_float, check_int
+from nightjar_rl.policy.oracle import as_profile
+
+LAYOUTS = ("packed", "padded")
+
+
+def step_acceptance(obs: np.ndarray, prior: float) -> float:
+    """The step-level full-information acceptance estimate, `prior` while unknown."""
+    return obs_field(obs, "fi_acceptance") if obs_field(obs, "fi_known") > 0 else prior
+
+
+def slot_order(survival: np.ndarray) -> np.ndarray:
+    """Flat indices (row x max_k + depth) of the draft slots by survival, highest first; ties to the
+    shallower slot, then the earlier row. Survivals fall with depth, so every prefix of the order gives
+    each row a prefix of its slots."""
+    rows, depth = survival.shape
+    return np.lexsort((np.repeat(np.arange(rows), depth), np.tile(np.arange(depth), rows), -survival.ravel()))
+
+
+def greedy_allocation(survival: np.ndarray, budget: int) -> np.ndarray:
+    """Draft lengths per row for the `budget` best slots (`slot_order`). [rows, max_k] -> [rows]."""
+    rows, depth = survival.shape
+    return np.bincount(slot_order(survival)[:budget] // depth, minlength=rows)
+
+
+class AdaptiveBudget(Policy):
+    """Step budget by expected tokens per predicted step time; slots by survival (module docs)."""
+
+    type_name = "adaptive_budget"
+
+    def __init__(self, profile: HardwareProfile | Mapping | str | Path, max_k: int, prior_acceptance: float = 0.5,
+                 layout: str = "packed", max_budget: int | None = None):
+        super().__init__(max_k)
+        self.profile = as_profile(profile)
+        self.prior_acceptance = check_float("prior_acceptance", prior_acceptance, 0.0, 1.0)
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        self.layout = layout
+        self.max_budget = None if max_budget is None else check_int("max_budget", max_budget, 0)
+        self._memo: dict = {}
+        self.last_budget = 0  # B* of the last per-row decision (for inspection)
+
+    # ---- the formula ---------------------------------------------------------------------------
+    def step_ms(self, rows: int, drafted: int, longest: int, drafting: int, context: float | None) -> float:
+        """T: predicted step time of `rows` rows, `drafted` draft tokens in all, the longest row's
+        `longest`, `drafting` rows with a length > 0 (module docs)."""
+        p = self.profile
+        scored = rows + drafted if self.layout == "packed" else rows * (1 + longest)
+        draft = p.draft_model_time_ms(rows, longest) if p.has_draft_model else p.lookup_time_ms(drafting)
+        return draft + self._verify_ms(rows, scored, context) + p.overhead_time_ms(rows)
+
+    def _verify_ms(self, rows: int, scored: int, context: float | None) -> float:
+        """`verify_step_ms`, its context curve memoised by (rows, scored) (the allocator's hot loop)."""
+        if context is None:
+            return self.profile.verify_step_ms(rows, scored)
+        curve = self._memo.get((rows, scored))
+        if curve is None:
+            if len(self._memo) > 100_000:
+                self._memo.clear()
+            curve = self._memo[(rows, scored)] = self.profile.verify_context_curve(rows, scored / rows)
+        ctxs, ms = curve
+        return float(np.interp(context, ctxs, ms))  # linear between contexts, clamped: as the profile
+
+    def allocate(self, survival: np.ndarray, context: float | None = None) -> tuple[np.ndarray, int, np.ndarray]:
+        """(lengths per row, B*, E(B)/T(B) for B = 0..B_max) for a [rows, max_k] survival matrix."""
+        rows, depth = survival.shape
+        order = slot_order(survival)
+        flat = survival.ravel()[order]
+        usable = int((flat > 0).sum())
+        top = usable if self.max_budget is None else min(usable, self.max_budget)
+        gains = rows + np.concatenate([[0.0], np.cumsum(flat[:top])])
+        level = order[:top] % depth  # depth of each slot as it is handed out: the row's length becomes level + 1
+        longest = np.concatenate([[0], np.maximum.accumulate(level + 1)])
+        drafting = np.concatenate([[0], np.cumsum(level == 0)])
+        ratios = np.array([gains[b] / self.step_ms(rows, b, int(longest[b]), int(drafting[b]), context)
+                           for b in range(top + 1)])
+        best = int(np.argmax(ratios))  # first maximum: ties to the smaller budget
+        return np.bincount(order[:best] // depth, minlength=rows), best, ratios
+
+    # ---- policy interface ---------------------------------------------------------------------------
+    def predict(self, obs: np.ndarray, deterministic: bool = True) -> SpecPlan | int:
+        """Per-row lengths with `obs.rows`; without them, the best uniform k for batch_size identical
+        rows at the step-level acceptance (the same formula over uniform plans)."""
+        rows = rows_of(obs)
+        if rows is None:
+            batch = max(batch_of(obs), 1)
+            alpha = step_acceptance(obs, self.prior_acceptance)
+            survival = alpha ** np.arange(1, self.max_k + 1)
+            ratios = [(batch * (1 + survival[:k].sum())) / self.step_ms(batch, batch * k, k, batch * (k > 0), None)
+                      for k in range(self.max_k + 1)]
+            return int(np.argmax(ratios))
+        if not len(rows):
+            return 0
+        lengths, self.last_budget, _ = self.allocate(rows.survival(self.max_k, self.prior_acceptance),
+                                                     float(rows.context.max() - 1))  # as the sim prices it
+        return SpecPlan.per_row(dict(zip(rows.request_ids, lengths.tolist())))
+
+    def params(self) -> dict:
+        return {"profile": self.profile.to_dict(), "prior_acceptance": self.prior_acceptance, "layout": self.layout,
+                "max_budget": self.max_budget}
+
+    @property
+    def name(self) -> str:
+        return f"adaptive_budget({self.profile.model}@{self.profile.device},{self.layout})"
+
+
+class PerRequestK(Policy):
+    """Each request's own k, moved one step at a time with hysteresis and a minimum dwell (module docs).
+    Without per-row features: `start_k` (0 above `off_above` rows)."""
+
+    type_name = "per_request_k"
+
+    def __init__(self, max_k: int, up: float = 0.7, down: float = 0.4, dwell: int = 8, start_k: int = 2,
+                 off_above: int | None = None):
+        super().__init__(max_k)
+        self.up = check_float("up", up, 0.0, 1.0)
+        self.down = check_float("down", down, 0.0, 1.0)
+        if not self.down < self.up:
+            raise ValueError(f"down must be below up (hysteresis), got down={down}, up={up}")
+        self.dwell = check_int("dwell", dwell, 1)
+        self.start_k = check_int("start_k", start_k, 0, self.max_k)
+        self.off_above = None if off_above is None else check_int("off_above", off_above, 1)
+        self.switches = 0  # per-request k changes so far (this episode)
+        self._k: dict[str, int] = {}
+        self._since: dict[str, int] = {}  # decisions since the request's last move
+
+    def reset(self) -> None:
+        self.switches = 0
+        self._k.clear()
+        self._since.clear()
+
+    def _move(self, rid: str, alpha: float) -> int:
+        k, since = self._k.get(rid, self.start_k), self._since.get(rid, 0) + 1
+        if since >= self.dwell and not np.isnan(alpha):
+            step = 1 if alpha >= self.up and k < self.max_k else -1 if alpha < self.down and k > 0 else 0
+            if step:
+                k, since = k + step, 0
+                self.switches += 1
+        self._k[rid], self._since[rid] = k, since
+        return k
+
+    def predict(self, obs: np.ndarray, deterministic: bool = True) -> SpecPlan | int:
+        rows = rows_of(obs)
+        off = self.off_above is not None and batch_of(obs) > self.off_above
+        if rows is None:
+            return 0 if off else self.start_k
+        live = set(rows.request_ids)
+        for rid in [r for r in self._k if r not in live]:  # requests that left
+            del self._k[rid], self._since[rid]
+        lengths = {rid: self._move(rid, a) for rid, a in zip(rows.request_ids, rows.acceptance.tolist())}
+        if off:
+            return 0
+        caps = rows.draft_caps(self.max_k)
+        return SpecPlan.per_row({rid: min(k, int(c)) for (rid, k), c in zip(lengths.items(), caps)})
+
+    def params(self) -> dict:
+        return {"up": self.up, "down": self.down, "dwell": self.dwell, "start_k": self.start_k,
+                "off_above": self.off_above}
+
+    def state(self) -> dict:
+        return {"switches": self.switches, "k": dict(self._k), "since": dict(self._since)}
+
+    def load_state(self, state: dict) -> None:
+        self.switches = check_int("state.switches", state.get("switches", 0), 0)
+        ks, since = state.get("k", {}), state.get("since", {})
+        if not isinstance(ks, Mapping) or not isinstance(since, Mapping) or set(ks) != set(since):
+            raise ValueError("per_request_k state: 'k' and 'since' must be mappings over the same request ids")
+        self._k = {str(r): check_int(f"state.k[{r!r}]", v, 0, self.max_k) for r, v in ks.items()}
+        self._since = {str(r): check_int(f"state.since[{r!r}]", v, 0) for r, v in since.items()}
+
+
+class PerRowBandit(Policy):
+    """Nightjar bandits, one per row-acceptance bucket (module docs). Without per-row features: the
+    bandit of the step-level acceptance's bucket, a uniform k."""
+
+    type_name = "per_row_bandit"
+
+    def __init__(self, max_k: int, acceptance_edges: Sequence[float] = (0.25, 0.5, 0.75),
+                 bandit: Mapping | None = None):
+        super().__init__(max_k)
+        edges = [check_float("acceptance_edges", e, 0.0, 1.0) for e in acceptance_edges]
+        if any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ValueError(f"acceptance_edges must be strictly increasing, got {list(acceptance_edges)}")
+        self.acceptance_edges = edges
+        self.bandit_params = dict(bandit or {})
+        self.bandit_params.pop("type", None)
+        # bucket 0: unknown acceptance; then [0, e0), [e0, e1), ..., [e_last, 1]
+        self.bandits = [NightjarBandit(max_k, **self.bandit_params) for _ in range(len(edges) + 2)]
+        self.learning = True
+        self._last: tuple[np.ndarray, dict[str, int], np.ndarray] | None = None  # (obs, plan, row buckets)
+        self._credit: dict[str, float] = {}
+
+    @property
+    def learning(self) -> bool:  # type: ignore[override]
+        return self._learning
+
+    @learning.setter
+    def learning(self, value: bool) -> None:
+        self._learning = bool(value)
+        for b in getattr(self, "bandits", ()):
+            b.learning = self._learning
+
+    def buckets(self, acceptance: np.ndarray) -> np.ndarray:
+        """Acceptance bucket per row (0 = unknown)."""
+        known = ~np.isnan(acceptance)
+        return np.where(known, 1 + np.digitize(np.nan_to_num(acceptance), self.acceptance_edges), 0)
+
+    def predict(self, obs: np.ndarray, deterministic: bool = True) -> SpecPlan | int:
+        rows = rows_of(obs)
+        if rows is None:
+            known = obs_field(obs, "fi_known") > 0
+            acc = np.array([obs_field(obs, "fi_acceptance") if known else np.nan])
+            return self.bandits[int(self.buckets(acc)[0])].predict(obs, deterministic)
+        buckets = self.buckets(rows.acceptance)
+        if deterministic:  # one greedy choice per bucket serves all its rows
+            choice = {int(b): self.bandits[b].predict(obs, True) for b in np.unique(buckets)}
+            ks = [choice[int(b)] for b in buckets]
+        else:
+            ks = [self.bandits[b].predict(obs, False) for b in buckets]
+        caps = rows.draft_caps(self.max_k)
+        plan = {rid: min(int(k), int(c)) for rid, k, c in zip(rows.request_ids, ks, caps)}
+        self._last = (np.asarray(obs), dict(zip(rows.request_ids, ks)), buckets)
+        return SpecPlan.per_row(plan)
+
+    def observe(self, stats: StepStats) -> None:
+        """Each row's tokens per second of this step: its credit in `update`."""
+        for b in self.bandits:
+            b.observe(stats)
+        secs = stats.wall_time
+        self._credit = {rid: e / secs for rid, e in zip(stats.request_ids, stats.emitted)} if secs > 0 else {}
+
+    def update(self, obs: np.ndarray, k, reward: float) -> None:
+        """Credit each row's chosen arm with its own tokens/s (from `observe`); the step reward is
+        used for every row when the step's stats were not observed."""
+        if not self.learning or self._last is None:
+            return
+        vector, chosen, buckets = self._last
+        for (rid, arm), b in zip(chosen.items(), buckets):
+            self.bandits[b].update(vector, arm, self._credit.get(rid, reward))
+        self._last = None
+
+    def reset(self) -> None:
+        for b in self.bandits:
+            b.reset()
+        self._last, self._credit = None, {}
+
+    def params(self) -> dict:
+        return {"acceptance_edges": list(self.acceptance_edges), "bandit": dict(self.bandit_params)}
+
+    def state(self) -> dict:
+        return {"bandits": [b.state() for b in self.bandits]}
+
+    def load_state(self, state: dict) -> None:
+        states = state.get("bandits")
+        if not isinstance(states, list) or len(states) != len(self.bandits):
+            raise ValueError(f"per_row_bandit state needs 'bandits': a list of {len(self.bandits)} bandit states")
+        for b, s in zip(self.bandits, states):
+            b.load_state(dict(s))

@@ -1,0 +1,211 @@
+"""Fit the simulator's clock to logged live steps (`nightjar-rl profile --from-steps LOG...`).
+
+A profile measured with uniform synthetic batches misses what real serving does (ragged contexts,
+mixed prefill and decode, saturation). This fits each part of the step time to step logs written by
+`--log-steps` (any mix of loads and policies) with non-negative least squares:
+
+    verify_ms   = a0 + a1 * rows + a2 * scored + a3 * scored * context / 1000
+    prefill_ms  = p0 + p1 * T + p2 * T^2 / 1000          T = prefill_padded_tokens
+    overhead_ms = o0 + o1 * rows                         (wall - model time - lookup)
+    lookup      = draft_time / drafting_rows             (n-gram / SSSD: ms per drafting row)
+
+(`scored`: positions the verify pass computed; `context`: the longest cached row.) The fitted
+functions are tabulated into an ordinary hardware profile (`nightjar_rl.hardware`): verify over
+batch x tokens per row x context, prefill over tokens, overhead over batch. The profile
+interpolates linearly in each of those, which reproduces the verify and overhead models exactly
+inside the grid; the prefill curve is sampled densely. A seeded share of the steps is held out of
+the fit and the profile's predictions on them are reported (per part and for the total step time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import nnls
+
+from nightjar_rl.hardware import PROFILE_FORMAT, PROFILE_VERSION, HardwareProfile
+
+STEP_COLUMNS = ("batch", "verify_time", "prefill_time", "draft_time", "wall_time", "model_time",
+                "scored_tokens", "context", "prefill_padded_tokens", "drafting_rows")
+VERIFY_TERMS = ("1", "rows", "scored", "scored*context/1000")
+PREFILL_TERMS = ("1", "tokens", "tokens^2/1000")
+OVERHEAD_TERMS = ("1", "rows")
+
+
+class CalibrationError(ValueError):
+    """Step logs that cannot be fitted (missing columns, too few steps of a kind)."""
+
+
+def read_step_logs(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """Concatenate `--log-steps` files (.csv or .parquet), checking the columns the fit needs."""
+    if not paths:
+        raise CalibrationError("no step logs given")
+    frames = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise CalibrationError(f"{path}: no such step log")
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        missing = [c for c in STEP_COLUMNS if c not in df.columns]
+        if missing:
+            raise CalibrationError(f"{path}: missing column(s) {', '.join(missing)}; record the log with "
+                                   "this version's --log-steps")
+        frames.append(df.assign(log=str(path)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def steps_frame(steps) -> pd.DataFrame:
+    """`StepStats` (e.g. a `ServeResult.steps`) as the table the fit reads."""
+    return pd.DataFrame([s.as_row() for s in steps]).rename(columns={"batch_size": "batch"})
+
+
+def _design(df: pd.DataFrame, part: str) -> np.ndarray:
+    rows = df["batch"].to_numpy(float)
+    if part == "verify":
+        scored = df["scored_tokens"].to_numpy(float)
+        return np.column_stack([np.ones_like(rows), rows, scored, scored * df["context"].to_numpy(float) / 1000])
+    if part == "prefill":
+        tokens = df["prefill_padded_tokens"].to_numpy(float)
+        return np.column_stack([np.ones_like(tokens), tokens, tokens**2 / 1000])
+    return np.column_stack([np.ones_like(rows), rows])
+
+
+def _overhead_ms(df: pd.DataFrame) -> np.ndarray:
+    """Time outside model forwards and n-gram drafting (ms, clamped at 0)."""
+    return np.maximum(0.0, (df["wall_time"] - df["model_time"] - df["draft_time"]).to_numpy(float) * 1000)
+
+
+def _targets(df: pd.DataFrame, part: str) -> np.ndarray:
+    if part == "overhead":
+        return _overhead_ms(df)
+    return df[f"{part}_time"].to_numpy(float) * 1000
+
+
+def _selection(df: pd.DataFrame, part: str) -> pd.Series:
+    """Steps whose `part` was run and timed."""
+    if part == "verify":
+        return (df["batch"] > 0) & (df["verify_time"] > 0) & (df["scored_tokens"] > 0)
+    if part == "prefill":
+        return (df["prefill_padded_tokens"] > 0) & (df["prefill_time"] > 0)
+    return df["batch"] > 0
+
+
+def fit_part(df: pd.DataFrame, part: str, min_steps: int = 4) -> np.ndarray:
+    """Non-negative least-squares coefficients of one part's model (see the module docstring)."""
+    sel = df[_selection(df, part)]
+    if len(sel) < min_steps:
+        raise CalibrationError(f"only {len(sel)} step(s) with a timed {part} in the logs; need {min_steps}")
+    coef, _ = nnls(_design(sel, part), _targets(sel, part))
+    return coef
+
+
+def predict_part(df: pd.DataFrame, part: str, coef: np.ndarray) -> np.ndarray:
+    return _design(df, part) @ coef
+
+
+@dataclass
+class Calibration:
+    """The fitted coefficients, the profile they tabulate to, and the held-out errors."""
+
+    coefficients: dict[str, list[float]]
+    lookup_ms_per_row: float
+    profile: dict
+    errors: pd.DataFrame  # one row per part: steps, mean abs. % error, total-time error %
+
+    def summary(self) -> str:
+        lines = [f"{part}: " + ", ".join(f"{t}={c:.4g}" for t, c in zip(terms, self.coefficients[part]))
+                 for part, terms in (("verify", VERIFY_TERMS), ("prefill", PREFILL_TERMS),
+                                     ("overhead", OVERHEAD_TERMS))]
+        lines.append(f"lookup: {self.lookup_ms_per_row:.4g} ms per drafting row")
+        lines.append("held-out steps:\n" + self.errors.to_string(index=False))
+        return "\n".join(lines)
+
+
+def _grid(low: float, high: float, points: int) -> list[int]:
+    """Integers from `low` to `high` (both kept), about geometric, at most `points` of them."""
+    low, high = max(1, int(low)), max(1, int(np.ceil(high)))
+    return sorted({int(round(x)) for x in np.geomspace(low, max(high, low), points)} | {low, high})
+
+
+def tabulate(coef: dict[str, np.ndarray], lookup_ms: float, batch_sizes: Sequence[int], tokens_per_row: Sequence[int],
+             contexts: Sequence[int], prefill_tokens: Sequence[int], **meta) -> dict:
+    """The fitted functions as a hardware profile dict (version 2)."""
+    a, p, o = coef["verify"], coef["prefill"], coef["overhead"]
+
+    def verify_ms(b: int, n: int, c: int) -> float:
+        return float(a[0] + a[1] * b + a[2] * b * n + a[3] * b * n * c / 1000)
+
+    by_context = {str(c): {str(b): {str(n): round(verify_ms(b, n, c), 6) for n in tokens_per_row}
+                           for b in batch_sizes} for c in contexts}
+    return {
+        **meta,
+        "format": PROFILE_FORMAT,
+        "version": PROFILE_VERSION,
+        "verify_ms": by_context[str(contexts[0])],
+        "verify_ms_by_context": by_context,
+        "draft_ms": {},
+        "ngram_lookup_ms_per_row": round(lookup_ms, 6),
+        "prefill_ms": {str(t): round(float(p[0] + p[1] * t + p[2] * t * t / 1000), 6) for t in prefill_tokens},
+        "overhead_ms": {str(b): round(float(o[0] + o[1] * b), 6) for b in batch_sizes},
+    }
+
+
+def calibrate(steps: pd.DataFrame, *, holdout: float = 0.2, seed: int = 0, max_tokens_per_row: int | None = None,
+              batch_sizes: Sequence[int] | None = None, contexts: Sequence[int] | None = None, **meta) -> Calibration:
+    """Fit the clock model to `steps` (from `read_step_logs`), `holdout` of them kept out of the fit
+    and used to report its error. The grid defaults to the range the logs cover."""
+    if not 0 <= holdout < 1:
+        raise CalibrationError(f"holdout must be in [0, 1), got {holdout}")
+    rng = np.random.default_rng(seed)
+    held = rng.random(len(steps)) < holdout
+    train, test = steps[~held], steps[held]
+    coef = {part: fit_part(train, part) for part in ("verify", "prefill", "overhead")}
+    drafting = train[train["drafting_rows"] > 0]
+    lookup_ms = float(drafting["draft_time"].sum() * 1000 / drafting["drafting_rows"].sum()) if len(drafting) else 0.0
+    decode = steps[_selection(steps, "verify")]
+    per_row = decode["scored_tokens"] / decode["batch"]
+    batch_sizes = list(batch_sizes or _grid(1, decode["batch"].max(), 8))
+    top = max_tokens_per_row or int(np.ceil(per_row.max()))
+    contexts = list(contexts or _grid(1, decode["context"].max(), 2))
+    prefill = steps[_selection(steps, "prefill")]["prefill_padded_tokens"]
+    profile = tabulate(coef, lookup_ms, batch_sizes, sorted({1, top}), contexts,
+                       _grid(1, max(prefill.max() if len(prefill) else 1, 2), 16),
+                       calibration={"steps": int(len(train)), "held_out": int(len(test)), "seed": seed,
+                                    "coefficients": {k: [float(x) for x in v] for k, v in coef.items()}},
+                       **meta)
+    HardwareProfile.from_dict(profile, "calibrated profile")  # what we write must load
+    return Calibration({k: [float(x) for x in v] for k, v in coef.items()}, lookup_ms, profile,
+                       held_out_errors(test, HardwareProfile.from_dict(profile)))
+
+
+def predicted_ms(steps: pd.DataFrame, profile: HardwareProfile) -> pd.DataFrame:
+    """A profile's price of each logged step, per part (ms), as the simulator computes it."""
+    rows = []
+    for r in steps.itertuples(index=False):
+        verify = profile.verify_step_ms(r.batch, r.scored_tokens, r.context) if r.batch and r.scored_tokens else 0.0
+        prefill = profile.prefill_time_ms(r.prefill_padded_tokens)
+        lookup = profile.lookup_time_ms(r.drafting_rows)
+        overhead = profile.overhead_time_ms(max(1, r.batch))
+        rows.append(dict(verify=verify, prefill=prefill, overhead=overhead, wall=verify + prefill + lookup + overhead))
+    return pd.DataFrame(rows, index=steps.index)
+
+
+def held_out_errors(test: pd.DataFrame, profile: HardwareProfile) -> pd.DataFrame:
+    """Per part: held-out steps, mean absolute % error per step, and the % error of the summed time
+    (what a throughput prediction inherits)."""
+    if test.empty:
+        return pd.DataFrame(columns=["part", "steps", "mean_abs_pct_error", "total_pct_error"])
+    pred = predicted_ms(test, profile)
+    out = []
+    for part in ("verify", "prefill", "overhead", "wall"):
+        sel = _selection(test, part) if part in ("verify", "prefill") else test["batch"] >= 0
+        actual = (_overhead_ms(test) if part == "overhead" else test[f"{part}_time"].to_numpy(float) * 1000)[sel.to_numpy()]
+        guess = pred[part].to_numpy()[sel.to_numpy()]
+        ok = actual > 0
+        out.append(dict(part=part, steps=int(sel.sum()),
+                        mean_abs_pct_error=round(float(np.mean(np.abs(guess[ok] / actual[ok] - 1)) * 100), 2) if ok.any() else np.nan,
+                        total_pct_error=round(float((guess.sum() / actual.sum() - 1) * 100), 2) if actual.sum() > 0 else np.nan))
+    return pd.DataFrame(out)

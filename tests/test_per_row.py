@@ -1,0 +1,314 @@
+"""Per-row decisions: observation layout 2 (full-information acceptance, per-row features), the per-row
+policies (the adaptive-budget formula on a hand-computed case, per-request k, the per-row bandit) and
+their artifacts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from nightjar_rl.contracts import SpecPlan
+from nightjar_rl.contracts.observation import (
+    OBS_INDEX,
+    Observation,
+    ObservationBuilder,
+    RowBatch,
+    obs_field,
+    obs_histogram,
+    obs_layout,
+    obs_size,
+    obs_size_v1,
+    rows_of,
+)
+from nightjar_rl.decoding.sequence import Request, Sequence
+from nightjar_rl.decoding.stats import StepStats
+from nightjar_rl.env.backend import make_backend
+from nightjar_rl.env.scenario import load_scenario
+from nightjar_rl.hardware import HardwareProfile
+from nightjar_rl.policy import load_policy, make_policy, save_policy
+from nightjar_rl.policy.per_row import AdaptiveBudget, PerRequestK, greedy_allocation
+from nightjar_rl.runtime.driver import PolicyDriver
+from nightjar_rl.serving.session import ServingSession
+
+MAX_K = 2
+
+
+def seq(rid: str, prompt: int, out: int, max_new: int) -> Sequence:
+    return Sequence(Request(rid, list(range(prompt)), max_new), list(range(prompt + out)))
+
+
+def rows(alphas, proposals=None, remaining=None, ids=None) -> RowBatch:
+    n = len(alphas)
+    return RowBatch(tuple(ids or (f"r{i}" for i in range(n))), np.array(alphas, dtype=float), np.ones(n, int),
+                    np.array(proposals if proposals is not None else [-1] * n), np.zeros(n, int),
+                    np.array(remaining if remaining is not None else [100] * n), np.full(n, 10))
+
+
+# ---- the allocator formula, by hand ---------------------------------------------------------------
+def hand_profile() -> HardwareProfile:
+    # 2 rows: 10 ms at 1 token per row, 16 ms at 3 (linear between); n-gram lookup 0.5 ms per drafting row
+    return HardwareProfile({"2": {"1": 10.0, "3": 16.0}}, ngram_lookup_ms_per_row=0.5)
+
+
+def test_adaptive_budget_formula_on_a_hand_computed_case():
+    """Rows with alpha 0.9 and 0.5, max_k 2: survivals [[0.9, 0.81], [0.5, 0.25]]. Slots by survival:
+    (r0,1) .9, (r0,2) .81, (r1,1) .5, (r1,2) .25. Packed: scored = 2 + B, tokens/row 1, 1.5, 2, 2.5, 3
+    -> verify 10, 11.5, 13, 14.5, 16 ms; lookup 0, .5, .5, 1, 1 ms (rows drafting 0, 1, 1, 2, 2).
+    E(B) = 2, 2.9, 3.71, 4.21, 4.46; T(B) = 10, 12, 13.5, 15.5, 17;
+    E/T = .2, .24167, .27481, .27161, .26235 -> B* = 2, both slots to row 0."""
+    policy = AdaptiveBudget(hand_profile(), MAX_K)
+    survival = rows([0.9, 0.5]).survival(MAX_K, prior=0.5)
+    np.testing.assert_allclose(survival, [[0.9, 0.81], [0.5, 0.25]])
+    lengths, budget, ratios = policy.allocate(survival)
+    np.testing.assert_allclose(ratios, [2 / 10, 2.9 / 12, 3.71 / 13.5, 4.21 / 15.5, 4.46 / 17])
+    assert budget == 2 and lengths.tolist() == [2, 0]
+    # the padded layout prices the longest row for every row: scored 2, 4, 6, 6, 6 -> verify 10, 13, 16, 16,
+    # 16, T = 10, 13.5, 16.5, 17, 17: once the longest row is paid for, the other row's slots cost only lookups
+    padded = AdaptiveBudget(hand_profile(), MAX_K, layout="padded")
+    lengths, budget, ratios = padded.allocate(survival)
+    np.testing.assert_allclose(ratios, [2 / 10, 2.9 / 13.5, 3.71 / 16.5, 4.21 / 17, 4.46 / 17])
+    assert budget == 4 and lengths.tolist() == [2, 2]
+    # a budget cap, and the plan the policy hands the engine
+    capped = AdaptiveBudget(hand_profile(), MAX_K, max_budget=1)
+    assert capped.allocate(survival)[1] == 1
+    obs = Observation(np.zeros(obs_size(MAX_K), np.float32), rows([0.9, 0.5]))
+    assert policy.predict(obs) == SpecPlan.per_row({"r0": 2, "r1": 0})
+
+
+def test_survival_respects_proposals_budgets_and_unknown_rows():
+    r = rows([0.8, math.nan, 0.5], proposals=[1, -1, 2], remaining=[10, 10, 2])
+    np.testing.assert_allclose(r.survival(MAX_K, prior=0.3), [[0.8, 0.0], [0.3, 0.09], [0.5, 0.0]])
+    assert r.draft_caps(MAX_K).tolist() == [1, 2, 1]
+
+
+def test_greedy_allocation_gives_each_row_a_prefix():
+    survival = np.array([[0.9, 0.81, 0.729], [0.95, 0.2, 0.04], [0.5, 0.25, 0.125]])
+    assert greedy_allocation(survival, 0).tolist() == [0, 0, 0]
+    assert greedy_allocation(survival, 3).tolist() == [2, 1, 0]  # .95, .9, .81
+    assert greedy_allocation(survival, 5).tolist() == [3, 1, 1]  # then .729, .5
+
+
+# ---- observation layout 2 ---------------------------------------------------------------------------
+def test_layout_2_extends_layout_1():
+    assert obs_layout(MAX_K, 2)[:obs_size_v1(MAX_K)] == obs_layout(MAX_K, 1)
+    assert obs_size(MAX_K) == len(obs_layout(MAX_K)) == obs_size_v1(MAX_K) + 8
+
+
+def test_per_row_features_on_a_hand_built_step():
+    """Rows a, b, c. Full information: a proposed 2 and got 1 accepted (1 success, 1 failure), b had no
+    proposal (no trial: unknown), c proposed 2 and got both (2 successes). a and b were planned k = 0
+    (drafted nothing), c k = 2 (drafted 2, accepted 2)."""
+    builder = ObservationBuilder(MAX_K)
+    stats = StepStats(step=0, k=2, batch_size=3, num_waiting=0, num_prefilled=0, request_ids=["a", "b", "c"],
+                      plan=[0, 0, 2], drafted=[0, 0, 2], accepted=[0, 0, 2], emitted=[1, 1, 3],
+                      shadow_drafted=[2, 0, 2], shadow_accepted=[1, 0, 2], wall_time=0.01)
+    builder.update(stats, 0, 0.01)
+    running = [seq("a", 5, 3, 10), seq("b", 4, 2, 3), seq("c", 6, 4, 20)]
+    obs = builder.observation(running, queue_len=1, proposals={"a": 1, "c": 2})
+    r = rows_of(obs)
+    assert r.request_ids == ("a", "b", "c")
+    np.testing.assert_allclose(r.acceptance, [0.5, math.nan, 1.0])
+    assert r.samples.tolist() == [1, 0, 1]
+    assert r.proposal.tolist() == [1, -1, 2]
+    assert r.position.tolist() == [3, 2, 4] and r.remaining.tolist() == [7, 1, 16] and r.context.tolist() == [8, 6, 10]
+    # the step-level estimate counts b (no proposal) as a rejection: successes 1 + 0 + 2, trials 2 + 1 + 2
+    assert obs_field(obs, "fi_acceptance") == pytest.approx(3 / 5) and obs_field(obs, "fi_known") == 1
+    assert obs_field(obs, "rows_unknown") == pytest.approx(1 / 3)
+    assert [obs_field(obs, f"rows_acc_{i}") for i in range(4)] == pytest.approx([0, 0, 1 / 3, 1 / 3])
+    assert obs_field(obs, "rows_proposal") == pytest.approx(1.5 / MAX_K)
+    assert obs_field(obs, "batch_size") == 3 and obs_field(obs, "queue_len") == 1
+    # layout-1 fields keep their meaning: what the rows drafted (only c): 2/2 accepted
+    assert obs_field(obs, "ema_acceptance") == 1.0
+    np.testing.assert_allclose(obs_histogram(obs), [0, 0, 1])
+    # a finished request is forgotten; the plain vector carries no rows
+    builder.update(StepStats(step=1, k=0, batch_size=0, num_waiting=0, num_prefilled=0, finished_ids=["a"]), 0, 0.02)
+    assert "a" not in builder.row_tracker.rows
+    assert rows_of(np.asarray(obs)) is None and type(np.asarray(obs)) is np.ndarray
+
+
+def test_unknown_is_not_zero_acceptance():
+    builder = ObservationBuilder(MAX_K)
+    obs = builder.observation([seq("a", 3, 1, 5)], 0)
+    assert obs_field(obs, "fi_known") == 0 and obs_field(obs, "rows_unknown") == 1
+    assert math.isnan(rows_of(obs).acceptance[0])
+    zero = StepStats(step=0, k=0, batch_size=1, num_waiting=0, num_prefilled=0, request_ids=["a"], plan=[0],
+                     drafted=[0], accepted=[0], emitted=[1], shadow_drafted=[2], shadow_accepted=[0], wall_time=0.01)
+    builder.update(zero, 0, 0.01)
+    obs = builder.observation([seq("a", 3, 2, 5)], 0)
+    assert obs_field(obs, "fi_known") == 1 and obs_field(obs, "fi_acceptance") == 0
+    assert rows_of(obs).acceptance[0] == 0 and obs_field(obs, "rows_acc_0") == 1
+
+
+def _positions(scenario, k: int, seed: int = 0):
+    """{(request, output position): (accepted, shadow_accepted)} of a tiny-sim workload served at uniform k."""
+    backend = make_backend(scenario)
+    reqs = [Request(f"q{i}", list(p), scenario.max_new_tokens) for i, p in enumerate(backend.prompt_pool.token_ids[:4])]
+    engine = backend.make_engine(seed)
+    for r in reqs:
+        engine.submit(r)
+    seen = {}
+    while engine.has_work:
+        before = {s.request_id: len(s.output_ids) for s in engine.running}
+        stats = engine.step(k)
+        for rid, a, sa in zip(stats.request_ids, stats.accepted, stats.shadow_accepted):
+            seen[(rid, before[rid])] = (a, sa)
+    return seen
+
+
+def test_full_information_at_k0_equals_what_rows_accept_at_max_k():
+    """Served at k = 0, every row still reports what its proposal would have got accepted: at every
+    position the k = max_k run also visits, that equals what the k = max_k run accepted there."""
+    scenario = load_scenario("tiny-sim")
+    off, full = _positions(scenario, 0), _positions(scenario, scenario.max_k)
+    assert all(a == 0 for a, _ in off.values())  # nothing drafted at k = 0
+    common = set(off) & set(full)
+    assert len(common) >= 10
+    assert {p: off[p][1] for p in common} == {p: full[p][0] for p in common}
+    assert any(off[p][1] > 0 for p in common)  # the check is not vacuous
+    assert all(a == sa for a, sa in full.values())  # at max_k the shadow is what ran
+
+
+def test_acceptance_keeps_moving_while_speculation_is_off():
+    scenario = load_scenario("tiny-sim")
+    backend = make_backend(scenario)
+    reqs = [Request(f"q{i}", list(p), scenario.max_new_tokens) for i, p in enumerate(backend.prompt_pool.token_ids[:4])]
+    driver = PolicyDriver(ServingSession(backend.make_engine(0), reqs), scenario.max_k, make_policy("off", scenario.max_k))
+    seen = []
+    driver.drive(lambda d, s, r: seen.append(np.asarray(driver.obs).copy()))
+    fi = [obs_field(o, "fi_acceptance") for o in seen]
+    assert all(obs_field(o, "ema_acceptance") == 0 for o in seen)  # layout 1: frozen at k = 0
+    assert len(set(np.round(fi, 6))) > 2  # layout 2: moves
+
+
+# ---- per-request k ----------------------------------------------------------------------------------
+def test_per_request_k_moves_with_hysteresis_and_dwell():
+    policy = PerRequestK(4, up=0.7, down=0.4, dwell=2, start_k=2)
+    obs = lambda alphas: Observation(np.zeros(obs_size(4), np.float32), rows(alphas, ids=["a", "b"]))  # noqa: E731
+    ks = [policy.predict(obs(a)).resolve(["a", "b"]) for a in ([0.9, 0.5], [0.9, 0.5], [0.9, 0.3], [0.9, 0.3],
+                                                               [0.6, 0.3], [0.6, 0.5])]
+    # a: up once its dwell has passed (2nd decision), again 2 decisions later; 0.6 is between the thresholds
+    # b: 0.5 is between; at 0.3 (3rd decision, dwell long passed) down at once, then again after its dwell
+    assert [k[0] for k in ks] == [2, 3, 3, 4, 4, 4]
+    assert [k[1] for k in ks] == [2, 2, 1, 1, 0, 0]
+    assert policy.switches == 4
+
+
+# ---- artifacts ---------------------------------------------------------------------------------------
+def served_observations(spec, n_steps: int = 40):
+    """Observations with per-row features from a tiny-sim episode served by `spec` (learning)."""
+    scenario = load_scenario("tiny-sim").replace(verify_layout="packed")
+    backend = make_backend(scenario)
+    from nightjar_rl.contracts.rewards import make_reward
+
+    reqs = [Request(f"q{i}", list(p), scenario.max_new_tokens) for i, p in enumerate(backend.prompt_pool.token_ids[:6])]
+    policy = make_policy(spec, scenario.max_k)
+    driver = PolicyDriver(ServingSession(backend.make_engine(0), reqs), scenario.max_k, policy,
+                          reward=make_reward("throughput"), learn=policy.learning)
+    obs = []
+    driver.drive(lambda d, s, r: obs.append(driver.obs))
+    return policy, [o for o in obs if len(rows_of(o))][:n_steps]
+
+
+@pytest.mark.parametrize("spec", [
+    {"type": "adaptive_budget", "profile": "envs/profiles/tiny-random-cpu.json", "prior_acceptance": 0.4},
+    {"type": "per_request_k", "dwell": 2, "up": 0.6, "down": 0.3},
+    {"type": "per_row_bandit", "bandit": {"epsilon": 0.3, "seed": 2}},
+])
+def test_per_row_artifacts_round_trip(spec, tmp_path):
+    policy, obs = served_observations(spec)
+    assert obs
+    path = save_policy(policy, tmp_path / "p.json")
+    loaded = load_policy(path)
+    assert loaded.params() == policy.params()
+    assert loaded.state() == policy.state()
+    ours, theirs = [policy.predict(o) for o in obs], [loaded.predict(o) for o in obs]
+    assert ours == theirs
+    assert all(isinstance(p, SpecPlan) for p in ours)
+    assert set(OBS_INDEX) <= set(obs_layout(MAX_K))
+
+
+def test_allocator_prices_a_step_as_the_simulator_charges_it():
+    """On the GPU what-if (packed verify), the allocator's predicted T for the plan it chose equals the
+    simulated step's draft + verify + overhead time (steps without prefill)."""
+    scenario = load_scenario("gpu-whatif-ngram").replace(verify_layout="packed", max_new_tokens=24)
+    backend = make_backend(scenario)
+    reqs = [Request(f"q{i}", list(p), scenario.max_new_tokens) for i, p in enumerate(backend.prompt_pool.token_ids[:24])]
+    policy = AdaptiveBudget(backend.profile, scenario.max_k)
+    driver = PolicyDriver(ServingSession(backend.make_engine(0), reqs), scenario.max_k, policy)
+    checked = 0
+    driver.start()
+    while not driver.done:
+        obs = driver.obs
+        stats = driver.step()
+        if stats.num_prefilled or not stats.batch_size:
+            continue
+        r = rows_of(obs)
+        d = np.array(stats.drafted)
+        assert stats.drafted == stats.plan  # the allocator never plans past a row's proposal
+        predicted = policy.step_ms(len(r), int(d.sum()), int(d.max()), int((d > 0).sum()), float(r.context.max() - 1))
+        assert predicted == pytest.approx(1000 * stats.wall_time, rel=1e-9)
+        checked += 1
+    assert checked > 10
+
+
+def test_live_ngram_full_information_at_k0_matches_the_trace():
+    """The live engine with an n-gram drafter, served at k = 0 through the driver: every resolved
+    full-information sample (a proposal made at output position p, checked against the tokens the
+    target then emitted) equals the trace's drafted/accepted at p for max_k; pending checks report none."""
+    from nightjar_rl.models import load_model
+    from nightjar_rl.sim.record import record_trace
+    from nightjar_rl.stack import EngineConfig, build_stack
+
+    from .test_sim_exactness import random_prompts
+
+    tiny = load_model("tiny-random")
+    cfg = EngineConfig(model="tiny-random", drafter="ngram", max_batch_size=3, max_seq_len=128, max_speculation=4)
+    prompts, max_new = random_prompts(6, seed=2), 14
+    trace = record_trace(tiny, prompts, cfg, 4, max_new, progress=False)
+    engine = build_stack(cfg, target=tiny).engine
+    driver = PolicyDriver(ServingSession(engine, [Request(r, ids, max_new) for r, ids in prompts]), 4,
+                          make_policy("off", 4))
+    assert driver.shadow is not None
+    made: dict[str, int] = {}  # request -> output position of its pending proposal
+    checked = pending = 0
+    driver.start()
+    while not driver.done:
+        before = {s.request_id: len(s.output_ids) for s in engine.running}
+        for rid, pos in before.items():
+            made.setdefault(rid, pos)
+        stats = driver.step()
+        assert stats.drafted == [0] * stats.batch_size
+        for rid, d, a in zip(stats.request_ids, stats.shadow_drafted, stats.shadow_accepted):
+            if d < 0:
+                pending += 1
+                continue
+            rec = trace.lookup(next(ids for r, ids in prompts if r == rid))
+            p = made.pop(rid)
+            assert (d, a) == (rec.drafted[p, 4], rec.accepted[p, 4]), (rid, p)
+            checked += 1
+    assert checked >= 20 and pending > 0
+    assert obs_field(driver.obs, "fi_known") == 1
+
+
+def test_mixed_layout_folds_a_decoding_steps_prefill_into_its_pass():
+    """`verify_layout: mixed`: a step that prefills and decodes pays prefill_ms(tokens) - prefill_ms(1) for
+    its prefill (the weights are read once); a prefill-only step pays it whole, as packed does."""
+    scenario = load_scenario("tiny-sim")
+    out = {}
+    for layout in ("packed", "mixed"):
+        backend = make_backend(scenario.replace(verify_layout=layout))
+        engine = backend.make_engine(0)
+        ids = backend.prompt_pool.token_ids
+        engine.submit(Request("a", list(ids[0]), 6))
+        first = engine.step(0)
+        engine.submit(Request("b", list(ids[1]), 6))
+        second = engine.step(0)
+        out[layout] = (first, second)
+    prefill_ms = backend.profile.prefill_time_ms
+    (p1, p2), (m1, m2) = out["packed"], out["mixed"]
+    assert m1.prefill_time == p1.prefill_time == pytest.approx(prefill_ms(p1.prefill_tokens) / 1000)
+    assert m2.batch_size == 1 and m2.prefill_tokens == p2.prefill_tokens > 0
+    assert m2.prefill_time == pytest.approx((prefill_ms(p2.prefill_tokens) - prefill_ms(1)) / 1000)
+    assert m2.verify_time == p2.verify_time
