@@ -130,5 +130,5 @@ def test_env_on_vllm_passes_check_env(backend):
 def test_registered_id_names_the_vllm_scenario():
     from nightjar_rl.registration import ENV_IDS, SIM_IDS
 
-    assert load_scenario(ENV_IDS["nightjar_rl/SpecDecodeVLLM-v1"]).backend == "vllm"
+    assert load_scenario(ENV_IDS["nightjar_rl/SpecDecodeVLLM-v1"][0]).backend == "vllm"
     assert "nightjar_rl/SpecDecodeVLLM-v1" not in SIM_IDS
