@@ -67,6 +67,7 @@ class BenchConfig:
     draft_threads: int | None = None  # PSD worker's intra-op threads (CPU)
     verify_threads: int | None = None  # main thread's intra-op threads while a phase overlaps (CPU)
     seed: int = 0
+    verify_layout: str = "padded"  # padded | packed (the engine's target forward layout)
     out: str = "runs/bench_parallel"
 
 
@@ -131,6 +132,7 @@ def make_decoder(kind: str, cfg: BenchConfig, target, drafter, eos):
         "max_speculation": max(cfg.k, 1),
         "eos_token_ids": eos,
         "seed": cfg.seed,
+        "verify_layout": cfg.verify_layout,
     }
     if kind == "standard":
         return SpeculativeEngine(target, drafter, **common)

@@ -107,7 +107,9 @@ class ModelRunner:
         heads = text_config.num_attention_heads
         self._groups = heads // (getattr(text_config, "num_key_value_heads", None) or heads)
         self._layers = text_config.num_hidden_layers
-        for config in {id(c): c for c in (model.config, text_config, self._decoder.config)}.values():
+        # every config the model's modules read (an early-exit draft's layers read the target's)
+        configs = [model.config, text_config, *(getattr(m, "config", None) for m in model.modules())]
+        for config in {id(c): c for c in configs if c is not None and hasattr(c, "_attn_implementation")}.values():
             config._attn_implementation = SLOT_ATTENTION
         self.model_time = 0.0  # seconds spent inside model forwards (decoder + head), cumulative
 
