@@ -35,6 +35,7 @@ import torch
 
 from nightjar_rl.decoding import DraftModelDrafter, NgramDrafter, ParallelBatchDecoder, SpeculativeEngine
 from nightjar_rl.decoding.psd_model import overlap_efficiency
+from nightjar_rl.decoding.runner import DEFAULT_VERIFY_LAYOUT
 from nightjar_rl.env.recorder import write_table
 from nightjar_rl.models import DTYPES, SHAPES, early_exit_draft, load_model, pick_device
 from nightjar_rl.models import random_shaped_model as random_model
@@ -67,7 +68,7 @@ class BenchConfig:
     draft_threads: int | None = None  # PSD worker's intra-op threads (CPU)
     verify_threads: int | None = None  # main thread's intra-op threads while a phase overlaps (CPU)
     seed: int = 0
-    verify_layout: str = "padded"  # padded | packed (the engine's target forward layout)
+    verify_layout: str = DEFAULT_VERIFY_LAYOUT  # padded | packed (the engine's target forward layout)
     out: str = "runs/bench_parallel"
 
 

@@ -19,7 +19,7 @@ import logging
 import torch
 
 from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
-from nightjar_rl.decoding.runner import ModelRunner, split_rows
+from nightjar_rl.decoding.runner import DEFAULT_VERIFY_LAYOUT, ModelRunner, split_rows
 from nightjar_rl.decoding.scheduler import ERROR, Retired, ScheduledEngine, Scheduler, prefill_groups
 from nightjar_rl.decoding.sequence import Sequence
 from nightjar_rl.decoding.stats import StepStats
@@ -61,7 +61,7 @@ class SpeculativeEngine(ScheduledEngine):
         eos_token_ids: tuple[int, ...] | list[int] = (),
         sampling: SamplingParams | None = None,
         seed: int = 0,
-        verify_layout: str = "padded",
+        verify_layout: str = DEFAULT_VERIFY_LAYOUT,
     ):
         self.scheduler = Scheduler(
             max_batch_size, max_seq_len, max_speculation, max_kv_tokens, max_waiting, regions=self.REGIONS

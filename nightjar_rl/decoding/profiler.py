@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nightjar_rl.decoding.drafters.ngram import lookup_continuation
-from nightjar_rl.decoding.runner import ModelRunner
+from nightjar_rl.decoding.runner import DEFAULT_VERIFY_LAYOUT, ModelRunner
 from nightjar_rl.decoding.timing import now
 
 
@@ -54,7 +54,7 @@ def _time_prefill(runner: ModelRunner, tokens: int, repeats: int, vocab: int, rn
 
 
 def measure_overhead_ms(model: torch.nn.Module, batch: int, context: int, steps: int, vocab: int, rng,
-                        verify_layout: str = "padded") -> float:
+                        verify_layout: str = DEFAULT_VERIFY_LAYOUT) -> float:
     """Median per-step time of the real engine outside its timed phases (prefill, draft, verify) at
     k = 0: admission, bookkeeping, appending, retiring. This is the simulator's per-step overhead."""
     from nightjar_rl.decoding.engine import SpeculativeEngine
@@ -85,7 +85,7 @@ def profile_hardware(
     contexts: list[int] | None = None,
     prefill_tokens: list[int] | None = None,
     overhead_steps: int = 0,
-    verify_layout: str = "packed",
+    verify_layout: str = DEFAULT_VERIFY_LAYOUT,
 ) -> dict:
     """Median milliseconds of one verify forward per (batch, tokens per row) at `context` cached tokens,
     plus one draft-model step (1 token per row) per batch size, and the n-gram lookup per row.
@@ -94,8 +94,8 @@ def profile_hardware(
     context in `contexts`, prefill passes (and draft-model catch-up passes) over `prefill_tokens`
     tokens, and the engine's per-step overhead per batch size from `overhead_steps` real k=0 steps.
 
-    `verify_layout`: the runner layout timed (the engine's `verify_layout`; packed by default, so the
-    tables price what a packed step computes). With packed, `verify_ms_half_drafted` also times per-row
+    `verify_layout`: the runner layout timed (the engine's `verify_layout`, default the engine's
+    default), so the tables price what the engine computes. With packed, `verify_ms_half_drafted` also times per-row
     steps (half the rows scoring n positions, half 1) at `context`: the check that pricing a packed step
     by its rows and total scored tokens (`HardwareProfile.verify_step_ms`) holds on this machine."""
     if not batch_sizes or not tokens_per_row or min(batch_sizes) < 1 or min(tokens_per_row) < 1:

@@ -5,7 +5,8 @@ Two token layouts for one forward (`VERIFY_LAYOUTS`):
 - padded: a `[B, n]` token batch, every row padded to the longest (padding is computed and thrown
   away), so a step costs B x n positions;
 - packed (vLLM's layout): the rows' tokens back to back in one `[1, T]` batch, T = the rows' real
-  tokens in all, so a step costs what it scores.
+  tokens in all, so a step costs what it scores (rows that all feed the same number of tokens run
+  as `[B, n]`: the same tokens in the same order, nothing padded, no scatter in attention).
 
 Either way attention runs over the slot KV cache (`SlotKVCache`) through the runner's own attention
 function (`slot_attention`, registered with transformers' attention interface): queries are grouped
@@ -31,6 +32,7 @@ VERIFY_LAYOUTS = {
     "padded": "every row is padded to the longest row: a [B, n] token batch (B x n positions computed)",
     "packed": "rows are flattened into one [1, T] token batch (vLLM's layout): T = the scored positions",
 }
+DEFAULT_VERIFY_LAYOUT = "padded"  # the engine's, the profiler's and the CLI's default (one place to change)
 SLOT_ATTENTION = "nightjar_slots"  # the attention implementation name the runner installs
 
 
@@ -92,7 +94,8 @@ class ModelRunner:
     `layout`: "padded" or "packed" (see the module docstring); outputs and cache contents are the same
     either way, only what is computed differs."""
 
-    def __init__(self, model: torch.nn.Module, num_slots: int, capacity: int, layout: str = "padded"):
+    def __init__(self, model: torch.nn.Module, num_slots: int, capacity: int,
+                 layout: str = DEFAULT_VERIFY_LAYOUT):
         self.model = model
         self.layout = check_layout(layout)
         param = next(model.parameters())
@@ -139,7 +142,8 @@ class ModelRunner:
         if max(p + w for p, w in zip(past_lens, widths)) >= self.cache.capacity:
             raise ValueError(f"a row would exceed the KV cache capacity of {self.cache.capacity} tokens")
         n = max(widths)
-        packed = self.layout == "packed" and batch > 1
+        # rows of one width need no packing: the [B, n] batch holds exactly their tokens, in order
+        packed = self.layout == "packed" and min(widths) < n
         dev = self.device
         lengths = torch.tensor(widths, device=dev)
         past = torch.tensor(past_lens, device=dev)
