@@ -35,6 +35,7 @@ import torch
 
 from nightjar_rl.decoding import DraftModelDrafter, NgramDrafter, ParallelBatchDecoder, SpeculativeEngine
 from nightjar_rl.decoding.psd_model import overlap_efficiency
+from nightjar_rl.decoding.runner import DEFAULT_VERIFY_LAYOUT
 from nightjar_rl.env.recorder import write_table
 from nightjar_rl.models import DTYPES, SHAPES, early_exit_draft, load_model, pick_device
 from nightjar_rl.models import random_shaped_model as random_model
@@ -67,6 +68,7 @@ class BenchConfig:
     draft_threads: int | None = None  # PSD worker's intra-op threads (CPU)
     verify_threads: int | None = None  # main thread's intra-op threads while a phase overlaps (CPU)
     seed: int = 0
+    verify_layout: str = DEFAULT_VERIFY_LAYOUT  # padded | packed (the engine's target forward layout)
     out: str = "runs/bench_parallel"
 
 
@@ -131,6 +133,7 @@ def make_decoder(kind: str, cfg: BenchConfig, target, drafter, eos):
         "max_speculation": max(cfg.k, 1),
         "eos_token_ids": eos,
         "seed": cfg.seed,
+        "verify_layout": cfg.verify_layout,
     }
     if kind == "standard":
         return SpeculativeEngine(target, drafter, **common)

@@ -377,6 +377,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
     profile = profile_hardware(
         target.model, a.model, batch_sizes, tokens, context=a.context, repeats=a.repeats, draft_model=draft,
         progress=not a.quiet, contexts=contexts, prefill_tokens=prefill, overhead_steps=a.overhead_steps,
+        **({"verify_layout": a.verify_layout} if a.verify_layout else {}),
     )
     out = Path(a.out) if a.out else DEFAULT_PROFILE_DIR / f"{a.model.replace('/', '_')}-{profile['device_type']}-{a.dtype}.json"
     atomic_write_json(out, profile)
@@ -493,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--prefill-tokens", default=None, help="time prefill passes of these lengths (e.g. 32,128,512)")
     pr.add_argument("--overhead-steps", type=int, default=0, help="measure per-step engine overhead over N k=0 steps")
     pr.add_argument("--threads", type=int, default=None)
+    pr.add_argument("--verify-layout", default=None, choices=["padded", "packed"],
+                    help="target forward layout timed (default: the engine's default verify_layout); packed "
+                         "also times per-row steps (verify_ms_half_drafted)")
     pr.add_argument("--out", default=None, help=f"output JSON (default: {DEFAULT_PROFILE_DIR}/<model>-<device>-<dtype>.json)")
     pr.add_argument("--quiet", action="store_true")
     pr.add_argument("--from-steps", nargs="+", default=None, metavar="LOG",

@@ -10,6 +10,7 @@ import torch
 from nightjar_rl.decoding import SamplingParams, SpeculativeEngine
 from nightjar_rl.decoding.drafters.registry import DRAFTER_KINDS, build_sssd, drafter_kind, load_draft_model
 from nightjar_rl.decoding.parallel import PARALLEL_OPTIONS, ParallelBatchDecoder
+from nightjar_rl.decoding.runner import DEFAULT_VERIFY_LAYOUT, VERIFY_LAYOUTS
 from nightjar_rl.models import DEFAULT_MODEL, DTYPES, LoadedModel, load_model
 from nightjar_rl.schema import ConfigError, check, option
 
@@ -44,6 +45,8 @@ class EngineConfig:
     top_p: float = option(1.0, "nucleus sampling mass", above=0.0, high=1.0)
     seed: int = option(0, "engine sampling seed (and the workload's arrivals)", low=0)
     threads: int | None = option(None, "torch CPU intra-op threads (default: torch's choice)", int, low=1)
+    verify_layout: str = option(DEFAULT_VERIFY_LAYOUT, "target forward layout: " + "; ".join(
+        f"{name}: {doc}" for name, doc in VERIFY_LAYOUTS.items()), choices=tuple(VERIFY_LAYOUTS))
     extra: dict = field(default_factory=dict)  # decoder/drafter options not declared above (parallel, sssd)
 
     def validate(self, where: str = "engine") -> EngineConfig:
@@ -95,6 +98,7 @@ def build_stack(cfg: EngineConfig, target: LoadedModel | None = None) -> Stack:
         eos_token_ids=target.eos_token_ids,
         sampling=SamplingParams(cfg.temperature, cfg.top_p),
         seed=cfg.seed,
+        verify_layout=cfg.verify_layout,
         **decoder_kwargs,
     )
     return Stack(engine, target, cfg)

@@ -64,7 +64,16 @@ class Script:
         return pytest.param(self, id=self.name, marks=marks)
 
 
+def _all_results(key: str, field: str) -> Callable[[dict], None]:
+    def check(summary: dict) -> None:
+        assert summary[key] and all(r[field] is True for r in summary[key]), summary
+
+    return check
+
+
 SCRIPTS = [
+    Script("bench_cases", ("runs.csv", "summary.md", "summary.json"),
+           check={"summary.json": _all_results("cases", "same_outputs")}),
     Script("bench_engine", ("runs.csv", "summary.md")),
     Script("bench_parallel", ("*.csv",), check={"*.csv": _all_true("same_output")}),
     Script("bench_plan", ("result.json",)),
@@ -76,6 +85,8 @@ SCRIPTS = [
            check={"summary.json": _summary_true("completed_exactly_once", "outputs_identical_to_bench")}),
     Script("bench_sim_speed", ("result.json",)),
     Script("bench_vllm", ("runs.csv", "outputs.csv", "summary.json", "summary.md"), needs=("vllm",), slow=True),
+    Script("bench_verify_layout", ("steps.csv", "summary.md", "summary.json"),
+           check={"summary.json": _all_results("results", "same_tokens")}),
     Script("custom_policy", ("*/results.csv",), check={"*/results.csv": lambda df: (
         df.loc[df["policy"] == "acceptance-gated", "throughput_tok_s"] > 0).all() or None}),
     Script("bench_sssd", ("*/results.csv", "*/config.json"), check={"*/results.csv": _all_true("identical")}),
@@ -86,6 +97,7 @@ SCRIPTS = [
                              "per_row_study_tiny/speedup_vs_load_*.png", "per_row_study_tiny/*/*/*/results.csv"),
            check={"per_row_study_tiny/per_row_table.csv": _per_row_table}),
     Script("sim_fidelity", ("*/fidelity.csv",), check={"*/fidelity.csv": _all_true("per_request_identical")}),
+    Script("profile_step", ("profile.csv", "summary.md")),
     Script("soak", ("*/windows.csv", "*/summary.json"), slow=True),
     Script("spot_check", ("spot_check.csv", "*study_tiny*/results.csv")),
     Script("workload_acceptance", ("acceptance.csv", "summary.csv", "tokens_per_step.png")),

@@ -74,7 +74,7 @@ def check_replay(target: LoadedModel, config: EngineConfig, prompts, max_new: in
         live = build_stack(config, target=target).engine
         live_steps, live_out = run_schedule(live, requests, schedule, aborts if n % 2 else None)
         sim = SimEngine(trace, FLAT_PROFILE, max_batch_size=config.max_batch_size, max_seq_len=config.max_seq_len,
-                        max_speculation=config.max_speculation)
+                        max_speculation=config.max_speculation, verify_layout=config.verify_layout)
         sim_steps, sim_out = run_schedule(sim, [Request(r.request_id, r.prompt_ids, max_new) for r in requests],
                                           schedule, aborts if n % 2 else None)
         assert len(sim_steps) == len(live_steps)
@@ -102,6 +102,15 @@ def test_sim_replays_live_engine_step_for_step(tiny, name):
             assert np.array_equal(rec.accepted, np.minimum(np.arange(6)[None, :], longest[:, None]))
     if name == "draft-self":
         assert all(rec.accepted[1:, 5].min() >= 1 for rec in trace.records if len(rec) > 2)
+
+
+@pytest.mark.parametrize("name", ["ngram", "sssd"])
+def test_sim_replays_the_packed_live_engine(tiny, name):
+    """Both in the packed layout: the same steps, scored_tokens included (rows + drafts)."""
+    cfg = EngineConfig(model="tiny-random", max_batch_size=3, max_seq_len=128, max_speculation=5,
+                       verify_layout="packed", **DRAFTERS[name])
+    check_replay(tiny, cfg, random_prompts(6, seed=7), max_new=12, max_k=5,
+                 schedules=[[random_row_plans(5, seed=8)], [0, 3, 5]])
 
 
 def test_trace_caps_agreement_at_the_end_of_the_output(tiny):

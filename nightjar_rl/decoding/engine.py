@@ -19,7 +19,7 @@ import logging
 import torch
 
 from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
-from nightjar_rl.decoding.runner import ModelRunner
+from nightjar_rl.decoding.runner import DEFAULT_VERIFY_LAYOUT, ModelRunner, split_rows
 from nightjar_rl.decoding.scheduler import ERROR, Retired, ScheduledEngine, Scheduler, prefill_groups
 from nightjar_rl.decoding.sequence import Sequence
 from nightjar_rl.decoding.stats import StepStats
@@ -42,6 +42,8 @@ class SpeculativeEngine(ScheduledEngine):
     Capacity is enforced by queueing: a request is admitted only when a slot is free and its worst
     case (prompt + max_new_tokens + max_speculation) fits the KV token budget. `max_waiting` bounds
     the queue (`submit` raises `QueueFullError` beyond it). Row i of `running` lives in KV slot i.
+    `verify_layout`: how the target's forwards lay rows out, "padded" (`[B, n]`) or "packed" (one
+    `[1, T]` token batch: a step computes only the positions it scores); see decoding/runner.py.
     """
 
     REGIONS = 1  # slot regions of the scheduler's layout (the batch-parallel decoder uses 2)
@@ -59,6 +61,7 @@ class SpeculativeEngine(ScheduledEngine):
         eos_token_ids: tuple[int, ...] | list[int] = (),
         sampling: SamplingParams | None = None,
         seed: int = 0,
+        verify_layout: str = DEFAULT_VERIFY_LAYOUT,
     ):
         self.scheduler = Scheduler(
             max_batch_size, max_seq_len, max_speculation, max_kv_tokens, max_waiting, regions=self.REGIONS
@@ -71,7 +74,8 @@ class SpeculativeEngine(ScheduledEngine):
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
         self.sampling = sampling or SamplingParams()
         capacity = max_seq_len + max_speculation + 1
-        self.runner = ModelRunner(target, max_batch_size, capacity)
+        self.runner = ModelRunner(target, max_batch_size, capacity, layout=verify_layout)
+        self.verify_layout = self.runner.layout
         self.device = self.runner.device
         self.drafter = drafter
         if drafter is not None:
@@ -115,33 +119,36 @@ class SpeculativeEngine(ScheduledEngine):
     def _forward(
         self, rows: list[Sequence], slot_start: int, fed: list[list[int]], past: list[int],
         last_only: bool = False, tree: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor | None, list[int]]:
+    ) -> tuple[torch.Tensor | list[torch.Tensor | None] | None, list[int]]:
         """The target forward over consecutive rows. If it raises, each row is retried alone: rows
         whose own forward fails are failed (finish_reason "error"), the others go on exactly.
-        Returns (logits, indices of the rows that succeeded; failed rows' logits are zeros)."""
+        Returns (logits, indices of the rows that succeeded): `[B, V]` when `last_only` (failed rows'
+        are zeros), else row i's `[len(fed[i]), V]` (None for a failed row)."""
+        widths = [max(1, len(r)) for r in fed]
         try:
-            return self.runner.forward(slot_start, fed, past, last_only=last_only, tree=tree), list(range(len(rows)))
+            logits = self.runner.forward(slot_start, fed, past, last_only=last_only, tree=tree)
+            return (logits if last_only else split_rows(logits, widths)), list(range(len(rows)))
         except Exception as exc:  # noqa: BLE001 - a request-level fault, isolated below
             if len(rows) == 1:
                 self._fail(rows[0], exc)
                 return None, []
-        out, ok = None, []
+        per_row: list[torch.Tensor | None] = [None] * len(rows)
+        ok = []
         for i, seq in enumerate(rows):
-            n = max(1, len(fed[i]))
+            n = widths[i]
             sub = None if tree is None else (tree[0][i : i + 1, :n], tree[1][i : i + 1, :n, :n])
             try:
                 logits = self.runner.forward(slot_start + i, [fed[i]], [past[i]], last_only=last_only, tree=sub)
             except Exception as exc:  # noqa: BLE001
                 self._fail(seq, exc)
                 continue
-            if out is None:
-                width = () if last_only else (max(max(1, len(r)) for r in fed),)
-                out = logits.new_zeros((len(rows), *width, logits.shape[-1]))
-            if last_only:
-                out[i] = logits[0]
-            else:
-                out[i, : logits.shape[1]] = logits[0]
+            per_row[i] = logits[0] if last_only else split_rows(logits, [n])[0]
             ok.append(i)
+        if not last_only or not ok:
+            return (per_row if ok else None), ok
+        out = per_row[ok[0]].new_zeros((len(rows), per_row[ok[0]].shape[-1]))
+        for i in ok:
+            out[i] = per_row[i]
         return out, ok
 
     def _fail(self, seq: Sequence, exc: BaseException) -> None:
@@ -190,7 +197,7 @@ class SpeculativeEngine(ScheduledEngine):
             logits, ok = self._forward(rows, slot_start, fed, [s.cached_len for s in rows])
             kept_tokens = [[] for _ in rows]
             if ok:
-                sub = logits if len(ok) == len(rows) else logits[ok]
+                sub = [logits[i] for i in ok]
                 sub_drafts = [drafts[i] for i in ok]
                 if self.sampling.greedy:
                     kept = greedy_accept(sub, sub_drafts)
@@ -219,9 +226,10 @@ class SpeculativeEngine(ScheduledEngine):
             stats.emitted.append(emitted)
         stats.draft_time += proposal.draft_time
         stats.catchup_time += proposal.catchup_time
-        width = 1 + max(len(d) for d in drafts)  # the verify pass pads every row to the longest
+        width = 1 + max(len(d) for d in drafts)
         stats.verify_tokens = max(stats.verify_tokens, width)
-        stats.scored_tokens += len(rows) * width
+        # padded: every row is computed at the longest row's width; packed: each row at its own
+        stats.scored_tokens += len(rows) * width if self.verify_layout == "padded" else len(rows) + sum(map(len, drafts))
         stats.extra.update(proposal.extra)
 
     def _verify_tree(
@@ -234,7 +242,7 @@ class SpeculativeEngine(ScheduledEngine):
         past = [s.cached_len for s in rows]
         fed = [[s.tokens[-1], *t.tokens] for s, t in zip(rows, trees)]
         logits, ok = self._forward(rows, slot_start, fed, past, tree=batch_tree_inputs(trees, self.device))
-        choice = logits.argmax(-1).tolist() if ok else [None] * len(rows)
+        choice = [None if row is None else row.argmax(-1).tolist() for row in logits] if ok else [None] * len(rows)
         ok = set(ok)
         kept_tokens, slots, src, dst = [], [], [], []
         for i, (tree, row_choice) in enumerate(zip(trees, choice)):

@@ -32,18 +32,19 @@ class SlotKVCache(Cache):
         k = self.keys[0]
         return 2 * len(self.keys) * k.shape[1] * k.shape[3] * k.element_size()
 
-    def set_window(self, slot_start: int, positions: torch.Tensor, kv_len: int) -> None:
-        """Route the next forward: rows `slot_start..slot_start+B`, writing at `positions` [B, n]."""
-        batch, n = positions.shape
-        first = int(positions[0, 0])
-        if batch == 1 and int(positions[0, -1]) == first + n - 1:  # one row, consecutive: a plain slice
-            index = slice(first, first + n)
+    def set_window(self, slot_start: int, rows: torch.Tensor, positions: torch.Tensor, kv_len: int, batch: int) -> None:
+        """Route the next forward over rows `slot_start..slot_start+batch`: its t-th token (in the order
+        the model sees them, row after row) is written to row `rows[t]` at entry `positions[t]`."""
+        if batch == 1:  # one row feeds consecutive entries: a plain slice
+            first = int(positions[0])
+            index = slice(first, first + positions.numel())
         else:  # built once per forward, reused by every layer
-            rows = torch.arange(batch, device=positions.device).unsqueeze(1).expand_as(positions)
             index = (rows, slice(None), positions)
         self._window = (slot_start, batch, index, kv_len)
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        """Write the forward's new keys/values (`[b, heads, s, dim]`, b * s tokens row after row) into
+        their slots; return the rows' cache views `[batch, heads, kv_len, dim]`."""
         if self._window is None:
             raise RuntimeError("SlotKVCache.set_window must be called before a forward pass")
         start, batch, index, kv_len = self._window
@@ -52,9 +53,10 @@ class SlotKVCache(Cache):
         if isinstance(index, slice):
             keys[0, :, index] = key_states[0].to(keys.dtype)
             values[0, :, index] = value_states[0].to(values.dtype)
-        else:  # key_states: [B, heads, n, dim] -> index as [B, n, heads, dim]
-            keys[index] = key_states.transpose(1, 2).to(keys.dtype)
-            values[index] = value_states.transpose(1, 2).to(values.dtype)
+        else:  # [b, heads, s, dim] -> [tokens, heads, dim]
+            heads, dim = key_states.shape[1], key_states.shape[3]
+            keys[index] = key_states.transpose(1, 2).reshape(-1, heads, dim).to(keys.dtype)
+            values[index] = value_states.transpose(1, 2).reshape(-1, heads, dim).to(values.dtype)
         return keys[:, :, :kv_len], values[:, :, :kv_len]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

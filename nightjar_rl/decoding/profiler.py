@@ -16,12 +16,16 @@ import torch
 from tqdm.auto import tqdm
 
 from nightjar_rl.decoding.drafters.ngram import lookup_continuation
-from nightjar_rl.decoding.runner import ModelRunner
+from nightjar_rl.decoding.runner import DEFAULT_VERIFY_LAYOUT, ModelRunner
 from nightjar_rl.decoding.timing import now
 
 
-def _time_forward(runner: ModelRunner, batch: int, tokens: int, context: int, repeats: int, vocab: int, rng) -> float:
-    rows = [rng.integers(0, vocab, size=tokens).tolist() for _ in range(batch)]
+def _time_forward(runner: ModelRunner, batch: int, tokens: int, context: int, repeats: int, vocab: int, rng,
+                  half: bool = False) -> float:
+    """Median ms of one forward: `batch` rows at `context` cached tokens scoring `tokens` positions
+    each, or with `half`, the first half of the rows `tokens` and the rest 1 (a per-row plan)."""
+    rows = [rng.integers(0, vocab, size=tokens if not half or i < (batch + 1) // 2 else 1).tolist()
+            for i in range(batch)]
     past = [context] * batch
     runner.forward(0, rows, past)  # warm-up
     times = []
@@ -49,13 +53,15 @@ def _time_prefill(runner: ModelRunner, tokens: int, repeats: int, vocab: int, rn
     return statistics.median(times) * 1000.0
 
 
-def measure_overhead_ms(model: torch.nn.Module, batch: int, context: int, steps: int, vocab: int, rng) -> float:
+def measure_overhead_ms(model: torch.nn.Module, batch: int, context: int, steps: int, vocab: int, rng,
+                        verify_layout: str = DEFAULT_VERIFY_LAYOUT) -> float:
     """Median per-step time of the real engine outside its timed phases (prefill, draft, verify) at
     k = 0: admission, bookkeeping, appending, retiring. This is the simulator's per-step overhead."""
     from nightjar_rl.decoding.engine import SpeculativeEngine
     from nightjar_rl.decoding.sequence import Request
 
-    engine = SpeculativeEngine(model, None, max_batch_size=batch, max_seq_len=context + steps + 4, max_speculation=0)
+    engine = SpeculativeEngine(model, None, max_batch_size=batch, max_seq_len=context + steps + 4, max_speculation=0,
+                               verify_layout=verify_layout)
     for i in range(batch):
         engine.submit(Request(f"o{i}", rng.integers(0, vocab, size=context).tolist(), steps + 2))
     engine.step(0)  # prefill
@@ -79,13 +85,19 @@ def profile_hardware(
     contexts: list[int] | None = None,
     prefill_tokens: list[int] | None = None,
     overhead_steps: int = 0,
+    verify_layout: str = DEFAULT_VERIFY_LAYOUT,
 ) -> dict:
     """Median milliseconds of one verify forward per (batch, tokens per row) at `context` cached tokens,
     plus one draft-model step (1 token per row) per batch size, and the n-gram lookup per row.
 
     Version-2 tables (for the simulator's clock), each only when asked for: the verify table at every
     context in `contexts`, prefill passes (and draft-model catch-up passes) over `prefill_tokens`
-    tokens, and the engine's per-step overhead per batch size from `overhead_steps` real k=0 steps."""
+    tokens, and the engine's per-step overhead per batch size from `overhead_steps` real k=0 steps.
+
+    `verify_layout`: the runner layout timed (the engine's `verify_layout`, default the engine's
+    default), so the tables price what the engine computes. With packed, `verify_ms_half_drafted` also times per-row
+    steps (half the rows scoring n positions, half 1) at `context`: the check that pricing a packed step
+    by its rows and total scored tokens (`HardwareProfile.verify_step_ms`) holds on this machine."""
     if not batch_sizes or not tokens_per_row or min(batch_sizes) < 1 or min(tokens_per_row) < 1:
         raise ValueError("batch sizes and tokens per row must be non-empty lists of positive integers")
     contexts = sorted(set(contexts or []))
@@ -95,7 +107,7 @@ def profile_hardware(
     vocab = model.config.vocab_size
     longest = max([context, *contexts])
     capacity = max(longest + max(tokens_per_row), *(prefill_tokens or [0])) + 1
-    runner = ModelRunner(model, max(batch_sizes), capacity)
+    runner = ModelRunner(model, max(batch_sizes), capacity, layout=verify_layout)
     _fill_context(runner, max(batch_sizes), longest, vocab, rng)
     draft_runner = None
     if draft_model is not None:
@@ -131,10 +143,17 @@ def profile_hardware(
         "dtype": str(param.dtype).replace("torch.", ""),
         "context": context,
         "repeats": repeats,
+        "verify_layout": verify_layout,
         "verify_ms": verify_ms,
         "draft_ms": draft_ms,
         "ngram_lookup_ms_per_row": round(ngram_ms, 5),
     }
+    if verify_layout == "packed":
+        cells = [(b, n) for b in sorted(batch_sizes) if b > 1 for n in sorted(tokens_per_row) if n > 1]
+        half: dict[str, dict[str, float]] = {}
+        for b, n in tqdm(cells, desc="per-row steps", disable=not progress, leave=False):
+            half.setdefault(str(b), {})[str(n)] = round(_time_forward(runner, b, n, context, repeats, vocab, rng, half=True), 4)
+        out["verify_ms_half_drafted"] = half
     if contexts:
         out["verify_ms_by_context"] = {str(c): verify_ms if c == context else table(c, f"context {c}")
                                        for c in contexts}
@@ -144,7 +163,8 @@ def profile_hardware(
             out["draft_prefill_ms"] = {str(t): round(_time_prefill(draft_runner, t, repeats, vocab, rng), 4)
                                        for t in sorted(prefill_tokens)}
     if overhead_steps > 0:
-        out["overhead_ms"] = {str(b): round(measure_overhead_ms(model, b, context, overhead_steps, vocab, rng), 4)
+        out["overhead_ms"] = {str(b): round(measure_overhead_ms(model, b, context, overhead_steps, vocab, rng,
+                                                                verify_layout), 4)
                               for b in tqdm(sorted(batch_sizes), desc="overhead", disable=not progress, leave=False)}
     out["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     return out

@@ -1,20 +1,103 @@
-"""Run a causal LM over a ragged batch: each row feeds its own new tokens at its own offset."""
+"""Run a causal LM over a ragged batch: each row feeds its own new tokens at its own offset.
+
+Two token layouts for one forward (`VERIFY_LAYOUTS`):
+
+- padded: a `[B, n]` token batch, every row padded to the longest (padding is computed and thrown
+  away), so a step costs B x n positions;
+- packed (vLLM's layout): the rows' tokens back to back in one `[1, T]` batch, T = the rows' real
+  tokens in all, so a step costs what it scores (rows that all feed the same number of tokens run
+  as `[B, n]`: the same tokens in the same order, nothing padded, no scatter in attention).
+
+Either way attention runs over the slot KV cache (`SlotKVCache`) through the runner's own attention
+function (`slot_attention`, registered with transformers' attention interface): queries are grouped
+per KV head (no `repeat_kv` copy of the cache per layer), one boolean mask `[B, 1, g*n, kv]` is built
+per forward, and a packed batch's queries are scattered to `[B, n]` only inside attention (the
+projections, MLPs and the LM head see the T real tokens).
+"""
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from nightjar_rl.decoding.kv_cache import SlotKVCache
 from nightjar_rl.decoding.timing import now
 
+VERIFY_LAYOUTS = {
+    "padded": "every row is padded to the longest row: a [B, n] token batch (B x n positions computed)",
+    "packed": "rows are flattened into one [1, T] token batch (vLLM's layout): T = the scored positions",
+}
+DEFAULT_VERIFY_LAYOUT = "padded"  # the engine's, the profiler's and the CLI's default (one place to change)
+SLOT_ATTENTION = "nightjar_slots"  # the attention implementation name the runner installs
+
+
+def check_layout(layout: str) -> str:
+    if layout not in VERIFY_LAYOUTS:
+        raise ValueError(f"verify_layout must be one of {', '.join(VERIFY_LAYOUTS)}, got {layout!r}")
+    return layout
+
+
+@dataclass
+class SlotStep:
+    """What attention needs to know about one runner forward (built once, read by every layer).
+
+    Token t of the flattened batch belongs to row `row[t]` at fed index `col[t]`; `mask` is
+    `[B, 1, groups * n, kv_len]` (query rows ordered group-major, as the grouped queries are)."""
+
+    batch: int
+    n: int
+    groups: int
+    row: torch.Tensor
+    col: torch.Tensor
+    mask: torch.Tensor
+    packed: bool
+    calls: int = 0
+
+
+def slot_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                   slot_step: SlotStep | None = None, **kwargs):
+    """Attention over the slot cache for a runner forward; anything else (e.g. `generate` on the same
+    model) gets transformers' standard SDPA attention."""
+    if slot_step is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    step = slot_step
+    step.calls += 1
+    b, n, g = step.batch, step.n, step.groups
+    heads, dim = query.shape[1], query.shape[3]
+    kv_heads = heads // g
+    if step.packed:  # [1, H, T, d] -> [B, n, H, d] (positions no row feeds stay zero, never read)
+        padded = query.new_zeros((b, n, heads, dim))
+        padded[step.row, step.col] = query[0].transpose(0, 1)
+        grouped = padded.permute(0, 2, 1, 3).reshape(b, kv_heads, g * n, dim)
+    else:  # [B, H, n, d]: head h uses KV head h // g, so this is a view
+        grouped = query.reshape(b, kv_heads, g * n, dim)
+    out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=step.mask, scale=scaling)
+    out = out.view(b, heads, n, dim).transpose(1, 2)  # [B, n, H, d]
+    if step.packed:
+        return out[step.row, step.col].unsqueeze(0), None
+    return out.contiguous(), None
+
+
+AttentionInterface.register(SLOT_ATTENTION, slot_attention)
+AttentionMaskInterface.register(SLOT_ATTENTION, sdpa_mask)  # for forwards outside the runner
+
 
 class ModelRunner:
-    """One model plus its slot KV cache. Rows are the consecutive slots `slot_start..slot_start+B`."""
+    """One model plus its slot KV cache. Rows are the consecutive slots `slot_start..slot_start+B`.
 
-    def __init__(self, model: torch.nn.Module, num_slots: int, capacity: int):
+    `layout`: "padded" or "packed" (see the module docstring); outputs and cache contents are the same
+    either way, only what is computed differs."""
+
+    def __init__(self, model: torch.nn.Module, num_slots: int, capacity: int,
+                 layout: str = DEFAULT_VERIFY_LAYOUT):
         self.model = model
+        self.layout = check_layout(layout)
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.cache = SlotKVCache(model.config, num_slots, capacity, self.dtype, self.device)
@@ -23,7 +106,14 @@ class ModelRunner:
         # transformers 5.x names the cache argument `cache` (`past_key_values` is deprecated and warns)
         params = inspect.signature(self._decoder.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        self._neg = torch.finfo(self.dtype).min
+        text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        heads = text_config.num_attention_heads
+        self._groups = heads // (getattr(text_config, "num_key_value_heads", None) or heads)
+        self._layers = text_config.num_hidden_layers
+        # every config the model's modules read (an early-exit draft's layers read the target's)
+        configs = [model.config, text_config, *(getattr(m, "config", None) for m in model.modules())]
+        for config in {id(c): c for c in configs if c is not None and hasattr(c, "_attn_implementation")}.values():
+            config._attn_implementation = SLOT_ATTENTION
         self.model_time = 0.0  # seconds spent inside model forwards (decoder + head), cumulative
 
     @torch.inference_mode()
@@ -37,47 +127,88 @@ class ModelRunner:
     ) -> torch.Tensor:
         """Append `token_rows[i]` to row i (which already caches `past_lens[i]` tokens).
 
-        Returns float32 logits `[B, n, V]` for every fed position (padded positions are garbage),
-        or `[B, V]` at each row's last real token when `last_only`.
+        Returns float32 logits for every fed position: padded `[B, n, V]` (positions past a row's
+        length are garbage), packed `[T, V]` (row after row, each row's fed tokens in order; see
+        `split_rows`); or `[B, V]` at each row's last token when `last_only` (both layouts).
+        An empty row feeds one dummy token at its next free position: harmless, it is never counted
+        as cached and is overwritten by the row's next real token.
 
         `tree` = (position offsets `[B, n]`, local mask `[B, n, n]` bool) feeds token trees: fed
         position j is still written at `past + j`, but its position id is `past + offsets[:, j]`
         and, among the fed positions, it sees only those its local mask allows (see decoding/tree.py).
         """
         batch = len(token_rows)
-        if max(p + max(1, len(r)) for p, r in zip(past_lens, token_rows)) >= self.cache.capacity:
+        widths = [max(1, len(r)) for r in token_rows]
+        if max(p + w for p, w in zip(past_lens, widths)) >= self.cache.capacity:
             raise ValueError(f"a row would exceed the KV cache capacity of {self.cache.capacity} tokens")
-        # an empty row feeds one dummy token at its next free position: harmless, it is never
-        # counted as cached and is overwritten by the row's next real token
-        lengths = torch.tensor([max(1, len(r)) for r in token_rows], device=self.device)
-        n = int(lengths.max())
-        ids = torch.zeros((batch, n), dtype=torch.long, device=self.device)
-        for i, row in enumerate(token_rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        past = torch.tensor(past_lens, device=self.device)
-        steps = torch.arange(n, device=self.device).unsqueeze(0)
-        # padding positions write to the last cache entry, which no real token ever occupies (the
-        # engine keeps a margin), so a short row padded to a long one never overflows its slot
-        positions = torch.where(steps < lengths.unsqueeze(1), past.unsqueeze(1) + steps, self.cache.capacity - 1)
+        n = max(widths)
+        # rows of one width need no packing: the [B, n] batch holds exactly their tokens, in order
+        packed = self.layout == "packed" and min(widths) < n
+        dev = self.device
+        lengths = torch.tensor(widths, device=dev)
+        past = torch.tensor(past_lens, device=dev)
+        if packed:  # only real tokens
+            ids = torch.tensor([t for r in token_rows for t in (r or [0])], dtype=torch.long, device=dev)
+            row = torch.repeat_interleave(torch.arange(batch, device=dev), lengths)
+            col = torch.arange(ids.numel(), device=dev) - (torch.cumsum(lengths, 0) - lengths)[row]
+        else:  # every row padded to n
+            ids = torch.tensor([(r or [0]) + [0] * (n - w) for r, w in zip(token_rows, widths)], dtype=torch.long,
+                               device=dev).view(-1)
+            row = torch.arange(batch, device=dev).repeat_interleave(n)
+            col = torch.arange(n, device=dev).repeat(batch)
+        real = col < lengths[row]
+        # padding writes to the last cache entry, which no real token ever occupies (the engine keeps
+        # a margin), so a short row padded to a long one never overflows its slot
+        write = torch.where(real, past[row] + col, self.cache.capacity - 1)
         kv_len = int((past + lengths).max())  # attend over each row's real extent only
-        # query at position p sees keys 0..p of its own row; everything else is masked
-        key_pos = torch.arange(kv_len, device=self.device).view(1, 1, 1, kv_len)
-        allowed = key_pos <= positions.view(batch, 1, n, 1)
-        position_ids = positions
-        if tree is not None:
-            offsets, local = tree
-            rel = key_pos - past.view(batch, 1, 1, 1)  # key index relative to the first fed position
-            seen = torch.gather(local.unsqueeze(1), 3, rel.clamp(0, n - 1).expand(batch, 1, n, kv_len))
-            allowed = (rel < 0) | ((rel < n) & seen)
-            position_ids = past.unsqueeze(1) + offsets
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(~allowed, self._neg)
-        self.cache.set_window(slot_start, positions, kv_len)
-        t0 = now(self.device)
+        # query j of row b sees the row's cache (keys < past) and, among its fed keys, those before it
+        # (or, in a tree, its ancestors); key 0 always, so no query row is empty
+        key = torch.arange(kv_len, device=dev).view(1, 1, kv_len)
+        rel = key - past.view(batch, 1, 1)  # key index relative to the row's first fed position
+        fed_key = (rel >= 0) & (rel < lengths.view(batch, 1, 1))
+        if tree is None:
+            local = rel <= torch.arange(n, device=dev).view(1, n, 1)
+            rope = past[row] + col
+        else:
+            offsets, local_mask = tree
+            local = torch.gather(local_mask, 2, rel.clamp(0, n - 1).expand(batch, n, kv_len))
+            rope = past[row] + offsets[row, col]
+        allowed = (rel < 0) | (fed_key & local)
+        allowed[:, :, 0] = True
+        g = self._groups
+        mask = allowed.unsqueeze(1).expand(batch, g, n, kv_len).reshape(batch, 1, g * n, kv_len)
+        step = SlotStep(batch, n, g, row, col, mask, packed)
+        self.cache.set_window(slot_start, row, write, kv_len, batch)
+        shape = (1, -1) if packed else (batch, n)
+        t0 = now(dev)
         hidden = self._decoder(
-            input_ids=ids, position_ids=position_ids, attention_mask=mask, use_cache=True, **{self._cache_arg: self.cache}
+            input_ids=ids.view(shape), position_ids=rope.view(shape), use_cache=True, slot_step=step,
+            **{self._cache_arg: self.cache},
         ).last_hidden_state
+        if step.calls != self._layers:
+            raise RuntimeError(f"{type(self.model).__name__} does not route attention through transformers' "
+                               "attention interface; the slot KV cache cannot serve it")
+        hidden = hidden.reshape(-1, hidden.shape[-1])  # [tokens, hidden]
         if last_only:
-            hidden = hidden[torch.arange(batch, device=self.device), lengths - 1]
+            ends = torch.cumsum(lengths, 0) - 1 if packed else torch.arange(batch, device=dev) * n + lengths - 1
+            hidden = hidden[ends]
+        elif self.layout == "padded":
+            hidden = hidden.view(batch, n, -1)
         logits = self._lm_head(hidden).float()
-        self.model_time += now(self.device) - t0
+        self.model_time += now(dev) - t0
         return logits
+
+    def forward_rows(
+        self, slot_start: int, token_rows: list[list[int]], past_lens: list[int],
+        tree: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        """`forward` with each row's logits apart: row i gets `[len(token_rows[i]), V]` (views)."""
+        return split_rows(self.forward(slot_start, token_rows, past_lens, tree=tree),
+                          [max(1, len(r)) for r in token_rows])
+
+
+def split_rows(logits: torch.Tensor, widths: list[int]) -> list[torch.Tensor]:
+    """Per-row logits `[widths[i], V]` from a padded `[B, n, V]` or a packed `[sum(widths), V]` result."""
+    if logits.dim() == 3:
+        return [logits[i, :w] for i, w in enumerate(widths)]
+    return list(logits.split(widths))

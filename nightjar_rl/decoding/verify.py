@@ -9,6 +9,7 @@ Both leave the output distribution exactly the target's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,13 +46,16 @@ def probs_from_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Ten
     return probs
 
 
-def greedy_accept(target_logits: torch.Tensor, drafts: list[list[int]]) -> list[list[int]]:
+def greedy_accept(target_logits: torch.Tensor | Sequence[torch.Tensor], drafts: list[list[int]]) -> list[list[int]]:
     """Tokens each row keeps: its agreeing draft prefix plus the target's bonus token.
 
-    `target_logits[i, j]` scores the token after row i's j-th fed position, where the fed tokens
-    are [last committed token, *drafts[i]].
+    `target_logits[i][j]` scores the token after row i's j-th fed position, where the fed tokens
+    are [last committed token, *drafts[i]]: a padded `[B, n, V]` tensor or one `[n_i, V]` per row.
     """
-    choice = target_logits.argmax(-1).tolist()  # [B, n]
+    if isinstance(target_logits, torch.Tensor):
+        choice = target_logits.argmax(-1).tolist()  # [B, n]
+    else:
+        choice = [row.argmax(-1).tolist() for row in target_logits]
     out = []
     for row_choice, draft in zip(choice, drafts):
         kept = 0
@@ -62,21 +66,24 @@ def greedy_accept(target_logits: torch.Tensor, drafts: list[list[int]]) -> list[
 
 
 def sample_accept(
-    target_logits: torch.Tensor,
+    target_logits: torch.Tensor | Sequence[torch.Tensor],
     drafts: list[list[int]],
     draft_probs: list[torch.Tensor | None],
     params: SamplingParams,
     generator: torch.Generator | None = None,
 ) -> list[list[int]]:
     """Speculative sampling. `draft_probs[i]` is `[len(drafts[i]), V]` (the drafter's q) or None for a
-    deterministic drafter (q is one-hot on the proposed token)."""
-    probs = probs_from_logits(target_logits, params)  # [B, n, V]
+    deterministic drafter (q is one-hot on the proposed token). `target_logits` as for `greedy_accept`."""
+    if isinstance(target_logits, torch.Tensor):
+        probs = probs_from_logits(target_logits, params)  # [B, n, V]
+    else:
+        probs = [probs_from_logits(row, params) for row in target_logits]
     out = []
     for i, draft in enumerate(drafts):
         kept: list[int] = []
         q_row = draft_probs[i]
         for j, token in enumerate(draft):
-            p = probs[i, j]
+            p = probs[i][j]
             q_tok = 1.0 if q_row is None else float(q_row[j, token])
             u = torch.rand((), generator=generator, device=p.device).item()
             if u < min(1.0, float(p[token]) / max(q_tok, 1e-20)):
@@ -92,7 +99,7 @@ def sample_accept(
             kept.append(int(torch.multinomial(residual / residual.sum(), 1, generator=generator)))
             break
         else:
-            kept.append(int(torch.multinomial(probs[i, len(draft)], 1, generator=generator)))
+            kept.append(int(torch.multinomial(probs[i][len(draft)], 1, generator=generator)))
         out.append(kept)
     return out
 

@@ -16,7 +16,8 @@ catch-up after k = 0 is charged as in the live engine. Only time is modelled:
                D = rows with a plan length > 0)
     catch-up = draft_prefill_ms(B x (largest lag - 1)) when the largest lag exceeds 2
     verify   = verify_ms(B, tokens per row, context = longest row, `StepStats.context`), tokens per row by layout:
-               padded (default, the live engine): 1 + max drafted; packed: (B + sum drafted) / B
+               padded (default): 1 + max drafted; packed, mixed: (B + sum drafted) / B (the live engine's
+               `verify_layout` padded / packed; `scored_tokens` is what the layout computes)
     overhead = overhead_ms(B)
     model_time = prefill + verify (+ draft + catch-up for a draft model), as the live engine counts it
 
@@ -44,7 +45,7 @@ from nightjar_rl.sim.trace import Trace, TraceError
 
 ROW = "sim"  # per-row replay state in Sequence.state
 VERIFY_LAYOUTS = {
-    "padded": "every row scores 1 + the longest row's drafts (what the live engine's verify pass computes)",
+    "padded": "every row scores 1 + the longest row's drafts (the live engine's padded verify layout)",
     "packed": "rows are flattened: a step scores rows + drafted tokens (vLLM's layout)",
     "mixed": "packed, and the step's prefill rides in the same pass (vLLM's chunked prefill): a step that also "
              "decodes pays prefill_ms(tokens) - prefill_ms(1), the weight reads not repeated (a first-order what-if)",
@@ -212,11 +213,11 @@ class SimEngine(ScheduledEngine):
             if self.draft_model and lag > 2:
                 stats.catchup_time = self._seconds("catchup", batch * (lag - 1))
         stats.verify_tokens = 1 + max_drafted
-        stats.scored_tokens = batch * stats.verify_tokens  # the live engine pads every row to the longest
-        scored = stats.scored_tokens if self.verify_layout == "padded" else batch + total_drafted
+        # what the live engine computes in this layout: every row at the longest, or each at its own
+        stats.scored_tokens = batch * stats.verify_tokens if self.verify_layout == "padded" else batch + total_drafted
         if self.verify_layout == "mixed" and stats.prefill_time:  # this step's prefill joins the pass
             stats.prefill_time = max(0.0, stats.prefill_time - self._seconds("prefill", 1))
-        stats.verify_time = self._verify_seconds(batch, scored, stats.context)
+        stats.verify_time = self._verify_seconds(batch, stats.scored_tokens, stats.context)
 
     def proposal_lengths(self) -> dict[str, int]:
         """Draft tokens each running row's drafter has for its next step at max_speculation (capped by
