@@ -3,7 +3,8 @@ family, from the shipped traces (no model, no timing: the numbers follow from th
 Writes acceptance.csv (one row per request x k), summary.csv (by workload, family, k) and
 tokens_per_step.png (histograms at k = 4), and prints the summary.
 
-    python experiments/workload_acceptance.py --out-dir docs/workloads      # the README's table and figure
+    python experiments/workload_acceptance.py --out-dir runs/workload_acceptance  # the README table and figure
+    (experiments/figures/ holds the committed copies: summary.csv and tokens_per_step.png renamed)
     python experiments/workload_acceptance.py --quick --out-dir /tmp/acc    # seconds: the tiny trace
 """
 
