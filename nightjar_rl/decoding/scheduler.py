@@ -96,6 +96,21 @@ class SlotRegion:
         return out
 
 
+def check_request_fits(request: Request, max_seq_len: int) -> None:
+    """ValueError for a request no engine of context `max_seq_len` can serve (empty prompt, no new
+    tokens, prompt + new tokens beyond the context)."""
+    rid = request.request_id
+    if not request.prompt_ids:
+        raise ValueError(f"request {rid!r} has an empty prompt")
+    if request.max_new_tokens < 1:
+        raise ValueError(f"request {rid!r}: max_new_tokens must be >= 1")
+    if len(request.prompt_ids) + request.max_new_tokens > max_seq_len:
+        raise ValueError(
+            f"request {rid!r}: prompt of {len(request.prompt_ids)} tokens + {request.max_new_tokens} "
+            f"new tokens exceeds the context of {max_seq_len} tokens"
+        )
+
+
 class Scheduler:
     """Admission, aborts and retirement for `max_batch_size` KV slots in `regions` (1 or 2) regions.
 
@@ -165,15 +180,7 @@ class Scheduler:
         rid = request.request_id
         if rid in self._live or rid in self._unpopped:
             raise ValueError(f"duplicate request id {rid!r}")
-        if not request.prompt_ids:
-            raise ValueError(f"request {rid!r} has an empty prompt")
-        if request.max_new_tokens < 1:
-            raise ValueError(f"request {rid!r}: max_new_tokens must be >= 1")
-        if len(request.prompt_ids) + request.max_new_tokens > self.max_seq_len:
-            raise ValueError(
-                f"request {rid!r}: prompt of {len(request.prompt_ids)} tokens + {request.max_new_tokens} "
-                f"new tokens exceeds the context of {self.max_seq_len} tokens"
-            )
+        check_request_fits(request, self.max_seq_len)
         need = self.reservation(request)
         if self.max_kv_tokens is not None and need > self.max_kv_tokens:
             raise ValueError(f"request {rid!r} needs {need} KV tokens, more than max_kv_tokens={self.max_kv_tokens}")

@@ -4,7 +4,6 @@ resolved config and scenario, data file hashes, package versions)."""
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import sys
 from importlib import metadata
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from nightjar_rl.io import file_sha256
 from nightjar_rl.serving.session import ServeResult
 
 REQUEST_COLUMNS = ["request_id", "prompt_id", "family", "arrival", "prompt_tokens", "output_tokens", "ttft", "tpot",
@@ -35,14 +35,6 @@ def request_table(result: ServeResult, families: dict[str, str] | None = None) -
     df = df.assign(prompt_id=[prompt_id(r) for r in df["request_id"]])
     df["family"] = [(families or {}).get(p, "") for p in df["prompt_id"]]
     return df[[c for c in REQUEST_COLUMNS if c in df.columns]]
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def package_versions() -> dict[str, str | None]:

@@ -20,7 +20,7 @@ import time
 from collections import deque
 
 from nightjar_rl.contracts import SpecPlan
-from nightjar_rl.decoding.scheduler import ABORT
+from nightjar_rl.decoding.scheduler import ABORT, check_request_fits
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.integrations.vllm.config import engine_kwargs, ensure_inprocess, require_vllm
@@ -83,13 +83,7 @@ class VLLMEngine:
         rid = request.request_id
         if rid in self._seqs:
             raise ValueError(f"duplicate request id {rid!r}")
-        if not request.prompt_ids:
-            raise ValueError(f"request {rid!r} has an empty prompt")
-        if request.max_new_tokens < 1:
-            raise ValueError(f"request {rid!r}: max_new_tokens must be >= 1")
-        if len(request.prompt_ids) + request.max_new_tokens > self.max_seq_len:
-            raise ValueError(f"request {rid!r}: prompt of {len(request.prompt_ids)} tokens + {request.max_new_tokens} "
-                             f"new tokens exceeds the context of {self.max_seq_len} tokens")
+        check_request_fits(request, self.max_seq_len)
         params = self._params(temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=request.max_new_tokens,
                               seed=self.cfg.seed if self.cfg.temperature > 0 else None)
         internal = self.llm.add_request(rid, {"prompt_token_ids": list(request.prompt_ids)}, params)
