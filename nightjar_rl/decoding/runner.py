@@ -38,7 +38,8 @@ SLOT_ATTENTION = "nightjar_slots"  # the attention implementation name the runne
 
 def check_layout(layout: str) -> str:
     if layout not in VERIFY_LAYOUTS:
-        raise ValueError(f"verify_layout must be one of {', '.join(VERIFY_LAYOUTS)}, got {layout!r}")
+        hint = " ('mixed' is a simulator what-if)" if layout == "mixed" else ""
+        raise ValueError(f"verify_layout must be one of {', '.join(VERIFY_LAYOUTS)}, got {layout!r}{hint}")
     return layout
 
 

@@ -22,7 +22,6 @@ import yaml
 from nightjar_rl.schema import ConfigError, check, declarations, option
 from nightjar_rl.serving.arrivals import ArrivalProcess, arrivals_from_dict
 from nightjar_rl.serving.workload import WorkloadError
-from nightjar_rl.sim.engine import VERIFY_LAYOUTS
 from nightjar_rl.stack import EngineConfig
 
 BACKENDS = ("live", "sim", "vllm")
@@ -63,8 +62,6 @@ class Scenario:
     profile: str | None = option(None, "sim: hardware profile JSON (`nightjar-rl profile`, `--roofline`)", str)
     synthetic_acceptance: dict | None = option(None, "sim: {rates: [per-position acceptance], heterogeneity: x} "
                                                "replaces the trace's acceptance with a synthetic draft model's", dict)
-    verify_layout: str = option("padded", "sim: how a verify pass is priced: " + "; ".join(
-        f"{k}: {v}" for k, v in VERIFY_LAYOUTS.items()), choices=tuple(VERIFY_LAYOUTS))
     base_dir: str | None = None  # folder the scenario file was read from (resolves relative paths)
 
     # ---- derived objects --------------------------------------------------------------------

@@ -130,3 +130,28 @@ def ensure_inprocess() -> None:
     """Make vLLM run its engine core in this process (so a backend can step it and read its scheduler).
     Must run before the engine is built."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    _guard_llvmlite_wrapper()
+
+
+def _guard_llvmlite_wrapper() -> None:
+    """vLLM's CPU worker start (`register_triton_kernel_overrides`) scans every loaded module and reads
+    `vars(value)` of any attribute with a `__dict__`. llvmlite's library wrapper answers *every*
+    attribute name with a C-function wrapper, `__dict__` included, so the scan fails ("'_lib_fn_wrapper'
+    object has no attribute 'get'") once numba is loaded in this process: by vLLM's own n-gram proposer
+    after a first in-process engine, or by user code. Dunder names are never C symbols; they now raise
+    AttributeError on that wrapper, as on any object without them."""
+    import sys
+
+    ffi = sys.modules.get("llvmlite.binding.ffi")
+    wrapper = getattr(ffi, "_lib_wrapper", None)
+    if wrapper is None or getattr(wrapper, "_nightjar_guarded", False):
+        return
+    symbol = wrapper.__getattr__
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return symbol(self, name)
+
+    wrapper.__getattr__ = __getattr__
+    wrapper._nightjar_guarded = True
