@@ -55,6 +55,11 @@ class StepStats:
         return int(sum(self.emitted)) + self.prefill_emitted
 
     @property
+    def drafting_rows(self) -> int:
+        """Rows the plan gave a length > 0 (what model-free drafting pays a lookup for)."""
+        return sum(k > 0 for k in self.plan)
+
+    @property
     def acceptance_rate(self) -> float:
         """Accepted / drafted draft tokens this step (nan when nothing was drafted)."""
         d = sum(self.drafted)
@@ -89,7 +94,7 @@ class StepStats:
             num_finished=len(self.finished_ids),
             num_aborted=len(self.aborted_ids),
             num_failed=len(self.failed_ids),
-            drafting_rows=sum(k > 0 for k in self.plan),
+            drafting_rows=self.drafting_rows,
         )
         return row
 

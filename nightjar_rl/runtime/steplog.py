@@ -39,7 +39,7 @@ def step_row(decision: Decision, stats: StepStats, reward: float = float("nan"))
         draft_time=stats.draft_time, catchup_time=stats.catchup_time, verify_time=stats.verify_time,
         prefill_time=stats.prefill_time, model_time=stats.model_time, overhead_time=stats.overhead_time,
         reward=reward, scored_tokens=stats.scored_tokens, context=stats.context,
-        prefill_padded_tokens=stats.prefill_padded_tokens, drafting_rows=sum(k > 0 for k in stats.plan),
+        prefill_padded_tokens=stats.prefill_padded_tokens, drafting_rows=stats.drafting_rows,
     )
 
 
