@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,7 +28,6 @@ import quickmode  # same folder
 import torch
 from tqdm.auto import tqdm
 
-from nightjar_rl.io import atomic_write_json, atomic_write_text
 from nightjar_rl.models import load_model
 from nightjar_rl.runtime import serve
 from nightjar_rl.serving import build_requests, load_prompts, summarize
@@ -100,14 +98,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             entry["packed/padded"] = round(entry["packed_tok_s"] / entry["padded_tok_s"], 4)
         entry["same_outputs"] = same[case.split(",")[0]]
         table.append(entry)
-    out = Path(args.out_dir)
-    atomic_write_text(out / "runs.csv", df.to_csv(index=False))
-    atomic_write_json(out / "summary.json", {"model": args.model, "threads": torch.get_num_threads(),
-                                             "max_new_tokens": args.max_new_tokens, "cases": table})
     text = (f"# Issue 23 cases, our engine: {args.model} float32, threads {torch.get_num_threads()}, "
             f"median tok/s of {args.repeats} interleaved rounds\n\n```\n{pd.DataFrame(table).to_string(index=False)}\n```\n")
-    atomic_write_text(out / "summary.md", text)
-    print(text)
+    quickmode.write_report(args.out_dir, {"runs.csv": df}, {"model": args.model, "threads": torch.get_num_threads(),
+                                                            "max_new_tokens": args.max_new_tokens, "cases": table}, text)
     return df
 
 

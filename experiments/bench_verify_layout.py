@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
 
 import pandas as pd
 import quickmode  # same folder
@@ -32,7 +31,6 @@ from tqdm.auto import tqdm
 from nightjar_rl.contracts.plan import SpecPlan
 from nightjar_rl.decoding import SpeculativeEngine
 from nightjar_rl.decoding.sequence import Request
-from nightjar_rl.io import atomic_write_json, atomic_write_text
 from nightjar_rl.models import load_model
 
 LAYOUTS = ("padded", "packed")
@@ -107,15 +105,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             same_tokens=bool(part.loc[part["layout"] == "check", "same_tokens"].all()),
         ))
     table = pd.DataFrame(summary)
-    out = Path(args.out_dir)
-    atomic_write_text(out / "steps.csv", df.to_csv(index=False))
-    atomic_write_json(out / "summary.json", {"model": args.model, "threads": torch.get_num_threads(),
-                                             "results": summary})
     text = (f"# Packed vs padded verify: {args.model} float32, {args.rows} rows, context {args.context}, "
             f"threads {torch.get_num_threads()}, median of {args.repeats} x {args.steps} interleaved steps\n\n"
             f"```\n{table.to_string(index=False)}\n```\n")
-    atomic_write_text(out / "summary.md", text)
-    print(text)
+    quickmode.write_report(args.out_dir, {"steps.csv": df},
+                           {"model": args.model, "threads": torch.get_num_threads(), "results": summary}, text)
     return table
 
 

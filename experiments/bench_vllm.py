@@ -32,7 +32,6 @@ import numpy as np
 import pandas as pd
 import quickmode  # same folder
 
-from nightjar_rl.io import atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -143,7 +142,6 @@ def main(a: Args) -> pd.DataFrame:
             conn.send(None)
             proc.join(timeout=60)
     df = pd.DataFrame(rows)
-    atomic_write_text(out / "runs.csv", df.to_csv(index=False))
     med = df.groupby(["batch", "k", "engine"])[["tokens_s", "ttft_p50_s", "tpot_p50_s", "acceptance",
                                                  "plugin_us_per_step"]].median()
     table = med.unstack("engine")
@@ -160,14 +158,11 @@ def main(a: Args) -> pd.DataFrame:
                                                    for x, y in zip(ours, theirs) if x != y), None)})
     same_df = pd.DataFrame(same)
     startup = {f"k={k}": round(s, 2) for k, (_, _, s) in workers.items()}
-    atomic_write_text(out / "outputs.csv", same_df.to_csv(index=False))
-    atomic_write_json(out / "summary.json", {"vllm_startup_s": startup, "cells": len(cells), "repeats": a.repeats,
-                                             "threads": a.threads, "machine_cpus": os.cpu_count(),
-                                             "load_avg_at_end": os.getloadavg()})
     text = (f"vLLM start-up (s, eager, per configuration): {startup}\n\nmedians over {a.repeats} repeats\n"
             f"{table.to_string(float_format=lambda v: f'{v:.4g}')}\n\noutputs token by token\n{same_df.to_string(index=False)}\n")
-    atomic_write_text(out / "summary.md", text)
-    print(text)
+    quickmode.write_report(out, {"runs.csv": df, "outputs.csv": same_df},
+                           {"vllm_startup_s": startup, "cells": len(cells), "repeats": a.repeats, "threads": a.threads,
+                            "machine_cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()}, text)
     return df
 
 

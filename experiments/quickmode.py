@@ -7,6 +7,11 @@ Each script names its preset (flag defaults); the test suite runs every script t
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from nightjar_rl.io import atomic_write_json, atomic_write_text
 
 
 def parse_args(parser: argparse.ArgumentParser, quick: dict, argv: list[str] | None = None) -> argparse.Namespace:
@@ -19,3 +24,14 @@ def parse_args(parser: argparse.ArgumentParser, quick: dict, argv: list[str] | N
         parser.set_defaults(**quick)
         args = parser.parse_args(argv)
     return args
+
+
+def write_report(out_dir: str | Path, tables: dict[str, pd.DataFrame], summary: dict, text: str) -> None:
+    """A benchmark's results, each file atomically: `tables` as CSVs (by file name), summary.json,
+    and `text` as summary.md, which is also printed."""
+    out = Path(out_dir)
+    for name, df in tables.items():
+        atomic_write_text(out / name, df.to_csv(index=False))
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "summary.md", text)
+    print(text)
