@@ -2,12 +2,14 @@
 
 Both engines serve the bundled prompts (chat-templated token ids), greedy, `--max-new-tokens` each,
 through the same `ServingSession` (same clock: each step's measured wall time; all requests arrive
-at t=0 and at most `batch` are in flight, so batch 1 is sequential requests), for every batch size
+at t=0 and at most `batch` are in flight, so batch 1 is sequential requests: the first `--single`
+prompts; batched cells serve all `--prompts`), for every batch size
 in `--batches` and speculation off / n-gram at every k in `--ks` (`ngram_max`/`ngram_min` the same
 on both sides). vLLM's engine is stepped in-process (`nightjar_rl.integrations.vllm.VLLMEngine`,
 its scheduler with a fixed plan: the drafts vLLM proposes are all verified); each vLLM configuration
 (no speculative config for k = 0, `num_speculative_tokens = k` otherwise) lives in its own child
-process, started once (its start-up time is reported separately), so runs interleave: for each
+process, started once (its start-up time is reported separately; compiled as vLLM runs by default,
+`--eager 1` for enforce_eager), so runs interleave: for each
 repeat, every (batch, k) cell runs on our engine then on vLLM. Reported per cell: median tokens/s,
 TTFT p50, TPOT p50 over repeats, the vLLM / ours ratio, the outputs compared token by token
 (requests identical to our engine's greedy output, and to vLLM's own k = 0), and the median time
@@ -40,6 +42,7 @@ class Args:
     dtype: str = "float32"
     repeats: int = 3
     prompts: int = 64
+    single: int = 8
     max_new_tokens: int = 64
     batches: list[int] = field(default_factory=lambda: [1, 16, 64])
     ks: list[int] = field(default_factory=lambda: [0, 2, 4])
@@ -47,10 +50,11 @@ class Args:
     ngram_min: int = 1
     max_seq_len: int = 1024
     threads: int = 2
+    eager: int = 0
     out: str = "runs/bench_vllm"
 
 
-QUICK = {"repeats": 1, "prompts": 3, "max_new_tokens": 8, "batches": [1, 3], "ks": [2], "max_seq_len": 512}
+QUICK = {"repeats": 1, "prompts": 3, "single": 2, "eager": 1, "max_new_tokens": 8, "batches": [1, 3], "ks": [2], "max_seq_len": 512}
 
 
 def engine_config(a: Args, k: int, slots: int):
@@ -94,7 +98,7 @@ def vllm_worker(conn, a: Args, k: int, slots: int) -> None:
 
     cfg = engine_config(a, k, slots)
     t0 = time.perf_counter()
-    llm = start_llm_engine(cfg)
+    llm = start_llm_engine(cfg, enforce_eager=bool(a.eager))
     conn.send({"startup_s": time.perf_counter() - t0})
     while (job := conn.recv()) is not None:
         prompts, max_new, batch = job
@@ -130,9 +134,10 @@ def main(a: Args) -> pd.DataFrame:
     cells = [(r, b, k) for r in range(a.repeats) for b in a.batches for k in a.ks]
     try:
         for rep, batch, k in tqdm(cells, desc="bench_vllm", unit="cell"):
-            ours = serve_once(stack.engine, prompts, a.max_new_tokens, batch, k)
+            served = prompts[:a.single] if batch == 1 else prompts
+            ours = serve_once(stack.engine, served, a.max_new_tokens, batch, k)
             _, conn, _ = workers[k]
-            conn.send((prompts, a.max_new_tokens, batch))
+            conn.send((served, a.max_new_tokens, batch))
             theirs = conn.recv()
             for engine, res in (("nightjar", ours), ("vllm", theirs)):
                 outputs[(engine, batch, k)] = res.pop("outputs")
@@ -158,10 +163,12 @@ def main(a: Args) -> pd.DataFrame:
                                                    for x, y in zip(ours, theirs) if x != y), None)})
     same_df = pd.DataFrame(same)
     startup = {f"k={k}": round(s, 2) for k, (_, _, s) in workers.items()}
-    text = (f"vLLM start-up (s, eager, per configuration): {startup}\n\nmedians over {a.repeats} repeats\n"
+    mode = "eager" if a.eager else "compiled"
+    text = (f"vLLM start-up (s, {mode}, per configuration): {startup}\n\nmedians over {a.repeats} repeats\n"
             f"{table.to_string(float_format=lambda v: f'{v:.4g}')}\n\noutputs token by token\n{same_df.to_string(index=False)}\n")
     quickmode.write_report(out, {"runs.csv": df, "outputs.csv": same_df},
                            {"vllm_startup_s": startup, "cells": len(cells), "repeats": a.repeats, "threads": a.threads,
+                            "vllm_mode": mode, "batch1_requests": a.single, "batched_requests": a.prompts,
                             "machine_cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()}, text)
     return df
 
