@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--scenario", default=None, help="sim scenario of the env (default: smollm2-ngram-sim)")
     ap.add_argument("--experiment", default=str(HERE / "quickstart-sim.yaml"), help="experiment to time")
-    ap.add_argument("--experiment-repeats", type=int, default=3)
+    ap.add_argument("--experiment-repeats", type=int, default=3, help="0: time the env only")
     ap.add_argument("--out-dir", default=None, help="also write the numbers to OUT_DIR/result.json")
     a = quickmode.parse_args(ap, QUICK)
     print(f"cpu affinity: {sorted(os.sched_getaffinity(0))}, load average: {os.getloadavg()}")
@@ -76,8 +76,9 @@ def main() -> None:
           f"max batch seen {max(b for _, b in runs):.0f}")
     secs = [experiment_seconds(a.experiment) for _ in range(a.experiment_repeats)]
     name = Path(a.experiment).stem
-    print(f"{name} experiment: median {statistics.median(secs):.1f} s "
-          f"(min {min(secs):.1f}, max {max(secs):.1f})")
+    if secs:  # --experiment-repeats 0 times the env alone
+        print(f"{name} experiment: median {statistics.median(secs):.1f} s "
+              f"(min {min(secs):.1f}, max {max(secs):.1f})")
     print(f"load average at the end: {os.getloadavg()}")
     if a.out_dir:
         atomic_write_json(Path(a.out_dir) / "result.json", {

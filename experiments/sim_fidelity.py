@@ -41,7 +41,8 @@ from nightjar_rl.env.scenario import load_scenario
 from nightjar_rl.experiments.evaluate import evaluate_cell
 from nightjar_rl.io import atomic_write_json
 from nightjar_rl.policy import make_policy
-from nightjar_rl.sim.calibrate import calibrate, steps_frame
+from nightjar_rl.hardware import HardwareProfile
+from nightjar_rl.sim.calibrate import calibrate, predicted_ms, steps_frame
 
 METRICS = {"throughput_tok_s": 0.05, "tpot_p50_s": 0.05, "ttft_p50_s": 0.10}
 PER_REQUEST = ["drafted", "accepted", "decode_steps", "output_tokens"]
@@ -73,13 +74,28 @@ def compare_cell(live_scn, sims: dict, live, rate: float, k: int, seed: int, num
 
 
 def calibrated_twin(live_scn, sim_scn, live, cells: list[tuple[float, int, int]], num_requests: int, run: Path):
-    """Serve `cells` live, fit the clock model to their steps, and return (twin scenario, backend)."""
-    steps = []
+    """Serve `cells` live, fit the clock model to their steps, and return (twin scenario, backend).
+
+    Drift: each calibration seed's steps (served one seed after the other) are also fitted alone, and
+    every fit prices the same pooled steps; the spread of those totals is how much the twin moves
+    from one calibration run to the next (`calibration-drift.csv`)."""
+    frames = []
     for rate, k, seed in tqdm(cells, desc="calibration runs", unit="cell"):
-        steps += serve_cell(live_scn, live, rate, k, seed, num_requests).serve_result.steps
-    result = calibrate(steps_frame(steps), device=f"{platform.machine()} (calibrated)", model=live_scn.engine.model,
-                       dtype=live_scn.engine.dtype)
+        frame = steps_frame(serve_cell(live_scn, live, rate, k, seed, num_requests).serve_result.steps)
+        frames.append(frame.assign(seed=seed, rate=rate, k=k))
+    steps = pd.concat(frames, ignore_index=True)
+    write_table(steps, run / "calibration-steps.csv")
+    meta = dict(device=f"{platform.machine()} (calibrated)", model=live_scn.engine.model, dtype=live_scn.engine.dtype)
+    result = calibrate(steps, **meta)
     print(result.summary())
+    drift = [{"fit": "all seeds", "priced_s": predicted_ms(steps, HardwareProfile.from_dict(result.profile))["wall"].sum() / 1e3}]
+    for seed, part in steps.groupby("seed"):
+        profile = HardwareProfile.from_dict(calibrate(part, **meta).profile)
+        drift.append({"fit": f"seed {seed}", "priced_s": predicted_ms(steps, profile)["wall"].sum() / 1e3})
+    drift_df = pd.DataFrame(drift).assign(measured_s=steps["wall_time"].sum())
+    drift_df["vs_all_seeds"] = drift_df["priced_s"] / drift_df["priced_s"].iloc[0] - 1
+    write_table(drift_df, run / "calibration-drift.csv")
+    print("calibration drift (the same steps priced by each run's fit):\n" + drift_df.to_string(index=False))
     path = run / "calibrated-profile.json"
     atomic_write_json(path, result.profile)
     scenario = dataclasses.replace(sim_scn, profile=str(path.resolve()), name=f"{sim_scn.name}-calibrated")
