@@ -152,8 +152,12 @@ class _Workload:
             scenario = load_scenario(a.scenario)
             spec = a.workload or a.prompts
             if spec and scenario.backend == "sim":
-                raise CLIError(f"scenario {scenario.name!r} replays the prompts its trace was recorded from: drop "
-                               f"--workload, or use the sim scenario recorded from {spec} (e.g. smollm2-sharegpt-sim)")
+                recorded = scenario.prompts.get("path", "bundled")
+                if spec != recorded:  # a sim replays its trace's prompts; the same workload is what it has
+                    raise CLIError(f"scenario {scenario.name!r} replays the prompts its trace was recorded from "
+                                   f"({recorded}), not {spec!r}: drop --workload, or use a "
+                                   "sim scenario recorded from it (smollm2-sharegpt-sim, smollm2-humaneval-sim)")
+                spec = None
             if spec:
                 scenario = scenario.replace(prompts={"path": spec, "sample": count, "seed": a.seed})
             backend = make_backend(scenario)

@@ -92,3 +92,15 @@ def test_entry_point_sources(tmp_path, monkeypatch):
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     assert [r.id for r in load_workload("nj_user_workloads:SOURCE")] == ["m1", "m2"]
+
+
+def test_a_sim_scenario_serves_its_own_workload_and_names_a_foreign_one(tmp_path, capsys):
+    """`bench --scenario SIM --workload W`: W is what the sim's trace was recorded from (served from
+    the trace), or a one-line error naming what the scenario replays."""
+    out = tmp_path / "s.json"
+    assert main(["bench", "--scenario", "tiny-sim", "--workload", "bundled", "--num-requests", "3", "--quiet",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["requests"] == 3
+    assert main(["bench", "--scenario", "tiny-sim", "--workload", "humaneval", "--num-requests", "3", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "replays the prompts its trace was recorded from (bundled), not 'humaneval'" in err[0]
