@@ -15,6 +15,9 @@ A spec is a dict with a "type" and that type's constructor fields, or a short st
     {"type": "adaptive_budget", "profile": "envs/profiles/x.json"}   "adaptive-budget-envs/profiles/x.json"
     {"type": "per_request_k", "up": 0.7, "down": 0.4, "dwell": 8}    "per-request-k"
     {"type": "per_row_bandit", "bandit": {"epsilon": 0.2}}          "per-row-bandit"
+    learned per-row (trained by stable-baselines3, saved as artifacts; policy/learned_per_row.py):
+    {"type": "learned_budget", "profile": ..., "levels": [...], "weights": ..., ...}   (an `mlp` + its rule)
+    {"type": "learned_row_scorer", ...}
     "mypkg.policies:MyPolicy"    {"type": "mypkg.policies:MyPolicy", "alpha": 0.5}
                                  (a user's class by entry point, Gymnasium's "module:Class" convention)
 
@@ -40,6 +43,7 @@ from nightjar_rl.policy.base import Policy
 from nightjar_rl.policy.baselines import DisableByBatchSize, FixedK
 from nightjar_rl.policy.hf_heuristic import HFHeuristic
 from nightjar_rl.policy.hysteresis import Hysteresis
+from nightjar_rl.policy.learned_per_row import LearnedBudget, LearnedRowScorer
 from nightjar_rl.policy.mlp import MLPPolicy
 from nightjar_rl.policy.oracle import GoodputOracle
 from nightjar_rl.policy.per_row import AdaptiveBudget, PerRequestK, PerRowBandit
@@ -63,6 +67,8 @@ POLICY_TYPES: dict[str, type[Policy]] = {
         AdaptiveBudget,
         PerRequestK,
         PerRowBandit,
+        LearnedBudget,
+        LearnedRowScorer,
     )
 }
 ALIASES = {"off": ("fixed", {"k": 0})}
