@@ -141,27 +141,11 @@ class LearnedPerRow(MLPPolicy):
     rule_type: ClassVar[type[PlanRule]] = PlanRule
     action_meaning = "one action per entry of levels"
 
-    def __init__(
-        self,
-        max_k: int,
-        profile: HardwareProfile | Mapping | str | Path,
-        weights: str | Mapping[str, np.ndarray],
-        layers: list[str],
-        levels: Sequence[float] | None = None,
-        prior_acceptance: float = 0.5,
-        layout: str = "packed",
-        weights_sha256: str | None = None,
-        output: str = "logits",
-        observation: Mapping | None = None,
-        normalization: Mapping | None = None,
-        action_space: Mapping | None = None,
-        provenance: Mapping | None = None,
-        seed: int = 0,
-        base_dir: str | None = None,
-    ):
+    def __init__(self, max_k: int, profile: HardwareProfile | Mapping | str | Path, levels: Sequence[float] | None = None,
+                 prior_acceptance: float = 0.5, layout: str = "packed", **network):
+        """`network`: the `MLPPolicy` fields (weights, layers, normalization, ...)."""
         self.rule = self.rule_type(max_k, profile, levels, prior_acceptance, layout)  # n_actions needs it
-        super().__init__(max_k, weights, layers, weights_sha256, output, observation, normalization, action_space,
-                         provenance, seed, base_dir)
+        super().__init__(max_k, **network)
 
     @property
     def n_actions(self) -> int:

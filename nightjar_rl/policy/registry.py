@@ -38,7 +38,7 @@ import inspect
 from collections.abc import Mapping
 
 from nightjar_rl.entry_points import import_entry_point, is_entry_point
-from nightjar_rl.policy.bandits import BucketedBandit, NightjarBandit, ThompsonBandit, UCB1Bandit
+from nightjar_rl.policy.bandits import NightjarBandit, ThompsonBandit, UCB1Bandit
 from nightjar_rl.policy.base import Policy
 from nightjar_rl.policy.baselines import DisableByBatchSize, FixedK
 from nightjar_rl.policy.hf_heuristic import HFHeuristic
@@ -87,24 +87,30 @@ def _norm(name: str) -> str:
     return str(name).strip().lower().replace("-", "_")
 
 
+def _constructor_params(cls: type[Policy]) -> list[inspect.Parameter]:
+    """The parameters a spec fills: those of `cls.__init__`, then of each parent's `__init__` while the one
+    before passes `**kwargs` on (a bandit's fields and the bucketed bandit's; a learned per-row policy's
+    and the `mlp` network's). self, max_k and the **kwargs themselves excluded, first occurrence kept."""
+    out: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = list(inspect.signature(klass.__init__).parameters.values())
+        for p in params:
+            if p.name not in ("self", "max_k") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                out.setdefault(p.name, p)
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return list(out.values())
+
+
 def policy_fields(cls: type[Policy]) -> list[str]:
     """Constructor fields a spec may set for `cls` (max_k excluded: it comes from the caller)."""
-    names: list[str] = []
-    for klass in (cls, BucketedBandit) if issubclass(cls, BucketedBandit) else (cls,):
-        for p in inspect.signature(klass.__init__).parameters.values():
-            if p.name not in ("self", "max_k", "kwargs") and p.name not in names:
-                names.append(p.name)
-    return names
+    return [p.name for p in _constructor_params(cls)]
 
 
 def required_fields(cls: type[Policy]) -> list[str]:
-    return [
-        p.name
-        for p in inspect.signature(cls.__init__).parameters.values()
-        if p.name not in ("self", "max_k")
-        and p.default is inspect.Parameter.empty
-        and p.kind != p.VAR_KEYWORD
-    ]
+    return [p.name for p in _constructor_params(cls) if p.default is inspect.Parameter.empty]
 
 
 def parse_spec_string(text: str) -> dict:
