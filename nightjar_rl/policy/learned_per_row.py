@@ -140,6 +140,7 @@ class LearnedPerRow(MLPPolicy):
 
     rule_type: ClassVar[type[PlanRule]] = PlanRule
     action_meaning = "one action per entry of levels"
+    n_actions_text = "len(levels)"
 
     def __init__(self, max_k: int, profile: HardwareProfile | Mapping | str | Path, levels: Sequence[float] | None = None,
                  prior_acceptance: float = 0.5, layout: str = "packed", **network):

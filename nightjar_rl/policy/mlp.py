@@ -69,6 +69,7 @@ class MLPPolicy(Policy):
 
     type_name = "mlp"
     action_meaning = "k = 0..max_k"  # what action a means (subclasses map actions to plans: learned_per_row.py)
+    n_actions_text = "max_k + 1"  # how n_actions is set, for errors
 
     @property
     def n_actions(self) -> int:
@@ -190,7 +191,7 @@ class MLPPolicy(Policy):
             else:
                 raise ValueError(f"layer {i}: unknown kind {kind!r}; known: linear, {', '.join(ACTIVATIONS)}")
         if width != self.n_actions:
-            raise ValueError(f"the network has {width} outputs, expected {self.n_actions} ({self.action_meaning})")
+            raise ValueError(f"the network has {width} outputs, expected {self.n_actions_text} = {self.n_actions}")
         if set(tensors) - used:
             raise ValueError(f"weights hold tensors no layer uses: {sorted(set(tensors) - used)}")
         return ops
