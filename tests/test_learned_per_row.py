@@ -5,6 +5,9 @@ learned policies inside a tiny per-row study."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,13 +16,18 @@ import yaml
 
 from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.contracts.observation import Observation, RowBatch, obs_size
+from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.scenario import load_scenario
+from nightjar_rl.env.workload import sample_requests
 from nightjar_rl.experiments.fields import ExperimentError
 from nightjar_rl.experiments.sb3_config import parse_sb3_spec
 from nightjar_rl.hardware import HardwareProfile
 from nightjar_rl.policy import LearnedBudget, LearnedRowScorer, load_policy, make_policy, save_policy
 from nightjar_rl.policy.base import make_observation
-from nightjar_rl.policy.learned_per_row import BudgetScale, SurvivalThreshold, plan_rule
+from nightjar_rl.policy.learned_per_row import BudgetScale, LearnedPerRow, SurvivalThreshold, plan_rule
+from nightjar_rl.runtime.driver import PolicyDriver
+from nightjar_rl.serving.arrivals import PoissonArrivals
+from nightjar_rl.serving.session import ServingSession
 
 MAX_K = 2
 
@@ -198,3 +206,27 @@ def test_unknown_acceptance_uses_the_prior():
     """Rows with nothing known yet are scored at prior_acceptance (0.5 here), not at zero."""
     rule = SurvivalThreshold(MAX_K, hand_profile(), levels=[0.4])
     assert rule.plan(obs_with(rows([math.nan, 0.3])), 0) == plan(r0=1, r1=0)
+
+
+def test_shipped_learned_per_row_artifacts_load_without_sb3_and_plan_per_row():
+    """Every policies/per-row-*.json is a learned per-row policy that loads with numpy alone (no
+    stable-baselines3 imported) and plans per row on the observations of its scenario's simulator."""
+    root = Path(__file__).resolve().parents[1]
+    shipped = sorted((root / "policies").glob("per-row-*.json"))
+    assert shipped, "no learned per-row policy shipped under policies/"
+    for path in shipped:
+        code = (f"import sys; from nightjar_rl.policy import load_policy; load_policy({str(path)!r}); "
+                "assert 'stable_baselines3' not in sys.modules, 'stable_baselines3 was imported'")
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+        policy = load_policy(path)
+        assert isinstance(policy, LearnedPerRow) and policy.max_k == 4
+        scenario = load_scenario(policy.provenance["scenario"].removesuffix("-packed"))
+        backend = make_backend(scenario)
+        requests = sample_requests(backend.prompt_pool, PoissonArrivals(math.inf), 32, 16, np.random.default_rng(0))
+        driver = PolicyDriver(ServingSession(backend.make_engine(0), requests, 32), scenario.max_k, policy)
+        driver.start()
+        plans = []
+        for _ in range(6):
+            plans.append(driver.decide())
+            driver.act(plans[-1])
+        assert any(isinstance(p, SpecPlan) and len(p.lengths) > 1 for p in plans), plans
