@@ -107,7 +107,7 @@ def test_learned_policy_is_its_network_then_its_rule_and_round_trips(tmp_path, c
     assert type(loaded) is cls
     assert loaded.rule.levels == levels and loaded.predict(obs) == policy.predict(obs)
     assert (tmp_path / "learned.safetensors").is_file() and loaded.learning is False
-    with pytest.raises(ValueError, match=r"network has 5 outputs, expected len\(levels\) = 4"):
+    with pytest.raises(ValueError, match=rf"network has 5 outputs, expected len\(levels\) = {len(levels)}"):
         cls(MAX_K, hand_profile(), levels=levels, **constant_network(5, 0))
 
 
