@@ -52,9 +52,8 @@ from tqdm.auto import tqdm
 from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
 from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
-from nightjar_rl.experiments.config import ExperimentConfig
+from nightjar_rl.experiments.config import ExperimentConfig, resolve_spec
 from nightjar_rl.experiments.fields import ExperimentError
-from nightjar_rl.experiments.runner import resolve_spec
 from nightjar_rl.experiments.sb3_config import SB3Spec, parse_sb3_spec, sb3_algorithm
 from nightjar_rl.io import atomic_write_json, check_signed_manifest, signed_manifest
 from nightjar_rl.policy import load_policy
