@@ -36,6 +36,14 @@ SPECS = {
     "mlp": {"type": "mlp", "layers": ["linear", "tanh", "linear"], "weights": {  # arrays: written on save
         "layers.0.weight": np.random.default_rng(0).normal(size=(8, obs_size(MAX_K))), "layers.0.bias": np.zeros(8),
         "layers.2.weight": np.random.default_rng(1).normal(size=(MAX_K + 1, 8)), "layers.2.bias": np.ones(MAX_K + 1)}},
+    # learned per-row: an mlp with len(levels) outputs and its rule (on plain vectors: a uniform k)
+    "learned_budget": {"type": "learned_budget", "profile": profile_dict(), "levels": [0, 1, 2], "layers": ["linear"],
+                       "weights": {"layers.0.weight": np.random.default_rng(2).normal(size=(3, obs_size(MAX_K))),
+                                   "layers.0.bias": np.zeros(3)}},
+    "learned_row_scorer": {"type": "learned_row_scorer", "profile": profile_dict(), "levels": [0.9, 0.5, 0.1],
+                           "layers": ["linear"],
+                           "weights": {"layers.0.weight": np.random.default_rng(3).normal(size=(3, obs_size(MAX_K))),
+                                       "layers.0.bias": np.zeros(3)}},
 }
 
 

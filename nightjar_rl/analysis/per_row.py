@@ -5,7 +5,8 @@ the paired per-seed ratio, p95 time per output token and switches per hour.
 Goals (issue 20; `per_row_verdict`): at high load (load >= `high_from`) the best per-row policy's
 throughput >= `win` x the best per-step policy's with the intervals apart; at low load (load <=
 `low_upto`) >= `low_loss` x; and its p95 TPOT no worse than the best per-step policy's (within the
-intervals) at any load.
+intervals) at any load. With learned per-row policies, `learned_verdict`: the best of them >= the
+hand-written allocator within the intervals at every load.
 """
 
 from __future__ import annotations
@@ -80,6 +81,16 @@ def per_row_verdict(table: pd.DataFrame, win: float = PER_ROW_GOALS["win"], low_
                      f"{format_load(axis, r[axis])} ({r['row_tpot_p95_ms']:.2f} vs {r['step_tpot_p95_ms']:.2f} ms)"
                      for _, r in worse.iterrows())))
     return lines
+
+
+def learned_verdict(table: pd.DataFrame, against: str) -> str:
+    """The learned goal on a `per_row_table(df, [against], learned)`: the best learned per-row policy >=
+    `against` (the hand-written allocator) within the intervals (paired ratio + half-width >= 1) at every load."""
+    axis = table.columns[0]
+    ok = (table["paired_ratio"] + table["paired_half"] >= 1.0).all()
+    return (f"learned per-row >= {against} within the intervals at every load: {'MET' if ok else 'NOT MET'} ("
+            + "; ".join(f"{format_load(axis, r[axis])}: {r['best_per_row']} {r['paired_ratio']:.3f} ± "
+                        f"{r['paired_half']:.3f}x" for _, r in table.iterrows()) + ")")
 
 
 def plot_speedup_vs_load(df: pd.DataFrame, per_step: Sequence[str], per_row: Sequence[str],

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import yaml
 
+from nightjar_rl.env.backend import resolve_data_path
 from nightjar_rl.env.scenario import Scenario
 from nightjar_rl.experiments.fields import ExperimentError, is_int, is_number, parse_concurrency, parse_rates
 from nightjar_rl.experiments.sb3_config import is_sb3_spec, parse_sb3_spec
@@ -307,3 +308,12 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     except yaml.YAMLError as exc:
         raise ExperimentError(f"experiment {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return experiment_from_dict(data if data is not None else {}, path.stem, str(path.parent))
+
+
+def resolve_spec(spec, scenario: Scenario):
+    """A policy spec with `profile: scenario` replaced by the scenario's hardware profile path."""
+    if isinstance(spec, dict) and spec.get("profile") == "scenario":
+        if not scenario.profile:
+            raise ValueError("'profile: scenario' needs a sim scenario with a hardware profile")
+        return {**spec, "profile": str(resolve_data_path(scenario.profile, scenario.base_dir).resolve())}
+    return spec

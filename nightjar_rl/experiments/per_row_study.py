@@ -8,6 +8,9 @@ with `scenarios` (a list: one line per scenario) instead of `scenario`, plus:
     per_step       list   policy names of the per-step baselines
     per_row        list   policy names of the per-row policies
     goals          map    {win, low_loss, high_from, low_upto} (`nightjar_rl.analysis.per_row.PER_ROW_GOALS`)
+    learned        map    {policies: [...], against: NAME} (optional): learned per-row policies (also listed in
+                          per_row), compared per load with the hand-written allocator NAME, paired per seed
+                          (`learned_table.csv` and a goal line: `nightjar_rl.analysis.per_row.learned_verdict`)
 
 Each (scenario, loop) is one ordinary experiment run (`run_experiment`, resumable with the same out
 dir) over the scenario with `verify_layout` applied (written as a scenario file under the out dir).
@@ -23,7 +26,13 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from nightjar_rl.analysis.per_row import PER_ROW_GOALS, per_row_table, per_row_verdict, plot_speedup_vs_load
+from nightjar_rl.analysis.per_row import (
+    PER_ROW_GOALS,
+    learned_verdict,
+    per_row_table,
+    per_row_verdict,
+    plot_speedup_vs_load,
+)
 from nightjar_rl.env.scenario import ScenarioError, load_scenario
 from nightjar_rl.experiments.config import experiment_from_dict
 from nightjar_rl.experiments.executor import portable_scenario
@@ -32,7 +41,7 @@ from nightjar_rl.experiments.runner import run_experiment
 from nightjar_rl.env.recorder import write_table
 from nightjar_rl.io import atomic_write_text
 
-STUDY_KEYS = {"scenarios", "verify_layout", "open_loop", "per_step", "per_row", "goals"}
+STUDY_KEYS = {"scenarios", "verify_layout", "open_loop", "per_step", "per_row", "goals", "learned"}
 
 
 @dataclass
@@ -59,6 +68,13 @@ def load_study(path: str | Path) -> dict:
         group = data.get(key)
         if not isinstance(group, list) or not group or not set(group) <= names:
             raise ExperimentError(f"{path}: field {key!r} must be a non-empty list of names from 'policies', got {group!r}")
+    learned = data.get("learned")
+    if learned is not None and not (isinstance(learned, dict) and set(learned) == {"policies", "against"}
+                                    and isinstance(learned["policies"], list) and learned["policies"]
+                                    and set(learned["policies"]) <= set(data["per_row"])
+                                    and learned["against"] in set(data["per_row"]) - set(learned["policies"])):
+        raise ExperimentError(f"{path}: field 'learned' must be {{policies: [names from per_row], against: another "
+                              f"per_row name}}, got {learned!r}")
     goals = data.get("goals") or {}
     if not isinstance(goals, dict) or not set(goals) <= set(PER_ROW_GOALS):
         raise ExperimentError(f"{path}: field 'goals' takes {', '.join(PER_ROW_GOALS)}, got {goals!r}")
@@ -112,7 +128,8 @@ def run_per_row_study(path: str | Path, out_dir: str | Path = "runs", progress: 
     study = load_study(path)
     root = Path(out_dir) / study["name"]
     goals = {**PER_ROW_GOALS, **(study.get("goals") or {})}
-    results, tables, lines = {}, [], []
+    results, tables, learned_tables, lines = {}, [], [], []
+    learned = study.get("learned")
     for scenario, loop, data in experiment_dicts(study, root):
         cfg = experiment_from_dict(data, base_dir=study["_base_dir"])
         runs = root / scenario / loop
@@ -127,23 +144,30 @@ def run_per_row_study(path: str | Path, out_dir: str | Path = "runs", progress: 
         verdict = per_row_verdict(table, **goals) if loop == "closed" else per_row_verdict(
             table, goals["win"], goals["low_loss"], high_from=float("inf"), low_upto=-1.0)
         lines += [f"== {scenario}, {loop} loop ({res.run_dir}) ==", _format(table), *verdict, ""]
+        if learned:
+            vs = per_row_table(df, [learned["against"]], learned["policies"])
+            learned_tables.append(vs.assign(scenario=scenario, loop=loop))
+            lines += [f"-- learned per-row vs {learned['against']} --", _format(vs, "allocator", "best learned"),
+                      learned_verdict(vs, learned["against"]), ""]
     table = pd.concat(tables, ignore_index=True)
     write_table(table, root / "per_row_table.csv")
+    if learned_tables:
+        write_table(pd.concat(learned_tables, ignore_index=True), root / "learned_table.csv")
     summary = "\n".join(lines).rstrip() + "\n"
     atomic_write_text(root / "summary.txt", summary)
     return PerRowStudy(root, results, table, summary)
 
 
-def _format(table: pd.DataFrame) -> str:
+def _format(table: pd.DataFrame, step: str = "best per-step", row: str = "best per-row") -> str:
     t = table.copy()
     axis = t.columns[0]
     out = pd.DataFrame({
         axis: t[axis].map(lambda v: f"{v:g}"),
-        "best per-step": t["best_per_step"] + " " + t["step_mean"].map("{:.1f}".format) + " ± " + t["step_half"].map("{:.1f}".format),
-        "best per-row": t["best_per_row"] + " " + t["row_mean"].map("{:.1f}".format) + " ± " + t["row_half"].map("{:.1f}".format),
+        step: t["best_per_step"] + " " + t["step_mean"].map("{:.1f}".format) + " ± " + t["step_half"].map("{:.1f}".format),
+        row: t["best_per_row"] + " " + t["row_mean"].map("{:.1f}".format) + " ± " + t["row_half"].map("{:.1f}".format),
         "paired ratio": t["paired_ratio"].map("{:.3f}".format) + " ± " + t["paired_half"].map("{:.3f}".format),
         "apart": t["apart"],
-        "p95 TPOT ms (step/row)": t["step_tpot_p95_ms"].map("{:.2f}".format) + " / " + t["row_tpot_p95_ms"].map("{:.2f}".format),
+        f"p95 TPOT ms ({step.split()[-1].removeprefix('per-')}/{row.split()[-1].removeprefix('per-')})": t["step_tpot_p95_ms"].map("{:.2f}".format) + " / " + t["row_tpot_p95_ms"].map("{:.2f}".format),
         "row switches/h": t["row_switches_per_h"].map("{:.0f}".format),
     })
     return out.to_string(index=False)

@@ -38,10 +38,9 @@ from nightjar_rl.analysis.load import load_axis
 from nightjar_rl.analysis.stats import ci_table, format_ci
 from nightjar_rl.analysis.study import findings, headline, verdict
 from nightjar_rl.analysis.tables import best_fixed_comparison, with_speedup
-from nightjar_rl.env.backend import resolve_data_path
 from nightjar_rl.env.recorder import TableAppender, append_rows, read_table, write_table
 from nightjar_rl.env.scenario import Scenario
-from nightjar_rl.experiments.config import ExperimentConfig, experiment_from_dict
+from nightjar_rl.experiments.config import ExperimentConfig, experiment_from_dict, resolve_spec
 from nightjar_rl.experiments.confirm import choose_policies, confirmation_summary, run_confirmation, scenario_near
 from nightjar_rl.experiments.executor import (
     KBB_COLUMNS,
@@ -132,15 +131,6 @@ def _prepare_run_dir(cfg: ExperimentConfig, scenario: Scenario, out_dir: str | P
     files["prompts"] = (data.get("prompts") or {}).get("path")
     atomic_write_json(run_dir / "provenance.json", provenance(saved, data, files))
     return run_dir
-
-
-def resolve_spec(spec, scenario: Scenario):
-    """A policy spec with `profile: scenario` replaced by the scenario's hardware profile path."""
-    if isinstance(spec, dict) and spec.get("profile") == "scenario":
-        if not scenario.profile:
-            raise ValueError("'profile: scenario' needs a sim scenario with a hardware profile")
-        return {**spec, "profile": str(resolve_data_path(scenario.profile, scenario.base_dir).resolve())}
-    return spec
 
 
 def build_policies(cfg: ExperimentConfig, scenario: Scenario) -> dict:

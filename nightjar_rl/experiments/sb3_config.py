@@ -39,6 +39,10 @@ evaluated like every other policy. Fields (validated here; errors name `policies
                      reward: divides rewards by the running std of the discounted return, so one
                      set of hyperparameters works whatever the hardware's tokens/s scale
     checkpoint_every timesteps between checkpoints (default: max(total_timesteps // 10, 1))
+    per_row          a learned per-row policy instead of a k per step (nightjar_rl/policy/learned_per_row.py):
+                     {type: learned_budget | learned_row_scorer, profile: scenario | PATH, levels: [...],
+                     prior_acceptance, layout}; the action space becomes Discrete(len(levels)), the envs
+                     step with the rule's plan, and the export is an artifact of that type
     eval             {every: timesteps (0 = off; default checkpoint_every), episodes: 2, seed:
                      held-apart workload seed (default seed + 1000000), rates: list (default: rates)}
     (any other key)  a constructor argument of the SB3 algorithm (n_steps, batch_size, gamma,
@@ -52,6 +56,7 @@ import math
 from dataclasses import dataclass, field
 
 from nightjar_rl.experiments.fields import ExperimentError, is_int, is_number, parse_concurrency, parse_rates
+from nightjar_rl.policy.learned_per_row import rule_spec
 
 ALGOS = ("PPO", "DQN", "A2C")
 TRAIN_ON = ("live", "sim")
@@ -59,7 +64,7 @@ VEC_ENVS = ("auto", "dummy", "subproc")
 ACTIVATION_NAMES = ("tanh", "relu", "elu", "leaky_relu", "silu")
 OWN_FIELDS = ("type", "algo", "total_timesteps", "train_on", "scenario", "n_envs", "vec_env", "rates", "concurrency",
               "num_requests",
-              "seed", "threads", "reward", "reward_kwargs", "learning_rate", "policy_kwargs", "normalize", "checkpoint_every",
+              "seed", "threads", "per_row", "reward", "reward_kwargs", "learning_rate", "policy_kwargs", "normalize", "checkpoint_every",
               "eval")
 # SB3 constructor arguments this module sets itself (or that make no sense in a config)
 RESERVED_SB3 = {"policy", "env", "tensorboard_log", "verbose", "seed", "device", "_init_setup_model", "policy_kwargs",
@@ -86,6 +91,7 @@ class SB3Spec:
     normalize: dict = field(default_factory=lambda: dict(NORMALIZE_DEFAULTS))
     checkpoint_every: int | None = None
     eval: dict = field(default_factory=dict)
+    per_row: dict | None = None
     algo_kwargs: dict = field(default_factory=dict)
 
     @property
@@ -161,6 +167,12 @@ def parse_sb3_spec(spec: dict, where: str = "sb3 spec") -> SB3Spec:
     out.policy_kwargs = _policy_kwargs(spec.get("policy_kwargs") or {}, algo, _sub(fail, "policy_kwargs"))
     out.normalize = _normalize(spec.get("normalize"), _sub(fail, "normalize"))
     out.eval = _eval(spec.get("eval") or {}, out, _sub(fail, "eval"))
+    if spec.get("per_row") is not None:
+        try:
+            rule_spec(spec["per_row"])
+        except ValueError as exc:
+            raise fail("per_row", str(exc).removeprefix("per_row ")) from None
+        out.per_row = dict(spec["per_row"])
     extra = {k: v for k, v in spec.items() if k not in OWN_FIELDS}
     if extra:
         allowed = [p for p in inspect.signature(sb3_algorithm(algo)).parameters if p not in RESERVED_SB3]

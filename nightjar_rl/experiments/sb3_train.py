@@ -52,11 +52,12 @@ from tqdm.auto import tqdm
 from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
 from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
-from nightjar_rl.experiments.config import ExperimentConfig
+from nightjar_rl.experiments.config import ExperimentConfig, resolve_spec
 from nightjar_rl.experiments.fields import ExperimentError
 from nightjar_rl.experiments.sb3_config import SB3Spec, parse_sb3_spec, sb3_algorithm
 from nightjar_rl.io import atomic_write_json, check_signed_manifest, signed_manifest
 from nightjar_rl.policy import load_policy
+from nightjar_rl.policy.learned_per_row import PlanRule, plan_rule
 from nightjar_rl.policy.sb3 import check_export, export_sb3
 
 ACTIVATION_FNS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "elu": torch.nn.ELU,
@@ -97,13 +98,35 @@ class WorkloadWrapper(gym.Wrapper):
         return self.env.reset(seed=seed, options=options)
 
 
+class PlanActions(gym.Wrapper):
+    """Discrete(len(levels)) actions of a learned per-row policy: each steps the env with the plan its
+    rule makes of the current observation (`PlanRule.plan`, what the exported policy's `predict` does)."""
+
+    def __init__(self, env: gym.Env, rule: PlanRule):
+        super().__init__(env)
+        self.rule = rule
+        self.action_space = gym.spaces.Discrete(rule.n_actions)
+        self._obs = None
+
+    def reset(self, **kwargs):
+        self._obs, info = self.env.reset(**kwargs)
+        return self._obs, info
+
+    def step(self, action):
+        result = self.env.step(self.rule.plan(self._obs, int(action)))
+        self._obs = result[0]
+        return result
+
+
 def make_env(scenario: Scenario, target, rates, num_requests, offset: int = 0, seeds=None, concurrency=None,
-             threads: int | None = None) -> gym.Env:
+             threads: int | None = None, rule: PlanRule | None = None) -> gym.Env:
     """One monitored env (module-level so that subprocess envs can pickle it; `threads`: torch threads
-    of a subprocess env's process, the trainer's own)."""
+    of a subprocess env's process, the trainer's own; `rule`: a learned per-row policy's actions)."""
     if threads is not None:
         torch.set_num_threads(threads)
     env = SpecDecodeEnv(scenario, target=target)
+    if rule is not None:
+        env = PlanActions(env, rule)
     return WorkloadWrapper(Monitor(env), rates, num_requests, offset, seeds, concurrency)
 
 
@@ -113,13 +136,25 @@ def use_subprocesses(spec: SB3Spec) -> bool:
     return spec.vec_env == "subproc" or (spec.vec_env == "auto" and (os.cpu_count() or 1) > 2)
 
 
-def make_vec_env(spec: SB3Spec, scenario: Scenario, target, rates, num_requests, concurrency=None):
+def make_vec_env(spec: SB3Spec, scenario: Scenario, target, rates, num_requests, concurrency=None, rule=None):
     fns = [functools.partial(make_env, scenario, None if use_subprocesses(spec) else target, rates, num_requests, i,
-                             concurrency=concurrency, threads=torch.get_num_threads() if use_subprocesses(spec) else None)
+                             concurrency=concurrency, threads=torch.get_num_threads() if use_subprocesses(spec) else None,
+                             rule=rule)
            for i in range(spec.n_envs)]
     if use_subprocesses(spec):
         return SubprocVecEnv(fns, start_method="forkserver")
     return DummyVecEnv(fns)
+
+
+def per_row_rule(spec: SB3Spec, scenario: Scenario) -> tuple[dict | None, PlanRule | None]:
+    """(the per_row spec with `profile: scenario` resolved, its rule) of a learned per-row spec, else (None, None)."""
+    if spec.per_row is None:
+        return None, None
+    try:
+        per_row = resolve_spec(spec.per_row, scenario)
+        return per_row, plan_rule(per_row, scenario.max_k)
+    except ValueError as exc:
+        raise ExperimentError(f"sb3 spec field 'per_row': {exc}") from None
 
 
 # ---- checkpoints --------------------------------------------------------------------------------
@@ -296,9 +331,11 @@ def _train(spec: SB3Spec, scenario: Scenario, run_dir: Path, name: str, target, 
     ckpt_dir, tb_dir = run_dir / "checkpoints" / name, run_dir / "tb"
     algo_cls = sb3_algorithm(spec.algo)
 
-    # 2. envs: training (VecNormalize obs/reward) and held-apart evaluation (obs statistics synced)
+    # 2. envs: training (VecNormalize obs/reward) and held-apart evaluation (obs statistics synced); a
+    # learned per-row policy's envs step with its rule's plans
     norm = spec.normalize
-    venv = make_vec_env(spec, scenario, target, rates, num_requests, concurrency)
+    per_row, rule = per_row_rule(spec, scenario)
+    venv = make_vec_env(spec, scenario, target, rates, num_requests, concurrency, rule)
     venv.seed(seed)
     ev = spec.eval
     eval_every = spec.checkpoint_interval if ev["every"] is None else ev["every"]
@@ -306,7 +343,7 @@ def _train(spec: SB3Spec, scenario: Scenario, run_dir: Path, name: str, target, 
     eval_seeds = [eval_seed + j for j in range(ev["episodes"])]
     eval_venv = VecNormalize(
         DummyVecEnv([functools.partial(make_env, scenario, target, ev["rates"] or rates, num_requests, 0, eval_seeds,
-                                       concurrency)]),
+                                       concurrency, rule=rule)]),
         training=False, norm_obs=norm["obs"], norm_reward=False, clip_obs=norm["clip_obs"])
 
     # 3. algorithm: resume from the newest checkpoint, or start fresh
@@ -355,7 +392,7 @@ def _train(spec: SB3Spec, scenario: Scenario, run_dir: Path, name: str, target, 
         "run": run_dir.name, "checkpoint": f"checkpoints/{name}/model_{model.num_timesteps}_steps.zip",
         "stable_baselines3": stable_baselines3.__version__, "torch": torch.__version__,
     }
-    artifact = export_sb3(model, run_dir / "policies" / f"{name}.json", venv, provenance)
+    artifact = export_sb3(model, run_dir / "policies" / f"{name}.json", venv, provenance, per_row, scenario.max_k)
     mismatches = check_export(load_policy(artifact), model, np.array(recorder.observations), venv) \
         if recorder.observations else 0
     venv.close()

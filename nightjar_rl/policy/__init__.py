@@ -9,6 +9,7 @@ from nightjar_rl.policy.baselines import DisableByBatchSize, FixedK
 from nightjar_rl.policy.buckets import BatchBuckets
 from nightjar_rl.policy.hf_heuristic import HFHeuristic
 from nightjar_rl.policy.hysteresis import Hysteresis
+from nightjar_rl.policy.learned_per_row import LearnedBudget, LearnedRowScorer
 from nightjar_rl.policy.mlp import MLPPolicy
 from nightjar_rl.policy.oracle import GoodputOracle, expected_goodput, expected_tokens_per_row
 from nightjar_rl.policy.per_row import AdaptiveBudget, PerRequestK, PerRowBandit
@@ -29,6 +30,8 @@ __all__ = [
     "HFHeuristic",
     "HardwareProfile",
     "Hysteresis",
+    "LearnedBudget",
+    "LearnedRowScorer",
     "MLPPolicy",
     "NightjarBandit",
     "PerRequestK",

@@ -68,6 +68,13 @@ class MLPPolicy(Policy):
     """A feed-forward network over the observation; k = argmax of its max_k + 1 outputs."""
 
     type_name = "mlp"
+    action_meaning = "k = 0..max_k"  # what action a means (subclasses map actions to plans: learned_per_row.py)
+    n_actions_text = "max_k + 1"  # how n_actions is set, for errors
+
+    @property
+    def n_actions(self) -> int:
+        """Outputs of the network = size of the discrete action space (max_k + 1 here: action a is k = a)."""
+        return self.max_k + 1
 
     def __init__(
         self,
@@ -91,13 +98,13 @@ class MLPPolicy(Policy):
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
         self.output = output
-        n = self.max_k + 1
+        n = self.n_actions
         self.observation = dict(observation) if observation is not None else {
             "layout_version": OBS_LAYOUT_VERSION, "fields": obs_layout(self.max_k)}
         self._check_observation(self.observation)
         self.action_space = dict(action_space) if action_space is not None else {"type": "discrete", "n": n}
         if self.action_space != {"type": "discrete", "n": n}:
-            raise ValueError(f"action_space must be {{'type': 'discrete', 'n': {n}}} (k = 0..max_k), "
+            raise ValueError(f"action_space must be {{'type': 'discrete', 'n': {n}}} ({self.action_meaning}), "
                              f"got {self.action_space!r}")
         self.provenance = dict(provenance or {})
         self.normalization = None if normalization is None else self._check_normalization(normalization)
@@ -183,8 +190,8 @@ class MLPPolicy(Policy):
                 ops.append(ACTIVATIONS[kind])
             else:
                 raise ValueError(f"layer {i}: unknown kind {kind!r}; known: linear, {', '.join(ACTIVATIONS)}")
-        if width != self.max_k + 1:
-            raise ValueError(f"the network has {width} outputs, expected max_k + 1 = {self.max_k + 1}")
+        if width != self.n_actions:
+            raise ValueError(f"the network has {width} outputs, expected {self.n_actions_text} = {self.n_actions}")
         if set(tensors) - used:
             raise ValueError(f"weights hold tensors no layer uses: {sorted(set(tensors) - used)}")
         return ops
@@ -231,6 +238,11 @@ class MLPPolicy(Policy):
         return x
 
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> int:
+        return self.action(obs, deterministic)
+
+    def action(self, obs: np.ndarray, deterministic: bool = True) -> int:
+        """The network's action: argmax of its outputs (SB3's deterministic action), or with
+        deterministic=False a sample of softmax(logits)."""
         out = self.forward(obs)
         if deterministic or self.output == "q_values":
             return int(out.argmax())

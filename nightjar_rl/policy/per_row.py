@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from nightjar_rl.contracts import SpecPlan
-from nightjar_rl.contracts.observation import obs_field, rows_of
+from nightjar_rl.contracts.observation import RowBatch, obs_field, rows_of
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.hardware import HardwareProfile
 from nightjar_rl.policy.bandits import NightjarBandit
@@ -56,6 +56,11 @@ def slot_order(survival: np.ndarray) -> np.ndarray:
     each row a prefix of its slots."""
     rows, depth = survival.shape
     return np.lexsort((np.repeat(np.arange(rows), depth), np.tile(np.arange(depth), rows), -survival.ravel()))
+
+
+def row_plan(rows: RowBatch, lengths: np.ndarray) -> SpecPlan:
+    """The plan giving each row of `rows` its length (aligned arrays)."""
+    return SpecPlan.per_row(dict(zip(rows.request_ids, np.asarray(lengths).tolist())))
 
 
 def greedy_allocation(survival: np.ndarray, budget: int) -> np.ndarray:
@@ -132,9 +137,13 @@ class AdaptiveBudget(Policy):
             return int(np.argmax(ratios))
         if not len(rows):
             return 0
-        lengths, self.last_budget, _ = self.allocate(rows.survival(self.max_k, self.prior_acceptance),
-                                                     float(rows.context.max() - 1))  # as the sim prices it
-        return SpecPlan.per_row(dict(zip(rows.request_ids, lengths.tolist())))
+        lengths, self.last_budget, _ = self.allocate(*self.row_inputs(rows))
+        return row_plan(rows, lengths)
+
+    def row_inputs(self, rows: RowBatch) -> tuple[np.ndarray, float]:
+        """(survival [rows, max_k], context) of `rows` for `allocate`: survival at `prior_acceptance` where
+        nothing is known, the context as the simulator prices it (the longest row's, before this step)."""
+        return rows.survival(self.max_k, self.prior_acceptance), float(rows.context.max() - 1)
 
     def params(self) -> dict:
         return {"profile": self.profile.to_dict(), "prior_acceptance": self.prior_acceptance, "layout": self.layout,

@@ -15,6 +15,9 @@ A spec is a dict with a "type" and that type's constructor fields, or a short st
     {"type": "adaptive_budget", "profile": "envs/profiles/x.json"}   "adaptive-budget-envs/profiles/x.json"
     {"type": "per_request_k", "up": 0.7, "down": 0.4, "dwell": 8}    "per-request-k"
     {"type": "per_row_bandit", "bandit": {"epsilon": 0.2}}          "per-row-bandit"
+    learned per-row (trained by stable-baselines3, saved as artifacts; policy/learned_per_row.py):
+    {"type": "learned_budget", "profile": ..., "levels": [...], "weights": ..., ...}   (an `mlp` + its rule)
+    {"type": "learned_row_scorer", ...}
     "mypkg.policies:MyPolicy"    {"type": "mypkg.policies:MyPolicy", "alpha": 0.5}
                                  (a user's class by entry point, Gymnasium's "module:Class" convention)
 
@@ -35,11 +38,12 @@ import inspect
 from collections.abc import Mapping
 
 from nightjar_rl.entry_points import import_entry_point, is_entry_point
-from nightjar_rl.policy.bandits import BucketedBandit, NightjarBandit, ThompsonBandit, UCB1Bandit
+from nightjar_rl.policy.bandits import NightjarBandit, ThompsonBandit, UCB1Bandit
 from nightjar_rl.policy.base import Policy
 from nightjar_rl.policy.baselines import DisableByBatchSize, FixedK
 from nightjar_rl.policy.hf_heuristic import HFHeuristic
 from nightjar_rl.policy.hysteresis import Hysteresis
+from nightjar_rl.policy.learned_per_row import LearnedBudget, LearnedRowScorer
 from nightjar_rl.policy.mlp import MLPPolicy
 from nightjar_rl.policy.oracle import GoodputOracle
 from nightjar_rl.policy.per_row import AdaptiveBudget, PerRequestK, PerRowBandit
@@ -63,6 +67,8 @@ POLICY_TYPES: dict[str, type[Policy]] = {
         AdaptiveBudget,
         PerRequestK,
         PerRowBandit,
+        LearnedBudget,
+        LearnedRowScorer,
     )
 }
 ALIASES = {"off": ("fixed", {"k": 0})}
@@ -81,24 +87,30 @@ def _norm(name: str) -> str:
     return str(name).strip().lower().replace("-", "_")
 
 
+def _constructor_params(cls: type[Policy]) -> list[inspect.Parameter]:
+    """The parameters a spec fills: those of `cls.__init__`, then of each parent's `__init__` while the one
+    before passes `**kwargs` on (a bandit's fields and the bucketed bandit's; a learned per-row policy's
+    and the `mlp` network's). self, max_k and the **kwargs themselves excluded, first occurrence kept."""
+    out: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = list(inspect.signature(klass.__init__).parameters.values())
+        for p in params:
+            if p.name not in ("self", "max_k") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                out.setdefault(p.name, p)
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return list(out.values())
+
+
 def policy_fields(cls: type[Policy]) -> list[str]:
     """Constructor fields a spec may set for `cls` (max_k excluded: it comes from the caller)."""
-    names: list[str] = []
-    for klass in (cls, BucketedBandit) if issubclass(cls, BucketedBandit) else (cls,):
-        for p in inspect.signature(klass.__init__).parameters.values():
-            if p.name not in ("self", "max_k", "kwargs") and p.name not in names:
-                names.append(p.name)
-    return names
+    return [p.name for p in _constructor_params(cls)]
 
 
 def required_fields(cls: type[Policy]) -> list[str]:
-    return [
-        p.name
-        for p in inspect.signature(cls.__init__).parameters.values()
-        if p.name not in ("self", "max_k")
-        and p.default is inspect.Parameter.empty
-        and p.kind != p.VAR_KEYWORD
-    ]
+    return [p.name for p in _constructor_params(cls) if p.default is inspect.Parameter.empty]
 
 
 def parse_spec_string(text: str) -> dict:

@@ -1,4 +1,6 @@
-"""Export a trained stable-baselines3 model (PPO / A2C / DQN, MlpPolicy) as an `mlp` policy artifact.
+"""Export a trained stable-baselines3 model (PPO / A2C / DQN, MlpPolicy) as an `mlp` policy artifact
+(or, with `per_row`, a learned per-row artifact: the same network plus the rule that turns its action
+into a plan, `nightjar_rl.policy.learned_per_row`).
 
 Only the deterministic action path is exported: for PPO/A2C the actor (mlp_extractor.policy_net then
 action_net: logits), for DQN the Q-network (q_net.q_net: Q-values). Observation normalisation from a
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from nightjar_rl.policy.artifact import save_policy
+from nightjar_rl.policy.learned_per_row import LEARNED_PER_ROW, rule_spec
 from nightjar_rl.policy.mlp import MLPPolicy
 
 # torch activation module -> (exported layer name, the attributes it must have for the export to be exact)
@@ -34,7 +37,7 @@ def _modules(model) -> tuple[list, str]:
     algo = type(model).__name__
     space = model.action_space
     if type(space).__name__ != "Discrete":
-        raise ValueError(f"only Discrete action spaces export (k = action), got {space}")
+        raise ValueError(f"only Discrete action spaces export (k, or a learned per-row rule's level), got {space}")
     if algo == "DQN":
         modules, output = list(model.q_net.q_net), "q_values"
         extractor = model.q_net.features_extractor
@@ -84,17 +87,26 @@ def normalization_of(vec_normalize) -> dict | None:
             "clip": float(vec_normalize.clip_obs), "epsilon": float(vec_normalize.epsilon)}
 
 
-def to_mlp_policy(model, vec_normalize=None, provenance: Mapping | None = None) -> MLPPolicy:
-    """The exported policy in memory (weights not yet written)."""
+def to_mlp_policy(model, vec_normalize=None, provenance: Mapping | None = None, per_row: Mapping | None = None,
+                  max_k: int | None = None) -> MLPPolicy:
+    """The exported policy in memory (weights not yet written): an `mlp` (action a is k = a), or with
+    `per_row` (a learned per-row rule spec, `nightjar_rl.policy.learned_per_row.rule_spec`) that
+    type over the network, for `max_k`."""
     layers, tensors, output = sb3_network(model)
-    max_k = int(model.action_space.n) - 1
-    return MLPPolicy(max_k, weights=tensors, layers=layers, output=output,
-                     normalization=normalization_of(vec_normalize), provenance=dict(provenance or {}))
+    net = {"weights": tensors, "layers": layers, "output": output, "normalization": normalization_of(vec_normalize),
+           "provenance": dict(provenance or {})}
+    if per_row is None:
+        return MLPPolicy(int(model.action_space.n) - 1, **net)
+    kind, fields = rule_spec(per_row)
+    if max_k is None:
+        raise ValueError("a per-row export needs max_k (the scenario's)")
+    return LEARNED_PER_ROW[kind](max_k, **fields, **net)
 
 
-def export_sb3(model, path: str | Path, vec_normalize=None, provenance: Mapping | None = None) -> Path:
+def export_sb3(model, path: str | Path, vec_normalize=None, provenance: Mapping | None = None,
+               per_row: Mapping | None = None, max_k: int | None = None) -> Path:
     """Write `path` (manifest) and the safetensors file beside it. Returns the manifest path."""
-    return save_policy(to_mlp_policy(model, vec_normalize, provenance), path)
+    return save_policy(to_mlp_policy(model, vec_normalize, provenance, per_row, max_k), path)
 
 
 def sb3_predictions(model, observations: np.ndarray, vec_normalize=None) -> np.ndarray:
@@ -107,6 +119,6 @@ def sb3_predictions(model, observations: np.ndarray, vec_normalize=None) -> np.n
 
 
 def check_export(policy: MLPPolicy, model, observations: np.ndarray, vec_normalize=None) -> int:
-    """Number of observations where the exported policy's deterministic k differs from SB3's."""
-    ours = np.array([policy.predict(o, deterministic=True) for o in np.asarray(observations)])
+    """Number of observations where the exported policy's deterministic action differs from SB3's."""
+    ours = np.array([policy.action(o, deterministic=True) for o in np.asarray(observations)])
     return int((ours != sb3_predictions(model, observations, vec_normalize)).sum())
