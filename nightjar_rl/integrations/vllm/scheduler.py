@@ -14,10 +14,14 @@ batch-size table `num_speculative_tokens_per_batch_size` uses). This subclass se
 - mode "trim" (the backend's): vLLM proposes `num_speculative_tokens` drafts every step and the
   plan, decided before scheduling (batch size = rows running before admission, as in nightjar-rl's
   engine), trims each row's drafts for this very step; the plan is the policy's, or `self.plan` set
-  from outside (`engine.VLLMEngine`).
+  from outside (`engine.VLLMEngine`). As on nightjar-rl's engine, a row never verifies more drafts
+  than it can still emit (its remaining token budget - 1; vLLM itself would verify them and drop
+  the surplus), so a plan computes the same thing on both engines and the simulator replays it.
 
 Every step becomes a nightjar-rl `StepStats` (`last_stats`; per row drafted / accepted / emitted,
-wall time from scheduling to the processed outputs), which feeds the observation, the policy's
+`scored_tokens` = rows + drafts, `context` = the longest decoded row's cached tokens, prefill
+tokens = prompt tokens (or chunks) computed in the same pass, `prefill_padded_tokens` equal to them
+since vLLM packs; wall time from scheduling to the processed outputs), which feeds the observation, the policy's
 `observe`, online learning (reward: decode tokens/s) and the step log.
 
 Settings, as vLLM config (`additional_config={"nightjar": {...}}`, `--additional-config`) or the JSON
@@ -123,6 +127,8 @@ class NightjarScheduler(Scheduler):
             lengths = self._row_plan
         for req in self.running:  # per-row budgets: fewer drafts scheduled for verification
             k = lengths.get(req.request_id)
+            if k is not None and self.mode == "trim":  # as on nightjar-rl's engine: no draft past the budget
+                k = min(k, max(0, req.max_tokens - req.num_output_tokens - 1))
             if k is not None and len(req.spec_token_ids) > k:
                 req.spec_token_ids = req.spec_token_ids[:k]
         self._verify_plan = dict(lengths)
@@ -167,6 +173,7 @@ class NightjarScheduler(Scheduler):
             emitted = req.num_output_tokens - had
             if had == 0:  # prefill (or a chunk of it)
                 stats.prefill_tokens += scheduled
+                stats.prefill_padded_tokens += scheduled  # packed with the step's other tokens: no padding
                 if emitted:
                     stats.num_prefilled += 1
                     stats.prefill_emitted += emitted
@@ -175,6 +182,7 @@ class NightjarScheduler(Scheduler):
                 drafted = sum(1 for t in out.scheduled_spec_decode_tokens.get(rid, ()) if t >= 0)
                 raw = len(sampled[index[rid]]) if sampled and rid in index else 0
                 stats.request_ids.append(rid)
+                stats.context = max(stats.context, req.num_prompt_tokens + had - 1)  # cached before the step
                 stats.plan.append(self._verify_plan.get(rid, self.max_k))
                 stats.drafted.append(drafted)
                 stats.accepted.append(min(max(raw - 1, 0), emitted) if drafted else 0)
