@@ -13,6 +13,9 @@ runs/sim_fidelity__<time>/fidelity.csv and prints it.
     python experiments/sim_fidelity.py --rates 0.5,2,8 --ks 0,2,4 --seeds 0,1 --num-requests 16
     python experiments/sim_fidelity.py --quick --out-dir /tmp/sim_fidelity   # seconds: tiny vs tiny-sim
 
+Live cells start after one unmeasured warm-up cell per rate (`--warmup 0` skips it): an engine's
+first forwards are slow (vLLM's very first step took ~1.5 s here against ~40 ms later).
+
 `--policies table-mlc_llm,trained:nightjar`: besides the fixed k, a policy spec or artifact each
 (as `nightjar-rl generate --policy`), evaluated frozen; `trained:SPEC` is a learner trained first in
 the twin (the calibrated one when there is one) for `--train-episodes` episodes cycling `--rates`
@@ -32,9 +35,9 @@ workloads. The calibrated profile is written to the run folder.
 `smollm2-ngram-vllm-sim` (vLLM's outputs and n-gram proposer in `traces/smollm2-ngram-vllm-ngram.npz`,
 one pass per step priced by `verify_layout: mixed`, profile fitted to vLLM's wall times). One vLLM
 engine serves every live cell (start-up ~30-60 s, eager). Run alone, about 15-20 minutes on the
-2-core CPU (24 live cells of 16 requests x 48 tokens, 9 of them for calibration):
+2-core CPU (27 live cells of 16 requests x 48 tokens: 3 warm-up, 9 for calibration, 15 compared):
 
-    python experiments/sim_fidelity.py --live smollm2-ngram-vllm --sim smollm2-ngram-vllm-sim \\
+    OMP_NUM_THREADS=2 python experiments/sim_fidelity.py --live smollm2-ngram-vllm --sim smollm2-ngram-vllm-sim \\
         --rates 1,4,1000 --ks 0,2,4 --seeds 0 --calibrate-seeds 10 --num-requests 16 \\
         --policies table-mlc_llm,trained:nightjar --train-episodes 30 --out-dir runs/vllm_twin
 
@@ -68,8 +71,9 @@ from nightjar_rl.sim.calibrate import calibrate, steps_frame
 METRICS = {"throughput_tok_s": 0.05, "tpot_p50_s": 0.05, "ttft_p50_s": 0.10}
 PER_REQUEST = ["drafted", "accepted", "decode_steps", "output_tokens"]
 TRAINED = "trained:"
+WARMUP_SEED = 999  # the warm-up cells' workload (measured cells and calibration use other seeds)
 QUICK = {"live": "tiny", "sim": "tiny-sim", "rates": "50", "ks": "0,2", "seeds": "0", "num_requests": 4,
-         "calibrate_seeds": "1,2", "policies": "table-mlc_llm,trained:nightjar", "train_episodes": 2}
+         "calibrate_seeds": "1,2", "policies": "table-mlc_llm,trained:nightjar", "train_episodes": 2, "warmup": 0}
 
 
 def serve_cell(scenario, backend, rate: float, policy, seed: int, num_requests: int):
@@ -160,6 +164,8 @@ def main() -> None:
     ap.add_argument("--policies", default="", help="policies besides the fixed k (comma-separated specs or "
                                                    "artifacts; trained:SPEC = a learner trained in the twin first)")
     ap.add_argument("--train-episodes", type=int, default=30, help="episodes a trained:SPEC policy learns for")
+    ap.add_argument("--warmup", type=int, default=1, choices=[0, 1],
+                    help="serve one unmeasured live cell per rate first (an engine's first forwards are slow)")
     ap.add_argument("--out-dir", default="runs")
     a = quickmode.parse_args(ap, QUICK)
     live_scn, sim_scn = load_scenario(a.live), load_scenario(a.sim)
@@ -169,6 +175,8 @@ def main() -> None:
     run = Path(a.out_dir) / f"sim_fidelity__{int(time.time())}"
     print(f"load average at the start: {os.getloadavg()}")
     sims = {"": (sim_scn, sim)}
+    for rate in tqdm(rates if a.warmup else [], desc="warm-up (not measured)", unit="cell"):
+        serve_cell(live_scn, live, rate, fixed(max(ks), live_scn), WARMUP_SEED, a.num_requests)
     if a.calibrate_seeds:
         fit_seeds = [int(s) for s in a.calibrate_seeds.split(",")]
         if set(fit_seeds) & set(seeds):
