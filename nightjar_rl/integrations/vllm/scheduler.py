@@ -55,6 +55,22 @@ SAVE_EVERY = 500  # steps between saves of a learning policy (a server may be ki
 logger = logging.getLogger("nightjar_rl.vllm")
 
 
+def _kept(req, had: int, emitted: int, drafts: list[int], raw: int) -> int:
+    """Draft tokens a row accepted and kept this step. Greedy: the drafts that agree with the tokens
+    the step appended (a draft is accepted iff it is the target's token), which also counts a draft
+    that was the EOS ending the request, as nightjar-rl's engine and traces do (vLLM's sampled list
+    then lacks it); sampling: vLLM's sampled tokens less the bonus, capped by what was appended."""
+    if not drafts:
+        return 0
+    params = req.sampling_params
+    if params is not None and params.temperature == 0:
+        new, kept = req.output_token_ids[had: had + emitted], 0
+        while kept < min(len(new), len(drafts)) and new[kept] == drafts[kept]:
+            kept += 1
+        return kept
+    return min(max(raw - 1, 0), emitted)
+
+
 class NightjarScheduler(Scheduler):
     """vLLM's scheduler with nightjar-rl deciding the speculation of every step (module docstring)."""
 
@@ -179,13 +195,14 @@ class NightjarScheduler(Scheduler):
                     stats.prefill_emitted += emitted
                     stats.first_token_ids.append(rid)
             else:
-                drafted = sum(1 for t in out.scheduled_spec_decode_tokens.get(rid, ()) if t >= 0)
+                drafts = [t for t in out.scheduled_spec_decode_tokens.get(rid, ()) if t >= 0]
+                drafted = len(drafts)
                 raw = len(sampled[index[rid]]) if sampled and rid in index else 0
                 stats.request_ids.append(rid)
                 stats.context = max(stats.context, req.num_prompt_tokens + had - 1)  # cached before the step
                 stats.plan.append(self._verify_plan.get(rid, self.max_k))
                 stats.drafted.append(drafted)
-                stats.accepted.append(min(max(raw - 1, 0), emitted) if drafted else 0)
+                stats.accepted.append(_kept(req, had, emitted, drafts, raw))
                 stats.emitted.append(emitted)
             if req.is_finished():
                 stats.finished_ids.append(rid)
