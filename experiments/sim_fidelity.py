@@ -1,14 +1,26 @@
 """Simulator fidelity: the sim twin against the live engine on the same seeded workloads.
 
-For every (request rate, fixed k, seed) cell, serve the same workload on the live scenario and on its
-sim twin and compare: per-request accepted and drafted tokens and decode steps (must be identical:
-acceptance is replayed exactly, and with a fixed k a request's steps do not depend on batching),
-throughput, TPOT p50 and TTFT p50 (relative error; goals 5%, 5%, 10%). Writes a tidy table
-(one row per cell) to runs/sim_fidelity__<time>/fidelity.csv and prints it.
+For every (request rate, policy, seed) cell, serve the same workload on the live scenario and on its
+sim twin and compare: per-request accepted and drafted tokens and decode steps (must be identical
+at a fixed k: acceptance is replayed exactly, and with a fixed k a request's steps do not depend on
+batching; a policy's k may follow the batch, so its cells only report it), throughput, TPOT p50
+and TTFT p50 (relative error; goals 5%, 5%, 10%). The policies are the fixed k of `--ks` and those
+of `--policies`; per (rate, seed) the policies are ranked by throughput live and in the sim
+(`ranking.csv`, goal: the same order). Writes a tidy table (one row per cell) to
+runs/sim_fidelity__<time>/fidelity.csv and prints it.
 
     python experiments/sim_fidelity.py                       # smollm2-ngram vs smollm2-ngram-sim
     python experiments/sim_fidelity.py --rates 0.5,2,8 --ks 0,2,4 --seeds 0,1 --num-requests 16
     python experiments/sim_fidelity.py --quick --out-dir /tmp/sim_fidelity   # seconds: tiny vs tiny-sim
+
+Live cells start after one unmeasured warm-up cell per rate (`--warmup 0` skips it): an engine's
+first forwards are slow (vLLM's very first step took ~1.5 s here against ~40 ms later).
+
+`--policies table-mlc_llm,trained:nightjar`: besides the fixed k, a policy spec or artifact each
+(as `nightjar-rl generate --policy`), evaluated frozen; `trained:SPEC` is a learner trained first in
+the twin (the calibrated one when there is one) for `--train-episodes` episodes cycling `--rates`
+(workload seeds 1000+, apart from the compared ones): the sim-trained policy whose live throughput is
+compared with what its twin predicted.
 
 With `--calibrate-seeds S,...` the twin is first calibrated (issue: a profile from live steps): the
 live engine serves those seeds' workloads at every rate and k, the clock model is fitted to their
@@ -19,7 +31,19 @@ workloads. The calibrated profile is written to the run folder.
 
     python experiments/sim_fidelity.py --calibrate-seeds 10,11 --rates 0.5,2,8,1000
 
-Run it alone on the machine: live timings are the ground truth here.
+**The vLLM twin** (issue 19 part 5): vLLM's engine stepped in-process (`smollm2-ngram-vllm`) against
+`smollm2-ngram-vllm-sim` (vLLM's outputs and n-gram proposer in `traces/smollm2-ngram-vllm-ngram.npz`,
+one pass per step priced by `verify_layout: mixed`, profile fitted to vLLM's wall times). One vLLM
+engine serves every live cell (start-up ~30-60 s, eager). Run alone, about 15-20 minutes on the
+2-core CPU (27 live cells of 16 requests x 48 tokens: 3 warm-up, 9 for calibration, 15 compared):
+
+    OMP_NUM_THREADS=2 python experiments/sim_fidelity.py --live smollm2-ngram-vllm --sim smollm2-ngram-vllm-sim \\
+        --rates 1,4,1000 --ks 0,2,4 --seeds 0 --calibrate-seeds 10 --num-requests 16 \\
+        --policies table-mlc_llm,trained:nightjar --train-episodes 30 --out-dir runs/vllm_twin
+
+then ship the calibrated profile: `cp runs/vllm_twin/sim_fidelity__*/calibrated-profile.json
+envs/profiles/smollm2-135m-vllm-cpu-float32.json`. Run it alone on the machine: live timings are the
+ground truth here.
 """
 
 from __future__ import annotations
@@ -39,6 +63,7 @@ from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.recorder import write_table
 from nightjar_rl.env.scenario import load_scenario
 from nightjar_rl.experiments.evaluate import evaluate_cell
+from nightjar_rl.experiments.train import train_learner
 from nightjar_rl.io import atomic_write_json
 from nightjar_rl.policy import make_policy
 from nightjar_rl.hardware import HardwareProfile
@@ -46,26 +71,34 @@ from nightjar_rl.sim.calibrate import calibrate, predicted_ms, steps_frame
 
 METRICS = {"throughput_tok_s": 0.05, "tpot_p50_s": 0.05, "ttft_p50_s": 0.10}
 PER_REQUEST = ["drafted", "accepted", "decode_steps", "output_tokens"]
+TRAINED = "trained:"
+WARMUP_SEED = 999  # the warm-up cells' workload (measured cells and calibration use other seeds)
 QUICK = {"live": "tiny", "sim": "tiny-sim", "rates": "50", "ks": "0,2", "seeds": "0", "num_requests": 4,
-         "calibrate_seeds": "1,2"}
+         "calibrate_seeds": "1,2", "policies": "table-mlc_llm,trained:nightjar", "train_episodes": 2, "warmup": 0}
 
 
-def serve_cell(scenario, backend, rate: float, k: int, seed: int, num_requests: int):
-    """One fixed-k cell served to completion (`evaluate_cell`)."""
-    policy = make_policy(f"fixed-{k}", scenario.max_k)
+def serve_cell(scenario, backend, rate: float, policy, seed: int, num_requests: int):
+    """One cell served to completion (`evaluate_cell`), `policy` frozen."""
     return evaluate_cell(policy, scenario, backend, rate, seed, num_requests, scenario.max_new_tokens, {"tpot_s": 1.0})
 
 
-def compare_cell(live_scn, sims: dict, live, rate: float, k: int, seed: int, num_requests: int) -> dict:
-    """Live against each twin in `sims` ({suffix: (scenario, backend)}; suffix "" is the scenario's)."""
-    a = serve_cell(live_scn, live, rate, k, seed, num_requests)
+def fixed(k: int, scenario):
+    return make_policy(f"fixed-{k}", scenario.max_k)
+
+
+def compare_cell(live_scn, sims: dict, live, rate: float, label: str, policy_of, seed: int, num_requests: int) -> dict:
+    """Live against each twin in `sims` ({suffix: (scenario, backend)}; suffix "" is the scenario's),
+    a fresh policy from `policy_of(scenario)` for each run."""
+    a = serve_cell(live_scn, live, rate, policy_of(live_scn), seed, num_requests)
     ra = a.serve_result.requests.set_index("request_id").sort_index()[PER_REQUEST]
-    row = {"rate": rate, "k": k, "seed": seed, "requests": len(ra)}
+    k = int(label.removeprefix("fixed-")) if label.startswith("fixed-") else None
+    row = {"rate": rate, "policy": label, "k": k, "seed": seed, "requests": len(ra), "mean_k_live": a.summary["mean_k"]}
     for suffix, (sim_scn, sim) in sims.items():
-        b = serve_cell(sim_scn, sim, rate, k, seed, num_requests)
+        b = serve_cell(sim_scn, sim, rate, policy_of(sim_scn), seed, num_requests)
         rb = b.serve_result.requests.set_index("request_id").sort_index()[PER_REQUEST]
         if not suffix:
             row.update(per_request_identical=bool(ra.equals(rb)), outputs_identical=a.serve_result.outputs == b.serve_result.outputs)
+        row[f"mean_k_sim{suffix}"] = b.summary["mean_k"]
         for metric, goal in METRICS.items():
             lv, sv = a.summary[metric], b.summary[metric]
             row.update({f"{metric}_live": lv, f"{metric}_sim{suffix}": sv, f"{metric}_err{suffix}": (sv - lv) / lv,
@@ -81,11 +114,12 @@ def calibrated_twin(live_scn, sim_scn, live, cells: list[tuple[float, int, int]]
     from one calibration run to the next (`calibration-drift.csv`)."""
     frames = []
     for rate, k, seed in tqdm(cells, desc="calibration runs", unit="cell"):
-        frame = steps_frame(serve_cell(live_scn, live, rate, k, seed, num_requests).serve_result.steps)
+        frame = steps_frame(serve_cell(live_scn, live, rate, fixed(k, live_scn), seed, num_requests).serve_result.steps)
         frames.append(frame.assign(seed=seed, rate=rate, k=k))
     steps = pd.concat(frames, ignore_index=True)
     write_table(steps, run / "calibration-steps.csv")
-    meta = dict(device=f"{platform.machine()} (calibrated)", model=live_scn.engine.model, dtype=live_scn.engine.dtype)
+    meta = dict(device=f"{platform.machine()} (calibrated)", model=live_scn.engine.model, dtype=live_scn.engine.dtype,
+                source=f"{live_scn.name} ({live_scn.backend}), experiments/sim_fidelity.py --calibrate-seeds")
     result = calibrate(steps, **meta)
     print(result.summary())
     drift = [{"fit": "all seeds", "priced_s": predicted_ms(steps, HardwareProfile.from_dict(result.profile))["wall"].sum() / 1e3}]
@@ -102,6 +136,36 @@ def calibrated_twin(live_scn, sim_scn, live, cells: list[tuple[float, int, int]]
     return scenario, make_backend(scenario)
 
 
+def policy_makers(specs: list[str], twin, rates: list[float], episodes: int, num_requests: int) -> dict:
+    """{label: scenario -> fresh frozen policy} for `--policies`; `trained:SPEC` is trained once in
+    `twin` ((scenario, backend)) first and copied for each run."""
+    import copy
+
+    makers = {}
+    for spec in specs:
+        if spec.startswith(TRAINED):
+            scenario, backend = twin
+            learner = train_learner(spec.removeprefix(TRAINED), scenario, episodes, rates,
+                                    num_requests=num_requests, backend=backend)
+            makers[f"sim-trained-{spec.removeprefix(TRAINED)}"] = lambda scn, p=learner: copy.deepcopy(p)
+        else:
+            makers[spec] = lambda scn, s=spec: make_policy(s, scn.max_k, engine_max_k=True)
+    return makers
+
+
+def rankings(df: pd.DataFrame, suffixes) -> pd.DataFrame:
+    """Per (rate, seed) and twin: the policies ordered by throughput live and in the sim."""
+    rows = []
+    for (rate, seed), cell in df.groupby(["rate", "seed"], sort=True):
+        live = list(cell.sort_values("throughput_tok_s_live", ascending=False)["policy"])
+        row = {"rate": rate, "seed": seed, "live": " > ".join(live)}
+        for suffix in suffixes:
+            sim = list(cell.sort_values(f"throughput_tok_s_sim{suffix}", ascending=False)["policy"])
+            row.update({f"sim{suffix}": " > ".join(sim), f"same{suffix}": sim == live})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--live", default="smollm2-ngram")
@@ -111,38 +175,56 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--num-requests", type=int, default=16)
     ap.add_argument("--calibrate-seeds", default="", help="calibrate a twin on these seeds' live steps first")
+    ap.add_argument("--policies", default="", help="policies besides the fixed k (comma-separated specs or "
+                                                   "artifacts; trained:SPEC = a learner trained in the twin first)")
+    ap.add_argument("--train-episodes", type=int, default=30, help="episodes a trained:SPEC policy learns for")
+    ap.add_argument("--warmup", type=int, default=1, choices=[0, 1],
+                    help="serve one unmeasured live cell per rate first (an engine's first forwards are slow)")
     ap.add_argument("--out-dir", default="runs")
     a = quickmode.parse_args(ap, QUICK)
     live_scn, sim_scn = load_scenario(a.live), load_scenario(a.sim)
     live, sim = make_backend(live_scn), make_backend(sim_scn)
     rates, ks = [float(r) for r in a.rates.split(",")], [int(k) for k in a.ks.split(",")]
-    cells = [(r, k, int(s)) for s in a.seeds.split(",") for r in rates for k in ks]
+    seeds = [int(s) for s in a.seeds.split(",")]
     run = Path(a.out_dir) / f"sim_fidelity__{int(time.time())}"
     print(f"load average at the start: {os.getloadavg()}")
     sims = {"": (sim_scn, sim)}
+    for rate in tqdm(rates if a.warmup else [], desc="warm-up (not measured)", unit="cell"):
+        serve_cell(live_scn, live, rate, fixed(max(ks), live_scn), WARMUP_SEED, a.num_requests)
     if a.calibrate_seeds:
         fit_seeds = [int(s) for s in a.calibrate_seeds.split(",")]
-        if set(fit_seeds) & {c[2] for c in cells}:
+        if set(fit_seeds) & set(seeds):
             raise SystemExit("--calibrate-seeds must differ from --seeds (the comparison is on held-out workloads)")
         sims["_cal"] = calibrated_twin(live_scn, sim_scn, live, [(r, k, s) for s in fit_seeds for r in rates for k in ks],
                                        a.num_requests, run)
+    makers = {f"fixed-{k}": lambda scn, k=k: fixed(k, scn) for k in ks}
+    specs = [s.strip() for s in a.policies.split(",") if s.strip()]
+    makers.update(policy_makers(specs, sims["_cal" if "_cal" in sims else ""], rates, a.train_episodes, a.num_requests))
+    cells = [(r, label, s) for s in seeds for r in rates for label in makers]
     rows = []
-    for rate, k, seed in tqdm(cells, desc="fidelity", unit="cell"):
-        rows.append(compare_cell(live_scn, sims, live, rate, k, seed, a.num_requests))
+    for rate, label, seed in tqdm(cells, desc="fidelity", unit="cell"):
+        rows.append(compare_cell(live_scn, sims, live, rate, label, makers[label], seed, a.num_requests))
     df = pd.DataFrame(rows)
     write_table(df, run / "fidelity.csv")
-    shown = ["rate", "k", "seed", "per_request_identical", "outputs_identical"] + [
+    ranking = rankings(df, sims)
+    write_table(ranking, run / "ranking.csv")
+    shown = ["rate", "policy", "seed", "per_request_identical", "outputs_identical"] + [
         f"{m}_{s}{suffix}" for m in METRICS for suffix in sims for s in (("live", "sim", "err") if not suffix else ("sim", "err"))]
-    with pd.option_context("display.width", 250, "display.max_columns", 40):
+    with pd.option_context("display.width", 250, "display.max_columns", 40, "display.max_colwidth", 120):
         print(df[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print("\npolicies by throughput, live and in each twin:\n" + ranking.to_string(index=False))
     print(f"\nload average at the end: {os.getloadavg()}")
     for suffix in sims:
         for metric, goal in METRICS.items():
             err = df[f"{metric}_err{suffix}"].abs()
             print(f"{metric} ({'calibrated twin' if suffix else 'scenario twin'}): |error| median {err.median():.1%}, "
                   f"max {err.max():.1%}; within {goal:.0%} in {int(df[f'{metric}_ok{suffix}'].sum())}/{len(df)} cells")
-    print(f"per-request accepted/drafted/steps identical in {int(df['per_request_identical'].sum())}/{len(df)} cells")
-    print(f"wrote {run / 'fidelity.csv'}")
+        print(f"ranking ({'calibrated twin' if suffix else 'scenario twin'}): the same in "
+              f"{int(ranking[f'same{suffix}'].sum())}/{len(ranking)} (rate, seed) cells")
+    at_k = df[df["k"].notna()]
+    print(f"per-request accepted/drafted/steps identical in {int(at_k['per_request_identical'].sum())}/{len(at_k)} "
+          f"fixed-k cells")
+    print(f"wrote {run / 'fidelity.csv'} and {run / 'ranking.csv'}")
 
 
 if __name__ == "__main__":

@@ -402,7 +402,7 @@ def _profile_from_steps(a: argparse.Namespace) -> int:
             steps, holdout=a.holdout, seed=a.seed,
             batch_sizes=_int_list(a.batch_sizes, "--batch-sizes") if a.batch_sizes else None,
             contexts=_int_list(a.contexts, "--contexts") if a.contexts else None,
-            device=a.device_name, model=a.model, dtype=a.dtype,
+            fit=a.fit, device=a.device_name, model=a.model, dtype=a.dtype,
         )
     except CalibrationError as exc:
         raise CLIError(str(exc)) from None
@@ -508,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--holdout", type=float, default=0.2, help="with --from-steps: share of steps held out to report the fit error")
     pr.add_argument("--seed", type=int, default=0, help="with --from-steps: seed of the held-out split")
     pr.add_argument("--device-name", default="unknown", help="with --from-steps: the machine the logs come from")
+    pr.add_argument("--fit", default="auto", choices=["auto", "parts", "wall"],
+                    help="with --from-steps: parts (verify, prefill, overhead timed apart: nightjar-rl's engine), wall "
+                         "(whole steps only: vLLM; the profile is for verify_layout mixed), auto: by the log")
     add_roofline_args(pr)
     pr.set_defaults(func=cmd_profile)
 

@@ -47,7 +47,7 @@ class EngineConfig:
     threads: int | None = option(None, "torch CPU intra-op threads (default: torch's choice)", int, low=1)
     verify_layout: str = option(DEFAULT_VERIFY_LAYOUT, "target forward layout: " + "; ".join(
         f"{name}: {doc}" for name, doc in VERIFY_LAYOUTS.items()) + "; mixed (simulator only): packed, with a "
-        "step's prefill in the same pass (vLLM's chunked prefill, a what-if)", choices=(*VERIFY_LAYOUTS, "mixed"))
+        "step's prompts packed into the same pass (vLLM's unified step: the vLLM twin's pricing)", choices=(*VERIFY_LAYOUTS, "mixed"))
     extra: dict = field(default_factory=dict)  # decoder/drafter options not declared above (parallel, sssd)
 
     def validate(self, where: str = "engine") -> EngineConfig:

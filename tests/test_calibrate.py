@@ -8,7 +8,7 @@ import pytest
 
 from nightjar_rl.cli import main
 from nightjar_rl.hardware import HardwareProfile
-from nightjar_rl.sim.calibrate import CalibrationError, calibrate, fit_part, read_step_logs
+from nightjar_rl.sim.calibrate import CalibrationError, calibrate, fit_kind, fit_part, read_step_logs
 
 VERIFY = (20.0, 1.5, 0.8, 2.0)  # ms: a0 + a1 rows + a2 scored + a3 scored * context / 1000
 PREFILL = (5.0, 0.3, 0.4)  # ms: p0 + p1 T + p2 T^2 / 1000
@@ -92,3 +92,51 @@ def test_logs_without_the_fit_columns_are_refused(tmp_path):
     assert main(["profile", "--from-steps", str(old), "--out", str(tmp_path / "x.json")]) == 2
     with pytest.raises(CalibrationError, match="only 0 step"):
         calibrate(synthetic_log(10).assign(prefill_padded_tokens=0))
+
+
+# ---- one pass per step, only the wall timed (vLLM) ------------------------------------------------
+WALL = (3.0, 0.5, 0.8, 2.0, 0.3)  # ms: w0 + w1 max(1, rows) + a2 scored + a3 scored ctx/1000 + p1 (T - 1)+
+
+
+def one_pass_log(rows: list[tuple[int, int, int, int]], wall_ms: list[float]) -> pd.DataFrame:
+    """Steps (rows, scored, context, prompt tokens) of an engine that times only whole steps."""
+    b, scored, ctx, t = (np.array(c) for c in zip(*rows))
+    zero = np.zeros(len(rows))
+    return pd.DataFrame(dict(batch=b, verify_time=zero, prefill_time=zero, draft_time=zero, model_time=zero,
+                             wall_time=np.array(wall_ms) / 1000, scored_tokens=scored, context=ctx,
+                             prefill_padded_tokens=t, drafting_rows=np.where(scored > b, b, 0)))
+
+
+def test_wall_fit_on_five_hand_computed_steps():
+    """Five steps priced by hand with WALL (e.g. 3 rows scoring 6 at context 300 beside a 51-token prompt:
+    3 + 0.5*3 + 0.8*6 + 2*6*300/1000 + 0.3*50 = 27.9 ms) give WALL back; a prefill-only step counts as one row."""
+    steps = one_pass_log([(1, 1, 100, 0), (2, 4, 100, 0), (4, 4, 200, 0), (0, 0, 0, 101), (3, 6, 300, 51)],
+                         [4.5, 8.0, 9.8, 33.5, 27.9])
+    assert fit_kind(steps) == "wall" and fit_kind(synthetic_log(10)) == "parts"
+    result = calibrate(steps, holdout=0.0)
+    assert result.fit == "wall" and np.allclose(result.coefficients["wall"], WALL, atol=1e-6)
+    profile = HardwareProfile.from_dict(result.profile)
+    assert result.profile["verify_layout"] == "mixed" and profile.lookup_time_ms(4) == 0
+    # the simulator's mixed step: overhead(max(1, B)) + verify + prefill(T) - prefill(1) = the fitted wall
+    assert profile.prefill_time_ms(1) == 0
+    step5 = profile.overhead_time_ms(3) + profile.verify_step_ms(3, 6, 300) + profile.prefill_time_ms(51)
+    assert step5 == pytest.approx(27.9)
+    assert profile.overhead_time_ms(1) + profile.prefill_time_ms(101) == pytest.approx(33.5)
+    with pytest.raises(CalibrationError, match="fit must be one of"):
+        calibrate(steps, fit="both")
+
+
+def test_wall_fit_holds_out_steps_and_reports_the_wall_error_only():
+    rng = np.random.default_rng(3)
+    n = 300
+    b = rng.integers(0, 17, n)
+    scored = b * rng.integers(1, 6, n)
+    ctx = np.where(b > 0, rng.integers(40, 300, n), 0)
+    t = np.where((rng.random(n) < 0.3) | (b == 0), rng.integers(20, 800, n), 0)
+    wall = (WALL[0] + WALL[1] * np.maximum(b, 1) + WALL[2] * scored + WALL[3] * scored * ctx / 1000
+            + WALL[4] * np.maximum(t - 1, 0)) * (1 + 0.02 * rng.standard_normal(n))
+    result = calibrate(one_pass_log(list(zip(b, scored, ctx, t)), list(wall)), holdout=0.25, seed=1)
+    errors = result.errors.set_index("part")
+    assert list(errors.index) == ["wall"] and abs(errors.loc["wall", "total_pct_error"]) < 1.0
+    assert result.profile["calibration"]["held_out_errors"][0]["part"] == "wall"
+    assert np.allclose(result.coefficients["wall"], WALL, rtol=0.1)

@@ -36,6 +36,13 @@ def _all_true(column: str) -> Callable[[pd.DataFrame], None]:
     return check
 
 
+def _fidelity_cells(df: pd.DataFrame) -> None:
+    """Every fixed-k cell replays per request exactly; the two --policies cells are there too."""
+    at_k = df["policy"].str.startswith("fixed-")
+    _all_true("per_request_identical")(df[at_k])
+    assert set(df.loc[~at_k, "policy"]) == {"table-mlc_llm", "sim-trained-nightjar"}, df["policy"].unique()
+
+
 def _summary_true(*keys: str) -> Callable[[dict], None]:
     def check(summary: dict) -> None:
         assert all(summary[k] is True for k in keys), summary
@@ -96,7 +103,7 @@ SCRIPTS = [
     Script("per_row_study", ("per_row_study_tiny/summary.txt", "per_row_study_tiny/per_row_table.csv",
                              "per_row_study_tiny/speedup_vs_load_*.png", "per_row_study_tiny/*/*/*/results.csv"),
            check={"per_row_study_tiny/per_row_table.csv": _per_row_table}),
-    Script("sim_fidelity", ("*/fidelity.csv",), check={"*/fidelity.csv": _all_true("per_request_identical")}),
+    Script("sim_fidelity", ("*/fidelity.csv", "*/ranking.csv"), check={"*/fidelity.csv": _fidelity_cells}),
     Script("profile_step", ("profile.csv", "summary.md")),
     Script("soak", ("*/windows.csv", "*/summary.json"), slow=True),
     Script("spot_check", ("spot_check.csv", "*study_tiny*/results.csv")),

@@ -312,3 +312,28 @@ def test_mixed_layout_folds_a_decoding_steps_prefill_into_its_pass():
     assert m2.batch_size == 1 and m2.prefill_tokens == p2.prefill_tokens > 0
     assert m2.prefill_time == pytest.approx((prefill_ms(p2.prefill_tokens) - prefill_ms(1)) / 1000)
     assert m2.verify_time == p2.verify_time
+
+
+def test_mixed_layout_packs_a_steps_prompts_into_one_prefill():
+    """`verify_layout: mixed` (vLLM's step): prompts admitted together are one prefill of their summed
+    tokens, unpadded; packed keeps the engine's padded prefill groups."""
+    out = {}
+    for layout in ("packed", "mixed"):
+        backend = make_backend(load_scenario("tiny-sim").replace(verify_layout=layout))
+        engine = backend.make_engine(0)
+        ids = backend.prompt_pool.token_ids
+        engine.submit(Request("a", list(ids[0]), 6))
+        engine.step(0)
+        engine.submit(Request("b", list(ids[1]), 6))
+        engine.submit(Request("c", list(ids[2]), 6))
+        out[layout] = engine.step(0)
+    prefill_ms = backend.profile.prefill_time_ms
+    lengths = len(ids[1]), len(ids[2])
+    mixed, packed = out["mixed"], out["packed"]
+    assert mixed.batch_size == 1 and mixed.num_prefilled == 2
+    assert mixed.prefill_padded_tokens == mixed.prefill_tokens == sum(lengths)
+    assert mixed.prefill_time == pytest.approx((prefill_ms(sum(lengths)) - prefill_ms(1)) / 1000)
+    # packed prices the engine's prefill forwards (here one per prompt or one padded group), not one of the sum
+    assert packed.prefill_time in (pytest.approx((prefill_ms(lengths[0]) + prefill_ms(lengths[1])) / 1000),
+                                   pytest.approx(prefill_ms(2 * max(lengths)) / 1000))
+    assert prefill_ms(sum(lengths)) - prefill_ms(1) != pytest.approx(prefill_ms(lengths[0]) + prefill_ms(lengths[1]))

@@ -132,3 +132,109 @@ def test_registered_id_names_the_vllm_scenario():
 
     assert load_scenario(ENV_IDS["nightjar_rl/SpecDecodeVLLM-v1"][0]).backend == "vllm"
     assert "nightjar_rl/SpecDecodeVLLM-v1" not in SIM_IDS
+
+
+# ---- the vLLM twin (issue 19 part 5): vLLM's steps as the simulator's clock fit reads them ---------
+@pytest.fixture(scope="module")
+def logged(backend, tmp_path_factory):
+    """A k = MAX_K run of 6 requests at t = 0 (4 slots: 2 wait) with its step log written through the
+    CLI's runtime path (`--log-steps`)."""
+    from nightjar_rl.runtime.policy_spec import runtime_policy
+
+    path = tmp_path_factory.mktemp("vllm_steps") / "steps.csv"
+    rp = runtime_policy(MAX_K, MAX_K, None, log_steps=str(path))
+    reqs = requests(backend)
+    result = rp.driver(ServingSession(backend.make_engine(0), reqs)).run(on_step=rp.on_step)
+    rp.finish()
+    return result, path, reqs
+
+
+def test_vllm_step_log_carries_what_the_clock_fit_needs(logged):
+    from nightjar_rl.sim.calibrate import read_step_logs
+
+    result, path, reqs = logged
+    log = read_step_logs([path])
+    assert len(log) == len(result.steps)
+    prompt = {r.request_id: len(r.prompt_ids) for r in reqs}
+    made: dict[str, int] = {}  # tokens each request has so far
+    for s, row in zip(result.steps, log.itertuples()):
+        assert row.context == s.context == max((prompt[r] + made[r] - 1 for r in s.request_ids), default=0)
+        # admitted prompts are computed whole in the step's one pass, packed
+        assert row.prefill_padded_tokens == row.prefill_tokens == sum(prompt[r] for r in s.first_token_ids)
+        assert row.scored_tokens == s.batch_size + sum(s.drafted) and row.drafting_rows == s.batch_size
+        assert row.wall_time > 0 and row.verify_time == row.prefill_time == row.model_time == 0  # whole steps timed
+        made.update({r: made[r] + e for r, e in zip(s.request_ids, s.emitted)})
+        made.update({r: 1 for r in s.first_token_ids})
+    assert any(s.batch_size and s.first_token_ids for s in result.steps)  # prefill beside decode rows
+    assert max(s.context for s in result.steps) > max(prompt.values())
+
+
+def test_a_profile_fitted_to_a_vllm_step_log_loads_and_prices_it(logged, tmp_path):
+    from nightjar_rl.cli import main
+    from nightjar_rl.hardware import HardwareProfile
+    from nightjar_rl.sim.calibrate import predicted_ms, read_step_logs
+
+    _, path, _ = logged
+    out = tmp_path / "vllm-profile.json"
+    assert main(["profile", "--from-steps", str(path), "--out", str(out), "--holdout", "0.25"]) == 0
+    profile = HardwareProfile.load(out)
+    cal = profile.meta["calibration"]
+    assert cal["fit"] == "wall" and profile.meta["verify_layout"] == "mixed" and cal["held_out"] > 0
+    assert [e["part"] for e in cal["held_out_errors"]] == ["wall"]
+    steps = read_step_logs([path])
+    total = predicted_ms(steps, profile)["wall"].sum() / 1000
+    assert total == pytest.approx(steps["wall_time"].sum(), rel=0.3)  # a least-squares fit, in sample: loose
+
+
+def test_vllm_proposer_tables_by_hand():
+    """vLLM's lookup takes the longest suffix n-gram (<= 3) at its *earliest* occurrence. Prompt
+    1 2 8 1 2 6 1, output 2 8 4 4: at p = 1 the suffix 1 2 occurs at 0 and 3, the earliest gives
+    8 1 2 6 (1 agrees with 8 4 4); at p = 2 the suffix 1 2 8 gives 1 2 6 1 (none agrees); at p = 3
+    the suffix 4 never occurred: nothing."""
+    from nightjar_rl.integrations.vllm.trace import proposer_tables
+
+    drafted, accepted = proposer_tables([1, 2, 8, 1, 2, 6, 1], [2, 8, 4, 4], 4, 1, 3, 512)
+    assert drafted[:, 4].tolist() == [0, 4, 4, 0] and accepted[:, 4].tolist() == [0, 1, 0, 0]
+    assert drafted[:, 1].tolist() == [0, 1, 1, 0] and accepted[:, 1].tolist() == [0, 1, 0, 0]
+    drafted, _ = proposer_tables([1, 2, 8, 1, 2, 6, 1], [2, 8, 4, 4], 4, 1, 3, 10)  # context cap: 10 - 8 = 2
+    assert drafted[1, 4] == 2
+
+
+def test_the_vllm_twin_replays_vllm_step_for_step(backend, plain, logged):
+    """vLLM's outputs and proposer as a trace, replayed by the simulator with verify_layout mixed: every
+    step decodes the same rows with the same drafts, acceptance, context and packed prefill as vLLM
+    did, and is priced as the clock fit models vLLM's step."""
+    from nightjar_rl.hardware import HardwareProfile
+    from nightjar_rl.integrations.vllm.trace import proposer_tables
+    from nightjar_rl.runtime.driver import serve
+    from nightjar_rl.sim.calibrate import calibrate, predicted_ms, steps_frame
+    from nightjar_rl.sim.engine import SimEngine
+    from nightjar_rl.sim.trace import Trace, TraceRecord, make_meta
+
+    live, _, reqs = logged
+    cfg = backend.scenario.engine_config()
+    finish = plain[0].requests.set_index("request_id")["finish_reason"]
+    records = []
+    for r in reqs:
+        out = plain[0].outputs[r.request_id]
+        d, a = proposer_tables(r.prompt_ids, out, MAX_K, cfg.ngram_min, cfg.ngram_max, cfg.max_seq_len)
+        records.append(TraceRecord(r.request_id, tuple(r.prompt_ids), np.asarray(out), finish[r.request_id] == "eos", d, a))
+    trace = Trace(make_meta("smollm2-135m", "ngram", MAX_K, 32, "float32"), records)
+    fit = calibrate(steps_frame(live.steps), holdout=0.0)
+    profile = HardwareProfile.from_dict(fit.profile)
+    sim = SimEngine(trace, profile, max_batch_size=cfg.max_batch_size, max_seq_len=cfg.max_seq_len,
+                    max_speculation=MAX_K, verify_layout="mixed")
+    replay = serve(sim, requests(backend), k=MAX_K, progress=False)
+    assert replay.outputs == live.outputs
+    assert len(replay.steps) == len(live.steps)
+
+    def rows(s):
+        return {r: (k, d, a, e) for r, k, d, a, e in zip(s.request_ids, s.plan, s.drafted, s.accepted, s.emitted)}
+
+    for v, m in zip(live.steps, replay.steps):
+        assert rows(m) == rows(v)
+        assert (m.scored_tokens, m.context, m.prefill_padded_tokens) == (v.scored_tokens, v.context, v.prefill_padded_tokens)
+        assert set(m.first_token_ids) == set(v.first_token_ids) and set(m.finished_ids) == set(v.finished_ids)
+    priced = predicted_ms(steps_frame(live.steps), profile)["wall"].to_numpy() / 1000
+    assert np.allclose([m.wall_time for m in replay.steps], priced)
+    assert sum(map(sum, (s.accepted for s in live.steps))) > 0  # it speculated, and drafts were accepted

@@ -141,10 +141,11 @@ class IndexPlan(SpecPlan):
 
 
 def test_per_row_budgets_trim_each_rows_drafts_exactly(llm, prompts, plain):
-    """Mode trim: every row verifies min(its proposed drafts, its plan length) drafts, no more, no less."""
+    """Mode trim: every row verifies min(its proposed drafts, its plan length, its remaining budget - 1)
+    drafts, no more, no less (the last cap as on nightjar-rl's engine: no draft it could not emit)."""
     sched = scheduler_of(llm)
     proposed: dict[str, int] = {}
-    seen: list[tuple[int, int, int]] = []
+    seen: list[tuple[int, int, int, int]] = []
     original = type(sched).update_draft_token_ids
 
     def spy(draft_token_ids):
@@ -157,7 +158,8 @@ def test_per_row_budgets_trim_each_rows_drafts_exactly(llm, prompts, plain):
     def check(out, model_out, before):
         stats = original_stats(sched, out, model_out, before)
         for rid, k, d in zip(stats.request_ids, stats.plan, stats.drafted):
-            seen.append((proposed.get(rid, 0), k, d))
+            req, had = before[rid]
+            seen.append((proposed.get(rid, 0), k, d, req.max_tokens - had - 1))
         return stats
 
     sched.update_draft_token_ids, sched._step_stats = spy, check
@@ -166,10 +168,11 @@ def test_per_row_budgets_trim_each_rows_drafts_exactly(llm, prompts, plain):
     finally:
         del sched.update_draft_token_ids, sched._step_stats
     assert tokens == plain
-    assert seen and all(got == min(offered, k) for offered, k, got in seen)
-    assert {k for _, k, _ in seen} == set(range(MAX_K + 1))  # rows with every budget in the same run
-    assert any(offered > k > 0 for offered, k, _ in seen)  # some drafts were really cut to a budget
-    assert any(offered > 0 and k == 0 for offered, k, _ in seen)  # ... and some to nothing
+    assert seen and all(got == min(offered, k, cap) for offered, k, got, cap in seen)
+    assert {k for _, k, _, _ in seen} == set(range(MAX_K + 1))  # rows with every budget in the same run
+    assert any(offered > k > 0 for offered, k, _, cap in seen if cap >= k)  # some drafts were really cut to a budget
+    assert any(offered > 0 and k == 0 for offered, k, _, _ in seen)  # ... and some to nothing
+    assert any(min(offered, k) > cap for offered, k, _, cap in seen)  # ... and some to the row's remaining tokens
 
 
 def test_bandit_learns_online_and_saves_its_artifact(llm, prompts, plain, tmp_path):

@@ -1,5 +1,6 @@
 """`nightjar-rl trace record`: serve a live scenario's prompts (or any workload's, `--workload SPEC`,
-no scenario file needed) and record the trace its simulator twin replays (`nightjar_rl.sim.record`).
+no scenario file needed) and record the trace its simulator twin replays (`nightjar_rl.sim.record`;
+a `backend: vllm` scenario records vLLM's outputs and proposer, `nightjar_rl.integrations.vllm.trace`).
 Resumable: a partial trace is checkpointed beside the output (OUT.partial.npz) after every chunk of
 prompts and read back when the same command runs again. `--reuse-outputs TRACE` takes the greedy
 outputs of an earlier trace of the same model (a new drafter over the same outputs)."""
@@ -35,7 +36,7 @@ def record_scenario(a: argparse.Namespace):
     one made from the flags."""
     if a.scenario:
         scenario = load_scenario(a.scenario)
-        if scenario.backend != "live":
+        if scenario.backend == "sim":
             raise ValueError(f"scenario {scenario.name!r} is a sim scenario: record from the live scenario it twins")
         if a.workload:
             scenario = scenario.replace(name=f"{scenario.name}-{_workload_name(a.workload)}",
@@ -60,6 +61,8 @@ def cmd_trace_record(a: argparse.Namespace) -> int:
     max_new = a.max_new_tokens if a.max_new_tokens is not None else scenario.max_new_tokens
     if max_k < 1 or max_new < 1 or a.chunk < 1:
         raise ValueError("--max-k, --max-new-tokens and --chunk must be >= 1")
+    if scenario.backend == "vllm":
+        return _record_vllm(a, scenario, max_k, max_new)
     backend = LiveBackend(scenario)
     pool = backend.prompt_pool
     config = scenario.engine_config()
@@ -79,6 +82,24 @@ def cmd_trace_record(a: argparse.Namespace) -> int:
     checkpoint.unlink(missing_ok=True)
     tokens = sum(len(r) for r in trace.records)
     print(f"wrote trace {out} ({len(trace.records)} prompts, {tokens} output tokens, max_k {max_k})")
+    return 0
+
+
+def _record_vllm(a: argparse.Namespace, scenario, max_k: int, max_new: int) -> int:
+    """A `backend: vllm` scenario: vLLM's greedy outputs and vLLM's n-gram proposer tables
+    (`nightjar_rl.integrations.vllm.trace`; no checkpoints: one short vLLM run)."""
+    from nightjar_rl.env.backend import VLLMBackend
+    from nightjar_rl.integrations.vllm.trace import record_vllm_trace
+
+    reuse = Trace.load(a.reuse_outputs) if a.reuse_outputs else None
+    if reuse is not None and reuse.meta.get("model") != scenario.engine.model:
+        raise TraceError(f"--reuse-outputs {a.reuse_outputs}: recorded with model {reuse.meta.get('model')!r}, "
+                         f"not {scenario.engine.model!r}")
+    trace = record_vllm_trace(VLLMBackend(scenario), max_k, max_new, progress=not a.quiet, reuse=reuse)
+    out = Path(a.out) if a.out else default_trace_path(scenario)
+    trace.save(out)
+    tokens = sum(len(r) for r in trace.records)
+    print(f"wrote trace {out} ({len(trace.records)} prompts, {tokens} output tokens, max_k {max_k}, vLLM's proposer)")
     return 0
 
 

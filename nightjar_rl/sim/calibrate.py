@@ -9,8 +9,21 @@ mixed prefill and decode, saturation). This fits each part of the step time to s
     overhead_ms = o0 + o1 * rows                         (wall - model time - lookup)
     lookup      = draft_time / drafting_rows             (n-gram / SSSD: ms per drafting row)
 
-(`scored`: positions the verify pass computed; `context`: the longest cached row.) The fitted
-functions are tabulated into an ordinary hardware profile (`nightjar_rl.hardware`): verify over
+(`scored`: positions the verify pass computed; `context`: the longest cached row.)
+
+An engine that runs a step as one pass and times only the whole step (vLLM: decode rows, their
+drafts and the admitted prompts packed into one forward; `VLLMEngine`'s steps have `wall_time`
+only) is fitted on the wall time alone ("wall" fit, chosen automatically when no step has a timed
+part):
+
+    wall_ms = w0 + w1 * max(1, rows) + a2 * scored + a3 * scored * context / 1000 + p1 * (T - 1)+
+
+(T: prompt tokens computed in the step, packed; linear, since packed prompts attend only to
+themselves). It tabulates to overhead = w0 + w1 * rows, verify = a2 * scored + a3 * scored *
+context / 1000, prefill = p1 * (T - 1) and no lookup, which the simulator's `verify_layout: mixed`
+adds up to exactly this (prefill_ms(1) = 0, so "the pass is not paid twice" subtracts nothing).
+
+The fitted functions are tabulated into an ordinary hardware profile (`nightjar_rl.hardware`): verify over
 batch x tokens per row x context, prefill over tokens, overhead over batch. The profile
 interpolates linearly in each of those, which reproduces the verify and overhead models exactly
 inside the grid; the prefill curve is sampled densely. A seeded share of the steps is held out of
@@ -34,6 +47,8 @@ STEP_COLUMNS = ("batch", "verify_time", "prefill_time", "draft_time", "wall_time
 VERIFY_TERMS = ("1", "rows", "scored", "scored*context/1000")
 PREFILL_TERMS = ("1", "tokens", "tokens^2/1000")
 OVERHEAD_TERMS = ("1", "rows")
+WALL_TERMS = ("1", "max(1,rows)", "scored", "scored*context/1000", "(prefill tokens-1)+")
+FITS = ("auto", "parts", "wall")
 
 
 class CalibrationError(ValueError):
@@ -64,6 +79,11 @@ def steps_frame(steps) -> pd.DataFrame:
 
 def _design(df: pd.DataFrame, part: str) -> np.ndarray:
     rows = df["batch"].to_numpy(float)
+    if part == "wall":
+        scored = df["scored_tokens"].to_numpy(float)
+        tokens = df["prefill_padded_tokens"].to_numpy(float)
+        return np.column_stack([np.ones_like(rows), np.maximum(rows, 1), scored,
+                                scored * df["context"].to_numpy(float) / 1000, np.maximum(tokens - 1, 0)])
     if part == "verify":
         scored = df["scored_tokens"].to_numpy(float)
         return np.column_stack([np.ones_like(rows), rows, scored, scored * df["context"].to_numpy(float) / 1000])
@@ -90,7 +110,20 @@ def _selection(df: pd.DataFrame, part: str) -> pd.Series:
         return (df["batch"] > 0) & (df["verify_time"] > 0) & (df["scored_tokens"] > 0)
     if part == "prefill":
         return (df["prefill_padded_tokens"] > 0) & (df["prefill_time"] > 0)
+    if part == "wall":
+        return ((df["batch"] > 0) | (df["prefill_padded_tokens"] > 0)) & (df["wall_time"] > 0)
     return df["batch"] > 0
+
+
+def fit_kind(df: pd.DataFrame, fit: str = "auto") -> str:
+    """"parts" when the logs time verify and prefill separately (nightjar-rl's engine), "wall" when
+    only whole steps are timed (vLLM); `fit` forces one."""
+    if fit not in FITS:
+        raise CalibrationError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+    if fit != "auto":
+        return fit
+    timed = (df["verify_time"] > 0) | (df["prefill_time"] > 0) | (df["model_time"] > 0)
+    return "parts" if timed.any() else "wall"
 
 
 def fit_part(df: pd.DataFrame, part: str, min_steps: int = 4) -> np.ndarray:
@@ -114,11 +147,13 @@ class Calibration:
     lookup_ms_per_row: float
     profile: dict
     errors: pd.DataFrame  # one row per part: steps, mean abs. % error, total-time error %
+    fit: str = "parts"
 
     def summary(self) -> str:
-        lines = [f"{part}: " + ", ".join(f"{t}={c:.4g}" for t, c in zip(terms, self.coefficients[part]))
-                 for part, terms in (("verify", VERIFY_TERMS), ("prefill", PREFILL_TERMS),
-                                     ("overhead", OVERHEAD_TERMS))]
+        terms = ((("wall", WALL_TERMS),) if self.fit == "wall" else
+                 (("verify", VERIFY_TERMS), ("prefill", PREFILL_TERMS), ("overhead", OVERHEAD_TERMS)))
+        lines = [f"{part}: " + ", ".join(f"{t}={c:.4g}" for t, c in zip(names, self.coefficients[part]))
+                 for part, names in terms]
         lines.append(f"lookup: {self.lookup_ms_per_row:.4g} ms per drafting row")
         lines.append("held-out steps:\n" + self.errors.to_string(index=False))
         return "\n".join(lines)
@@ -130,6 +165,13 @@ def _grid(low: float, high: float, points: int) -> list[int]:
     return sorted({int(round(x)) for x in np.geomspace(low, max(high, low), points)} | {low, high})
 
 
+def parts_of_wall(w: np.ndarray) -> dict[str, np.ndarray]:
+    """A wall fit's coefficients as the parts' models (module docstring): the constant and per-row
+    terms are overhead, prefill is p1 * (T - 1) (as p0 + p1 T + p2 T^2 / 1000 with p0 = -p1)."""
+    return {"verify": np.array([0.0, 0.0, w[2], w[3]]), "prefill": np.array([-w[4], w[4], 0.0]),
+            "overhead": np.array([w[0], w[1]])}
+
+
 def tabulate(coef: dict[str, np.ndarray], lookup_ms: float, batch_sizes: Sequence[int], tokens_per_row: Sequence[int],
              contexts: Sequence[int], prefill_tokens: Sequence[int], **meta) -> dict:
     """The fitted functions as a hardware profile dict (version 2)."""
@@ -137,6 +179,9 @@ def tabulate(coef: dict[str, np.ndarray], lookup_ms: float, batch_sizes: Sequenc
 
     def verify_ms(b: int, n: int, c: int) -> float:
         return float(a[0] + a[1] * b + a[2] * b * n + a[3] * b * n * c / 1000)
+
+    def prefill_ms(t: int) -> float:
+        return max(0.0, float(p[0] + p[1] * t + p[2] * t * t / 1000))
 
     by_context = {str(c): {str(b): {str(n): round(verify_ms(b, n, c), 6) for n in tokens_per_row}
                            for b in batch_sizes} for c in contexts}
@@ -148,37 +193,46 @@ def tabulate(coef: dict[str, np.ndarray], lookup_ms: float, batch_sizes: Sequenc
         "verify_ms_by_context": by_context,
         "draft_ms": {},
         "ngram_lookup_ms_per_row": round(lookup_ms, 6),
-        "prefill_ms": {str(t): round(float(p[0] + p[1] * t + p[2] * t * t / 1000), 6) for t in prefill_tokens},
+        "prefill_ms": {str(t): round(prefill_ms(t), 6) for t in prefill_tokens},
         "overhead_ms": {str(b): round(float(o[0] + o[1] * b), 6) for b in batch_sizes},
     }
 
 
 def calibrate(steps: pd.DataFrame, *, holdout: float = 0.2, seed: int = 0, max_tokens_per_row: int | None = None,
-              batch_sizes: Sequence[int] | None = None, contexts: Sequence[int] | None = None, **meta) -> Calibration:
+              batch_sizes: Sequence[int] | None = None, contexts: Sequence[int] | None = None, fit: str = "auto",
+              **meta) -> Calibration:
     """Fit the clock model to `steps` (from `read_step_logs`), `holdout` of them kept out of the fit
-    and used to report its error. The grid defaults to the range the logs cover."""
+    and used to report its error. The grid defaults to the range the logs cover. `fit`: "parts",
+    "wall" or "auto" (`fit_kind`); a wall fit's profile is meant for `verify_layout: mixed`."""
     if not 0 <= holdout < 1:
         raise CalibrationError(f"holdout must be in [0, 1), got {holdout}")
+    kind = fit_kind(steps, fit)
     rng = np.random.default_rng(seed)
     held = rng.random(len(steps)) < holdout
     train, test = steps[~held], steps[held]
-    coef = {part: fit_part(train, part) for part in ("verify", "prefill", "overhead")}
-    drafting = train[train["drafting_rows"] > 0]
-    lookup_ms = float(drafting["draft_time"].sum() * 1000 / drafting["drafting_rows"].sum()) if len(drafting) else 0.0
-    decode = steps[_selection(steps, "verify")]
+    if kind == "wall":
+        wall = fit_part(train, "wall")
+        coef, lookup_ms, fitted = parts_of_wall(wall), 0.0, {"wall": wall}
+    else:
+        coef = fitted = {part: fit_part(train, part) for part in ("verify", "prefill", "overhead")}
+        drafting = train[train["drafting_rows"] > 0]
+        lookup_ms = float(drafting["draft_time"].sum() * 1000 / drafting["drafting_rows"].sum()) if len(drafting) else 0.0
+    decode = steps[(steps["batch"] > 0) & (steps["scored_tokens"] > 0)]  # the grid covers what ran, timed or not
     per_row = decode["scored_tokens"] / decode["batch"]
     batch_sizes = list(batch_sizes or _grid(1, decode["batch"].max(), 8))
     top = max_tokens_per_row or int(np.ceil(per_row.max()))
     contexts = list(contexts or _grid(1, decode["context"].max(), 2))
-    prefill = steps[_selection(steps, "prefill")]["prefill_padded_tokens"]
+    prefill = steps.loc[steps["prefill_padded_tokens"] > 0, "prefill_padded_tokens"]
     profile = tabulate(coef, lookup_ms, batch_sizes, sorted({1, top}), contexts,
                        _grid(1, max(prefill.max() if len(prefill) else 1, 2), 16),
-                       calibration={"steps": int(len(train)), "held_out": int(len(test)), "seed": seed,
-                                    "coefficients": {k: [float(x) for x in v] for k, v in coef.items()}},
-                       **meta)
+                       calibration={"steps": int(len(train)), "held_out": int(len(test)), "seed": seed, "fit": kind,
+                                    "coefficients": {k: [float(x) for x in v] for k, v in fitted.items()}},
+                       **({"verify_layout": "mixed"} if kind == "wall" else {}), **meta)
     HardwareProfile.from_dict(profile, "calibrated profile")  # what we write must load
-    return Calibration({k: [float(x) for x in v] for k, v in coef.items()}, lookup_ms, profile,
-                       held_out_errors(test, HardwareProfile.from_dict(profile)))
+    errors = held_out_errors(test, HardwareProfile.from_dict(profile), ("wall",) if kind == "wall" else PARTS)
+    profile["calibration"]["held_out_errors"] = [{k: None if isinstance(v, float) and np.isnan(v) else v
+                                                   for k, v in row.items()} for row in errors.to_dict(orient="records")]
+    return Calibration({k: [float(x) for x in v] for k, v in fitted.items()}, lookup_ms, profile, errors, kind)
 
 
 def predicted_ms(steps: pd.DataFrame, profile: HardwareProfile) -> pd.DataFrame:
@@ -193,14 +247,17 @@ def predicted_ms(steps: pd.DataFrame, profile: HardwareProfile) -> pd.DataFrame:
     return pd.DataFrame(rows, index=steps.index)
 
 
-def held_out_errors(test: pd.DataFrame, profile: HardwareProfile) -> pd.DataFrame:
+PARTS = ("verify", "prefill", "overhead", "wall")
+
+
+def held_out_errors(test: pd.DataFrame, profile: HardwareProfile, parts: Sequence[str] = PARTS) -> pd.DataFrame:
     """Per part: held-out steps, mean absolute % error per step, and the % error of the summed time
     (what a throughput prediction inherits)."""
     if test.empty:
         return pd.DataFrame(columns=["part", "steps", "mean_abs_pct_error", "total_pct_error"])
     pred = predicted_ms(test, profile)
     out = []
-    for part in ("verify", "prefill", "overhead", "wall"):
+    for part in parts:
         sel = _selection(test, part) if part in ("verify", "prefill") else test["batch"] >= 0
         actual = (_overhead_ms(test) if part == "overhead" else test[f"{part}_time"].to_numpy(float) * 1000)[sel.to_numpy()]
         guess = pred[part].to_numpy()[sel.to_numpy()]

@@ -11,7 +11,8 @@ k_max = the largest plan length times) it also tracks how far the draft's KV cac
 catch-up after k = 0 is charged as in the live engine. Only time is modelled:
 
     wall = prefill + draft + catch-up + verify + overhead
-    prefill  = sum over prefill groups of prefill_ms(group rows x longest prompt)
+    prefill  = sum over prefill groups of prefill_ms(group rows x longest prompt); layout mixed: one
+               prefill_ms(summed prompt tokens), less prefill_ms(1) when the step also decodes
     draft    = k_max x draft_ms(B) (draft model) or D x ngram_lookup_ms_per_row (n-gram, SSSD;
                D = rows with a plan length > 0)
     catch-up = draft_prefill_ms(B x (largest lag - 1)) when the largest lag exceeds 2
@@ -47,8 +48,9 @@ ROW = "sim"  # per-row replay state in Sequence.state
 VERIFY_LAYOUTS = {
     "padded": "every row scores 1 + the longest row's drafts (the live engine's padded verify layout)",
     "packed": "rows are flattened: a step scores rows + drafted tokens (vLLM's layout)",
-    "mixed": "packed, and the step's prefill rides in the same pass (vLLM's chunked prefill): a step that also "
-             "decodes pays prefill_ms(tokens) - prefill_ms(1), the weight reads not repeated (a first-order what-if)",
+    "mixed": "packed, and the step's prefill rides in the same pass (vLLM's unified step): the admitted prompts are "
+             "packed, unpadded, into one prefill of their summed tokens, and a step that also decodes pays "
+             "prefill_ms(tokens) - prefill_ms(1), the weight reads not repeated (the vLLM twin's pricing)",
 }
 
 
@@ -168,8 +170,15 @@ class SimEngine(ScheduledEngine):
     def _prefill(self, admitted: list[Sequence], stats: StepStats) -> None:
         if not admitted:
             return
-        for rows in self._prefill_groups(admitted, stats):
-            stats.prefill_time += self._seconds("prefill", len(rows) * max(s.num_prompt for s in rows))
+        if self.verify_layout == "mixed":  # packed into the step's one pass: one prefill, no padding
+            groups = [admitted]
+            sizes = [sum(s.num_prompt for s in admitted)]
+            stats.prefill_padded_tokens += sizes[0]
+        else:
+            groups = self._prefill_groups(admitted, stats)
+            sizes = [len(rows) * max(s.num_prompt for s in rows) for rows in groups]
+        for rows, size in zip(groups, sizes):
+            stats.prefill_time += self._seconds("prefill", size)
             for seq in rows:
                 row = seq.state[ROW] = self._row_state(seq.request)
                 self._append(seq, row, 1)

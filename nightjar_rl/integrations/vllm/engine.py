@@ -30,13 +30,20 @@ FINISH_REASONS = {"stop": "eos", "length": "length", "abort": ABORT, "error": "e
 
 
 def start_llm_engine(cfg: EngineConfig, enforce_eager: bool = True):
-    """An in-process `vllm.LLMEngine` for `cfg` with `NightjarScheduler` in mode trim."""
+    """An in-process `vllm.LLMEngine` for `cfg` with `NightjarScheduler` in mode trim.
+
+    Its token budget per step (`max_num_batched_tokens`) holds every slot's full context, so a step
+    admits what fits in the slots and prefills it whole, in the same pass as the decode rows, as
+    nightjar-rl's engine admits (vLLM's default budget, 2048 tokens on CPU, would chunk a burst of
+    long prompts over several steps). The simulator's vLLM twin (`verify_layout: mixed`) prices
+    exactly that step."""
     require_vllm()
     ensure_inprocess()
     from vllm import EngineArgs, LLMEngine
 
-    return LLMEngine.from_engine_args(EngineArgs(**engine_kwargs(cfg, scheduler={"mode": "trim"},
-                                                                 enforce_eager=enforce_eager)))
+    kwargs = engine_kwargs(cfg, scheduler={"mode": "trim"}, enforce_eager=enforce_eager)
+    kwargs["max_num_batched_tokens"] = max(2048, cfg.max_batch_size * cfg.max_seq_len)
+    return LLMEngine.from_engine_args(EngineArgs(**kwargs))
 
 
 class VLLMEngine:

@@ -14,10 +14,14 @@ batch-size table `num_speculative_tokens_per_batch_size` uses). This subclass se
 - mode "trim" (the backend's): vLLM proposes `num_speculative_tokens` drafts every step and the
   plan, decided before scheduling (batch size = rows running before admission, as in nightjar-rl's
   engine), trims each row's drafts for this very step; the plan is the policy's, or `self.plan` set
-  from outside (`engine.VLLMEngine`).
+  from outside (`engine.VLLMEngine`). As on nightjar-rl's engine, a row never verifies more drafts
+  than it can still emit (its remaining token budget - 1; vLLM itself would verify them and drop
+  the surplus), so a plan computes the same thing on both engines and the simulator replays it.
 
 Every step becomes a nightjar-rl `StepStats` (`last_stats`; per row drafted / accepted / emitted,
-wall time from scheduling to the processed outputs), which feeds the observation, the policy's
+`scored_tokens` = rows + drafts, `context` = the longest decoded row's cached tokens, prefill
+tokens = prompt tokens (or chunks) computed in the same pass, `prefill_padded_tokens` equal to them
+since vLLM packs; wall time from scheduling to the processed outputs), which feeds the observation, the policy's
 `observe`, online learning (reward: decode tokens/s) and the step log.
 
 Settings, as vLLM config (`additional_config={"nightjar": {...}}`, `--additional-config`) or the JSON
@@ -49,6 +53,22 @@ MODES = ("propose", "trim")
 SETTINGS = ("policy", "learn", "save_policy", "log_steps", "mode", "save_every")
 SAVE_EVERY = 500  # steps between saves of a learning policy (a server may be killed before shutdown runs)
 logger = logging.getLogger("nightjar_rl.vllm")
+
+
+def _kept(req, had: int, emitted: int, drafts: list[int], raw: int) -> int:
+    """Draft tokens a row accepted and kept this step. Greedy: the drafts that agree with the tokens
+    the step appended (a draft is accepted iff it is the target's token), which also counts a draft
+    that was the EOS ending the request, as nightjar-rl's engine and traces do (vLLM's sampled list
+    then lacks it); sampling: vLLM's sampled tokens less the bonus, capped by what was appended."""
+    if not drafts:
+        return 0
+    params = req.sampling_params
+    if params is not None and params.temperature == 0:
+        new, kept = req.output_token_ids[had: had + emitted], 0
+        while kept < min(len(new), len(drafts)) and new[kept] == drafts[kept]:
+            kept += 1
+        return kept
+    return min(max(raw - 1, 0), emitted)
 
 
 class NightjarScheduler(Scheduler):
@@ -123,6 +143,8 @@ class NightjarScheduler(Scheduler):
             lengths = self._row_plan
         for req in self.running:  # per-row budgets: fewer drafts scheduled for verification
             k = lengths.get(req.request_id)
+            if k is not None and self.mode == "trim":  # as on nightjar-rl's engine: no draft past the budget
+                k = min(k, max(0, req.max_tokens - req.num_output_tokens - 1))
             if k is not None and len(req.spec_token_ids) > k:
                 req.spec_token_ids = req.spec_token_ids[:k]
         self._verify_plan = dict(lengths)
@@ -167,17 +189,20 @@ class NightjarScheduler(Scheduler):
             emitted = req.num_output_tokens - had
             if had == 0:  # prefill (or a chunk of it)
                 stats.prefill_tokens += scheduled
+                stats.prefill_padded_tokens += scheduled  # packed with the step's other tokens: no padding
                 if emitted:
                     stats.num_prefilled += 1
                     stats.prefill_emitted += emitted
                     stats.first_token_ids.append(rid)
             else:
-                drafted = sum(1 for t in out.scheduled_spec_decode_tokens.get(rid, ()) if t >= 0)
+                drafts = [t for t in out.scheduled_spec_decode_tokens.get(rid, ()) if t >= 0]
+                drafted = len(drafts)
                 raw = len(sampled[index[rid]]) if sampled and rid in index else 0
                 stats.request_ids.append(rid)
+                stats.context = max(stats.context, req.num_prompt_tokens + had - 1)  # cached before the step
                 stats.plan.append(self._verify_plan.get(rid, self.max_k))
                 stats.drafted.append(drafted)
-                stats.accepted.append(min(max(raw - 1, 0), emitted) if drafted else 0)
+                stats.accepted.append(_kept(req, had, emitted, drafts, raw))
                 stats.emitted.append(emitted)
             if req.is_finished():
                 stats.finished_ids.append(rid)
