@@ -20,6 +20,7 @@ from nightjar_rl.schema import ConfigError
 from nightjar_rl.stack import EngineConfig
 
 from .conftest import greedy_reference, make_drafter
+from .engines import stable_seed
 
 VOCAB = 96
 TIMES = {"prefill_time", "draft_time", "catchup_time", "verify_time", "wall_time", "model_time"}
@@ -108,7 +109,7 @@ def _same_runs(target, drafter_factory, kind: str, plan, requests, **kwargs):
 @pytest.mark.parametrize("drafter", ["none", "ngram", "self", "early-exit", "other"])
 @pytest.mark.parametrize("plan", list(PLANS))
 def test_packed_equals_padded_and_plain_greedy(tiny_target, drafter, plan):
-    requests = _requests(hash((drafter, plan)) & 0xFFFF)
+    requests = _requests(stable_seed(drafter, plan))
     runs = _same_runs(tiny_target, lambda: make_drafter(drafter, tiny_target), "standard", PLANS[plan], requests)
     assert runs["packed"][0] == {r.request_id: greedy_reference(tiny_target, r.prompt_ids, r.max_new_tokens)
                                  for r in requests}
@@ -118,7 +119,7 @@ def test_packed_equals_padded_and_plain_greedy(tiny_target, drafter, plan):
 @pytest.mark.parametrize("drafter", ["ngram", "early-exit"])
 @pytest.mark.parametrize("plan", ["uniform-schedule", "half-8", "mixed"])
 def test_packed_equals_padded_in_the_batch_parallel_decoder(tiny_target, kind, drafter, plan):
-    requests = _requests(hash((kind, drafter, plan)) & 0xFFFF, n=9)
+    requests = _requests(stable_seed(kind, drafter, plan), n=9)
     _same_runs(tiny_target, lambda: make_drafter(drafter, tiny_target), kind, PLANS[plan], requests)
 
 
