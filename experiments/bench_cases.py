@@ -28,7 +28,6 @@ import quickmode  # same folder
 import torch
 from tqdm.auto import tqdm
 
-from nightjar_rl.models import load_model
 from nightjar_rl.runtime import serve
 from nightjar_rl.serving import build_requests, load_prompts, summarize
 from nightjar_rl.serving.workload import encode_record
@@ -62,9 +61,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out-dir", default="runs/bench_cases")
     args = quickmode.parse_args(parser, QUICK, argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, "float32", "cpu")
+    loaded = quickmode.float32_cpu_model(args.model, args.threads)
     prompts = prompt_ids(loaded, args.prompts)
     longest = max(map(len, prompts)) + args.max_new_tokens + 1
     cases = [("batch 1, off", 1, 0), (f"batch 1, ngram k={args.k}", 1, args.k),

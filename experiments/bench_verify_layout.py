@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 from nightjar_rl.contracts.plan import SpecPlan
 from nightjar_rl.decoding import SpeculativeEngine
 from nightjar_rl.decoding.sequence import Request
-from nightjar_rl.models import load_model
 
 LAYOUTS = ("padded", "packed")
 GOALS = {"half-8": 0.60, "uniform-4": 1.02, "uniform-0": 1.02}  # packed / padded at most
@@ -66,9 +65,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out-dir", default="runs/bench_verify_layout")
     args = quickmode.parse_args(parser, QUICK, argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, "float32", "cpu")
+    loaded = quickmode.float32_cpu_model(args.model, args.threads)
     vocab = loaded.model.config.vocab_size
     plans = args.plans.split(",")
     tokens = 9 * (args.repeats * args.steps + 2) + 2

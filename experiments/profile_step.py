@@ -40,7 +40,6 @@ from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
 from nightjar_rl.decoding.runner import SLOT_ATTENTION, slot_attention
 from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.io import atomic_write_text
-from nightjar_rl.models import load_model
 
 PARTS = ("linear", "attention", "kv_write", "other_layers", "lm_head", "inputs_mask", "accept", "draft", "step_other")
 QUICK = {"model": "tiny-random", "batches": "1,4", "ks": "0,2", "steps": 2, "context": 16, "threads": 1}
@@ -166,9 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--torch-profiler", action="store_true", help="also write torch.profiler's top-op tables")
     parser.add_argument("--out-dir", default="runs/profile_step")
     args = quickmode.parse_args(parser, QUICK, argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, "float32", "cpu")
+    loaded = quickmode.float32_cpu_model(args.model, args.threads)
     vocab = loaded.model.config.vocab_size
     rows, tables = [], []
     configs = [(int(b), int(k), layout) for b in args.batches.split(",") for k in args.ks.split(",")

@@ -26,6 +26,18 @@ def parse_args(parser: argparse.ArgumentParser, quick: dict, argv: list[str] | N
     return args
 
 
+def float32_cpu_model(name: str, threads: int | None):
+    """The model the engine-speed scripts time: `name` in float32 on the CPU, with `threads` torch
+    threads when given (else torch's default)."""
+    import torch
+
+    from nightjar_rl.models import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    return load_model(name, "float32", "cpu")
+
+
 def write_report(out_dir: str | Path, tables: dict[str, pd.DataFrame], summary: dict, text: str) -> None:
     """A benchmark's results, each file atomically: `tables` as CSVs (by file name), summary.json,
     and `text` as summary.md, which is also printed."""
