@@ -45,6 +45,7 @@ from vllm.v1.request import RequestStatus
 
 from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.contracts.observation import ObservationTracker
+from nightjar_rl.decoding.drafters.acceptance import agreement
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.integrations.vllm.config import plugin_settings
 from nightjar_rl.schema import ConfigError
@@ -64,10 +65,7 @@ def _kept(req, had: int, emitted: int, drafts: list[int], raw: int) -> int:
         return 0
     params = req.sampling_params
     if params is not None and params.temperature == 0:
-        new, kept = req.output_token_ids[had: had + emitted], 0
-        while kept < min(len(new), len(drafts)) and new[kept] == drafts[kept]:
-            kept += 1
-        return kept
+        return agreement(drafts, req.output_token_ids[had: had + emitted])
     return min(max(raw - 1, 0), emitted)
 
 
