@@ -8,8 +8,9 @@ Per model (and decoder):
      `--abort-frac` of the accepted requests is aborted after a random delay; the drafter raises on a
      fraction `--draft-fault-rate` of its calls (and the target on `--target-fault-rate` of its forwards)
   3. drain: no more arrivals; serve what was accepted to the end
-`--through server` runs the same soak through the OpenAI-compatible server (in this process, on a
-free port): every arrival is a streamed `/v1/completions` request, an abort is a client that hangs up,
+`--through server` runs the same soak through the OpenAI-compatible server (in its own process, on a
+free port): every arrival is a streamed `/v1/completions` request (at most `--client-max-rate` per
+second: past that the clients, not the server, are what is measured), an abort is a client that hangs up,
 the queue bound answers 503, and `/health` is polled once a second (its worst latency is reported).
 Each request the server accepted must end exactly once: the server's finished count (by reason) is
 checked against what the clients saw.
@@ -80,6 +81,8 @@ class SoakConfig:
     target_fault_rate: float = 0.0  # share of target forwards that raise (their rows fail)
     drain_s: float = 300.0  # longest time to serve what was accepted after the soak
     max_connections: int = 256  # --through server: client connections; more arrivals wait in the client pool
+    client_max_rate: float = 150.0  # --through server: arrivals/s at most; one Python process of httpx clients
+    # on 2 cores falls behind near 200/s, and then it measures the client, not the server
     threads: int = 0  # torch CPU threads (0: torch's choice)
     seed: int = 0
     out: str = "runs/soak"
@@ -97,7 +100,7 @@ def parse_args() -> SoakConfig:
     args = vars(quickmode.parse_args(parser, QUICK))
     del args["quick"]
     cfg = SoakConfig(**args)
-    for name in ("minutes", "overload", "calibrate_s", "window_s"):
+    for name in ("minutes", "overload", "calibrate_s", "window_s", "client_max_rate"):
         if not getattr(cfg, name) > 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be > 0")
     if not set(cfg.through.split(",")) <= {"engine", "server"}:
@@ -415,7 +418,7 @@ def soak_server_one(model_name: str, decoder: str, loaded, cfg: SoakConfig) -> t
     child.start()
     try:
         url, saturation = port_queue.get(timeout=600)
-        rate = cfg.overload * saturation
+        rate = min(cfg.overload * saturation, cfg.client_max_rate)
         rng = np.random.default_rng(cfg.seed)
         rss_start = _process_rss_mb(child.pid)
         state, windows, health_ms, rss_end, client_errors = asyncio.run(
