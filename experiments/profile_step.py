@@ -5,7 +5,8 @@ Each configuration prefills `--batch` rows of `--context` tokens, then times `--
 row's last token repeated, so the verify pass has a known shape). Timers wrap the engine's parts
 from outside (nothing in the library is changed):
 
-  linear        the model's nn.Linear modules (q/k/v/o projections, MLP; LM head apart)
+  linear        the model's linear layers (q/k/v/o projections, MLP; LM head apart), nn.Linear or
+                packed (`--linears`, nightjar_rl.cpu_linears)
   attention     the attention function (query grouping, SDPA, output)
   kv_write      SlotKVCache.update (writing each layer's new keys/values into the slots)
   other_layers  the rest of the decoder forward (embedding, norms, RoPE, activations, residuals)
@@ -35,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AttentionInterface
 
+from nightjar_rl.cpu_linears import LINEARS, PackedLinear
 from nightjar_rl.decoding import SpeculativeEngine
 from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
 from nightjar_rl.decoding.runner import SLOT_ATTENTION, slot_attention
@@ -42,7 +44,8 @@ from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.io import atomic_write_text
 
 PARTS = ("linear", "attention", "kv_write", "other_layers", "lm_head", "inputs_mask", "accept", "draft", "step_other")
-QUICK = {"model": "tiny-random", "batches": "1,4", "ks": "0,2", "steps": 2, "context": 16, "threads": 1}
+QUICK = {"model": "tiny-random", "batches": "1,4", "ks": "0,2", "steps": 2, "context": 16, "threads": 1,
+         "linears": "eager,packed"}
 
 
 class RepeatDrafter(Drafter):
@@ -71,7 +74,7 @@ class Timers:
         return timed
 
     def hook_linears(self, decoder: torch.nn.Module) -> list:
-        """Time every nn.Linear of `decoder`; returns the hook handles (remove them afterwards)."""
+        """Time every linear layer of `decoder` (a fused group once); returns the hook handles."""
         starts: dict[int, float] = {}
         handles = []
 
@@ -82,7 +85,7 @@ class Timers:
             self.total["linear"] += time.perf_counter() - starts.pop(id(module))
 
         for module in decoder.modules():
-            if isinstance(module, torch.nn.Linear):
+            if isinstance(module, (torch.nn.Linear, PackedLinear)):
                 handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
         return handles
 
@@ -162,20 +165,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--context", type=int, default=256, help="cached tokens per row")
     parser.add_argument("--steps", type=int, default=7, help="timed steps per configuration (median)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--linears", default="packed", help=f"comma-separated: {', '.join(LINEARS)}")
     parser.add_argument("--torch-profiler", action="store_true", help="also write torch.profiler's top-op tables")
     parser.add_argument("--out-dir", default="runs/profile_step")
     args = quickmode.parse_args(parser, QUICK, argv)
-    loaded = quickmode.float32_cpu_model(args.model, args.threads)
-    vocab = loaded.model.config.vocab_size
     rows, tables = [], []
-    configs = [(int(b), int(k), layout) for b in args.batches.split(",") for k in args.ks.split(",")
-               for layout in args.layouts.split(",")]
-    for batch, k, layout in tqdm(configs, desc="profile_step"):
-        row, table = profile_config(loaded.model, batch, k, layout, args.context, args.steps, vocab,
-                                    args.torch_profiler)
-        rows.append(row)
-        if table:
-            tables.append(f"## batch {batch}, k {k}, {layout}\n\n```\n{table}\n```\n")
+    for linears in args.linears.split(","):
+        if linears not in LINEARS:
+            raise SystemExit(f"--linears takes {', '.join(LINEARS)}, got {linears!r}")
+        model = quickmode.float32_cpu_model(args.model, args.threads, linears).model
+        configs = [(int(b), int(k), layout) for b in args.batches.split(",") for k in args.ks.split(",")
+                   for layout in args.layouts.split(",")]
+        for batch, k, layout in tqdm(configs, desc=f"profile_step ({linears} linears)"):
+            row, table = profile_config(model, batch, k, layout, args.context, args.steps,
+                                        model.config.vocab_size, args.torch_profiler)
+            rows.append({"linears": linears, **row})
+            if table:
+                tables.append(f"## {linears} linears, batch {batch}, k {k}, {layout}\n\n```\n{table}\n```\n")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)

@@ -26,16 +26,16 @@ def parse_args(parser: argparse.ArgumentParser, quick: dict, argv: list[str] | N
     return args
 
 
-def float32_cpu_model(name: str, threads: int | None):
+def float32_cpu_model(name: str, threads: int | None, linears: str = "packed"):
     """The model the engine-speed scripts time: `name` in float32 on the CPU, with `threads` torch
-    threads when given (else torch's default)."""
+    threads when given (else torch's default), its linear layers `linears` (packed or eager)."""
     import torch
 
     from nightjar_rl.models import load_model
 
     if threads:
         torch.set_num_threads(threads)
-    return load_model(name, "float32", "cpu")
+    return load_model(name, "float32", "cpu", linears)
 
 
 def write_report(out_dir: str | Path, tables: dict[str, pd.DataFrame], summary: dict, text: str) -> None:

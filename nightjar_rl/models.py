@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from nightjar_rl.cpu_linears import LINEARS, pack_linears
+
 DEFAULT_MODEL = "smollm2-135m"
 TINY_PREFIX = "tiny-random"
 CACHE_ENV = "NIGHTJAR_CACHE"
@@ -201,11 +203,21 @@ def _eos_ids(model, tokenizer) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def load_model(name: str, dtype: str | torch.dtype = "float32", device: str | None = None) -> LoadedModel:
+def load_model(name: str, dtype: str | torch.dtype = "float32", device: str | None = None,
+               linears: str = "packed") -> LoadedModel:
     """Load a causal LM: `smollm2-135m` (bundled), `tiny-random[-SEED]`, `random:SHAPE` (random weights
-    of a real shape, for timing), or an HF hub id / local path."""
-    torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
-    dev = pick_device(device)
+    of a real shape, for timing), or an HF hub id / local path. `linears="packed"` rewrites a float32
+    CPU model's linear layers as oneDNN-prepacked, fused GEMMs (`nightjar_rl.cpu_linears`); "eager"
+    keeps torch's `F.linear`."""
+    if linears not in LINEARS:
+        raise ModelLoadError(f"linears must be one of {', '.join(LINEARS)}, got {linears!r}")
+    loaded = _load(name, parse_dtype(dtype) if isinstance(dtype, str) else dtype, pick_device(device))
+    if linears == "packed":
+        pack_linears(loaded.model)
+    return loaded
+
+
+def _load(name: str, torch_dtype: torch.dtype, dev: torch.device) -> LoadedModel:
     if name.startswith(TINY_PREFIX):
         suffix = name[len(TINY_PREFIX):].lstrip("-")
         if suffix and not suffix.isdigit():

@@ -11,7 +11,7 @@ from nightjar_rl.decoding import SamplingParams, SpeculativeEngine
 from nightjar_rl.decoding.drafters.registry import DRAFTER_KINDS, build_sssd, drafter_kind, load_draft_model
 from nightjar_rl.decoding.parallel import PARALLEL_OPTIONS, ParallelBatchDecoder
 from nightjar_rl.decoding.runner import DEFAULT_VERIFY_LAYOUT, VERIFY_LAYOUTS
-from nightjar_rl.models import DEFAULT_MODEL, DTYPES, LoadedModel, load_model
+from nightjar_rl.models import DEFAULT_MODEL, DTYPES, LINEARS, LoadedModel, load_model
 from nightjar_rl.schema import ConfigError, check, option
 
 DRAFTERS = tuple(DRAFTER_KINDS)  # the registered names (plus "package.module:Name" entry points)
@@ -45,6 +45,8 @@ class EngineConfig:
     top_p: float = option(1.0, "nucleus sampling mass", above=0.0, high=1.0)
     seed: int = option(0, "engine sampling seed (and the workload's arrivals)", low=0)
     threads: int | None = option(None, "torch CPU intra-op threads (default: torch's choice)", int, low=1)
+    linears: str = option("packed", "float32 CPU linear layers: packed (oneDNN-prepacked, q/k/v and gate/up "
+                                    "fused, as vLLM's CPU build) or eager (torch's F.linear)", choices=LINEARS)
     verify_layout: str = option(DEFAULT_VERIFY_LAYOUT, "target forward layout: " + "; ".join(
         f"{name}: {doc}" for name, doc in VERIFY_LAYOUTS.items()) + "; mixed (simulator only): packed, with a "
         "step's prompts packed into the same pass (vLLM's unified step: the vLLM twin's pricing)", choices=(*VERIFY_LAYOUTS, "mixed"))
@@ -83,7 +85,7 @@ def build_stack(cfg: EngineConfig, target: LoadedModel | None = None) -> Stack:
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    target = target or load_model(cfg.model, cfg.dtype, cfg.device)
+    target = target or load_model(cfg.model, cfg.dtype, cfg.device, cfg.linears)
     engine_cls, decoder_kwargs = SpeculativeEngine, {}
     if cfg.decoder == "parallel":  # options from cfg.extra: draft_threads, verify_threads, draft_device, overlap
         engine_cls = ParallelBatchDecoder

@@ -55,3 +55,16 @@ def test_speculative_greedy_equals_hf_greedy(smollm, prompts, hf_greedy, drafter
     reqs = build_requests(prompts, ["g", "c", "h"], np.zeros(3), 24)
     result = serve(stack.engine, reqs, k=k, progress=False)
     assert [result.outputs[r.request_id] for r in reqs] == hf_greedy
+
+
+def test_packed_linears_give_eager_greedy_output(smollm, prompts, hf_greedy):
+    """The bundled model's packed linears (the default) and torch's F.linear decode the same tokens."""
+    from nightjar_rl.cpu_linears import PackedLinear
+    from nightjar_rl.models import load_model
+
+    assert any(isinstance(m, PackedLinear) for m in smollm.model.modules())
+    eager = load_model("smollm2-135m", "float32", "cpu", linears="eager")
+    stack = build_stack(EngineConfig(drafter="ngram", max_batch_size=3, linears="eager"), target=eager)
+    reqs = build_requests(prompts, ["g", "c", "h"], np.zeros(3), 24)
+    result = serve(stack.engine, reqs, k=0, progress=False)
+    assert [result.outputs[r.request_id] for r in reqs] == hf_greedy

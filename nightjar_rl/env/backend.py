@@ -41,7 +41,7 @@ class LiveBackend:
             from nightjar_rl.models import load_model
 
             s = self.scenario
-            self._target = load_model(s.engine.model, s.engine.dtype, s.engine.device)
+            self._target = load_model(s.engine.model, s.engine.dtype, s.engine.device, s.engine.linears)
         return self._target
 
     @cached_property

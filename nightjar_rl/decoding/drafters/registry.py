@@ -55,7 +55,8 @@ class DrafterKind:
         return {name: getattr(config, name) for name in self.fields}
 
 
-def load_draft_model(spec: str, target: LoadedModel, dtype: str, device: str | None) -> torch.nn.Module:
+def load_draft_model(spec: str, target: LoadedModel, dtype: str, device: str | None,
+                     linears: str = "packed") -> torch.nn.Module:
     """A draft model for `target`: `early-exit:L` (the target's first L layers) or a model name/path
     that must share the target's tokenizer."""
     if spec.startswith(EARLY_EXIT):
@@ -63,7 +64,7 @@ def load_draft_model(spec: str, target: LoadedModel, dtype: str, device: str | N
         if not layers.isdigit():
             raise ModelLoadError(f"early-exit drafts look like 'early-exit:4', got {spec!r}")
         return early_exit_draft(target.model, int(layers))
-    draft = load_model(spec, dtype, device)
+    draft = load_model(spec, dtype, device, linears)
     check_same_tokenizer(target, draft)
     return draft.model
 
@@ -99,7 +100,7 @@ DRAFTER_KINDS: dict[str, DrafterKind] = {kind.name: kind for kind in (
                 fields=("ngram_max", "ngram_min"), tables=stateless_tables, check=_check_ngram),
     DrafterKind("draft", "a draft model (name/path) or the target's first layers (early-exit:L)",
                 lambda config, target: DraftModelDrafter(load_draft_model(config.draft, target, config.dtype,
-                                                                          config.device)),
+                                                                          config.device, config.linears)),
                 fields=("draft",), cost=DRAFT_MODEL, tables=_draft_tables, check=_check_draft),
     DrafterKind("sssd", "SSSD token trees from the request's n-grams and an optional datastore",
                 build_sssd, fields=("datastore",), tables=tree_tables),

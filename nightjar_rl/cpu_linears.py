@@ -1,0 +1,116 @@
+"""oneDNN-prepacked linear layers for float32 models on CPU (what vLLM's CPU build does).
+
+torch's `F.linear` on CPU takes a matrix-vector path for one token and a GEMM path for more; at 2-3
+tokens that path costs 1.6-2x the one-token time on SmolLM2's shapes, and every call re-reads a
+row-major weight. `pack_linears` rewrites a loaded model in place:
+
+- q/k/v projections become one prepacked GEMM over their concatenated weights, gate/up another
+  (vLLM's QKVParallelLinear and MergedColumnParallelLinear): fewer, larger passes over memory;
+- every other projection, and the LM head, is prepacked alone.
+
+The model's own forward code is untouched: `q_proj`, `k_proj` and `v_proj` become `SliceOf` views of
+one `SharedProjection`, which computes the fused GEMM once per input tensor and hands each view its
+columns. Outputs agree with `F.linear` to float32 rounding (neither is batch-invariant: a row's
+result depends on how many rows share the call, in both). Measured in `experiments/profile_step.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LINEARS = ("packed", "eager")
+MIN_PACKED_ELEMENTS = 1 << 16  # smaller weights (tiny test models) stay F.linear: oneDNN's per-call
+# conversions cost more than they save there (2x slower steps on the 64-wide tiny-random model)
+FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+class PackedLinear(nn.Module):
+    """`y = x W^T + b` with W held in oneDNN's blocked layout (inference only)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.register_buffer("packed_weight", weight.detach().float().contiguous().to_mkldnn(), persistent=False)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        if flat.dtype != torch.float32 or not flat.is_contiguous():
+            flat = flat.float().contiguous()
+        out = torch._C._nn.mkldnn_linear(flat.to_mkldnn(), self.packed_weight, self.bias).to_dense()
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class SharedProjection(nn.Module):
+    """Several projections of the same input as one packed GEMM, computed once per input tensor: the
+    output is kept until each of the `len(linears)` views has taken its columns, then dropped (a
+    prefill's activations are not held between layers)."""
+
+    def __init__(self, linears: list[nn.Linear]):
+        super().__init__()
+        weight = torch.cat([lin.weight for lin in linears])
+        biases = [lin.bias for lin in linears]
+        bias = None if all(b is None for b in biases) else torch.cat(
+            [b if b is not None else torch.zeros(lin.out_features) for b, lin in zip(biases, linears)])
+        self.linear = PackedLinear(weight, bias)
+        self.views = len(linears)
+        self._cache: tuple[torch.Tensor, torch.Tensor, int] | None = None  # (input, output, views served)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # one tuple, read and written whole: two threads sharing the layers (an early-exit draft)
+        # can only cost a recomputation, never hand one input's output to another
+        cache = self._cache
+        if cache is not None and cache[0] is x:  # the views of one forward take the same tensor
+            out, served = cache[1], cache[2] + 1
+        else:
+            out, served = self.linear(x), 1
+        self._cache = None if served >= self.views else (x, out, served)
+        return out
+
+
+class SliceOf(nn.Module):
+    """Columns [start, stop) of a `SharedProjection`'s output: one of the fused projections."""
+
+    def __init__(self, shared: SharedProjection, start: int, stop: int):
+        super().__init__()
+        self.shared, self.start, self.stop = shared, start, stop
+        self.in_features, self.out_features = shared.linear.in_features, stop - start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shared(x)[..., self.start:self.stop]
+
+
+def can_pack(model: nn.Module) -> bool:
+    """Packing applies to float32 models on CPU with oneDNN available."""
+    param = next(model.parameters(), None)
+    return (param is not None and param.device.type == "cpu" and param.dtype == torch.float32
+            and torch.backends.mkldnn.is_available())
+
+
+def pack_linears(model: nn.Module, min_elements: int = MIN_PACKED_ELEMENTS) -> int:
+    """Rewrite `model`'s `nn.Linear`s of at least `min_elements` weights (a fused group: together) in
+    place as described in the module docstring; returns how many linears it replaced (0 when
+    `can_pack` is false). A tied LM head keeps its embedding dense."""
+    if not can_pack(model):
+        return 0
+    replaced = 0
+    for parent in list(model.modules()):
+        children = dict(parent.named_children())
+        for group in FUSED_GROUPS:
+            linears = [children.get(name) for name in group]
+            if (all(type(lin) is nn.Linear for lin in linears) and len({lin.in_features for lin in linears}) == 1
+                    and sum(lin.weight.numel() for lin in linears) >= min_elements):
+                shared, start = SharedProjection(linears), 0
+                for name, lin in zip(group, linears):
+                    setattr(parent, name, SliceOf(shared, start, start + lin.out_features))
+                    start += lin.out_features
+                replaced += len(group)
+        for name, child in parent.named_children():
+            if type(child) is nn.Linear and child.weight.numel() >= min_elements:
+                setattr(parent, name, PackedLinear(child.weight, child.bias))
+                replaced += 1
+    return replaced
