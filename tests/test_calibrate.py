@@ -8,16 +8,19 @@ import pytest
 
 from nightjar_rl.cli import main
 from nightjar_rl.hardware import HardwareProfile
-from nightjar_rl.sim.calibrate import CalibrationError, calibrate, fit_kind, fit_part, read_step_logs
+from nightjar_rl.sim.calibrate import (SCORED_KNOTS, CalibrationError, calibrate, fit_kind, fit_part, read_step_logs,
+                                      verify_design)
 
 VERIFY = (20.0, 1.5, 0.8, 2.0)  # ms: a0 + a1 rows + a2 scored + a3 scored * context / 1000
+NO_KNOTS = (0.0,) * len(SCORED_KNOTS)  # the concave terms c_K min(scored, K): none in the linear engine
 PREFILL = (5.0, 0.3, 0.4)  # ms: p0 + p1 T + p2 T^2 / 1000
 OVERHEAD = (2.0, 0.25)  # ms: o0 + o1 rows
 LOOKUP = 0.05  # ms per drafting row
 
 
-def synthetic_log(n: int = 400, noise: float = 0.0, seed: int = 0) -> pd.DataFrame:
-    """Steps of a made-up engine whose every part costs exactly the functions above (times in s)."""
+def synthetic_log(n: int = 400, noise: float = 0.0, seed: int = 0, knots: tuple[float, ...] = NO_KNOTS) -> pd.DataFrame:
+    """Steps of a made-up engine whose every part costs exactly the functions above (times in s),
+    plus `knots` (c_K per SCORED_KNOTS) in its verify cost."""
     rng = np.random.default_rng(seed)
     batch = rng.integers(1, 33, n)
     per_row = rng.integers(1, 6, n)
@@ -26,6 +29,7 @@ def synthetic_log(n: int = 400, noise: float = 0.0, seed: int = 0) -> pd.DataFra
     prefill = np.where(rng.random(n) < 0.3, rng.integers(8, 400, n), 0)
     drafting = np.where(per_row > 1, batch, 0)
     verify_ms = VERIFY[0] + VERIFY[1] * batch + VERIFY[2] * scored + VERIFY[3] * scored * context / 1000
+    verify_ms = verify_ms + sum(c * np.minimum(scored, k) for c, k in zip(knots, SCORED_KNOTS))
     prefill_ms = np.where(prefill > 0, PREFILL[0] + PREFILL[1] * prefill + PREFILL[2] * prefill**2 / 1000, 0)
     overhead_ms = OVERHEAD[0] + OVERHEAD[1] * batch
     lookup_ms = LOOKUP * drafting
@@ -44,9 +48,23 @@ def synthetic_log(n: int = 400, noise: float = 0.0, seed: int = 0) -> pd.DataFra
 
 def test_exact_steps_give_the_coefficients_back():
     log = synthetic_log()
-    assert np.allclose(fit_part(log, "verify"), VERIFY, rtol=1e-6)
+    assert np.allclose(fit_part(log, "verify"), VERIFY + NO_KNOTS, rtol=1e-6, atol=1e-9)
     assert np.allclose(fit_part(log, "prefill"), PREFILL, rtol=1e-6)
     assert np.allclose(fit_part(log, "overhead"), OVERHEAD, rtol=1e-6)
+
+
+def test_a_concave_verify_cost_is_recovered_and_prices_one_row_steps():
+    """A GEMM that costs little more for 4 positions than for 1: 6 ms x min(scored, 4) on top of the
+    line. Hand-computed one-row step at context 100: 20 + 1.5 + 0.8 + 0.2 + 6 = 28.5 ms; a line fitted
+    through the same steps prices it far higher."""
+    knots = tuple(6.0 if k == 4 else 0.0 for k in SCORED_KNOTS)
+    log = synthetic_log(knots=knots)
+    assert np.allclose(fit_part(log, "verify"), VERIFY + knots, rtol=1e-6, atol=1e-9)
+    profile = HardwareProfile.from_dict(calibrate(log, holdout=0.0).profile)
+    assert profile.verify_step_ms(1, 1, 100) == pytest.approx(28.5, rel=1e-6)
+    rows, scored, ctx = (log[c].to_numpy(float) for c in ("batch", "scored_tokens", "context"))
+    line, *_ = np.linalg.lstsq(verify_design(rows, scored, ctx)[:, :4], log["verify_time"] * 1000, rcond=None)
+    assert line[:4] @ [1, 1, 1, 0.1] > 28.5 + 5
 
 
 def test_hand_computed_fit_on_four_steps():
@@ -59,12 +77,12 @@ def test_hand_computed_fit_on_four_steps():
 def test_calibrated_profile_prices_steps_as_the_engine_cost_them():
     result = calibrate(synthetic_log(noise=0.02), holdout=0.25, seed=1, device="synthetic", model="made-up")
     profile = HardwareProfile.from_dict(result.profile)
-    assert np.allclose(result.coefficients["verify"], VERIFY, rtol=0.1)
+    assert np.allclose(result.coefficients["verify"][:4], VERIFY, rtol=0.1)
     assert result.lookup_ms_per_row == pytest.approx(LOOKUP)
     # inside the grid the tabulated profile is the fitted function (bilinear in rows x tokens, linear in context)
     a = result.coefficients["verify"]
     for rows, scored, ctx in ((1, 1, 40), (7, 21, 333), (32, 160, 599), (13, 13, 100)):
-        want = a[0] + a[1] * rows + a[2] * scored + a[3] * scored * ctx / 1000
+        want = verify_design(np.array([rows], float), np.array([scored], float), np.array([ctx], float))[0] @ a
         assert profile.verify_step_ms(rows, scored, ctx) == pytest.approx(want, rel=1e-5)
     o = result.coefficients["overhead"]
     assert profile.overhead_time_ms(9) == pytest.approx(o[0] + 9 * o[1], rel=1e-5)

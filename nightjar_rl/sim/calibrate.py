@@ -5,11 +5,15 @@ mixed prefill and decode, saturation). This fits each part of the step time to s
 `--log-steps` (any mix of loads and policies) with non-negative least squares:
 
     verify_ms   = a0 + a1 * rows + a2 * scored + a3 * scored * context / 1000
+                  + sum over K in SCORED_KNOTS of cK * min(scored, K)
     prefill_ms  = p0 + p1 * T + p2 * T^2 / 1000          T = prefill_padded_tokens
     overhead_ms = o0 + o1 * rows                         (wall - model time - lookup)
     lookup      = draft_time / drafting_rows             (n-gram / SSSD: ms per drafting row)
 
-(`scored`: positions the verify pass computed; `context`: the longest cached row.)
+(`scored`: positions the verify pass computed; `context`: the longest cached row.) The knot terms,
+non-negative like the others, let the verify cost be concave in `scored`: on CPU a GEMM over a few
+positions costs little more than over one (the weights are read once either way), so a straight
+line through batch-1 and batch-16 steps overprices the one-row step; with cK = 0 it is the line.
 
 An engine that runs a step as one pass and times only the whole step (vLLM: decode rows, their
 drafts and the admitted prompts packed into one forward; `VLLMEngine`'s steps have `wall_time`
@@ -44,7 +48,8 @@ from nightjar_rl.hardware import PROFILE_FORMAT, PROFILE_VERSION, HardwareProfil
 
 STEP_COLUMNS = ("batch", "verify_time", "prefill_time", "draft_time", "wall_time", "model_time",
                 "scored_tokens", "context", "prefill_padded_tokens", "drafting_rows")
-VERIFY_TERMS = ("1", "rows", "scored", "scored*context/1000")
+SCORED_KNOTS = (2, 4, 8, 16, 32, 64)
+VERIFY_TERMS = ("1", "rows", "scored", "scored*context/1000", *(f"min(scored,{k})" for k in SCORED_KNOTS))
 PREFILL_TERMS = ("1", "tokens", "tokens^2/1000")
 OVERHEAD_TERMS = ("1", "rows")
 WALL_TERMS = ("1", "max(1,rows)", "scored", "scored*context/1000", "(prefill tokens-1)+")
@@ -85,12 +90,17 @@ def _design(df: pd.DataFrame, part: str) -> np.ndarray:
         return np.column_stack([np.ones_like(rows), np.maximum(rows, 1), scored,
                                 scored * df["context"].to_numpy(float) / 1000, np.maximum(tokens - 1, 0)])
     if part == "verify":
-        scored = df["scored_tokens"].to_numpy(float)
-        return np.column_stack([np.ones_like(rows), rows, scored, scored * df["context"].to_numpy(float) / 1000])
+        return verify_design(rows, df["scored_tokens"].to_numpy(float), df["context"].to_numpy(float))
     if part == "prefill":
         tokens = df["prefill_padded_tokens"].to_numpy(float)
         return np.column_stack([np.ones_like(tokens), tokens, tokens**2 / 1000])
     return np.column_stack([np.ones_like(rows), rows])
+
+
+def verify_design(rows: np.ndarray, scored: np.ndarray, context: np.ndarray) -> np.ndarray:
+    """The verify model's terms (VERIFY_TERMS), one row per step."""
+    return np.column_stack([np.ones_like(rows), rows, scored, scored * context / 1000,
+                            *(np.minimum(scored, k) for k in SCORED_KNOTS)])
 
 
 def _overhead_ms(df: pd.DataFrame) -> np.ndarray:
@@ -168,7 +178,7 @@ def _grid(low: float, high: float, points: int) -> list[int]:
 def parts_of_wall(w: np.ndarray) -> dict[str, np.ndarray]:
     """A wall fit's coefficients as the parts' models (module docstring): the constant and per-row
     terms are overhead, prefill is p1 * (T - 1) (as p0 + p1 T + p2 T^2 / 1000 with p0 = -p1)."""
-    return {"verify": np.array([0.0, 0.0, w[2], w[3]]), "prefill": np.array([-w[4], w[4], 0.0]),
+    return {"verify": np.array([0.0, 0.0, w[2], w[3], *(0.0 for _ in SCORED_KNOTS)]), "prefill": np.array([-w[4], w[4], 0.0]),
             "overhead": np.array([w[0], w[1]])}
 
 
@@ -178,7 +188,7 @@ def tabulate(coef: dict[str, np.ndarray], lookup_ms: float, batch_sizes: Sequenc
     a, p, o = coef["verify"], coef["prefill"], coef["overhead"]
 
     def verify_ms(b: int, n: int, c: int) -> float:
-        return float(a[0] + a[1] * b + a[2] * b * n + a[3] * b * n * c / 1000)
+        return float(verify_design(np.array([b], float), np.array([b * n], float), np.array([c], float))[0] @ a)
 
     def prefill_ms(t: int) -> float:
         return max(0.0, float(p[0] + p[1] * t + p[2] * t * t / 1000))
@@ -219,11 +229,15 @@ def calibrate(steps: pd.DataFrame, *, holdout: float = 0.2, seed: int = 0, max_t
         lookup_ms = float(drafting["draft_time"].sum() * 1000 / drafting["drafting_rows"].sum()) if len(drafting) else 0.0
     decode = steps[(steps["batch"] > 0) & (steps["scored_tokens"] > 0)]  # the grid covers what ran, timed or not
     per_row = decode["scored_tokens"] / decode["batch"]
-    batch_sizes = list(batch_sizes or _grid(1, decode["batch"].max(), 8))
+    # every batch size to 32 and every tokens-per-row: the table is then the concave fit itself at
+    # whole rows x tokens (it interpolates linearly in between)
+    largest = int(decode["batch"].max())
+    batch_sizes = list(batch_sizes or sorted(set(range(1, min(32, largest) + 1))
+                                             | (set(_grid(32, largest, 6)) if largest > 32 else set())))
     top = max_tokens_per_row or int(np.ceil(per_row.max()))
     contexts = list(contexts or _grid(1, decode["context"].max(), 2))
     prefill = steps.loc[steps["prefill_padded_tokens"] > 0, "prefill_padded_tokens"]
-    profile = tabulate(coef, lookup_ms, batch_sizes, sorted({1, top}), contexts,
+    profile = tabulate(coef, lookup_ms, batch_sizes, list(range(1, top + 1)), contexts,
                        _grid(1, max(prefill.max() if len(prefill) else 1, 2), 16),
                        calibration={"steps": int(len(train)), "held_out": int(len(test)), "seed": seed, "fit": kind,
                                     "coefficients": {k: [float(x) for x in v] for k, v in fitted.items()}},
