@@ -2,7 +2,8 @@
 
 torch's `F.linear` on CPU takes a matrix-vector path for one token and a GEMM path for more; at 2-3
 tokens that path costs 1.6-2x the one-token time on SmolLM2's shapes, and every call re-reads a
-row-major weight. `pack_linears` rewrites a loaded model in place:
+row-major weight. `pack_linears` rewrites a loaded model in place (the ops are those torch.compile's
+CPU freezing pass uses: `mkldnn._reorder_linear_weight` once, `mkldnn._linear_pointwise` per call):
 
 - q/k/v projections become one prepacked GEMM over their concatenated weights, gate/up another
   (vLLM's QKVParallelLinear and MergedColumnParallelLinear): fewer, larger passes over memory;
@@ -20,25 +21,28 @@ import torch
 from torch import nn
 
 LINEARS = ("packed", "eager")
+PACKED_FOR_ROWS = 16
 MIN_PACKED_ELEMENTS = 1 << 16  # smaller weights (tiny test models) stay F.linear: oneDNN's per-call
 # conversions cost more than they save there (2x slower steps on the 64-wide tiny-random model)
 FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 class PackedLinear(nn.Module):
-    """`y = x W^T + b` with W held in oneDNN's blocked layout (inference only)."""
+    """`y = x W^T + b` with W reordered once into oneDNN's blocked layout (inference only). The layout
+    is chosen for PACKED_FOR_ROWS rows, which measured fastest here for every row count from 1 to 80."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
-        self.register_buffer("packed_weight", weight.detach().float().contiguous().to_mkldnn(), persistent=False)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().contiguous(), PACKED_FOR_ROWS)
+        self.register_buffer("packed_weight", packed, persistent=False)
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         if flat.dtype != torch.float32 or not flat.is_contiguous():
             flat = flat.float().contiguous()
-        out = torch._C._nn.mkldnn_linear(flat.to_mkldnn(), self.packed_weight, self.bias).to_dense()
+        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed_weight, self.bias, "none", [], "")
         return out.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -88,7 +92,7 @@ def can_pack(model: nn.Module) -> bool:
     """Packing applies to float32 models on CPU with oneDNN available."""
     param = next(model.parameters(), None)
     return (param is not None and param.device.type == "cpu" and param.dtype == torch.float32
-            and torch.backends.mkldnn.is_available())
+            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 def pack_linears(model: nn.Module, min_elements: int = MIN_PACKED_ELEMENTS) -> int:
