@@ -142,3 +142,17 @@ def test_fixed_policies_names_only_fixed_k_entries(tmp_path):
         {"name": "k0", "spec": "fixed-0"}, {"name": "k2", "spec": {"type": "fixed", "k": 2}},
         {"name": "nj", "spec": str(artifact)}, {"name": "hf", "spec": "hf_heuristic"}]}, "f")
     assert runner.fixed_policies(cfg) == ["k0", "k2"]
+
+
+def test_every_shipped_study_config_loads():
+    """experiments/*.yaml: the per-row studies load as per-row studies, every other file as an
+    experiment (a config a README command names cannot rot unnoticed)."""
+    from nightjar_rl.experiments.per_row_study import load_study
+
+    configs = sorted((ROOT / "experiments").glob("*.yaml"))
+    assert len(configs) >= 10
+    for path in configs:
+        if path.name.startswith("per_row_study"):
+            assert load_study(path)
+        else:
+            assert load_experiment(path).name == path.stem
