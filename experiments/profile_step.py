@@ -169,13 +169,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--torch-profiler", action="store_true", help="also write torch.profiler's top-op tables")
     parser.add_argument("--out-dir", default="runs/profile_step")
     args = quickmode.parse_args(parser, QUICK, argv)
+    kinds = args.linears.split(",")
+    if unknown := [k for k in kinds if k not in LINEARS]:
+        raise SystemExit(f"--linears takes {', '.join(LINEARS)}, got {', '.join(unknown)}")
+    configs = [(int(b), int(k), layout) for b in args.batches.split(",") for k in args.ks.split(",")
+               for layout in args.layouts.split(",")]
     rows, tables = [], []
-    for linears in args.linears.split(","):
-        if linears not in LINEARS:
-            raise SystemExit(f"--linears takes {', '.join(LINEARS)}, got {linears!r}")
+    for linears in kinds:
         model = quickmode.float32_cpu_model(args.model, args.threads, linears).model
-        configs = [(int(b), int(k), layout) for b in args.batches.split(",") for k in args.ks.split(",")
-                   for layout in args.layouts.split(",")]
         for batch, k, layout in tqdm(configs, desc=f"profile_step ({linears} linears)"):
             row, table = profile_config(model, batch, k, layout, args.context, args.steps,
                                         model.config.vocab_size, args.torch_profiler)

@@ -29,8 +29,9 @@ adds up to exactly this (prefill_ms(1) = 0, so "the pass is not paid twice" subt
 
 The fitted functions are tabulated into an ordinary hardware profile (`nightjar_rl.hardware`): verify over
 batch x tokens per row x context, prefill over tokens, overhead over batch. The profile
-interpolates linearly in each of those, which reproduces the verify and overhead models exactly
-inside the grid; the prefill curve is sampled densely. A seeded share of the steps is held out of
+interpolates linearly in each of those; the default grid (every batch size to 32, every whole
+tokens-per-row) reproduces the verify model exactly at whole rows x tokens and the overhead model
+everywhere inside it; the prefill curve is sampled densely. A seeded share of the steps is held out of
 the fit and the profile's predictions on them are reported (per part and for the total step time).
 """
 
@@ -178,8 +179,9 @@ def _grid(low: float, high: float, points: int) -> list[int]:
 def parts_of_wall(w: np.ndarray) -> dict[str, np.ndarray]:
     """A wall fit's coefficients as the parts' models (module docstring): the constant and per-row
     terms are overhead, prefill is p1 * (T - 1) (as p0 + p1 T + p2 T^2 / 1000 with p0 = -p1)."""
-    return {"verify": np.array([0.0, 0.0, w[2], w[3], *(0.0 for _ in SCORED_KNOTS)]), "prefill": np.array([-w[4], w[4], 0.0]),
-            "overhead": np.array([w[0], w[1]])}
+    verify = np.zeros(len(VERIFY_TERMS))  # no constant, per-row or concave terms: those are overhead
+    verify[2:4] = w[2:4]
+    return {"verify": verify, "prefill": np.array([-w[4], w[4], 0.0]), "overhead": np.array([w[0], w[1]])}
 
 
 def tabulate(coef: dict[str, np.ndarray], lookup_ms: float, batch_sizes: Sequence[int], tokens_per_row: Sequence[int],
