@@ -122,8 +122,20 @@ def test_per_row_features_on_a_hand_built_step():
     # layout-1 fields keep their meaning: what the rows drafted (only c): 2/2 accepted
     assert obs_field(obs, "ema_acceptance") == 1.0
     np.testing.assert_allclose(obs_histogram(obs), [0, 0, 1])
+    # depth rates (s_rj + w g_j) / (t_rj + w), w = 2: a was a trial at depths 1-2 with a success at 1, c a
+    # success at both, b no trial; batch-wide g (decay 0.999 per row-sample: a's counts decay once when c's
+    # are added) = (1.999/1.999, 1/1.999)
+    g2 = 1 / 1.999
+    expected_rates = [[1.0, 2 * g2 / 3], [1.0, g2], [1.0, (1 + 2 * g2) / 3]]
+    np.testing.assert_allclose(r.depth_rates, expected_rates)
+    # the rows carry a snapshot: later steps do not move an observation already taken (its rates unread)
+    unread = rows_of(builder.observation(running, 0))
+    builder.update(StepStats(step=1, k=2, batch_size=1, num_waiting=0, num_prefilled=0, request_ids=["a"],
+                             plan=[2], drafted=[2], accepted=[0], emitted=[1], wall_time=0.01), 0, 0.02)
+    np.testing.assert_allclose(unread.depth_rates, expected_rates)
+    assert rows_of(builder.observation(running, 0)).depth_rates[0, 0] < 1.0
     # a finished request is forgotten; the plain vector carries no rows
-    builder.update(StepStats(step=1, k=0, batch_size=0, num_waiting=0, num_prefilled=0, finished_ids=["a"]), 0, 0.02)
+    builder.update(StepStats(step=2, k=0, batch_size=0, num_waiting=0, num_prefilled=0, finished_ids=["a"]), 0, 0.03)
     assert "a" not in builder.row_tracker.rows
     assert rows_of(np.asarray(obs)) is None and type(np.asarray(obs)) is np.ndarray
 

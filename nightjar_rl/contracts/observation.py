@@ -53,6 +53,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -166,10 +167,27 @@ class RowBatch:
     position: np.ndarray  # output tokens generated so far
     remaining: np.ndarray  # output budget left (tokens)
     context: np.ndarray  # tokens in the row (prompt + output)
-    depth_rates: np.ndarray | None = None  # [rows, max_k] P(depth j accepted | j - 1 were); nan unknown; None: geometric
+    # per-depth counts behind `depth_rates`: per-row successes and trials [rows][max_k], batch-wide rates
+    # g [max_k] (nan: no trial yet) and the prior weight w; None: geometric acceptance
+    depth_counts: tuple[list, list, np.ndarray, float] | None = None
 
     def __len__(self) -> int:
         return len(self.request_ids)
+
+    @cached_property
+    def depth_rates(self) -> np.ndarray | None:
+        """[rows, max_k] P(depth j accepted | j - 1 were), nan where unknown; None: geometric. A row's
+        counts shrunk towards the batch-wide rate: (s_rj + w g_j) / (t_rj + w); computed when first read
+        (per-step policies never read it)."""
+        if self.depth_counts is None:
+            return None
+        ds, dt, g, w = self.depth_counts
+        shape = (len(ds), len(g))
+        s, t = np.array(ds, dtype=float).reshape(shape), np.array(dt, dtype=float).reshape(shape)
+        known = ~np.isnan(g)
+        rates = np.divide(s, t, out=np.full(shape, math.nan), where=(t > 0) & ~known)  # no batch-wide rate yet
+        rates[:, known] = (s[:, known] + w * g[known]) / (t[:, known] + w)
+        return rates
 
     def alpha(self, prior: float) -> np.ndarray:
         """Acceptance estimates with unknown rows at `prior`."""
@@ -226,17 +244,14 @@ class DepthCounts:
         self.successes, self.trials = [0.0] * max_k, [0.0] * max_k
 
     def add(self, drafted: int, accepted: int) -> None:
+        """Fold one row-step in. The lists are replaced, never changed in place, so a reader holding
+        them (a `RowBatch`) keeps its snapshot."""
         reach = min(accepted + 1, drafted, len(self.trials))
         if reach <= 0:
             return
-        s, t, g = self.successes, self.trials, self.decay
-        for j in range(len(t)):
-            s[j] *= g
-            t[j] *= g
-        for j in range(reach):
-            t[j] += 1.0
-            if j < accepted:
-                s[j] += 1.0
+        g = self.decay
+        self.trials = [x * g + 1.0 if j < reach else x * g for j, x in enumerate(self.trials)]
+        self.successes = [x * g + 1.0 if j < accepted else x * g for j, x in enumerate(self.successes)]
 
 
 class RowTracker:
@@ -275,7 +290,7 @@ class RowTracker:
         id (absent: unknown)."""
         proposals = proposals or {}
         ids, acc, samples, prop, pos, rem, ctx, ds, dt = [], [], [], [], [], [], [], [], []
-        zeros = [0.0] * self.max_k
+        zeros = (0.0,) * self.max_k
         for seq in running:
             rid = seq.request_id
             entry = self.rows.get(rid)
@@ -283,22 +298,16 @@ class RowTracker:
             ids.append(rid)
             acc.append(math.nan if value is None else value)
             samples.append(entry[0].samples if entry is not None else 0)
-            ds.append(entry[1].successes if entry is not None else zeros)
-            dt.append(entry[1].trials if entry is not None else zeros)
+            ds.append(entry[1].successes if entry is not None else zeros)  # snapshots: DepthCounts replaces
+            dt.append(entry[1].trials if entry is not None else zeros)  # its lists rather than changing them
             prop.append(proposals.get(rid, -1))
             n_out = len(seq.tokens) - seq.num_prompt
             pos.append(n_out)
             rem.append(seq.request.max_new_tokens - n_out)
             ctx.append(len(seq.tokens))
-        g, w = self.global_rates(), self.prior_weight
-        shape = (len(ids), self.max_k)
-        s, t = np.array(ds, dtype=float).reshape(shape), np.array(dt, dtype=float).reshape(shape)
-        known = ~np.isnan(g)
-        rates = np.divide(s, t, out=np.full(shape, math.nan), where=(t > 0) & ~known)  # no batch-wide rate yet
-        rates[:, known] = (s[:, known] + w * g[known]) / (t[:, known] + w)
         return RowBatch(tuple(ids), np.array(acc, dtype=float), np.array(samples, dtype=int),
                         np.array(prop, dtype=int), np.array(pos, dtype=int), np.array(rem, dtype=int),
-                        np.array(ctx, dtype=int), rates)
+                        np.array(ctx, dtype=int), (ds, dt, self.global_rates(), self.prior_weight))
 
 
 def row_summary(rows: RowBatch | None, max_k: int) -> list[float]:
