@@ -11,16 +11,19 @@ from nightjar_rl.hardware import HardwareProfile
 from nightjar_rl.sim.calibrate import (SCORED_KNOTS, CalibrationError, calibrate, fit_kind, fit_part, read_step_logs,
                                       verify_design)
 
-VERIFY = (20.0, 1.5, 0.8, 2.0)  # ms: a0 + a1 rows + a2 scored + a3 scored * context / 1000
+VERIFY = (20.0, 1.5, 0.8, 2.0, 3.0)  # ms: a0 + a1 rows + a2 scored + (a3 scored + a4 rows) * context / 1000
 NO_KNOTS = (0.0,) * len(SCORED_KNOTS)  # the concave terms c_K min(scored, K): none in the linear engine
+DECODE = (6.0, -0.2)  # ms: d0 + d1 rows more when every row scores one position (d1 < 0: the fit allows it)
+NO_DECODE = (0.0, 0.0)
 PREFILL = (5.0, 0.3, 0.4)  # ms: p0 + p1 T + p2 T^2 / 1000
 OVERHEAD = (2.0, 0.25)  # ms: o0 + o1 rows
 LOOKUP = 0.05  # ms per drafting row
 
 
-def synthetic_log(n: int = 400, noise: float = 0.0, seed: int = 0, knots: tuple[float, ...] = NO_KNOTS) -> pd.DataFrame:
+def synthetic_log(n: int = 400, noise: float = 0.0, seed: int = 0, knots: tuple[float, ...] = NO_KNOTS,
+                  decode: tuple[float, float] = DECODE) -> pd.DataFrame:
     """Steps of a made-up engine whose every part costs exactly the functions above (times in s),
-    plus `knots` (c_K per SCORED_KNOTS) in its verify cost."""
+    plus `knots` (c_K per SCORED_KNOTS) and `decode` (d0, d1 on one-position steps) in its verify cost."""
     rng = np.random.default_rng(seed)
     batch = rng.integers(1, 33, n)
     per_row = rng.integers(1, 6, n)
@@ -28,8 +31,10 @@ def synthetic_log(n: int = 400, noise: float = 0.0, seed: int = 0, knots: tuple[
     context = rng.integers(40, 600, n)
     prefill = np.where(rng.random(n) < 0.3, rng.integers(8, 400, n), 0)
     drafting = np.where(per_row > 1, batch, 0)
-    verify_ms = VERIFY[0] + VERIFY[1] * batch + VERIFY[2] * scored + VERIFY[3] * scored * context / 1000
+    verify_ms = (VERIFY[0] + VERIFY[1] * batch + VERIFY[2] * scored + VERIFY[3] * scored * context / 1000
+                 + VERIFY[4] * batch * context / 1000)
     verify_ms = verify_ms + sum(c * np.minimum(scored, k) for c, k in zip(knots, SCORED_KNOTS))
+    verify_ms = verify_ms + (per_row == 1) * (decode[0] + decode[1] * batch)
     prefill_ms = np.where(prefill > 0, PREFILL[0] + PREFILL[1] * prefill + PREFILL[2] * prefill**2 / 1000, 0)
     overhead_ms = OVERHEAD[0] + OVERHEAD[1] * batch
     lookup_ms = LOOKUP * drafting
@@ -48,23 +53,29 @@ def synthetic_log(n: int = 400, noise: float = 0.0, seed: int = 0, knots: tuple[
 
 def test_exact_steps_give_the_coefficients_back():
     log = synthetic_log()
-    assert np.allclose(fit_part(log, "verify"), VERIFY + NO_KNOTS, rtol=1e-6, atol=1e-9)
+    assert np.allclose(fit_part(log, "verify"), VERIFY + NO_KNOTS + DECODE, rtol=1e-6, atol=1e-9)
+    # hand-computed decode step, 10 rows x 1 position at context 500:
+    # 20 + 1.5*10 + 0.8*10 + 2.0*10*0.5 + 3.0*10*0.5 + (6 - 0.2*10) = 72 ms; 10 rows x 2 positions: no decode terms,
+    # 20 + 15 + 0.8*20 + 2.0*20*0.5 + 3.0*10*0.5 = 86 ms
+    profile = HardwareProfile.from_dict(calibrate(log, holdout=0.0).profile)
+    assert profile.verify_step_ms(10, 10, 500) == pytest.approx(72.0, rel=1e-6)
+    assert profile.verify_step_ms(10, 20, 500) == pytest.approx(86.0, rel=1e-6)
     assert np.allclose(fit_part(log, "prefill"), PREFILL, rtol=1e-6)
     assert np.allclose(fit_part(log, "overhead"), OVERHEAD, rtol=1e-6)
 
 
 def test_a_concave_verify_cost_is_recovered_and_prices_one_row_steps():
     """A GEMM that costs little more for 4 positions than for 1: 6 ms x min(scored, 4) on top of the
-    line. Hand-computed one-row step at context 100: 20 + 1.5 + 0.8 + 0.2 + 6 = 28.5 ms; a line fitted
+    line. Hand-computed one-row step at context 100: 20 + 1.5 + 0.8 + 0.2 + 0.3 + 6 = 28.8 ms; a line fitted
     through the same steps prices it far higher."""
     knots = tuple(6.0 if k == 4 else 0.0 for k in SCORED_KNOTS)
-    log = synthetic_log(knots=knots)
-    assert np.allclose(fit_part(log, "verify"), VERIFY + knots, rtol=1e-6, atol=1e-9)
+    log = synthetic_log(knots=knots, decode=NO_DECODE)
+    assert np.allclose(fit_part(log, "verify"), VERIFY + knots + NO_DECODE, rtol=1e-6, atol=1e-9)
     profile = HardwareProfile.from_dict(calibrate(log, holdout=0.0).profile)
-    assert profile.verify_step_ms(1, 1, 100) == pytest.approx(28.5, rel=1e-6)
+    assert profile.verify_step_ms(1, 1, 100) == pytest.approx(28.8, rel=1e-6)
     rows, scored, ctx = (log[c].to_numpy(float) for c in ("batch", "scored_tokens", "context"))
-    line, *_ = np.linalg.lstsq(verify_design(rows, scored, ctx)[:, :4], log["verify_time"] * 1000, rcond=None)
-    assert line[:4] @ [1, 1, 1, 0.1] > 28.5 + 5
+    line, *_ = np.linalg.lstsq(verify_design(rows, scored, ctx)[:, :5], log["verify_time"] * 1000, rcond=None)
+    assert line @ [1, 1, 1, 0.1, 0.1] > 28.8 + 5
 
 
 def test_hand_computed_fit_on_four_steps():
@@ -75,19 +86,23 @@ def test_hand_computed_fit_on_four_steps():
 
 
 def test_calibrated_profile_prices_steps_as_the_engine_cost_them():
-    result = calibrate(synthetic_log(noise=0.02), holdout=0.25, seed=1, device="synthetic", model="made-up")
+    result = calibrate(synthetic_log(n=1600, noise=0.02), holdout=0.25, seed=1, device="synthetic", model="made-up")
     profile = HardwareProfile.from_dict(result.profile)
-    assert np.allclose(result.coefficients["verify"][:4], VERIFY, rtol=0.1)
+    assert np.allclose(result.coefficients["verify"][:5], VERIFY, rtol=0.1)
     assert result.lookup_ms_per_row == pytest.approx(LOOKUP)
     # inside the grid the tabulated profile is the fitted function (bilinear in rows x tokens, linear in context)
     a = result.coefficients["verify"]
     for rows, scored, ctx in ((1, 1, 40), (7, 21, 333), (32, 160, 599), (13, 13, 100)):
         want = verify_design(np.array([rows], float), np.array([scored], float), np.array([ctx], float))[0] @ a
         assert profile.verify_step_ms(rows, scored, ctx) == pytest.approx(want, rel=1e-5)
+    # past the longest logged context (599) the table carries the fit on rather than clamping there
+    long = verify_design(np.array([5.0]), np.array([10.0]), np.array([3000.0]))[0] @ a
+    assert profile.verify_step_ms(5, 10, 3000) == pytest.approx(long, rel=1e-5)
+    assert long > profile.verify_step_ms(5, 10, 599) + (10 * 2.0 + 5 * 3.0) * 2.4 * 0.9  # a3, a4 per 1000 ctx
     o = result.coefficients["overhead"]
     assert profile.overhead_time_ms(9) == pytest.approx(o[0] + 9 * o[1], rel=1e-5)
     errors = result.errors.set_index("part")
-    assert errors.loc["wall", "steps"] == pytest.approx(100, abs=30)
+    assert errors.loc["wall", "steps"] == pytest.approx(400, abs=60)
     assert abs(errors.loc["wall", "total_pct_error"]) < 1.0  # 2% noise per step averages out
     assert errors.loc["verify", "mean_abs_pct_error"] < 3.0
 

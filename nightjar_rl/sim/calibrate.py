@@ -2,18 +2,28 @@
 
 A profile measured with uniform synthetic batches misses what real serving does (ragged contexts,
 mixed prefill and decode, saturation). This fits each part of the step time to step logs written by
-`--log-steps` (any mix of loads and policies) with non-negative least squares:
+`--log-steps` (any mix of loads and policies) with bounded least squares (every term non-negative
+but the two decode-step terms d0, d1, which take either sign):
 
-    verify_ms   = a0 + a1 * rows + a2 * scored + a3 * scored * context / 1000
+    verify_ms   = a0 + a1 * rows + a2 * scored + a3 * scored * context / 1000 + a4 * rows * context / 1000
                   + sum over K in SCORED_KNOTS of cK * min(scored, K)
+                  + [scored == rows] * (d0 + d1 * rows)
     prefill_ms  = p0 + p1 * T + p2 * T^2 / 1000          T = prefill_padded_tokens
     overhead_ms = o0 + o1 * rows                         (wall - model time - lookup)
     lookup      = draft_time / drafting_rows             (n-gram / SSSD: ms per drafting row)
 
-(`scored`: positions the verify pass computed; `context`: the longest cached row.) The knot terms,
+(`scored`: positions the verify pass computed; `context`: the longest cached row.) Attention reads
+each row's cached keys and values once however many positions it scores (a4), and computes over
+them per scored position (a3): on this CPU, at 16 rows, 100 more tokens of context cost about 5-9 ms
+whether a step scores 16, 48 or 80 positions, which a3 alone cannot price. The knot terms,
 non-negative like the others, let the verify cost be concave in `scored`: on CPU a GEMM over a few
 positions costs little more than over one (the weights are read once either way), so a straight
 line through batch-1 and batch-16 steps overprices the one-row step; with cK = 0 it is the line.
+A step that scores one position per row (nothing drafted) is a regime of its own: on this CPU it
+costs about as much as a two- or three-position step at one row and less than the line at 16 rows
+(bundled and ShareGPT logs, packed linears: without d0, d1 the fit priced one-position steps 6-8%
+low at one row and 5-7% high at 16). The profile tabulates one position per row as its own column,
+so these terms cost nothing at lookup.
 
 An engine that runs a step as one pass and times only the whole step (vLLM: decode rows, their
 drafts and the admitted prompts packed into one forward; `VLLMEngine`'s steps have `wall_time`
@@ -43,17 +53,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import nnls
+from scipy.optimize import lsq_linear
 
 from nightjar_rl.hardware import PROFILE_FORMAT, PROFILE_VERSION, HardwareProfile
 
 STEP_COLUMNS = ("batch", "verify_time", "prefill_time", "draft_time", "wall_time", "model_time",
                 "scored_tokens", "context", "prefill_padded_tokens", "drafting_rows")
 SCORED_KNOTS = (2, 4, 8, 16, 32, 64)
-VERIFY_TERMS = ("1", "rows", "scored", "scored*context/1000", *(f"min(scored,{k})" for k in SCORED_KNOTS))
+VERIFY_TERMS = ("1", "rows", "scored", "scored*context/1000", "rows*context/1000",
+                *(f"min(scored,{k})" for k in SCORED_KNOTS), "decode", "decode*rows")
+SIGNED_TERMS = {"verify": ("decode", "decode*rows")}  # terms whose coefficient may be negative
 PREFILL_TERMS = ("1", "tokens", "tokens^2/1000")
 OVERHEAD_TERMS = ("1", "rows")
 WALL_TERMS = ("1", "max(1,rows)", "scored", "scored*context/1000", "(prefill tokens-1)+")
+TABLE_CONTEXT = 8192  # the default table reaches at least this context (tokens in the longest row)
 FITS = ("auto", "parts", "wall")
 
 
@@ -100,8 +113,9 @@ def _design(df: pd.DataFrame, part: str) -> np.ndarray:
 
 def verify_design(rows: np.ndarray, scored: np.ndarray, context: np.ndarray) -> np.ndarray:
     """The verify model's terms (VERIFY_TERMS), one row per step."""
-    return np.column_stack([np.ones_like(rows), rows, scored, scored * context / 1000,
-                            *(np.minimum(scored, k) for k in SCORED_KNOTS)])
+    decode = (scored == rows).astype(float)  # one position per row: nothing drafted
+    return np.column_stack([np.ones_like(rows), rows, scored, scored * context / 1000, rows * context / 1000,
+                            *(np.minimum(scored, k) for k in SCORED_KNOTS), decode, decode * rows])
 
 
 def _overhead_ms(df: pd.DataFrame) -> np.ndarray:
@@ -138,12 +152,15 @@ def fit_kind(df: pd.DataFrame, fit: str = "auto") -> str:
 
 
 def fit_part(df: pd.DataFrame, part: str, min_steps: int = 4) -> np.ndarray:
-    """Non-negative least-squares coefficients of one part's model (see the module docstring)."""
+    """Least-squares coefficients of one part's model, non-negative but for `SIGNED_TERMS` (module
+    docstring)."""
     sel = df[_selection(df, part)]
     if len(sel) < min_steps:
         raise CalibrationError(f"only {len(sel)} step(s) with a timed {part} in the logs; need {min_steps}")
-    coef, _ = nnls(_design(sel, part), _targets(sel, part))
-    return coef
+    terms = {"verify": VERIFY_TERMS, "prefill": PREFILL_TERMS}.get(part, OVERHEAD_TERMS if part == "overhead" else WALL_TERMS)
+    signed = SIGNED_TERMS.get(part, ())
+    lower = [-np.inf if t in signed else 0.0 for t in terms]
+    return lsq_linear(_design(sel, part), _targets(sel, part), bounds=(lower, np.inf), method="bvls").x
 
 
 def predict_part(df: pd.DataFrame, part: str, coef: np.ndarray) -> np.ndarray:
@@ -179,7 +196,7 @@ def _grid(low: float, high: float, points: int) -> list[int]:
 def parts_of_wall(w: np.ndarray) -> dict[str, np.ndarray]:
     """A wall fit's coefficients as the parts' models (module docstring): the constant and per-row
     terms are overhead, prefill is p1 * (T - 1) (as p0 + p1 T + p2 T^2 / 1000 with p0 = -p1)."""
-    verify = np.zeros(len(VERIFY_TERMS))  # no constant, per-row or concave terms: those are overhead
+    verify = np.zeros(len(VERIFY_TERMS))  # no constant, per-row, per-row KV or concave terms (first two: overhead)
     verify[2:4] = w[2:4]
     return {"verify": verify, "prefill": np.array([-w[4], w[4], 0.0]), "overhead": np.array([w[0], w[1]])}
 
@@ -237,7 +254,10 @@ def calibrate(steps: pd.DataFrame, *, holdout: float = 0.2, seed: int = 0, max_t
     batch_sizes = list(batch_sizes or sorted(set(range(1, min(32, largest) + 1))
                                              | (set(_grid(32, largest, 6)) if largest > 32 else set())))
     top = max_tokens_per_row or int(np.ceil(per_row.max()))
-    contexts = list(contexts or _grid(1, decode["context"].max(), 2))
+    # the fit is linear in context, so two contexts tabulate it exactly; past the logged range the
+    # table carries the fit on (a profile clamps beyond its last context: ending the table at the
+    # longest logged row priced longer rows, e.g. ShareGPT's after bundled-prompt logs, as that row)
+    contexts = list(contexts or _grid(1, max(decode["context"].max(), TABLE_CONTEXT), 2))
     prefill = steps.loc[steps["prefill_padded_tokens"] > 0, "prefill_padded_tokens"]
     profile = tabulate(coef, lookup_ms, batch_sizes, list(range(1, top + 1)), contexts,
                        _grid(1, max(prefill.max() if len(prefill) else 1, 2), 16),
