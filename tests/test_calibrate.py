@@ -8,22 +8,24 @@ import pytest
 
 from nightjar_rl.cli import main
 from nightjar_rl.hardware import HardwareProfile
-from nightjar_rl.sim.calibrate import (SCORED_KNOTS, CalibrationError, calibrate, fit_kind, fit_part, read_step_logs,
-                                      verify_design)
+from nightjar_rl.sim.calibrate import (DECODE_KNOTS, SCORED_KNOTS, CalibrationError, calibrate, fit_kind, fit_part,
+                                      read_step_logs, verify_design)
 
 VERIFY = (20.0, 1.5, 0.8, 2.0, 3.0)  # ms: a0 + a1 rows + a2 scored + (a3 scored + a4 rows) * context / 1000
 NO_KNOTS = (0.0,) * len(SCORED_KNOTS)  # the concave terms c_K min(scored, K): none in the linear engine
-DECODE = (6.0, -0.2)  # ms: d0 + d1 rows more when every row scores one position (d1 < 0: the fit allows it)
-NO_DECODE = (0.0, 0.0)
+# ms more when every row scores one position: d0 + d1 rows + e4 min(rows, 4) + e8 min(rows, 8)
+# (signed: the fit allows d1 < 0)
+DECODE = (6.0, -0.2, 1.5, 0.0)
+NO_DECODE = (0.0,) * 4
 PREFILL = (5.0, 0.3, 0.4)  # ms: p0 + p1 T + p2 T^2 / 1000
 OVERHEAD = (2.0, 0.25)  # ms: o0 + o1 rows
 LOOKUP = 0.05  # ms per drafting row
 
 
 def synthetic_log(n: int = 400, noise: float = 0.0, seed: int = 0, knots: tuple[float, ...] = NO_KNOTS,
-                  decode: tuple[float, float] = DECODE) -> pd.DataFrame:
+                  decode: tuple[float, ...] = DECODE) -> pd.DataFrame:
     """Steps of a made-up engine whose every part costs exactly the functions above (times in s),
-    plus `knots` (c_K per SCORED_KNOTS) and `decode` (d0, d1 on one-position steps) in its verify cost."""
+    plus `knots` (c_K per SCORED_KNOTS) and `decode` (d0, d1, e_K on one-position steps) in its verify cost."""
     rng = np.random.default_rng(seed)
     batch = rng.integers(1, 33, n)
     per_row = rng.integers(1, 6, n)
@@ -34,7 +36,8 @@ def synthetic_log(n: int = 400, noise: float = 0.0, seed: int = 0, knots: tuple[
     verify_ms = (VERIFY[0] + VERIFY[1] * batch + VERIFY[2] * scored + VERIFY[3] * scored * context / 1000
                  + VERIFY[4] * batch * context / 1000)
     verify_ms = verify_ms + sum(c * np.minimum(scored, k) for c, k in zip(knots, SCORED_KNOTS))
-    verify_ms = verify_ms + (per_row == 1) * (decode[0] + decode[1] * batch)
+    verify_ms = verify_ms + (per_row == 1) * (decode[0] + decode[1] * batch
+                                              + sum(e * np.minimum(batch, k) for e, k in zip(decode[2:], DECODE_KNOTS)))
     prefill_ms = np.where(prefill > 0, PREFILL[0] + PREFILL[1] * prefill + PREFILL[2] * prefill**2 / 1000, 0)
     overhead_ms = OVERHEAD[0] + OVERHEAD[1] * batch
     lookup_ms = LOOKUP * drafting
@@ -55,10 +58,10 @@ def test_exact_steps_give_the_coefficients_back():
     log = synthetic_log()
     assert np.allclose(fit_part(log, "verify"), VERIFY + NO_KNOTS + DECODE, rtol=1e-6, atol=1e-9)
     # hand-computed decode step, 10 rows x 1 position at context 500:
-    # 20 + 1.5*10 + 0.8*10 + 2.0*10*0.5 + 3.0*10*0.5 + (6 - 0.2*10) = 72 ms; 10 rows x 2 positions: no decode terms,
-    # 20 + 15 + 0.8*20 + 2.0*20*0.5 + 3.0*10*0.5 = 86 ms
+    # 20 + 1.5*10 + 0.8*10 + 2.0*10*0.5 + 3.0*10*0.5 + (6 - 0.2*10 + 1.5*min(10, 4)) = 78 ms; 10 rows x 2
+    # positions, no decode terms: 20 + 15 + 0.8*20 + 2.0*20*0.5 + 3.0*10*0.5 = 86 ms
     profile = HardwareProfile.from_dict(calibrate(log, holdout=0.0).profile)
-    assert profile.verify_step_ms(10, 10, 500) == pytest.approx(72.0, rel=1e-6)
+    assert profile.verify_step_ms(10, 10, 500) == pytest.approx(78.0, rel=1e-6)
     assert profile.verify_step_ms(10, 20, 500) == pytest.approx(86.0, rel=1e-6)
     assert np.allclose(fit_part(log, "prefill"), PREFILL, rtol=1e-6)
     assert np.allclose(fit_part(log, "overhead"), OVERHEAD, rtol=1e-6)

@@ -3,11 +3,11 @@
 A profile measured with uniform synthetic batches misses what real serving does (ragged contexts,
 mixed prefill and decode, saturation). This fits each part of the step time to step logs written by
 `--log-steps` (any mix of loads and policies) with bounded least squares (every term non-negative
-but the two decode-step terms d0, d1, which take either sign):
+but the decode-step terms d0, d1, eK, which take either sign):
 
     verify_ms   = a0 + a1 * rows + a2 * scored + a3 * scored * context / 1000 + a4 * rows * context / 1000
                   + sum over K in SCORED_KNOTS of cK * min(scored, K)
-                  + [scored == rows] * (d0 + d1 * rows)
+                  + [scored == rows] * (d0 + d1 * rows + sum over K in DECODE_KNOTS of eK * min(rows, K))
     prefill_ms  = p0 + p1 * T + p2 * T^2 / 1000          T = prefill_padded_tokens
     overhead_ms = o0 + o1 * rows                         (wall - model time - lookup)
     lookup      = draft_time / drafting_rows             (n-gram / SSSD: ms per drafting row)
@@ -21,8 +21,9 @@ positions costs little more than over one (the weights are read once either way)
 line through batch-1 and batch-16 steps overprices the one-row step; with cK = 0 it is the line.
 A step that scores one position per row (nothing drafted) is a regime of its own: on this CPU it
 costs about as much as a two- or three-position step at one row and less than the line at 16 rows
-(bundled and ShareGPT logs, packed linears: without d0, d1 the fit priced one-position steps 6-8%
-low at one row and 5-7% high at 16). The profile tabulates one position per row as its own column,
+(bundled and ShareGPT logs, packed linears: without the decode terms the fit priced one-position
+steps 6-8% low at one row and 5-7% high at 16, and with d0, d1 alone 10-12% high at 4-12 rows:
+their cost is concave in rows, eK). The profile tabulates one position per row as its own column,
 so these terms cost nothing at lookup.
 
 An engine that runs a step as one pass and times only the whole step (vLLM: decode rows, their
@@ -60,9 +61,11 @@ from nightjar_rl.hardware import PROFILE_FORMAT, PROFILE_VERSION, HardwareProfil
 STEP_COLUMNS = ("batch", "verify_time", "prefill_time", "draft_time", "wall_time", "model_time",
                 "scored_tokens", "context", "prefill_padded_tokens", "drafting_rows")
 SCORED_KNOTS = (2, 4, 8, 16, 32, 64)
+DECODE_KNOTS = (4, 8)  # no 2: on one-position steps min(rows, 2) is min(scored, 2), a knot already
 VERIFY_TERMS = ("1", "rows", "scored", "scored*context/1000", "rows*context/1000",
-                *(f"min(scored,{k})" for k in SCORED_KNOTS), "decode", "decode*rows")
-SIGNED_TERMS = {"verify": ("decode", "decode*rows")}  # terms whose coefficient may be negative
+                *(f"min(scored,{k})" for k in SCORED_KNOTS), "decode", "decode*rows",
+                *(f"decode*min(rows,{k})" for k in DECODE_KNOTS))
+SIGNED_TERMS = {"verify": tuple(t for t in VERIFY_TERMS if t.startswith("decode"))}  # may be negative
 PREFILL_TERMS = ("1", "tokens", "tokens^2/1000")
 OVERHEAD_TERMS = ("1", "rows")
 WALL_TERMS = ("1", "max(1,rows)", "scored", "scored*context/1000", "(prefill tokens-1)+")
@@ -115,7 +118,8 @@ def verify_design(rows: np.ndarray, scored: np.ndarray, context: np.ndarray) -> 
     """The verify model's terms (VERIFY_TERMS), one row per step."""
     decode = (scored == rows).astype(float)  # one position per row: nothing drafted
     return np.column_stack([np.ones_like(rows), rows, scored, scored * context / 1000, rows * context / 1000,
-                            *(np.minimum(scored, k) for k in SCORED_KNOTS), decode, decode * rows])
+                            *(np.minimum(scored, k) for k in SCORED_KNOTS), decode, decode * rows,
+                            *(decode * np.minimum(rows, k) for k in DECODE_KNOTS)])
 
 
 def _overhead_ms(df: pd.DataFrame) -> np.ndarray:
