@@ -392,6 +392,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
 def _profile_from_steps(a: argparse.Namespace) -> int:
     """`profile --from-steps LOG...`: fit the clock model to logged live steps (`nightjar_rl.sim.calibrate`)."""
     from nightjar_rl.io import atomic_write_json
+    from nightjar_rl.hardware import ProfileError
     from nightjar_rl.sim.calibrate import CalibrationError, calibrate, read_step_logs
 
     if a.out is None:
@@ -404,7 +405,7 @@ def _profile_from_steps(a: argparse.Namespace) -> int:
             contexts=_int_list(a.contexts, "--contexts") if a.contexts else None,
             fit=a.fit, device=a.device_name, model=a.model, dtype=a.dtype,
         )
-    except CalibrationError as exc:
+    except (CalibrationError, ProfileError) as exc:
         raise CLIError(str(exc)) from None
     atomic_write_json(a.out, result.profile)
     print(result.summary())

@@ -8,8 +8,8 @@ import pytest
 
 from nightjar_rl.cli import main
 from nightjar_rl.hardware import HardwareProfile
-from nightjar_rl.sim.calibrate import (DECODE_KNOTS, SCORED_KNOTS, CalibrationError, calibrate, fit_kind, fit_part,
-                                      read_step_logs, verify_design)
+from nightjar_rl.sim.calibrate import (DECODE_KNOTS, SCORED_KNOTS, VERIFY_TERMS, CalibrationError, calibrate, fit_kind,
+                                      fit_part, read_step_logs, tabulate, verify_design)
 
 VERIFY = (20.0, 1.5, 0.8, 2.0, 3.0)  # ms: a0 + a1 rows + a2 scored + (a3 scored + a4 rows) * context / 1000
 NO_KNOTS = (0.0,) * len(SCORED_KNOTS)  # the concave terms c_K min(scored, K): none in the linear engine
@@ -176,3 +176,18 @@ def test_wall_fit_holds_out_steps_and_reports_the_wall_error_only():
     assert list(errors.index) == ["wall"] and abs(errors.loc["wall", "total_pct_error"]) < 1.0
     assert result.profile["calibration"]["held_out_errors"][0]["part"] == "wall"
     assert np.allclose(result.coefficients["wall"], WALL, rtol=0.1)
+
+
+def test_a_signed_decode_term_below_zero_tabulates_at_zero():
+    """The decode terms may be negative, so a table cell far from the logs can come out below zero:
+    it is written as 0 ms (as prefill is), and the profile loads. 20 ms - 3 ms per row on one-position
+    steps: 10 rows price at max(0, 20 - 30) = 0; with two positions the decode terms do not apply."""
+    verify = np.zeros(len(VERIFY_TERMS))
+    verify[VERIFY_TERMS.index("1")] = 20.0
+    verify[VERIFY_TERMS.index("decode*rows")] = -3.0
+    coef = {"verify": verify, "prefill": np.array(PREFILL), "overhead": np.array(OVERHEAD)}
+    table = tabulate(coef, 0.0, [1, 10], [1, 2], [1, 100], [1, 10])
+    profile = HardwareProfile.from_dict(table)
+    assert profile.verify_step_ms(1, 1, 50) == pytest.approx(17.0)
+    assert profile.verify_step_ms(10, 10, 50) == 0.0
+    assert profile.verify_step_ms(10, 20, 50) == pytest.approx(20.0)

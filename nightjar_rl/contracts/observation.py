@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -169,7 +170,7 @@ class RowBatch:
     context: np.ndarray  # tokens in the row (prompt + output)
     # per-depth counts behind `depth_rates`: per-row successes and trials [rows][max_k], batch-wide rates
     # g [max_k] (nan: no trial yet) and the prior weight w; None: geometric acceptance
-    depth_counts: tuple[list, list, np.ndarray, float] | None = None
+    depth_counts: tuple[list[Sequence[float]], list[Sequence[float]], np.ndarray, float] | None = None
 
     def __len__(self) -> int:
         return len(self.request_ids)
@@ -251,7 +252,8 @@ class DepthCounts:
             return
         g = self.decay
         self.trials = [x * g + 1.0 if j < reach else x * g for j, x in enumerate(self.trials)]
-        self.successes = [x * g + 1.0 if j < accepted else x * g for j, x in enumerate(self.successes)]
+        won = min(reach, accepted)
+        self.successes = [x * g + 1.0 if j < won else x * g for j, x in enumerate(self.successes)]
 
 
 class RowTracker:

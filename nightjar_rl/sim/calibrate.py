@@ -19,12 +19,14 @@ whether a step scores 16, 48 or 80 positions, which a3 alone cannot price. The k
 non-negative like the others, let the verify cost be concave in `scored`: on CPU a GEMM over a few
 positions costs little more than over one (the weights are read once either way), so a straight
 line through batch-1 and batch-16 steps overprices the one-row step; with cK = 0 it is the line.
-A step that scores one position per row (nothing drafted) is a regime of its own: on this CPU it
-costs about as much as a two- or three-position step at one row and less than the line at 16 rows
-(bundled and ShareGPT logs, packed linears: without the decode terms the fit priced one-position
-steps 6-8% low at one row and 5-7% high at 16, and with d0, d1 alone 10-12% high at 4-12 rows:
-their cost is concave in rows, eK). The profile tabulates one position per row as its own column,
-so these terms cost nothing at lookup.
+A step that scores one position per row (nothing drafted) is a regime of its own, and not a line
+in rows: on this CPU (bundled and ShareGPT logs, packed linears, context ~100-250) the logged
+medians are 43 ms at one row (more than the fit's two- to four-position one-row steps), 48 at two,
+44 at three, 46 at four and 73 at sixteen. Without the decode terms the fit priced one-position
+steps 6-8% low at one row and 5-7% high at 16; with d0, d1 alone, 10-12% high at 4-12 rows; the
+signed knots eK follow the dip (the fitted curve is not monotone below four rows, as the medians
+are not). The profile tabulates one position per row as its own column, so these terms cost nothing
+at lookup.
 
 An engine that runs a step as one pass and times only the whole step (vLLM: decode rows, their
 drafts and the admitted prompts packed into one forward; `VLLMEngine`'s steps have `wall_time`
@@ -116,7 +118,9 @@ def _design(df: pd.DataFrame, part: str) -> np.ndarray:
 
 def verify_design(rows: np.ndarray, scored: np.ndarray, context: np.ndarray) -> np.ndarray:
     """The verify model's terms (VERIFY_TERMS), one row per step."""
-    decode = (scored == rows).astype(float)  # one position per row: nothing drafted
+    # 1 at one position per row (nothing drafted), 0 from two, linear in between: what the profile's
+    # table prices a ragged (packed) step at, interpolating between those columns
+    decode = np.clip(2.0 - scored / np.maximum(rows, 1.0), 0.0, 1.0)
     return np.column_stack([np.ones_like(rows), rows, scored, scored * context / 1000, rows * context / 1000,
                             *(np.minimum(scored, k) for k in SCORED_KNOTS), decode, decode * rows,
                             *(decode * np.minimum(rows, k) for k in DECODE_KNOTS)])
@@ -161,10 +165,13 @@ def fit_part(df: pd.DataFrame, part: str, min_steps: int = 4) -> np.ndarray:
     sel = df[_selection(df, part)]
     if len(sel) < min_steps:
         raise CalibrationError(f"only {len(sel)} step(s) with a timed {part} in the logs; need {min_steps}")
-    terms = {"verify": VERIFY_TERMS, "prefill": PREFILL_TERMS}.get(part, OVERHEAD_TERMS if part == "overhead" else WALL_TERMS)
+    terms = {"verify": VERIFY_TERMS, "prefill": PREFILL_TERMS, "overhead": OVERHEAD_TERMS, "wall": WALL_TERMS}[part]
     signed = SIGNED_TERMS.get(part, ())
     lower = [-np.inf if t in signed else 0.0 for t in terms]
-    return lsq_linear(_design(sel, part), _targets(sel, part), bounds=(lower, np.inf), method="bvls").x
+    result = lsq_linear(_design(sel, part), _targets(sel, part), bounds=(lower, np.inf), method="bvls")
+    if result.status <= 0:  # bvls stops silently at its iteration limit
+        raise CalibrationError(f"the {part} fit did not converge: {result.message}")
+    return result.x
 
 
 def predict_part(df: pd.DataFrame, part: str, coef: np.ndarray) -> np.ndarray:
@@ -210,8 +217,8 @@ def tabulate(coef: dict[str, np.ndarray], lookup_ms: float, batch_sizes: Sequenc
     """The fitted functions as a hardware profile dict (version 2)."""
     a, p, o = coef["verify"], coef["prefill"], coef["overhead"]
 
-    def verify_ms(b: int, n: int, c: int) -> float:
-        return float(verify_design(np.array([b], float), np.array([b * n], float), np.array([c], float))[0] @ a)
+    def verify_ms(b: int, n: int, c: int) -> float:  # clamped at 0 like prefill: the decode terms are signed
+        return max(0.0, float(verify_design(np.array([b], float), np.array([b * n], float), np.array([c], float))[0] @ a))
 
     def prefill_ms(t: int) -> float:
         return max(0.0, float(p[0] + p[1] * t + p[2] * t * t / 1000))
