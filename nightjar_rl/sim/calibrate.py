@@ -71,6 +71,7 @@ SIGNED_TERMS = {"verify": tuple(t for t in VERIFY_TERMS if t.startswith("decode"
 PREFILL_TERMS = ("1", "tokens", "tokens^2/1000")
 OVERHEAD_TERMS = ("1", "rows")
 WALL_TERMS = ("1", "max(1,rows)", "scored", "scored*context/1000", "(prefill tokens-1)+")
+PART_TERMS = {"verify": VERIFY_TERMS, "prefill": PREFILL_TERMS, "overhead": OVERHEAD_TERMS, "wall": WALL_TERMS}
 TABLE_CONTEXT = 8192  # the default table reaches at least this context (tokens in the longest row)
 FITS = ("auto", "parts", "wall")
 
@@ -165,9 +166,8 @@ def fit_part(df: pd.DataFrame, part: str, min_steps: int = 4) -> np.ndarray:
     sel = df[_selection(df, part)]
     if len(sel) < min_steps:
         raise CalibrationError(f"only {len(sel)} step(s) with a timed {part} in the logs; need {min_steps}")
-    terms = {"verify": VERIFY_TERMS, "prefill": PREFILL_TERMS, "overhead": OVERHEAD_TERMS, "wall": WALL_TERMS}[part]
     signed = SIGNED_TERMS.get(part, ())
-    lower = [-np.inf if t in signed else 0.0 for t in terms]
+    lower = [-np.inf if t in signed else 0.0 for t in PART_TERMS[part]]
     result = lsq_linear(_design(sel, part), _targets(sel, part), bounds=(lower, np.inf), method="bvls")
     if result.status <= 0:  # bvls stops silently at its iteration limit
         raise CalibrationError(f"the {part} fit did not converge: {result.message}")
@@ -189,10 +189,9 @@ class Calibration:
     fit: str = "parts"
 
     def summary(self) -> str:
-        terms = ((("wall", WALL_TERMS),) if self.fit == "wall" else
-                 (("verify", VERIFY_TERMS), ("prefill", PREFILL_TERMS), ("overhead", OVERHEAD_TERMS)))
-        lines = [f"{part}: " + ", ".join(f"{t}={c:.4g}" for t, c in zip(names, self.coefficients[part]))
-                 for part, names in terms]
+        parts = ("wall",) if self.fit == "wall" else ("verify", "prefill", "overhead")
+        lines = [f"{part}: " + ", ".join(f"{t}={c:.4g}" for t, c in zip(PART_TERMS[part], self.coefficients[part]))
+                 for part in parts]
         lines.append(f"lookup: {self.lookup_ms_per_row:.4g} ms per drafting row")
         lines.append("held-out steps:\n" + self.errors.to_string(index=False))
         return "\n".join(lines)
