@@ -140,6 +140,65 @@ def test_per_row_features_on_a_hand_built_step():
     assert rows_of(np.asarray(obs)) is None and type(np.asarray(obs)) is np.ndarray
 
 
+def _reference_rows(steps, max_k: int, decay: float = 0.8, g: float = 0.999):
+    """RowTracker's estimates written row by row, as the module docs define them: per request
+    (successes, trials, samples) of the geometric model and per-depth (successes, trials); batch-wide
+    depth counts decayed per row-sample in step order."""
+    geo, depth, glob = {}, {}, [[0.0] * max_k, [0.0] * max_k]
+    for ids, drafted, accepted, finished in steps:
+        for rid, d, a in zip(ids, drafted, accepted):
+            s0, t0, n0 = geo.get(rid, (0.0, 0.0, 0))
+            trials = a + (a < d) if d > 0 else 0
+            if trials:
+                geo[rid] = (decay * s0 + a, decay * t0 + trials, n0 + 1)
+            reach = min(a + 1, d, max_k)
+            if reach > 0:
+                ds, dt = depth.get(rid, ([0.0] * max_k, [0.0] * max_k))
+                won = min(reach, a)
+                depth[rid] = ([x * decay + (j < won) for j, x in enumerate(ds)],
+                              [x * decay + (j < reach) for j, x in enumerate(dt)])
+                glob = [[x * g + (j < won) for j, x in enumerate(glob[0])],
+                        [x * g + (j < reach) for j, x in enumerate(glob[1])]]
+        for rid in finished:
+            geo.pop(rid, None)
+            depth.pop(rid, None)
+    return geo, depth, glob
+
+
+def test_row_tracker_matches_its_row_by_row_definition():
+    """Random steps over requests that join and finish: pending samples (-1), no proposal (0), partial
+    and full acceptance; the batch-wide depth counts folded a step at a time equal the per-sample fold."""
+    rng = np.random.default_rng(3)
+    max_k, builder = 4, ObservationBuilder(4)
+    live, steps, next_id = [], [], 0
+    for step in range(60):
+        while len(live) < 25:
+            live.append(f"r{next_id}")
+            next_id += 1
+        drafted = rng.integers(-1, max_k + 2, len(live)).tolist()
+        accepted = [int(rng.integers(0, max(d, 0) + 1)) for d in drafted]
+        finished = [rid for rid in live if rng.random() < 0.15]
+        steps.append((list(live), drafted, accepted, finished))
+        builder.update(StepStats(step=step, k=max_k, batch_size=len(live), num_waiting=0, num_prefilled=0,
+                                 request_ids=list(live), plan=[max_k] * len(live), drafted=[max(d, 0) for d in drafted],
+                                 accepted=[min(a, max(d, 0)) for a, d in zip(accepted, drafted)], emitted=[1] * len(live),
+                                 shadow_drafted=drafted, shadow_accepted=accepted, finished_ids=finished, wall_time=0.01),
+                       0, 0.01 * (step + 1))
+        live = [rid for rid in live if rid not in finished]
+    geo, depth, (gs, gt) = _reference_rows(steps, max_k)
+    running = [seq(rid, 3, 1, 50) for rid in live + ["new"]]
+    r = rows_of(builder.observation(running, 0))
+    assert set(builder.row_tracker.rows) == set(live) and len(live) > 15
+    want = [geo[rid][0] / geo[rid][1] if rid in geo else math.nan for rid in live] + [math.nan]
+    np.testing.assert_allclose(r.acceptance, want)
+    assert r.samples.tolist() == [geo.get(rid, (0, 0, 0))[2] for rid in live] + [0]
+    w, glob = 2.0, np.array(gs) / np.array(gt)
+    zeros = ([0.0] * max_k, [0.0] * max_k)
+    rates = [[(s + w * glob[j]) / (t + w) for j, (s, t) in enumerate(zip(*depth.get(rid, zeros)))]
+             for rid in live + ["new"]]
+    np.testing.assert_allclose(r.depth_rates, rates)
+
+
 def test_unknown_is_not_zero_acceptance():
     builder = ObservationBuilder(MAX_K)
     obs = builder.observation([seq("a", 3, 1, 5)], 0)

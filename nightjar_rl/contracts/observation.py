@@ -128,13 +128,13 @@ def geometric_trials(drafted: int, accepted: int, empty_is_failure: bool = False
     return accepted, accepted + (1 if accepted < drafted else 0)
 
 
-def step_samples(stats: StepRecord) -> list[tuple[int, int]]:
-    """(drafted, accepted) per row of a step for the acceptance estimates: full information when the
-    executor reports it (`shadow_drafted/shadow_accepted`), else what the rows drafted."""
+def step_sample_lists(stats: StepRecord) -> tuple[Sequence[int], Sequence[int]]:
+    """(drafted, accepted), aligned per row of a step, for the acceptance estimates: full information
+    when the executor reports it (`shadow_drafted/shadow_accepted`), else what the rows drafted."""
     shadow_d, shadow_a = getattr(stats, "shadow_drafted", None), getattr(stats, "shadow_accepted", None)
     if shadow_d and len(shadow_d) == len(stats.drafted):
-        return list(zip(shadow_d, shadow_a))
-    return list(zip(stats.drafted, stats.accepted))
+        return shadow_d, shadow_a
+    return stats.drafted, stats.accepted
 
 
 class AcceptanceEstimate:
@@ -244,16 +244,38 @@ class DepthCounts:
         self.decay = decay
         self.successes, self.trials = [0.0] * max_k, [0.0] * max_k
 
-    def add(self, drafted: int, accepted: int) -> None:
-        """Fold one row-step in. The lists are replaced, never changed in place, so a reader holding
-        them (a `RowBatch`) keeps its snapshot."""
+    def add(self, drafted: int, accepted: int) -> tuple[int, int]:
+        """Fold one row-step in; returns (depths with a trial, depths with a success), (0, 0) for none.
+        The lists are replaced, never changed in place, so a reader holding them (a `RowBatch`) keeps
+        its snapshot."""
         reach = min(accepted + 1, drafted, len(self.trials))
         if reach <= 0:
-            return
-        g = self.decay
+            return 0, 0
+        g, won = self.decay, min(reach, accepted)
         self.trials = [x * g + 1.0 if j < reach else x * g for j, x in enumerate(self.trials)]
-        won = min(reach, accepted)
         self.successes = [x * g + 1.0 if j < won else x * g for j, x in enumerate(self.successes)]
+        return reach, won
+
+    def add_all(self, samples: list[tuple[int, int]]) -> None:
+        """Fold row-steps in, in order, as `add` one at a time would, from their (reach, won) (what
+        `add` returns): after m of them a count is g^m times what it was plus, per sample i,
+        g^(m - 1 - i) at each depth it reached. One pass per step for the batch-wide counts."""
+        if not samples:
+            return
+        max_k, g = len(self.trials), self.decay
+        reached, won = [0.0] * (max_k + 1), [0.0] * (max_k + 1)  # decayed weight of the samples by depth reached
+        weight = 1.0
+        for r, w in reversed(samples):
+            reached[r] += weight
+            won[w] += weight
+            weight *= g
+        trials, successes, at_least_t, at_least_s = [0.0] * max_k, [0.0] * max_k, 0.0, 0.0
+        for j in range(max_k - 1, -1, -1):  # depth j + 1 counts every sample that reached past j
+            at_least_t += reached[j + 1]
+            at_least_s += won[j + 1]
+            trials[j] = self.trials[j] * weight + at_least_t
+            successes[j] = self.successes[j] * weight + at_least_s
+        self.trials, self.successes = trials, successes
 
 
 class RowTracker:
@@ -273,13 +295,18 @@ class RowTracker:
         self.depths = DepthCounts(self.max_k, self.global_decay)
 
     def observe_step(self, stats: StepRecord) -> None:
-        for rid, (d, a) in zip(getattr(stats, "request_ids", ()), step_samples(stats)):
-            entry = self.rows.get(rid)
+        rows, reached = self.rows, []
+        for rid, d, a in zip(getattr(stats, "request_ids", ()), *step_sample_lists(stats)):
+            entry = rows.get(rid)
             if entry is None:
-                entry = self.rows[rid] = (AcceptanceEstimate(self.decay), DepthCounts(self.max_k, self.decay))
+                entry = rows[rid] = (AcceptanceEstimate(self.decay), DepthCounts(self.max_k, self.decay))
+            if d <= 0:  # no proposal (or a pending check): no trial for either estimate
+                continue
             entry[0].add(*geometric_trials(d, a))
-            entry[1].add(d, a)
-            self.depths.add(d, a)
+            reach = entry[1].add(d, a)
+            if reach[0]:
+                reached.append(reach)
+        self.depths.add_all(reached)  # batch-wide: per row-sample, in step order
         for rid in getattr(stats, "finished_ids", ()):
             self.rows.pop(rid, None)
 
@@ -291,25 +318,25 @@ class RowTracker:
         """The `RowBatch` of `running` (Sequences: request_id, tokens, request); `proposals` by request
         id (absent: unknown)."""
         proposals = proposals or {}
-        ids, acc, samples, prop, pos, rem, ctx, ds, dt = [], [], [], [], [], [], [], [], []
-        zeros = (0.0,) * self.max_k
+        zeros = (0.0,) * self.max_k  # DepthCounts' lists are snapshots: it replaces them, never changes them
+        per_row = []
         for seq in running:
-            rid = seq.request_id
+            req = seq.request
+            rid, n = req.request_id, len(seq.tokens)
+            out = n - len(req.prompt_ids)
             entry = self.rows.get(rid)
-            value = entry[0].value if entry is not None else None
-            ids.append(rid)
-            acc.append(math.nan if value is None else value)
-            samples.append(entry[0].samples if entry is not None else 0)
-            ds.append(entry[1].successes if entry is not None else zeros)  # snapshots: DepthCounts replaces
-            dt.append(entry[1].trials if entry is not None else zeros)  # its lists rather than changing them
-            prop.append(proposals.get(rid, -1))
-            n_out = len(seq.tokens) - seq.num_prompt
-            pos.append(n_out)
-            rem.append(seq.request.max_new_tokens - n_out)
-            ctx.append(len(seq.tokens))
+            if entry is None:
+                per_row.append((rid, math.nan, 0, zeros, zeros, proposals.get(rid, -1), out,
+                                req.max_new_tokens - out, n))
+            else:
+                est, depths = entry
+                value = est.value
+                per_row.append((rid, math.nan if value is None else value, est.samples, depths.successes,
+                                depths.trials, proposals.get(rid, -1), out, req.max_new_tokens - out, n))
+        ids, acc, samples, ds, dt, prop, pos, rem, ctx = zip(*per_row) if per_row else ((),) * 9
         return RowBatch(tuple(ids), np.array(acc, dtype=float), np.array(samples, dtype=int),
                         np.array(prop, dtype=int), np.array(pos, dtype=int), np.array(rem, dtype=int),
-                        np.array(ctx, dtype=int), (ds, dt, self.global_rates(), self.prior_weight))
+                        np.array(ctx, dtype=int), (list(ds), list(dt), self.global_rates(), self.prior_weight))
 
 
 def row_summary(rows: RowBatch | None, max_k: int) -> list[float]:
@@ -348,7 +375,7 @@ class ObservationTracker:
 
     def observe_step(self, stats: StepRecord) -> None:
         succ = trials = 0
-        for d, a in step_samples(stats):
+        for d, a in zip(*step_sample_lists(stats)):
             s, t = geometric_trials(d, a, empty_is_failure=True)
             succ, trials = succ + s, trials + t
         self.full_info.add(succ, trials)
@@ -378,23 +405,12 @@ class ObservationTracker:
             self.arrival_rate += self.ema * (count / elapsed - self.arrival_rate)
 
     def vector(self, batch_size: int, queue_len: int, rows: RowBatch | None = None) -> np.ndarray:
-        obs = np.zeros(obs_size(self.max_k), dtype=np.float32)
-        obs[: HIST_START] = (
-            batch_size,
-            queue_len,
-            self.arrival_rate,
-            self.acceptance,
-            self.accepted_len,
-            self.last_k,
-            self.last_tpt,
-        )
-        total = self.hist.sum()
-        end = obs_size_v1(self.max_k)
-        obs[HIST_START:end] = self.hist / total if total > 0 else 0.0
+        total = float(self.hist.sum())
+        hist = [h / total for h in self.hist.tolist()] if total > 0 else [0.0] * (self.max_k + 1)
         fi = self.full_info.value
-        obs[end:end + 2] = (fi or 0.0, fi is not None)
-        obs[end + 2:] = row_summary(rows, self.max_k)
-        return obs
+        return np.array([batch_size, queue_len, self.arrival_rate, self.acceptance, self.accepted_len, self.last_k,
+                         self.last_tpt, *hist, fi or 0.0, fi is not None, *row_summary(rows, self.max_k)],
+                        dtype=np.float32)
 
 
 class ObservationBuilder:

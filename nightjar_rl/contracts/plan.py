@@ -12,7 +12,7 @@ Validation happens where the plan meets the batch (`resolve`): every length is a
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -23,7 +23,7 @@ class PlanError(ValueError):
 
 def _length(value, where: str) -> int:
     """`value` as a non-negative int (numpy ints welcome, bools and floats not)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
         raise PlanError(f"{where} must be an int, got {value!r}")
     value = int(value)
     if value < 0:
@@ -105,8 +105,10 @@ class SpecPlan:
                 names = ", ".join(repr(r) for r in sorted(unknown)[:3]) + (" ..." if len(unknown) > 3 else "")
                 raise PlanError(f"plan names {len(unknown)} request(s) that are not running: {names}")
 
-    def resolve(self, request_ids: Iterable[str]) -> list[int]:
+    def resolve(self, request_ids: Collection[str]) -> list[int]:
         """The length of each of `request_ids`, in order."""
+        if not self.lengths:
+            return [self.default] * len(request_ids)
         return [self.length_for(rid) for rid in request_ids]
 
     def capped(self, caps: Mapping[str, int]) -> SpecPlan:

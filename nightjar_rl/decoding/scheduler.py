@@ -80,9 +80,9 @@ class SlotRegion:
 
     def compact(self) -> Retired:
         """Drop finished rows; move survivors outside the region's span into its free slots."""
-        if not any(s.finished for s in self.rows):
+        survivors = [s for s in self.rows if s.finish_reason is None]  # not `finished`: once per row per step
+        if len(survivors) == len(self.rows):
             return Retired()
-        survivors = [s for s in self.rows if not s.finished]
         out = Retired(leaving=[s for s in self.rows if s.finished])
         n = len(survivors)
         span = range(n) if self.up else range(self.num_slots - n, self.num_slots)
@@ -312,7 +312,8 @@ class ScheduledEngine:
         stats.context = max((len(s.tokens) - 1 for s in decode_rows), default=0)
         self._prefill(admitted, stats)
         self._retire(stats)  # rows finished by their first token (or failed in prefill)
-        lengths = plan.resolve(s.request_id for s in decode_rows) if self.can_draft else [0] * len(decode_rows)
+        ids = [s.request.request_id for s in decode_rows]
+        lengths = plan.resolve(ids) if self.can_draft else [0] * len(ids)
         stats.k = max(lengths, default=plan.max_length if self.can_draft else 0)
         self._decode(decode_rows, lengths, stats)
         self._retire(stats)

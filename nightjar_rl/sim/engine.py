@@ -91,13 +91,14 @@ class SyntheticAcceptance:
 class _Row:
     """Replay state of one running request."""
 
-    __slots__ = ("output", "limit", "eos", "drafted", "accepted", "pos", "synced")
+    __slots__ = ("output", "limit", "eos", "drafted", "accepted", "pos", "synced", "proposal")
 
     def __init__(self, output: list[int], limit: int, eos: bool, drafted: list, accepted: list):
         self.output, self.limit, self.eos = output, limit, eos
         self.drafted, self.accepted = drafted, accepted
         self.pos = 0  # output tokens produced so far
         self.synced = 0  # draft model: tokens of this row in the draft's KV cache
+        self.proposal = 0  # draft tokens the drafter holds for the row's next step (set once it runs)
 
 
 class SimEngine(ScheduledEngine):
@@ -189,37 +190,43 @@ class SimEngine(ScheduledEngine):
     def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats) -> None:
         if not rows:
             return
-        batch, k_max = len(rows), max(lengths)
-        max_drafted, total_drafted, drafting_rows, lag = 0, 0, 0, 0
+        batch, k_max, full = len(rows), max(lengths), self.max_speculation
+        draft_model = self.draft_model and k_max > 0  # the draft model runs the whole batch k_max times
+        lag = 0
+        drafted, accepted, emitted, shadow_drafted, shadow_accepted = [], [], [], [], []
         for seq, k in zip(rows, lengths):
             row: _Row = seq.state[ROW]
             p = row.pos
             cap = max(0, seq.request.max_new_tokens - p - 1)
-            d = min(row.drafted[p][k], cap)
-            a = min(row.accepted[p][k], d)
-            if k_max > 0 and self.draft_model:  # the draft model runs the whole batch k_max times
+            can_draft, can_accept = row.drafted[p], row.accepted[p]
+            d = min(can_draft[k], cap)
+            a = min(can_accept[k], d)
+            if draft_model:
                 lag = max(lag, len(seq.tokens) - row.synced)
                 row.synced = len(seq.tokens) + min(a, k_max - 1)  # what the draft's cache holds after commit
-            shadow = min(row.drafted[p][self.max_speculation], cap)  # full information: the whole proposal
-            stats.shadow_drafted.append(shadow)
-            stats.shadow_accepted.append(min(row.accepted[p][self.max_speculation], shadow, row.limit - p))
-            emitted = self._append(seq, row, a + 1)
-            kept = min(a, emitted)
-            max_drafted = max(max_drafted, d)
-            total_drafted += d
-            drafting_rows += k > 0
+            shadow = min(can_draft[full], cap)  # full information: the whole proposal
+            shadow_drafted.append(shadow)
+            shadow_accepted.append(min(can_accept[full], shadow, row.limit - p))
+            out = self._append(seq, row, a + 1)
+            kept = min(a, out)
             seq.drafted += d
             seq.accepted += kept
             seq.steps += 1
-            stats.request_ids.append(seq.request_id)
-            stats.plan.append(k)
-            stats.drafted.append(d)
-            stats.accepted.append(kept)
-            stats.emitted.append(emitted)
+            drafted.append(d)
+            accepted.append(kept)
+            emitted.append(out)
+        stats.request_ids += [seq.request.request_id for seq in rows]
+        stats.plan += lengths
+        stats.drafted += drafted
+        stats.accepted += accepted
+        stats.emitted += emitted
+        stats.shadow_drafted += shadow_drafted
+        stats.shadow_accepted += shadow_accepted
+        max_drafted, total_drafted = max(drafted), sum(drafted)
         if k_max > 0:
             stats.draft_time = (self._seconds("draft", batch, k_max) if self.draft_model
-                                else self._seconds("lookup", drafting_rows))
-            if self.draft_model and lag > 2:
+                                else self._seconds("lookup", batch - lengths.count(0)))
+            if draft_model and lag > 2:
                 stats.catchup_time = self._seconds("catchup", batch * (lag - 1))
         stats.verify_tokens = 1 + max_drafted
         # what the live engine computes in this layout: every row at the longest, or each at its own
@@ -232,13 +239,7 @@ class SimEngine(ScheduledEngine):
         """Draft tokens each running row's drafter has for its next step at max_speculation (capped by
         the row's budget), by request id: what a drafter knows before verifying (an n-gram's match
         continuation), so per-row policies may read it (`nightjar_rl.contracts.observation.RowBatch`)."""
-        out = {}
-        for seq in self.running:
-            row = seq.state.get(ROW)
-            if row is not None and row.pos < row.limit:
-                cap = max(0, seq.request.max_new_tokens - row.pos - 1)
-                out[seq.request_id] = min(row.drafted[row.pos][self.max_speculation], cap)
-        return out
+        return {seq.request.request_id: seq.state[ROW].proposal for seq in self.running if ROW in seq.state}
 
     def _verify_seconds(self, batch: int, scored: int, context: int) -> float:
         """Verify time of `batch` rows scoring `scored` positions in all (`HardwareProfile.verify_step_ms`),
@@ -269,13 +270,15 @@ class SimEngine(ScheduledEngine):
             value = self._memo[key] = fn(*args) / 1000.0
         return value
 
-    @staticmethod
-    def _append(seq: Sequence, row: _Row, count: int) -> int:
-        """Append the next `count` true tokens (fewer at the end of the output). Returns how many."""
-        end = min(row.pos + count, row.limit)
-        seq.tokens.extend(row.output[row.pos:end])
-        emitted = end - row.pos
+    def _append(self, seq: Sequence, row: _Row, count: int) -> int:
+        """Append the next `count` true tokens (fewer at the end of the output) and note what the
+        drafter holds for the row's next step (`proposal_lengths`). Returns how many."""
+        p, end = row.pos, min(row.pos + count, row.limit)
+        seq.tokens.extend(row.output[p:end])
         row.pos = end
         if end >= row.limit:
             seq.finish_reason = "eos" if row.eos else "length"
-        return emitted
+        else:
+            budget = max(0, seq.request.max_new_tokens - end - 1)
+            row.proposal = min(row.drafted[end][self.max_speculation], budget)
+        return end - p
