@@ -156,3 +156,30 @@ def test_every_shipped_study_config_loads():
             assert load_study(path)
         else:
             assert load_experiment(path).name == path.stem
+
+
+def test_learners_train_on_the_train_scenario(tmp_path):
+    """`train.scenario`: the bandit trains on another scenario with its own workload (3 requests of at
+    most 5 tokens per episode) while evaluation stays on the experiment's (6 requests of 12); a
+    scenario with another max_k is one clear error before any run folder is made."""
+    envs = ROOT / "envs"
+    text = (envs / "tiny-sim.yaml").read_text()
+    small = (text.replace("name: tiny-sim", "name: tiny-sim-small").replace("num_requests: 6", "num_requests: 3")
+             .replace("max_new_tokens: 12", "max_new_tokens: 5").replace("trace: traces/", f"trace: {envs}/traces/")
+             .replace("profile: profiles/", f"profile: {envs}/profiles/"))
+    assert small.count(str(envs)) == 2 and "num_requests: 3" in small and "max_new_tokens: 5" in small
+    (tmp_path / "tiny-sim-small.yaml").write_text(small)
+    data = {"scenario": "tiny-sim", "rates": [50.0], "seeds": [0],
+            "policies": ["fixed-0", {"name": "nightjar", "spec": {"type": "nightjar", "epsilon": 0.2}}],
+            "train": {"episodes": 2, "scenario": "tiny-sim-small.yaml"}}
+    cfg = experiment_from_dict(data, "held_out", str(tmp_path))
+    result = runner.run_experiment(cfg, out_dir=tmp_path / "runs", progress=False)
+    train = pd.read_csv(result.run_dir / "train.csv")
+    assert len(train) == 2 and train["tokens"].between(1, 3 * 5).all()
+    results = pd.read_csv(result.run_dir / "results.csv")
+    assert (results["requests"] == 6).all() and (results["output_tokens"] > 3 * 5).all()
+    (tmp_path / "tiny-sim-small.yaml").write_text(small.replace("max_speculation: 4", "max_speculation: 2"))
+    with pytest.raises(ExperimentError, match="'train.scenario' 'tiny-sim-small' has max_k=2"):
+        runner.run_experiment(experiment_from_dict(data, "held_out2", str(tmp_path)), out_dir=tmp_path / "runs2",
+                              progress=False)
+    assert not (tmp_path / "runs2").exists()

@@ -21,10 +21,14 @@ Fields:
                          A spec field `profile: scenario` means the scenario's hardware profile
                          (sim scenarios), so oracle/sssd rules price steps on the simulated hardware.
     train         map    {episodes: N, rates: [...] (default: rates), concurrency: [...] (default:
-                          concurrency), num_requests: N, seed: S, replicates: R}: episode i uses
-                          rates[i % len] and concurrency[i % len]; each learner is trained R times
+                          concurrency), num_requests: N, seed: S, replicates: R, scenario: NAME}: episode
+                          i uses rates[i % len] and concurrency[i % len]; each learner is trained R times
                           (replicate r: policy seed + r, workload seeds S + r*N ...); every replicate is
-                          evaluated on every cell
+                          evaluated on every cell. `scenario` (default: the experiment's) trains the
+                          learners on another scenario with the same max_speculation, with its own
+                          workload (num_requests: train.num_requests, else that scenario's), for a
+                          held-out evaluation (e.g. trained on Poisson arrivals, evaluated under
+                          bursts); an sb3 spec's own `scenario` takes precedence for that policy
     evaluate      map    {learn: false}: whether learners keep learning during evaluation
     executor      str|map  local (default) | ray | {kind: ray, address: ADDR|null, workers: N|null}:
                          where the training jobs and evaluation cells run; results do not depend on it
@@ -78,6 +82,8 @@ class TrainConfig:
     seed: int = option(10_000, "training workloads use seeds seed, seed+1, ... (apart from evaluation seeds)", low=0)
     replicates: int = option(1, "independent trainings per learner (replicate r: workload seeds seed + r*episodes "
                                 "...)", low=1)
+    scenario: str | None = option(None, "scenario the learners train on, a name or path (null: the experiment's); "
+                                        "evaluation stays on the experiment's", str)
 
 
 EXECUTORS = ("local", "ray")
@@ -130,6 +136,8 @@ class ExperimentConfig:
         # fields added later are left out at their defaults: older run folders stay resumable
         if d["train"]["replicates"] == 1:
             d["train"].pop("replicates")
+        if d["train"]["scenario"] is None:
+            d["train"].pop("scenario")
         for part in (d, d["train"]):
             if part["concurrency"] is None:
                 part.pop("concurrency")
@@ -266,10 +274,11 @@ def experiment_from_dict(data: dict, name: str = "experiment", base_dir: str | N
         raise fail(f"field 'policies' has duplicate names: {sorted({n for n in names if names.count(n) > 1})}")
 
     t = data.get("train") or {}
-    if not isinstance(t, dict) or not set(t) <= {"episodes", "rates", "concurrency", "num_requests", "seed", "replicates"}:
-        raise fail(f"field 'train' must be a mapping with episodes, rates, concurrency, num_requests, seed, replicates; "
-                   f"got {t!r}")
-    train = TrainConfig(**{k: t[k] for k in ("episodes", "num_requests", "seed", "replicates") if k in t})
+    if not isinstance(t, dict) or not set(t) <= {"episodes", "rates", "concurrency", "num_requests", "seed", "replicates",
+                                                 "scenario"}:
+        raise fail(f"field 'train' must be a mapping with episodes, rates, concurrency, num_requests, seed, replicates, "
+                   f"scenario; got {t!r}")
+    train = TrainConfig(**{k: t[k] for k in ("episodes", "num_requests", "seed", "replicates", "scenario") if k in t})
     try:
         check(train, f"experiment {name!r}: field 'train'")
     except ConfigError as exc:

@@ -39,7 +39,7 @@ from nightjar_rl.analysis.stats import ci_table, format_ci
 from nightjar_rl.analysis.study import findings, headline, verdict
 from nightjar_rl.analysis.tables import best_fixed_comparison, with_speedup
 from nightjar_rl.env.recorder import TableAppender, append_rows, read_table, write_table
-from nightjar_rl.env.scenario import Scenario
+from nightjar_rl.env.scenario import Scenario, ScenarioError
 from nightjar_rl.experiments.config import ExperimentConfig, experiment_from_dict, resolve_spec
 from nightjar_rl.experiments.confirm import choose_policies, confirmation_summary, run_confirmation, scenario_near
 from nightjar_rl.experiments.executor import (
@@ -105,6 +105,21 @@ def resolve_scenario(cfg: ExperimentConfig) -> Scenario:
     return scenario.replace(**changes) if changes else scenario
 
 
+def resolve_train_scenario(cfg: ExperimentConfig, scenario: Scenario) -> Scenario:
+    """The scenario the learners train on: `train.scenario` as it is (its own workload), else the
+    experiment's `scenario`; its max_k must be the experiment scenario's."""
+    if cfg.train.scenario is None:
+        return scenario
+    try:
+        train = scenario_near(cfg.train.scenario, cfg.base_dir)
+    except ScenarioError as exc:
+        raise ExperimentError(f"experiment {cfg.name!r}: field 'train.scenario' {exc}") from None
+    if train.max_k != scenario.max_k:
+        raise ExperimentError(f"experiment {cfg.name!r}: field 'train.scenario' {train.name!r} has max_k={train.max_k}, "
+                              f"the experiment's scenario {scenario.name!r} has {scenario.max_k}; they must match")
+    return train
+
+
 def run_name(scenario: str, cfg: ExperimentConfig, stamp: int | None = None) -> str:
     """cleanrl-style: scenario__experiment__seed__time."""
     return f"{scenario}__{cfg.name}__{cfg.seeds[0]}__{int(stamp if stamp is not None else time.time())}"
@@ -157,10 +172,11 @@ def _policy_file(run_dir: Path, name: str, replicate: int) -> Path:
     return run_dir / "policies" / (f"{name}.json" if replicate == 0 else f"{name}.rep{replicate}.json")
 
 
-def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, ctx: SweepContext, run_dir: Path, executor,
-                      progress: bool) -> tuple[dict, dict, set[str]]:
-    """Specs of every policy (trained artifacts for learners, trained on the executor or loaded from
-    a previous run of this folder). Returns ({name: spec}, {(name, replicate): artifact}, learned)."""
+def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, ctx: SweepContext, train_ctx: SweepContext,
+                      run_dir: Path, executor, progress: bool) -> tuple[dict, dict, set[str]]:
+    """Specs of every policy (trained artifacts for learners, trained on the executor in `train_ctx`'s
+    scenario or loaded from a previous run of this folder). Returns ({name: spec}, {(name, replicate):
+    artifact}, learned)."""
     built = build_policies(cfg, scenario)
     specs = {e.name: resolve_spec(e.spec, scenario) for e in cfg.policies}
     learned = {name for name, p in built.items() if getattr(p, "learning", False)}
@@ -177,7 +193,7 @@ def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, ctx: SweepConte
                                  tuple(t.rates or cfg.rates), t.seed + r * t.episodes, t.num_requests,
                                  tuple(concurrency) if concurrency else None))
     bar = tqdm(total=len(jobs), desc=f"train {cfg.name}", unit="learner", disable=not progress or not jobs)
-    for job, (artifact, log) in executor.map(train_job, ctx, jobs):
+    for job, (artifact, log) in executor.map(train_job, train_ctx, jobs):
         if log:  # train.episodes 0: deployed as built (or as the artifact the spec holds)
             # a learner retrained after an interrupt (its log written, its policy not) replaces its rows
             append_rows(run_dir / "train.csv", pd.DataFrame(log),
@@ -348,9 +364,11 @@ def _executor(cfg: ExperimentConfig, executor=None):
 
 def _train_phase(cfg: ExperimentConfig, scenario: Scenario, out_dir, resume, executor, progress: bool):
     """Run folder, sweep context, and the trained policies: (run_dir, ctx, specs, artifacts, learned)."""
+    train_scenario = resolve_train_scenario(cfg, scenario)  # checked before the run folder is made
     run_dir = _prepare_run_dir(cfg, scenario, out_dir, resume)
-    ctx = SweepContext(portable_scenario(scenario), cfg.slo, cfg.learn_during_eval, run_dir.name, cfg.name)
-    return (run_dir, ctx, *_trained_policies(cfg, scenario, ctx, run_dir, executor, progress))
+    ctx, train_ctx = (SweepContext(portable_scenario(s), cfg.slo, cfg.learn_during_eval, run_dir.name, cfg.name)
+                      for s in (scenario, train_scenario))
+    return (run_dir, ctx, *_trained_policies(cfg, scenario, ctx, train_ctx, run_dir, executor, progress))
 
 
 @dataclass

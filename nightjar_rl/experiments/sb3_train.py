@@ -405,11 +405,12 @@ def _train(spec: SB3Spec, scenario: Scenario, run_dir: Path, name: str, target, 
 
 # ---- inside an experiment ------------------------------------------------------------------------
 def training_scenario(spec: SB3Spec, cfg: ExperimentConfig, eval_scenario: Scenario, where: str) -> Scenario:
-    """The scenario the policy trains on: the spec's (else the experiment's), with its reward overrides;
-    its backend must match `train_on` and its max_k the evaluation scenario's."""
+    """The scenario the policy trains on: the spec's, else the experiment's `train.scenario`, else the
+    evaluation scenario, with the spec's reward overrides; its backend must match `train_on` and its
+    max_k the evaluation scenario's."""
     scenario = eval_scenario
-    if spec.scenario is not None:
-        ref = spec.scenario
+    ref = spec.scenario if spec.scenario is not None else cfg.train.scenario
+    if ref is not None:
         if cfg.base_dir is not None and (Path(cfg.base_dir) / ref).is_file():
             ref = Path(cfg.base_dir) / ref
         try:

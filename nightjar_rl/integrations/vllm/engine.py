@@ -17,6 +17,7 @@ episode leaves running).
 from __future__ import annotations
 
 import time
+import zlib
 from collections import deque
 
 from nightjar_rl.contracts import SpecPlan
@@ -44,6 +45,13 @@ def start_llm_engine(cfg: EngineConfig, enforce_eager: bool = True):
     kwargs = engine_kwargs(cfg, scheduler={"mode": "trim"}, enforce_eager=enforce_eager)
     kwargs["max_num_batched_tokens"] = max(2048, cfg.max_batch_size * cfg.max_seq_len)
     return LLMEngine.from_engine_args(EngineArgs(**kwargs))
+
+
+def request_seed(seed: int, request_id: str) -> int:
+    """vLLM's per-request sampling seed: the episode's seed and the request id mixed (CRC-32), so an
+    episode replays exactly and its requests draw independent streams (one seed for all would give two
+    requests with the same prompt the same sample)."""
+    return zlib.crc32(f"{seed}:{request_id}".encode())
 
 
 class VLLMEngine:
@@ -92,7 +100,7 @@ class VLLMEngine:
             raise ValueError(f"duplicate request id {rid!r}")
         check_request_fits(request, self.max_seq_len)
         params = self._params(temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=request.max_new_tokens,
-                              seed=self.cfg.seed if self.cfg.temperature > 0 else None)
+                              seed=request_seed(self.cfg.seed, rid) if self.cfg.temperature > 0 else None)
         internal = self.llm.add_request(rid, {"prompt_token_ids": list(request.prompt_ids)}, params)
         self._internal[rid], self._external[internal] = internal, rid
         self._seqs[rid] = Sequence(request=request, tokens=list(request.prompt_ids))
