@@ -13,8 +13,10 @@ runs/sim_fidelity__<time>/fidelity.csv and prints it.
     python experiments/sim_fidelity.py --rates 0.5,2,8 --ks 0,2,4 --seeds 0,1 --num-requests 16
     python experiments/sim_fidelity.py --quick --out-dir /tmp/sim_fidelity   # seconds: tiny vs tiny-sim
 
-Live cells start after one unmeasured warm-up cell per rate (`--warmup 0` skips it): an engine's
-first forwards are slow (vLLM's very first step took ~1.5 s here against ~40 ms later).
+Live cells start after unmeasured warm-up cells, one per rate and k (`--warmup 0` skips them): an
+engine's first forwards of a new shape are slow (vLLM's very first step took ~1.5 s here against ~40 ms
+later), and a warm-up at the largest k alone left vLLM's first calibration seed's k = 2 steps 7-25%
+slower than the same steps of the next seed (fits of the two seeds 7.4% apart; 0.8% with this warm-up).
 
 `--policies table-mlc_llm,trained:nightjar`: besides the fixed k, a policy spec or artifact each
 (as `nightjar-rl generate --policy`), evaluated frozen; `trained:SPEC` is a learner trained first in
@@ -35,7 +37,7 @@ workloads. The calibrated profile is written to the run folder.
 `smollm2-ngram-vllm-sim` (vLLM's outputs and n-gram proposer in `traces/smollm2-ngram-vllm-ngram.npz`,
 one pass per step priced by `verify_layout: mixed`, profile fitted to vLLM's wall times). One vLLM
 engine serves every live cell (start-up ~30-60 s, eager). Run alone, about 15-20 minutes on the
-2-core CPU (27 live cells of 16 requests x 48 tokens: 3 warm-up, 9 for calibration, 15 compared):
+2-core CPU (33 live cells of 16 requests x 48 tokens: 9 warm-up, 9 for calibration, 15 compared):
 
     OMP_NUM_THREADS=2 python experiments/sim_fidelity.py --live smollm2-ngram-vllm --sim smollm2-ngram-vllm-sim \\
         --rates 1,4,1000 --ks 0,2,4 --seeds 0 --calibrate-seeds 10 --num-requests 16 \\
@@ -179,7 +181,8 @@ def main() -> None:
                                                    "artifacts; trained:SPEC = a learner trained in the twin first)")
     ap.add_argument("--train-episodes", type=int, default=30, help="episodes a trained:SPEC policy learns for")
     ap.add_argument("--warmup", type=int, default=1, choices=[0, 1],
-                    help="serve one unmeasured live cell per rate first (an engine's first forwards are slow)")
+                    help="serve an unmeasured live cell per rate and k first (an engine's first forwards of a "
+                         "shape are slow)")
     ap.add_argument("--out-dir", default="runs")
     a = quickmode.parse_args(ap, QUICK)
     live_scn, sim_scn = load_scenario(a.live), load_scenario(a.sim)
@@ -189,8 +192,9 @@ def main() -> None:
     run = Path(a.out_dir) / f"sim_fidelity__{int(time.time())}"
     print(f"load average at the start: {os.getloadavg()}")
     sims = {"": (sim_scn, sim)}
-    for rate in tqdm(rates if a.warmup else [], desc="warm-up (not measured)", unit="cell"):
-        serve_cell(live_scn, live, rate, fixed(max(ks), live_scn), WARMUP_SEED, a.num_requests)
+    warmup = [(rate, k) for rate in rates for k in ks] if a.warmup else []
+    for rate, k in tqdm(warmup, desc="warm-up (not measured)", unit="cell"):
+        serve_cell(live_scn, live, rate, fixed(k, live_scn), WARMUP_SEED, a.num_requests)
     if a.calibrate_seeds:
         fit_seeds = [int(s) for s in a.calibrate_seeds.split(",")]
         if set(fit_seeds) & set(seeds):
