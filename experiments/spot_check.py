@@ -28,13 +28,8 @@ import quickmode  # noqa: E402  (same folder)
 from nightjar_rl.analysis.study import relative_score  # noqa: E402
 from nightjar_rl.env.recorder import write_table  # noqa: E402
 from nightjar_rl.experiments import load_experiment  # noqa: E402
-from nightjar_rl.experiments.config import experiment_from_dict  # noqa: E402
-from nightjar_rl.experiments.runner import (  # noqa: E402
-    load_run,
-    resolve_scenario,
-    resolve_spec,
-    run_experiment,
-)
+from nightjar_rl.experiments.config import experiment_from_dict, resolve_scenario, resolve_spec  # noqa: E402
+from nightjar_rl.experiments.runner import load_run, run_experiment  # noqa: E402
 
 QUICK = {"live": "tiny", "sim": "tiny-sim", "rates": "5,50", "seeds": "0", "num_requests": 4}
 TINY_STUDY = ROOT / "experiments" / "study_tiny.yaml"

@@ -140,6 +140,20 @@ def test_per_row_features_on_a_hand_built_step():
     assert rows_of(np.asarray(obs)) is None and type(np.asarray(obs)) is np.ndarray
 
 
+def test_depth_counts_fold_a_step_as_sample_by_sample():
+    """Hand-computed, decay 0.5, from zero: (reach 2, won 1) then (reach 1, won 0), with a (0, 0)
+    no-sample between: trials [1.5, 0.5] (depth 1: 1 * 0.5 + 1; depth 2: 1 * 0.5), successes
+    [0.5, 0] (depth 1 succeeded once, decayed once)."""
+    from nightjar_rl.contracts.observation import DepthCounts
+
+    one_by_one, folded = DepthCounts(2, 0.5), DepthCounts(2, 0.5)
+    samples = [one_by_one.add(3, 1), one_by_one.add(0, 0), one_by_one.add(1, 0)]
+    assert samples == [(2, 1), (0, 0), (1, 0)]
+    folded.add_all(samples)
+    assert one_by_one.trials == folded.trials == [1.5, 0.5]
+    assert one_by_one.successes == folded.successes == [0.5, 0.0]
+
+
 def _reference_rows(steps, max_k: int, decay: float = 0.8, g: float = 0.999):
     """RowTracker's estimates written row by row, as the module docs define them: per request
     (successes, trials, samples) of the geometric model and per-depth (successes, trials); batch-wide

@@ -196,7 +196,7 @@ def test_missing_required_field_and_backend_mismatch(tmp_path):
     with pytest.raises(ExperimentError, match=r"spec.total_timesteps' is required"):
         experiment_from_dict(experiment([{"name": "ppo", "spec": spec}]))
     cfg = experiment_from_dict(experiment([{"name": "ppo", "spec": sb3_spec("PPO")}], scenario="tiny"))
-    with pytest.raises(ExperimentError, match="train_on' is sim but scenario 'tiny' runs on the live backend"):
+    with pytest.raises(ExperimentError, match=r"train_on' is sim but the training scenario 'tiny' \(from the experiment's 'scenario'\) runs on the live"):
         runner.train_experiment(cfg, out_dir=tmp_path, progress=False)
 
 

@@ -266,6 +266,8 @@ class DepthCounts:
         reached, won = [0.0] * (max_k + 1), [0.0] * (max_k + 1)  # decayed weight of the samples by depth reached
         weight = 1.0
         for r, w in reversed(samples):
+            if not r:  # no trial (what `add` returns for none): no decay either
+                continue
             reached[r] += weight
             won[w] += weight
             weight *= g

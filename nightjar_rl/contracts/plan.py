@@ -105,10 +105,11 @@ class SpecPlan:
                 names = ", ".join(repr(r) for r in sorted(unknown)[:3]) + (" ..." if len(unknown) > 3 else "")
                 raise PlanError(f"plan names {len(unknown)} request(s) that are not running: {names}")
 
-    def resolve(self, request_ids: Collection[str]) -> list[int]:
+    def resolve(self, request_ids: Iterable[str]) -> list[int]:
         """The length of each of `request_ids`, in order."""
         if not self.lengths:
-            return [self.default] * len(request_ids)
+            ids = request_ids if isinstance(request_ids, Collection) else list(request_ids)
+            return [self.default] * len(ids)
         return [self.length_for(rid) for rid in request_ids]
 
     def capped(self, caps: Mapping[str, int]) -> SpecPlan:

@@ -25,10 +25,10 @@ Fields:
                           i uses rates[i % len] and concurrency[i % len]; each learner is trained R times
                           (replicate r: policy seed + r, workload seeds S + r*N ...); every replicate is
                           evaluated on every cell. `scenario` (default: the experiment's) trains the
-                          learners on another scenario with the same max_speculation, with its own
-                          workload (num_requests: train.num_requests, else that scenario's), for a
-                          held-out evaluation (e.g. trained on Poisson arrivals, evaluated under
-                          bursts); an sb3 spec's own `scenario` takes precedence for that policy
+                          learners on another scenario with the same max_speculation (the
+                          experiment's num_requests / max_new_tokens overrides apply to it as to the
+                          evaluation), for a held-out evaluation (e.g. trained on Poisson arrivals,
+                          evaluated under bursts); an sb3 spec's own `scenario` takes precedence
     evaluate      map    {learn: false}: whether learners keep learning during evaluation
     executor      str|map  local (default) | ray | {kind: ray, address: ADDR|null, workers: N|null}:
                          where the training jobs and evaluation cells run; results do not depend on it
@@ -53,7 +53,7 @@ from pathlib import Path
 import yaml
 
 from nightjar_rl.env.backend import resolve_data_path
-from nightjar_rl.env.scenario import Scenario
+from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
 from nightjar_rl.experiments.fields import ExperimentError, is_int, is_number, parse_concurrency, parse_rates
 from nightjar_rl.experiments.sb3_config import is_sb3_spec, parse_sb3_spec
 from nightjar_rl.schema import ConfigError, check, check_value, declarations, option
@@ -317,6 +317,44 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     except yaml.YAMLError as exc:
         raise ExperimentError(f"experiment {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return experiment_from_dict(data if data is not None else {}, path.stem, str(path.parent))
+
+
+def scenario_near(name: str, base_dir: str | None) -> Scenario:
+    """A scenario by name or path, or by a path relative to `base_dir` (an experiment file's folder)."""
+    try:
+        return load_scenario(name)
+    except ScenarioError:
+        if base_dir is None or not (Path(base_dir) / name).is_file():
+            raise
+        return load_scenario(Path(base_dir) / name)
+
+
+def resolve_scenario(cfg: ExperimentConfig) -> Scenario:
+    """The experiment's scenario (by name, path, or path relative to the experiment file), with the
+    experiment's workload overrides applied."""
+    return _with_workload(cfg, scenario_near(cfg.scenario, cfg.base_dir))
+
+
+def resolve_train_scenario(cfg: ExperimentConfig, scenario: Scenario) -> Scenario:
+    """The scenario the learners train on: `train.scenario` with the experiment's workload overrides
+    (as the evaluation gets them), else the experiment's `scenario`; its max_k must be the experiment
+    scenario's."""
+    if cfg.train.scenario is None:
+        return scenario
+    try:
+        train = _with_workload(cfg, scenario_near(cfg.train.scenario, cfg.base_dir))
+    except ScenarioError as exc:
+        raise ExperimentError(f"experiment {cfg.name!r}: field 'train.scenario' {exc}") from None
+    if train.max_k != scenario.max_k:
+        raise ExperimentError(f"experiment {cfg.name!r}: field 'train.scenario' {train.name!r} has max_k={train.max_k}, "
+                              f"the experiment's scenario {scenario.name!r} has {scenario.max_k}; they must match")
+    return train
+
+
+def _with_workload(cfg: ExperimentConfig, scenario: Scenario) -> Scenario:
+    changes = {key: value for key, value in (("num_requests", cfg.num_requests), ("max_new_tokens", cfg.max_new_tokens))
+               if value is not None}
+    return scenario.replace(**changes) if changes else scenario
 
 
 def resolve_spec(spec, scenario: Scenario):

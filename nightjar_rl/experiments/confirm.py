@@ -26,23 +26,12 @@ from nightjar_rl.analysis.load import CONCURRENCY, RATE, format_load
 from nightjar_rl.analysis.stats import t_interval
 from nightjar_rl.analysis.study import relative_score
 from nightjar_rl.env.recorder import write_table
-from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
-from nightjar_rl.experiments.config import ConfirmConfig
+from nightjar_rl.experiments.config import ConfirmConfig, scenario_near
 from nightjar_rl.experiments.executor import CellJob, SweepContext, cell_job, portable_scenario
 
 METRIC = "throughput_tok_s"
 COLUMNS = ["backend", "scenario", "policy", "rate", "concurrency", "seed", "repeat", METRIC, "tpot_p50_s",
            "e2e_p50_s", "mean_k", "requests", "output_tokens", "duration_s"]
-
-
-def scenario_near(name: str, base_dir: str | None) -> Scenario:
-    """A scenario by name or path, or by a path relative to `base_dir` (an experiment file's folder)."""
-    try:
-        return load_scenario(name)
-    except ScenarioError:
-        if base_dir is None or not (Path(base_dir) / name).is_file():
-            raise
-        return load_scenario(Path(base_dir) / name)
 
 
 def choose_policies(cc: ConfirmConfig, results: pd.DataFrame, fixed: list[str]) -> list[str]:

@@ -39,9 +39,15 @@ from nightjar_rl.analysis.stats import ci_table, format_ci
 from nightjar_rl.analysis.study import findings, headline, verdict
 from nightjar_rl.analysis.tables import best_fixed_comparison, with_speedup
 from nightjar_rl.env.recorder import TableAppender, append_rows, read_table, write_table
-from nightjar_rl.env.scenario import Scenario, ScenarioError
-from nightjar_rl.experiments.config import ExperimentConfig, experiment_from_dict, resolve_spec
-from nightjar_rl.experiments.confirm import choose_policies, confirmation_summary, run_confirmation, scenario_near
+from nightjar_rl.env.scenario import Scenario
+from nightjar_rl.experiments.config import (
+    ExperimentConfig,
+    experiment_from_dict,
+    resolve_scenario,
+    resolve_spec,
+    resolve_train_scenario,
+)
+from nightjar_rl.experiments.confirm import choose_policies, confirmation_summary, run_confirmation
 from nightjar_rl.experiments.executor import (
     KBB_COLUMNS,
     CellJob,
@@ -91,33 +97,6 @@ class ExperimentResult:
         """Names of the learned policies in the results (first-seen order)."""
         df = self.results
         return list(dict.fromkeys(df.loc[df["learned"].astype(bool), "policy"])) if "learned" in df else []
-
-
-def resolve_scenario(cfg: ExperimentConfig) -> Scenario:
-    """The experiment's scenario (by name, path, or path relative to the experiment file), with the
-    experiment's workload overrides applied."""
-    scenario = scenario_near(cfg.scenario, cfg.base_dir)
-    changes = {}
-    if cfg.num_requests is not None:
-        changes["num_requests"] = cfg.num_requests
-    if cfg.max_new_tokens is not None:
-        changes["max_new_tokens"] = cfg.max_new_tokens
-    return scenario.replace(**changes) if changes else scenario
-
-
-def resolve_train_scenario(cfg: ExperimentConfig, scenario: Scenario) -> Scenario:
-    """The scenario the learners train on: `train.scenario` as it is (its own workload), else the
-    experiment's `scenario`; its max_k must be the experiment scenario's."""
-    if cfg.train.scenario is None:
-        return scenario
-    try:
-        train = scenario_near(cfg.train.scenario, cfg.base_dir)
-    except ScenarioError as exc:
-        raise ExperimentError(f"experiment {cfg.name!r}: field 'train.scenario' {exc}") from None
-    if train.max_k != scenario.max_k:
-        raise ExperimentError(f"experiment {cfg.name!r}: field 'train.scenario' {train.name!r} has max_k={train.max_k}, "
-                              f"the experiment's scenario {scenario.name!r} has {scenario.max_k}; they must match")
-    return train
 
 
 def run_name(scenario: str, cfg: ExperimentConfig, stamp: int | None = None) -> str:

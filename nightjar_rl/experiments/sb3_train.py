@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
 from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
-from nightjar_rl.experiments.config import ExperimentConfig, resolve_spec
+from nightjar_rl.experiments.config import ExperimentConfig, resolve_spec, resolve_train_scenario
 from nightjar_rl.experiments.fields import ExperimentError
 from nightjar_rl.experiments.sb3_config import SB3Spec, parse_sb3_spec, sb3_algorithm
 from nightjar_rl.io import atomic_write_json, check_signed_manifest, signed_manifest
@@ -408,15 +408,17 @@ def training_scenario(spec: SB3Spec, cfg: ExperimentConfig, eval_scenario: Scena
     """The scenario the policy trains on: the spec's, else the experiment's `train.scenario`, else the
     evaluation scenario, with the spec's reward overrides; its backend must match `train_on` and its
     max_k the evaluation scenario's."""
-    scenario = eval_scenario
-    ref = spec.scenario if spec.scenario is not None else cfg.train.scenario
-    if ref is not None:
+    scenario, source = eval_scenario, "the experiment's 'scenario'"
+    if spec.scenario is not None:
+        ref, source = spec.scenario, f"{where}.scenario'"
         if cfg.base_dir is not None and (Path(cfg.base_dir) / ref).is_file():
             ref = Path(cfg.base_dir) / ref
         try:
             scenario = load_scenario(ref)
         except ScenarioError as exc:
             raise ExperimentError(f"{where}.scenario' {exc}") from None
+    elif cfg.train.scenario is not None:
+        scenario, source = resolve_train_scenario(cfg, eval_scenario), f"experiment {cfg.name!r}: field 'train.scenario'"
     changes = {k: v for k, v in (("reward", spec.reward), ("reward_kwargs", spec.reward_kwargs)) if v is not None}
     if changes:
         try:
@@ -424,8 +426,9 @@ def training_scenario(spec: SB3Spec, cfg: ExperimentConfig, eval_scenario: Scena
         except (ScenarioError, ValueError) as exc:
             raise ExperimentError(f"{where}.reward' {exc}") from None
     if scenario.backend != spec.train_on:
-        raise ExperimentError(f"{where}.train_on' is {spec.train_on} but scenario {scenario.name!r} runs on the "
-                              f"{scenario.backend} backend (set train_on, or a scenario with backend: {spec.train_on})")
+        raise ExperimentError(f"{where}.train_on' is {spec.train_on} but the training scenario {scenario.name!r} "
+                              f"(from {source}) runs on the {scenario.backend} backend (set train_on, or a "
+                              f"scenario with backend: {spec.train_on})")
     if scenario.max_k != eval_scenario.max_k:
         raise ExperimentError(f"{where}.scenario' {scenario.name!r} has max_k={scenario.max_k}, the evaluation "
                               f"scenario {eval_scenario.name!r} has {eval_scenario.max_k}; they must match")
