@@ -305,9 +305,7 @@ class RowTracker:
             if d <= 0:  # no proposal (or a pending check): no trial for either estimate
                 continue
             entry[0].add(*geometric_trials(d, a))
-            reach = entry[1].add(d, a)
-            if reach[0]:
-                reached.append(reach)
+            reached.append(entry[1].add(d, a))
         self.depths.add_all(reached)  # batch-wide: per row-sample, in step order
         for rid in getattr(stats, "finished_ids", ()):
             self.rows.pop(rid, None)
@@ -328,13 +326,12 @@ class RowTracker:
             out = n - len(req.prompt_ids)
             entry = self.rows.get(rid)
             if entry is None:
-                per_row.append((rid, math.nan, 0, zeros, zeros, proposals.get(rid, -1), out,
-                                req.max_new_tokens - out, n))
+                value, samples, successes, trials = None, 0, zeros, zeros
             else:
                 est, depths = entry
-                value = est.value
-                per_row.append((rid, math.nan if value is None else value, est.samples, depths.successes,
-                                depths.trials, proposals.get(rid, -1), out, req.max_new_tokens - out, n))
+                value, samples, successes, trials = est.value, est.samples, depths.successes, depths.trials
+            per_row.append((rid, math.nan if value is None else value, samples, successes, trials,
+                            proposals.get(rid, -1), out, req.max_new_tokens - out, n))
         ids, acc, samples, ds, dt, prop, pos, rem, ctx = zip(*per_row) if per_row else ((),) * 9
         return RowBatch(tuple(ids), np.array(acc, dtype=float), np.array(samples, dtype=int),
                         np.array(prop, dtype=int), np.array(pos, dtype=int), np.array(rem, dtype=int),

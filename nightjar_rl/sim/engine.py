@@ -91,14 +91,13 @@ class SyntheticAcceptance:
 class _Row:
     """Replay state of one running request."""
 
-    __slots__ = ("output", "limit", "eos", "drafted", "accepted", "pos", "synced", "proposal")
+    __slots__ = ("output", "limit", "eos", "drafted", "accepted", "pos", "synced")
 
     def __init__(self, output: list[int], limit: int, eos: bool, drafted: list, accepted: list):
         self.output, self.limit, self.eos = output, limit, eos
         self.drafted, self.accepted = drafted, accepted
         self.pos = 0  # output tokens produced so far
         self.synced = 0  # draft model: tokens of this row in the draft's KV cache
-        self.proposal = 0  # draft tokens the drafter holds for the row's next step (set once it runs)
 
 
 class SimEngine(ScheduledEngine):
@@ -239,7 +238,13 @@ class SimEngine(ScheduledEngine):
         """Draft tokens each running row's drafter has for its next step at max_speculation (capped by
         the row's budget), by request id: what a drafter knows before verifying (an n-gram's match
         continuation), so per-row policies may read it (`nightjar_rl.contracts.observation.RowBatch`)."""
-        return {seq.request.request_id: seq.state[ROW].proposal for seq in self.running if ROW in seq.state}
+        full, out = self.max_speculation, {}
+        for seq in self.running:
+            row = seq.state.get(ROW)
+            if row is not None and row.pos < row.limit:
+                cap = max(0, seq.request.max_new_tokens - row.pos - 1)
+                out[seq.request.request_id] = min(row.drafted[row.pos][full], cap)
+        return out
 
     def _verify_seconds(self, batch: int, scored: int, context: int) -> float:
         """Verify time of `batch` rows scoring `scored` positions in all (`HardwareProfile.verify_step_ms`),
@@ -270,15 +275,12 @@ class SimEngine(ScheduledEngine):
             value = self._memo[key] = fn(*args) / 1000.0
         return value
 
-    def _append(self, seq: Sequence, row: _Row, count: int) -> int:
-        """Append the next `count` true tokens (fewer at the end of the output) and note what the
-        drafter holds for the row's next step (`proposal_lengths`). Returns how many."""
+    @staticmethod
+    def _append(seq: Sequence, row: _Row, count: int) -> int:
+        """Append the next `count` true tokens (fewer at the end of the output). Returns how many."""
         p, end = row.pos, min(row.pos + count, row.limit)
         seq.tokens.extend(row.output[p:end])
         row.pos = end
         if end >= row.limit:
             seq.finish_reason = "eos" if row.eos else "length"
-        else:
-            budget = max(0, seq.request.max_new_tokens - end - 1)
-            row.proposal = min(row.drafted[end][self.max_speculation], budget)
         return end - p
