@@ -154,6 +154,39 @@ def test_depth_counts_fold_a_step_as_sample_by_sample():
     assert one_by_one.successes == folded.successes == [0.5, 0.0]
 
 
+def test_depth_counts_stay_exact_past_renormalisation():
+    """Decay 0.5, 400 samples reaching depth 1 (and winning it): the scale 2^400 passes 1e100, so the
+    raw counts are renormalised on the way; the count is still sum_{i<400} 0.5^i = 2 - 0.5^399 (= 2.0
+    in floats), depth 2 never reached. A state held before a sample is not changed by it."""
+    from nightjar_rl.contracts.observation import DepthCounts
+
+    counts = DepthCounts(2, 0.5)
+    held = counts.state
+    for _ in range(400):
+        assert counts.add(1, 1) == (1, 1)
+    assert counts.state[2] < DepthCounts.RENORMALISE_ABOVE
+    assert counts.trials == counts.successes == [pytest.approx(2.0), 0.0]
+    assert held == ((0.0, 0.0), (0.0, 0.0), 1.0)
+    folded = DepthCounts(2, 0.5)
+    folded.add_all([(1, 1)] * 2000)  # one step of 2000 row-samples: 0.5^2000 underflows to 0, no error
+    assert folded.trials == [pytest.approx(2.0), 0.0]
+    counts.add_all([(2, 1)])  # a fold after scaled adds: the old counts halved, plus 1 at depths 1-2
+    assert counts.trials == [pytest.approx(2.0), 1.0] and counts.state[2] == 1.0
+
+
+def test_row_batch_columns_from_lists_are_arrays_when_read():
+    """Columns handed in as lists read back as arrays of the column's dtype, the same as when handed
+    in as arrays; `column_list` reads a column without building its array."""
+    args = (("a", "b"), [0.5, math.nan], [1, 0], [2, -1], [3, 2], [7, 1], [8, 6])
+    lists, arrays = RowBatch(*args), RowBatch(args[0], *(np.array(c) for c in args[1:]))
+    assert lists.column_list("proposal") == [2, -1] and "proposal" not in vars(lists)
+    for name in ("acceptance", "samples", "proposal", "position", "remaining", "context"):
+        got, want = getattr(lists, name), getattr(arrays, name)
+        assert isinstance(got, np.ndarray) and got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    assert arrays.column_list("remaining") == [7, 1]
+
+
 def _reference_rows(steps, max_k: int, decay: float = 0.8, g: float = 0.999):
     """RowTracker's estimates written row by row, as the module docs define them: per request
     (successes, trials, samples) of the geometric model and per-depth (successes, trials); batch-wide

@@ -53,7 +53,6 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -157,34 +156,68 @@ class AcceptanceEstimate:
         return self.successes / self.trials if self.trials > 0 else None
 
 
-@dataclass(frozen=True)
+class _Column:
+    """A `RowBatch` column: handed in as a list or an array, an ndarray of `dtype` from its first read
+    (a per-step policy never reads the columns; building every array each step would cost more than
+    the step itself in the simulator)."""
+
+    def __init__(self, dtype: type):
+        self.dtype = dtype
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, rows, owner=None):
+        if rows is None:
+            return self
+        value = rows.__dict__[self.name] = np.asarray(rows._given[self.name], dtype=self.dtype)
+        return value  # stored on the instance: later reads skip this descriptor
+
+
 class RowBatch:
     """Per-row features of the rows the next step decodes (aligned arrays, running order)."""
 
-    request_ids: tuple[str, ...]
-    acceptance: np.ndarray  # per-token acceptance estimate; nan = unknown yet (not zero)
-    samples: np.ndarray  # row-steps with a trial behind the estimate (0 = unknown)
-    proposal: np.ndarray  # draft tokens the row's drafter holds for the next step; -1 = unknown
-    position: np.ndarray  # output tokens generated so far
-    remaining: np.ndarray  # output budget left (tokens)
-    context: np.ndarray  # tokens in the row (prompt + output)
-    # per-depth counts behind `depth_rates`: per-row successes and trials [rows][max_k], batch-wide rates
-    # g [max_k] (nan: no trial yet) and the prior weight w; None: geometric acceptance
-    depth_counts: tuple[list[Sequence[float]], list[Sequence[float]], np.ndarray, float] | None = None
+    acceptance = _Column(float)  # per-token acceptance estimate; nan = unknown yet (not zero)
+    samples = _Column(int)  # row-steps with a trial behind the estimate (0 = unknown)
+    proposal = _Column(int)  # draft tokens the row's drafter holds for the next step; -1 = unknown
+    position = _Column(int)  # output tokens generated so far
+    remaining = _Column(int)  # output budget left (tokens)
+    context = _Column(int)  # tokens in the row (prompt + output)
+
+    def __init__(self, request_ids: Sequence[str], acceptance: Sequence[float], samples: Sequence[int],
+                 proposal: Sequence[int], position: Sequence[int], remaining: Sequence[int],
+                 context: Sequence[int], depth_counts: tuple | None = None):
+        """Columns as lists or arrays (not copied: hand in values nothing changes later).
+        `depth_counts`, behind `depth_rates`: (per row (raw successes [max_k], raw trials [max_k],
+        scale), batch-wide (raw successes, raw trials, scale), prior weight w), counts = raw / scale
+        (`DepthCounts.state`); None: geometric acceptance."""
+        self.request_ids = tuple(request_ids)
+        self._given = {"acceptance": acceptance, "samples": samples, "proposal": proposal, "position": position,
+                       "remaining": remaining, "context": context}
+        self.depth_counts = depth_counts
 
     def __len__(self) -> int:
         return len(self.request_ids)
 
+    def column_list(self, name: str) -> Sequence:
+        """A column as a Python sequence, to read only (without building its array)."""
+        value = self.__dict__.get(name, self._given[name])
+        return value.tolist() if isinstance(value, np.ndarray) else value
+
     @cached_property
     def depth_rates(self) -> np.ndarray | None:
         """[rows, max_k] P(depth j accepted | j - 1 were), nan where unknown; None: geometric. A row's
-        counts shrunk towards the batch-wide rate: (s_rj + w g_j) / (t_rj + w); computed when first read
-        (per-step policies never read it)."""
+        counts shrunk towards the batch-wide rate g_j: (s_rj + w g_j) / (t_rj + w)."""
         if self.depth_counts is None:
             return None
-        ds, dt, g, w = self.depth_counts
-        shape = (len(ds), len(g))
-        s, t = np.array(ds, dtype=float).reshape(shape), np.array(dt, dtype=float).reshape(shape)
+        per_row, (gs, gt, gscale), w = self.depth_counts
+        gs, gt = np.asarray(gs, dtype=float) / gscale, np.asarray(gt, dtype=float) / gscale
+        g = np.divide(gs, gt, out=np.full(len(gt), math.nan), where=gt > 0)
+        shape = (len(per_row), len(g))
+        ds, dt, scales = zip(*per_row) if per_row else ((), (), ())
+        scale = np.array(scales, dtype=float).reshape(-1, 1)
+        s = np.array(ds, dtype=float).reshape(shape) / scale
+        t = np.array(dt, dtype=float).reshape(shape) / scale
         known = ~np.isnan(g)
         rates = np.divide(s, t, out=np.full(shape, math.nan), where=(t > 0) & ~known)  # no batch-wide rate yet
         rates[:, known] = (s[:, known] + w * g[known]) / (t[:, known] + w)
@@ -236,24 +269,54 @@ def rows_of(obs: np.ndarray) -> RowBatch | None:
 
 class DepthCounts:
     """Conditional acceptance per draft depth j = 1..max_k: a proposal of d tokens with a accepted is a
-    trial at depths 1..min(a + 1, d) and a success at depths 1..a (decayed counts)."""
+    trial at depths 1..min(a + 1, d) and a success at depths 1..a (decayed counts).
 
-    __slots__ = ("decay", "successes", "trials")
+    Stored scaled, so that a sample touches only the depths it reached: `state` is (raw successes, raw
+    trials, scale) and counts = raw / scale, where scale = decay^-samples grows by 1 / decay per sample
+    and a sample adds the new scale at each depth it reached (renormalised to scale 1 before it could
+    overflow). `state` is replaced, never changed in place, so a reader holding it (a `RowBatch`)
+    keeps its snapshot."""
+
+    __slots__ = ("decay", "state")
+    RENORMALISE_ABOVE = 1e100
 
     def __init__(self, max_k: int, decay: float):
         self.decay = decay
-        self.successes, self.trials = [0.0] * max_k, [0.0] * max_k
+        self.state: tuple[Sequence[float], Sequence[float], float] = ((0.0,) * max_k, (0.0,) * max_k, 1.0)
+
+    @property
+    def successes(self) -> list[float]:
+        raw, _, scale = self.state
+        return [x / scale for x in raw]
+
+    @property
+    def trials(self) -> list[float]:
+        _, raw, scale = self.state
+        return [x / scale for x in raw]
+
+    def _grown(self, factor: float) -> tuple[list[float], list[float], float]:
+        """Copies of the raw counts, and the scale times `factor` (renormalised first if too large)."""
+        successes, trials, scale = self.state
+        if scale > self.RENORMALISE_ABOVE:
+            return [x / scale for x in successes], [x / scale for x in trials], factor
+        return list(successes), list(trials), scale * factor
 
     def add(self, drafted: int, accepted: int) -> tuple[int, int]:
         """Fold one row-step in; returns (depths with a trial, depths with a success), (0, 0) for none.
-        The lists are replaced, never changed in place, so a reader holding them (a `RowBatch`) keeps
-        its snapshot."""
-        reach = min(accepted + 1, drafted, len(self.trials))
+        Comparisons, not min(): it runs once per row per step."""
+        max_k = len(self.state[1])
+        reach = accepted + 1 if accepted < drafted else drafted
+        if reach > max_k:
+            reach = max_k
         if reach <= 0:
             return 0, 0
-        g, won = self.decay, min(reach, accepted)
-        self.trials = [x * g + 1.0 if j < reach else x * g for j, x in enumerate(self.trials)]
-        self.successes = [x * g + 1.0 if j < won else x * g for j, x in enumerate(self.successes)]
+        won = accepted if accepted < reach else reach
+        successes, trials, scale = self._grown(1.0 / self.decay)
+        for j in range(reach):
+            trials[j] += scale
+        for j in range(won):
+            successes[j] += scale
+        self.state = (successes, trials, scale)
         return reach, won
 
     def add_all(self, samples: list[tuple[int, int]]) -> None:
@@ -262,7 +325,7 @@ class DepthCounts:
         g^(m - 1 - i) at each depth it reached. One pass per step for the batch-wide counts."""
         if not samples:
             return
-        max_k, g = len(self.trials), self.decay
+        max_k, g = len(self.state[1]), self.decay
         reached, won = [0.0] * (max_k + 1), [0.0] * (max_k + 1)  # decayed weight of the samples by depth reached
         weight = 1.0
         for r, w in reversed(samples):
@@ -271,13 +334,15 @@ class DepthCounts:
             reached[r] += weight
             won[w] += weight
             weight *= g
+        old_successes, old_trials, scale = self.state
+        keep = weight / scale  # old counts x g^m, from raw; the result is stored at scale 1
         trials, successes, at_least_t, at_least_s = [0.0] * max_k, [0.0] * max_k, 0.0, 0.0
         for j in range(max_k - 1, -1, -1):  # depth j + 1 counts every sample that reached past j
             at_least_t += reached[j + 1]
             at_least_s += won[j + 1]
-            trials[j] = self.trials[j] * weight + at_least_t
-            successes[j] = self.successes[j] * weight + at_least_s
-        self.trials, self.successes = trials, successes
+            trials[j] = old_trials[j] * keep + at_least_t
+            successes[j] = old_successes[j] * keep + at_least_s
+        self.state = (successes, trials, 1.0)
 
 
 class RowTracker:
@@ -304,38 +369,32 @@ class RowTracker:
                 entry = rows[rid] = (AcceptanceEstimate(self.decay), DepthCounts(self.max_k, self.decay))
             if d <= 0:  # no proposal (or a pending check): no trial for either estimate
                 continue
-            entry[0].add(*geometric_trials(d, a))
+            entry[0].add(a, a + (a < d))  # geometric_trials(d, a) for d > 0, inline: once per row per step
             reached.append(entry[1].add(d, a))
         self.depths.add_all(reached)  # batch-wide: per row-sample, in step order
         for rid in getattr(stats, "finished_ids", ()):
             self.rows.pop(rid, None)
 
-    def global_rates(self) -> np.ndarray:
-        """Batch-wide conditional acceptance per depth (nan where no trial yet)."""
-        return np.array([s / t if t > 0 else math.nan for s, t in zip(self.depths.successes, self.depths.trials)])
-
     def batch(self, running, proposals: dict[str, int] | None = None) -> RowBatch:
         """The `RowBatch` of `running` (Sequences: request_id, tokens, request); `proposals` by request
-        id (absent: unknown)."""
+        id (absent: unknown). Lists, column by column: it runs every step (`RowBatch` makes the arrays
+        when they are read)."""
         proposals = proposals or {}
-        zeros = (0.0,) * self.max_k  # DepthCounts' lists are snapshots: it replaces them, never changes them
-        per_row = []
-        for seq in running:
-            req = seq.request
-            rid, n = req.request_id, len(seq.tokens)
-            out = n - len(req.prompt_ids)
-            entry = self.rows.get(rid)
-            if entry is None:
-                value, samples, successes, trials = None, 0, zeros, zeros
-            else:
-                est, depths = entry
-                value, samples, successes, trials = est.value, est.samples, depths.successes, depths.trials
-            per_row.append((rid, math.nan if value is None else value, samples, successes, trials,
-                            proposals.get(rid, -1), out, req.max_new_tokens - out, n))
-        ids, acc, samples, ds, dt, prop, pos, rem, ctx = zip(*per_row) if per_row else ((),) * 9
-        return RowBatch(tuple(ids), np.array(acc, dtype=float), np.array(samples, dtype=int),
-                        np.array(prop, dtype=int), np.array(pos, dtype=int), np.array(rem, dtype=int),
-                        np.array(ctx, dtype=int), (list(ds), list(dt), self.global_rates(), self.prior_weight))
+        requests = [seq.request for seq in running]
+        ids = tuple(req.request_id for req in requests)
+        entries = [self.rows.get(rid) for rid in ids]
+        if None in entries:  # rows not decoded yet: no estimate
+            empty = (AcceptanceEstimate(self.decay), DepthCounts(self.max_k, self.decay))
+            entries = [empty if e is None else e for e in entries]
+        acc = [est.value for est, _ in entries]
+        acc = [math.nan if a is None else a for a in acc]
+        samples = [est.samples for est, _ in entries]
+        depths = [d.state for _, d in entries]
+        context = [len(seq.tokens) for seq in running]
+        position = [n - len(req.prompt_ids) for n, req in zip(context, requests)]
+        return RowBatch(ids, acc, samples, [proposals.get(rid, -1) for rid in ids], position,
+                        [req.max_new_tokens - p for req, p in zip(requests, position)], context,
+                        (depths, self.depths.state, self.prior_weight))
 
 
 def row_summary(rows: RowBatch | None, max_k: int) -> list[float]:
@@ -345,12 +404,12 @@ def row_summary(rows: RowBatch | None, max_k: int) -> list[float]:
     n = len(rows) if rows is not None else 0
     if not n:
         return out
-    for a in rows.acceptance.tolist():
+    for a in rows.column_list("acceptance"):
         if a != a:  # nan: unknown
             out[0] += 1.0 / n
         else:
             out[1 + bisect.bisect_right(ROW_BINS, a)] += 1.0 / n
-    prop = [p for p in rows.proposal.tolist() if p >= 0]
+    prop = [p for p in rows.column_list("proposal") if p >= 0]
     out[-1] = sum(prop) / len(prop) / max_k if prop and max_k else 0.0
     return out
 
@@ -374,20 +433,24 @@ class ObservationTracker:
 
     def observe_step(self, stats: StepRecord) -> None:
         succ = trials = 0
-        for d, a in zip(*step_sample_lists(stats)):
-            s, t = geometric_trials(d, a, empty_is_failure=True)
-            succ, trials = succ + s, trials + t
+        for d, a in zip(*step_sample_lists(stats)):  # summed geometric_trials(d, a, empty_is_failure=True)
+            if d > 0:
+                succ += a
+                trials += a + (a < d)
+            elif d == 0:
+                trials += 1
         self.full_info.add(succ, trials)
         self.last_k = stats.k
         tokens = stats.tokens_out
         self.last_tpt = stats.wall_time / tokens if tokens else stats.wall_time
-        drafted = sum(stats.drafted)
+        hist = [0] * (self.max_k + 1)  # rows by accepted length, rows that drafted nothing excluded
+        drafted = accepted = 0
+        for d, a in zip(stats.drafted, stats.accepted):
+            if d > 0:
+                hist[a if a < self.max_k else self.max_k] += 1
+                drafted += d
+                accepted += a
         if drafted:
-            accepted = sum(stats.accepted)
-            hist = [0] * (self.max_k + 1)  # rows by accepted length, rows that drafted nothing excluded
-            for d, a in zip(stats.drafted, stats.accepted):
-                if d > 0:
-                    hist[min(a, self.max_k)] += 1
             spec_rows = sum(hist)
             rate, length = accepted / drafted, accepted / spec_rows
             if self._seen_acceptance:

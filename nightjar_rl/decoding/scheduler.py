@@ -31,15 +31,18 @@ class QueueFullError(ValueError):
 
 def prefill_groups(lengths: list[int], waste: float = 1.25) -> list[list[int]]:
     """Split admitted rows (in slot order) into consecutive groups whose padded size stays within
-    `waste` x their real tokens, so one long prompt does not pad a batch of short ones."""
+    `waste` x their real tokens, so one long prompt does not pad a batch of short ones. One pass: a
+    row joins the last group when that group's longest row x its size, with the row, stays within
+    `waste` x its tokens."""
     groups: list[list[int]] = []
+    longest = total = 0
     for i, n in enumerate(lengths):
-        if groups:
-            cand = groups[-1] + [i]
-            if max(lengths[j] for j in cand) * len(cand) <= waste * sum(lengths[j] for j in cand):
-                groups[-1] = cand
-                continue
+        if groups and max(longest, n) * (len(groups[-1]) + 1) <= waste * (total + n):
+            groups[-1].append(i)
+            longest, total = max(longest, n), total + n
+            continue
         groups.append([i])
+        longest, total = n, n
     return groups
 
 

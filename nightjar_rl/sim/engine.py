@@ -91,11 +91,12 @@ class SyntheticAcceptance:
 class _Row:
     """Replay state of one running request."""
 
-    __slots__ = ("output", "limit", "eos", "drafted", "accepted", "pos", "synced")
+    __slots__ = ("output", "limit", "eos", "drafted", "accepted", "budget", "pos", "synced")
 
-    def __init__(self, output: list[int], limit: int, eos: bool, drafted: list, accepted: list):
+    def __init__(self, output: list[int], limit: int, eos: bool, drafted: list, accepted: list, budget: int):
         self.output, self.limit, self.eos = output, limit, eos
         self.drafted, self.accepted = drafted, accepted
+        self.budget = budget  # the request's max_new_tokens (>= limit)
         self.pos = 0  # output tokens produced so far
         self.synced = 0  # draft model: tokens of this row in the draft's KV cache
 
@@ -138,6 +139,7 @@ class SimEngine(ScheduledEngine):
                              f"profile it with a draft model")
         self.step_count = 0
         self._memo: dict = {} if memo is None else memo  # profile lookups by (table, arguments)
+        self._proposals: dict[str, int] = {}  # `proposal_lengths`, rebuilt by every step
 
     def submit(self, request: Request) -> None:
         """Queue a request whose prompt is in the trace (plus the live engine's checks and queue bound)."""
@@ -154,10 +156,10 @@ class SimEngine(ScheduledEngine):
     def _row_state(self, req: Request) -> _Row:
         rec = self.trace.lookup(req.prompt_ids)
         limit = min(len(rec), req.max_new_tokens)
-        output, drafted, accepted = rec.as_lists()  # rows past `limit` are never read
+        output, drafted, accepted = rec.as_tuples()  # rows past `limit` are never read
         if self.synthetic is not None:
             drafted, accepted = self.synthetic.tables(limit, self.trace.max_k, self.seed, req.request_id)
-        return _Row(output, limit, rec.eos and limit == len(rec), drafted, accepted)
+        return _Row(output, limit, rec.eos and limit == len(rec), drafted, accepted, req.max_new_tokens)
 
     # ---- executor hooks of the step loop (`ScheduledEngine.step`, the live engine's own) ----------
     def _stop_clock(self, clock, stats: StepStats) -> None:
@@ -168,6 +170,7 @@ class SimEngine(ScheduledEngine):
         stats.wall_time = stats.prefill_time + drafting + stats.verify_time + overhead
 
     def _prefill(self, admitted: list[Sequence], stats: StepStats) -> None:
+        self._proposals = {}  # this step's rows fill it in (`proposal_lengths`)
         if not admitted:
             return
         if self.verify_layout == "mixed":  # packed into the step's one pass: one prefill, no padding
@@ -177,12 +180,15 @@ class SimEngine(ScheduledEngine):
         else:
             groups = self._prefill_groups(admitted, stats)
             sizes = [len(rows) * max(s.num_prompt for s in rows) for rows in groups]
+        full = self.max_speculation
         for rows, size in zip(groups, sizes):
             stats.prefill_time += self._seconds("prefill", size)
             for seq in rows:
                 row = seq.state[ROW] = self._row_state(seq.request)
                 self._append(seq, row, 1)
                 stats.first_token_ids.append(seq.request_id)
+                if row.pos < row.limit:
+                    self._proposals[seq.request_id] = min(row.drafted[row.pos][full], row.budget - row.pos - 1)
         stats.prefill_emitted = stats.num_prefilled = len(admitted)
         stats.prefill_tokens = sum(s.num_prompt for s in admitted)
 
@@ -192,29 +198,51 @@ class SimEngine(ScheduledEngine):
         batch, k_max, full = len(rows), max(lengths), self.max_speculation
         draft_model = self.draft_model and k_max > 0  # the draft model runs the whole batch k_max times
         lag = 0
-        drafted, accepted, emitted, shadow_drafted, shadow_accepted = [], [], [], [], []
-        for seq, k in zip(rows, lengths):
+        ids, drafted, accepted, emitted, shadow_drafted, shadow_accepted = [], [], [], [], [], []
+        proposals = self._proposals
+        for seq, k in zip(rows, lengths):  # comparisons, not min(): this loop is the simulator's hot path
             row: _Row = seq.state[ROW]
-            p = row.pos
-            cap = max(0, seq.request.max_new_tokens - p - 1)
+            p, limit, budget = row.pos, row.limit, row.budget
+            cap = budget - p - 1  # >= 0: a running row has p < limit <= budget
             can_draft, can_accept = row.drafted[p], row.accepted[p]
-            d = min(can_draft[k], cap)
-            a = min(can_accept[k], d)
+            d = can_draft[k]
+            if d > cap:
+                d = cap
+            a = can_accept[k]
+            if a > d:
+                a = d
             if draft_model:
                 lag = max(lag, len(seq.tokens) - row.synced)
                 row.synced = len(seq.tokens) + min(a, k_max - 1)  # what the draft's cache holds after commit
-            shadow = min(can_draft[full], cap)  # full information: the whole proposal
+            shadow = can_draft[full]  # full information: the whole proposal
+            if shadow > cap:
+                shadow = cap
             shadow_drafted.append(shadow)
-            shadow_accepted.append(min(can_accept[full], shadow, row.limit - p))
-            out = self._append(seq, row, a + 1)
-            kept = min(a, out)
+            confirmed = can_accept[full]
+            if confirmed > shadow:
+                confirmed = shadow
+            if confirmed > limit - p:
+                confirmed = limit - p
+            shadow_accepted.append(confirmed)
+            end = p + a + 1  # the accepted drafts and the target's own token, up to the output's end
+            if end >= limit:
+                end = limit
+                seq.finish_reason = "eos" if row.eos else "length"
+            else:
+                proposal = row.drafted[end][full]
+                proposals[seq.request.request_id] = proposal if proposal < budget - end else budget - end - 1
+            seq.tokens += row.output[p:end]
+            row.pos = end
+            out = end - p
+            kept = a if a < out else out
             seq.drafted += d
             seq.accepted += kept
             seq.steps += 1
+            ids.append(seq.request.request_id)
             drafted.append(d)
             accepted.append(kept)
             emitted.append(out)
-        stats.request_ids += [seq.request.request_id for seq in rows]
+        stats.request_ids += ids
         stats.plan += lengths
         stats.drafted += drafted
         stats.accepted += accepted
@@ -237,14 +265,9 @@ class SimEngine(ScheduledEngine):
     def proposal_lengths(self) -> dict[str, int]:
         """Draft tokens each running row's drafter has for its next step at max_speculation (capped by
         the row's budget), by request id: what a drafter knows before verifying (an n-gram's match
-        continuation), so per-row policies may read it (`nightjar_rl.contracts.observation.RowBatch`)."""
-        full, out = self.max_speculation, {}
-        for seq in self.running:
-            row = seq.state.get(ROW)
-            if row is not None and row.pos < row.limit:
-                cap = max(0, seq.request.max_new_tokens - row.pos - 1)
-                out[seq.request.request_id] = min(row.drafted[row.pos][full], cap)
-        return out
+        continuation), so per-row policies may read it (`nightjar_rl.contracts.observation.RowBatch`).
+        Filled in by the step that brought each row to its position; a new dict every step."""
+        return self._proposals
 
     def _verify_seconds(self, batch: int, scored: int, context: int) -> float:
         """Verify time of `batch` rows scoring `scored` positions in all (`HardwareProfile.verify_step_ms`),

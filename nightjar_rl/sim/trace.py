@@ -52,11 +52,15 @@ class TraceRecord:
     def __len__(self) -> int:
         return len(self.output_ids)
 
-    def as_lists(self) -> tuple[list[int], list[list[int]], list[list[int]]]:
-        """(output, drafted, accepted) as Python lists, converted once (the simulator's hot loop)."""
-        cached = self.__dict__.get("_lists")
+    def as_tuples(self) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+        """(output, drafted, accepted) as nested tuples of ints, converted once (the simulator's hot
+        loop). Tuples, not lists: tuples of ints leave the garbage collector's tracking, so a loaded
+        trace (hundreds of thousands of positions) costs no collection time."""
+        cached = self.__dict__.get("_tuples")
         if cached is None:
-            cached = self.__dict__["_lists"] = (self.output_ids.tolist(), self.drafted.tolist(), self.accepted.tolist())
+            cached = self.__dict__["_tuples"] = (tuple(self.output_ids.tolist()),
+                                                 tuple(map(tuple, self.drafted.tolist())),
+                                                 tuple(map(tuple, self.accepted.tolist())))
         return cached
 
 
