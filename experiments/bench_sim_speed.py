@@ -2,6 +2,7 @@
 
     python experiments/bench_sim_speed.py [--steps 20000] [--repeats 5]
     python experiments/bench_sim_speed.py --quick --out-dir /tmp/bench_sim_speed   # seconds: tiny-sim (tests)
+    python experiments/bench_sim_speed.py --scenario gpu-whatif-sharegpt --gc-off  # without collections
 
 Env steps: `nightjar_rl/SpecDecodeSim-v1` (smollm2-ngram-sim, batch <= 16) with random actions,
 resetting when an episode ends; reports the median of `--repeats` runs. Experiment: the wall time of
@@ -13,6 +14,7 @@ With --out-dir the numbers are also written to <out-dir>/result.json.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import tempfile
@@ -68,9 +70,14 @@ def main() -> None:
     ap.add_argument("--experiment", default=str(HERE / "quickstart-sim.yaml"), help="experiment to time")
     ap.add_argument("--experiment-repeats", type=int, default=3, help="0: time the env only")
     ap.add_argument("--out-dir", default=None, help="also write the numbers to OUT_DIR/result.json")
+    ap.add_argument("--gc-off", action="store_true",
+                    help="time the env steps with the garbage collector disabled (what collections cost)")
     a = quickmode.parse_args(ap, QUICK)
     print(f"cpu affinity: {sorted(os.sched_getaffinity(0))}, load average: {os.getloadavg()}")
+    if a.gc_off:
+        gc.disable()
     runs = [env_steps_per_second(a.steps, seed=i, scenario=a.scenario) for i in range(a.repeats)]
+    gc.enable()
     rates = [r for r, _ in runs]
     print(f"env steps/s: median {statistics.median(rates):,.0f} (min {min(rates):,.0f}, max {max(rates):,.0f}), "
           f"max batch seen {max(b for _, b in runs):.0f}")
@@ -82,7 +89,7 @@ def main() -> None:
     print(f"load average at the end: {os.getloadavg()}")
     if a.out_dir:
         atomic_write_json(Path(a.out_dir) / "result.json", {
-            "scenario": a.scenario or "smollm2-ngram-sim", "env_steps_per_s": rates,
+            "scenario": a.scenario or "smollm2-ngram-sim", "env_steps_per_s": rates, "gc_off": a.gc_off,
             "max_batch": max(b for _, b in runs), "experiment": name, "experiment_s": secs})
 
 
