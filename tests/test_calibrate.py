@@ -132,6 +132,7 @@ def test_logs_without_the_fit_columns_are_refused(tmp_path):
 
 # ---- one pass per step, only the wall timed (vLLM) ------------------------------------------------
 WALL = (3.0, 0.5, 0.8, 2.0, 0.3)  # ms: w0 + w1 max(1, rows) + a2 scored + a3 scored ctx/1000 + p1 (T - 1)+
+WALL_DECODE = (2.0, -0.25, 0.0, 0.0)  # ms, one position per row: d0 + d1 rows + e4 min(rows, 4) + e8 min(rows, 8)
 
 
 def one_pass_log(rows: list[tuple[int, int, int, int]], wall_ms: list[float]) -> pd.DataFrame:
@@ -143,20 +144,25 @@ def one_pass_log(rows: list[tuple[int, int, int, int]], wall_ms: list[float]) ->
                              prefill_padded_tokens=t, drafting_rows=np.where(scored > b, b, 0)))
 
 
-def test_wall_fit_on_five_hand_computed_steps():
-    """Five steps priced by hand with WALL (e.g. 3 rows scoring 6 at context 300 beside a 51-token prompt:
-    3 + 0.5*3 + 0.8*6 + 2*6*300/1000 + 0.3*50 = 27.9 ms) give WALL back; a prefill-only step counts as one row."""
-    steps = one_pass_log([(1, 1, 100, 0), (2, 4, 100, 0), (4, 4, 200, 0), (0, 0, 0, 101), (3, 6, 300, 51)],
-                         [4.5, 8.0, 9.8, 33.5, 27.9])
+def test_wall_fit_on_hand_computed_steps():
+    """Eleven steps priced by hand with WALL and WALL_DECODE give both back; a prefill-only step counts
+    as one row and decodes nothing. E.g. 3 rows scoring 6 at context 300 beside a 51-token prompt:
+    3 + 0.5*3 + 0.8*6 + 2*6*300/1000 + 0.3*50 = 27.9 ms; 4 rows at one position each, context 200:
+    3 + 0.5*4 + 0.8*4 + 2*4*200/1000 = 9.8, plus the decode regime's 2 - 0.25*4 = 1: 10.8 ms."""
+    steps = one_pass_log([(1, 1, 100, 0), (2, 4, 100, 0), (4, 4, 200, 0), (0, 0, 0, 101), (3, 6, 300, 51),
+                          (2, 2, 100, 0), (6, 6, 100, 0), (10, 10, 100, 0), (12, 12, 100, 0), (8, 16, 100, 0),
+                          (1, 3, 200, 20)],
+                         [6.25, 8.0, 10.8, 33.5, 27.9, 7.5, 12.5, 17.5, 20.0, 23.0, 12.8])
     assert fit_kind(steps) == "wall" and fit_kind(synthetic_log(10)) == "parts"
     result = calibrate(steps, holdout=0.0)
-    assert result.fit == "wall" and np.allclose(result.coefficients["wall"], WALL, atol=1e-6)
+    assert result.fit == "wall" and np.allclose(result.coefficients["wall"], WALL + WALL_DECODE, atol=1e-6)
     profile = HardwareProfile.from_dict(result.profile)
     assert result.profile["verify_layout"] == "mixed" and profile.lookup_time_ms(4) == 0
     # the simulator's mixed step: overhead(max(1, B)) + verify + prefill(T) - prefill(1) = the fitted wall
     assert profile.prefill_time_ms(1) == 0
     step5 = profile.overhead_time_ms(3) + profile.verify_step_ms(3, 6, 300) + profile.prefill_time_ms(51)
     assert step5 == pytest.approx(27.9)
+    assert profile.overhead_time_ms(4) + profile.verify_step_ms(4, 4, 200) == pytest.approx(10.8)
     assert profile.overhead_time_ms(1) + profile.prefill_time_ms(101) == pytest.approx(33.5)
     with pytest.raises(CalibrationError, match="fit must be one of"):
         calibrate(steps, fit="both")
@@ -175,7 +181,9 @@ def test_wall_fit_holds_out_steps_and_reports_the_wall_error_only():
     errors = result.errors.set_index("part")
     assert list(errors.index) == ["wall"] and abs(errors.loc["wall", "total_pct_error"]) < 1.0
     assert result.profile["calibration"]["held_out_errors"][0]["part"] == "wall"
-    assert np.allclose(result.coefficients["wall"], WALL, rtol=0.1)
+    # the shared terms come back; the signed decode terms (true value 0) are left to the noise here
+    # (one-position steps are few and prefills dominate the residuals) and pinned by the exact case above
+    assert np.allclose(result.coefficients["wall"][:len(WALL)], WALL, rtol=0.1)
 
 
 def test_a_signed_decode_term_below_zero_tabulates_at_zero():

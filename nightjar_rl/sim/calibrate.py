@@ -34,11 +34,16 @@ only) is fitted on the wall time alone ("wall" fit, chosen automatically when no
 part):
 
     wall_ms = w0 + w1 * max(1, rows) + a2 * scored + a3 * scored * context / 1000 + p1 * (T - 1)+
+              + [scored == rows] * (d0 + d1 * rows + sum over K in DECODE_KNOTS of eK * min(rows, K))
 
 (T: prompt tokens computed in the step, packed; linear, since packed prompts attend only to
-themselves). It tabulates to overhead = w0 + w1 * rows, verify = a2 * scored + a3 * scored *
-context / 1000, prefill = p1 * (T - 1) and no lookup, which the simulator's `verify_layout: mixed`
-adds up to exactly this (prefill_ms(1) = 0, so "the pass is not paid twice" subtracts nothing).
+themselves; the decode-regime terms are the verify model's, signed, and apply only to steps that
+decode: a prefill-only step has none). It tabulates to overhead = w0 + w1 * rows, verify = a2 *
+scored + a3 * scored * context / 1000 + the decode-regime terms, prefill = p1 * (T - 1) and no
+lookup, which the simulator's `verify_layout: mixed` adds up to exactly this (prefill_ms(1) = 0, so
+"the pass is not paid twice" subtracts nothing). vLLM on this CPU needs the decode terms: its
+one-row steps with nothing drafted took 35.9 ms (median) and its one-row steps with drafts 33.7, so
+a fit without them priced the first 7% low and the second 6% high.
 
 The fitted functions are tabulated into an ordinary hardware profile (`nightjar_rl.hardware`): verify over
 batch x tokens per row x context, prefill over tokens, overhead over batch. The profile
@@ -67,10 +72,11 @@ DECODE_KNOTS = (4, 8)  # no 2: on one-position steps min(rows, 2) is min(scored,
 VERIFY_TERMS = ("1", "rows", "scored", "scored*context/1000", "rows*context/1000",
                 *(f"min(scored,{k})" for k in SCORED_KNOTS), "decode", "decode*rows",
                 *(f"decode*min(rows,{k})" for k in DECODE_KNOTS))
-SIGNED_TERMS = {"verify": tuple(t for t in VERIFY_TERMS if t.startswith("decode"))}  # may be negative
 PREFILL_TERMS = ("1", "tokens", "tokens^2/1000")
 OVERHEAD_TERMS = ("1", "rows")
-WALL_TERMS = ("1", "max(1,rows)", "scored", "scored*context/1000", "(prefill tokens-1)+")
+WALL_DECODE_TERMS = tuple(t for t in VERIFY_TERMS if t.startswith("decode"))  # the verify model's, signed
+WALL_TERMS = ("1", "max(1,rows)", "scored", "scored*context/1000", "(prefill tokens-1)+", *WALL_DECODE_TERMS)
+SIGNED_TERMS = {"verify": WALL_DECODE_TERMS, "wall": WALL_DECODE_TERMS}  # may be negative
 PART_TERMS = {"verify": VERIFY_TERMS, "prefill": PREFILL_TERMS, "overhead": OVERHEAD_TERMS, "wall": WALL_TERMS}
 TABLE_CONTEXT = 8192  # the default table reaches at least this context (tokens in the longest row)
 FITS = ("auto", "parts", "wall")
@@ -105,16 +111,23 @@ def steps_frame(steps) -> pd.DataFrame:
 def _design(df: pd.DataFrame, part: str) -> np.ndarray:
     rows = df["batch"].to_numpy(float)
     if part == "wall":
-        scored = df["scored_tokens"].to_numpy(float)
-        tokens = df["prefill_padded_tokens"].to_numpy(float)
-        return np.column_stack([np.ones_like(rows), np.maximum(rows, 1), scored,
-                                scored * df["context"].to_numpy(float) / 1000, np.maximum(tokens - 1, 0)])
+        return wall_design(rows, df["scored_tokens"].to_numpy(float), df["context"].to_numpy(float),
+                           df["prefill_padded_tokens"].to_numpy(float))
     if part == "verify":
         return verify_design(rows, df["scored_tokens"].to_numpy(float), df["context"].to_numpy(float))
     if part == "prefill":
         tokens = df["prefill_padded_tokens"].to_numpy(float)
         return np.column_stack([np.ones_like(tokens), tokens, tokens**2 / 1000])
     return np.column_stack([np.ones_like(rows), rows])
+
+
+def wall_design(rows: np.ndarray, scored: np.ndarray, context: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """The wall model's terms (WALL_TERMS), one row per step: the verify model's terms by name (none for a
+    prefill-only step, which decodes nothing), the constant, max(1, rows) and (prefill tokens - 1)+."""
+    verify = verify_design(rows, scored, context)
+    verify[rows == 0] = 0.0
+    own = {"1": np.ones_like(rows), "max(1,rows)": np.maximum(rows, 1), "(prefill tokens-1)+": np.maximum(tokens - 1, 0)}
+    return np.column_stack([own[t] if t in own else verify[:, VERIFY_TERMS.index(t)] for t in WALL_TERMS])
 
 
 def verify_design(rows: np.ndarray, scored: np.ndarray, context: np.ndarray) -> np.ndarray:
@@ -205,10 +218,16 @@ def _grid(low: float, high: float, points: int) -> list[int]:
 
 def parts_of_wall(w: np.ndarray) -> dict[str, np.ndarray]:
     """A wall fit's coefficients as the parts' models (module docstring): the constant and per-row
-    terms are overhead, prefill is p1 * (T - 1) (as p0 + p1 T + p2 T^2 / 1000 with p0 = -p1)."""
+    terms are overhead, the scored and decode-regime terms verify, prefill is p1 * (T - 1) (as p0 +
+    p1 T + p2 T^2 / 1000 with p0 = -p1)."""
     verify = np.zeros(len(VERIFY_TERMS))  # no constant, per-row, per-row KV or concave terms (first two: overhead)
-    verify[2:4] = w[2:4]
-    return {"verify": verify, "prefill": np.array([-w[4], w[4], 0.0]), "overhead": np.array([w[0], w[1]])}
+    wall = dict(zip(WALL_TERMS, w))
+    for term in WALL_TERMS:  # by name: the verify model's terms of the wall model
+        if term in VERIFY_TERMS and term not in ("1", "rows"):
+            verify[VERIFY_TERMS.index(term)] = wall[term]
+    p1 = wall["(prefill tokens-1)+"]
+    return {"verify": verify, "prefill": np.array([-p1, p1, 0.0]),
+            "overhead": np.array([wall["1"], wall["max(1,rows)"]])}
 
 
 def tabulate(coef: dict[str, np.ndarray], lookup_ms: float, batch_sizes: Sequence[int], tokens_per_row: Sequence[int],
