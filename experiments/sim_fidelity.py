@@ -46,12 +46,22 @@ engine serves every live cell (start-up ~30-60 s, eager). Run alone, about 15-20
 then ship the calibrated profile: `cp runs/vllm_twin/sim_fidelity__*/calibrated-profile.json
 envs/profiles/smollm2-135m-vllm-cpu-float32.json`. Run it alone on the machine: live timings are the
 ground truth here.
+
+`--rescore RUN_DIR` prices an earlier run's live cells again without serving anything live: the live
+columns are read back from RUN_DIR/fidelity.csv, the twins are served with today's code and profile,
+RUN_DIR/calibration-steps.csv is fitted again and the sim-trained policies are the run's own saved
+learners (seconds instead of a 20-minute live run: how a clock model change is checked against live
+numbers already measured; the other options are then read from RUN_DIR/args.json):
+
+    python experiments/sim_fidelity.py --live smollm2-ngram-vllm --sim smollm2-ngram-vllm-sim \\
+        --rescore runs/vllm_twin/sim_fidelity__<time> --out-dir runs/vllm_twin_rescored
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import time
@@ -68,12 +78,13 @@ from nightjar_rl.experiments.evaluate import evaluate_cell
 from nightjar_rl.experiments.train import train_learner
 from nightjar_rl.io import atomic_write_json
 from nightjar_rl.policy import make_policy
+from nightjar_rl.policy.artifact import load_policy, save_policy
 from nightjar_rl.hardware import HardwareProfile
 from nightjar_rl.sim.calibrate import calibrate, predicted_ms, steps_frame
 
 METRICS = {"throughput_tok_s": 0.05, "tpot_p50_s": 0.05, "ttft_p50_s": 0.10}
 PER_REQUEST = ["drafted", "accepted", "decode_steps", "output_tokens"]
-TRAINED = "trained:"
+TRAINED, SIM_TRAINED = "trained:", "sim-trained-"  # a --policies spec, and its cells' label
 WARMUP_SEED = 999  # the warm-up cells' workload (measured cells and calibration use other seeds)
 QUICK = {"live": "tiny", "sim": "tiny-sim", "rates": "50", "ks": "0,2", "seeds": "0", "num_requests": 4,
          "calibrate_seeds": "1,2", "policies": "table-mlc_llm,trained:nightjar", "train_episodes": 2, "warmup": 0}
@@ -94,32 +105,46 @@ def compare_cell(live_scn, sims: dict, live, rate: float, label: str, policy_of,
     a = serve_cell(live_scn, live, rate, policy_of(live_scn), seed, num_requests)
     ra = a.serve_result.requests.set_index("request_id").sort_index()[PER_REQUEST]
     k = int(label.removeprefix("fixed-")) if label.startswith("fixed-") else None
-    row = {"rate": rate, "policy": label, "k": k, "seed": seed, "requests": len(ra), "mean_k_live": a.summary["mean_k"]}
+    row = {"rate": rate, "policy": label, "k": k, "seed": seed, "requests": len(ra), "mean_k_live": a.summary["mean_k"],
+           **{f"{metric}_live": a.summary[metric] for metric in METRICS}}
+    return row | twin_columns(sims, row, policy_of, num_requests, live_cell=(ra, a.serve_result.outputs))
+
+
+def twin_columns(sims: dict, row: dict, policy_of, num_requests: int, live_cell=None) -> dict:
+    """Each twin's run of the cell in `row` (rate, seed and the live metrics) and its errors; with
+    `live_cell` (the live per-request table and outputs) also whether they are identical."""
+    out = {}
     for suffix, (sim_scn, sim) in sims.items():
-        b = serve_cell(sim_scn, sim, rate, policy_of(sim_scn), seed, num_requests)
-        rb = b.serve_result.requests.set_index("request_id").sort_index()[PER_REQUEST]
-        if not suffix:
-            row.update(per_request_identical=bool(ra.equals(rb)), outputs_identical=a.serve_result.outputs == b.serve_result.outputs)
-        row[f"mean_k_sim{suffix}"] = b.summary["mean_k"]
+        b = serve_cell(sim_scn, sim, row["rate"], policy_of(sim_scn), int(row["seed"]), num_requests)
+        if not suffix and live_cell is not None:
+            rb = b.serve_result.requests.set_index("request_id").sort_index()[PER_REQUEST]
+            out.update(per_request_identical=bool(live_cell[0].equals(rb)), outputs_identical=live_cell[1] == b.serve_result.outputs)
+        out[f"mean_k_sim{suffix}"] = b.summary["mean_k"]
         for metric, goal in METRICS.items():
-            lv, sv = a.summary[metric], b.summary[metric]
-            row.update({f"{metric}_live": lv, f"{metric}_sim{suffix}": sv, f"{metric}_err{suffix}": (sv - lv) / lv,
+            lv, sv = row[f"{metric}_live"], b.summary[metric]
+            out.update({f"{metric}_sim{suffix}": sv, f"{metric}_err{suffix}": (sv - lv) / lv,
                         f"{metric}_ok{suffix}": abs(sv - lv) / lv <= goal})
-    return row
+    return out
 
 
 def calibrated_twin(live_scn, sim_scn, live, cells: list[tuple[float, int, int]], num_requests: int, run: Path):
-    """Serve `cells` live, fit the clock model to their steps, and return (twin scenario, backend).
-
-    Drift: each calibration seed's steps (served one seed after the other) are also fitted alone, and
-    every fit prices the same pooled steps; the spread of those totals is how much the twin moves
-    from one calibration run to the next (`calibration-drift.csv`)."""
+    """Serve `cells` live, fit the clock model to their steps (`fitted_twin`) and return (twin
+    scenario, backend)."""
     frames = []
     for rate, k, seed in tqdm(cells, desc="calibration runs", unit="cell"):
         frame = steps_frame(serve_cell(live_scn, live, rate, fixed(k, live_scn), seed, num_requests).serve_result.steps)
         frames.append(frame.assign(seed=seed, rate=rate, k=k))
     steps = pd.concat(frames, ignore_index=True)
     write_table(steps, run / "calibration-steps.csv")
+    return fitted_twin(steps, live_scn, sim_scn, run)
+
+
+def fitted_twin(steps: pd.DataFrame, live_scn, sim_scn, run: Path):
+    """The twin whose clock is fitted to `steps` (live calibration steps, with a `seed` column).
+
+    Drift: each calibration seed's steps (served one seed after the other) are also fitted alone, and
+    every fit prices the same pooled steps; the spread of those totals is how much the twin moves
+    from one calibration run to the next (`calibration-drift.csv`)."""
     meta = dict(device=f"{platform.machine()} (calibrated)", model=live_scn.engine.model, dtype=live_scn.engine.dtype,
                 source=f"{live_scn.name} ({live_scn.backend}), experiments/sim_fidelity.py --calibrate-seeds")
     result = calibrate(steps, **meta)
@@ -138,18 +163,29 @@ def calibrated_twin(live_scn, sim_scn, live, cells: list[tuple[float, int, int]]
     return scenario, make_backend(scenario)
 
 
-def policy_makers(specs: list[str], twin, rates: list[float], episodes: int, num_requests: int) -> dict:
+def policy_makers(specs: list[str], twin, rates: list[float], episodes: int, num_requests: int, run: Path,
+                  stored: Path | None = None) -> dict:
     """{label: scenario -> fresh frozen policy} for `--policies`; `trained:SPEC` is trained once in
-    `twin` ((scenario, backend)) first and copied for each run."""
+    `twin` ((scenario, backend)) first, saved to the run folder (`trained-SPEC.json`) and copied for
+    each run; with `stored` (a run folder being rescored) its saved learner is loaded instead."""
     import copy
 
     makers = {}
     for spec in specs:
         if spec.startswith(TRAINED):
-            scenario, backend = twin
-            learner = train_learner(spec.removeprefix(TRAINED), scenario, episodes, rates,
-                                    num_requests=num_requests, backend=backend)
-            makers[f"sim-trained-{spec.removeprefix(TRAINED)}"] = lambda scn, p=learner: copy.deepcopy(p)
+            name = spec.removeprefix(TRAINED)
+            saved = stored / f"trained-{name}.json" if stored is not None else None
+            if saved is not None and saved.is_file():
+                learner = load_policy(saved)
+            else:
+                if saved is not None:
+                    print(f"warning: {saved} not found: {spec} is trained again in the twin, so its cells compare "
+                          f"another learner than the one served live")
+                scenario, backend = twin
+                learner = train_learner(name, scenario, episodes, rates, num_requests=num_requests, backend=backend)
+            run.mkdir(parents=True, exist_ok=True)
+            save_policy(learner, run / f"trained-{name}.json")
+            makers[SIM_TRAINED + name] = lambda scn, p=learner: copy.deepcopy(p)
         else:
             makers[spec] = lambda scn, s=spec: make_policy(s, scn.max_k, engine_max_k=True)
     return makers
@@ -168,29 +204,12 @@ def rankings(df: pd.DataFrame, suffixes) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--live", default="smollm2-ngram")
-    ap.add_argument("--sim", default="smollm2-ngram-sim")
-    ap.add_argument("--rates", default="0.5,2,8")
-    ap.add_argument("--ks", default="0,2,4")
-    ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--num-requests", type=int, default=16)
-    ap.add_argument("--calibrate-seeds", default="", help="calibrate a twin on these seeds' live steps first")
-    ap.add_argument("--policies", default="", help="policies besides the fixed k (comma-separated specs or "
-                                                   "artifacts; trained:SPEC = a learner trained in the twin first)")
-    ap.add_argument("--train-episodes", type=int, default=30, help="episodes a trained:SPEC policy learns for")
-    ap.add_argument("--warmup", type=int, default=1, choices=[0, 1],
-                    help="serve an unmeasured live cell per rate and k first (an engine's first forwards of a "
-                         "shape are slow)")
-    ap.add_argument("--out-dir", default="runs")
-    a = quickmode.parse_args(ap, QUICK)
-    live_scn, sim_scn = load_scenario(a.live), load_scenario(a.sim)
-    live, sim = make_backend(live_scn), make_backend(sim_scn)
+def served(a, live_scn, sim_scn, sim, run: Path) -> tuple[pd.DataFrame, dict]:
+    """Every cell served live and in the twin(s): (the fidelity table, the twins by column suffix)."""
+    live = make_backend(live_scn)
+    atomic_write_json(run / "args.json", vars(a))  # what --rescore reads back
     rates, ks = [float(r) for r in a.rates.split(",")], [int(k) for k in a.ks.split(",")]
     seeds = [int(s) for s in a.seeds.split(",")]
-    run = Path(a.out_dir) / f"sim_fidelity__{int(time.time())}"
-    print(f"load average at the start: {os.getloadavg()}")
     sims = {"": (sim_scn, sim)}
     warmup = [(rate, k) for rate in rates for k in ks] if a.warmup else []
     for rate, k in tqdm(warmup, desc="warm-up (not measured)", unit="cell"):
@@ -203,12 +222,60 @@ def main() -> None:
                                        a.num_requests, run)
     makers = {f"fixed-{k}": lambda scn, k=k: fixed(k, scn) for k in ks}
     specs = [s.strip() for s in a.policies.split(",") if s.strip()]
-    makers.update(policy_makers(specs, sims["_cal" if "_cal" in sims else ""], rates, a.train_episodes, a.num_requests))
+    makers.update(policy_makers(specs, sims["_cal" if "_cal" in sims else ""], rates, a.train_episodes, a.num_requests,
+                                run))
     cells = [(r, label, s) for s in seeds for r in rates for label in makers]
     rows = []
     for rate, label, seed in tqdm(cells, desc="fidelity", unit="cell"):
         rows.append(compare_cell(live_scn, sims, live, rate, label, makers[label], seed, a.num_requests))
-    df = pd.DataFrame(rows)
+    return pd.DataFrame(rows), sims
+
+
+def rescored(stored: Path, live_scn, sim_scn, sim, run: Path, episodes: int) -> tuple[pd.DataFrame, dict]:
+    """A stored run's cells against the twin(s) again, nothing served live: its live columns are
+    kept (`per_request_identical` and `outputs_identical` too, copied, not checked again: acceptance
+    replay does not depend on the clock), the scenario's twin is served with today's profile and
+    code, the calibrated twin is fitted again to the stored `calibration-steps.csv` (copied into the
+    new run, so it can be rescored in turn), and sim-trained policies are the stored run's learners
+    (`trained-SPEC.json`). The run's settings come from its `args.json` (older runs: guessed from
+    the table, with a warning)."""
+    path = stored / "fidelity.csv"
+    if not path.is_file():
+        raise SystemExit(f"--rescore: no {path} (give the folder of an earlier sim_fidelity run)")
+    table = pd.read_csv(path)
+    args = json.loads((stored / "args.json").read_text()) if (stored / "args.json").is_file() else None
+    if args is None:
+        print(f"warning: no {stored / 'args.json'}: requests per cell and training rates are read off the table")
+    sims = {"": (sim_scn, sim)}
+    steps_path = stored / "calibration-steps.csv"
+    if steps_path.is_file():
+        steps = pd.read_csv(steps_path)
+        run.mkdir(parents=True, exist_ok=True)
+        write_table(steps, run / "calibration-steps.csv")
+        sims["_cal"] = fitted_twin(steps, live_scn, sim_scn, run)
+    elif any(c.endswith("_cal") for c in table):
+        raise SystemExit(f"--rescore: {path} has a calibrated twin but {steps_path} is missing")
+    num_requests = int(args["num_requests"]) if args else int(table["requests"].max())
+    rates = [float(r) for r in args["rates"].split(",")] if args else sorted(table["rate"].unique())
+    labels = list(dict.fromkeys(table["policy"]))
+    makers = {label: lambda scn, k=int(label.removeprefix("fixed-")): fixed(k, scn)
+              for label in labels if label.startswith("fixed-")}
+    specs = [TRAINED + label.removeprefix(SIM_TRAINED) if label.startswith(SIM_TRAINED) else label
+             for label in labels if label not in makers]
+    makers.update(policy_makers(specs, sims["_cal" if "_cal" in sims else ""], rates,
+                                int(args["train_episodes"]) if args else episodes, num_requests, run, stored))
+    if args is not None:
+        atomic_write_json(run / "args.json", args | {"rescored_from": str(stored)})
+    kept = ["rate", "policy", "k", "seed", "requests", "mean_k_live", *(f"{m}_live" for m in METRICS),
+            "per_request_identical", "outputs_identical"]
+    rows = []
+    for cell in tqdm(table[[c for c in kept if c in table]].to_dict(orient="records"), desc="twins", unit="cell"):
+        rows.append(cell | twin_columns(sims, cell, makers[cell["policy"]], num_requests))
+    return pd.DataFrame(rows), sims
+
+
+def report(df: pd.DataFrame, sims: dict, run: Path) -> None:
+    """Write the fidelity and ranking tables and print them with the goal counts."""
     write_table(df, run / "fidelity.csv")
     ranking = rankings(df, sims)
     write_table(ranking, run / "ranking.csv")
@@ -229,6 +296,37 @@ def main() -> None:
     print(f"per-request accepted/drafted/steps identical in {int(at_k['per_request_identical'].sum())}/{len(at_k)} "
           f"fixed-k cells")
     print(f"wrote {run / 'fidelity.csv'} and {run / 'ranking.csv'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--live", default="smollm2-ngram")
+    ap.add_argument("--sim", default="smollm2-ngram-sim")
+    ap.add_argument("--rates", default="0.5,2,8")
+    ap.add_argument("--ks", default="0,2,4")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--num-requests", type=int, default=16)
+    ap.add_argument("--calibrate-seeds", default="", help="calibrate a twin on these seeds' live steps first")
+    ap.add_argument("--policies", default="", help="policies besides the fixed k (comma-separated specs or "
+                                                   "artifacts; trained:SPEC = a learner trained in the twin first)")
+    ap.add_argument("--train-episodes", type=int, default=30, help="episodes a trained:SPEC policy learns for")
+    ap.add_argument("--warmup", type=int, default=1, choices=[0, 1],
+                    help="serve an unmeasured live cell per rate and k first (an engine's first forwards of a "
+                         "shape are slow)")
+    ap.add_argument("--out-dir", default="runs")
+    ap.add_argument("--rescore", default=None, metavar="RUN_DIR",
+                    help="price a stored run's live cells (RUN_DIR/fidelity.csv; its calibration-steps.csv refitted) "
+                         "against the twin(s) again, serving nothing live: seconds, to iterate on the clock model")
+    a = quickmode.parse_args(ap, QUICK)
+    live_scn, sim_scn = load_scenario(a.live), load_scenario(a.sim)
+    sim = make_backend(sim_scn)
+    run = Path(a.out_dir) / f"sim_fidelity__{int(time.time())}"
+    print(f"load average at the start: {os.getloadavg()}")
+    if a.rescore is not None:
+        df, sims = rescored(Path(a.rescore), live_scn, sim_scn, sim, run, a.train_episodes)
+    else:
+        df, sims = served(a, live_scn, sim_scn, sim, run)
+    report(df, sims, run)
 
 
 if __name__ == "__main__":

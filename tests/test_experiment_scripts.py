@@ -158,3 +158,35 @@ def test_script_quick_mode(script: Script, tmp_path):
                 script.check[pattern](data)
     runs_after = sorted((ROOT / "runs").glob("*")) if (ROOT / "runs").is_dir() else []
     assert runs_after == runs_before, f"{script.name} wrote into the repository's runs/"
+
+
+def test_sim_fidelity_rescore_prices_a_stored_run_again(tmp_path):
+    """`--rescore RUN_DIR` serves nothing live: it keeps the stored live columns and serves the twins
+    again (the calibrated one refitted from the stored steps, the sim-trained policy loaded from the
+    run's saved learner). With today's code and profile unchanged it gives back the stored run's twin
+    columns, and a rescored run can be rescored in turn."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
+           "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    script = str(EXPERIMENTS / "sim_fidelity.py")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, script, "--quick", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=240)
+
+    folders = []
+    for name in ("first", "again", "third"):
+        proc = run("--out-dir", str(tmp_path / name), *(["--rescore", str(folders[-1])] if folders else []))
+        assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        folders.append(next((tmp_path / name).glob("sim_fidelity__*")))
+        assert (folders[-1] / "trained-nightjar.json").is_file() and "not found" not in proc.stdout
+    first, again, third = (pd.read_csv(folder / "fidelity.csv") for folder in folders)
+    assert list(again["policy"]) == list(first["policy"]) and "throughput_tok_s_sim_cal" in again
+    twin = [c for c in first if "_sim" in c or "_err" in c or c.endswith(("_live", "_identical"))]
+    pd.testing.assert_frame_equal(again[twin], first[twin], check_exact=False, rtol=1e-9)
+    pd.testing.assert_frame_equal(third[twin], first[twin], check_exact=False, rtol=1e-9)
+    assert json.loads((folders[1] / "args.json").read_text())["rescored_from"] == str(folders[0])
+    (folders[2] / "calibration-steps.csv").unlink()  # a calibrated twin without its steps: refused
+    proc = run("--out-dir", str(tmp_path / "fourth"), "--rescore", str(folders[2]))
+    assert proc.returncode != 0 and "calibration-steps.csv is missing" in proc.stderr
+    proc = run("--out-dir", str(tmp_path / "fifth"), "--rescore", str(tmp_path / "nowhere"))
+    assert proc.returncode != 0 and "--rescore: no" in proc.stderr
