@@ -183,7 +183,6 @@ def policy_makers(specs: list[str], twin, rates: list[float], episodes: int, num
                           f"another learner than the one served live")
                 scenario, backend = twin
                 learner = train_learner(name, scenario, episodes, rates, num_requests=num_requests, backend=backend)
-            run.mkdir(parents=True, exist_ok=True)
             save_policy(learner, run / f"trained-{name}.json")
             makers[SIM_TRAINED + name] = lambda scn, p=learner: copy.deepcopy(p)
         else:
@@ -222,7 +221,7 @@ def served(a, live_scn, sim_scn, sim, run: Path) -> tuple[pd.DataFrame, dict]:
                                        a.num_requests, run)
     makers = {f"fixed-{k}": lambda scn, k=k: fixed(k, scn) for k in ks}
     specs = [s.strip() for s in a.policies.split(",") if s.strip()]
-    makers.update(policy_makers(specs, sims["_cal" if "_cal" in sims else ""], rates, a.train_episodes, a.num_requests,
+    makers.update(policy_makers(specs, sims.get("_cal", sims[""]), rates, a.train_episodes, a.num_requests,
                                 run))
     cells = [(r, label, s) for s in seeds for r in rates for label in makers]
     rows = []
@@ -250,7 +249,6 @@ def rescored(stored: Path, live_scn, sim_scn, sim, run: Path, episodes: int) -> 
     steps_path = stored / "calibration-steps.csv"
     if steps_path.is_file():
         steps = pd.read_csv(steps_path)
-        run.mkdir(parents=True, exist_ok=True)
         write_table(steps, run / "calibration-steps.csv")
         sims["_cal"] = fitted_twin(steps, live_scn, sim_scn, run)
     elif any(c.endswith("_cal") for c in table):
@@ -262,7 +260,7 @@ def rescored(stored: Path, live_scn, sim_scn, sim, run: Path, episodes: int) -> 
               for label in labels if label.startswith("fixed-")}
     specs = [TRAINED + label.removeprefix(SIM_TRAINED) if label.startswith(SIM_TRAINED) else label
              for label in labels if label not in makers]
-    makers.update(policy_makers(specs, sims["_cal" if "_cal" in sims else ""], rates,
+    makers.update(policy_makers(specs, sims.get("_cal", sims[""]), rates,
                                 int(args["train_episodes"]) if args else episodes, num_requests, run, stored))
     if args is not None:
         atomic_write_json(run / "args.json", args | {"rescored_from": str(stored)})

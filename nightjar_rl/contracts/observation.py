@@ -31,7 +31,10 @@ survives with probability alpha^j"): a row that drafted d tokens and had a accep
 successes and, when a < d, one failure; alpha = EMA(successes) / EMA(successes + failures). A row
 with no trial yet (no proposal so far) is *unknown*, not zero: per-row estimates count only rows that
 had a proposal (the proposal is a feature of its own); the step-level `fi_acceptance` counts a row
-without one as a rejection of its first draft, what a uniform k gets from it.
+without one as a rejection of its first draft, what a uniform k gets from it. A row-step with
+drafted < 0 is no sample at all (`nightjar_rl.runtime.full_info`: a check still pending). Both sums
+are written inline in the trackers' per-row loops (`RowTracker.observe_step`,
+`ObservationTracker.observe_step`): they run once per row per step.
 
 Per-row features (`RowBatch`) ride on the observation the runtime's driver builds (`Observation`,
 an ndarray with a `rows` attribute; `rows_of(obs)` reads it): per running row its acceptance
@@ -115,18 +118,6 @@ def obs_histogram(obs: np.ndarray) -> np.ndarray:
     return obs[HIST_START:_summary_start(obs)]
 
 
-def geometric_trials(drafted: int, accepted: int, empty_is_failure: bool = False) -> tuple[int, int]:
-    """(successes, trials) of one row-step under the geometric acceptance model: every accepted draft is
-    a success; a rejection (accepted < drafted) is one failure; nothing drafted is no trial, or with
-    `empty_is_failure` one failure (no proposal: what a uniform k gets from the row); drafted < 0 is no
-    sample (`nightjar_rl.runtime.full_info`: a check still pending)."""
-    if drafted < 0:  # no sample (a full-information check still pending)
-        return 0, 0
-    if drafted == 0:
-        return 0, 1 if empty_is_failure else 0
-    return accepted, accepted + (1 if accepted < drafted else 0)
-
-
 def step_sample_lists(stats: StepRecord) -> tuple[Sequence[int], Sequence[int]]:
     """(drafted, accepted), aligned per row of a step, for the acceptance estimates: full information
     when the executor reports it (`shadow_drafted/shadow_accepted`), else what the rows drafted."""
@@ -145,7 +136,7 @@ class AcceptanceEstimate:
         self.decay, self.successes, self.trials, self.samples = decay, 0.0, 0.0, 0
 
     def add(self, successes: int, trials: int) -> None:
-        """Fold one sample (e.g. `geometric_trials` of a row-step, or a whole step's sums) in."""
+        """Fold one sample (a row-step's successes and trials, or a whole step's sums) in."""
         if trials:
             self.successes = self.decay * self.successes + successes
             self.trials = self.decay * self.trials + trials
@@ -369,7 +360,7 @@ class RowTracker:
                 entry = rows[rid] = (AcceptanceEstimate(self.decay), DepthCounts(self.max_k, self.decay))
             if d <= 0:  # no proposal (or a pending check): no trial for either estimate
                 continue
-            entry[0].add(a, a + (a < d))  # geometric_trials(d, a) for d > 0, inline: once per row per step
+            entry[0].add(a, a + (a < d))  # the geometric model's sample (module docstring)
             reached.append(entry[1].add(d, a))
         self.depths.add_all(reached)  # batch-wide: per row-sample, in step order
         for rid in getattr(stats, "finished_ids", ()):
@@ -433,7 +424,7 @@ class ObservationTracker:
 
     def observe_step(self, stats: StepRecord) -> None:
         succ = trials = 0
-        for d, a in zip(*step_sample_lists(stats)):  # summed geometric_trials(d, a, empty_is_failure=True)
+        for d, a in zip(*step_sample_lists(stats)):  # the model's samples, no proposal a failure (module docs)
             if d > 0:
                 succ += a
                 trials += a + (a < d)

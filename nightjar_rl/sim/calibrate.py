@@ -222,8 +222,8 @@ def parts_of_wall(w: np.ndarray) -> dict[str, np.ndarray]:
     p1 T + p2 T^2 / 1000 with p0 = -p1)."""
     verify = np.zeros(len(VERIFY_TERMS))  # no constant, per-row, per-row KV or concave terms (first two: overhead)
     wall = dict(zip(WALL_TERMS, w))
-    for term in WALL_TERMS:  # by name: the verify model's terms of the wall model
-        if term in VERIFY_TERMS and term not in ("1", "rows"):
+    for term in WALL_TERMS:  # by name: the verify model's terms of the wall model (its constant is overhead)
+        if term in VERIFY_TERMS and term != "1":
             verify[VERIFY_TERMS.index(term)] = wall[term]
     p1 = wall["(prefill tokens-1)+"]
     return {"verify": verify, "prefill": np.array([-p1, p1, 0.0]),
