@@ -36,7 +36,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AttentionInterface
 
-from nightjar_rl.cpu_linears import LINEARS, PackedLinear
+from nightjar_rl.cpu_linears import PackedLinear
+from nightjar_rl.model_names import LINEARS
 from nightjar_rl.decoding import SpeculativeEngine
 from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
 from nightjar_rl.decoding.runner import SLOT_ATTENTION, slot_attention

@@ -15,7 +15,7 @@ from nightjar_rl.experiments.cli import add_experiment_parser, add_train_parser
 from nightjar_rl.runtime.server_config import ServerConfig
 from nightjar_rl.schema import add_arguments, from_namespace
 from nightjar_rl.sim.cli import add_roofline_args
-from nightjar_rl.stack import EngineConfig
+from nightjar_rl.engine_config import EngineConfig
 
 DEFAULT_PROFILE_DIR = Path("envs") / "profiles"
 MEASURED_BATCH_SIZES = "1,2,4,8,16,32,64"

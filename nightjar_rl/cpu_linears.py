@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-LINEARS = ("packed", "eager")
 PACKED_FOR_ROWS = 16
 MIN_PACKED_ELEMENTS = 1 << 16  # smaller weights (tiny test models) stay F.linear: oneDNN's per-call
 # conversions cost more than they save there (2x slower steps on the 64-wide tiny-random model)

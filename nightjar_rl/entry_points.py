@@ -5,6 +5,7 @@ policy, drafter and workload registries; each checks the object's kind itself.""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -25,3 +26,15 @@ def import_entry_point(spec: str, what: str, error: type[ValueError] = ValueErro
     except ImportError as exc:
         raise error(f"{what} {spec!r}: cannot import module {module_name!r} ({exc})") from None
     return getattr(module, attr, None)
+
+
+def lazy_exports(package: str, exports: Mapping[str, str]) -> Callable[[str], Any]:
+    """A module-level `__getattr__` (PEP 562) for `package`: `exports` maps a name to the module it
+    lives in, imported on the name's first use (a package's heavy parts load only when asked for)."""
+
+    def __getattr__(name: str) -> Any:
+        if name in exports:
+            return getattr(importlib.import_module(exports[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from nightjar_rl.cpu_linears import LINEARS, pack_linears
+from nightjar_rl.cpu_linears import pack_linears
+from nightjar_rl.model_names import DEFAULT_MODEL, DTYPE_NAMES, LINEARS
 
-DEFAULT_MODEL = "smollm2-135m"
 TINY_PREFIX = "tiny-random"
 CACHE_ENV = "NIGHTJAR_CACHE"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -31,7 +31,7 @@ SHAPES = {
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                          num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 class ModelLoadError(ValueError):

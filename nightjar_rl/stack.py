@@ -3,66 +3,17 @@ CLI, the env and the experiments."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from nightjar_rl.decoding import SamplingParams, SpeculativeEngine
-from nightjar_rl.decoding.drafters.registry import DRAFTER_KINDS, build_sssd, drafter_kind, load_draft_model
+from nightjar_rl.decoding.drafters.registry import build_sssd, drafter_kind, load_draft_model
 from nightjar_rl.decoding.parallel import PARALLEL_OPTIONS, ParallelBatchDecoder
-from nightjar_rl.decoding.runner import DEFAULT_VERIFY_LAYOUT, VERIFY_LAYOUTS
-from nightjar_rl.models import DEFAULT_MODEL, DTYPES, LINEARS, LoadedModel, load_model
-from nightjar_rl.schema import ConfigError, check, option
+from nightjar_rl.engine_config import DECODERS, DRAFTERS, EngineConfig
+from nightjar_rl.models import LoadedModel, load_model
 
-DRAFTERS = tuple(DRAFTER_KINDS)  # the registered names (plus "package.module:Name" entry points)
-DECODERS = ("standard", "parallel")
 __all__ = ["DECODERS", "DRAFTERS", "EngineConfig", "Stack", "build_sssd", "build_stack", "load_draft_model"]
-
-
-@dataclass
-class EngineConfig:
-    """Everything needed to build an engine, declared once: scenarios, CLI flags (`--max-batch-size`)
-    and the server read these fields, defaults and bounds (`nightjar_rl.schema`)."""
-
-    model: str = option(DEFAULT_MODEL, "target: smollm2-135m (bundled), tiny-random[-N], an HF name or path")
-    drafter: str = option("ngram", f"drafter: {', '.join(DRAFTER_KINDS)}, or a 'package.module:Name' entry point")
-    draft: str | None = option(None, "draft model for drafter 'draft' (name/path, or early-exit:LAYERS)", str)
-    decoder: str = option("standard", "decoding loop: standard, or parallel (batch-parallel PSD)", choices=DECODERS)
-    dtype: str = option("float32", "float32 keeps speculation bit-exact; bfloat16 is faster on CPU but may flip "
-                                   "near-ties", choices=tuple(DTYPES))
-    device: str | None = option(None, "cuda or cpu (default: cuda when available)", str)
-    max_batch_size: int = option(16, "engine slots (rows decoded together)", low=1)
-    max_seq_len: int = option(1024, "context per request (prompt + new tokens)", low=2)
-    max_kv_tokens: int | None = option(None, "KV token budget; requests queue beyond it (default: slots x context)",
-                                       int, low=1)
-    max_waiting: int | None = option(None, "bound on the waiting queue; requests beyond it are rejected "
-                                           "(default: no bound)", int, low=1)
-    max_speculation: int = option(8, "largest speculation length a plan may give a row", low=0)
-    ngram_max: int = option(3, "ngram drafter: longest n-gram looked up", low=1)
-    ngram_min: int = option(1, "ngram drafter: shortest n-gram looked up", low=1)
-    datastore: str | None = option(None, "sssd drafter: datastore .npz (`nightjar-rl datastore build`)", str)
-    temperature: float = option(0.0, "sampling temperature (0 = greedy)", low=0.0)
-    top_p: float = option(1.0, "nucleus sampling mass", above=0.0, high=1.0)
-    seed: int = option(0, "engine sampling seed (and the workload's arrivals)", low=0)
-    threads: int | None = option(None, "torch CPU intra-op threads (default: torch's choice)", int, low=1)
-    linears: str = option("packed", "float32 CPU linear layers: packed (oneDNN-prepacked, q/k/v and gate/up "
-                                    "fused, as vLLM's CPU build) or eager (torch's F.linear)", choices=LINEARS)
-    verify_layout: str = option(DEFAULT_VERIFY_LAYOUT, "target forward layout: " + "; ".join(
-        f"{name}: {doc}" for name, doc in VERIFY_LAYOUTS.items()) + "; mixed (simulator only): packed, with a "
-        "step's prompts packed into the same pass (vLLM's unified step: the vLLM twin's pricing)", choices=(*VERIFY_LAYOUTS, "mixed"))
-    extra: dict = field(default_factory=dict)  # decoder/drafter options not declared above (parallel, sssd)
-
-    def validate(self, where: str = "engine") -> EngineConfig:
-        """Check every field (one ConfigError line naming it) and the drafter's own requirements."""
-        check(self, where)
-        try:
-            kind = drafter_kind(self.drafter)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: field 'drafter': {exc}") from None
-        problem = kind.check(self) if kind.check is not None else None
-        if problem:
-            raise ConfigError(f"{where}: {problem}")
-        return self
 
 
 @dataclass

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -136,3 +139,24 @@ def test_generate_on_the_sim_twin_returns_the_live_engines_outputs(tmp_path):
     assert len(outs["tiny"]) == 70
     assert [(r["id"], r["token_ids"]) for r in outs["tiny"]] == [(r["id"], r["token_ids"]) for r in outs["tiny-sim"]]
     assert main(["bench", "--scenario", "tiny-sim", "--k", "9", "--quiet"]) == 2  # beyond the scenario's max_k
+
+
+def test_the_sim_env_runs_without_torch_or_pandas():
+    """Making, resetting and stepping a sim env loads neither torch (nor transformers) nor pandas: a
+    sim-only run starts in a fraction of a second, and the garbage collector walks a small heap
+    (what the sim's steps/s depends on, `experiments/bench_sim_speed.py`). Each is blocked in a fresh
+    interpreter, so an import of it anywhere on the path fails loudly."""
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'transformers', 'pandas'):\n"
+        "    sys.modules[name] = None  # `import name` now raises ImportError\n"
+        "import gymnasium as gym\n"
+        "import nightjar_rl\n"
+        "env = gym.make('nightjar_rl/SpecDecodeSim-v1', scenario='gpu-whatif-sharegpt').unwrapped\n"
+        "env.reset(seed=0)\n"
+        "for i in range(50):\n"
+        "    env.step(i % (env.max_k + 1))\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

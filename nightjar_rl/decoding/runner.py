@@ -27,12 +27,8 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from nightjar_rl.decoding.kv_cache import SlotKVCache
 from nightjar_rl.decoding.timing import now
+from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, VERIFY_LAYOUTS
 
-VERIFY_LAYOUTS = {
-    "padded": "every row is padded to the longest row: a [B, n] token batch (B x n positions computed)",
-    "packed": "rows are flattened into one [1, T] token batch (vLLM's layout): T = the scored positions",
-}
-DEFAULT_VERIFY_LAYOUT = "padded"  # the engine's, the profiler's and the CLI's default (one place to change)
 SLOT_ATTENTION = "nightjar_slots"  # the attention implementation name the runner installs
 
 

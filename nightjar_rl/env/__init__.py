@@ -11,17 +11,11 @@ registers the env ids:
 
 from nightjar_rl.contracts.rewards import REWARDS, make_reward
 from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
+from nightjar_rl.entry_points import lazy_exports
 from nightjar_rl.registration import ENV_IDS, register_envs
 
 register_envs()
-
-
-def __getattr__(name: str):
-    if name == "SpecDecodeEnv":  # lazy: importing the env pulls in torch
-        from nightjar_rl.env.spec_decode_env import SpecDecodeEnv
-
-        return SpecDecodeEnv
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, {"SpecDecodeEnv": "nightjar_rl.env.spec_decode_env"})  # loaded when made
 
 
 __all__ = ["ENV_IDS", "REWARDS", "Scenario", "ScenarioError", "SpecDecodeEnv", "load_scenario", "make_reward"]

@@ -22,7 +22,7 @@ import yaml
 from nightjar_rl.schema import ConfigError, check, declarations, option
 from nightjar_rl.serving.arrivals import ArrivalProcess, arrivals_from_dict
 from nightjar_rl.serving.workload import WorkloadError
-from nightjar_rl.stack import EngineConfig
+from nightjar_rl.engine_config import EngineConfig
 
 BACKENDS = ("live", "sim", "vllm")
 ENGINE_FIELDS = tuple(declarations(EngineConfig))

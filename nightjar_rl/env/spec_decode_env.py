@@ -22,23 +22,24 @@ limit). The v0 ids are no longer registered: `gymnasium.make` of one raises Depr
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import gymnasium as gym
 import numpy as np
-import pandas as pd
 from gymnasium import spaces
 
 from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.contracts.observation import obs_size
 from nightjar_rl.contracts.rewards import make_reward
 from nightjar_rl.env.backend import Backend, make_backend
-from nightjar_rl.env.recorder import write_table
 from nightjar_rl.env.scenario import Scenario, load_scenario
 from nightjar_rl.env.workload import sample_requests
 from nightjar_rl.runtime.driver import PolicyDriver
 from nightjar_rl.serving.arrivals import PoissonArrivals, arrivals_from_dict
 from nightjar_rl.serving.session import ServeResult, ServingSession
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RESET_OPTIONS = ("rate", "arrivals", "num_requests", "max_concurrency")
 
@@ -157,9 +158,13 @@ class SpecDecodeEnv(gym.Env):
 
     def episode_frame(self) -> pd.DataFrame:
         """The current episode so far, one row per step (StepStats.as_row() plus episode, time, reward)."""
+        import pandas as pd  # here: the env's step loop never needs it (`ServingSession.result`)
+
         return pd.DataFrame([{**stats.as_row(), "episode": self.episode, "time": clock, "reward": reward}
                              for stats, clock, reward in self.episode_log])
 
     def save_episode(self, path: str) -> None:
         """Write the current episode's step log to a .csv or .parquet file (atomically)."""
+        from nightjar_rl.env.recorder import write_table
+
         write_table(self.episode_frame(), path)

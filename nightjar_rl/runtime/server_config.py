@@ -6,7 +6,7 @@ import socket
 from dataclasses import dataclass, field
 
 from nightjar_rl.schema import ConfigError, check, option
-from nightjar_rl.stack import EngineConfig
+from nightjar_rl.engine_config import EngineConfig
 
 
 @dataclass

@@ -22,13 +22,15 @@ import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.decoding.scheduler import ABORT, QueueFullError
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REJECTED = "rejected"  # finish_reason of a request the engine refused (QueueFullError)
 COMPLETED = ("eos", "length")  # finish reasons of requests served to the end
@@ -179,6 +181,9 @@ class ServingSession:
 
     def result(self) -> ServeResult:
         """Per-request table (TTFT, TPOT, end-to-end latency) of the requests accounted for so far."""
+        import pandas as pd  # here, not at import: the simulator's step loop never needs it (fewer objects for
+        # the garbage collector to walk: see experiments/bench_sim_speed.py)
+
         df = pd.DataFrame(self._rows)
         if len(df):
             df["ttft"] = df["first_token"] - df["arrival"]

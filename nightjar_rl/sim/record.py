@@ -12,7 +12,7 @@ from nightjar_rl.decoding.engine import SpeculativeEngine
 from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.models import LoadedModel
 from nightjar_rl.sim.trace import Trace, TraceError, TraceRecord, make_meta
-from nightjar_rl.stack import EngineConfig
+from nightjar_rl.engine_config import EngineConfig
 
 TRACEABLE = tuple(name for name, kind in DRAFTER_KINDS.items() if kind.traceable)
 

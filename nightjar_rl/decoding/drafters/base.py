@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from nightjar_rl.decoding.sequence import Sequence
-from nightjar_rl.decoding.verify import SamplingParams
+
+if TYPE_CHECKING:  # annotations only: the interface imports without torch (the n-gram drafter needs none)
+    import torch
+
+    from nightjar_rl.decoding.verify import SamplingParams
 
 
 @dataclass

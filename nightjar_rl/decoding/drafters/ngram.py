@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
 from nightjar_rl.decoding.sequence import Sequence
-from nightjar_rl.decoding.verify import SamplingParams
+
+if TYPE_CHECKING:
+    from nightjar_rl.decoding.verify import SamplingParams
 
 
 def lookup_continuation(tokens: np.ndarray, k: int, max_ngram: int, min_ngram: int) -> list[int]:

@@ -8,29 +8,31 @@ assumes it is model-free and deterministic: declare a `DrafterKind` otherwise).
     ngram   prompt lookup (ngram_max, ngram_min)           priced per row: ngram_lookup_ms_per_row
     draft   a draft model or early-exit:L (draft)          priced as k draft-model steps (+ catch-up)
     sssd    token trees from n-grams (datastore)           priced per row, like n-gram lookup
+
+Torch-free at import (what a kind builds is imported when it is built), so that configs and the
+simulator, which read kinds by name, do not load torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
-from nightjar_rl.decoding.drafters.acceptance import draft_model_tables, stateless_tables, tree_tables
-from nightjar_rl.decoding.drafters.base import Drafter
-from nightjar_rl.decoding.drafters.draft_model import DraftModelDrafter
-from nightjar_rl.decoding.drafters.ngram import NgramDrafter
 from nightjar_rl.entry_points import import_entry_point, is_entry_point
-from nightjar_rl.models import LoadedModel, ModelLoadError, check_same_tokenizer, early_exit_draft, load_model
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from nightjar_rl.decoding.drafters.base import Drafter
+    from nightjar_rl.models import LoadedModel
 
 EARLY_EXIT = "early-exit:"
 LOOKUP, DRAFT_MODEL, FREE = "lookup", "draft_model", "free"  # how drafting is priced (see DrafterKind.cost)
 
 # (drafter, prompt, output, max_k, max_new_tokens) -> (drafted, accepted) tables of a trace
-TableFn = Callable[[Drafter, list, list, int, int], "tuple[np.ndarray, np.ndarray]"]
+TableFn = Callable[["Drafter", list, list, int, int], "tuple[np.ndarray, np.ndarray]"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ def load_draft_model(spec: str, target: LoadedModel, dtype: str, device: str | N
                      linears: str = "packed") -> torch.nn.Module:
     """A draft model for `target`: `early-exit:L` (the target's first L layers) or a model name/path
     that must share the target's tokenizer."""
+    from nightjar_rl.models import ModelLoadError, check_same_tokenizer, early_exit_draft, load_model
+
     if spec.startswith(EARLY_EXIT):
         layers = spec[len(EARLY_EXIT):]
         if not layers.isdigit():
@@ -81,7 +85,33 @@ def build_sssd(config, target: LoadedModel) -> Drafter:
     return SSSDDrafter(store, live=bool(config.extra.get("datastore_live", False)))
 
 
-def _draft_tables(drafter: DraftModelDrafter, prompt, output, max_k: int, max_new_tokens: int):
+def _build_ngram(config, target: LoadedModel) -> Drafter:
+    from nightjar_rl.decoding.drafters.ngram import NgramDrafter
+
+    return NgramDrafter(config.ngram_max, config.ngram_min)
+
+
+def _build_draft(config, target: LoadedModel) -> Drafter:
+    from nightjar_rl.decoding.drafters.draft_model import DraftModelDrafter
+
+    return DraftModelDrafter(load_draft_model(config.draft, target, config.dtype, config.device, config.linears))
+
+
+def _stateless_tables(drafter: Drafter, prompt, output, max_k: int, max_new_tokens: int):
+    from nightjar_rl.decoding.drafters.acceptance import stateless_tables
+
+    return stateless_tables(drafter, prompt, output, max_k, max_new_tokens)
+
+
+def _tree_tables(drafter: Drafter, prompt, output, max_k: int, max_new_tokens: int):
+    from nightjar_rl.decoding.drafters.acceptance import tree_tables
+
+    return tree_tables(drafter, prompt, output, max_k, max_new_tokens)
+
+
+def _draft_tables(drafter, prompt, output, max_k: int, max_new_tokens: int):
+    from nightjar_rl.decoding.drafters.acceptance import draft_model_tables
+
     return draft_model_tables(drafter.model, prompt, output, max_k)
 
 
@@ -96,14 +126,11 @@ def _check_draft(config) -> str | None:
 DRAFTER_KINDS: dict[str, DrafterKind] = {kind.name: kind for kind in (
     DrafterKind("none", "plain decoding (no speculation)", lambda config, target: None, cost=FREE),
     DrafterKind("ngram", "prompt lookup: what followed the last n-gram earlier in the request",
-                lambda config, target: NgramDrafter(config.ngram_max, config.ngram_min),
-                fields=("ngram_max", "ngram_min"), tables=stateless_tables, check=_check_ngram),
+                _build_ngram, fields=("ngram_max", "ngram_min"), tables=_stateless_tables, check=_check_ngram),
     DrafterKind("draft", "a draft model (name/path) or the target's first layers (early-exit:L)",
-                lambda config, target: DraftModelDrafter(load_draft_model(config.draft, target, config.dtype,
-                                                                          config.device, config.linears)),
-                fields=("draft",), cost=DRAFT_MODEL, tables=_draft_tables, check=_check_draft),
+                _build_draft, fields=("draft",), cost=DRAFT_MODEL, tables=_draft_tables, check=_check_draft),
     DrafterKind("sssd", "SSSD token trees from the request's n-grams and an optional datastore",
-                build_sssd, fields=("datastore",), tables=tree_tables),
+                build_sssd, fields=("datastore",), tables=_tree_tables),
 )}
 
 
@@ -119,6 +146,8 @@ def drafter_kind(name: str) -> DrafterKind:
     target = import_entry_point(name, "drafter")
     if isinstance(target, DrafterKind):
         return target
+    from nightjar_rl.decoding.drafters.base import Drafter
+
     if isinstance(target, type) and issubclass(target, Drafter):
-        return DrafterKind(name, target.__doc__ or name, lambda config, model: target(), tables=stateless_tables)
+        return DrafterKind(name, target.__doc__ or name, lambda config, model: target(), tables=_stateless_tables)
     raise ValueError(f"drafter {name!r}: {attr!r} is neither a DrafterKind nor a Drafter subclass")
