@@ -176,6 +176,30 @@ def test_admission_is_fifo_and_slots_stay_compact(tiny_target):
     assert admitted == [f"r{i}" for i in range(len(budgets)) if budgets[i] > 1]
 
 
+def test_compaction_moves_the_outermost_survivors_into_the_holes():
+    """Hand-computed, 6 slots. Region growing up, rows in slots 0-4, those in 1 and 3 finish: three
+    survive, so the span is slots 0-2 and the row in slot 4 moves to the one free slot there, 1.
+    Region growing down, rows in slots 1-5, those in 2 and 5 finish: the span is 3-5 and the row in
+    slot 1 moves to 5. Rows stay in slot order; nothing moves when nothing leaves."""
+    from nightjar_rl.decoding.scheduler import SlotMove, SlotRegion
+    from nightjar_rl.decoding.sequence import Sequence
+
+    for up, done, after in ((True, (1, 3), {0: 0, 2: 2, 4: 1}), (False, (2, 5), {3: 3, 4: 4, 1: 5})):
+        region = SlotRegion(6, up=up)
+        rows = [Sequence(Request(f"r{i}", [1], 4), [1]) for i in range(5)]
+        for seq in rows:
+            region.add(seq)
+        assert region.compact().moves == [] and [s.slot for s in region.rows] == sorted(s.slot for s in rows)
+        by_slot = {s.slot: s for s in rows}
+        for slot in done:
+            by_slot[slot].finish_reason = "eos"
+        out = region.compact()
+        assert sorted(s.slot for s in out.leaving) == list(done)
+        assert out.moves == [SlotMove(by_slot[src], src, dst) for src, dst in after.items() if src != dst]
+        assert {src: by_slot[src].slot for src in after} == after
+        assert [s.slot for s in region.rows] == sorted(after.values())
+
+
 @pytest.mark.parametrize(
     "request_kwargs, message",
     [

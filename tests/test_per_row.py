@@ -5,6 +5,7 @@ their artifacts."""
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -143,35 +144,36 @@ def test_per_row_features_on_a_hand_built_step():
 def test_depth_counts_fold_a_step_as_sample_by_sample():
     """Hand-computed, decay 0.5, from zero: (reach 2, won 1) then (reach 1, won 0), with a (0, 0)
     no-sample between: trials [1.5, 0.5] (depth 1: 1 * 0.5 + 1; depth 2: 1 * 0.5), successes
-    [0.5, 0] (depth 1 succeeded once, decayed once)."""
-    from nightjar_rl.contracts.observation import DepthCounts
+    [0.5, 0] (depth 1 succeeded once, decayed once). The per-row counts (`add`, folded when read) and
+    one fold of the step's samples (the batch-wide counts) agree."""
+    from nightjar_rl.contracts.observation import DepthCounts, fold_depth_samples
 
-    one_by_one, folded = DepthCounts(2, 0.5), DepthCounts(2, 0.5)
+    one_by_one = DepthCounts(2, 0.5)
     samples = [one_by_one.add(3, 1), one_by_one.add(0, 0), one_by_one.add(1, 0)]
-    assert samples == [(2, 1), (0, 0), (1, 0)]
-    folded.add_all(samples)
-    assert one_by_one.trials == folded.trials == [1.5, 0.5]
-    assert one_by_one.successes == folded.successes == [0.5, 0.0]
+    assert samples == [(2, 1), (0, 0), (1, 0)] and one_by_one.samples == [(2, 1), (1, 0)]
+    successes, trials = fold_depth_samples(((0.0, 0.0), (0.0, 0.0)), samples, 0.5)
+    assert one_by_one.trials == list(trials) == [1.5, 0.5]
+    assert one_by_one.successes == list(successes) == [0.5, 0.0]
+    # folding onto earlier counts: they decay once per sample, (reach 2, won 2) adds 1 at both depths
+    assert fold_depth_samples((successes, trials), [(2, 2)], 0.5) == ((1.25, 1.0), (1.75, 1.25))
 
 
-def test_depth_counts_stay_exact_past_renormalisation():
-    """Decay 0.5, 400 samples reaching depth 1 (and winning it): the scale 2^400 passes 1e100, so the
-    raw counts are renormalised on the way; the count is still sum_{i<400} 0.5^i = 2 - 0.5^399 (= 2.0
-    in floats), depth 2 never reached. A state held before a sample is not changed by it."""
+def test_depth_counts_snapshots_read_as_they_were():
+    """A count read at n samples stays what it was after more samples are added and read (the cached
+    fold is newer: an older n folds from the start); 2000 samples in one fold underflow 0.5^2000 to 0
+    without error: sum_{i<2000} 0.5^i = 2.0 in floats."""
     from nightjar_rl.contracts.observation import DepthCounts
 
     counts = DepthCounts(2, 0.5)
-    held = counts.state
-    for _ in range(400):
-        assert counts.add(1, 1) == (1, 1)
-    assert counts.state[2] < DepthCounts.RENORMALISE_ABOVE
+    assert counts.add(1, 1) == (1, 1)
+    held = counts.state_at(1)
+    assert held == ((1.0, 0.0), (1.0, 0.0))
+    for _ in range(2000):
+        counts.add(1, 1)
     assert counts.trials == counts.successes == [pytest.approx(2.0), 0.0]
-    assert held == ((0.0, 0.0), (0.0, 0.0), 1.0)
-    folded = DepthCounts(2, 0.5)
-    folded.add_all([(1, 1)] * 2000)  # one step of 2000 row-samples: 0.5^2000 underflows to 0, no error
-    assert folded.trials == [pytest.approx(2.0), 0.0]
-    counts.add_all([(2, 1)])  # a fold after scaled adds: the old counts halved, plus 1 at depths 1-2
-    assert counts.trials == [pytest.approx(2.0), 1.0] and counts.state[2] == 1.0
+    assert counts.state_at(1) == held and counts.state_at(0) == ((0.0, 0.0), (0.0, 0.0))
+    counts.add(3, 1)  # reach 2, won 1: the cached fold (2001 samples) is extended by one
+    assert counts.trials == [pytest.approx(2.0), 1.0] and counts.successes == [pytest.approx(2.0), 0.0]
 
 
 def test_row_batch_columns_from_lists_are_arrays_when_read():
@@ -185,6 +187,30 @@ def test_row_batch_columns_from_lists_are_arrays_when_read():
         assert isinstance(got, np.ndarray) and got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)
     assert arrays.column_list("remaining") == [7, 1]
+
+
+def test_derived_row_columns_are_computed_once_and_pickle():
+    """A column handed in as a function is called on its first read, once, whichever way it is read;
+    a pickled batch (vector envs, Ray) carries the computed values, the tracker's held depth counts
+    included."""
+    calls = []
+
+    def remaining():
+        calls.append(1)
+        return [7, 1]
+
+    rows = RowBatch(("a", "b"), [0.5, math.nan], [1, 0], [2, -1], [3, 2], remaining, [8, 6])
+    assert calls == []
+    assert rows.column_list("remaining") == [7, 1] and rows.remaining.tolist() == [7, 1] and calls == [1]
+    builder = ObservationBuilder(MAX_K)
+    builder.update(StepStats(step=0, k=2, batch_size=1, num_waiting=0, num_prefilled=0, request_ids=["a"], plan=[2],
+                             drafted=[2], accepted=[1], emitted=[2], wall_time=0.01), 0, 0.01)
+    running = [seq("a", 5, 3, 10)]
+    tracked = rows_of(builder.observation(running, 0))
+    copy = pickle.loads(pickle.dumps(tracked))
+    assert copy.position.tolist() == tracked.position.tolist() == [3]
+    assert copy.remaining.tolist() == tracked.remaining.tolist() == [7]
+    np.testing.assert_array_equal(copy.depth_rates, tracked.depth_rates)
 
 
 def _reference_rows(steps, max_k: int, decay: float = 0.8, g: float = 0.999):

@@ -21,6 +21,10 @@ VOCAB = 96
 # ---- the value type ---------------------------------------------------------------------------------
 def test_uniform_and_per_row_plans_resolve_by_request_id():
     assert SpecPlan.coerce(3) == SpecPlan.uniform(3) == SpecPlan(default=3)
+    assert SpecPlan.coerce(3) is SpecPlan.uniform(np.int64(3))  # one immutable plan per k, shared
+    for bad in (True, -1, 1.0):
+        with pytest.raises(PlanError, match="plan default must be"):
+            SpecPlan.uniform(bad)
     assert SpecPlan.uniform(3).resolve(["a", "b"]) == [3, 3]
     plan = SpecPlan.per_row({"a": 5, "c": 0}, default=2)
     assert plan.resolve(["c", "b", "a"]) == [0, 2, 5]

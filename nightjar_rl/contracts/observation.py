@@ -148,9 +148,10 @@ class AcceptanceEstimate:
 
 
 class _Column:
-    """A `RowBatch` column: handed in as a list or an array, an ndarray of `dtype` from its first read
-    (a per-step policy never reads the columns; building every array each step would cost more than
-    the step itself in the simulator)."""
+    """A `RowBatch` column: handed in as a list or an array (or a function of no arguments returning
+    one: a column derived from others), an ndarray of `dtype` from its first read (a per-step policy
+    never reads the columns; building every array each step would cost more than the step itself in
+    the simulator)."""
 
     def __init__(self, dtype: type):
         self.dtype = dtype
@@ -161,7 +162,7 @@ class _Column:
     def __get__(self, rows, owner=None):
         if rows is None:
             return self
-        value = rows.__dict__[self.name] = np.asarray(rows._given[self.name], dtype=self.dtype)
+        value = rows.__dict__[self.name] = np.asarray(rows._given_list(self.name), dtype=self.dtype)
         return value  # stored on the instance: later reads skip this descriptor
 
 
@@ -178,10 +179,11 @@ class RowBatch:
     def __init__(self, request_ids: Sequence[str], acceptance: Sequence[float], samples: Sequence[int],
                  proposal: Sequence[int], position: Sequence[int], remaining: Sequence[int],
                  context: Sequence[int], depth_counts: tuple | None = None):
-        """Columns as lists or arrays (not copied: hand in values nothing changes later).
-        `depth_counts`, behind `depth_rates`: (per row (raw successes [max_k], raw trials [max_k],
-        scale), batch-wide (raw successes, raw trials, scale), prior weight w), counts = raw / scale
-        (`DepthCounts.state`); None: geometric acceptance."""
+        """Columns as lists or arrays (not copied: hand in values nothing changes later), or functions
+        of no arguments that return one (called on first read).
+        `depth_counts`, behind `depth_rates`: (per row its `DepthCounts`, per row how many samples
+        they held when the batch was taken (the snapshot: `DepthCounts.state_at`), the batch-wide
+        (successes [max_k], trials [max_k]), the prior weight w); None: geometric acceptance."""
         self.request_ids = tuple(request_ids)
         self._given = {"acceptance": acceptance, "samples": samples, "proposal": proposal, "position": position,
                        "remaining": remaining, "context": context}
@@ -190,9 +192,20 @@ class RowBatch:
     def __len__(self) -> int:
         return len(self.request_ids)
 
+    def __getstate__(self) -> dict:  # pickles (vector envs, Ray) with derived columns computed
+        for name in self._given:
+            self._given_list(name)
+        return self.__dict__
+
     def column_list(self, name: str) -> Sequence:
         """A column as a Python sequence, to read only (without building its array)."""
-        value = self.__dict__.get(name, self._given[name])
+        value = self.__dict__.get(name)
+        return value.tolist() if value is not None else self._given_list(name)
+
+    def _given_list(self, name: str) -> Sequence:
+        value = self._given[name]
+        if callable(value):  # derived: computed once, on first read
+            value = self._given[name] = value()
         return value.tolist() if isinstance(value, np.ndarray) else value
 
     @cached_property
@@ -201,14 +214,13 @@ class RowBatch:
         counts shrunk towards the batch-wide rate g_j: (s_rj + w g_j) / (t_rj + w)."""
         if self.depth_counts is None:
             return None
-        per_row, (gs, gt, gscale), w = self.depth_counts
-        gs, gt = np.asarray(gs, dtype=float) / gscale, np.asarray(gt, dtype=float) / gscale
+        counts, held, (gs, gt), w = self.depth_counts
+        gs, gt = np.asarray(gs, dtype=float), np.asarray(gt, dtype=float)
         g = np.divide(gs, gt, out=np.full(len(gt), math.nan), where=gt > 0)
-        shape = (len(per_row), len(g))
-        ds, dt, scales = zip(*per_row) if per_row else ((), (), ())
-        scale = np.array(scales, dtype=float).reshape(-1, 1)
-        s = np.array(ds, dtype=float).reshape(shape) / scale
-        t = np.array(dt, dtype=float).reshape(shape) / scale
+        shape = (len(counts), len(g))
+        per_row = [c.state_at(n) for c, n in zip(counts, held)]
+        s = np.array([row[0] for row in per_row], dtype=float).reshape(shape)
+        t = np.array([row[1] for row in per_row], dtype=float).reshape(shape)
         known = ~np.isnan(g)
         rates = np.divide(s, t, out=np.full(shape, math.nan), where=(t > 0) & ~known)  # no batch-wide rate yet
         rates[:, known] = (s[:, known] + w * g[known]) / (t[:, known] + w)
@@ -258,82 +270,81 @@ def rows_of(obs: np.ndarray) -> RowBatch | None:
     return getattr(obs, "rows", None)
 
 
+def depth_sample(drafted: int, accepted: int, max_k: int) -> tuple[int, int]:
+    """A row-step's sample for the per-depth counts: (depths with a trial, depths with a success) =
+    (min(accepted + 1, drafted, max_k), min(accepted, that)); (0, 0) when it drafted nothing."""
+    reach = min(accepted + 1, drafted, max_k)
+    return (reach, min(accepted, reach)) if reach > 0 else (0, 0)
+
+
+def fold_depth_samples(state: tuple[Sequence[float], Sequence[float]], samples: Sequence[tuple[int, int]],
+                       decay: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(successes, trials) per depth after folding in `samples` ((reach, won), in order): each sample
+    decays the counts by `decay` and adds 1 at depths 1..reach (trials) and 1..won (successes); a
+    (0, 0) is no sample (no decay either). After m samples a count is decay^m times what it was plus,
+    per sample i, decay^(m - 1 - i) at each depth it reached: one pass over the samples, one over the
+    depths."""
+    old_successes, old_trials = state
+    max_k = len(old_trials)
+    reached, won = [0.0] * (max_k + 1), [0.0] * (max_k + 1)  # decayed weight of the samples by depth reached
+    weight = 1.0
+    for r, w in reversed(samples):
+        if not r:
+            continue
+        reached[r] += weight
+        won[w] += weight
+        weight *= decay
+    trials, successes, at_least_t, at_least_s = [0.0] * max_k, [0.0] * max_k, 0.0, 0.0
+    for j in range(max_k - 1, -1, -1):  # depth j + 1 counts every sample that reached past j
+        at_least_t += reached[j + 1]
+        at_least_s += won[j + 1]
+        trials[j] = old_trials[j] * weight + at_least_t
+        successes[j] = old_successes[j] * weight + at_least_s
+    return tuple(successes), tuple(trials)
+
+
 class DepthCounts:
-    """Conditional acceptance per draft depth j = 1..max_k: a proposal of d tokens with a accepted is a
-    trial at depths 1..min(a + 1, d) and a success at depths 1..a (decayed counts).
+    """One request's conditional acceptance per draft depth j = 1..max_k: a proposal of d tokens with a
+    accepted is a trial at depths 1..min(a + 1, d) and a success at depths 1..a (decayed counts).
 
-    Stored scaled, so that a sample touches only the depths it reached: `state` is (raw successes, raw
-    trials, scale) and counts = raw / scale, where scale = decay^-samples grows by 1 / decay per sample
-    and a sample adds the new scale at each depth it reached (renormalised to scale 1 before it could
-    overflow). `state` is replaced, never changed in place, so a reader holding it (a `RowBatch`)
-    keeps its snapshot."""
+    Folded when read: `add` appends the sample to `samples` (the request's whole history, append-only;
+    a request's life bounds it) and `state_at(n)` folds the first n (`fold_depth_samples`), caching
+    the latest fold, so reading every step folds each sample once. A reader that took n earlier (a
+    held `RowBatch`) still reads the counts as they were then."""
 
-    __slots__ = ("decay", "state")
-    RENORMALISE_ABOVE = 1e100
+    __slots__ = ("decay", "max_k", "samples", "_folded")
 
     def __init__(self, max_k: int, decay: float):
-        self.decay = decay
-        self.state: tuple[Sequence[float], Sequence[float], float] = ((0.0,) * max_k, (0.0,) * max_k, 1.0)
+        self.decay, self.max_k = decay, max_k
+        self.samples: list[tuple[int, int]] = []
+        self._folded: tuple[int, tuple, tuple] = (0, (0.0,) * max_k, (0.0,) * max_k)  # (n, successes, trials)
+
+    def add(self, drafted: int, accepted: int) -> tuple[int, int]:
+        """Fold one row-step in (lazily); returns its sample (`depth_sample`), (0, 0) for none."""
+        sample = depth_sample(drafted, accepted, self.max_k)
+        if sample[0]:
+            self.samples.append(sample)
+        return sample
+
+    def state_at(self, n: int | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(successes, trials) after the first `n` samples (default: all)."""
+        n = len(self.samples) if n is None else n
+        done, successes, trials = self._folded
+        if done > n:  # an older snapshot than the cached fold: fold from the start
+            done, successes, trials = 0, (0.0,) * self.max_k, (0.0,) * self.max_k
+        if done < n:
+            successes, trials = fold_depth_samples((successes, trials), self.samples[done:n], self.decay)
+            if n > self._folded[0]:
+                self._folded = (n, successes, trials)
+        return successes, trials
 
     @property
     def successes(self) -> list[float]:
-        raw, _, scale = self.state
-        return [x / scale for x in raw]
+        return list(self.state_at()[0])
 
     @property
     def trials(self) -> list[float]:
-        _, raw, scale = self.state
-        return [x / scale for x in raw]
-
-    def _grown(self, factor: float) -> tuple[list[float], list[float], float]:
-        """Copies of the raw counts, and the scale times `factor` (renormalised first if too large)."""
-        successes, trials, scale = self.state
-        if scale > self.RENORMALISE_ABOVE:
-            return [x / scale for x in successes], [x / scale for x in trials], factor
-        return list(successes), list(trials), scale * factor
-
-    def add(self, drafted: int, accepted: int) -> tuple[int, int]:
-        """Fold one row-step in; returns (depths with a trial, depths with a success), (0, 0) for none.
-        Comparisons, not min(): it runs once per row per step."""
-        max_k = len(self.state[1])
-        reach = accepted + 1 if accepted < drafted else drafted
-        if reach > max_k:
-            reach = max_k
-        if reach <= 0:
-            return 0, 0
-        won = accepted if accepted < reach else reach
-        successes, trials, scale = self._grown(1.0 / self.decay)
-        for j in range(reach):
-            trials[j] += scale
-        for j in range(won):
-            successes[j] += scale
-        self.state = (successes, trials, scale)
-        return reach, won
-
-    def add_all(self, samples: list[tuple[int, int]]) -> None:
-        """Fold row-steps in, in order, as `add` one at a time would, from their (reach, won) (what
-        `add` returns): after m of them a count is g^m times what it was plus, per sample i,
-        g^(m - 1 - i) at each depth it reached. One pass per step for the batch-wide counts."""
-        if not samples:
-            return
-        max_k, g = len(self.state[1]), self.decay
-        reached, won = [0.0] * (max_k + 1), [0.0] * (max_k + 1)  # decayed weight of the samples by depth reached
-        weight = 1.0
-        for r, w in reversed(samples):
-            if not r:  # no trial (what `add` returns for none): no decay either
-                continue
-            reached[r] += weight
-            won[w] += weight
-            weight *= g
-        old_successes, old_trials, scale = self.state
-        keep = weight / scale  # old counts x g^m, from raw; the result is stored at scale 1
-        trials, successes, at_least_t, at_least_s = [0.0] * max_k, [0.0] * max_k, 0.0, 0.0
-        for j in range(max_k - 1, -1, -1):  # depth j + 1 counts every sample that reached past j
-            at_least_t += reached[j + 1]
-            at_least_s += won[j + 1]
-            trials[j] = old_trials[j] * keep + at_least_t
-            successes[j] = old_successes[j] * keep + at_least_s
-        self.state = (successes, trials, 1.0)
+        return list(self.state_at()[1])
 
 
 class RowTracker:
@@ -348,44 +359,63 @@ class RowTracker:
         self.global_decay = global_decay
         self.reset()
 
+        # `depth_sample(d, a)` for every d <= max_k, a <= d: looked up, not recomputed, in the per-row loop
+        self._depth_samples = [[depth_sample(d, a, max_k) for a in range(d + 1)] for d in range(max_k + 1)]
+
     def reset(self) -> None:
         self.rows: dict[str, tuple[AcceptanceEstimate, DepthCounts]] = {}
-        self.depths = DepthCounts(self.max_k, self.global_decay)
+        self.depths: tuple[tuple[float, ...], tuple[float, ...]] = ((0.0,) * self.max_k, (0.0,) * self.max_k)
 
     def observe_step(self, stats: StepRecord) -> None:
-        rows, reached = self.rows, []
+        """Fold a step's samples in. Per row, `AcceptanceEstimate.add` and `DepthCounts.add` written
+        inline (this loop runs once per row per step); batch-wide, one fold of the step's depth samples
+        in row order (decay `global_decay` per row-sample)."""
+        rows, reached, table, max_k, decay = self.rows, [], self._depth_samples, self.max_k, self.decay
+        add_reached = reached.append
         for rid, d, a in zip(getattr(stats, "request_ids", ()), *step_sample_lists(stats)):
             entry = rows.get(rid)
             if entry is None:
-                entry = rows[rid] = (AcceptanceEstimate(self.decay), DepthCounts(self.max_k, self.decay))
+                entry = rows[rid] = (AcceptanceEstimate(decay), DepthCounts(max_k, decay))
             if d <= 0:  # no proposal (or a pending check): no trial for either estimate
                 continue
-            entry[0].add(a, a + (a < d))  # the geometric model's sample (module docstring)
-            reached.append(entry[1].add(d, a))
-        self.depths.add_all(reached)  # batch-wide: per row-sample, in step order
+            est = entry[0]  # the geometric model's sample: a successes, a + (a < d) trials (module docstring)
+            est.successes = decay * est.successes + a
+            est.trials = decay * est.trials + a + (a < d)
+            est.samples += 1
+            sample = table[d][a] if d <= max_k else depth_sample(d, a, max_k)
+            if sample[0]:
+                entry[1].samples.append(sample)
+                add_reached(sample)
+        if reached:
+            self.depths = fold_depth_samples(self.depths, reached, self.global_decay)
         for rid in getattr(stats, "finished_ids", ()):
-            self.rows.pop(rid, None)
+            rows.pop(rid, None)
 
     def batch(self, running, proposals: dict[str, int] | None = None) -> RowBatch:
         """The `RowBatch` of `running` (Sequences: request_id, tokens, request); `proposals` by request
         id (absent: unknown). Lists, column by column: it runs every step (`RowBatch` makes the arrays
         when they are read)."""
         proposals = proposals or {}
-        requests = [seq.request for seq in running]
-        ids = tuple(req.request_id for req in requests)
+        running = list(running)  # a snapshot: the engine's list changes with admissions
+        ids = [seq.request.request_id for seq in running]
         entries = [self.rows.get(rid) for rid in ids]
         if None in entries:  # rows not decoded yet: no estimate
             empty = (AcceptanceEstimate(self.decay), DepthCounts(self.max_k, self.decay))
             entries = [empty if e is None else e for e in entries]
-        acc = [est.value for est, _ in entries]
-        acc = [math.nan if a is None else a for a in acc]
-        samples = [est.samples for est, _ in entries]
-        depths = [d.state for _, d in entries]
+        nan = math.nan
+        acc = [est.successes / est.trials if est.trials > 0 else nan for est, _ in entries]  # est.value
         context = [len(seq.tokens) for seq in running]
-        position = [n - len(req.prompt_ids) for n, req in zip(context, requests)]
-        return RowBatch(ids, acc, samples, [proposals.get(rid, -1) for rid in ids], position,
-                        [req.max_new_tokens - p for req, p in zip(requests, position)], context,
-                        (depths, self.depths.state, self.prior_weight))
+
+        def position() -> list[int]:  # derived from the snapshot (context) and the requests
+            return [n - len(seq.request.prompt_ids) for n, seq in zip(context, running)]
+
+        def remaining() -> list[int]:
+            return [seq.request.max_new_tokens - n + len(seq.request.prompt_ids) for n, seq in zip(context, running)]
+
+        return RowBatch(ids, acc, [est.samples for est, _ in entries], [proposals.get(rid, -1) for rid in ids],
+                        position, remaining, context,
+                        ([d for _, d in entries], [len(d.samples) for _, d in entries], self.depths,
+                         self.prior_weight))
 
 
 def row_summary(rows: RowBatch | None, max_k: int) -> list[float]:
@@ -395,13 +425,15 @@ def row_summary(rows: RowBatch | None, max_k: int) -> list[float]:
     n = len(rows) if rows is not None else 0
     if not n:
         return out
+    share, bin_of = 1.0 / n, bisect.bisect_right
     for a in rows.column_list("acceptance"):
-        if a != a:  # nan: unknown
-            out[0] += 1.0 / n
-        else:
-            out[1 + bisect.bisect_right(ROW_BINS, a)] += 1.0 / n
-    prop = [p for p in rows.column_list("proposal") if p >= 0]
-    out[-1] = sum(prop) / len(prop) / max_k if prop and max_k else 0.0
+        out[0 if a != a else 1 + bin_of(ROW_BINS, a)] += share  # a != a: nan, unknown
+    known = total = 0
+    for p in rows.column_list("proposal"):
+        if p >= 0:
+            known += 1
+            total += p
+    out[-1] = total / known / max_k if known and max_k else 0.0
     return out
 
 
@@ -418,39 +450,40 @@ class ObservationTracker:
         self.arrival_rate = 0.0
         self.last_k = 0
         self.last_tpt = 0.0
-        self.hist = np.zeros(self.max_k + 1)
+        self.hist = [0.0] * (self.max_k + 1)  # decayed share of row-steps by accepted length (Python: 9 entries)
         self._seen_acceptance = False
         self.full_info = AcceptanceEstimate(1.0 - self.ema)
 
     def observe_step(self, stats: StepRecord) -> None:
-        succ = trials = 0
-        for d, a in zip(*step_sample_lists(stats)):  # the model's samples, no proposal a failure (module docs)
-            if d > 0:
-                succ += a
-                trials += a + (a < d)
-            elif d == 0:
+        succ = trials = 0  # full information: the model's samples, no proposal a failure (module docs)
+        max_k = self.max_k
+        hist = [0] * (max_k + 1)  # rows by accepted length, rows that drafted nothing excluded
+        drafted = accepted = spec_rows = 0
+        sample_d, sample_a = step_sample_lists(stats)
+        for sd, sa, d, a in zip(sample_d, sample_a, stats.drafted, stats.accepted):  # one pass per step
+            if sd > 0:
+                succ += sa
+                trials += sa + (sa < sd)
+            elif sd == 0:
                 trials += 1
+            if d > 0:
+                hist[a if a < max_k else max_k] += 1
+                drafted += d
+                accepted += a
+                spec_rows += 1
         self.full_info.add(succ, trials)
         self.last_k = stats.k
         tokens = stats.tokens_out
         self.last_tpt = stats.wall_time / tokens if tokens else stats.wall_time
-        hist = [0] * (self.max_k + 1)  # rows by accepted length, rows that drafted nothing excluded
-        drafted = accepted = 0
-        for d, a in zip(stats.drafted, stats.accepted):
-            if d > 0:
-                hist[a if a < self.max_k else self.max_k] += 1
-                drafted += d
-                accepted += a
         if drafted:
-            spec_rows = sum(hist)
             rate, length = accepted / drafted, accepted / spec_rows
             if self._seen_acceptance:
                 self.acceptance += self.ema * (rate - self.acceptance)
                 self.accepted_len += self.ema * (length - self.accepted_len)
             else:
                 self.acceptance, self.accepted_len, self._seen_acceptance = rate, length, True
-            self.hist *= self.hist_decay
-            self.hist += (1 - self.hist_decay) / spec_rows * np.asarray(hist, dtype=float)
+            keep, weight = self.hist_decay, (1 - self.hist_decay) / spec_rows
+            self.hist = [h * keep + weight * c for h, c in zip(self.hist, hist)]
 
     def observe_arrivals(self, count: int, elapsed: float) -> None:
         """`count` requests arrived over `elapsed` seconds of clock."""
@@ -458,8 +491,8 @@ class ObservationTracker:
             self.arrival_rate += self.ema * (count / elapsed - self.arrival_rate)
 
     def vector(self, batch_size: int, queue_len: int, rows: RowBatch | None = None) -> np.ndarray:
-        total = float(self.hist.sum())
-        hist = [h / total for h in self.hist.tolist()] if total > 0 else [0.0] * (self.max_k + 1)
+        total = sum(self.hist)
+        hist = [h / total for h in self.hist] if total > 0 else [0.0] * (self.max_k + 1)
         fi = self.full_info.value
         return np.array([batch_size, queue_len, self.arrival_rate, self.acceptance, self.accepted_len, self.last_k,
                          self.last_tpt, *hist, fi or 0.0, fi is not None, *row_summary(rows, self.max_k)],
@@ -494,4 +527,6 @@ class ObservationBuilder:
     def observation(self, running, queue_len: int, proposals: dict[str, int] | None = None) -> Observation:
         """The observation over the `running` rows (Sequences), carrying their `RowBatch`."""
         rows = self.row_tracker.batch(running, proposals)
-        return Observation(self.tracker.vector(len(rows), queue_len, rows), rows)
+        obs = self.tracker.vector(len(rows), queue_len, rows).view(Observation)  # float32 already
+        obs.rows = rows
+        return obs

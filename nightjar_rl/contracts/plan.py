@@ -14,6 +14,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
 
 
@@ -54,8 +55,9 @@ class SpecPlan:
     # ---- constructors --------------------------------------------------------------------------
     @classmethod
     def uniform(cls, k: int) -> SpecPlan:
-        """Every row drafts up to k tokens: the classic scalar speculation length."""
-        return cls(default=k)
+        """Every row drafts up to k tokens: the classic scalar speculation length (one shared plan per
+        k: plans are immutable, and a step coerces an int k to one)."""
+        return _uniform_plan(_length(k, "plan default")) if cls is SpecPlan else cls(default=k)
 
     @classmethod
     def per_row(cls, lengths: Mapping[str, int], default: int = 0) -> SpecPlan:
@@ -129,3 +131,8 @@ class SpecPlan:
         if self.is_uniform:
             return f"SpecPlan.uniform({self.default})"
         return f"SpecPlan.per_row({dict(self.lengths)!r}, default={self.default})"
+
+
+@lru_cache(maxsize=256)
+def _uniform_plan(k: int) -> SpecPlan:
+    return SpecPlan(default=k)

@@ -17,6 +17,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from nightjar_rl.contracts.plan import SpecPlan
 from nightjar_rl.decoding.sequence import Request, Sequence
@@ -46,8 +47,7 @@ def prefill_groups(lengths: list[int], waste: float = 1.25) -> list[list[int]]:
     return groups
 
 
-@dataclass(frozen=True)
-class SlotMove:
+class SlotMove(NamedTuple):
     """Compaction: `seq` moved from slot `src` to `dst` (its KV entries must follow)."""
 
     seq: Sequence
@@ -61,6 +61,10 @@ class Retired:
 
     leaving: list[Sequence] = field(default_factory=list)
     moves: list[SlotMove] = field(default_factory=list)
+
+
+def _slot_of(seq: Sequence) -> int:
+    return seq.slot
 
 
 class SlotRegion:
@@ -86,16 +90,18 @@ class SlotRegion:
         survivors = [s for s in self.rows if s.finish_reason is None]  # not `finished`: once per row per step
         if len(survivors) == len(self.rows):
             return Retired()
-        out = Retired(leaving=[s for s in self.rows if s.finished])
-        n = len(survivors)
-        span = range(n) if self.up else range(self.num_slots - n, self.num_slots)
-        free = sorted(set(span) - {s.slot for s in survivors})
-        for seq in survivors:
-            if seq.slot not in span:
-                dst = free.pop(0)
+        out = Retired(leaving=[s for s in self.rows if s.finish_reason is not None])
+        lo = 0 if self.up else self.num_slots - len(survivors)  # the span: slots lo .. lo + survivors - 1
+        hi = lo + len(survivors)
+        movers = [s for s in survivors if not lo <= s.slot < hi]  # in slot order, as `rows` is
+        if movers:
+            used = {s.slot for s in survivors}
+            free = [slot for slot in range(lo, hi) if slot not in used]  # ascending, one per mover
+            for seq, dst in zip(movers, free):
                 out.moves.append(SlotMove(seq, seq.slot, dst))
                 seq.slot = dst
-        self.rows = sorted(survivors, key=lambda s: s.slot)
+            survivors.sort(key=_slot_of)
+        self.rows = survivors
         return out
 
 
@@ -162,7 +168,8 @@ class Scheduler:
 
     @property
     def num_running(self) -> int:
-        return sum(len(r.rows) for r in self.regions)
+        regions = self.regions
+        return len(regions[0].rows) if len(regions) == 1 else sum(len(r.rows) for r in regions)
 
     @property
     def has_work(self) -> bool:
@@ -211,6 +218,8 @@ class Scheduler:
     def apply_aborts(self) -> list[Sequence]:
         """Step boundary: aborted queued requests leave at once (into `finished`); aborted running rows
         are marked finished ("abort") for the next `retire`. Returns the running rows marked."""
+        if not self._aborts:  # read without the lock (once per step): an abort landing now waits one step
+            return []
         with self._abort_lock:
             aborts, self._aborts = self._aborts, set()
         aborts &= self._live
@@ -249,19 +258,19 @@ class Scheduler:
         """Admitted rows as prefill forwards: per region, consecutive slots, padding bounded by `waste`."""
         batches: list[list[Sequence]] = []
         for region in self.regions:
-            ids = {id(s) for s in region.rows}
-            rows = sorted((s for s in admitted if id(s) in ids), key=lambda s: s.slot)
+            if len(self.regions) == 1:
+                rows = sorted(admitted, key=_slot_of)
+            else:
+                ids = {id(s) for s in region.rows}
+                rows = sorted((s for s in admitted if id(s) in ids), key=_slot_of)
             batches += [[rows[i] for i in g] for g in prefill_groups([len(s.tokens) for s in rows], waste)]
         return batches
 
     def retire(self, region: int | None = None) -> Retired:
         """Remove finished rows (of one region, or all) into `finished` and compact the survivors."""
-        out = Retired()
-        for i, reg in enumerate(self.regions):
-            if region is None or i == region:
-                part = reg.compact()
-                out.leaving += part.leaving
-                out.moves += part.moves
+        parts = [reg.compact() for i, reg in enumerate(self.regions) if region is None or i == region]
+        out = parts[0] if len(parts) == 1 else Retired([s for part in parts for s in part.leaving],
+                                                       [m for part in parts for m in part.moves])
         for seq in out.leaving:
             self._release(seq, reserved=True)
         return out
@@ -312,11 +321,16 @@ class ScheduledEngine:
         clock = self._start_clock()
         stats = StepStats(step=self.step_count, k=0, batch_size=0, num_waiting=0, num_prefilled=0)
         decode_rows, admitted = self._schedule(stats)
-        stats.context = max((len(s.tokens) - 1 for s in decode_rows), default=0)
+        stats.context = max([len(s.tokens) for s in decode_rows], default=1) - 1
         self._prefill(admitted, stats)
-        self._retire(stats)  # rows finished by their first token (or failed in prefill)
-        ids = [s.request.request_id for s in decode_rows]
-        lengths = plan.resolve(ids) if self.can_draft else [0] * len(ids)
+        if any(s.finish_reason is not None for s in admitted):  # finished by their first token (or failed in prefill)
+            self._retire(stats)
+        if not self.can_draft:
+            lengths = [0] * len(decode_rows)
+        elif plan.is_uniform:
+            lengths = [plan.default] * len(decode_rows)
+        else:
+            lengths = plan.resolve([s.request.request_id for s in decode_rows])
         stats.k = max(lengths, default=plan.max_length if self.can_draft else 0)
         self._decode(decode_rows, lengths, stats)
         self._retire(stats)

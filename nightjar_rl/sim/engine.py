@@ -42,7 +42,7 @@ from nightjar_rl.decoding.scheduler import ScheduledEngine, Scheduler
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.hardware import HardwareProfile
-from nightjar_rl.sim.trace import Trace, TraceError
+from nightjar_rl.sim.trace import Trace, TraceError, TraceRecord
 
 ROW = "sim"  # per-row replay state in Sequence.state
 VERIFY_LAYOUTS = {
@@ -140,6 +140,7 @@ class SimEngine(ScheduledEngine):
         self.step_count = 0
         self._memo: dict = {} if memo is None else memo  # profile lookups by (table, arguments)
         self._proposals: dict[str, int] = {}  # `proposal_lengths`, rebuilt by every step
+        self._records: dict[str, TraceRecord] = {}  # queued requests' trace records (looked up once)
 
     def submit(self, request: Request) -> None:
         """Queue a request whose prompt is in the trace (plus the live engine's checks and queue bound)."""
@@ -152,9 +153,16 @@ class SimEngine(ScheduledEngine):
             raise TraceError(f"request {rid!r} may generate {request.max_new_tokens} tokens but the trace recorded "
                              f"only {len(rec)} (max_new_tokens {self.trace.max_new_tokens}); record a longer trace")
         self.scheduler.submit(request)
+        self._records[rid] = rec
+
+    def pop_finished(self) -> list[Sequence]:
+        done = super().pop_finished()
+        for seq in done:  # aborted while queued: never admitted
+            self._records.pop(seq.request_id, None)
+        return done
 
     def _row_state(self, req: Request) -> _Row:
-        rec = self.trace.lookup(req.prompt_ids)
+        rec = self._records.pop(req.request_id)
         limit = min(len(rec), req.max_new_tokens)
         output, drafted, accepted = rec.as_tuples()  # rows past `limit` are never read
         if self.synthetic is not None:
@@ -200,8 +208,12 @@ class SimEngine(ScheduledEngine):
         lag = 0
         ids, drafted, accepted, emitted, shadow_drafted, shadow_accepted = [], [], [], [], [], []
         proposals = self._proposals
-        for seq, k in zip(rows, lengths):  # comparisons, not min(): this loop is the simulator's hot path
+        # bound appends and comparisons, not min(): this loop is the simulator's hot path
+        add_id, add_drafted, add_accepted, add_emitted = ids.append, drafted.append, accepted.append, emitted.append
+        add_shadow_drafted, add_shadow_accepted = shadow_drafted.append, shadow_accepted.append
+        for seq, k in zip(rows, lengths):
             row: _Row = seq.state[ROW]
+            rid = seq.request.request_id
             p, limit, budget = row.pos, row.limit, row.budget
             cap = budget - p - 1  # >= 0: a running row has p < limit <= budget
             can_draft, can_accept = row.drafted[p], row.accepted[p]
@@ -217,20 +229,20 @@ class SimEngine(ScheduledEngine):
             shadow = can_draft[full]  # full information: the whole proposal
             if shadow > cap:
                 shadow = cap
-            shadow_drafted.append(shadow)
+            add_shadow_drafted(shadow)
             confirmed = can_accept[full]
             if confirmed > shadow:
                 confirmed = shadow
             if confirmed > limit - p:
                 confirmed = limit - p
-            shadow_accepted.append(confirmed)
+            add_shadow_accepted(confirmed)
             end = p + a + 1  # the accepted drafts and the target's own token, up to the output's end
             if end >= limit:
                 end = limit
                 seq.finish_reason = "eos" if row.eos else "length"
             else:
                 proposal = row.drafted[end][full]
-                proposals[seq.request.request_id] = proposal if proposal < budget - end else budget - end - 1
+                proposals[rid] = proposal if proposal < budget - end else budget - end - 1
             seq.tokens += row.output[p:end]
             row.pos = end
             out = end - p
@@ -238,10 +250,10 @@ class SimEngine(ScheduledEngine):
             seq.drafted += d
             seq.accepted += kept
             seq.steps += 1
-            ids.append(seq.request.request_id)
-            drafted.append(d)
-            accepted.append(kept)
-            emitted.append(out)
+            add_id(rid)
+            add_drafted(d)
+            add_accepted(kept)
+            add_emitted(out)
         stats.request_ids += ids
         stats.plan += lengths
         stats.drafted += drafted
