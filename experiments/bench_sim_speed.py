@@ -37,12 +37,12 @@ def env_steps_per_second(steps: int, seed: int = 0, scenario: str | None = None)
     """Random-action steps per second of the sim env (its default scenario, or `scenario`) and the
     largest batch seen."""
     env = gym.make("nightjar_rl/SpecDecodeSim-v1", **({"scenario": scenario} if scenario else {})).unwrapped
-    rng = np.random.default_rng(seed)
+    actions = np.random.default_rng(seed).integers(0, env.max_k + 1, size=steps).tolist()  # drawn before timing
     obs, _ = env.reset(seed=seed)
     batches, done_steps, episode = [], 0, 0
     t0 = time.perf_counter()
     while done_steps < steps:
-        obs, _, terminated, truncated, _ = env.step(int(rng.integers(0, env.max_k + 1)))
+        obs, _, terminated, truncated, _ = env.step(actions[done_steps])
         batches.append(obs[0])
         done_steps += 1
         if terminated or truncated:
