@@ -189,6 +189,18 @@ def test_row_batch_columns_from_lists_are_arrays_when_read():
     assert arrays.column_list("remaining") == [7, 1]
 
 
+def test_row_summary_bins_at_their_edges():
+    """Hand-computed: acceptances nan, 0, .25, .5, .75, 1 over six rows: one unknown, and a value on an
+    edge goes to the bin above it (edges .25, .5, .75): rows_acc = [1, 1, 1, 2] / 6; proposals -1
+    (unknown), 2, 4, 0, 0, 0 over max_k 4: mean of the known ones (6 / 5) / 4."""
+    from nightjar_rl.contracts.observation import row_summary
+
+    rows = RowBatch(tuple("abcdef"), [math.nan, 0.0, 0.25, 0.5, 0.75, 1.0], [0, 1, 1, 1, 1, 1],
+                    [-1, 2, 4, 0, 0, 0], [1] * 6, [9] * 6, [5] * 6)
+    assert row_summary(rows, 4) == pytest.approx([1 / 6, 1 / 6, 1 / 6, 1 / 6, 2 / 6, 6 / 5 / 4])
+    assert row_summary(None, 4) == [0.0] * 6
+
+
 def test_derived_row_columns_are_computed_once_and_pickle():
     """A column handed in as a function is called on its first read, once, whichever way it is read;
     a pickled batch (vector envs, Ray) carries the computed values, the tracker's held depth counts

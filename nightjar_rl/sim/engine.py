@@ -203,7 +203,7 @@ class SimEngine(ScheduledEngine):
     def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats) -> None:
         if not rows:
             return
-        batch, k_max, full = len(rows), max(lengths), self.max_speculation
+        batch, k_max, full = len(rows), stats.k, self.max_speculation  # stats.k: the largest length
         draft_model = self.draft_model and k_max > 0  # the draft model runs the whole batch k_max times
         lag = 0
         ids, drafted, accepted, emitted, shadow_drafted, shadow_accepted = [], [], [], [], [], []
