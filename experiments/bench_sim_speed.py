@@ -4,7 +4,7 @@
     python experiments/bench_sim_speed.py --quick --out-dir /tmp/bench_sim_speed   # seconds: tiny-sim (tests)
     python experiments/bench_sim_speed.py --scenario gpu-whatif-sharegpt --gc-off  # without collections
 
-Env steps: `nightjar_rl/SpecDecodeSim-v1` (smollm2-ngram-sim, batch <= 16) with random actions,
+Env steps: `nightjar_rl/SpecDecodeSim-v1` (smollm2-ngram-sim, batch <= 16) with random actions (drawn before timing),
 resetting when an episode ends; reports the median of `--repeats` runs. Experiment: the wall time of
 `nightjar-rl experiment experiments/quickstart-sim.yaml` in-process (training included, plots
 included), median of 3. Pin to one core with `taskset -c 0` to measure "one core". Run it alone.
