@@ -34,8 +34,8 @@ import quickmode  # same folder
 import torch
 
 from nightjar_rl.decoding import DraftModelDrafter, NgramDrafter, ParallelBatchDecoder, SpeculativeEngine
-from nightjar_rl.decoding.psd_model import overlap_efficiency
 from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT
+from nightjar_rl.decoding.psd_model import overlap_efficiency
 from nightjar_rl.env.recorder import write_table
 from nightjar_rl.models import DTYPES, SHAPES, early_exit_draft, load_model, pick_device
 from nightjar_rl.models import random_shaped_model as random_model

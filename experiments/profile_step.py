@@ -37,12 +37,12 @@ from tqdm.auto import tqdm
 from transformers import AttentionInterface
 
 from nightjar_rl.cpu_linears import PackedLinear
-from nightjar_rl.model_names import LINEARS
 from nightjar_rl.decoding import SpeculativeEngine
 from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
 from nightjar_rl.decoding.runner import SLOT_ATTENTION, slot_attention
 from nightjar_rl.decoding.sequence import Request
 from nightjar_rl.io import atomic_write_text
+from nightjar_rl.model_names import LINEARS
 
 PARTS = ("linear", "attention", "kv_write", "other_layers", "lm_head", "inputs_mask", "accept", "draft", "step_other")
 QUICK = {"model": "tiny-random", "batches": "1,4", "ks": "0,2", "steps": 2, "context": 16, "threads": 1,

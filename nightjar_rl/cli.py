@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 from nightjar_rl.decoding.datastore_cli import add_datastore_parser
+from nightjar_rl.engine_config import EngineConfig
 from nightjar_rl.env.trace_cli import add_trace_parser
 from nightjar_rl.experiments.cli import add_experiment_parser, add_train_parser
 from nightjar_rl.runtime.server_config import ServerConfig
 from nightjar_rl.schema import add_arguments, from_namespace
 from nightjar_rl.sim.cli import add_roofline_args
-from nightjar_rl.engine_config import EngineConfig
 
 DEFAULT_PROFILE_DIR = Path("envs") / "profiles"
 MEASURED_BATCH_SIZES = "1,2,4,8,16,32,64"
@@ -391,8 +391,8 @@ def cmd_profile(a: argparse.Namespace) -> int:
 
 def _profile_from_steps(a: argparse.Namespace) -> int:
     """`profile --from-steps LOG...`: fit the clock model to logged live steps (`nightjar_rl.sim.calibrate`)."""
-    from nightjar_rl.io import atomic_write_json
     from nightjar_rl.hardware import ProfileError
+    from nightjar_rl.io import atomic_write_json
     from nightjar_rl.sim.calibrate import CalibrationError, calibrate, read_step_logs
 
     if a.out is None:
@@ -530,7 +530,6 @@ _OUTPUTS = (("out", "--out", False), ("log_steps", "--log-steps", False), ("save
 
 def main(argv: list[str] | None = None) -> int:
     from nightjar_rl.io import check_writable
-    from nightjar_rl.models import ModelLoadError
     from nightjar_rl.serving import WorkloadError
 
     args = build_parser().parse_args(argv)
@@ -539,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, attr, None) and not (attr == "out_dir" and getattr(args, "resume", None)):
                 check_writable(getattr(args, attr), flag, folder)
         return int(args.func(args) or 0)
-    except (CLIError, ModelLoadError, WorkloadError, ValueError, FileNotFoundError) as exc:
+    except (CLIError, WorkloadError, ValueError, FileNotFoundError) as exc:  # ModelLoadError is a ValueError
         print(f"nightjar-rl: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

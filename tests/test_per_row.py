@@ -159,21 +159,27 @@ def test_depth_counts_fold_a_step_as_sample_by_sample():
 
 
 def test_depth_counts_snapshots_read_as_they_were():
-    """A count read at n samples stays what it was after more samples are added and read (the cached
-    fold is newer: an older n folds from the start); 2000 samples in one fold underflow 0.5^2000 to 0
-    without error: sum_{i<2000} 0.5^i = 2.0 in floats."""
+    """Decay 0.5, stored scaled (raw / scale): one sample (reach 1, won 1) is raw 2 at scale 2. A count
+    read at n samples stays what it was, bit for bit, after 2,000 more are added and read (an older n
+    folds from the start, the same operations in the same order), and whether they were read every
+    sample or once: the scale 2^2000 passes 1e100, so the raw counts are renormalised on the way, and
+    the count is sum_{i<2001} 0.5^i = 2.0 in floats."""
     from nightjar_rl.contracts.observation import DepthCounts
 
-    counts = DepthCounts(2, 0.5)
-    assert counts.add(1, 1) == (1, 1)
-    held = counts.state_at(1)
-    assert held == ((1.0, 0.0), (1.0, 0.0))
+    every, once = DepthCounts(2, 0.5), DepthCounts(2, 0.5)
+    for counts in (every, once):
+        assert counts.add(1, 1) == (1, 1)
+    held = every.state_at(1)
+    assert held == ((2.0, 0.0), (2.0, 0.0), 2.0)
     for _ in range(2000):
-        counts.add(1, 1)
-    assert counts.trials == counts.successes == [pytest.approx(2.0), 0.0]
-    assert counts.state_at(1) == held and counts.state_at(0) == ((0.0, 0.0), (0.0, 0.0))
-    counts.add(3, 1)  # reach 2, won 1: the cached fold (2001 samples) is extended by one
-    assert counts.trials == [pytest.approx(2.0), 1.0] and counts.successes == [pytest.approx(2.0), 0.0]
+        every.add(1, 1)
+        once.add(1, 1)
+        every.state_at()
+    assert every.state_at() == once.state_at() and every.state_at()[2] < DepthCounts.RENORMALISE_ABOVE
+    assert every.trials == every.successes == [pytest.approx(2.0), 0.0]
+    assert every.state_at(1) == held and every.state_at(0) == ((0.0, 0.0), (0.0, 0.0), 1.0)
+    every.add(3, 1)  # reach 2, won 1: the cached fold (2001 samples) is extended by one
+    assert every.trials == [pytest.approx(2.0), 1.0] and every.successes == [pytest.approx(2.0), 0.0]
 
 
 def test_row_batch_columns_from_lists_are_arrays_when_read():
@@ -219,10 +225,18 @@ def test_derived_row_columns_are_computed_once_and_pickle():
                              drafted=[2], accepted=[1], emitted=[2], wall_time=0.01), 0, 0.01)
     running = [seq("a", 5, 3, 10)]
     tracked = rows_of(builder.observation(running, 0))
+    fresh = len(pickle.dumps(rows_of(builder.observation(running, 0))))
     copy = pickle.loads(pickle.dumps(tracked))
     assert copy.position.tolist() == tracked.position.tolist() == [3]
     assert copy.remaining.tolist() == tracked.remaining.tolist() == [7]
     np.testing.assert_array_equal(copy.depth_rates, tracked.depth_rates)
+    held = len(pickle.dumps(tracked))  # with the columns it has read since
+    for step in range(1, 200):  # the request ages: its sample history grows, a pickled batch does not
+        builder.update(StepStats(step=step, k=2, batch_size=1, num_waiting=0, num_prefilled=0, request_ids=["a"],
+                                 plan=[2], drafted=[2], accepted=[1], emitted=[2], wall_time=0.01), 0, 0.01 * step)
+    assert len(builder.row_tracker.rows["a"][1].samples) == 200
+    assert len(pickle.dumps(rows_of(builder.observation(running, 0)))) == fresh
+    assert len(pickle.dumps(tracked)) == held  # a batch taken earlier still pickles its own snapshot
 
 
 def _reference_rows(steps, max_k: int, decay: float = 0.8, g: float = 0.999):

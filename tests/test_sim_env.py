@@ -142,16 +142,17 @@ def test_generate_on_the_sim_twin_returns_the_live_engines_outputs(tmp_path):
 
 
 def test_the_sim_env_runs_without_torch_or_pandas():
-    """Making, resetting and stepping a sim env loads neither torch (nor transformers) nor pandas: a
-    sim-only run starts in a fraction of a second, and the garbage collector walks a small heap
-    (what the sim's steps/s depends on, `experiments/bench_sim_speed.py`). Each is blocked in a fresh
-    interpreter, so an import of it anywhere on the path fails loudly."""
+    """Making, resetting and stepping a sim env (and importing the CLI) loads neither torch (nor
+    transformers) nor pandas: a sim-only run starts in a fraction of a second, and the garbage
+    collector walks a small heap (what the sim's steps/s depends on, `experiments/bench_sim_speed.py`).
+    Each is blocked in a fresh interpreter, so an import of it anywhere on the path fails loudly."""
     code = (
         "import sys\n"
         "for name in ('torch', 'transformers', 'pandas'):\n"
         "    sys.modules[name] = None  # `import name` now raises ImportError\n"
         "import gymnasium as gym\n"
         "import nightjar_rl\n"
+        "import nightjar_rl.cli  # the command's parser and its sim commands need none of them either\n"
         "env = gym.make('nightjar_rl/SpecDecodeSim-v1', scenario='gpu-whatif-sharegpt').unwrapped\n"
         "env.reset(seed=0)\n"
         "for i in range(50):\n"

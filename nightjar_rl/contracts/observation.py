@@ -161,7 +161,7 @@ class _Column:
     def __get__(self, rows, owner=None):
         if rows is None:
             return self
-        value = rows.__dict__[self.name] = np.asarray(rows._given_list(self.name), dtype=self.dtype)
+        value = rows.__dict__[self.name] = np.asarray(rows._given_value(self.name), dtype=self.dtype)
         return value  # stored on the instance: later reads skip this descriptor
 
 
@@ -191,21 +191,38 @@ class RowBatch:
     def __len__(self) -> int:
         return len(self.request_ids)
 
-    def __getstate__(self) -> dict:  # pickles (vector envs, Ray) with derived columns computed
+    def __getstate__(self) -> dict:
+        """Pickled (vector envs, Ray) with derived columns computed and each row's depth counts as the
+        state the batch holds (not the request's live history: a pickle's size does not grow with the
+        request's age)."""
         for name in self._given:
-            self._given_list(name)
-        return self.__dict__
+            self._given_value(name)
+        state = dict(self.__dict__)
+        if self.depth_counts is not None:
+            state["depth_counts"] = self._depth_states()
+        return state
+
+    def _depth_states(self) -> tuple:
+        """`depth_counts` with each row's state resolved: (per row (raw successes, raw trials, scale),
+        batch-wide (successes, trials), w)."""
+        if len(self.depth_counts) == 3:  # already resolved (an unpickled batch)
+            return self.depth_counts
+        counts, held, batch_wide, w = self.depth_counts
+        return [c.state_at(n) for c, n in zip(counts, held)], batch_wide, w
 
     def column_list(self, name: str) -> Sequence:
         """A column as a Python sequence, to read only (without building its array)."""
         value = self.__dict__.get(name)
-        return value.tolist() if value is not None else self._given_list(name)
-
-    def _given_list(self, name: str) -> Sequence:
-        value = self._given[name]
-        if callable(value):  # derived: computed once, on first read
-            value = self._given[name] = value()
+        if value is None:
+            value = self._given_value(name)
         return value.tolist() if isinstance(value, np.ndarray) else value
+
+    def _given_value(self, name: str) -> Sequence:
+        """The column as handed in (a list or an array), a derived one computed once on first read."""
+        value = self._given[name]
+        if callable(value):
+            value = self._given[name] = value()
+        return value
 
     @cached_property
     def depth_rates(self) -> np.ndarray | None:
@@ -213,13 +230,14 @@ class RowBatch:
         counts shrunk towards the batch-wide rate g_j: (s_rj + w g_j) / (t_rj + w)."""
         if self.depth_counts is None:
             return None
-        counts, held, (gs, gt), w = self.depth_counts
+        per_row, (gs, gt), w = self._depth_states()
         gs, gt = np.asarray(gs, dtype=float), np.asarray(gt, dtype=float)
         g = np.divide(gs, gt, out=np.full(len(gt), math.nan), where=gt > 0)
-        shape = (len(counts), len(g))
-        per_row = [c.state_at(n) for c, n in zip(counts, held)]
-        s = np.array([row[0] for row in per_row], dtype=float).reshape(shape)
-        t = np.array([row[1] for row in per_row], dtype=float).reshape(shape)
+        shape = (len(per_row), len(g))
+        ds, dt, scales = zip(*per_row) if per_row else ((), (), ())
+        scale = np.array(scales, dtype=float).reshape(-1, 1)
+        s = np.array(ds, dtype=float).reshape(shape) / scale
+        t = np.array(dt, dtype=float).reshape(shape) / scale
         known = ~np.isnan(g)
         rates = np.divide(s, t, out=np.full(shape, math.nan), where=(t > 0) & ~known)  # no batch-wide rate yet
         rates[:, known] = (s[:, known] + w * g[known]) / (t[:, known] + w)
@@ -307,16 +325,21 @@ class DepthCounts:
     accepted is a trial at depths 1..min(a + 1, d) and a success at depths 1..a (decayed counts).
 
     Folded when read: `add` appends the sample to `samples` (the request's whole history, append-only;
-    a request's life bounds it) and `state_at(n)` folds the first n (`fold_depth_samples`), caching
-    the latest fold, so reading every step folds each sample once. A reader that took n earlier (a
-    held `RowBatch`) still reads the counts as they were then."""
+    a request's life bounds it) and `state_at(n)` folds the first n in order, caching the latest fold,
+    so reading every step folds each sample once. The fold is the same sequence of float operations
+    whenever it runs, so a count depends only on n (not on when it was read), and a reader that took
+    n earlier (a held `RowBatch`) still reads the counts as they were then. Stored scaled: the state is
+    (raw successes, raw trials, scale), counts = raw / scale; each sample multiplies the scale by
+    1 / decay and adds the new scale at the depths it reached (renormalised to scale 1 before it could
+    overflow), so a sample touches only those depths."""
 
-    __slots__ = ("decay", "max_k", "samples", "_folded")
+    __slots__ = ("_folded", "decay", "max_k", "samples")
+    RENORMALISE_ABOVE = 1e100
 
     def __init__(self, max_k: int, decay: float):
         self.decay, self.max_k = decay, max_k
         self.samples: list[tuple[int, int]] = []
-        self._folded: tuple[int, tuple, tuple] = (0, (0.0,) * max_k, (0.0,) * max_k)  # (n, successes, trials)
+        self._folded: tuple[int, tuple, tuple, float] = (0, (0.0,) * max_k, (0.0,) * max_k, 1.0)  # (n, state)
 
     def add(self, drafted: int, accepted: int) -> tuple[int, int]:
         """Fold one row-step in (lazily); returns its sample (`depth_sample`), (0, 0) for none."""
@@ -325,25 +348,37 @@ class DepthCounts:
             self.samples.append(sample)
         return sample
 
-    def state_at(self, n: int | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """(successes, trials) after the first `n` samples (default: all)."""
+    def state_at(self, n: int | None = None) -> tuple[tuple[float, ...], tuple[float, ...], float]:
+        """(raw successes, raw trials, scale) after the first `n` samples (default: all)."""
         n = len(self.samples) if n is None else n
-        done, successes, trials = self._folded
+        done, raw_s, raw_t, scale = self._folded
         if done > n:  # an older snapshot than the cached fold: fold from the start
-            done, successes, trials = 0, (0.0,) * self.max_k, (0.0,) * self.max_k
+            done, raw_s, raw_t, scale = 0, (0.0,) * self.max_k, (0.0,) * self.max_k, 1.0
         if done < n:
-            successes, trials = fold_depth_samples((successes, trials), self.samples[done:n], self.decay)
+            successes, trials, grow = list(raw_s), list(raw_t), 1.0 / self.decay
+            for reach, won in self.samples[done:n]:
+                if scale > self.RENORMALISE_ABOVE:
+                    successes, trials, scale = [x / scale for x in successes], [x / scale for x in trials], grow
+                else:
+                    scale *= grow
+                for j in range(reach):
+                    trials[j] += scale
+                for j in range(won):
+                    successes[j] += scale
+            raw_s, raw_t = tuple(successes), tuple(trials)
             if n > self._folded[0]:
-                self._folded = (n, successes, trials)
-        return successes, trials
+                self._folded = (n, raw_s, raw_t, scale)
+        return raw_s, raw_t, scale
 
     @property
     def successes(self) -> list[float]:
-        return list(self.state_at()[0])
+        raw, _, scale = self.state_at()
+        return [x / scale for x in raw]
 
     @property
     def trials(self) -> list[float]:
-        return list(self.state_at()[1])
+        _, raw, scale = self.state_at()
+        return [x / scale for x in raw]
 
 
 class RowTracker:
@@ -381,7 +416,7 @@ class RowTracker:
             est.successes = decay * est.successes + a
             est.trials = decay * est.trials + a + (a < d)
             est.samples += 1
-            sample = table[d][a] if d <= max_k else depth_sample(d, a, max_k)
+            sample = table[d][a] if 0 <= a <= d <= max_k else depth_sample(d, a, max_k)
             if sample[0]:
                 entry[1].samples.append(sample)
                 add_reached(sample)

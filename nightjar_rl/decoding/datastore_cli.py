@@ -8,7 +8,7 @@ from pathlib import Path
 
 from nightjar_rl.decoding.datastore import Datastore, tokenizer_fingerprint
 from nightjar_rl.io import read_jsonl
-from nightjar_rl.models import DEFAULT_MODEL, TINY_PREFIX, ensure_default_converted, tiny_config
+from nightjar_rl.model_names import DEFAULT_MODEL
 from nightjar_rl.text import encode_prompt
 
 
@@ -33,6 +33,8 @@ def read_corpus(path: str | Path, field: str = "text") -> list[str]:
 
 def load_tokenizer(model: str):
     """(tokenizer or None, vocab size) for a model name, without loading its weights."""
+    from nightjar_rl.models import TINY_PREFIX, ensure_default_converted, tiny_config
+
     if model.startswith(TINY_PREFIX):
         return None, tiny_config().vocab_size
     from transformers import AutoConfig, AutoTokenizer

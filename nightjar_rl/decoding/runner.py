@@ -26,8 +26,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from nightjar_rl.decoding.kv_cache import SlotKVCache
-from nightjar_rl.decoding.timing import now
 from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, VERIFY_LAYOUTS
+from nightjar_rl.decoding.timing import now
 
 SLOT_ATTENTION = "nightjar_slots"  # the attention implementation name the runner installs
 

@@ -298,7 +298,7 @@ class ScheduledEngine:
 
         check the plan against the running rows
         schedule:    apply aborts (retire the aborted rows), admit what fits
-        run:         prefill the admitted rows; retire rows finished by their first token;
+        run:         prefill the admitted rows; retire rows finished by their first token (when any did);
                      one decoding round for the rows that were running before the step
         postprocess: retire finished rows, count, time
 

@@ -10,8 +10,8 @@ registers the env ids:
 """
 
 from nightjar_rl.contracts.rewards import REWARDS, make_reward
-from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
 from nightjar_rl.entry_points import lazy_exports
+from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
 from nightjar_rl.registration import ENV_IDS, register_envs
 
 register_envs()

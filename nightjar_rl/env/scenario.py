@@ -6,7 +6,7 @@ A scenario is a YAML file in `envs/` (or a mapping). The engine's fields sit at 
 file beside the others (`model: tiny-random`, `drafter: ngram`, `max_speculation: 4`; `max_k` is
 accepted as another name for `max_speculation`). Every field is validated at load time and a bad one
 raises `ScenarioError` with one line naming the field. The engine fields are `EngineConfig`'s (see
-nightjar_rl/stack.py, or `nightjar-rl bench --help`); the others, with their defaults, are
+nightjar_rl/engine_config.py, or `nightjar-rl bench --help`); the others, with their defaults, are
 declared on `Scenario` below. `Scenario.max_k` is the engine's max_speculation: actions are
 0..max_k (0 = off).
 """
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import yaml
 
+from nightjar_rl.engine_config import EngineConfig
 from nightjar_rl.schema import ConfigError, check, declarations, option
 from nightjar_rl.serving.arrivals import ArrivalProcess, arrivals_from_dict
 from nightjar_rl.serving.workload import WorkloadError
-from nightjar_rl.engine_config import EngineConfig
 
 BACKENDS = ("live", "sim", "vllm")
 ENGINE_FIELDS = tuple(declarations(EngineConfig))

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from nightjar_rl.env.backend import LiveBackend
 from nightjar_rl.env.scenario import load_scenario
-from nightjar_rl.sim.record import record_trace
 from nightjar_rl.sim.trace import Trace, TraceError, merge_traces
 
 
@@ -63,6 +62,8 @@ def cmd_trace_record(a: argparse.Namespace) -> int:
         raise ValueError("--max-k, --max-new-tokens and --chunk must be >= 1")
     if scenario.backend == "vllm":
         return _record_vllm(a, scenario, max_k, max_new)
+    from nightjar_rl.sim.record import record_trace  # the live engine: torch, when recording only
+
     backend = LiveBackend(scenario)
     pool = backend.prompt_pool
     config = scenario.engine_config()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-from nightjar_rl.schema import ConfigError, check, option
 from nightjar_rl.engine_config import EngineConfig
+from nightjar_rl.schema import ConfigError, check, option
 
 
 @dataclass

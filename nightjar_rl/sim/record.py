@@ -10,9 +10,9 @@ from tqdm.auto import tqdm
 from nightjar_rl.decoding.drafters.registry import DRAFTER_KINDS, drafter_kind
 from nightjar_rl.decoding.engine import SpeculativeEngine
 from nightjar_rl.decoding.sequence import Request
+from nightjar_rl.engine_config import EngineConfig
 from nightjar_rl.models import LoadedModel
 from nightjar_rl.sim.trace import Trace, TraceError, TraceRecord, make_meta
-from nightjar_rl.engine_config import EngineConfig
 
 TRACEABLE = tuple(name for name, kind in DRAFTER_KINDS.items() if kind.traceable)
 

@@ -97,16 +97,18 @@ def _build_draft(config, target: LoadedModel) -> Drafter:
     return DraftModelDrafter(load_draft_model(config.draft, target, config.dtype, config.device, config.linears))
 
 
-def _stateless_tables(drafter: Drafter, prompt, output, max_k: int, max_new_tokens: int):
-    from nightjar_rl.decoding.drafters.acceptance import stateless_tables
+def _acceptance_tables(name: str) -> TableFn:
+    """`nightjar_rl.decoding.drafters.acceptance.<name>`, imported at its first call (it needs torch)."""
 
-    return stateless_tables(drafter, prompt, output, max_k, max_new_tokens)
+    def tables(drafter: Drafter, prompt, output, max_k: int, max_new_tokens: int):
+        from nightjar_rl.decoding.drafters import acceptance
+
+        return getattr(acceptance, name)(drafter, prompt, output, max_k, max_new_tokens)
+
+    return tables
 
 
-def _tree_tables(drafter: Drafter, prompt, output, max_k: int, max_new_tokens: int):
-    from nightjar_rl.decoding.drafters.acceptance import tree_tables
-
-    return tree_tables(drafter, prompt, output, max_k, max_new_tokens)
+_stateless_tables, _tree_tables = _acceptance_tables("stateless_tables"), _acceptance_tables("tree_tables")
 
 
 def _draft_tables(drafter, prompt, output, max_k: int, max_new_tokens: int):

@@ -15,8 +15,8 @@ import functools
 import json
 import os
 
-from nightjar_rl.schema import ConfigError
 from nightjar_rl.engine_config import EngineConfig
+from nightjar_rl.schema import ConfigError
 
 INSTALL_HINT = "bash install.sh --vllm (vLLM's CPU build, see README 'vLLM'), or pip install vllm on a GPU"
 SCHEDULER_CLS = "nightjar_rl.integrations.vllm.scheduler.NightjarScheduler"  # for vLLM's scheduler_cls

@@ -24,8 +24,8 @@ from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.decoding.scheduler import ABORT, check_request_fits
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
-from nightjar_rl.integrations.vllm.config import engine_kwargs, ensure_inprocess, require_vllm
 from nightjar_rl.engine_config import EngineConfig
+from nightjar_rl.integrations.vllm.config import engine_kwargs, ensure_inprocess, require_vllm
 
 FINISH_REASONS = {"stop": "eos", "length": "length", "abort": ABORT, "error": "error"}
 
