@@ -42,7 +42,7 @@ from nightjar_rl.decoding.scheduler import ScheduledEngine, Scheduler
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.hardware import HardwareProfile
-from nightjar_rl.sim.trace import Trace, TraceError, TraceRecord
+from nightjar_rl.sim.trace import Trace, TraceError, TraceRecord, replay_table
 
 ROW = "sim"  # per-row replay state in Sequence.state
 VERIFY_LAYOUTS = {
@@ -89,13 +89,13 @@ class SyntheticAcceptance:
 
 
 class _Row:
-    """Replay state of one running request."""
+    """Replay state of one running request. `table`: its drafted/accepted tables flat
+    (`nightjar_rl.sim.trace.replay_table`)."""
 
-    __slots__ = ("output", "limit", "eos", "drafted", "accepted", "budget", "pos", "synced")
+    __slots__ = ("budget", "eos", "limit", "output", "pos", "synced", "table")
 
-    def __init__(self, output: list[int], limit: int, eos: bool, drafted: list, accepted: list, budget: int):
-        self.output, self.limit, self.eos = output, limit, eos
-        self.drafted, self.accepted = drafted, accepted
+    def __init__(self, output: tuple[int, ...], limit: int, eos: bool, table: tuple[int, ...], budget: int):
+        self.output, self.limit, self.eos, self.table = output, limit, eos, table
         self.budget = budget  # the request's max_new_tokens (>= limit)
         self.pos = 0  # output tokens produced so far
         self.synced = 0  # draft model: tokens of this row in the draft's KV cache
@@ -164,10 +164,10 @@ class SimEngine(ScheduledEngine):
     def _row_state(self, req: Request) -> _Row:
         rec = self._records.pop(req.request_id)
         limit = min(len(rec), req.max_new_tokens)
-        output, drafted, accepted = rec.as_tuples()  # rows past `limit` are never read
+        output, table = rec.replay_tables()  # positions past `limit` are never read
         if self.synthetic is not None:
-            drafted, accepted = self.synthetic.tables(limit, self.trace.max_k, self.seed, req.request_id)
-        return _Row(output, limit, rec.eos and limit == len(rec), drafted, accepted, req.max_new_tokens)
+            table = replay_table(*self.synthetic.tables(limit, self.trace.max_k, self.seed, req.request_id))
+        return _Row(output, limit, rec.eos and limit == len(rec), table, req.max_new_tokens)
 
     # ---- executor hooks of the step loop (`ScheduledEngine.step`, the live engine's own) ----------
     def _stop_clock(self, clock, stats: StepStats) -> None:
@@ -196,7 +196,8 @@ class SimEngine(ScheduledEngine):
                 self._append(seq, row, 1)
                 stats.first_token_ids.append(seq.request_id)
                 if row.pos < row.limit:
-                    self._proposals[seq.request_id] = min(row.drafted[row.pos][full], row.budget - row.pos - 1)
+                    proposal = row.table[row.pos * 2 * (self.trace.max_k + 1) + full]
+                    self._proposals[seq.request_id] = min(proposal, row.budget - row.pos - 1)
         stats.prefill_emitted = stats.num_prefilled = len(admitted)
         stats.prefill_tokens = sum(s.num_prompt for s in admitted)
 
@@ -204,6 +205,7 @@ class SimEngine(ScheduledEngine):
         if not rows:
             return
         batch, k_max, full = len(rows), stats.k, self.max_speculation  # stats.k: the largest length
+        width = self.trace.max_k + 1  # a position's entries in a row's table: drafted, then accepted
         draft_model = self.draft_model and k_max > 0  # the draft model runs the whole batch k_max times
         lag = 0
         ids, drafted, accepted, emitted, shadow_drafted, shadow_accepted = [], [], [], [], [], []
@@ -216,21 +218,21 @@ class SimEngine(ScheduledEngine):
             rid = seq.request.request_id
             p, limit, budget = row.pos, row.limit, row.budget
             cap = budget - p - 1  # >= 0: a running row has p < limit <= budget
-            can_draft, can_accept = row.drafted[p], row.accepted[p]
-            d = can_draft[k]
+            table, at = row.table, 2 * width * p
+            d = table[at + k]
             if d > cap:
                 d = cap
-            a = can_accept[k]
+            a = table[at + width + k]
             if a > d:
                 a = d
             if draft_model:
                 lag = max(lag, len(seq.tokens) - row.synced)
                 row.synced = len(seq.tokens) + min(a, k_max - 1)  # what the draft's cache holds after commit
-            shadow = can_draft[full]  # full information: the whole proposal
+            shadow = table[at + full]  # full information: the whole proposal
             if shadow > cap:
                 shadow = cap
             add_shadow_drafted(shadow)
-            confirmed = can_accept[full]
+            confirmed = table[at + width + full]
             if confirmed > shadow:
                 confirmed = shadow
             if confirmed > limit - p:
@@ -241,9 +243,12 @@ class SimEngine(ScheduledEngine):
                 end = limit
                 seq.finish_reason = "eos" if row.eos else "length"
             else:
-                proposal = row.drafted[end][full]
+                proposal = table[2 * width * end + full]
                 proposals[rid] = proposal if proposal < budget - end else budget - end - 1
-            seq.tokens += row.output[p:end]
+            if end == p + 1:  # the target's own token only (no slice to build)
+                seq.tokens.append(row.output[p])
+            else:
+                seq.tokens += row.output[p:end]
             row.pos = end
             out = end - p
             kept = a if a < out else out

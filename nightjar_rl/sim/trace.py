@@ -52,16 +52,23 @@ class TraceRecord:
     def __len__(self) -> int:
         return len(self.output_ids)
 
-    def as_tuples(self) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
-        """(output, drafted, accepted) as nested tuples of ints, converted once (the simulator's hot
-        loop). Tuples, not lists: tuples of ints leave the garbage collector's tracking, so a loaded
-        trace (hundreds of thousands of positions) costs no collection time."""
-        cached = self.__dict__.get("_tuples")
+    def replay_tables(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(output, `replay_table(drafted, accepted)`) as tuples of ints, converted once (the
+        simulator's hot loop). Tuples, not lists: tuples of ints leave the garbage collector's
+        tracking, so a loaded trace (hundreds of thousands of positions) costs no collection time."""
+        cached = self.__dict__.get("_replay")
         if cached is None:
-            cached = self.__dict__["_tuples"] = (tuple(self.output_ids.tolist()),
-                                                 tuple(map(tuple, self.drafted.tolist())),
-                                                 tuple(map(tuple, self.accepted.tolist())))
+            cached = self.__dict__["_replay"] = (tuple(self.output_ids.tolist()),
+                                                 replay_table(self.drafted, self.accepted))
         return cached
+
+
+def replay_table(drafted, accepted) -> tuple[int, ...]:
+    """The [positions, max_k + 1] drafted and accepted tables as one flat tuple, position by position:
+    with w = max_k + 1, drafted[p, k] at p * 2w + k and accepted[p, k] at p * 2w + w + k. One
+    position's entries sit together, so a replayed row reads one place in memory per step, not two
+    tuples elsewhere."""
+    return tuple(np.concatenate([np.asarray(drafted), np.asarray(accepted)], axis=1).ravel().tolist())
 
 
 @dataclass
