@@ -234,7 +234,7 @@ def test_derived_row_columns_are_computed_once_and_pickle():
     for step in range(1, 200):  # the request ages: its sample history grows, a pickled batch does not
         builder.update(StepStats(step=step, k=2, batch_size=1, num_waiting=0, num_prefilled=0, request_ids=["a"],
                                  plan=[2], drafted=[2], accepted=[1], emitted=[2], wall_time=0.01), 0, 0.01 * step)
-    assert len(builder.row_tracker.rows["a"][1].samples) == 200
+    assert len(builder.row_tracker.rows["a"][3].samples) == 200
     assert len(pickle.dumps(rows_of(builder.observation(running, 0)))) == fresh
     assert len(pickle.dumps(tracked)) == held  # a batch taken earlier still pickles its own snapshot
 

@@ -179,7 +179,7 @@ class RowBatch:
                  proposal: Sequence[int], position: Sequence[int], remaining: Sequence[int],
                  context: Sequence[int], depth_counts: tuple | None = None):
         """Columns as lists or arrays (not copied: hand in values nothing changes later), or functions
-        of no arguments that return one (called on first read).
+        of no arguments that return one (called on first read; `depth_counts` too).
         `depth_counts`, behind `depth_rates`: (per row its `DepthCounts`, per row how many samples
         they held when the batch was taken (the snapshot: `DepthCounts.state_at`), the batch-wide
         (successes [max_k], trials [max_k]), the prior weight w); None: geometric acceptance."""
@@ -205,6 +205,8 @@ class RowBatch:
     def _depth_states(self) -> tuple:
         """`depth_counts` with each row's state resolved: (per row (raw successes, raw trials, scale),
         batch-wide (successes, trials), w)."""
+        if callable(self.depth_counts):  # derived: computed once, on first read
+            self.depth_counts = self.depth_counts()
         if len(self.depth_counts) == 3:  # already resolved (an unpickled batch)
             return self.depth_counts
         counts, held, batch_wide, w = self.depth_counts
@@ -383,22 +385,26 @@ class DepthCounts:
 
 class RowTracker:
     """Per-request acceptance estimates (full information where the executor has it), forgotten when
-    the request leaves: the geometric `AcceptanceEstimate` and, per draft depth, conditional acceptance
-    shrunk towards all rows' (`depth_rates`: (s_rj + w g_j) / (t_rj + w), g_j the batch-wide rate at
-    depth j, w = `prior_weight`), which calibrates survival when acceptance is not geometric (an n-gram
-    that copies a span tends to keep copying)."""
+    the request leaves: the geometric `AcceptanceEstimate`'s and, per draft depth, conditional
+    acceptance shrunk towards all rows' (`depth_rates`: (s_rj + w g_j) / (t_rj + w), g_j the batch-wide
+    rate at depth j, w = `prior_weight`), which calibrates survival when acceptance is not geometric
+    (an n-gram that copies a span tends to keep copying).
+
+    `rows[request_id]` is an immutable tuple, replaced by each sample: (geometric successes, trials,
+    samples, the request's `DepthCounts`, the depth samples it holds). A `RowBatch` keeps the tuples of
+    its rows, so taking one is a lookup per row, and what it reads later is the state it was taken at."""
 
     def __init__(self, max_k: int, decay: float = 0.8, global_decay: float = 0.999, prior_weight: float = 2.0):
         self.max_k, self.decay, self.prior_weight = max_k, decay, prior_weight
         self.global_decay = global_decay
         self.reset()
-
         # `depth_sample(d, a)` for every d <= max_k, a <= d: looked up, not recomputed, in the per-row loop
         self._depth_samples = [[depth_sample(d, a, max_k) for a in range(d + 1)] for d in range(max_k + 1)]
 
     def reset(self) -> None:
-        self.rows: dict[str, tuple[AcceptanceEstimate, DepthCounts]] = {}
+        self.rows: dict[str, tuple[float, float, int, DepthCounts, int]] = {}
         self.depths: tuple[tuple[float, ...], tuple[float, ...]] = ((0.0,) * self.max_k, (0.0,) * self.max_k)
+        self._unseen = (0.0, 0.0, 0, DepthCounts(self.max_k, self.decay), 0)  # a row not decoded yet
 
     def observe_step(self, stats: StepRecord) -> None:
         """Fold a step's samples in. Per row, `AcceptanceEstimate.add` and `DepthCounts.add` written
@@ -409,17 +415,17 @@ class RowTracker:
         for rid, d, a in zip(getattr(stats, "request_ids", ()), *step_sample_lists(stats)):
             entry = rows.get(rid)
             if entry is None:
-                entry = rows[rid] = (AcceptanceEstimate(decay), DepthCounts(max_k, decay))
+                entry = rows[rid] = (0.0, 0.0, 0, DepthCounts(max_k, decay), 0)
             if d <= 0:  # no proposal (or a pending check): no trial for either estimate
                 continue
-            est = entry[0]  # the geometric model's sample: a successes, a + (a < d) trials (module docstring)
-            est.successes = decay * est.successes + a
-            est.trials = decay * est.trials + a + (a < d)
-            est.samples += 1
+            successes, trials, samples, depth, held = entry
             sample = table[d][a] if 0 <= a <= d <= max_k else depth_sample(d, a, max_k)
             if sample[0]:
-                entry[1].samples.append(sample)
+                depth.samples.append(sample)
+                held += 1
                 add_reached(sample)
+            # the geometric model's sample: a successes, a + (a < d) trials (module docstring)
+            rows[rid] = (decay * successes + a, decay * trials + a + (a < d), samples + 1, depth, held)
         if reached:
             self.depths = fold_depth_samples(self.depths, reached, self.global_decay)
         for rid in getattr(stats, "finished_ids", ()):
@@ -427,29 +433,33 @@ class RowTracker:
 
     def batch(self, running, proposals: dict[str, int] | None = None) -> RowBatch:
         """The `RowBatch` of `running` (Sequences: request_id, tokens, request); `proposals` by request
-        id (absent: unknown). Lists, column by column: it runs every step (`RowBatch` makes the arrays
-        when they are read)."""
+        id (absent: unknown). Eager only where the state would move on (the rows' estimate tuples,
+        their lengths, the proposals): it runs every step, and `RowBatch` derives the rest when read."""
         proposals = proposals or {}
         running = list(running)  # a snapshot: the engine's list changes with admissions
         ids = [seq.request.request_id for seq in running]
-        entries = [self.rows.get(rid) for rid in ids]
-        if None in entries:  # rows not decoded yet: no estimate
-            empty = (AcceptanceEstimate(self.decay), DepthCounts(self.max_k, self.decay))
-            entries = [empty if e is None else e for e in entries]
-        nan = math.nan
-        acc = [est.successes / est.trials if est.trials > 0 else nan for est, _ in entries]  # est.value
+        get, unseen = self.rows.get, self._unseen
+        entries = [get(rid, unseen) for rid in ids]
         context = [len(seq.tokens) for seq in running]
+        nan, batch_wide, w = math.nan, self.depths, self.prior_weight
 
-        def position() -> list[int]:  # derived from the snapshot (context) and the requests
+        def acceptance() -> list[float]:  # `AcceptanceEstimate.value`; nan: unknown
+            return [e[0] / e[1] if e[1] > 0 else nan for e in entries]
+
+        def samples() -> list[int]:
+            return [e[2] for e in entries]
+
+        def position() -> list[int]:
             return [n - len(seq.request.prompt_ids) for n, seq in zip(context, running)]
 
         def remaining() -> list[int]:
             return [seq.request.max_new_tokens - n + len(seq.request.prompt_ids) for n, seq in zip(context, running)]
 
-        return RowBatch(ids, acc, [est.samples for est, _ in entries], [proposals.get(rid, -1) for rid in ids],
-                        position, remaining, context,
-                        ([d for _, d in entries], [len(d.samples) for _, d in entries], self.depths,
-                         self.prior_weight))
+        def depth_counts() -> tuple:
+            return [e[3] for e in entries], [e[4] for e in entries], batch_wide, w
+
+        return RowBatch(ids, acceptance, samples, [proposals.get(rid, -1) for rid in ids], position, remaining,
+                        context, depth_counts)
 
 
 def row_summary(rows: RowBatch | None, max_k: int) -> list[float]:
