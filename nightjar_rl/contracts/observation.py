@@ -180,9 +180,9 @@ class RowBatch:
                  context: Sequence[int], depth_counts: tuple | None = None):
         """Columns as lists or arrays (not copied: hand in values nothing changes later), or functions
         of no arguments that return one (called on first read; `depth_counts` too).
-        `depth_counts`, behind `depth_rates`: (per row its `DepthCounts`, per row how many samples
-        they held when the batch was taken (the snapshot: `DepthCounts.state_at`), the batch-wide
-        (successes [max_k], trials [max_k]), the prior weight w); None: geometric acceptance."""
+        `depth_counts`, behind `depth_rates`: (per row (raw successes [max_k], raw trials [max_k],
+        scale) as `DepthCounts.state_at` gives them, the batch-wide (successes [max_k], trials
+        [max_k]), the prior weight w); None: geometric acceptance."""
         self.request_ids = tuple(request_ids)
         self._given = {"acceptance": acceptance, "samples": samples, "proposal": proposal, "position": position,
                        "remaining": remaining, "context": context}
@@ -197,20 +197,14 @@ class RowBatch:
         request's age)."""
         for name in self._given:
             self._given_value(name)
-        state = dict(self.__dict__)
-        if self.depth_counts is not None:
-            state["depth_counts"] = self._depth_states()
-        return state
+        self._depth_counts()
+        return self.__dict__
 
-    def _depth_states(self) -> tuple:
-        """`depth_counts` with each row's state resolved: (per row (raw successes, raw trials, scale),
-        batch-wide (successes, trials), w)."""
-        if callable(self.depth_counts):  # derived: computed once, on first read
+    def _depth_counts(self) -> tuple | None:
+        """`depth_counts`, a derived one computed once, on first read."""
+        if callable(self.depth_counts):
             self.depth_counts = self.depth_counts()
-        if len(self.depth_counts) == 3:  # already resolved (an unpickled batch)
-            return self.depth_counts
-        counts, held, batch_wide, w = self.depth_counts
-        return [c.state_at(n) for c, n in zip(counts, held)], batch_wide, w
+        return self.depth_counts
 
     def column_list(self, name: str) -> Sequence:
         """A column as a Python sequence, to read only (without building its array)."""
@@ -232,7 +226,7 @@ class RowBatch:
         counts shrunk towards the batch-wide rate g_j: (s_rj + w g_j) / (t_rj + w)."""
         if self.depth_counts is None:
             return None
-        per_row, (gs, gt), w = self._depth_states()
+        per_row, (gs, gt), w = self._depth_counts()
         gs, gt = np.asarray(gs, dtype=float), np.asarray(gt, dtype=float)
         g = np.divide(gs, gt, out=np.full(len(gt), math.nan), where=gt > 0)
         shape = (len(per_row), len(g))
@@ -455,8 +449,8 @@ class RowTracker:
         def remaining() -> list[int]:
             return [seq.request.max_new_tokens - n + len(seq.request.prompt_ids) for n, seq in zip(context, running)]
 
-        def depth_counts() -> tuple:
-            return [e[3] for e in entries], [e[4] for e in entries], batch_wide, w
+        def depth_counts() -> tuple:  # each row's counts at the samples it held when the batch was taken
+            return [e[3].state_at(e[4]) for e in entries], batch_wide, w
 
         return RowBatch(ids, acceptance, samples, [proposals.get(rid, -1) for rid in ids], position, remaining,
                         context, depth_counts)
@@ -571,6 +565,4 @@ class ObservationBuilder:
     def observation(self, running, queue_len: int, proposals: dict[str, int] | None = None) -> Observation:
         """The observation over the `running` rows (Sequences), carrying their `RowBatch`."""
         rows = self.row_tracker.batch(running, proposals)
-        obs = self.tracker.vector(len(rows), queue_len, rows).view(Observation)  # float32 already
-        obs.rows = rows
-        return obs
+        return Observation(self.tracker.vector(len(rows), queue_len, rows), rows)

@@ -74,9 +74,9 @@ VERIFY_TERMS = ("1", "rows", "scored", "scored*context/1000", "rows*context/1000
                 *(f"decode*min(rows,{k})" for k in DECODE_KNOTS))
 PREFILL_TERMS = ("1", "tokens", "tokens^2/1000")
 OVERHEAD_TERMS = ("1", "rows")
-WALL_DECODE_TERMS = tuple(t for t in VERIFY_TERMS if t.startswith("decode"))  # the verify model's, signed
-WALL_TERMS = ("1", "max(1,rows)", "scored", "scored*context/1000", "(prefill tokens-1)+", *WALL_DECODE_TERMS)
-SIGNED_TERMS = {"verify": WALL_DECODE_TERMS, "wall": WALL_DECODE_TERMS}  # may be negative
+DECODE_TERMS = tuple(t for t in VERIFY_TERMS if t.startswith("decode"))  # the decode-regime terms, signed
+WALL_TERMS = ("1", "max(1,rows)", "scored", "scored*context/1000", "(prefill tokens-1)+", *DECODE_TERMS)
+SIGNED_TERMS = {"verify": DECODE_TERMS, "wall": DECODE_TERMS}  # may be negative
 PART_TERMS = {"verify": VERIFY_TERMS, "prefill": PREFILL_TERMS, "overhead": OVERHEAD_TERMS, "wall": WALL_TERMS}
 TABLE_CONTEXT = 8192  # the default table reaches at least this context (tokens in the longest row)
 FITS = ("auto", "parts", "wall")

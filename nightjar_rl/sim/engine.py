@@ -141,6 +141,7 @@ class SimEngine(ScheduledEngine):
         self._memo: dict = {} if memo is None else memo  # profile lookups by (table, arguments)
         self._proposals: dict[str, int] = {}  # `proposal_lengths`, rebuilt by every step
         self._records: dict[str, TraceRecord] = {}  # queued requests' trace records (looked up once)
+        self._width = trace.max_k + 1  # a position's entries in a row's replay table: drafted, then accepted
 
     def submit(self, request: Request) -> None:
         """Queue a request whose prompt is in the trace (plus the live engine's checks and queue bound)."""
@@ -196,7 +197,7 @@ class SimEngine(ScheduledEngine):
                 self._append(seq, row, 1)
                 stats.first_token_ids.append(seq.request_id)
                 if row.pos < row.limit:
-                    proposal = row.table[row.pos * 2 * (self.trace.max_k + 1) + full]
+                    proposal = row.table[2 * self._width * row.pos + full]
                     self._proposals[seq.request_id] = min(proposal, row.budget - row.pos - 1)
         stats.prefill_emitted = stats.num_prefilled = len(admitted)
         stats.prefill_tokens = sum(s.num_prompt for s in admitted)
@@ -205,7 +206,7 @@ class SimEngine(ScheduledEngine):
         if not rows:
             return
         batch, k_max, full = len(rows), stats.k, self.max_speculation  # stats.k: the largest length
-        width = self.trace.max_k + 1  # a position's entries in a row's table: drafted, then accepted
+        width = self._width
         draft_model = self.draft_model and k_max > 0  # the draft model runs the whole batch k_max times
         lag = 0
         ids, drafted, accepted, emitted, shadow_drafted, shadow_accepted = [], [], [], [], [], []
