@@ -23,7 +23,6 @@ Both sides get `--threads` torch threads (vLLM's CPU build would otherwise drop 
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import time
@@ -174,13 +173,4 @@ def main(a: Args) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, default in vars(Args()).items():
-        flag = f"--{name.replace('_', '-')}" if name != "out" else "--out-dir"
-        if isinstance(default, list):
-            parser.add_argument(flag, dest=name, type=int, nargs="+", default=default)
-        else:
-            parser.add_argument(flag, dest=name, type=type(default), default=default)
-    args = vars(quickmode.parse_args(parser, QUICK))
-    args.pop("quick")
-    main(Args(**args))
+    main(quickmode.parse_dataclass_args(Args, __doc__, QUICK))

@@ -3,7 +3,9 @@
 Each configuration prefills `--batch` rows of `--context` tokens, then times `--steps` decode steps
 (median) of the real engine with a fixed-length drafter (every row drafts exactly k tokens: the
 row's last token repeated, so the verify pass has a known shape). Timers wrap the engine's parts
-from outside (nothing in the library is changed):
+from outside (nothing in the library is changed), so the engine runs the model's own forward
+(`model_forward: transformers`, whose modules and attention function they hook); the native forward
+runs the same ops with less around them (`bench_model_forward.py` times the two whole):
 
   linear        the model's linear layers (q/k/v/o projections, MLP; LM head apart), nn.Linear or
                 packed (`--linears`, nightjar_rl.cpu_linears)
@@ -117,7 +119,7 @@ def profile_config(model, batch: int, k: int, layout: str, context: int, steps: 
                    use_torch_profiler: bool) -> tuple[dict, str]:
     gen = torch.Generator().manual_seed(batch * 100 + k)
     engine = SpeculativeEngine(model, RepeatDrafter(), max_batch_size=batch, max_seq_len=context + (k + 1) * (steps + 3) + 2,
-                               max_speculation=max(k, 1), verify_layout=layout)
+                               max_speculation=max(k, 1), verify_layout=layout, model_forward="transformers")
     for i in range(batch):
         prompt = torch.randint(0, vocab, (context,), generator=gen).tolist()
         engine.submit(Request(f"p{i}", prompt, (k + 1) * (steps + 2) + 1))

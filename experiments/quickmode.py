@@ -26,6 +26,21 @@ def parse_args(parser: argparse.ArgumentParser, quick: dict, argv: list[str] | N
     return args
 
 
+def parse_dataclass_args(args_type, doc: str, quick: dict, argv: list[str] | None = None):
+    """`args_type` (a dataclass of flag defaults) filled from the command line: one flag per field
+    (`--field-name`; `out` is `--out-dir`; list fields take several ints), plus `--quick`."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in vars(args_type()).items():
+        flag = f"--{name.replace('_', '-')}" if name != "out" else "--out-dir"
+        if isinstance(default, list):
+            parser.add_argument(flag, dest=name, type=int, nargs="+", default=default)
+        else:
+            parser.add_argument(flag, dest=name, type=type(default), default=default)
+    args = vars(parse_args(parser, quick, argv))
+    args.pop("quick")
+    return args_type(**args)
+
+
 def float32_cpu_model(name: str, threads: int | None, linears: str = "packed"):
     """The model the engine-speed scripts time: `name` in float32 on the CPU, with `threads` torch
     threads when given (else torch's default), its linear layers `linears` (packed or eager)."""

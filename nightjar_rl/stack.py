@@ -53,6 +53,7 @@ def build_stack(cfg: EngineConfig, target: LoadedModel | None = None) -> Stack:
         sampling=SamplingParams(cfg.temperature, cfg.top_p),
         seed=cfg.seed,
         verify_layout=cfg.verify_layout,
+        model_forward=cfg.model_forward,
         **decoder_kwargs,
     )
     return Stack(engine, target, cfg)

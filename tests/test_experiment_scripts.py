@@ -82,6 +82,8 @@ SCRIPTS = [
     Script("bench_cases", ("runs.csv", "summary.md", "summary.json"),
            check={"summary.json": _all_results("cases", "same_outputs")}),
     Script("bench_engine", ("runs.csv", "summary.md")),
+    Script("bench_model_forward", ("runs.csv", "forwards.csv", "summary.md"),
+           check={"summary.json": _summary_true("outputs_identical")}),
     Script("bench_parallel", ("*.csv",), check={"*.csv": _all_true("same_output")}),
     Script("bench_plan", ("result.json",)),
     Script("bench_policy_decision", ("result.json",)),

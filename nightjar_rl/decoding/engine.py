@@ -43,7 +43,8 @@ class SpeculativeEngine(ScheduledEngine):
     case (prompt + max_new_tokens + max_speculation) fits the KV token budget. `max_waiting` bounds
     the queue (`submit` raises `QueueFullError` beyond it). Row i of `running` lives in KV slot i.
     `verify_layout`: how the target's forwards lay rows out, "padded" (`[B, n]`) or "packed" (one
-    `[1, T]` token batch: a step computes only the positions it scores); see decoding/runner.py.
+    `[1, T]` token batch: a step computes only the positions it scores); `model_forward`: "native" or
+    "transformers" (same outputs); see decoding/runner.py.
     """
 
     REGIONS = 1  # slot regions of the scheduler's layout (the batch-parallel decoder uses 2)
@@ -62,6 +63,7 @@ class SpeculativeEngine(ScheduledEngine):
         sampling: SamplingParams | None = None,
         seed: int = 0,
         verify_layout: str = DEFAULT_VERIFY_LAYOUT,
+        model_forward: str = "native",
     ):
         self.scheduler = Scheduler(
             max_batch_size, max_seq_len, max_speculation, max_kv_tokens, max_waiting, regions=self.REGIONS
@@ -74,7 +76,7 @@ class SpeculativeEngine(ScheduledEngine):
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
         self.sampling = sampling or SamplingParams()
         capacity = max_seq_len + max_speculation + 1
-        self.runner = ModelRunner(target, max_batch_size, capacity, layout=verify_layout)
+        self.runner = ModelRunner(target, max_batch_size, capacity, layout=verify_layout, forward=model_forward)
         self.verify_layout = self.runner.layout
         self.device = self.runner.device
         self.drafter = drafter

@@ -42,12 +42,17 @@ class SlotKVCache(Cache):
             index = (rows, slice(None), positions)
         self._window = (slot_start, batch, index, kv_len)
 
+    @property
+    def window(self) -> tuple:
+        """(slot_start, batch, write index, kv_len) of the next forward (see `set_window`)."""
+        if self._window is None:
+            raise RuntimeError("SlotKVCache.set_window must be called before a forward pass")
+        return self._window
+
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         """Write the forward's new keys/values (`[b, heads, s, dim]`, b * s tokens row after row) into
         their slots; return the rows' cache views `[batch, heads, kv_len, dim]`."""
-        if self._window is None:
-            raise RuntimeError("SlotKVCache.set_window must be called before a forward pass")
-        start, batch, index, kv_len = self._window
+        start, batch, index, kv_len = self.window
         keys = self.keys[layer_idx][start : start + batch]
         values = self.values[layer_idx][start : start + batch]
         if isinstance(index, slice):

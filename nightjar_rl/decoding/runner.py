@@ -8,9 +8,11 @@ Two token layouts for one forward (`VERIFY_LAYOUTS`):
   tokens in all, so a step costs what it scores (rows that all feed the same number of tokens run
   as `[B, n]`: the same tokens in the same order, nothing padded, no scatter in attention).
 
-Either way attention runs over the slot KV cache (`SlotKVCache`) through the runner's own attention
+Two ways to run the decoder (`MODEL_FORWARDS`): "native" (Llama-family models:
+`native_forward.NativeForward`, the same ops with less around them) or "transformers" (the model's
+own forward). Either way attention runs over the slot KV cache (`SlotKVCache`) through the runner's own attention
 function (`slot_attention`, registered with transformers' attention interface): queries are grouped
-per KV head (no `repeat_kv` copy of the cache per layer), one boolean mask `[B, 1, g*n, kv]` is built
+per KV head (no `repeat_kv` copy of the cache per layer), one additive mask `[B, 1, g*n, kv]` is built
 per forward, and a packed batch's queries are scattered to `[B, n]` only inside attention (the
 projections, MLPs and the LM head see the T real tokens).
 """
@@ -27,7 +29,9 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from nightjar_rl.decoding.kv_cache import SlotKVCache
 from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, VERIFY_LAYOUTS
+from nightjar_rl.decoding.native_forward import native_forward
 from nightjar_rl.decoding.timing import now
+from nightjar_rl.model_names import MODEL_FORWARDS
 
 SLOT_ATTENTION = "nightjar_slots"  # the attention implementation name the runner installs
 
@@ -44,7 +48,8 @@ class SlotStep:
     """What attention needs to know about one runner forward (built once, read by every layer).
 
     Token t of the flattened batch belongs to row `row[t]` at fed index `col[t]`; `mask` is
-    `[B, 1, groups * n, kv_len]` (query rows ordered group-major, as the grouped queries are)."""
+    `[B, 1, groups * n, kv_len]`, additive (0 or -inf; query rows ordered group-major, as the grouped
+    queries are)."""
 
     batch: int
     n: int
@@ -88,13 +93,18 @@ AttentionMaskInterface.register(SLOT_ATTENTION, sdpa_mask)  # for forwards outsi
 class ModelRunner:
     """One model plus its slot KV cache. Rows are the consecutive slots `slot_start..slot_start+B`.
 
-    `layout`: "padded" or "packed" (see the module docstring); outputs and cache contents are the same
-    either way, only what is computed differs."""
+    `layout`: "padded" or "packed"; `forward`: "native" or "transformers" (see the module docstring).
+    Outputs and cache contents are the same either way, only what is computed differs. `self.forward_kind`
+    says which decoder forward runs ("transformers" when the model has no native one)."""
 
     def __init__(self, model: torch.nn.Module, num_slots: int, capacity: int,
-                 layout: str = DEFAULT_VERIFY_LAYOUT):
+                 layout: str = DEFAULT_VERIFY_LAYOUT, forward: str = "native"):
+        if forward not in MODEL_FORWARDS:
+            raise ValueError(f"model_forward must be one of {', '.join(MODEL_FORWARDS)}, got {forward!r}")
         self.model = model
         self.layout = check_layout(layout)
+        self._native = native_forward(model) if forward == "native" else None
+        self.forward_kind = "native" if self._native is not None else "transformers"
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.cache = SlotKVCache(model.config, num_slots, capacity, self.dtype, self.device)
@@ -173,19 +183,24 @@ class ModelRunner:
         allowed = (rel < 0) | (fed_key & local)
         allowed[:, :, 0] = True
         g = self._groups
-        mask = allowed.unsqueeze(1).expand(batch, g, n, kv_len).reshape(batch, 1, g * n, kv_len)
+        allowed = allowed.unsqueeze(1).expand(batch, g, n, kv_len).reshape(batch, 1, g * n, kv_len)
+        # additive, in the model's dtype: what SDPA would otherwise convert a boolean mask to in every layer
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=dev).masked_fill_(~allowed, float("-inf"))
         step = SlotStep(batch, n, g, row, col, mask, packed)
         self.cache.set_window(slot_start, row, write, kv_len, batch)
-        shape = (1, -1) if packed else (batch, n)
+        shape = (1, ids.numel()) if packed else (batch, n)
         t0 = now(dev)
-        hidden = self._decoder(
-            input_ids=ids.view(shape), position_ids=rope.view(shape), use_cache=True, slot_step=step,
-            **{self._cache_arg: self.cache},
-        ).last_hidden_state
-        if step.calls != self._layers:
-            raise RuntimeError(f"{type(self.model).__name__} does not route attention through transformers' "
-                               "attention interface; the slot KV cache cannot serve it")
-        hidden = hidden.reshape(-1, hidden.shape[-1])  # [tokens, hidden]
+        if self._native is not None:
+            hidden = self._native(ids, rope, shape, step, self.cache)
+        else:
+            hidden = self._decoder(
+                input_ids=ids.view(shape), position_ids=rope.view(shape), use_cache=True, slot_step=step,
+                **{self._cache_arg: self.cache},
+            ).last_hidden_state
+            if step.calls != self._layers:
+                raise RuntimeError(f"{type(self.model).__name__} does not route attention through transformers' "
+                                   "attention interface; the slot KV cache cannot serve it")
+            hidden = hidden.reshape(-1, hidden.shape[-1])  # [tokens, hidden]
         if last_only:
             ends = torch.cumsum(lengths, 0) - 1 if packed else torch.arange(batch, device=dev) * n + lengths - 1
             hidden = hidden[ends]

