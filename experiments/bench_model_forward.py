@@ -5,7 +5,8 @@ Two engines on one loaded target (same weights, packed linears), `model_forward:
 chat-templated, greedy, `--max-new-tokens` each; batch 1 = the first `--single` prompts one after the
 other, batched cells all `--prompts` with at most `batch` in flight) at every k in `--ks`,
 interleaved per repeat. Reported per cell: median tokens/s, TTFT and TPOT p50, the per-repeat ratio
-native / transformers, and whether the two engines' outputs are identical token by token. Then one
+native / transformers, and how many requests' outputs the two engines decode identically token by
+token in every repeat. Then one
 forward timed alone per (rows, fed tokens) shape, the runner only (`--forward-shapes`).
 
     python experiments/bench_model_forward.py --repeats 5 --threads 2
@@ -77,6 +78,8 @@ def main(a: Args) -> pd.DataFrame:
         prompts = [torch.randint(0, 90, (int(n),), generator=g).tolist() for n in torch.randint(4, 24, (a.prompts,), generator=g)]
     else:
         prompts = prompt_ids(peer)
+    if len(a.forward_shapes) % 2:
+        raise SystemExit(f"--forward-shapes takes (rows, fed) pairs, got {len(a.forward_shapes)} numbers")
     target = load_model(a.model)
     slots = max(a.batches)
     stacks = {f: build_stack(EngineConfig(model=a.model, max_batch_size=slots, max_seq_len=peer.max_seq_len,
@@ -91,7 +94,7 @@ def main(a: Args) -> pd.DataFrame:
     for rep, batch, k, forward in tqdm(cells, desc="bench_model_forward", unit="run"):
         served = prompts[:a.single] if batch == 1 else prompts
         res = serve_once(stacks[forward].engine, served, a.max_new_tokens, batch, k)
-        outputs.setdefault((batch, k, forward), res.pop("outputs"))
+        outputs[(batch, k, forward, rep)] = res.pop("outputs")
         rows.append({"repeat": rep, "batch": batch, "k": k, "forward": forward, **res})
     df = pd.DataFrame(rows)
     wide = df.pivot_table(index=["batch", "k", "repeat"], columns="forward", values="tokens_s")
@@ -100,8 +103,9 @@ def main(a: Args) -> pd.DataFrame:
     table[("native/transformers", "median")] = ratio.median()
     table[("native/transformers", "min")] = ratio.min()
     table[("native/transformers", "max")] = ratio.max()
-    table[("identical", "requests")] = [sum(x == y for x, y in zip(outputs[(b, k, "native")], outputs[(b, k, "transformers")]))
-                                        for b, k in table.index]
+    table[("identical", "requests")] = [  # in every repeat
+        sum(all(outputs[(b, k, "native", r)][i] == outputs[(b, k, "transformers", r)][i] for r in range(a.repeats))
+            for i in range(len(outputs[(b, k, "native", 0)]))) for b, k in table.index]
     pairs = list(zip(a.forward_shapes[::2], a.forward_shapes[1::2]))
     forward_ms = []
     for rep in range(a.repeats):

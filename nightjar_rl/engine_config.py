@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from nightjar_rl.decoding.drafters.registry import DRAFTER_KINDS, drafter_kind
 from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, VERIFY_LAYOUTS
-from nightjar_rl.model_names import DEFAULT_MODEL, DTYPE_NAMES, LINEARS, MODEL_FORWARDS
+from nightjar_rl.model_names import DEFAULT_MODEL, DEFAULT_MODEL_FORWARD, DTYPE_NAMES, LINEARS, MODEL_FORWARDS
 from nightjar_rl.schema import ConfigError, check, option
 
 DRAFTERS = tuple(DRAFTER_KINDS)  # the registered names (plus "package.module:Name" entry points)
@@ -44,7 +44,7 @@ class EngineConfig:
     threads: int | None = option(None, "torch CPU intra-op threads (default: torch's choice)", int, low=1)
     linears: str = option("packed", "float32 CPU linear layers: packed (oneDNN-prepacked, q/k/v and gate/up "
                                     "fused, as vLLM's CPU build) or eager (torch's F.linear)", choices=LINEARS)
-    model_forward: str = option("native", "how the decoder runs: " + "; ".join(
+    model_forward: str = option(DEFAULT_MODEL_FORWARD, "how the target's (and a draft model's) decoder runs: " + "; ".join(
         f"{name}: {doc}" for name, doc in MODEL_FORWARDS.items()), choices=tuple(MODEL_FORWARDS))
     verify_layout: str = option(DEFAULT_VERIFY_LAYOUT, "target forward layout: " + "; ".join(
         f"{name}: {doc}" for name, doc in VERIFY_LAYOUTS.items()) + "; mixed (simulator only): packed, with a "

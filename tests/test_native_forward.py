@@ -13,6 +13,7 @@ import torch
 from nightjar_rl.contracts.plan import SpecPlan
 from nightjar_rl.cpu_linears import pack_linears
 from nightjar_rl.decoding import Request, SpeculativeEngine
+from nightjar_rl.decoding.drafters.draft_model import DraftModelDrafter
 from nightjar_rl.decoding.runner import ModelRunner
 from nightjar_rl.decoding.tree import TokenTree, batch_tree_inputs
 from nightjar_rl.models import early_exit_draft, tiny_random_model
@@ -43,10 +44,31 @@ def _packed_tiny() -> torch.nn.Module:
     return model
 
 
+def _tiny(dtype: torch.dtype = torch.float32, **config) -> torch.nn.Module:
+    """A tiny random Llama with `config` overrides (options the native forward must reproduce)."""
+    from transformers import LlamaForCausalLM
+
+    from nightjar_rl.models import tiny_config
+
+    torch.manual_seed(5)
+    cfg = tiny_config(96, 64, 2)
+    for key, value in config.items():
+        setattr(cfg, key, value)
+    cfg._attn_implementation = "sdpa"
+    return LlamaForCausalLM(cfg).to(dtype).eval()
+
+
 MODELS = {
     "tiny": lambda: tiny_random_model(seed=0),
     "tiny-packed": _packed_tiny,
     "early-exit": lambda: early_exit_draft(tiny_random_model(seed=3), 2),
+    "biases": lambda: _tiny(attention_bias=True, mlp_bias=True),
+    "head-dim-32": lambda: _tiny(head_dim=32),
+    "tied-llama3-rope": lambda: _tiny(tie_word_embeddings=True, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    "bfloat16": lambda: _tiny(torch.bfloat16),
+    "float16": lambda: _tiny(torch.float16),
 }
 
 
@@ -54,8 +76,8 @@ MODELS = {
 @pytest.mark.parametrize("model", list(MODELS))
 def test_native_forward_is_bitwise_the_models_own(model, layout):
     target = MODELS[model]()
-    native = ModelRunner(target, num_slots=4, capacity=64, layout=layout, forward="native")
-    own = ModelRunner(target, num_slots=4, capacity=64, layout=layout, forward="transformers")
+    native = ModelRunner(target, num_slots=4, capacity=64, layout=layout, model_forward="native")
+    own = ModelRunner(target, num_slots=4, capacity=64, layout=layout, model_forward="transformers")
     assert (native.forward_kind, own.forward_kind) == ("native", "transformers")
     for a, b in zip(_forwards(native), _forwards(own), strict=True):
         assert torch.equal(a, b)
@@ -84,8 +106,12 @@ def test_engines_on_either_forward_decode_the_same(tiny_target, drafter):
     requests = [Request(f"r{i}", list(range(3 + i, 12 + 2 * i)), 14) for i in range(5)]
     runs = {}
     for forward in ("native", "transformers"):
-        engine = SpeculativeEngine(tiny_target, make_drafter(drafter, tiny_target), max_batch_size=3, max_seq_len=64,
+        draft = (DraftModelDrafter(early_exit_draft(tiny_target, 2), forward) if drafter == "early-exit"
+                 else make_drafter(drafter, tiny_target))
+        engine = SpeculativeEngine(tiny_target, draft, max_batch_size=3, max_seq_len=64,
                                    max_speculation=6, verify_layout="packed", model_forward=forward)
+        kinds = {engine.runner.forward_kind} | ({draft.runner.forward_kind} if drafter == "early-exit" else set())
+        assert kinds == {forward}
         for r in requests:
             engine.submit(copy.deepcopy(r))
         outputs, steps = {}, []
@@ -100,16 +126,42 @@ def test_engines_on_either_forward_decode_the_same(tiny_target, drafter):
     assert len(runs["native"][0]) == len(requests)
 
 
-def test_unknown_architectures_use_their_own_forward():
-    from transformers import GPT2Config, GPT2LMHeadModel
+def test_other_architectures_and_subclasses_use_their_own_forward():
+    """A near miss (Qwen2: Llama's layout, its own classes) and a Llama whose norm is a subclass run the
+    model's own forward, with the same outputs."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=32, n_positions=64)).eval()
-    assert ModelRunner(gpt2, num_slots=1, capacity=16).forward_kind == "transformers"
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2)).eval()
+
+    class MyNorm(LlamaRMSNorm):
+        pass
+
+    custom = tiny_random_model(seed=0)
+    custom.model.norm.__class__ = MyNorm
+    for model in (qwen, custom):
+        runner = ModelRunner(model, num_slots=4, capacity=64)
+        assert runner.forward_kind == "transformers"
+        reference = ModelRunner(model, num_slots=4, capacity=64, model_forward="transformers")
+        assert all(torch.equal(a, b) for a, b in zip(_forwards(runner), _forwards(reference), strict=True))
+
+
+def test_the_additive_mask_is_what_sdpa_makes_of_the_boolean_one():
+    """The runner's additive mask (0 / -inf) gives SDPA's result for the boolean mask, bit for bit."""
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v = (torch.randn(3, 2, 6, 16, generator=gen).to(dtype) for _ in range(3))
+        allowed = torch.rand(3, 1, 6, 6, generator=gen) > 0.4
+        allowed[..., 0] = True
+        additive = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, float("-inf"))
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        assert torch.equal(sdpa(q, k, v, attn_mask=allowed), sdpa(q, k, v, attn_mask=additive))
 
 
 def test_bad_model_forward_is_refused(tiny_target):
     with pytest.raises(ValueError, match="model_forward must be one of native, transformers"):
-        ModelRunner(tiny_target, num_slots=1, capacity=16, forward="compiled")
+        ModelRunner(tiny_target, num_slots=1, capacity=16, model_forward="compiled")
     with pytest.raises(ConfigError, match="model_forward"):
         EngineConfig(model="tiny-random", model_forward="compiled").validate()
 
@@ -121,8 +173,8 @@ def test_real_model_native_forward_is_bitwise_its_own(layout):
     from nightjar_rl.models import load_model
 
     target = load_model("smollm2-135m").model
-    native = ModelRunner(target, num_slots=4, capacity=64, layout=layout, forward="native")
-    own = ModelRunner(target, num_slots=4, capacity=64, layout=layout, forward="transformers")
+    native = ModelRunner(target, num_slots=4, capacity=64, layout=layout, model_forward="native")
+    own = ModelRunner(target, num_slots=4, capacity=64, layout=layout, model_forward="transformers")
     assert native.forward_kind == "native"
     for a, b in zip(_forwards(native), _forwards(own), strict=True):
         assert torch.equal(a, b)

@@ -221,14 +221,16 @@ def test_real_model_packed_equals_padded(plan):
     assert sum(len(v) for v in runs["packed"][0].values()) > 0
 
 
+@pytest.mark.parametrize("model_forward", ["native", "transformers"])
 @pytest.mark.parametrize("layout", ["padded", "packed"])
-def test_an_early_exit_draft_runs_alone_and_matches_transformers(layout):
+def test_an_early_exit_draft_runs_alone_and_matches_transformers(layout, model_forward):
     """The runner on an early-exit draft (whose layers read the target's config) with no target
     runner built first: its logits equal a plain transformers forward of the draft."""
     from nightjar_rl.models import early_exit_draft, tiny_random_model
 
     draft = early_exit_draft(tiny_random_model(seed=3), 2)
-    runner = ModelRunner(draft, num_slots=2, capacity=32, layout=layout)
+    runner = ModelRunner(draft, num_slots=2, capacity=32, layout=layout, model_forward=model_forward)
+    assert runner.forward_kind == model_forward
     rows = [[1, 2, 3, 4], [5, 6]]
     got = runner.forward(0, rows, [0, 0], last_only=True)
     with torch.inference_mode():

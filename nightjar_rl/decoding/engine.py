@@ -26,6 +26,7 @@ from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.decoding.timing import now
 from nightjar_rl.decoding.tree import TokenTree, batch_tree_inputs, repair_moves, tree_greedy_accept
 from nightjar_rl.decoding.verify import SamplingParams, greedy_accept, sample_accept, sample_tokens
+from nightjar_rl.model_names import DEFAULT_MODEL_FORWARD
 
 __all__ = ["SpeculativeEngine", "prefill_groups"]
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class SpeculativeEngine(ScheduledEngine):
         sampling: SamplingParams | None = None,
         seed: int = 0,
         verify_layout: str = DEFAULT_VERIFY_LAYOUT,
-        model_forward: str = "native",
+        model_forward: str = DEFAULT_MODEL_FORWARD,
     ):
         self.scheduler = Scheduler(
             max_batch_size, max_seq_len, max_speculation, max_kv_tokens, max_waiting, regions=self.REGIONS
@@ -76,7 +77,7 @@ class SpeculativeEngine(ScheduledEngine):
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
         self.sampling = sampling or SamplingParams()
         capacity = max_seq_len + max_speculation + 1
-        self.runner = ModelRunner(target, max_batch_size, capacity, layout=verify_layout, forward=model_forward)
+        self.runner = ModelRunner(target, max_batch_size, capacity, layout=verify_layout, model_forward=model_forward)
         self.verify_layout = self.runner.layout
         self.device = self.runner.device
         self.drafter = drafter

@@ -49,20 +49,26 @@ class SlotKVCache(Cache):
             raise RuntimeError("SlotKVCache.set_window must be called before a forward pass")
         return self._window
 
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        """Write the forward's new keys/values (`[b, heads, s, dim]`, b * s tokens row after row) into
-        their slots; return the rows' cache views `[batch, heads, kv_len, dim]`."""
+    def write(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one layer's new keys and values (`[T, heads, dim]`: the forward's T tokens in the order
+        the model sees them) into their slots; return the rows' cache views `[batch, heads, kv_len, dim]`."""
         start, batch, index, kv_len = self.window
         keys = self.keys[layer_idx][start : start + batch]
         values = self.values[layer_idx][start : start + batch]
         if isinstance(index, slice):
-            keys[0, :, index] = key_states[0].to(keys.dtype)
-            values[0, :, index] = value_states[0].to(values.dtype)
-        else:  # [b, heads, s, dim] -> [tokens, heads, dim]
-            heads, dim = key_states.shape[1], key_states.shape[3]
-            keys[index] = key_states.transpose(1, 2).reshape(-1, heads, dim).to(keys.dtype)
-            values[index] = value_states.transpose(1, 2).reshape(-1, heads, dim).to(values.dtype)
+            keys[0, :, index] = key.transpose(0, 1).to(keys.dtype)
+            values[0, :, index] = value.transpose(0, 1).to(values.dtype)
+        else:
+            keys[index] = key.to(keys.dtype)
+            values[index] = value.to(values.dtype)
         return keys[:, :, :kv_len], values[:, :, :kv_len]
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        """transformers' cache hook: `write` for `[b, heads, s, dim]` keys and values (b * s tokens, row
+        after row)."""
+        heads, dim = key_states.shape[1], key_states.shape[3]
+        return self.write(layer_idx, key_states.transpose(1, 2).reshape(-1, heads, dim),
+                          value_states.transpose(1, 2).reshape(-1, heads, dim))
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0 if self._window is None else self._window[3]

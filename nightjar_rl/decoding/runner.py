@@ -20,18 +20,18 @@ projections, MLPs and the LM head see the T real tokens).
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from nightjar_rl.decoding.attention import SlotStep, slot_attend
 from nightjar_rl.decoding.kv_cache import SlotKVCache
 from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, VERIFY_LAYOUTS
 from nightjar_rl.decoding.native_forward import native_forward
 from nightjar_rl.decoding.timing import now
-from nightjar_rl.model_names import MODEL_FORWARDS
+from nightjar_rl.model_names import DEFAULT_MODEL_FORWARD, MODEL_FORWARDS
 
 SLOT_ATTENTION = "nightjar_slots"  # the attention implementation name the runner installs
 
@@ -43,47 +43,18 @@ def check_layout(layout: str) -> str:
     return layout
 
 
-@dataclass
-class SlotStep:
-    """What attention needs to know about one runner forward (built once, read by every layer).
-
-    Token t of the flattened batch belongs to row `row[t]` at fed index `col[t]`; `mask` is
-    `[B, 1, groups * n, kv_len]`, additive (0 or -inf; query rows ordered group-major, as the grouped
-    queries are)."""
-
-    batch: int
-    n: int
-    groups: int
-    row: torch.Tensor
-    col: torch.Tensor
-    mask: torch.Tensor
-    packed: bool
-    calls: int = 0
-
-
 def slot_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
                    slot_step: SlotStep | None = None, **kwargs):
-    """Attention over the slot cache for a runner forward; anything else (e.g. `generate` on the same
-    model) gets transformers' standard SDPA attention."""
+    """transformers' attention interface: `slot_attend` for a runner forward (`[b, H, s, d]` queries,
+    the cache views from `SlotKVCache.update`); anything else (e.g. `generate` on the same model) gets
+    transformers' standard SDPA attention."""
     if slot_step is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    step = slot_step
-    step.calls += 1
-    b, n, g = step.batch, step.n, step.groups
-    heads, dim = query.shape[1], query.shape[3]
-    kv_heads = heads // g
-    if step.packed:  # [1, H, T, d] -> [B, n, H, d] (positions no row feeds stay zero, never read)
-        padded = query.new_zeros((b, n, heads, dim))
-        padded[step.row, step.col] = query[0].transpose(0, 1)
-        grouped = padded.permute(0, 2, 1, 3).reshape(b, kv_heads, g * n, dim)
-    else:  # [B, H, n, d]: head h uses KV head h // g, so this is a view
-        grouped = query.reshape(b, kv_heads, g * n, dim)
-    out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=step.mask, scale=scaling)
-    out = out.view(b, heads, n, dim).transpose(1, 2)  # [B, n, H, d]
-    if step.packed:
-        return out[step.row, step.col].unsqueeze(0), None
-    return out.contiguous(), None
+    slot_step.calls += 1
+    b, heads, s, dim = query.shape
+    out = slot_attend(slot_step, query.transpose(1, 2).reshape(-1, heads, dim), key, value, scaling)
+    return out.view(b, s, heads, dim), None
 
 
 AttentionInterface.register(SLOT_ATTENTION, slot_attention)
@@ -93,17 +64,17 @@ AttentionMaskInterface.register(SLOT_ATTENTION, sdpa_mask)  # for forwards outsi
 class ModelRunner:
     """One model plus its slot KV cache. Rows are the consecutive slots `slot_start..slot_start+B`.
 
-    `layout`: "padded" or "packed"; `forward`: "native" or "transformers" (see the module docstring).
+    `layout`: "padded" or "packed"; `model_forward`: "native" or "transformers" (see the module docstring).
     Outputs and cache contents are the same either way, only what is computed differs. `self.forward_kind`
     says which decoder forward runs ("transformers" when the model has no native one)."""
 
     def __init__(self, model: torch.nn.Module, num_slots: int, capacity: int,
-                 layout: str = DEFAULT_VERIFY_LAYOUT, forward: str = "native"):
-        if forward not in MODEL_FORWARDS:
-            raise ValueError(f"model_forward must be one of {', '.join(MODEL_FORWARDS)}, got {forward!r}")
+                 layout: str = DEFAULT_VERIFY_LAYOUT, model_forward: str = DEFAULT_MODEL_FORWARD):
+        if model_forward not in MODEL_FORWARDS:
+            raise ValueError(f"model_forward must be one of {', '.join(MODEL_FORWARDS)}, got {model_forward!r}")
         self.model = model
         self.layout = check_layout(layout)
-        self._native = native_forward(model) if forward == "native" else None
+        self._native = native_forward(model) if model_forward == "native" else None
         self.forward_kind = "native" if self._native is not None else "transformers"
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype

@@ -14,6 +14,7 @@ from nightjar_rl.decoding.runner import ModelRunner
 from nightjar_rl.decoding.sequence import Sequence
 from nightjar_rl.decoding.timing import now
 from nightjar_rl.decoding.verify import SamplingParams, probs_from_logits
+from nightjar_rl.model_names import DEFAULT_MODEL_FORWARD
 
 SYNCED = "draft_synced"  # tokens of the row held in the draft model's cache
 
@@ -21,12 +22,13 @@ SYNCED = "draft_synced"  # tokens of the row held in the draft model's cache
 class DraftModelDrafter(Drafter):
     name = "draft"
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, model_forward: str = DEFAULT_MODEL_FORWARD):
         self.model = model
+        self.model_forward = model_forward
         self.runner: ModelRunner | None = None
 
     def setup(self, num_slots: int, capacity: int) -> None:
-        self.runner = ModelRunner(self.model, num_slots, capacity)
+        self.runner = ModelRunner(self.model, num_slots, capacity, model_forward=self.model_forward)
 
     @property
     def model_time(self) -> float:

@@ -94,7 +94,8 @@ def _build_ngram(config, target: LoadedModel) -> Drafter:
 def _build_draft(config, target: LoadedModel) -> Drafter:
     from nightjar_rl.decoding.drafters.draft_model import DraftModelDrafter
 
-    return DraftModelDrafter(load_draft_model(config.draft, target, config.dtype, config.device, config.linears))
+    return DraftModelDrafter(load_draft_model(config.draft, target, config.dtype, config.device, config.linears),
+                             config.model_forward)
 
 
 def _acceptance_tables(name: str) -> TableFn:
