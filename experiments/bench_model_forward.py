@@ -27,7 +27,14 @@ import torch
 from bench_vllm import Args as PeerArgs
 from bench_vllm import prompt_ids, serve_once  # same folder: the peer benchmark's workload and run
 
-FORWARDS = ("native", "transformers")
+from nightjar_rl.model_names import MODEL_FORWARDS
+
+FORWARDS = tuple(MODEL_FORWARDS)  # ("native", "transformers")
+
+
+def _order(repeat: int) -> tuple[str, ...]:
+    """The forwards in the order a repeat runs them (alternating, so neither always goes first)."""
+    return FORWARDS if repeat % 2 == 0 else FORWARDS[::-1]
 
 
 @dataclass
@@ -69,6 +76,8 @@ def main(a: Args) -> pd.DataFrame:
     from nightjar_rl.models import load_model
     from nightjar_rl.stack import EngineConfig, build_stack
 
+    if len(a.forward_shapes) % 2:
+        raise SystemExit(f"--forward-shapes takes (rows, fed) pairs, got {len(a.forward_shapes)} numbers")
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,8 +87,6 @@ def main(a: Args) -> pd.DataFrame:
         prompts = [torch.randint(0, 90, (int(n),), generator=g).tolist() for n in torch.randint(4, 24, (a.prompts,), generator=g)]
     else:
         prompts = prompt_ids(peer)
-    if len(a.forward_shapes) % 2:
-        raise SystemExit(f"--forward-shapes takes (rows, fed) pairs, got {len(a.forward_shapes)} numbers")
     target = load_model(a.model)
     slots = max(a.batches)
     stacks = {f: build_stack(EngineConfig(model=a.model, max_batch_size=slots, max_seq_len=peer.max_seq_len,
@@ -89,8 +96,7 @@ def main(a: Args) -> pd.DataFrame:
     if kinds != {f: f for f in FORWARDS}:
         raise SystemExit(f"{a.model} has no native forward here ({kinds})")
     rows, outputs = [], {}
-    cells = [(r, b, k, f) for r in range(a.repeats) for b in a.batches for k in a.ks
-             for f in (FORWARDS if r % 2 == 0 else FORWARDS[::-1])]
+    cells = [(r, b, k, f) for r in range(a.repeats) for b in a.batches for k in a.ks for f in _order(r)]
     for rep, batch, k, forward in tqdm(cells, desc="bench_model_forward", unit="run"):
         served = prompts[:a.single] if batch == 1 else prompts
         res = serve_once(stacks[forward].engine, served, a.max_new_tokens, batch, k)
@@ -103,13 +109,14 @@ def main(a: Args) -> pd.DataFrame:
     table[("native/transformers", "median")] = ratio.median()
     table[("native/transformers", "min")] = ratio.min()
     table[("native/transformers", "max")] = ratio.max()
+    table[("served", "requests")] = [len(outputs[(b, k, "native", 0)]) for b, k in table.index]
     table[("identical", "requests")] = [  # in every repeat
         sum(all(outputs[(b, k, "native", r)][i] == outputs[(b, k, "transformers", r)][i] for r in range(a.repeats))
-            for i in range(len(outputs[(b, k, "native", 0)]))) for b, k in table.index]
+            for i in range(served)) for (b, k), served in zip(table.index, table[("served", "requests")])]
     pairs = list(zip(a.forward_shapes[::2], a.forward_shapes[1::2]))
     forward_ms = []
     for rep in range(a.repeats):
-        for f in FORWARDS if rep % 2 == 0 else FORWARDS[::-1]:
+        for f in _order(rep):
             for (b, n), ms in _time_forwards(stacks[f].engine.runner, pairs, a.context).items():
                 forward_ms.append({"repeat": rep, "rows": b, "fed": n, "forward": f, "ms": ms})
     fdf = pd.DataFrame(forward_ms)
@@ -119,8 +126,7 @@ def main(a: Args) -> pd.DataFrame:
             f"{table.to_string(float_format=lambda v: f'{v:.4g}')}\n\none forward (ms), {a.context} cached tokens per row\n"
             f"{ftable.to_string(float_format=lambda v: f'{v:.4g}')}\n")
     quickmode.write_report(out, {"runs.csv": df, "forwards.csv": fdf},
-                           {"outputs_identical": bool((table[("identical", "requests")] == [
-                               a.single if b == 1 else a.prompts for b, _ in table.index]).all()),
+                           {"outputs_identical": bool((table[("identical", "requests")] == table[("served", "requests")]).all()),
                             "repeats": a.repeats, "threads": a.threads, "machine_cpus": os.cpu_count(),
                             "load_avg_at_end": os.getloadavg()}, text)
     return df

@@ -135,12 +135,16 @@ def tiny_config(vocab_size: int = 96, hidden_size: int = 64, num_layers: int = 4
 
 
 def tiny_random_model(seed: int = 0, num_layers: int = 4, vocab_size: int = 96, hidden_size: int = 64,
-                      dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """A tiny random-initialised Llama (milliseconds per step) for tests of engine logic."""
+                      dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                      config_overrides: dict | None = None) -> torch.nn.Module:
+    """A tiny random-initialised Llama (milliseconds per step) for tests of engine logic;
+    `config_overrides` sets further `LlamaConfig` fields (biases, head size, RoPE scaling...)."""
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = tiny_config(vocab_size, hidden_size, num_layers)
+    for key, value in (config_overrides or {}).items():
+        setattr(config, key, value)
     config._attn_implementation = "sdpa"
     model = LlamaForCausalLM(config)
     # larger output weights spread the logits, so greedy decoding has few near-ties

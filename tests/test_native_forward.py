@@ -46,16 +46,7 @@ def _packed_tiny() -> torch.nn.Module:
 
 def _tiny(dtype: torch.dtype = torch.float32, **config) -> torch.nn.Module:
     """A tiny random Llama with `config` overrides (options the native forward must reproduce)."""
-    from transformers import LlamaForCausalLM
-
-    from nightjar_rl.models import tiny_config
-
-    torch.manual_seed(5)
-    cfg = tiny_config(96, 64, 2)
-    for key, value in config.items():
-        setattr(cfg, key, value)
-    cfg._attn_implementation = "sdpa"
-    return LlamaForCausalLM(cfg).to(dtype).eval()
+    return tiny_random_model(seed=5, num_layers=2, dtype=dtype, config_overrides=config)
 
 
 MODELS = {

@@ -8,11 +8,11 @@ Two token layouts for one forward (`VERIFY_LAYOUTS`):
   tokens in all, so a step costs what it scores (rows that all feed the same number of tokens run
   as `[B, n]`: the same tokens in the same order, nothing padded, no scatter in attention).
 
-Two ways to run the decoder (`MODEL_FORWARDS`): "native" (Llama-family models:
+Two ways to run the decoder (`MODEL_FORWARDS`): "native" (transformers' Llama models:
 `native_forward.NativeForward`, the same ops with less around them) or "transformers" (the model's
-own forward). Either way attention runs over the slot KV cache (`SlotKVCache`) through the runner's own attention
-function (`slot_attention`, registered with transformers' attention interface): queries are grouped
-per KV head (no `repeat_kv` copy of the cache per layer), one additive mask `[B, 1, g*n, kv]` is built
+own forward, its attention routed through `slot_attention`, registered with transformers' attention
+interface). Either way attention runs over the slot KV cache (`SlotKVCache.write`) in
+`attention.slot_attend`: queries are grouped per KV head (no `repeat_kv` copy of the cache per layer), one additive mask `[B, 1, g*n, kv]` is built
 per forward, and a packed batch's queries are scattered to `[B, n]` only inside attention (the
 projections, MLPs and the LM head see the T real tokens).
 """
