@@ -1,13 +1,14 @@
-"""The native decoder forward against the model's own (transformers) forward, side by side.
+"""The native decoder forward (TorchScript and Python) against the model's own forward, side by side.
 
-Two engines on one loaded target (same weights, packed linears), `model_forward: native` and
-`model_forward: transformers`, serve the peer benchmark's workload (`bench_vllm.py`: the bundled prompts
-chat-templated, greedy, `--max-new-tokens` each; batch 1 = the first `--single` prompts one after the
-other, batched cells all `--prompts` with at most `batch` in flight) at every k in `--ks`,
-interleaved per repeat. Reported per cell: median tokens/s, TTFT and TPOT p50, the per-repeat ratio
-native / transformers, and how many requests' outputs the two engines decode identically token by
-token in every repeat. Then one
-forward timed alone per (rows, fed tokens) shape, the runner only (`--forward-shapes`).
+Three engines on one loaded target (same weights, packed linears), one per `model_forward`
+(`native`: the layer loop through TorchScript, `native-eager`: the same loop as Python,
+`transformers`: the model's own forward), serve the peer benchmark's workload (`bench_vllm.py`: the
+bundled prompts chat-templated, greedy, `--max-new-tokens` each; batch 1 = the first `--single` prompts
+one after the other, batched cells all `--prompts` with at most `batch` in flight) at every k in
+`--ks`, interleaved per repeat (the order rotates). Reported per cell: median tokens/s, TTFT and TPOT
+p50, each native kind's per-repeat ratio to `transformers`, and how many requests' outputs it decodes
+identically to `transformers` token by token in every repeat. Then one forward timed alone per (rows,
+fed tokens) shape, the runner only (`--forward-shapes`).
 
     python experiments/bench_model_forward.py --repeats 5 --threads 2
     python experiments/bench_model_forward.py --quick --out-dir /tmp/bench_model_forward   # seconds
@@ -29,12 +30,14 @@ from bench_vllm import prompt_ids, serve_once  # same folder: the peer benchmark
 
 from nightjar_rl.model_names import MODEL_FORWARDS
 
-FORWARDS = tuple(MODEL_FORWARDS)  # ("native", "transformers")
+FORWARDS = tuple(MODEL_FORWARDS)  # ("native", "native-eager", "transformers")
+BASELINE = FORWARDS[-1]  # the model's own forward
 
 
 def _order(repeat: int) -> tuple[str, ...]:
-    """The forwards in the order a repeat runs them (alternating, so neither always goes first)."""
-    return FORWARDS if repeat % 2 == 0 else FORWARDS[::-1]
+    """The forwards in the order a repeat runs them (rotated, so none always goes first)."""
+    shift = repeat % len(FORWARDS)
+    return FORWARDS[shift:] + FORWARDS[:shift]
 
 
 @dataclass
@@ -104,15 +107,16 @@ def main(a: Args) -> pd.DataFrame:
         rows.append({"repeat": rep, "batch": batch, "k": k, "forward": forward, **res})
     df = pd.DataFrame(rows)
     wide = df.pivot_table(index=["batch", "k", "repeat"], columns="forward", values="tokens_s")
-    ratio = (wide["native"] / wide["transformers"]).groupby(["batch", "k"])
     table = df.groupby(["batch", "k", "forward"])[["tokens_s", "ttft_p50_s", "tpot_p50_s"]].median().unstack("forward")
-    table[("native/transformers", "median")] = ratio.median()
-    table[("native/transformers", "min")] = ratio.min()
-    table[("native/transformers", "max")] = ratio.max()
-    table[("served", "requests")] = [len(outputs[(b, k, "native", 0)]) for b, k in table.index]
-    table[("identical", "requests")] = [  # in every repeat
-        sum(all(outputs[(b, k, "native", r)][i] == outputs[(b, k, "transformers", r)][i] for r in range(a.repeats))
-            for i in range(served)) for (b, k), served in zip(table.index, table[("served", "requests")])]
+    table[("served", "requests")] = [len(outputs[(b, k, BASELINE, 0)]) for b, k in table.index]
+    for f in FORWARDS[:-1]:  # each native kind against the model's own forward
+        ratio = (wide[f] / wide[BASELINE]).groupby(["batch", "k"])
+        table[(f"{f}/{BASELINE}", "median")] = ratio.median()
+        table[(f"{f}/{BASELINE}", "min")] = ratio.min()
+        table[(f"{f}/{BASELINE}", "max")] = ratio.max()
+        table[(f"identical {f}", "requests")] = [  # in every repeat
+            sum(all(outputs[(b, k, f, r)][i] == outputs[(b, k, BASELINE, r)][i] for r in range(a.repeats))
+                for i in range(served)) for (b, k), served in zip(table.index, table[("served", "requests")])]
     pairs = list(zip(a.forward_shapes[::2], a.forward_shapes[1::2]))
     forward_ms = []
     for rep in range(a.repeats):
@@ -121,12 +125,14 @@ def main(a: Args) -> pd.DataFrame:
                 forward_ms.append({"repeat": rep, "rows": b, "fed": n, "forward": f, "ms": ms})
     fdf = pd.DataFrame(forward_ms)
     ftable = fdf.groupby(["rows", "fed", "forward"])["ms"].median().unstack("forward")
-    ftable["native/transformers"] = ftable["native"] / ftable["transformers"]
+    for f in FORWARDS[:-1]:
+        ftable[f"{f}/{BASELINE}"] = ftable[f] / ftable[BASELINE]
     text = (f"{a.model}, {a.threads} threads, medians over {a.repeats} interleaved repeats\n\nserving\n"
             f"{table.to_string(float_format=lambda v: f'{v:.4g}')}\n\none forward (ms), {a.context} cached tokens per row\n"
             f"{ftable.to_string(float_format=lambda v: f'{v:.4g}')}\n")
     quickmode.write_report(out, {"runs.csv": df, "forwards.csv": fdf},
-                           {"outputs_identical": bool((table[("identical", "requests")] == table[("served", "requests")]).all()),
+                           {"outputs_identical": all(bool((table[(f"identical {f}", "requests")]
+                                                           == table[("served", "requests")]).all()) for f in FORWARDS[:-1]),
                             "repeats": a.repeats, "threads": a.threads, "machine_cpus": os.cpu_count(),
                             "load_avg_at_end": os.getloadavg()}, text)
     return df

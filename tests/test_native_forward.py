@@ -63,40 +63,84 @@ MODELS = {
 }
 
 
+NATIVE = ["native", "native-eager"]  # the layer loop through TorchScript, and as Python
+
+
+@pytest.mark.parametrize("native_kind", NATIVE)
 @pytest.mark.parametrize("layout", ["padded", "packed"])
 @pytest.mark.parametrize("model", list(MODELS))
-def test_native_forward_is_bitwise_the_models_own(model, layout):
+def test_native_forward_is_bitwise_the_models_own(model, layout, native_kind):
     target = MODELS[model]()
-    native = ModelRunner(target, num_slots=4, capacity=64, layout=layout, model_forward="native")
+    native = ModelRunner(target, num_slots=4, capacity=64, layout=layout, model_forward=native_kind)
     own = ModelRunner(target, num_slots=4, capacity=64, layout=layout, model_forward="transformers")
-    assert (native.forward_kind, own.forward_kind) == ("native", "transformers")
+    assert (native.forward_kind, own.forward_kind) == (native_kind, "transformers")
+    assert native._native.scripted == (native_kind == "native")
     for a, b in zip(_forwards(native), _forwards(own), strict=True):
         assert torch.equal(a, b)
     for mine, theirs in zip(native.cache.keys + native.cache.values, own.cache.keys + own.cache.values):
         assert torch.equal(mine, theirs)
 
 
-def test_fused_projections_are_called_once_per_layer():
-    """Packed q/k/v and gate/up: the native forward calls each fused GEMM once per layer and never
-    goes through the per-projection views."""
+def test_the_scripted_loop_stays_bitwise_over_many_shapes():
+    """TorchScript re-optimises a function after its first runs and on new shapes: twelve forwards of
+    changing rows, widths and contexts stay bitwise the model's own forward, logits and KV entries."""
+    target = _packed_tiny()
+    native = ModelRunner(target, num_slots=4, capacity=96, layout="packed", model_forward="native")
+    own = ModelRunner(target, num_slots=4, capacity=96, layout="packed", model_forward="transformers")
+    gen = torch.Generator().manual_seed(1)
+    past = [0, 0, 0, 0]
+    for step in range(12):
+        rows = 1 + step % 4
+        fed = [torch.randint(0, 90, (int(torch.randint(1, 7, (1,), generator=gen)),), generator=gen).tolist()
+               for _ in range(rows)]
+        mine = native.forward(0, fed, past[:rows])
+        theirs = own.forward(0, fed, past[:rows])
+        assert torch.equal(mine, theirs)
+        past[:rows] = [p + len(f) for p, f in zip(past, fed)]
+    for a, b in zip(native.cache.keys + native.cache.values, own.cache.keys + own.cache.values):
+        assert torch.equal(a, b)
+
+
+def test_fused_projections_are_one_gemm_per_layer():
+    """Packed q/k/v and gate/up: the native loop reads each fused group as one packed GEMM (the
+    `SharedProjection`'s weight), never the per-projection views; eager linears stay three and two."""
     target = _packed_tiny()
     runner = ModelRunner(target, num_slots=2, capacity=32)
-    calls = {"fused": 0, "views": 0}
-    for layer in runner._native.layers:
-        assert layer.qkv is not None and layer.gate_up is not None
-        for fused in (layer.qkv, layer.gate_up):
-            fused.register_forward_hook(lambda *_: calls.__setitem__("fused", calls["fused"] + 1))
-        for view in (layer.q_proj, layer.k_proj, layer.v_proj, layer.gate_proj, layer.up_proj):
-            view.register_forward_hook(lambda *_: calls.__setitem__("views", calls["views"] + 1))
-    runner.forward(0, [[1, 2, 3], [4]], [0, 0])
-    assert calls == {"fused": 2 * len(runner._native.layers), "views": 0}
+    for spec, layer in zip(runner._native.layers, target.model.layers, strict=True):
+        qkv, gate_up = spec[2], spec[6]
+        assert [s[0] for s in qkv] == [layer.self_attn.q_proj.shared.linear.packed_weight]
+        assert [s[0] for s in gate_up] == [layer.mlp.gate_proj.shared.linear.packed_weight]
+        assert all(s[2] for s in qkv + gate_up + [spec[3], spec[7]])
+    eager = ModelRunner(tiny_random_model(seed=0), num_slots=2, capacity=32)
+    assert [len(spec[2]) for spec in eager._native.layers] == [3] * len(eager._native.layers)
+    assert [len(spec[6]) for spec in eager._native.layers] == [2] * len(eager._native.layers)
+
+
+def test_a_loop_that_cannot_be_scripted_runs_as_python(monkeypatch, caplog):
+    """If TorchScript fails, "native" logs it once and runs the same loop as Python, same outputs."""
+    from nightjar_rl.decoding import native_forward as nf
+
+    def broken(fn):
+        raise RuntimeError("\nno TorchScript here")
+
+    nf.scripted_decoder_layers.cache_clear()
+    monkeypatch.setattr(torch.jit, "script", broken)
+    try:
+        with caplog.at_level("WARNING", logger=nf.__name__):
+            runner = ModelRunner(tiny_random_model(seed=0), num_slots=4, capacity=64)
+        assert runner.forward_kind == "native" and not runner._native.scripted
+        assert "no TorchScript here" in caplog.text
+        reference = ModelRunner(runner.model, num_slots=4, capacity=64, model_forward="transformers")
+        assert all(torch.equal(a, b) for a, b in zip(_forwards(runner), _forwards(reference), strict=True))
+    finally:
+        nf.scripted_decoder_layers.cache_clear()
 
 
 @pytest.mark.parametrize("drafter", ["ngram", "early-exit"])
 def test_engines_on_either_forward_decode_the_same(tiny_target, drafter):
     requests = [Request(f"r{i}", list(range(3 + i, 12 + 2 * i)), 14) for i in range(5)]
     runs = {}
-    for forward in ("native", "transformers"):
+    for forward in ("native", "native-eager", "transformers"):
         draft = (DraftModelDrafter(early_exit_draft(tiny_target, 2), forward) if drafter == "early-exit"
                  else make_drafter(drafter, tiny_target))
         engine = SpeculativeEngine(tiny_target, draft, max_batch_size=3, max_seq_len=64,
@@ -113,13 +157,13 @@ def test_engines_on_either_forward_decode_the_same(tiny_target, drafter):
             outputs.update({s.request_id: s.output_ids for s in engine.pop_finished()})
         engine.close()
         runs[forward] = (outputs, steps)
-    assert runs["native"] == runs["transformers"]
+    assert runs["native"] == runs["native-eager"] == runs["transformers"]
     assert len(runs["native"][0]) == len(requests)
 
 
 def test_other_architectures_and_subclasses_use_their_own_forward():
-    """A near miss (Qwen2: Llama's layout, its own classes) and a Llama whose norm is a subclass run the
-    model's own forward, with the same outputs."""
+    """A near miss (Qwen2: Llama's layout, its own classes), a Llama whose norm is a subclass and one
+    with another activation run the model's own forward, with the same outputs."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
@@ -131,7 +175,8 @@ def test_other_architectures_and_subclasses_use_their_own_forward():
 
     custom = tiny_random_model(seed=0)
     custom.model.norm.__class__ = MyNorm
-    for model in (qwen, custom):
+    gelu = tiny_random_model(seed=0, config_overrides={"hidden_act": "gelu"})  # the loop computes SiLU only
+    for model in (qwen, custom, gelu):
         runner = ModelRunner(model, num_slots=4, capacity=64)
         assert runner.forward_kind == "transformers"
         reference = ModelRunner(model, num_slots=4, capacity=64, model_forward="transformers")
@@ -151,7 +196,7 @@ def test_the_additive_mask_is_what_sdpa_makes_of_the_boolean_one():
 
 
 def test_bad_model_forward_is_refused(tiny_target):
-    with pytest.raises(ValueError, match="model_forward must be one of native, transformers"):
+    with pytest.raises(ValueError, match="model_forward must be one of native, native-eager, transformers"):
         ModelRunner(tiny_target, num_slots=1, capacity=16, model_forward="compiled")
     with pytest.raises(ConfigError, match="model_forward"):
         EngineConfig(model="tiny-random", model_forward="compiled").validate()
@@ -166,6 +211,6 @@ def test_real_model_native_forward_is_bitwise_its_own(layout):
     target = load_model("smollm2-135m").model
     native = ModelRunner(target, num_slots=4, capacity=64, layout=layout, model_forward="native")
     own = ModelRunner(target, num_slots=4, capacity=64, layout=layout, model_forward="transformers")
-    assert native.forward_kind == "native"
+    assert native.forward_kind == "native" and native._native.scripted
     for a, b in zip(_forwards(native), _forwards(own), strict=True):
         assert torch.equal(a, b)

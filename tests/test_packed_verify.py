@@ -221,7 +221,7 @@ def test_real_model_packed_equals_padded(plan):
     assert sum(len(v) for v in runs["packed"][0].values()) > 0
 
 
-@pytest.mark.parametrize("model_forward", ["native", "transformers"])
+@pytest.mark.parametrize("model_forward", ["native", "native-eager", "transformers"])
 @pytest.mark.parametrize("layout", ["padded", "packed"])
 def test_an_early_exit_draft_runs_alone_and_matches_transformers(layout, model_forward):
     """The runner on an early-exit draft (whose layers read the target's config) with no target

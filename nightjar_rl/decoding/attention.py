@@ -30,16 +30,24 @@ class SlotStep:
 def slot_attend(step: SlotStep, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                 scale: float | None) -> torch.Tensor:
     """Attention of a runner forward's T queries (`[T, H, d]`, in the model's token order) over the
-    rows' cache views (`[B, kv_heads, kv_len, d]`); returns `[T, H, d]`. Queries are grouped per KV head
-    (head h uses KV head h // g) into `[B, kv_heads, g * n, d]`; a packed batch's are scattered to
-    `[B, n]` first (positions no row feeds stay zero and are never read)."""
-    b, n, g = step.batch, step.n, step.groups
+    rows' cache views (`[B, kv_heads, kv_len, d]`); returns `[T, H, d]` (see `attend`)."""
+    return attend(query, keys, values, scale, step.mask, step.row, step.col, step.batch, step.n, step.groups,
+                  step.packed)
+
+
+def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float | None,
+           mask: torch.Tensor, row: torch.Tensor, col: torch.Tensor, batch: int, n: int, groups: int,
+           packed: bool) -> torch.Tensor:
+    """`slot_attend` with the step's fields apart (TorchScript-compatible: the native forward's scripted
+    layer loop calls it). Queries are grouped per KV head (head h uses KV head h // g) into
+    `[B, kv_heads, g * n, d]`; a packed batch's are scattered to `[B, n]` first (positions no row feeds
+    stay zero and are never read)."""
     heads, dim = query.shape[1], query.shape[2]
-    if step.packed:
-        padded = query.new_zeros((b, n, heads, dim))
-        padded[step.row, step.col] = query
+    if packed:
+        padded = query.new_zeros((batch, n, heads, dim))
+        padded[row, col] = query
         query = padded
-    grouped = query.view(b, n, heads, dim).permute(0, 2, 1, 3).reshape(b, heads // g, g * n, dim)
-    out = torch.nn.functional.scaled_dot_product_attention(grouped, keys, values, attn_mask=step.mask, scale=scale)
-    out = out.view(b, heads, n, dim).transpose(1, 2)  # [B, n, H, d]
-    return out[step.row, step.col] if step.packed else out.reshape(b * n, heads, dim)
+    grouped = query.view(batch, n, heads, dim).permute(0, 2, 1, 3).reshape(batch, heads // groups, groups * n, dim)
+    out = torch.nn.functional.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=scale)
+    out = out.view(batch, heads, n, dim).transpose(1, 2)  # [B, n, H, d]
+    return out[row, col] if packed else out.reshape(batch * n, heads, dim)

@@ -44,8 +44,8 @@ class SpeculativeEngine(ScheduledEngine):
     case (prompt + max_new_tokens + max_speculation) fits the KV token budget. `max_waiting` bounds
     the queue (`submit` raises `QueueFullError` beyond it). Row i of `running` lives in KV slot i.
     `verify_layout`: how the target's forwards lay rows out, "padded" (`[B, n]`) or "packed" (one
-    `[1, T]` token batch: a step computes only the positions it scores); `model_forward`: "native" or
-    "transformers" (same outputs); see decoding/runner.py.
+    `[1, T]` token batch: a step computes only the positions it scores); `model_forward`: "native",
+    "native-eager" or "transformers" (same outputs); see decoding/runner.py.
     """
 
     REGIONS = 1  # slot regions of the scheduler's layout (the batch-parallel decoder uses 2)

@@ -9,8 +9,41 @@ overwritten. Plugs into Hugging Face models through the `Cache.update` hook.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from transformers.cache_utils import Cache
+
+
+class SlotWindow(NamedTuple):
+    """One forward's view of the cache: rows `slot_start..slot_start+batch`, read up to `kv_len`; token t
+    is written to row `rows[t]` at entry `positions[t]`, or, when `first >= 0` (one row), all tokens to
+    the consecutive entries from `first`."""
+
+    slot_start: int
+    batch: int
+    kv_len: int
+    first: int
+    rows: torch.Tensor
+    positions: torch.Tensor
+
+
+def write_window(layer_keys: torch.Tensor, layer_values: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 slot_start: int, batch: int, kv_len: int, first: int, rows: torch.Tensor,
+                 positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write a forward's keys and values (`[T, heads, dim]`) into one layer's cache (see `SlotWindow`);
+    return the rows' views `[batch, heads, kv_len, dim]`. TorchScript-compatible (the native forward's
+    scripted layer loop calls it)."""
+    keys = layer_keys[slot_start : slot_start + batch]
+    values = layer_values[slot_start : slot_start + batch]
+    if first >= 0:
+        tokens = key.shape[0]
+        keys[0, :, first : first + tokens] = key.transpose(0, 1).to(keys.dtype)
+        values[0, :, first : first + tokens] = value.transpose(0, 1).to(values.dtype)
+    else:
+        keys[rows, :, positions] = key.to(keys.dtype)
+        values[rows, :, positions] = value.to(values.dtype)
+    return keys[:, :, :kv_len], values[:, :, :kv_len]
 
 
 class SlotKVCache(Cache):
@@ -25,7 +58,7 @@ class SlotKVCache(Cache):
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.num_slots = num_slots
         self.capacity = capacity
-        self._window: tuple | None = None  # slot_start, batch, write index, kv_len
+        self._window: SlotWindow | None = None
 
     @property
     def bytes_per_token(self) -> int:
@@ -35,16 +68,12 @@ class SlotKVCache(Cache):
     def set_window(self, slot_start: int, rows: torch.Tensor, positions: torch.Tensor, kv_len: int, batch: int) -> None:
         """Route the next forward over rows `slot_start..slot_start+batch`: its t-th token (in the order
         the model sees them, row after row) is written to row `rows[t]` at entry `positions[t]`."""
-        if batch == 1:  # one row feeds consecutive entries: a plain slice
-            first = int(positions[0])
-            index = slice(first, first + positions.numel())
-        else:  # built once per forward, reused by every layer
-            index = (rows, slice(None), positions)
-        self._window = (slot_start, batch, index, kv_len)
+        first = int(positions[0]) if batch == 1 else -1  # one row feeds consecutive entries: a plain slice
+        self._window = SlotWindow(slot_start, batch, kv_len, first, rows, positions)
 
     @property
-    def window(self) -> tuple:
-        """(slot_start, batch, write index, kv_len) of the next forward (see `set_window`)."""
+    def window(self) -> SlotWindow:
+        """Where the next forward writes and what it reads (see `set_window`)."""
         if self._window is None:
             raise RuntimeError("SlotKVCache.set_window must be called before a forward pass")
         return self._window
@@ -52,16 +81,9 @@ class SlotKVCache(Cache):
     def write(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write one layer's new keys and values (`[T, heads, dim]`: the forward's T tokens in the order
         the model sees them) into their slots; return the rows' cache views `[batch, heads, kv_len, dim]`."""
-        start, batch, index, kv_len = self.window
-        keys = self.keys[layer_idx][start : start + batch]
-        values = self.values[layer_idx][start : start + batch]
-        if isinstance(index, slice):
-            keys[0, :, index] = key.transpose(0, 1).to(keys.dtype)
-            values[0, :, index] = value.transpose(0, 1).to(values.dtype)
-        else:
-            keys[index] = key.to(keys.dtype)
-            values[index] = value.to(values.dtype)
-        return keys[:, :, :kv_len], values[:, :, :kv_len]
+        w = self.window
+        return write_window(self.keys[layer_idx], self.values[layer_idx], key, value, w.slot_start, w.batch,
+                            w.kv_len, w.first, w.rows, w.positions)
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         """transformers' cache hook: `write` for `[b, heads, s, dim]` keys and values (b * s tokens, row
@@ -71,7 +93,7 @@ class SlotKVCache(Cache):
                           value_states.transpose(1, 2).reshape(-1, heads, dim))
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0 if self._window is None else self._window[3]
+        return 0 if self._window is None else self._window.kv_len
 
     def move_slot(self, src: int, dst: int, length: int) -> None:
         """Copy the first `length` cache entries of slot `src` into slot `dst` (compaction)."""

@@ -8,12 +8,13 @@ Two token layouts for one forward (`VERIFY_LAYOUTS`):
   tokens in all, so a step costs what it scores (rows that all feed the same number of tokens run
   as `[B, n]`: the same tokens in the same order, nothing padded, no scatter in attention).
 
-Two ways to run the decoder (`MODEL_FORWARDS`): "native" (transformers' Llama models:
-`native_forward.NativeForward`, the same ops with less around them) or "transformers" (the model's
-own forward, its attention routed through `slot_attention`, registered with transformers' attention
-interface). Either way attention runs over the slot KV cache (`SlotKVCache.write`) in
-`attention.slot_attend`: queries are grouped per KV head (no `repeat_kv` copy of the cache per layer), one additive mask `[B, 1, g*n, kv]` is built
-per forward, and a packed batch's queries are scattered to `[B, n]` only inside attention (the
+Three ways to run the decoder (`MODEL_FORWARDS`): "native" (transformers' Llama models:
+`native_forward.NativeForward`, the same ops with less around them, its layer loop compiled by
+TorchScript), "native-eager" (that loop as Python) or "transformers" (the model's own forward, its
+attention routed through `slot_attention`, registered with transformers' attention interface). Every
+way, attention runs over the slot KV cache (`kv_cache.write_window`) in `attention.attend`: queries are
+grouped per KV head (no `repeat_kv` copy of the cache per layer), one additive mask `[B, 1, g*n, kv]`
+is built per forward, and a packed batch's queries are scattered to `[B, n]` only inside attention (the
 projections, MLPs and the LM head see the T real tokens).
 """
 
@@ -64,7 +65,7 @@ AttentionMaskInterface.register(SLOT_ATTENTION, sdpa_mask)  # for forwards outsi
 class ModelRunner:
     """One model plus its slot KV cache. Rows are the consecutive slots `slot_start..slot_start+B`.
 
-    `layout`: "padded" or "packed"; `model_forward`: "native" or "transformers" (see the module docstring).
+    `layout`: "padded" or "packed"; `model_forward`: one of `MODEL_FORWARDS` (see the module docstring).
     Outputs and cache contents are the same either way, only what is computed differs. `self.forward_kind`
     says which decoder forward runs ("transformers" when the model has no native one)."""
 
@@ -74,8 +75,9 @@ class ModelRunner:
             raise ValueError(f"model_forward must be one of {', '.join(MODEL_FORWARDS)}, got {model_forward!r}")
         self.model = model
         self.layout = check_layout(layout)
-        self._native = native_forward(model) if model_forward == "native" else None
-        self.forward_kind = "native" if self._native is not None else "transformers"
+        self._native = None if model_forward == "transformers" else native_forward(
+            model, script=model_forward == "native")
+        self.forward_kind = "transformers" if self._native is None else model_forward
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.cache = SlotKVCache(model.config, num_slots, capacity, self.dtype, self.device)
