@@ -30,14 +30,16 @@ from bench_vllm import prompt_ids, serve_once  # same folder: the peer benchmark
 
 from nightjar_rl.model_names import MODEL_FORWARDS
 
-FORWARDS = tuple(MODEL_FORWARDS)  # ("native", "native-eager", "transformers")
-BASELINE = FORWARDS[-1]  # the model's own forward
+BASELINE = "transformers"  # the model's own forward
+FORWARDS = (*(f for f in MODEL_FORWARDS if f != BASELINE), BASELINE)  # ("native", "native-eager", "transformers")
 
 
 def _order(repeat: int) -> tuple[str, ...]:
-    """The forwards in the order a repeat runs them (rotated, so none always goes first)."""
+    """The forwards in the order a repeat runs them: rotated, and reversed every other round of
+    rotations, so over 2 x len(FORWARDS) repeats each goes first, last and after each other one equally."""
     shift = repeat % len(FORWARDS)
-    return FORWARDS[shift:] + FORWARDS[:shift]
+    order = FORWARDS[shift:] + FORWARDS[:shift]
+    return order if (repeat // len(FORWARDS)) % 2 == 0 else order[::-1]
 
 
 @dataclass
@@ -97,7 +99,8 @@ def main(a: Args) -> pd.DataFrame:
               for f in FORWARDS}
     kinds = {f: s.engine.runner.forward_kind for f, s in stacks.items()}
     if kinds != {f: f for f in FORWARDS}:
-        raise SystemExit(f"{a.model} has no native forward here ({kinds})")
+        raise SystemExit(f"{a.model}: not every forward runs as asked here ({kinds}; 'native-eager' for native: "
+                         "TorchScript failed, see the log)")
     rows, outputs = [], {}
     cells = [(r, b, k, f) for r in range(a.repeats) for b in a.batches for k in a.ks for f in _order(r)]
     for rep, batch, k, forward in tqdm(cells, desc="bench_model_forward", unit="run"):

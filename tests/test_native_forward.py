@@ -82,11 +82,13 @@ def test_native_forward_is_bitwise_the_models_own(model, layout, native_kind):
 
 
 def test_the_scripted_loop_stays_bitwise_over_many_shapes():
-    """TorchScript re-optimises a function after its first runs and on new shapes: twelve forwards of
-    changing rows, widths and contexts stay bitwise the model's own forward, logits and KV entries."""
+    """A smoke test of the scripted loop over a run of changing shapes (TorchScript's executor profiles
+    a function's first runs; on CPU it fuses nothing): twelve forwards of changing rows, widths and
+    contexts stay bitwise the model's own forward, logits and KV entries."""
     target = _packed_tiny()
     native = ModelRunner(target, num_slots=4, capacity=96, layout="packed", model_forward="native")
     own = ModelRunner(target, num_slots=4, capacity=96, layout="packed", model_forward="transformers")
+    assert native._native.scripted
     gen = torch.Generator().manual_seed(1)
     past = [0, 0, 0, 0]
     for step in range(12):
@@ -117,7 +119,8 @@ def test_fused_projections_are_one_gemm_per_layer():
 
 
 def test_a_loop_that_cannot_be_scripted_runs_as_python(monkeypatch, caplog):
-    """If TorchScript fails, "native" logs it once and runs the same loop as Python, same outputs."""
+    """If TorchScript fails, "native" logs it once and runs the same loop as Python (and says so:
+    `forward_kind` "native-eager"), same outputs."""
     from nightjar_rl.decoding import native_forward as nf
 
     def broken(fn):
@@ -128,7 +131,7 @@ def test_a_loop_that_cannot_be_scripted_runs_as_python(monkeypatch, caplog):
     try:
         with caplog.at_level("WARNING", logger=nf.__name__):
             runner = ModelRunner(tiny_random_model(seed=0), num_slots=4, capacity=64)
-        assert runner.forward_kind == "native" and not runner._native.scripted
+        assert runner.forward_kind == "native-eager" and not runner._native.scripted
         assert "no TorchScript here" in caplog.text
         reference = ModelRunner(runner.model, num_slots=4, capacity=64, model_forward="transformers")
         assert all(torch.equal(a, b) for a, b in zip(_forwards(runner), _forwards(reference), strict=True))
@@ -162,8 +165,8 @@ def test_engines_on_either_forward_decode_the_same(tiny_target, drafter):
 
 
 def test_other_architectures_and_subclasses_use_their_own_forward():
-    """A near miss (Qwen2: Llama's layout, its own classes), a Llama whose norm is a subclass and one
-    with another activation run the model's own forward, with the same outputs."""
+    """A near miss (Qwen2: Llama's layout, its own classes), a Llama whose norm or one linear is a
+    subclass and one with another activation run the model's own forward, with the same outputs."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
@@ -176,7 +179,13 @@ def test_other_architectures_and_subclasses_use_their_own_forward():
     custom = tiny_random_model(seed=0)
     custom.model.norm.__class__ = MyNorm
     gelu = tiny_random_model(seed=0, config_overrides={"hidden_act": "gelu"})  # the loop computes SiLU only
-    for model in (qwen, custom, gelu):
+
+    class MyLinear(torch.nn.Linear):  # e.g. an adapter: the loop would skip its forward
+        pass
+
+    adapted = tiny_random_model(seed=0)
+    adapted.model.layers[1].self_attn.o_proj.__class__ = MyLinear
+    for model in (qwen, custom, gelu, adapted):
         runner = ModelRunner(model, num_slots=4, capacity=64)
         assert runner.forward_kind == "transformers"
         reference = ModelRunner(model, num_slots=4, capacity=64, model_forward="transformers")

@@ -1,6 +1,7 @@
 """Attention over the slot KV cache for one runner forward: what every layer needs to know about the
-forward (`SlotStep`, built once) and the attention itself (`slot_attend`), shared by the native
-forward and the attention function the runner registers with transformers."""
+forward (`SlotStep`, built once) and the attention itself (`attend`, which the native forward's layer
+loop calls with the step's fields; `slot_attend` unpacks a `SlotStep` into it for the attention
+function the runner registers with transformers)."""
 
 from __future__ import annotations
 

@@ -7,10 +7,12 @@ states are bitwise those of the model's forward through the runner's `slot_atten
 with less around them:
 
 - the layer loop is one function, `decoder_layers`, over plain tensors (each layer's weights as a
-  `LayerSpec` tuple), compiled once with TorchScript: its interpreter calls the same ATen kernels as
-  eager PyTorch, without a Python round trip per op. TorchScript is deprecated in favour of
-  `torch.compile`, which fuses and reorders ops (not bitwise) and needs a C++ toolchain; if scripting
-  fails, or with `model_forward: native-eager`, the same function runs as plain Python;
+  `LayerSpec` tuple), compiled once with TorchScript for CPU models: its interpreter calls the same
+  ATen kernels as eager PyTorch, without a Python round trip per op (TorchScript fuses nothing on CPU
+  by default). TorchScript is deprecated in favour of `torch.compile`, which fuses and reorders ops
+  (not bitwise) and needs a C++ toolchain. On other devices (TorchScript's GPU fuser would fuse
+  element-wise ops, which rounds differently), if scripting fails, or with `model_forward:
+  native-eager`, the same function runs as plain Python;
 - the fused q/k/v and gate/up GEMMs of packed linears (`cpu_linears.SharedProjection`) are called
   once per layer directly, their outputs split by views;
 - rotary embedding is applied to a layer's queries and keys together: `x*cos + rot(x)*sin'`, where
@@ -21,6 +23,8 @@ with less around them:
 
 `native_forward(model)` returns None unless every module it reproduces is exactly transformers' Llama
 class with SiLU and plain or packed linears (anything else falls back to the model's own forward).
+The weights are taken when the runner is built (parameters reassigned later are not seen), and module
+hooks on the layers do not run.
 """
 
 from __future__ import annotations
@@ -40,10 +44,11 @@ from nightjar_rl.decoding.kv_cache import SlotKVCache, write_window
 log = logging.getLogger(__name__)
 
 # (weight, bias, packed): packed weights are oneDNN's (`PackedLinear`), others `nn.Linear`'s own
-Linear = tuple[torch.Tensor, torch.Tensor | None, bool]
+LinearSpec = tuple[torch.Tensor, torch.Tensor | None, bool]
 # (input norm weight, eps, q/k/v: one fused or three, o, post-attention norm weight, eps,
 #  gate/up: one fused or two, down, gate width, attention scaling)
-LayerSpec = tuple[torch.Tensor, float, list[Linear], Linear, torch.Tensor, float, list[Linear], Linear, int, float]
+LayerSpec = tuple[torch.Tensor, float, list[LinearSpec], LinearSpec, torch.Tensor, float, list[LinearSpec], LinearSpec, int,
+                  float]
 
 
 def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -54,7 +59,7 @@ def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Te
     return weight * normed.to(hidden.dtype)
 
 
-def linear(x: torch.Tensor, spec: Linear) -> torch.Tensor:
+def linear(x: torch.Tensor, spec: LinearSpec) -> torch.Tensor:
     """What the module behind `spec` computes for `[T, in]` inputs (`PackedLinear` or `nn.Linear`)."""
     weight, bias, packed = spec
     if packed:
@@ -115,7 +120,7 @@ def scripted_decoder_layers():
         return decoder_layers
 
 
-def _linear_spec(module: nn.Module) -> Linear | None:
+def _linear_spec(module: nn.Module) -> LinearSpec | None:
     if type(module) is PackedLinear:
         return module.packed_weight, module.bias, True
     if type(module) is nn.Linear:
@@ -123,7 +128,7 @@ def _linear_spec(module: nn.Module) -> Linear | None:
     return None
 
 
-def _specs(*projections: nn.Module) -> list[Linear] | None:
+def _specs(*projections: nn.Module) -> list[LinearSpec] | None:
     """One spec for the packed GEMM behind `projections` when they are, in order, the consecutive
     column slices that make up one `SharedProjection`; else one per projection (None when one of them
     is neither a plain nor a packed linear)."""
@@ -140,7 +145,7 @@ def _specs(*projections: nn.Module) -> list[Linear] | None:
 
 def layer_spec(layer: nn.Module) -> LayerSpec | None:
     """One decoder layer's weights as `decoder_layers` reads them (taken when the runner is built:
-    modules swapped in later are not seen), or None when the loop cannot reproduce it."""
+    modules or parameters swapped in later are not seen), or None when the loop cannot reproduce it."""
     attn, mlp = layer.self_attn, layer.mlp
     qkv = _specs(attn.q_proj, attn.k_proj, attn.v_proj)
     o_proj, down = _linear_spec(attn.o_proj), _linear_spec(mlp.down_proj)
@@ -155,7 +160,8 @@ def layer_spec(layer: nn.Module) -> LayerSpec | None:
 class NativeForward:
     """`__call__(ids, positions, shape, step, cache)` -> the final-normed hidden states `[T, hidden]` of
     the T fed tokens (`shape`: how the model's forward would lay them out, `[1, T]` packed or `[B, n]`).
-    `script`: run the layer loop through TorchScript (`scripted_decoder_layers`) or as Python."""
+    `script`: run the layer loop through TorchScript (`scripted_decoder_layers`; CPU models only) or as
+    Python; `scripted` says which runs."""
 
     def __init__(self, model: nn.Module, layers: list[LayerSpec], script: bool = True):
         decoder = model.get_decoder()
@@ -166,7 +172,8 @@ class NativeForward:
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.layers = layers
-        self.run_layers = scripted_decoder_layers() if script else decoder_layers
+        on_cpu = decoder.embed_tokens.weight.device.type == "cpu"
+        self.run_layers = scripted_decoder_layers() if script and on_cpu else decoder_layers
         self.scripted = self.run_layers is not decoder_layers
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, shape: tuple[int, int], step: SlotStep,

@@ -67,7 +67,8 @@ class ModelRunner:
 
     `layout`: "padded" or "packed"; `model_forward`: one of `MODEL_FORWARDS` (see the module docstring).
     Outputs and cache contents are the same either way, only what is computed differs. `self.forward_kind`
-    says which decoder forward runs ("transformers" when the model has no native one)."""
+    says which decoder forward runs ("transformers" when the model has no native one, "native-eager"
+    when "native" could not be scripted: a model off the CPU, or TorchScript failing)."""
 
     def __init__(self, model: torch.nn.Module, num_slots: int, capacity: int,
                  layout: str = DEFAULT_VERIFY_LAYOUT, model_forward: str = DEFAULT_MODEL_FORWARD):
@@ -77,7 +78,9 @@ class ModelRunner:
         self.layout = check_layout(layout)
         self._native = None if model_forward == "transformers" else native_forward(
             model, script=model_forward == "native")
-        self.forward_kind = "transformers" if self._native is None else model_forward
+        # what runs: "native" only when the loop is scripted (else its Python form, "native-eager")
+        self.forward_kind = ("transformers" if self._native is None
+                             else "native" if self._native.scripted else "native-eager")
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.cache = SlotKVCache(model.config, num_slots, capacity, self.dtype, self.device)
