@@ -29,21 +29,21 @@ class SlotWindow(NamedTuple):
 
 
 def write_window(layer_keys: torch.Tensor, layer_values: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                 slot_start: int, batch: int, kv_len: int, first: int, rows: torch.Tensor,
-                 positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Write a forward's keys and values (`[T, heads, dim]`) into one layer's cache (see `SlotWindow`);
+                 window: SlotWindow) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write a forward's keys and values (`[T, heads, dim]`) into one layer's cache where `window` says;
     return the rows' views `[batch, heads, kv_len, dim]`. TorchScript-compatible (the native forward's
     scripted layer loop calls it)."""
-    keys = layer_keys[slot_start : slot_start + batch]
-    values = layer_values[slot_start : slot_start + batch]
+    keys = layer_keys[window.slot_start : window.slot_start + window.batch]
+    values = layer_values[window.slot_start : window.slot_start + window.batch]
+    first = window.first
     if first >= 0:
         tokens = key.shape[0]
         keys[0, :, first : first + tokens] = key.transpose(0, 1).to(keys.dtype)
         values[0, :, first : first + tokens] = value.transpose(0, 1).to(values.dtype)
     else:
-        keys[rows, :, positions] = key.to(keys.dtype)
-        values[rows, :, positions] = value.to(values.dtype)
-    return keys[:, :, :kv_len], values[:, :, :kv_len]
+        keys[window.rows, :, window.positions] = key.to(keys.dtype)
+        values[window.rows, :, window.positions] = value.to(values.dtype)
+    return keys[:, :, : window.kv_len], values[:, :, : window.kv_len]
 
 
 class SlotKVCache(Cache):
@@ -81,9 +81,7 @@ class SlotKVCache(Cache):
     def write(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write one layer's new keys and values (`[T, heads, dim]`: the forward's T tokens in the order
         the model sees them) into their slots; return the rows' cache views `[batch, heads, kv_len, dim]`."""
-        w = self.window
-        return write_window(self.keys[layer_idx], self.values[layer_idx], key, value, w.slot_start, w.batch,
-                            w.kv_len, w.first, w.rows, w.positions)
+        return write_window(self.keys[layer_idx], self.values[layer_idx], key, value, self.window)
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         """transformers' cache hook: `write` for `[b, heads, s, dim]` keys and values (b * s tokens, row

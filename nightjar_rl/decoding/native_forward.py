@@ -36,12 +36,14 @@ from itertools import pairwise
 
 import torch
 from torch import nn
+from transformers.activations import SiLUActivation
 
 from nightjar_rl.cpu_linears import PackedLinear, SliceOf
 from nightjar_rl.decoding.attention import SlotStep, attend
-from nightjar_rl.decoding.kv_cache import SlotKVCache, write_window
+from nightjar_rl.decoding.kv_cache import SlotKVCache, SlotWindow, write_window
 
 log = logging.getLogger(__name__)
+SILU = (nn.SiLU, SiLUActivation)  # activation modules that compute exactly `F.silu`
 
 # (weight, bias, packed): packed weights are oneDNN's (`PackedLinear`), others `nn.Linear`'s own
 LinearSpec = tuple[torch.Tensor, torch.Tensor | None, bool]
@@ -70,12 +72,11 @@ def linear(x: torch.Tensor, spec: LinearSpec) -> torch.Tensor:
 
 def decoder_layers(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layers: list[LayerSpec],
                    norm: torch.Tensor, eps: float, layer_keys: list[torch.Tensor], layer_values: list[torch.Tensor],
-                   slot_start: int, batch: int, kv_len: int, first: int, rows: torch.Tensor,
-                   positions: torch.Tensor, mask: torch.Tensor, row: torch.Tensor, col: torch.Tensor, n: int,
+                   window: SlotWindow, mask: torch.Tensor, row: torch.Tensor, col: torch.Tensor, n: int,
                    groups: int, packed: bool, heads: int, kv_heads: int, dim: int) -> torch.Tensor:
     """Every decoder layer, then the final norm, for the T fed tokens' embeddings `[T, hidden]`
-    (`cos`/`sin` `[T, 1, dim]`, `sin` carrying rotate-half's sign; the cache window and attention
-    fields as in `SlotWindow` and `SlotStep`). TorchScript-compatible: scripted by `NativeForward`."""
+    (`cos`/`sin` `[T, 1, dim]`, `sin` carrying rotate-half's sign; the attention fields as in
+    `SlotStep`). TorchScript-compatible: scripted by `NativeForward`."""
     tokens = hidden.shape[0]
     half = dim // 2
     qk_heads = heads + kv_heads
@@ -91,9 +92,8 @@ def decoder_layers(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, l
                             linear(x, qkv_specs[1]).view(tokens, kv_heads, dim)), 1)
             value = linear(x, qkv_specs[2]).view(tokens, kv_heads, dim)
         qk = qk * cos + torch.cat((qk[..., half:], qk[..., :half]), -1) * sin
-        keys, values = write_window(layer_keys[i], layer_values[i], qk[:, heads:], value, slot_start, batch, kv_len,
-                                    first, rows, positions)
-        out = attend(qk[:, :heads], keys, values, scaling, mask, row, col, batch, n, groups, packed)
+        keys, values = write_window(layer_keys[i], layer_values[i], qk[:, heads:], value, window)
+        out = attend(qk[:, :heads], keys, values, scaling, mask, row, col, window.batch, n, groups, packed)
         hidden = hidden + linear(out.reshape(tokens, heads * dim), o_spec)
         x = rms_norm(hidden, norm_post, eps_post)
         if len(gate_up_specs) == 1:
@@ -186,10 +186,9 @@ class NativeForward:
         cos = cos.reshape(tokens, 1, dim)
         sin = sin.reshape(tokens, 1, dim)
         sin = torch.cat((-sin[..., :half], sin[..., half:]), -1)  # rotate-half's sign, carried by sin
-        w = cache.window
         return self.run_layers(hidden, cos, sin, self.layers, self.norm, self.eps, cache.keys, cache.values,
-                               w.slot_start, w.batch, w.kv_len, w.first, w.rows, w.positions, step.mask, step.row,
-                               step.col, step.n, step.groups, step.packed, self.heads, self.kv_heads, dim)
+                               cache.window, step.mask, step.row, step.col, step.n, step.groups, step.packed,
+                               self.heads, self.kv_heads, dim)
 
 
 def native_forward(model: nn.Module, script: bool = True) -> NativeForward | None:
@@ -210,12 +209,3 @@ def native_forward(model: nn.Module, script: bool = True) -> NativeForward | Non
     if any(s is None for s in specs):
         return None
     return NativeForward(model, specs, script=script)
-
-
-def _silu_types() -> tuple[type, ...]:
-    from transformers.activations import SiLUActivation
-
-    return nn.SiLU, SiLUActivation
-
-
-SILU = _silu_types()  # activation modules that compute exactly `F.silu`
