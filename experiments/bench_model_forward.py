@@ -31,7 +31,8 @@ from bench_vllm import prompt_ids, serve_once  # same folder: the peer benchmark
 from nightjar_rl.model_names import MODEL_FORWARDS
 
 BASELINE = "transformers"  # the model's own forward
-FORWARDS = (*(f for f in MODEL_FORWARDS if f != BASELINE), BASELINE)  # ("native", "native-eager", "transformers")
+NATIVE_KINDS = tuple(f for f in MODEL_FORWARDS if f != BASELINE)  # ("native", "native-eager"), each set against it
+FORWARDS = (*NATIVE_KINDS, BASELINE)
 
 
 def _order(repeat: int) -> tuple[str, ...]:
@@ -112,7 +113,7 @@ def main(a: Args) -> pd.DataFrame:
     wide = df.pivot_table(index=["batch", "k", "repeat"], columns="forward", values="tokens_s")
     table = df.groupby(["batch", "k", "forward"])[["tokens_s", "ttft_p50_s", "tpot_p50_s"]].median().unstack("forward")
     table[("served", "requests")] = [len(outputs[(b, k, BASELINE, 0)]) for b, k in table.index]
-    for f in FORWARDS[:-1]:  # each native kind against the model's own forward
+    for f in NATIVE_KINDS:  # each native kind against the model's own forward
         ratio = (wide[f] / wide[BASELINE]).groupby(["batch", "k"])
         table[(f"{f}/{BASELINE}", "median")] = ratio.median()
         table[(f"{f}/{BASELINE}", "min")] = ratio.min()
@@ -128,14 +129,14 @@ def main(a: Args) -> pd.DataFrame:
                 forward_ms.append({"repeat": rep, "rows": b, "fed": n, "forward": f, "ms": ms})
     fdf = pd.DataFrame(forward_ms)
     ftable = fdf.groupby(["rows", "fed", "forward"])["ms"].median().unstack("forward")
-    for f in FORWARDS[:-1]:
+    for f in NATIVE_KINDS:
         ftable[f"{f}/{BASELINE}"] = ftable[f] / ftable[BASELINE]
     text = (f"{a.model}, {a.threads} threads, medians over {a.repeats} interleaved repeats\n\nserving\n"
             f"{table.to_string(float_format=lambda v: f'{v:.4g}')}\n\none forward (ms), {a.context} cached tokens per row\n"
             f"{ftable.to_string(float_format=lambda v: f'{v:.4g}')}\n")
     quickmode.write_report(out, {"runs.csv": df, "forwards.csv": fdf},
                            {"outputs_identical": all(bool((table[(f"identical {f}", "requests")]
-                                                           == table[("served", "requests")]).all()) for f in FORWARDS[:-1]),
+                                                           == table[("served", "requests")]).all()) for f in NATIVE_KINDS),
                             "repeats": a.repeats, "threads": a.threads, "machine_cpus": os.cpu_count(),
                             "load_avg_at_end": os.getloadavg()}, text)
     return df
