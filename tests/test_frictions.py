@@ -90,7 +90,8 @@ def test_subprocess_envs_get_the_trainers_thread_count(monkeypatch):
 
 def test_model_runner_uses_the_current_cache_argument():
     """transformers 5.x: `cache=`, not the deprecated `past_key_values=` (which logs a warning every step)."""
-    runner = ModelRunner(tiny_random_model(seed=0), num_slots=2, capacity=32, model_forward="transformers")
+    runner = ModelRunner(tiny_random_model(seed=0), num_slots=2, capacity=32, layout="padded",
+                         model_forward="transformers")
     seen = []
     decoder = runner._decoder
 

@@ -144,7 +144,7 @@ def test_a_uniform_plan_is_the_old_scalar_k(tiny_target):
 def test_scored_tokens_count_the_padded_verify_pass(tiny_target):
     """The live verify pass pads every row to the longest: rows x (1 + max drafted) positions."""
     engine = SpeculativeEngine(tiny_target, DraftModelDrafter(tiny_target), max_batch_size=3, max_seq_len=128,
-                               max_speculation=6)
+                               max_speculation=6, verify_layout="padded")
     for i in range(3):
         engine.submit(Request(f"r{i}", [5, 6, 7, 8] * 5, 20))
     engine.step(0)  # prefill
@@ -153,3 +153,15 @@ def test_scored_tokens_count_the_padded_verify_pass(tiny_target):
     assert stats.drafted == [4, 0, 2]  # a draft model drafts its full length
     assert stats.accepted == [4, 0, 2]  # the target drafting for itself
     assert (stats.verify_tokens, stats.scored_tokens) == (5, 15)
+
+
+def test_the_default_verify_layout_is_packed(tiny_target):
+    """By default a step computes what it scores: rows + drafted positions (3 + 4 + 0 + 2)."""
+    engine = SpeculativeEngine(tiny_target, DraftModelDrafter(tiny_target), max_batch_size=3, max_seq_len=128,
+                               max_speculation=6)
+    assert engine.verify_layout == "packed"
+    for i in range(3):
+        engine.submit(Request(f"r{i}", [5, 6, 7, 8] * 5, 20))
+    engine.step(0)  # prefill
+    stats = engine.step(SpecPlan.per_row({"r0": 4, "r1": 0, "r2": 2}))
+    assert (stats.verify_tokens, stats.scored_tokens) == (5, 9)

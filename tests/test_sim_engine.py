@@ -47,7 +47,7 @@ CLOCK = HardwareProfile(
 
 def test_step_times_follow_the_documented_clock():
     trace = toy_trace()
-    engine = SimEngine(trace, CLOCK, max_batch_size=2, max_speculation=MAX_K)
+    engine = SimEngine(trace, CLOCK, max_batch_size=2, max_speculation=MAX_K, verify_layout="padded")
     for r in requests(trace):
         engine.submit(r)
     s0 = engine.step(2)  # prefill only: both prompts (10 + 10 tokens, one group) -> 10 ms + overhead(1)

@@ -92,11 +92,11 @@ def test_runner_tree_forward_matches_linear_forwards(tiny_target):
     tree = TokenTree((11, 12, 13, 14, 15, 16), (-1, 0, 1, 0, -1, 4))
     runner = ModelRunner(tiny_target, num_slots=2, capacity=64)
     runner.forward(0, [prompt[:-1]], [0])
-    logits = runner.forward(0, [[prompt[-1], *tree.tokens]], [len(prompt) - 1], tree=batch_tree_inputs([tree]))[0]
+    logits = runner.forward_rows(0, [[prompt[-1], *tree.tokens]], [len(prompt) - 1], tree=batch_tree_inputs([tree]))[0]
     for m in range(len(tree)):
         path = [tree.tokens[j] for j in tree.path_to(m)]
         ref = ModelRunner(tiny_target, num_slots=1, capacity=64)
-        want = ref.forward(0, [prompt + path], [0])[0, -1]
+        want = ref.forward_rows(0, [prompt + path], [0])[0][-1]
         torch.testing.assert_close(logits[m + 1], want, rtol=1e-4, atol=1e-4)
     # after KV repair, continuing from an accepted side path matches a linear decode of it
     path = tree.path_to(5)  # 15 -> 16: fed at offsets 5, 6, belongs at 1, 2
@@ -104,7 +104,7 @@ def test_runner_tree_forward_matches_linear_forwards(tiny_target):
     past = len(prompt) - 1
     runner.cache.copy_within([0] * len(moves), [past + a for a, _ in moves], [past + b for _, b in moves])
     accepted = [tree.tokens[m] for m in path]
-    nxt = runner.forward(0, [[90]], [past + 1 + len(accepted)])[0, -1]
+    nxt = runner.forward_rows(0, [[90]], [past + 1 + len(accepted)])[0][-1]
     ref = ModelRunner(tiny_target, num_slots=1, capacity=64)
-    want = ref.forward(0, [prompt + accepted + [90]], [0])[0, -1]
+    want = ref.forward_rows(0, [prompt + accepted + [90]], [0])[0][-1]
     torch.testing.assert_close(nxt, want, rtol=1e-4, atol=1e-4)

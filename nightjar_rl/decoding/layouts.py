@@ -4,4 +4,4 @@ VERIFY_LAYOUTS = {
     "padded": "every row is padded to the longest row: a [B, n] token batch (B x n positions computed)",
     "packed": "rows are flattened into one [1, T] token batch (vLLM's layout): T = the scored positions",
 }
-DEFAULT_VERIFY_LAYOUT = "padded"  # the engine's, the profiler's and the CLI's default (one place to change)
+DEFAULT_VERIFY_LAYOUT = "packed"  # the engine's, the profiler's, the simulator's and the CLI's default (one place to change)

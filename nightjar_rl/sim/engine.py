@@ -17,7 +17,7 @@ catch-up after k = 0 is charged as in the live engine. Only time is modelled:
                D = rows with a plan length > 0)
     catch-up = draft_prefill_ms(B x (largest lag - 1)) when the largest lag exceeds 2
     verify   = verify_ms(B, tokens per row, context = longest row, `StepStats.context`), tokens per row by layout:
-               padded (default): 1 + max drafted; packed, mixed: (B + sum drafted) / B (the live engine's
+               padded: 1 + max drafted; packed (default), mixed: (B + sum drafted) / B (the live engine's
                `verify_layout` padded / packed; `scored_tokens` is what the layout computes)
     overhead = overhead_ms(B)
     model_time = prefill + verify (+ draft + catch-up for a draft model), as the live engine counts it
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nightjar_rl.decoding.drafters.registry import DRAFT_MODEL, drafter_kind
+from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT
 from nightjar_rl.decoding.scheduler import ScheduledEngine, Scheduler
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
@@ -118,7 +119,7 @@ class SimEngine(ScheduledEngine):
         seed: int = 0,
         synthetic: SyntheticAcceptance | None = None,
         memo: dict | None = None,
-        verify_layout: str = "padded",
+        verify_layout: str = DEFAULT_VERIFY_LAYOUT,
     ):
         """`memo`: a dict of profile lookups to share between engines over the same profile (a
         backend makes one engine per episode; the lookups repeat across episodes). `verify_layout`:
