@@ -52,8 +52,9 @@ PLANS = {
 
 
 def _comparable(stats) -> dict:
-    """A step's StepStats without times, `scored_tokens` and timing detail in `extra`."""
-    row = {k: v for k, v in vars(stats).items() if k not in TIMES | {"scored_tokens", "extra"}}
+    """A step's StepStats without times, what the layout computes (`scored_tokens`,
+    `prefill_padded_tokens`) and timing detail in `extra`."""
+    row = {k: v for k, v in vars(stats).items() if k not in TIMES | {"scored_tokens", "prefill_padded_tokens", "extra"}}
     row["extra"] = {k: v for k, v in stats.extra.items() if not k.startswith("psd")}
     if "psd" in stats.extra:
         row["psd"] = (stats.extra["psd"]["mode"], stats.extra["psd"]["halves"])
@@ -84,15 +85,18 @@ def _engine(kind: str, target, drafter, layout: str, **kwargs):
 
 
 def _check_scored(steps, layout: str) -> None:
-    """Hand-countable: padded scores rows x (1 + longest draft), packed rows + drafts."""
+    """Hand-countable: padded scores rows x (1 + longest draft), packed rows + drafts; a packed prefill
+    computes the prompts' tokens, a padded one at least that."""
     for st in steps:
         rows, drafted = len(st.drafted), st.drafted
         if layout == "padded":
             psd = st.extra.get("psd")
             if psd is None:  # one verify pass per step
                 assert st.scored_tokens == rows * (1 + max(drafted, default=0))
+            assert st.prefill_padded_tokens >= st.prefill_tokens
         else:
             assert st.scored_tokens == rows + sum(drafted)
+            assert st.prefill_padded_tokens == st.prefill_tokens
 
 
 def _same_runs(target, drafter_factory, kind: str, plan, requests, **kwargs):
@@ -164,6 +168,20 @@ def test_hand_counted_scored_tokens(tiny_target):
         assert st.drafted == [8, 0, 8, 0] and st.verify_tokens == 9
         scored[layout] = st.scored_tokens
     assert scored == {"padded": 36, "packed": 20}
+
+
+def test_hand_counted_prefill_tokens(tiny_target):
+    """Prompts of 3 and 5 tokens prefilled in one forward (10 padded positions are within 1.25 x their
+    8 tokens): padded computes 2 x 5 = 10 positions, packed 3 + 5 = 8."""
+    computed = {}
+    for layout in ("padded", "packed"):
+        engine = _engine("standard", tiny_target, make_drafter("none", tiny_target), layout)
+        engine.submit(Request("a", [1, 2, 3], 4))
+        engine.submit(Request("b", [4, 5, 6, 7, 8], 4))
+        st = engine.step(0)
+        assert (st.num_prefilled, st.prefill_tokens) == (2, 8)
+        computed[layout] = st.prefill_padded_tokens
+    assert computed == {"padded": 10, "packed": 8}
 
 
 def test_runner_layouts_give_the_same_logits_and_cache(tiny_target):

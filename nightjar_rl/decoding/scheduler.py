@@ -311,6 +311,7 @@ class ScheduledEngine:
     scheduler: Scheduler
     max_speculation: int
     step_count: int
+    verify_layout: str  # how the executor's forwards lay rows out: "padded", "packed" (simulator: or "mixed")
 
     # ---- the step ---------------------------------------------------------------------------------
     def step(self, plan: SpecPlan | int) -> StepStats:
@@ -393,11 +394,18 @@ class ScheduledEngine:
         raise NotImplementedError
 
     def _prefill_groups(self, admitted: list[Sequence], stats: StepStats) -> list[list[Sequence]]:
-        """The admitted rows as prefill forwards (`Scheduler.prefill_batches`), their padded sizes
-        recorded in `stats.prefill_padded_tokens` (what a prefill forward computes)."""
+        """The admitted rows as prefill forwards (`Scheduler.prefill_batches`), the tokens they compute
+        recorded in `stats.prefill_padded_tokens` (`prefill_size`)."""
         groups = self.scheduler.prefill_batches(admitted)
-        stats.prefill_padded_tokens += sum(len(rows) * max(s.num_prompt for s in rows) for rows in groups)
+        stats.prefill_padded_tokens += sum(self.prefill_size(rows) for rows in groups)
         return groups
+
+    def prefill_size(self, rows: list[Sequence]) -> int:
+        """Tokens one prefill forward over `rows` computes: rows x the longest prompt in the `padded`
+        layout, the prompts themselves in the others (`self.verify_layout`)."""
+        if self.verify_layout == "padded":
+            return len(rows) * max(s.num_prompt for s in rows)
+        return sum(s.num_prompt for s in rows)
 
     def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats) -> None:
         """One decoding round for `rows` (may be none); row i drafts up to `lengths[i]` tokens

@@ -46,7 +46,7 @@ class StepStats:
     verify_tokens: int = 0  # positions scored per row in the verify pass (1 + max drafted)
     scored_tokens: int = 0  # positions the verify pass computed over all rows (padded: rows x verify_tokens)
     context: int = 0  # longest cached context among the decoded rows before the step (tokens)
-    prefill_padded_tokens: int = 0  # prefill forwards' padded sizes, summed (rows x longest prompt per forward)
+    prefill_padded_tokens: int = 0  # tokens the prefill forwards computed (padded: rows x longest prompt each)
     extra: dict = field(default_factory=dict)  # decoder-specific detail (e.g. sub-batches)
 
     @property

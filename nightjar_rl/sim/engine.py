@@ -11,8 +11,9 @@ k_max = the largest plan length times) it also tracks how far the draft's KV cac
 catch-up after k = 0 is charged as in the live engine. Only time is modelled:
 
     wall = prefill + draft + catch-up + verify + overhead
-    prefill  = sum over prefill groups of prefill_ms(group rows x longest prompt); layout mixed: one
-               prefill_ms(summed prompt tokens), less prefill_ms(1) when the step also decodes
+    prefill  = sum over prefill groups of prefill_ms(the group's tokens: rows x longest prompt when
+               padded, its prompts' tokens when packed); layout mixed: one prefill_ms(summed prompt
+               tokens), less prefill_ms(1) when the step also decodes
     draft    = k_max x draft_ms(B) (draft model) or D x ngram_lookup_ms_per_row (n-gram, SSSD;
                D = rows with a plan length > 0)
     catch-up = draft_prefill_ms(B x (largest lag - 1)) when the largest lag exceeds 2
@@ -189,7 +190,7 @@ class SimEngine(ScheduledEngine):
             stats.prefill_padded_tokens += sizes[0]
         else:
             groups = self._prefill_groups(admitted, stats)
-            sizes = [len(rows) * max(s.num_prompt for s in rows) for rows in groups]
+            sizes = [self.prefill_size(rows) for rows in groups]
         full = self.max_speculation
         for rows, size in zip(groups, sizes):
             stats.prefill_time += self._seconds("prefill", size)
