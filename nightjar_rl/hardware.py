@@ -16,7 +16,7 @@ analytic with `--roofline`, see `nightjar_rl.sim.roofline`):
   "ngram_lookup_ms_per_row": 0.01,             # optional: n-gram drafting cost per row
   # version 2, all optional:
   "verify_ms_by_context": {"<context>": {"<batch>": {"<tokens_per_row>": ms}}},
-  "prefill_ms": {"<tokens>": ms},              # one target prefill pass over that many (padded) tokens
+  "prefill_ms": {"<tokens>": ms},              # one target prefill pass computing that many tokens
   "draft_prefill_ms": {"<tokens>": ms},        # one draft-model pass over that many tokens (catch-up)
   "overhead_ms": {"<batch>": ms},              # per-step time outside model forwards
   ...                                          # any other keys are kept in `meta`
@@ -239,7 +239,7 @@ class HardwareProfile:
         return self.draft_time_ms(batch, k) + self.verify_time_ms(batch, k + 1, context)
 
     def prefill_time_ms(self, tokens: float) -> float:
-        """One target prefill pass over `tokens` (padded) prompt tokens."""
+        """One target prefill pass computing `tokens` prompt tokens (padded: rows x the longest prompt)."""
         if tokens <= 0:
             return 0.0
         if self._prefill is not None:

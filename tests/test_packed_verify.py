@@ -93,7 +93,7 @@ def _check_scored(steps, layout: str) -> None:
             psd = st.extra.get("psd")
             if psd is None:  # one verify pass per step
                 assert st.scored_tokens == rows * (1 + max(drafted, default=0))
-            assert st.prefill_padded_tokens >= st.prefill_tokens
+            assert st.prefill_padded_tokens >= st.prefill_tokens  # exact: test_hand_counted_prefill_tokens
         else:
             assert st.scored_tokens == rows + sum(drafted)
             assert st.prefill_padded_tokens == st.prefill_tokens
@@ -182,6 +182,12 @@ def test_hand_counted_prefill_tokens(tiny_target):
         assert (st.num_prefilled, st.prefill_tokens) == (2, 8)
         computed[layout] = st.prefill_padded_tokens
     assert computed == {"padded": 10, "packed": 8}
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_a_draft_model_runs_in_the_engines_layout(tiny_target, layout):
+    engine = _engine("standard", tiny_target, make_drafter("other", tiny_target), layout)
+    assert engine.drafter.runner.layout == layout
 
 
 def test_runner_layouts_give_the_same_logits_and_cache(tiny_target):

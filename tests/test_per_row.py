@@ -503,7 +503,7 @@ def test_mixed_layout_packs_a_steps_prompts_into_one_prefill():
     assert mixed.batch_size == 1 and mixed.num_prefilled == 2
     assert mixed.prefill_padded_tokens == mixed.prefill_tokens == sum(lengths)
     assert mixed.prefill_time == pytest.approx((prefill_ms(sum(lengths)) - prefill_ms(1)) / 1000)
-    # packed prices the engine's prefill forwards (here one per prompt or one group of both), not one of the sum
+    # packed prices the engine's prefill forwards (here one per prompt or one group of both) at their prompts' tokens
     assert packed.prefill_padded_tokens == sum(lengths)
     assert packed.prefill_time in (pytest.approx((prefill_ms(lengths[0]) + prefill_ms(lengths[1])) / 1000),
                                    pytest.approx(prefill_ms(sum(lengths)) / 1000))

@@ -82,7 +82,7 @@ class SpeculativeEngine(ScheduledEngine):
         self.device = self.runner.device
         self.drafter = drafter
         if drafter is not None:
-            drafter.setup(max_batch_size, capacity)
+            drafter.setup(max_batch_size, capacity, self.verify_layout)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.step_count = 0
 

@@ -401,8 +401,9 @@ class ScheduledEngine:
         return groups
 
     def prefill_size(self, rows: list[Sequence]) -> int:
-        """Tokens one prefill forward over `rows` computes: rows x the longest prompt in the `padded`
-        layout, the prompts themselves in the others (`self.verify_layout`)."""
+        """Tokens one prefill forward over `rows` computes in its linear layers: rows x the longest prompt
+        in the `padded` layout, the prompts themselves in the others (`self.verify_layout`; a packed
+        forward's attention still pads each row to the longest)."""
         if self.verify_layout == "padded":
             return len(rows) * max(s.num_prompt for s in rows)
         return sum(s.num_prompt for s in rows)

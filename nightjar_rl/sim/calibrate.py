@@ -8,7 +8,7 @@ but the decode-step terms d0, d1, eK, which take either sign):
     verify_ms   = a0 + a1 * rows + a2 * scored + a3 * scored * context / 1000 + a4 * rows * context / 1000
                   + sum over K in SCORED_KNOTS of cK * min(scored, K)
                   + [scored == rows] * (d0 + d1 * rows + sum over K in DECODE_KNOTS of eK * min(rows, K))
-    prefill_ms  = p0 + p1 * T + p2 * T^2 / 1000          T = prefill_padded_tokens
+    prefill_ms  = p0 + p1 * T + p2 * T^2 / 1000          T = prefill_padded_tokens (the tokens computed)
     overhead_ms = o0 + o1 * rows                         (wall - model time - lookup)
     lookup      = draft_time / drafting_rows             (n-gram / SSSD: ms per drafting row)
 

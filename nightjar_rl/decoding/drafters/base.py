@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT
 from nightjar_rl.decoding.sequence import Sequence
 
 if TYPE_CHECKING:  # annotations only: the interface imports without torch (the n-gram drafter needs none)
@@ -53,5 +54,5 @@ class Drafter:
         """Cumulative seconds inside draft-model forwards (0 for model-free drafters)."""
         return 0.0
 
-    def setup(self, num_slots: int, capacity: int) -> None:
-        """Called once by the engine with its slot layout."""
+    def setup(self, num_slots: int, capacity: int, layout: str = DEFAULT_VERIFY_LAYOUT) -> None:
+        """Called once by the engine with its slots and its forwards' token layout (`verify_layout`)."""

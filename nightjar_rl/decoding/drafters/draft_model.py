@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
+from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT
 from nightjar_rl.decoding.runner import ModelRunner
 from nightjar_rl.decoding.sequence import Sequence
 from nightjar_rl.decoding.timing import now
@@ -27,8 +28,9 @@ class DraftModelDrafter(Drafter):
         self.model_forward = model_forward
         self.runner: ModelRunner | None = None
 
-    def setup(self, num_slots: int, capacity: int) -> None:
-        self.runner = ModelRunner(self.model, num_slots, capacity, model_forward=self.model_forward)
+    def setup(self, num_slots: int, capacity: int, layout: str = DEFAULT_VERIFY_LAYOUT) -> None:
+        """The draft model's own runner, in the engine's layout (its catch-up forwards are ragged)."""
+        self.runner = ModelRunner(self.model, num_slots, capacity, layout=layout, model_forward=self.model_forward)
 
     @property
     def model_time(self) -> float:
