@@ -106,7 +106,7 @@ class SpeculativeEngine(ScheduledEngine):
         if not admitted:
             return
         t0 = now(self.device)
-        for rows in self._prefill_groups(admitted, stats):
+        for rows, _ in self._prefill_groups(admitted, stats):
             logits, ok = self._forward(rows, rows[0].slot, [s.tokens for s in rows], [0] * len(rows), last_only=True)
             if not ok:
                 continue

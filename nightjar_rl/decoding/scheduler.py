@@ -393,11 +393,11 @@ class ScheduledEngine:
     def _prefill(self, admitted: list[Sequence], stats: StepStats) -> None:
         raise NotImplementedError
 
-    def _prefill_groups(self, admitted: list[Sequence], stats: StepStats) -> list[list[Sequence]]:
-        """The admitted rows as prefill forwards (`Scheduler.prefill_batches`), the tokens they compute
-        recorded in `stats.prefill_padded_tokens` (`prefill_size`)."""
-        groups = self.scheduler.prefill_batches(admitted)
-        stats.prefill_padded_tokens += sum(self.prefill_size(rows) for rows in groups)
+    def _prefill_groups(self, admitted: list[Sequence], stats: StepStats) -> list[tuple[list[Sequence], int]]:
+        """The admitted rows as prefill forwards (`Scheduler.prefill_batches`), each with the tokens it
+        computes (`prefill_size`), their sum recorded in `stats.prefill_padded_tokens`."""
+        groups = [(rows, self.prefill_size(rows)) for rows in self.scheduler.prefill_batches(admitted)]
+        stats.prefill_padded_tokens += sum(size for _, size in groups)
         return groups
 
     def prefill_size(self, rows: list[Sequence]) -> int:

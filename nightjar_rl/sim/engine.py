@@ -185,14 +185,12 @@ class SimEngine(ScheduledEngine):
         if not admitted:
             return
         if self.verify_layout == "mixed":  # packed into the step's one pass: one prefill, no padding
-            groups = [admitted]
-            sizes = [sum(s.num_prompt for s in admitted)]
-            stats.prefill_padded_tokens += sizes[0]
+            groups = [(admitted, sum(s.num_prompt for s in admitted))]
+            stats.prefill_padded_tokens += groups[0][1]
         else:
             groups = self._prefill_groups(admitted, stats)
-            sizes = [self.prefill_size(rows) for rows in groups]
         full = self.max_speculation
-        for rows, size in zip(groups, sizes):
+        for rows, size in groups:
             stats.prefill_time += self._seconds("prefill", size)
             for seq in rows:
                 row = seq.state[ROW] = self._row_state(seq.request)
