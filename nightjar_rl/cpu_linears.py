@@ -26,6 +26,13 @@ MIN_PACKED_ELEMENTS = 1 << 16  # smaller weights (tiny test models) stay F.linea
 FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
+def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`x W^T + b` for `[T, in]` inputs, W prepacked by `mkldnn._reorder_linear_weight` (TorchScript-compatible:
+    the native forward's scripted layer loop calls it)."""
+    scalars: list[int | float | complex | None] = []  # the op's `Scalar?[]`
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", scalars, "")
+
+
 class PackedLinear(nn.Module):
     """`y = x W^T + b` with W reordered once into oneDNN's blocked layout (inference only). The layout
     is chosen for PACKED_FOR_ROWS rows, which measured fastest here for every row count from 1 to 80."""
@@ -38,8 +45,8 @@ class PackedLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).contiguous()  # float32: `can_pack` packs no other model
-        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed_weight, self.bias, "none", [], "")
+        # float32: `can_pack` packs no other model
+        out = packed_linear(x.reshape(-1, self.in_features), self.packed_weight, self.bias)
         return out.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from transformers.activations import SiLUActivation
 
-from nightjar_rl.cpu_linears import PackedLinear, SliceOf
+from nightjar_rl.cpu_linears import PackedLinear, SliceOf, packed_linear
 from nightjar_rl.decoding.attention import SlotStep, attend
 from nightjar_rl.decoding.kv_cache import SlotKVCache, SlotWindow, write_window
 
@@ -65,8 +65,7 @@ def linear(x: torch.Tensor, spec: LinearSpec) -> torch.Tensor:
     """What the module behind `spec` computes for `[T, in]` inputs (`PackedLinear` or `nn.Linear`)."""
     weight, bias, packed = spec
     if packed:
-        scalars: list[int | float | complex | None] = []  # the op's `Scalar?[]`
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", scalars, "")
+        return packed_linear(x, weight, bias)
     return torch.nn.functional.linear(x, weight, bias)
 
 
