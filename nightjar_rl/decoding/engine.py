@@ -231,8 +231,7 @@ class SpeculativeEngine(ScheduledEngine):
         stats.catchup_time += proposal.catchup_time
         width = 1 + max(len(d) for d in drafts)
         stats.verify_tokens = max(stats.verify_tokens, width)
-        # padded: every row is computed at the longest row's width; packed: each row at its own
-        stats.scored_tokens += len(rows) * width if self.verify_layout == "padded" else len(rows) + sum(map(len, drafts))
+        stats.scored_tokens += self.scored_size(len(rows), width - 1, sum(map(len, drafts)))
         stats.extra.update(proposal.extra)
 
     def _verify_tree(

@@ -400,6 +400,13 @@ class ScheduledEngine:
         stats.prefill_padded_tokens += sum(size for _, size in groups)
         return groups
 
+    def scored_size(self, rows: int, longest_draft: int, total_drafted: int) -> int:
+        """Positions one verify pass over `rows` rows computes: every row at the longest row's width
+        (1 + `longest_draft`) in the `padded` layout, each at its own in the others (rows + drafts)."""
+        if self.verify_layout == "padded":
+            return rows * (1 + longest_draft)
+        return rows + total_drafted
+
     def prefill_size(self, rows: list[Sequence]) -> int:
         """Tokens one prefill forward over `rows` computes in its linear layers: rows x the longest prompt
         in the `padded` layout, the prompts themselves in the others (`self.verify_layout`; a packed

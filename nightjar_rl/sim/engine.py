@@ -274,8 +274,7 @@ class SimEngine(ScheduledEngine):
             if draft_model and lag > 2:
                 stats.catchup_time = self._seconds("catchup", batch * (lag - 1))
         stats.verify_tokens = 1 + max_drafted
-        # what the live engine computes in this layout: every row at the longest, or each at its own
-        stats.scored_tokens = batch * stats.verify_tokens if self.verify_layout == "padded" else batch + total_drafted
+        stats.scored_tokens = self.scored_size(batch, max_drafted, total_drafted)  # what the live engine computes
         if self.verify_layout == "mixed" and stats.prefill_time:  # this step's prefill joins the pass
             stats.prefill_time = max(0.0, stats.prefill_time - self._seconds("prefill", 1))
         stats.verify_time = self._verify_seconds(batch, stats.scored_tokens, stats.context)
