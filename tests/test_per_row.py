@@ -78,6 +78,32 @@ def test_adaptive_budget_formula_on_a_hand_computed_case():
     assert policy.predict(obs) == SpecPlan.per_row({"r0": 2, "r1": 0})
 
 
+def test_tpot_slack_guard_on_the_hand_computed_case():
+    """The case above, T(0) = 10 ms. Slots in order go to rows 0, 0, 1, 1, so the least expected tokens
+    per step of any row, min_r E_r(B), is 1, 1, 1, 1.5 (row 1 gets .5), 1.75, and the slowest row's time
+    per token T(B) / min_r E_r(B) = 10, 12, 13.5, 15.5 / 1.5 = 10.333, 17 / 1.75 = 9.714 ms.
+    tau = 0.05 (limit 10.5 ms) rules out B = 1, 2: B* = 3 (ratio .27161), lengths [2, 1], every row gains;
+    tau = 0.2 (12 ms) allows B = 1 too: still B* = 3; tau = 0.35 (13.5 ms) allows all: B* = 2 as unguarded."""
+    survival = np.array([[0.9, 0.81], [0.5, 0.25]])
+    least = AdaptiveBudget.least_row_tokens(np.array([0, 0, 1, 1]), np.array([0.9, 0.81, 0.5, 0.25]), 2)
+    np.testing.assert_allclose(least, [1, 1, 1, 1.5, 1.75])
+    guarded = AdaptiveBudget(hand_profile(), MAX_K, tpot_slack=0.05)
+    lengths, budget, ratios = guarded.allocate(survival)
+    assert budget == 3 and lengths.tolist() == [2, 1]
+    np.testing.assert_allclose(ratios, [0.2, -np.inf, -np.inf, 4.21 / 15.5, 4.46 / 17])
+    assert AdaptiveBudget(hand_profile(), MAX_K, tpot_slack=0.2).allocate(survival)[1] == 3
+    assert AdaptiveBudget(hand_profile(), MAX_K, tpot_slack=0.35).allocate(survival)[1] == 2
+    # without per-row features, the uniform k: both rows at alpha .5 (prior): k = 1 is E = 1.5 tokens per row
+    # in T = 13 + 1 (lookups) = 14 ms (9.33 ms a token), k = 2 is 1.75 in 16 + 1 = 17 (9.71): k = 1 best
+    # (.1071 vs .1029 tokens/ms); a guard of 0 still allows it (9.33 <= 10)
+    obs = np.zeros(obs_size(MAX_K), np.float32)
+    obs[obs_layout(MAX_K).index("batch_size")] = 2
+    assert guarded.predict(obs) == AdaptiveBudget(hand_profile(), MAX_K).predict(obs) == 1
+    assert AdaptiveBudget(hand_profile(), MAX_K, tpot_slack=0.0).predict(obs) == 1
+    with pytest.raises(ValueError, match="tpot_slack"):
+        AdaptiveBudget(hand_profile(), MAX_K, tpot_slack=-0.1)
+
+
 def test_survival_respects_proposals_budgets_and_unknown_rows():
     r = rows([0.8, math.nan, 0.5], proposals=[1, -1, 2], remaining=[10, 10, 2])
     np.testing.assert_allclose(r.survival(MAX_K, prior=0.3), [[0.8, 0.0], [0.3, 0.09], [0.5, 0.0]])

@@ -13,6 +13,12 @@ per-row features the runtime's driver puts on the observation (`obs.rows`, a
       scored(B) = rows + B (packed layout)  |  rows x (1 + largest row length) (padded)
       B* = argmax_B E(B) / T(B)  (ties to the smaller B)
 
+  With `tpot_slack` = tau set, only budgets that slow no row's expected time per token by more than
+  tau against drafting nothing are allowed (B = 0 always is): row r expects E_r(B) = 1 + its handed-out
+  survivals per step, so B is allowed when  max_r T(B) / E_r(B) <= (1 + tau) T(0).  A row left out of
+  the plan pays T(B) for one token, so at high load, where a draft slot costs real time, the step drafts
+  only as much as tau allows (throughput traded for the p95 time per output token).
+
   draft_ms is the profile's: a draft model drafts every row max-length times (`draft_model_time_ms`),
   a model-free drafter looks up the rows that draft (`lookup_time_ms`).
 - `PerRequestK` (`per_request_k`, SGLang's per-request mode): each request holds its own k; it moves
@@ -75,7 +81,7 @@ class AdaptiveBudget(Policy):
     type_name = "adaptive_budget"
 
     def __init__(self, profile: HardwareProfile | Mapping | str | Path, max_k: int, prior_acceptance: float = 0.5,
-                 layout: str = "packed", max_budget: int | None = None):
+                 layout: str = "packed", max_budget: int | None = None, tpot_slack: float | None = None):
         super().__init__(max_k)
         self.profile = as_profile(profile)
         self.prior_acceptance = check_float("prior_acceptance", prior_acceptance, 0.0, 1.0)
@@ -83,6 +89,7 @@ class AdaptiveBudget(Policy):
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         self.layout = layout
         self.max_budget = None if max_budget is None else check_int("max_budget", max_budget, 0)
+        self.tpot_slack = None if tpot_slack is None else check_float("tpot_slack", tpot_slack, 0.0)
         self._memo: dict = {}
         self.last_budget = 0  # B* of the last per-row decision (for inspection)
 
@@ -108,7 +115,8 @@ class AdaptiveBudget(Policy):
         return float(np.interp(context, ctxs, ms))  # linear between contexts, clamped: as the profile
 
     def allocate(self, survival: np.ndarray, context: float | None = None) -> tuple[np.ndarray, int, np.ndarray]:
-        """(lengths per row, B*, E(B)/T(B) for B = 0..B_max) for a [rows, max_k] survival matrix."""
+        """(lengths per row, B*, E(B)/T(B) for B = 0..B_max) for a [rows, max_k] survival matrix; budgets
+        the `tpot_slack` guard rules out have ratio -inf."""
         rows, depth = survival.shape
         order = slot_order(survival)
         flat = survival.ravel()[order]
@@ -118,10 +126,24 @@ class AdaptiveBudget(Policy):
         level = order[:top] % depth  # depth of each slot as it is handed out: the row's length becomes level + 1
         longest = np.concatenate([[0], np.maximum.accumulate(level + 1)])
         drafting = np.concatenate([[0], np.cumsum(level == 0)])
-        ratios = np.array([gains[b] / self.step_ms(rows, b, int(longest[b]), int(drafting[b]), context)
-                           for b in range(top + 1)])
+        times = np.array([self.step_ms(rows, b, int(longest[b]), int(drafting[b]), context) for b in range(top + 1)])
+        ratios = gains / times
+        if self.tpot_slack is not None:
+            ratios[times / self.least_row_tokens(order[:top] // depth, flat[:top], rows)
+                   > (1 + self.tpot_slack) * times[0]] = -np.inf
         best = int(np.argmax(ratios))  # first maximum: ties to the smaller budget
         return np.bincount(order[:best] // depth, minlength=rows), best, ratios
+
+    @staticmethod
+    def least_row_tokens(slot_rows: np.ndarray, slot_survival: np.ndarray, rows: int) -> np.ndarray:
+        """min_r E_r(B) for B = 0..len(slot_rows): the smallest expected tokens per step of any row once the
+        first B slots (owned by `slot_rows`, surviving with `slot_survival`) are handed out."""
+        least = np.ones(len(slot_rows) + 1)
+        if len(slot_rows) and len(np.unique(slot_rows)) == rows:  # else some row never drafts: min stays 1
+            per_row = np.zeros((rows, len(slot_rows) + 1))
+            per_row[slot_rows, np.arange(1, len(slot_rows) + 1)] = slot_survival
+            least = 1 + np.cumsum(per_row, axis=1).min(axis=0)
+        return least
 
     # ---- policy interface ---------------------------------------------------------------------------
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> SpecPlan | int:
@@ -132,8 +154,11 @@ class AdaptiveBudget(Policy):
             batch = max(batch_of(obs), 1)
             alpha = step_acceptance(obs, self.prior_acceptance)
             survival = alpha ** np.arange(1, self.max_k + 1)
-            ratios = [(batch * (1 + survival[:k].sum())) / self.step_ms(batch, batch * k, k, batch * (k > 0), None)
-                      for k in range(self.max_k + 1)]
+            tokens = 1 + np.concatenate([[0.0], np.cumsum(survival)])  # per row, at k = 0..max_k
+            times = np.array([self.step_ms(batch, batch * k, k, batch * (k > 0), None) for k in range(self.max_k + 1)])
+            ratios = tokens / times
+            if self.tpot_slack is not None:
+                ratios[times / tokens > (1 + self.tpot_slack) * times[0]] = -np.inf
             return int(np.argmax(ratios))
         if not len(rows):
             return 0
@@ -147,7 +172,7 @@ class AdaptiveBudget(Policy):
 
     def params(self) -> dict:
         return {"profile": self.profile.to_dict(), "prior_acceptance": self.prior_acceptance, "layout": self.layout,
-                "max_budget": self.max_budget}
+                "max_budget": self.max_budget, "tpot_slack": self.tpot_slack}
 
     @property
     def name(self) -> str:
