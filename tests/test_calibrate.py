@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,6 +13,8 @@ from nightjar_rl.cli import main
 from nightjar_rl.hardware import HardwareProfile
 from nightjar_rl.sim.calibrate import (DECODE_KNOTS, SCORED_KNOTS, VERIFY_TERMS, CalibrationError, calibrate, fit_kind,
                                       fit_part, read_step_logs, tabulate, verify_design)
+from nightjar_rl.sim.engine import SimEngine
+from nightjar_rl.sim.trace import Trace
 
 VERIFY = (20.0, 1.5, 0.8, 2.0, 3.0)  # ms: a0 + a1 rows + a2 scored + (a3 scored + a4 rows) * context / 1000
 NO_KNOTS = (0.0,) * len(SCORED_KNOTS)  # the concave terms c_K min(scored, K): none in the linear engine
@@ -128,6 +133,28 @@ def test_logs_without_the_fit_columns_are_refused(tmp_path):
     assert main(["profile", "--from-steps", str(old), "--out", str(tmp_path / "x.json")]) == 2
     with pytest.raises(CalibrationError, match="only 0 step"):
         calibrate(synthetic_log(10).assign(prefill_padded_tokens=0))
+
+
+def test_the_logged_layout_is_checked_and_recorded(tmp_path):
+    """Steps carry the verify layout they ran under: logs of two layouts are refused (they count scored and
+    prefill tokens differently), one layout's fit records it, and a simulator pricing another layout with
+    that profile warns."""
+    packed, padded = tmp_path / "packed.csv", tmp_path / "padded.csv"
+    synthetic_log(200).assign(verify_layout="packed").to_csv(packed, index=False)
+    synthetic_log(200, seed=1).assign(verify_layout="padded").to_csv(padded, index=False)
+    with pytest.raises(CalibrationError, match="mix verify layouts \\(packed, padded\\)"):
+        read_step_logs([packed, padded])
+    assert main(["profile", "--from-steps", str(packed), str(padded), "--out", str(tmp_path / "x.json")]) == 2
+    profile = calibrate(read_step_logs([packed])).profile
+    assert profile["verify_layout"] == "packed"
+    assert "verify_layout" not in calibrate(synthetic_log(200)).profile  # logs from before the column: unknown
+    trace = Trace.load(Path(__file__).parent.parent / "envs" / "traces" / "tiny-ngram.npz")
+    fitted = HardwareProfile.from_dict(profile)
+    with pytest.warns(UserWarning, match="fitted to 'packed' steps; this simulator prices 'padded'"):
+        SimEngine(trace, fitted, verify_layout="padded")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SimEngine(trace, fitted, verify_layout="packed")
 
 
 # ---- one pass per step, only the wall timed (vLLM) ------------------------------------------------

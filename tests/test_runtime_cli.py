@@ -85,6 +85,7 @@ def test_learn_saves_updated_artifact_and_log_steps(tmp_path, artifacts):
         assert col in steps.columns
     assert len(steps) > 0 and (steps["k"] <= 6).all() and steps["clock"].is_monotonic_increasing
     assert steps["reward"].notna().any()
+    assert set(steps["verify_layout"]) == {"packed"}  # the engine's default layout, what the fit needs to know
 
 
 def test_learn_default_save_path_is_beside_the_artifact(tmp_path, artifacts):

@@ -5,3 +5,5 @@ VERIFY_LAYOUTS = {
     "packed": "rows are flattened into one [1, T] token batch (vLLM's layout): T = the scored positions",
 }
 DEFAULT_VERIFY_LAYOUT = "packed"  # the engine's, the profiler's, the simulator's and the CLI's default (one place to change)
+# vLLM's unified step: packed, with the step's prompts in the same pass (what vLLM runs; the simulator's what-if)
+MIXED_LAYOUT = "mixed"

@@ -29,7 +29,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from nightjar_rl.decoding.attention import SlotStep, slot_attend
 from nightjar_rl.decoding.kv_cache import SlotKVCache
-from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, VERIFY_LAYOUTS
+from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, MIXED_LAYOUT, VERIFY_LAYOUTS
 from nightjar_rl.decoding.native_forward import native_forward
 from nightjar_rl.decoding.timing import now
 from nightjar_rl.model_names import DEFAULT_MODEL_FORWARD, MODEL_FORWARDS
@@ -39,7 +39,7 @@ SLOT_ATTENTION = "nightjar_slots"  # the attention implementation name the runne
 
 def check_layout(layout: str) -> str:
     if layout not in VERIFY_LAYOUTS:
-        hint = " ('mixed' is a simulator what-if)" if layout == "mixed" else ""
+        hint = " ('mixed' is a simulator what-if)" if layout == MIXED_LAYOUT else ""
         raise ValueError(f"verify_layout must be one of {', '.join(VERIFY_LAYOUTS)}, got {layout!r}{hint}")
     return layout
 

@@ -320,7 +320,8 @@ class ScheduledEngine:
         plan = SpecPlan.coerce(plan)
         plan.check(self.max_speculation, (s.request_id for s in self.running))
         clock = self._start_clock()
-        stats = StepStats(step=self.step_count, k=0, batch_size=0, num_waiting=0, num_prefilled=0)
+        stats = StepStats(step=self.step_count, k=0, batch_size=0, num_waiting=0, num_prefilled=0,
+                          verify_layout=self.verify_layout)
         decode_rows, admitted = self._schedule(stats)
         stats.context = max([len(s.tokens) for s in decode_rows], default=1) - 1
         self._prefill(admitted, stats)

@@ -47,6 +47,7 @@ class StepStats:
     scored_tokens: int = 0  # positions the verify pass computed over all rows (padded: rows x verify_tokens)
     context: int = 0  # longest cached context among the decoded rows before the step (tokens)
     prefill_padded_tokens: int = 0  # tokens the prefill forwards computed (padded: rows x longest prompt each)
+    verify_layout: str = ""  # how the executor laid this step's forwards out (padded, packed, mixed; "" unknown)
     extra: dict = field(default_factory=dict)  # decoder-specific detail (e.g. sub-batches)
 
     @property

@@ -60,8 +60,9 @@ class Scenario:
                           choices=BACKENDS)
     trace: str | None = option(None, "sim: trace .npz (`nightjar-rl trace record`), relative to the scenario file", str)
     profile: str | None = option(None, "sim: hardware profile JSON (`nightjar-rl profile`, `--roofline`)", str)
-    synthetic_acceptance: dict | None = option(None, "sim: {rates: [per-position acceptance], heterogeneity: x} "
-                                               "replaces the trace's acceptance with a synthetic draft model's", dict)
+    synthetic_acceptance: dict | None = option(None, "sim: {rates: [per-position acceptance], heterogeneity: x, "
+                                               "cost: draft_model|lookup} replaces the trace's acceptance with a "
+                                               "synthetic drafter's, priced as a draft model (default) or a lookup", dict)
     base_dir: str | None = None  # folder the scenario file was read from (resolves relative paths)
 
     # ---- derived objects --------------------------------------------------------------------

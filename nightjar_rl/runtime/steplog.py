@@ -7,7 +7,8 @@ waiting), new_arrivals, k, drafted, accepted, emitted (tokens, summed over rows)
 prefill_time, model_time, overhead_time (s), reward (nan unless learning), and what the step computed,
 for fitting a clock model to it (`nightjar-rl profile --from-steps`): scored_tokens (positions the
 verify pass scored), context (longest cached row), prefill_padded_tokens, drafting_rows (rows with a
-plan length > 0).
+plan length > 0), verify_layout (how the executor laid the forwards out: what scored_tokens and
+prefill_padded_tokens count).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def step_row(decision: Decision, stats: StepStats, reward: float = float("nan"))
         prefill_time=stats.prefill_time, model_time=stats.model_time, overhead_time=stats.overhead_time,
         reward=reward, scored_tokens=stats.scored_tokens, context=stats.context,
         prefill_padded_tokens=stats.prefill_padded_tokens, drafting_rows=stats.drafting_rows,
+        verify_layout=stats.verify_layout,
     )
 
 

@@ -63,6 +63,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import lsq_linear
 
+from nightjar_rl.decoding.layouts import MIXED_LAYOUT
 from nightjar_rl.hardware import PROFILE_FORMAT, PROFILE_VERSION, HardwareProfile
 
 STEP_COLUMNS = ("batch", "verify_time", "prefill_time", "draft_time", "wall_time", "model_time",
@@ -100,7 +101,21 @@ def read_step_logs(paths: Sequence[str | Path]) -> pd.DataFrame:
             raise CalibrationError(f"{path}: missing column(s) {', '.join(missing)}; record the log with "
                                    "this version's --log-steps")
         frames.append(df.assign(log=str(path)))
-    return pd.concat(frames, ignore_index=True)
+    steps = pd.concat(frames, ignore_index=True)
+    logged_layout(steps)  # one layout, or none recorded
+    return steps
+
+
+def logged_layout(steps: pd.DataFrame) -> str | None:
+    """The verify layout the steps were logged under (None when the logs predate the column). Logs of
+    different layouts count scored and prefill tokens differently, so one profile cannot fit them."""
+    if "verify_layout" not in steps:
+        return None
+    layouts = sorted({str(v) for v in steps["verify_layout"].dropna() if str(v)})
+    if len(layouts) > 1:
+        raise CalibrationError(f"the step logs mix verify layouts ({', '.join(layouts)}): a profile prices one "
+                               "layout; fit each layout's logs apart")
+    return layouts[0] if layouts else None
 
 
 def steps_frame(steps) -> pd.DataFrame:
@@ -261,10 +276,12 @@ def calibrate(steps: pd.DataFrame, *, holdout: float = 0.2, seed: int = 0, max_t
               **meta) -> Calibration:
     """Fit the clock model to `steps` (from `read_step_logs`), `holdout` of them kept out of the fit
     and used to report its error. The grid defaults to the range the logs cover. `fit`: "parts",
-    "wall" or "auto" (`fit_kind`); a wall fit's profile is meant for `verify_layout: mixed`."""
+    "wall" or "auto" (`fit_kind`); a wall fit's profile is meant for `verify_layout: mixed`, a parts fit's
+    for the layout the steps were logged under (both recorded in the profile as `verify_layout`)."""
     if not 0 <= holdout < 1:
         raise CalibrationError(f"holdout must be in [0, 1), got {holdout}")
     kind = fit_kind(steps, fit)
+    layout = {"verify_layout": logged} if (logged := logged_layout(steps)) else {}
     rng = np.random.default_rng(seed)
     held = rng.random(len(steps)) < holdout
     train, test = steps[~held], steps[held]
@@ -292,7 +309,7 @@ def calibrate(steps: pd.DataFrame, *, holdout: float = 0.2, seed: int = 0, max_t
                        _grid(1, max(prefill.max() if len(prefill) else 1, 2), 16),
                        calibration={"steps": int(len(train)), "held_out": int(len(test)), "seed": seed, "fit": kind,
                                     "coefficients": {k: [float(x) for x in v] for k, v in fitted.items()}},
-                       **({"verify_layout": "mixed"} if kind == "wall" else {}), **meta)
+                       **({"verify_layout": MIXED_LAYOUT} if kind == "wall" else layout), **meta)
     HardwareProfile.from_dict(profile, "calibrated profile")  # what we write must load
     errors = held_out_errors(test, HardwareProfile.from_dict(profile), ("wall",) if kind == "wall" else PARTS)
     profile["calibration"]["held_out_errors"] = [{k: None if isinstance(v, float) and np.isnan(v) else v

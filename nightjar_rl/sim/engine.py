@@ -25,21 +25,23 @@ catch-up after k = 0 is charged as in the live engine. Only time is modelled:
 
 Optional synthetic acceptance replaces the trace's tables with draws from per-position acceptance
 rates (as vLLM's synthetic rejection sampler takes them), so cost can be studied at a chosen
-acceptance: a draft model that always drafts k tokens, whose i-th token is accepted with
+acceptance: a drafter that always drafts k tokens, whose i-th token is accepted with
 probability rates[i] x m given the previous ones were, with a per-request multiplier
-m = exp(heterogeneity x N(0, 1)). Draws depend only on the engine seed and the request id.
+m = exp(heterogeneity x N(0, 1)), priced as a draft model (default) or as a lookup (`cost`). Draws
+depend only on the engine seed and the request id.
 """
 
 from __future__ import annotations
 
 import bisect
+import warnings
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from nightjar_rl.decoding.drafters.registry import DRAFT_MODEL, drafter_kind
-from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT
+from nightjar_rl.decoding.drafters.registry import DRAFT_MODEL, LOOKUP, drafter_kind
+from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, MIXED_LAYOUT
 from nightjar_rl.decoding.scheduler import ScheduledEngine, Scheduler
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
@@ -50,7 +52,7 @@ ROW = "sim"  # per-row replay state in Sequence.state
 VERIFY_LAYOUTS = {
     "padded": "every row scores 1 + the longest row's drafts (the live engine's padded verify layout)",
     "packed": "rows are flattened: a step scores rows + drafted tokens (vLLM's layout)",
-    "mixed": "packed, and the step's prefill rides in the same pass (vLLM's unified step): the admitted prompts are "
+    MIXED_LAYOUT: "packed, and the step's prefill rides in the same pass (vLLM's unified step): the admitted prompts are "
              "packed, unpadded, into one prefill of their summed tokens, and a step that also decodes pays "
              "prefill_ms(tokens) - prefill_ms(1), the weight reads not repeated (the vLLM twin's pricing)",
 }
@@ -58,10 +60,13 @@ VERIFY_LAYOUTS = {
 
 @dataclass(frozen=True)
 class SyntheticAcceptance:
-    """Per-position acceptance rates (non-increasing, in [0, 1]) and per-request heterogeneity."""
+    """Per-position acceptance rates (non-increasing, in [0, 1]) and per-request heterogeneity. `cost`: how
+    drafting is priced, as a draft model's (the default) or as a model-free lookup's (a drafter that
+    proposes at this acceptance without a forward pass of its own, e.g. an n-gram over a richer corpus)."""
 
     rates: tuple[float, ...]
     heterogeneity: float = 0.0
+    cost: str = DRAFT_MODEL
 
     def __post_init__(self) -> None:
         r = self.rates
@@ -69,13 +74,17 @@ class SyntheticAcceptance:
             raise ValueError(f"synthetic acceptance rates must be a non-empty, non-increasing list in [0, 1], got {list(r)}")
         if not self.heterogeneity >= 0:
             raise ValueError(f"synthetic acceptance heterogeneity must be >= 0, got {self.heterogeneity}")
+        if self.cost not in (DRAFT_MODEL, LOOKUP):
+            raise ValueError(f"synthetic acceptance cost must be {DRAFT_MODEL!r} or {LOOKUP!r}, got {self.cost!r}")
 
     @classmethod
     def from_dict(cls, data: dict) -> SyntheticAcceptance:
-        unknown = set(data) - {"rates", "heterogeneity"}
+        unknown = set(data) - {"rates", "heterogeneity", "cost"}
         if unknown or "rates" not in data:
-            raise ValueError(f"synthetic_acceptance takes {{rates: [...], heterogeneity: x}}, got {data!r}")
-        return cls(tuple(float(x) for x in data["rates"]), float(data.get("heterogeneity", 0.0)))
+            raise ValueError(f"synthetic_acceptance takes {{rates: [...], heterogeneity: x, cost: {DRAFT_MODEL}|{LOOKUP}}}, "
+                             f"got {data!r}")
+        return cls(tuple(float(x) for x in data["rates"]), float(data.get("heterogeneity", 0.0)),
+                   str(data.get("cost", DRAFT_MODEL)))
 
     def tables(self, n: int, max_k: int, seed: int, request_id: str) -> tuple[list, list]:
         rng = np.random.default_rng([seed, zlib.crc32(request_id.encode())])
@@ -128,13 +137,18 @@ class SimEngine(ScheduledEngine):
         if verify_layout not in VERIFY_LAYOUTS:
             raise ValueError(f"verify_layout must be one of {', '.join(VERIFY_LAYOUTS)}, got {verify_layout!r}")
         self.verify_layout = verify_layout
+        fitted = profile.meta.get("verify_layout")
+        if fitted and fitted != verify_layout:  # scored/prefill tokens counted one way, priced another
+            warnings.warn(f"the profile ({profile.model}, {profile.device}) was fitted to {fitted!r} steps; this "
+                          f"simulator prices {verify_layout!r} steps with it (set the scenario's verify_layout to "
+                          f"{fitted!r}, or fit a profile to {verify_layout!r} step logs)", stacklevel=2)
         if not 0 <= max_speculation <= trace.max_k:
             raise ValueError(f"max_speculation must be in [0, {trace.max_k}] (the trace's max_k), got {max_speculation}")
         self.scheduler = Scheduler(max_batch_size, max_seq_len, max_speculation, max_kv_tokens, max_waiting)
         self.trace, self.profile, self.synthetic = trace, profile, synthetic
         self.max_batch_size, self.max_speculation, self.seed = max_batch_size, max_speculation, seed
-        # how drafting is priced is the drafter kind's (a synthetic draft model is a draft model)
-        self.draft_model = synthetic is not None or drafter_kind(trace.drafter).cost == DRAFT_MODEL
+        # how drafting is priced is the drafter kind's (a synthetic drafter's is its `cost`)
+        self.draft_model = (synthetic.cost if synthetic is not None else drafter_kind(trace.drafter).cost) == DRAFT_MODEL
         if self.draft_model and not profile.has_draft_model:
             raise TraceError(f"the trace's drafter ({'synthetic draft model' if synthetic else trace.drafter}) is a "
                              f"draft model but the profile ({profile.model}, {profile.device}) has no draft_ms: "
@@ -184,7 +198,7 @@ class SimEngine(ScheduledEngine):
         self._proposals = {}  # this step's rows fill it in (`proposal_lengths`)
         if not admitted:
             return
-        if self.verify_layout == "mixed":  # packed into the step's one pass: one prefill, no padding
+        if self.verify_layout == MIXED_LAYOUT:  # packed into the step's one pass: one prefill, no padding
             groups = [(admitted, sum(s.num_prompt for s in admitted))]
             stats.prefill_padded_tokens += groups[0][1]
         else:
@@ -275,7 +289,7 @@ class SimEngine(ScheduledEngine):
                 stats.catchup_time = self._seconds("catchup", batch * (lag - 1))
         stats.verify_tokens = 1 + max_drafted
         stats.scored_tokens = self.scored_size(batch, max_drafted, total_drafted)  # what the live engine computes
-        if self.verify_layout == "mixed" and stats.prefill_time:  # this step's prefill joins the pass
+        if self.verify_layout == MIXED_LAYOUT and stats.prefill_time:  # this step's prefill joins the pass
             stats.prefill_time = max(0.0, stats.prefill_time - self._seconds("prefill", 1))
         stats.verify_time = self._verify_seconds(batch, stats.scored_tokens, stats.context)
 

@@ -21,6 +21,7 @@ import zlib
 from collections import deque
 
 from nightjar_rl.contracts import SpecPlan
+from nightjar_rl.decoding.layouts import MIXED_LAYOUT
 from nightjar_rl.decoding.scheduler import ABORT, check_request_fits
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
@@ -124,7 +125,8 @@ class VLLMEngine:
         wall = time.perf_counter() - start
         stats = self.scheduler.last_stats
         if stats is before:  # nothing was scheduled (e.g. only aborts were processed)
-            stats = StepStats(step=self.step_count, k=0, batch_size=0, num_waiting=len(self.waiting), num_prefilled=0)
+            stats = StepStats(step=self.step_count, k=0, batch_size=0, num_waiting=len(self.waiting), num_prefilled=0,
+                              verify_layout=MIXED_LAYOUT)
         stats = self._ours(stats)
         stats.step, stats.wall_time = self.step_count, wall
         for rid, drafted, accepted in zip(stats.request_ids, stats.drafted, stats.accepted):

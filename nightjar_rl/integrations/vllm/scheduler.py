@@ -46,6 +46,7 @@ from vllm.v1.request import RequestStatus
 from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.contracts.observation import ObservationTracker
 from nightjar_rl.decoding.drafters.acceptance import agreement
+from nightjar_rl.decoding.layouts import MIXED_LAYOUT
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.integrations.vllm.config import plugin_settings
 from nightjar_rl.schema import ConfigError
@@ -178,7 +179,8 @@ class NightjarScheduler(Scheduler):
 
     def _step_stats(self, out, model_out, before: dict) -> StepStats:
         """The step as nightjar-rl's `StepStats` (rows decoded = requests that had output before it)."""
-        stats = StepStats(step=self._step_count, k=0, batch_size=0, num_waiting=len(self.waiting), num_prefilled=0)
+        stats = StepStats(step=self._step_count, k=0, batch_size=0, num_waiting=len(self.waiting), num_prefilled=0,
+                          verify_layout=MIXED_LAYOUT)
         sampled, index = model_out.sampled_token_ids, model_out.req_id_to_index
         for rid, scheduled in out.num_scheduled_tokens.items():
             if rid not in before:
