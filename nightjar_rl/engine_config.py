@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nightjar_rl.decoding.drafters.registry import DRAFTER_KINDS, drafter_kind
-from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, MIXED_LAYOUT, VERIFY_LAYOUTS
+from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, SIM_LAYOUTS
 from nightjar_rl.model_names import DEFAULT_MODEL, DEFAULT_MODEL_FORWARD, DTYPE_NAMES, LINEARS, MODEL_FORWARDS
 from nightjar_rl.schema import ConfigError, check, option
 
@@ -47,8 +47,7 @@ class EngineConfig:
     model_forward: str = option(DEFAULT_MODEL_FORWARD, "how the target's (and a draft model's) decoder runs: " + "; ".join(
         f"{name}: {doc}" for name, doc in MODEL_FORWARDS.items()), choices=tuple(MODEL_FORWARDS))
     verify_layout: str = option(DEFAULT_VERIFY_LAYOUT, "target forward layout: " + "; ".join(
-        f"{name}: {doc}" for name, doc in VERIFY_LAYOUTS.items()) + "; mixed (simulator only): packed, with a "
-        "step's prompts packed into the same pass (vLLM's unified step: the vLLM twin's pricing)", choices=(*VERIFY_LAYOUTS, MIXED_LAYOUT))
+        f"{name}: {doc}" for name, doc in SIM_LAYOUTS.items()), choices=tuple(SIM_LAYOUTS))
     extra: dict = field(default_factory=dict)  # decoder/drafter options not declared above (parallel, sssd)
 
     def validate(self, where: str = "engine") -> EngineConfig:

@@ -148,6 +148,12 @@ def test_the_logged_layout_is_checked_and_recorded(tmp_path):
     profile = calibrate(read_step_logs([packed])).profile
     assert profile["verify_layout"] == "packed"
     assert "verify_layout" not in calibrate(synthetic_log(200)).profile  # logs from before the column: unknown
+    old = tmp_path / "old.csv"
+    synthetic_log(200, seed=2).to_csv(old, index=False)  # logged before the column: its layout is unknown
+    with pytest.raises(CalibrationError, match="some step logs record the verify layout"):
+        read_step_logs([packed, old])
+    with pytest.raises(CalibrationError, match="wall fit prices vLLM's unified step"):
+        calibrate(read_step_logs([packed]), fit="wall")
     trace = Trace.load(Path(__file__).parent.parent / "envs" / "traces" / "tiny-ngram.npz")
     fitted = HardwareProfile.from_dict(profile)
     with pytest.warns(UserWarning, match="fitted to 'packed' steps; this simulator prices 'padded'"):
@@ -155,6 +161,10 @@ def test_the_logged_layout_is_checked_and_recorded(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SimEngine(trace, fitted, verify_layout="packed")
+        SimEngine(trace, fitted, verify_layout="mixed")  # packed steps priced as the unified step: the what-if
+    unified = HardwareProfile.from_dict({**profile, "verify_layout": "mixed"})
+    with pytest.warns(UserWarning, match="fitted to 'mixed' steps; this simulator prices 'packed'"):
+        SimEngine(trace, unified, verify_layout="packed")
 
 
 # ---- one pass per step, only the wall timed (vLLM) ------------------------------------------------

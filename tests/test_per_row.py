@@ -83,7 +83,7 @@ def test_tpot_slack_guard_on_the_hand_computed_case():
     per step of any row, min_r E_r(B), is 1, 1, 1, 1.5 (row 1 gets .5), 1.75, and the slowest row's time
     per token T(B) / min_r E_r(B) = 10, 12, 13.5, 15.5 / 1.5 = 10.333, 17 / 1.75 = 9.714 ms.
     tau = 0.05 (limit 10.5 ms) rules out B = 1, 2: B* = 3 (ratio .27161), lengths [2, 1], every row gains;
-    tau = 0.2 (12 ms) allows B = 1 too: still B* = 3; tau = 0.35 (13.5 ms) allows all: B* = 2 as unguarded."""
+    tau = 0.2 (12 ms) allows B = 1 too: still B* = 3; tau = 0.36 (13.6 ms) allows all: B* = 2 as unguarded."""
     survival = np.array([[0.9, 0.81], [0.5, 0.25]])
     least = AdaptiveBudget.least_row_tokens(np.array([0, 0, 1, 1]), np.array([0.9, 0.81, 0.5, 0.25]), 2)
     np.testing.assert_allclose(least, [1, 1, 1, 1.5, 1.75])
@@ -91,11 +91,19 @@ def test_tpot_slack_guard_on_the_hand_computed_case():
     lengths, budget, ratios = guarded.allocate(survival)
     assert budget == 3 and lengths.tolist() == [2, 1]
     np.testing.assert_allclose(ratios, [0.2, -np.inf, -np.inf, 4.21 / 15.5, 4.46 / 17])
-    assert AdaptiveBudget(hand_profile(), MAX_K, tpot_slack=0.2).allocate(survival)[1] == 3
-    assert AdaptiveBudget(hand_profile(), MAX_K, tpot_slack=0.35).allocate(survival)[1] == 2
+    _, budget, ratios = AdaptiveBudget(hand_profile(), MAX_K, tpot_slack=0.2).allocate(survival)
+    assert budget == 3 and ratios[1] == pytest.approx(2.9 / 12) and ratios[2] == -np.inf
+    _, budget, ratios = AdaptiveBudget(hand_profile(), MAX_K, tpot_slack=0.36).allocate(survival)
+    assert budget == 2 and np.isfinite(ratios).all()
+    # a row with no usable slot (survival 0: no proposal) never drafts, so min_r E_r stays 1 at every B: the
+    # guard is then a cap on the step's time, T(B) <= (1 + tau) T(0)
+    least = AdaptiveBudget.least_row_tokens(np.array([0, 0]), np.array([0.9, 0.81]), 2)
+    np.testing.assert_allclose(least, [1, 1, 1])
+    lengths, budget, _ = guarded.allocate(np.array([[0.9, 0.81], [0.0, 0.0]]))  # T(1) = 12 > 10.5: no budget
+    assert budget == 0 and lengths.tolist() == [0, 0]
     # without per-row features, the uniform k: both rows at alpha .5 (prior): k = 1 is E = 1.5 tokens per row
     # in T = 13 + 1 (lookups) = 14 ms (9.33 ms a token), k = 2 is 1.75 in 16 + 1 = 17 (9.71): k = 1 best
-    # (.1071 vs .1029 tokens/ms); a guard of 0 still allows it (9.33 <= 10)
+    # (.1071 vs .1029 tokens/ms); a guard of 0 changes nothing: identical rows all gain when the step does
     obs = np.zeros(obs_size(MAX_K), np.float32)
     obs[obs_layout(MAX_K).index("batch_size")] = 2
     assert guarded.predict(obs) == AdaptiveBudget(hand_profile(), MAX_K).predict(obs) == 1

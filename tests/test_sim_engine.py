@@ -143,13 +143,14 @@ def test_synthetic_acceptance_is_seeded_per_request_and_follows_the_rates():
 
 
 def test_a_synthetic_drafter_is_priced_by_its_cost():
-    """The default synthetic drafter is a draft model (CLOCK has no draft_ms: refused); with cost lookup it
-    is priced as the n-gram's lookup. Rates 1.0: every row accepts both drafts. Hand-computed step 1 of two
+    """A synthetic drafter is priced as the scenario's drafter kind: a draft model (CLOCK has no draft_ms:
+    refused) or, for the n-gram, lookups. Rates 1.0: every row accepts both drafts. Hand-computed step 1 of two
     rows at k = 2 (padded: 3 tokens a row): verify 28 ms, lookup 2 rows x 0.5 = 1 ms, overhead 2 ms."""
     trace = toy_trace()
     with pytest.raises(TraceError, match="synthetic draft model"):
         SimEngine(trace, CLOCK, max_speculation=MAX_K, synthetic=SyntheticAcceptance((1.0,)))
-    lookup = SyntheticAcceptance.from_dict({"rates": [1.0], "cost": "lookup"})
+    assert SyntheticAcceptance.from_dict({"rates": [1.0]}, "draft").cost == "draft_model"
+    lookup = SyntheticAcceptance.from_dict({"rates": [1.0]}, "ngram")
     engine = SimEngine(trace, CLOCK, max_batch_size=2, max_speculation=MAX_K, synthetic=lookup, verify_layout="padded")
     for r in requests(trace):
         engine.submit(r)
@@ -159,6 +160,8 @@ def test_a_synthetic_drafter_is_priced_by_its_cost():
     assert (s1.verify_time, s1.draft_time, s1.wall_time) == pytest.approx((0.028, 0.001, 0.031))
     with pytest.raises(ValueError, match="cost must be"):
         SyntheticAcceptance((0.5,), cost="free")
+    with pytest.raises(ValueError, match="needs a drafter that drafts"):
+        SyntheticAcceptance.from_dict({"rates": [0.5]}, "none")
 
 
 def test_trace_round_trips_and_bad_files_get_one_clear_error(tmp_path):

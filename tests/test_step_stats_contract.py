@@ -78,6 +78,7 @@ def test_step_stats_fields_mean_the_same_for_every_engine(tiny_target, name):
             assert all(0 <= a <= d <= k and 1 <= e <= a + 1 for d, a, e in zip(s.drafted, s.accepted, s.emitted))
             assert s.verify_tokens == (1 + max(s.drafted) if s.batch_size else 0)
             assert s.draft_failures == 0 and not s.aborted_ids and not s.failed_ids
+            assert s.verify_layout == engine.verify_layout  # what scored_tokens / prefill_padded_tokens count
             # admission: FIFO from the queue, each admitted request prefilled once with one first token
             admitted = waiting_before[: s.num_prefilled]
             assert s.first_token_ids == admitted or sorted(s.first_token_ids) == sorted(admitted)

@@ -5,5 +5,14 @@ VERIFY_LAYOUTS = {
     "packed": "rows are flattened into one [1, T] token batch (vLLM's layout): T = the scored positions",
 }
 DEFAULT_VERIFY_LAYOUT = "packed"  # the engine's, the profiler's, the simulator's and the CLI's default (one place to change)
-# vLLM's unified step: packed, with the step's prompts in the same pass (what vLLM runs; the simulator's what-if)
 MIXED_LAYOUT = "mixed"
+# what the simulator can price: the live layouts plus vLLM's unified step (what vLLM runs)
+SIM_LAYOUTS = {**VERIFY_LAYOUTS, MIXED_LAYOUT: "packed, with the step's admitted prompts in the same pass (vLLM's "
+                                               "unified step; simulator only: the vLLM twin's pricing)"}
+
+
+def prices_alike(fitted: str, priced: str) -> bool:
+    """Whether a profile fitted to `fitted` steps prices `priced` steps as it was fitted: the same layout,
+    or packed steps priced as the unified step (packed and mixed count scored and prefill tokens alike; the
+    mixed what-if only folds each step's prefill into its pass)."""
+    return fitted == priced or (fitted == "packed" and priced == MIXED_LAYOUT)

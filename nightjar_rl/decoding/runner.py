@@ -39,7 +39,7 @@ SLOT_ATTENTION = "nightjar_slots"  # the attention implementation name the runne
 
 def check_layout(layout: str) -> str:
     if layout not in VERIFY_LAYOUTS:
-        hint = " ('mixed' is a simulator what-if)" if layout == MIXED_LAYOUT else ""
+        hint = f" ({MIXED_LAYOUT!r} is a simulator what-if)" if layout == MIXED_LAYOUT else ""
         raise ValueError(f"verify_layout must be one of {', '.join(VERIFY_LAYOUTS)}, got {layout!r}{hint}")
     return layout
 

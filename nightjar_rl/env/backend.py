@@ -77,7 +77,8 @@ class SimBackend:
         s = self.scenario = scenario
         self.trace = Trace.load(resolve_data_path(s.trace, s.base_dir))
         self.profile = HardwareProfile.load(resolve_data_path(s.profile, s.base_dir))
-        self.synthetic = SyntheticAcceptance.from_dict(s.synthetic_acceptance) if s.synthetic_acceptance else None
+        self.synthetic = (SyntheticAcceptance.from_dict(s.synthetic_acceptance, s.engine.drafter)
+                          if s.synthetic_acceptance else None)
         self._memo: dict = {}  # profile lookups, shared by every episode's engine
         if s.max_k > self.trace.max_k:
             raise ValueError(f"scenario {s.name!r}: max_k {s.max_k} exceeds the trace's max_k {self.trace.max_k}")

@@ -60,9 +60,9 @@ class Scenario:
                           choices=BACKENDS)
     trace: str | None = option(None, "sim: trace .npz (`nightjar-rl trace record`), relative to the scenario file", str)
     profile: str | None = option(None, "sim: hardware profile JSON (`nightjar-rl profile`, `--roofline`)", str)
-    synthetic_acceptance: dict | None = option(None, "sim: {rates: [per-position acceptance], heterogeneity: x, "
-                                               "cost: draft_model|lookup} replaces the trace's acceptance with a "
-                                               "synthetic drafter's, priced as a draft model (default) or a lookup", dict)
+    synthetic_acceptance: dict | None = option(None, "sim: {rates: [per-position acceptance], heterogeneity: x} "
+                                               "replaces the trace's acceptance with a synthetic drafter's, priced "
+                                               "as the scenario's drafter prices drafting (draft model or lookups)", dict)
     base_dir: str | None = None  # folder the scenario file was read from (resolves relative paths)
 
     # ---- derived objects --------------------------------------------------------------------
@@ -155,7 +155,7 @@ def validate_scenario(s: Scenario) -> Scenario:
         if s.backend != "sim":
             raise _fail(n, "field 'synthetic_acceptance' needs backend 'sim'")
         try:
-            SyntheticAcceptance.from_dict(s.synthetic_acceptance)
+            SyntheticAcceptance.from_dict(s.synthetic_acceptance, s.engine.drafter)
         except (TypeError, ValueError) as exc:
             raise _fail(n, f"field 'synthetic_acceptance': {exc}") from None
     s.arrival_process()  # validates the arrivals mapping

@@ -17,7 +17,10 @@ per-row features the runtime's driver puts on the observation (`obs.rows`, a
   tau against drafting nothing are allowed (B = 0 always is): row r expects E_r(B) = 1 + its handed-out
   survivals per step, so B is allowed when  max_r T(B) / E_r(B) <= (1 + tau) T(0).  A row left out of
   the plan pays T(B) for one token, so at high load, where a draft slot costs real time, the step drafts
-  only as much as tau allows (throughput traded for the p95 time per output token).
+  only as much as tau allows (throughput traded for the p95 time per output token). Any row with no
+  usable slot (no proposal, or at its budget) keeps E_r = 1, so the guard is then a cap on the step's
+  time, T(B) <= (1 + tau) T(0). Identical rows (the uniform fallback) need no guard: the best k there
+  already lowers every row's time per token.
 
   draft_ms is the profile's: a draft model drafts every row max-length times (`draft_model_time_ms`),
   a model-free drafter looks up the rows that draft (`lookup_time_ms`).
@@ -42,13 +45,14 @@ import numpy as np
 
 from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.contracts.observation import RowBatch, obs_field, rows_of
+from nightjar_rl.decoding.layouts import VERIFY_LAYOUTS
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.hardware import HardwareProfile
 from nightjar_rl.policy.bandits import NightjarBandit
 from nightjar_rl.policy.base import Policy, batch_of, check_float, check_int
 from nightjar_rl.policy.oracle import as_profile
 
-LAYOUTS = ("packed", "padded")
+LAYOUTS = tuple(VERIFY_LAYOUTS)  # what the allocator prices a verify pass as
 
 
 def step_acceptance(obs: np.ndarray, prior: float) -> float:
@@ -154,12 +158,9 @@ class AdaptiveBudget(Policy):
             batch = max(batch_of(obs), 1)
             alpha = step_acceptance(obs, self.prior_acceptance)
             survival = alpha ** np.arange(1, self.max_k + 1)
-            tokens = 1 + np.concatenate([[0.0], np.cumsum(survival)])  # per row, at k = 0..max_k
-            times = np.array([self.step_ms(batch, batch * k, k, batch * (k > 0), None) for k in range(self.max_k + 1)])
-            ratios = tokens / times
-            if self.tpot_slack is not None:
-                ratios[times / tokens > (1 + self.tpot_slack) * times[0]] = -np.inf
-            return int(np.argmax(ratios))
+            ratios = [(batch * (1 + survival[:k].sum())) / self.step_ms(batch, batch * k, k, batch * (k > 0), None)
+                      for k in range(self.max_k + 1)]
+            return int(np.argmax(ratios))  # identical rows: the best k lowers every row's time per token (no guard)
         if not len(rows):
             return 0
         lengths, self.last_budget, _ = self.allocate(*self.row_inputs(rows))
@@ -176,7 +177,8 @@ class AdaptiveBudget(Policy):
 
     @property
     def name(self) -> str:
-        return f"adaptive_budget({self.profile.model}@{self.profile.device},{self.layout})"
+        guard = "" if self.tpot_slack is None else f",tpot_slack={self.tpot_slack:g}"
+        return f"adaptive_budget({self.profile.model}@{self.profile.device},{self.layout}{guard})"
 
 
 class PerRequestK(Policy):

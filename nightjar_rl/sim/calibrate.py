@@ -111,10 +111,14 @@ def logged_layout(steps: pd.DataFrame) -> str | None:
     different layouts count scored and prefill tokens differently, so one profile cannot fit them."""
     if "verify_layout" not in steps:
         return None
-    layouts = sorted({str(v) for v in steps["verify_layout"].dropna() if str(v)})
+    recorded = steps["verify_layout"].map(lambda v: str(v) if isinstance(v, str) else "")
+    layouts = sorted(set(recorded) - {""})
     if len(layouts) > 1:
         raise CalibrationError(f"the step logs mix verify layouts ({', '.join(layouts)}): a profile prices one "
                                "layout; fit each layout's logs apart")
+    if layouts and (recorded == "").any():
+        raise CalibrationError(f"some step logs record the verify layout ({layouts[0]}) and some do not (logged "
+                               "before the column, when the default may have differed): fit them apart")
     return layouts[0] if layouts else None
 
 
@@ -281,7 +285,11 @@ def calibrate(steps: pd.DataFrame, *, holdout: float = 0.2, seed: int = 0, max_t
     if not 0 <= holdout < 1:
         raise CalibrationError(f"holdout must be in [0, 1), got {holdout}")
     kind = fit_kind(steps, fit)
-    layout = {"verify_layout": logged} if (logged := logged_layout(steps)) else {}
+    logged = logged_layout(steps)
+    if kind == "wall" and logged not in (None, MIXED_LAYOUT):
+        raise CalibrationError(f"a wall fit prices vLLM's unified step ({MIXED_LAYOUT}) but these steps ran "
+                               f"{logged!r}: fit them with --fit parts")
+    layout = {"verify_layout": logged} if logged else {}
     rng = np.random.default_rng(seed)
     held = rng.random(len(steps)) < holdout
     train, test = steps[~held], steps[held]

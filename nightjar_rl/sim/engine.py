@@ -13,7 +13,8 @@ catch-up after k = 0 is charged as in the live engine. Only time is modelled:
     wall = prefill + draft + catch-up + verify + overhead
     prefill  = sum over prefill groups of prefill_ms(the group's tokens: rows x longest prompt when
                padded, its prompts' tokens when packed); layout mixed: one prefill_ms(summed prompt
-               tokens), less prefill_ms(1) when the step also decodes
+               tokens), less prefill_ms(1) when the step also decodes (the prompts ride in the decoding
+               pass, vLLM's unified step: its weight reads are not repeated)
     draft    = k_max x draft_ms(B) (draft model) or D x ngram_lookup_ms_per_row (n-gram, SSSD;
                D = rows with a plan length > 0)
     catch-up = draft_prefill_ms(B x (largest lag - 1)) when the largest lag exceeds 2
@@ -27,8 +28,9 @@ Optional synthetic acceptance replaces the trace's tables with draws from per-po
 rates (as vLLM's synthetic rejection sampler takes them), so cost can be studied at a chosen
 acceptance: a drafter that always drafts k tokens, whose i-th token is accepted with
 probability rates[i] x m given the previous ones were, with a per-request multiplier
-m = exp(heterogeneity x N(0, 1)), priced as a draft model (default) or as a lookup (`cost`). Draws
-depend only on the engine seed and the request id.
+m = exp(heterogeneity x N(0, 1)), priced as the scenario's drafter kind prices drafting (a draft
+model's forward passes, or lookups for a model-free drafter such as the n-gram). Draws depend only
+on the engine seed and the request id.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nightjar_rl.decoding.drafters.registry import DRAFT_MODEL, LOOKUP, drafter_kind
-from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, MIXED_LAYOUT
+from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, MIXED_LAYOUT, SIM_LAYOUTS, prices_alike
 from nightjar_rl.decoding.scheduler import ScheduledEngine, Scheduler
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
@@ -49,20 +51,13 @@ from nightjar_rl.hardware import HardwareProfile
 from nightjar_rl.sim.trace import Trace, TraceError, TraceRecord, replay_table
 
 ROW = "sim"  # per-row replay state in Sequence.state
-VERIFY_LAYOUTS = {
-    "padded": "every row scores 1 + the longest row's drafts (the live engine's padded verify layout)",
-    "packed": "rows are flattened: a step scores rows + drafted tokens (vLLM's layout)",
-    MIXED_LAYOUT: "packed, and the step's prefill rides in the same pass (vLLM's unified step): the admitted prompts are "
-             "packed, unpadded, into one prefill of their summed tokens, and a step that also decodes pays "
-             "prefill_ms(tokens) - prefill_ms(1), the weight reads not repeated (the vLLM twin's pricing)",
-}
 
 
 @dataclass(frozen=True)
 class SyntheticAcceptance:
     """Per-position acceptance rates (non-increasing, in [0, 1]) and per-request heterogeneity. `cost`: how
-    drafting is priced, as a draft model's (the default) or as a model-free lookup's (a drafter that
-    proposes at this acceptance without a forward pass of its own, e.g. an n-gram over a richer corpus)."""
+    drafting is priced, the scenario's drafter kind's (`DrafterKind.cost`): a draft model's, or a model-free
+    lookup's (a drafter proposing at this acceptance with no forward pass of its own, e.g. an n-gram)."""
 
     rates: tuple[float, ...]
     heterogeneity: float = 0.0
@@ -78,13 +73,15 @@ class SyntheticAcceptance:
             raise ValueError(f"synthetic acceptance cost must be {DRAFT_MODEL!r} or {LOOKUP!r}, got {self.cost!r}")
 
     @classmethod
-    def from_dict(cls, data: dict) -> SyntheticAcceptance:
-        unknown = set(data) - {"rates", "heterogeneity", "cost"}
+    def from_dict(cls, data: dict, drafter: str = "draft") -> SyntheticAcceptance:
+        """From a scenario's `synthetic_acceptance`, priced as the scenario's `drafter` kind."""
+        unknown = set(data) - {"rates", "heterogeneity"}
         if unknown or "rates" not in data:
-            raise ValueError(f"synthetic_acceptance takes {{rates: [...], heterogeneity: x, cost: {DRAFT_MODEL}|{LOOKUP}}}, "
-                             f"got {data!r}")
-        return cls(tuple(float(x) for x in data["rates"]), float(data.get("heterogeneity", 0.0)),
-                   str(data.get("cost", DRAFT_MODEL)))
+            raise ValueError(f"synthetic_acceptance takes {{rates: [...], heterogeneity: x}}, got {data!r}")
+        cost = drafter_kind(drafter).cost
+        if cost not in (DRAFT_MODEL, LOOKUP):
+            raise ValueError(f"synthetic_acceptance needs a drafter that drafts, got drafter {drafter!r}")
+        return cls(tuple(float(x) for x in data["rates"]), float(data.get("heterogeneity", 0.0)), cost)
 
     def tables(self, n: int, max_k: int, seed: int, request_id: str) -> tuple[list, list]:
         rng = np.random.default_rng([seed, zlib.crc32(request_id.encode())])
@@ -133,12 +130,12 @@ class SimEngine(ScheduledEngine):
     ):
         """`memo`: a dict of profile lookups to share between engines over the same profile (a
         backend makes one engine per episode; the lookups repeat across episodes). `verify_layout`:
-        how the verify pass is priced, see `VERIFY_LAYOUTS`."""
-        if verify_layout not in VERIFY_LAYOUTS:
-            raise ValueError(f"verify_layout must be one of {', '.join(VERIFY_LAYOUTS)}, got {verify_layout!r}")
+        how the verify pass is priced (`layouts.SIM_LAYOUTS`, the module docs)."""
+        if verify_layout not in SIM_LAYOUTS:
+            raise ValueError(f"verify_layout must be one of {', '.join(SIM_LAYOUTS)}, got {verify_layout!r}")
         self.verify_layout = verify_layout
         fitted = profile.meta.get("verify_layout")
-        if fitted and fitted != verify_layout:  # scored/prefill tokens counted one way, priced another
+        if fitted and not prices_alike(fitted, verify_layout):  # tokens counted one way, priced another
             warnings.warn(f"the profile ({profile.model}, {profile.device}) was fitted to {fitted!r} steps; this "
                           f"simulator prices {verify_layout!r} steps with it (set the scenario's verify_layout to "
                           f"{fitted!r}, or fit a profile to {verify_layout!r} step logs)", stacklevel=2)
