@@ -542,3 +542,18 @@ def test_mixed_layout_packs_a_steps_prompts_into_one_prefill():
     assert packed.prefill_time in (pytest.approx((prefill_ms(lengths[0]) + prefill_ms(lengths[1])) / 1000),
                                    pytest.approx(prefill_ms(sum(lengths)) / 1000))
     assert prefill_ms(sum(lengths)) - prefill_ms(1) != pytest.approx(prefill_ms(lengths[0]) + prefill_ms(lengths[1]))
+
+
+def test_profile_scenario_prices_drafting_as_the_simulator_does():
+    """`profile: scenario` on an n-gram scenario whose profile also times a draft model (the measured H100
+    profile) resolves to that profile without draft_ms: the allocator then prices one drafted token at
+    batch 1 as the simulator does, verify(1 row, 2 tokens) + one lookup = 23.5662 + 0.08022 ms (the table's
+    values), not as a draft model's forward. A draft-model scenario keeps its draft_ms."""
+    from nightjar_rl.experiments.config import resolve_spec
+
+    measured = load_scenario("gpu-h100-measured-ngram")
+    policy = make_policy(resolve_spec({"type": "adaptive_budget", "profile": "scenario"}, measured), measured.max_k)
+    assert not policy.profile.has_draft_model
+    assert policy.step_ms(1, 1, 1, 1, None) == pytest.approx(23.5662 + 0.08022)
+    draft = load_scenario("gpu-whatif-draft")
+    assert make_policy(resolve_spec({"type": "oracle", "profile": "scenario"}, draft), draft.max_k).profile.has_draft_model

@@ -52,10 +52,12 @@ from pathlib import Path
 
 import yaml
 
+from nightjar_rl.decoding.drafters.registry import DRAFT_MODEL, drafter_kind
 from nightjar_rl.env.backend import resolve_data_path
 from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
 from nightjar_rl.experiments.fields import ExperimentError, is_int, is_number, parse_concurrency, parse_rates
 from nightjar_rl.experiments.sb3_config import is_sb3_spec, parse_sb3_spec
+from nightjar_rl.hardware import HardwareProfile
 from nightjar_rl.schema import ConfigError, check, check_value, declarations, option
 
 
@@ -358,9 +360,17 @@ def _with_workload(cfg: ExperimentConfig, scenario: Scenario) -> Scenario:
 
 
 def resolve_spec(spec, scenario: Scenario):
-    """A policy spec with `profile: scenario` replaced by the scenario's hardware profile path."""
+    """A policy spec with `profile: scenario` replaced by the scenario's hardware profile as its simulator
+    prices it: the profile's path, or, when the scenario's drafter is model-free (n-gram, SSSD) and the
+    profile also times a draft model, the profile without `draft_ms`, embedded, so the policy prices
+    drafting as lookups as the simulator does (policies price a draft model whenever the profile has one)."""
     if isinstance(spec, dict) and spec.get("profile") == "scenario":
         if not scenario.profile:
             raise ValueError("'profile: scenario' needs a sim scenario with a hardware profile")
-        return {**spec, "profile": str(resolve_data_path(scenario.profile, scenario.base_dir).resolve())}
+        path = resolve_data_path(scenario.profile, scenario.base_dir).resolve()
+        if drafter_kind(scenario.engine.drafter).cost != DRAFT_MODEL:
+            profile = HardwareProfile.load(path)
+            if profile.has_draft_model:
+                return {**spec, "profile": {**profile.to_dict(), "draft_ms": {}}}
+        return {**spec, "profile": str(path)}
     return spec
