@@ -52,9 +52,10 @@ PLANS = {
 
 
 def _comparable(stats) -> dict:
-    """A step's StepStats without times, what the layout computes (`scored_tokens`,
+    """A step's StepStats without times, the layout and what it computes (`verify_layout`, `scored_tokens`,
     `prefill_padded_tokens`) and timing detail in `extra`."""
-    row = {k: v for k, v in vars(stats).items() if k not in TIMES | {"scored_tokens", "prefill_padded_tokens", "extra"}}
+    layout = {"verify_layout", "scored_tokens", "prefill_padded_tokens", "extra"}
+    row = {k: v for k, v in vars(stats).items() if k not in TIMES | layout}
     row["extra"] = {k: v for k, v in stats.extra.items() if not k.startswith("psd")}
     if "psd" in stats.extra:
         row["psd"] = (stats.extra["psd"]["mode"], stats.extra["psd"]["halves"])
