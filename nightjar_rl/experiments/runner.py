@@ -127,17 +127,19 @@ def _prepare_run_dir(cfg: ExperimentConfig, scenario: Scenario, out_dir: str | P
     return run_dir
 
 
-def build_policies(cfg: ExperimentConfig, scenario: Scenario) -> dict:
-    """Every configured policy, freshly built (a bad spec raises ExperimentError naming the entry)."""
-    policies = {}
+def build_policies(cfg: ExperimentConfig, scenario: Scenario) -> tuple[dict, dict]:
+    """Every configured policy's spec, resolved against `scenario` once (`resolve_spec`), and the policy
+    freshly built from it (SB3 specs are trained later, so only resolved): ({name: spec}, {name: policy}).
+    A bad spec raises ExperimentError naming the entry."""
+    specs, policies = {}, {}
     for entry in cfg.policies:
-        if is_sb3_spec(entry.spec):
-            continue  # trained with stable-baselines3 in _trained_policies (nightjar_rl.experiments.sb3_train)
         try:
-            policies[entry.name] = make_policy(resolve_spec(entry.spec, scenario), scenario.max_k)
+            specs[entry.name] = resolve_spec(entry.spec, scenario)
+            if not is_sb3_spec(entry.spec):  # SB3: trained in _trained_policies (nightjar_rl.experiments.sb3_train)
+                policies[entry.name] = make_policy(specs[entry.name], scenario.max_k)
         except ValueError as exc:
             raise ExperimentError(f"experiment {cfg.name!r}: field 'policies' entry {entry.name!r}: {exc}") from None
-    return policies
+    return specs, policies
 
 
 def replicate_spec(spec, policy, replicate: int):
@@ -156,8 +158,7 @@ def _trained_policies(cfg: ExperimentConfig, scenario: Scenario, ctx: SweepConte
     """Specs of every policy (trained artifacts for learners, trained on the executor in `train_ctx`'s
     scenario or loaded from a previous run of this folder). Returns ({name: spec}, {(name, replicate):
     artifact}, learned)."""
-    built = build_policies(cfg, scenario)
-    specs = {e.name: resolve_spec(e.spec, scenario) for e in cfg.policies}
+    specs, built = build_policies(cfg, scenario)
     learned = {name for name, p in built.items() if getattr(p, "learning", False)}
     artifacts, jobs = {}, []
     t = cfg.train
