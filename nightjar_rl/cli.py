@@ -46,10 +46,11 @@ def _add_policy_args(p: argparse.ArgumentParser) -> None:
 
 
 def _runtime_policy(a: argparse.Namespace, cfg: EngineConfig):
+    from nightjar_rl.decoding.drafters.registry import drafting_of
     from nightjar_rl.runtime.policy_spec import runtime_policy
 
     return runtime_policy(cfg.max_speculation, a.k, a.policy, learn=a.learn, save_policy=a.save_policy,
-                          log_steps=a.log_steps)
+                          log_steps=a.log_steps, drafting=drafting_of(cfg.drafter))
 
 
 def _serve_workload(rp, engine, requests, progress: bool, desc: str, max_concurrency: int | None = None):

@@ -26,8 +26,10 @@ analytic with `--roofline`, see `nightjar_rl.sim.roofline`):
 `verify_ms[b][n]` is one target forward scoring `n` positions per row for `b` rows (a decode step
 with speculation length k scores n = k + 1). A step is priced by rows, total scored tokens and
 context (`verify_step_ms`): a per-row plan scoring T positions over b rows reads n = T / b. `draft_ms[b]` is one draft token for `b` rows, so
-drafting k tokens costs k x draft_ms[b]. When `draft_ms` is empty the drafter is taken to be an
-n-gram lookup costing `ngram_lookup_ms_per_row` per row.
+drafting k tokens costs k x draft_ms[b]. A model-free drafter (n-gram, SSSD) costs
+`ngram_lookup_ms_per_row` per row. Which of the two prices a step is the drafter's (`drafting`:
+`DRAFT_MODEL` or `LOOKUP`, `drafting_kind`); when nobody says, a profile with `draft_ms` prices a draft
+model and one without prices lookups.
 
 Interpolation. Verify: linear over tokens per row within each batch size, then linear over batch
 size (bilinear on a full grid); with `verify_ms_by_context`, then linear over context between the
@@ -53,6 +55,8 @@ import numpy as np
 
 from nightjar_rl.io import read_json
 
+DRAFT_MODEL, LOOKUP = "draft_model", "lookup"  # how drafting is priced: a draft model's passes, or lookups
+DRAFTING = (DRAFT_MODEL, LOOKUP)
 PROFILE_FORMAT = "nightjar-rl/hardware-profile"
 PROFILE_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -216,13 +220,25 @@ class HardwareProfile:
     def has_draft_model(self) -> bool:
         return self._draft is not None
 
-    def draft_time_ms(self, batch: float, k: int) -> float:
-        """Milliseconds to draft `k` tokens per row for `batch` rows (0 when k = 0)."""
+    def drafting_kind(self, drafting: str | None = None) -> str:
+        """How drafting is priced: `drafting` (`DRAFT_MODEL` or `LOOKUP`; a draft model needs draft_ms),
+        or when None this profile's default (a draft model when it times one)."""
+        if drafting is None:
+            return DRAFT_MODEL if self._draft is not None else LOOKUP
+        if drafting not in DRAFTING:
+            raise ProfileError(f"drafting must be one of {', '.join(DRAFTING)}, got {drafting!r}")
+        if drafting == DRAFT_MODEL and self._draft is None:
+            raise ProfileError("this profile has no draft_ms: it cannot price a draft model")
+        return drafting
+
+    def draft_time_ms(self, batch: float, k: int, drafting: str | None = None) -> float:
+        """Milliseconds to draft `k` tokens per row for `batch` rows (0 when k = 0), priced as
+        `drafting_kind(drafting)`."""
         if k <= 0:
             return 0.0
-        if self._draft is not None:
+        if self.drafting_kind(drafting) == DRAFT_MODEL:
             return k * self._draft(batch)
-        return batch * self.ngram_lookup_ms_per_row
+        return self.lookup_time_ms(batch)
 
     def draft_model_time_ms(self, batch: float, k: int) -> float:
         """Milliseconds for a draft model to draft `k` tokens for each of `batch` rows (needs draft_ms)."""
@@ -234,9 +250,10 @@ class HardwareProfile:
         """Milliseconds of model-free drafting (n-gram lookup, SSSD trees) for `rows` rows."""
         return rows * self.ngram_lookup_ms_per_row
 
-    def step_time_ms(self, batch: float, k: int, context: float | None = None) -> float:
-        """Predicted decode-step time with speculation length k: drafting plus verifying k + 1 positions."""
-        return self.draft_time_ms(batch, k) + self.verify_time_ms(batch, k + 1, context)
+    def step_time_ms(self, batch: float, k: int, context: float | None = None, drafting: str | None = None) -> float:
+        """Predicted decode-step time with speculation length k: drafting (`draft_time_ms`) plus verifying
+        k + 1 positions."""
+        return self.draft_time_ms(batch, k, drafting) + self.verify_time_ms(batch, k + 1, context)
 
     def prefill_time_ms(self, tokens: float) -> float:
         """One target prefill pass computing `tokens` prompt tokens (padded: rows x the longest prompt)."""

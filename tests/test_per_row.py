@@ -40,11 +40,12 @@ def seq(rid: str, prompt: int, out: int, max_new: int) -> Sequence:
     return Sequence(Request(rid, list(range(prompt)), max_new), list(range(prompt + out)))
 
 
-def rows(alphas, proposals=None, remaining=None, ids=None) -> RowBatch:
+def rows(alphas, proposals=None, remaining=None, ids=None, confidence=None) -> RowBatch:
     n = len(alphas)
     return RowBatch(tuple(ids or (f"r{i}" for i in range(n))), np.array(alphas, dtype=float), np.ones(n, int),
                     np.array(proposals if proposals is not None else [-1] * n), np.zeros(n, int),
-                    np.array(remaining if remaining is not None else [100] * n), np.full(n, 10))
+                    np.array(remaining if remaining is not None else [100] * n), np.full(n, 10),
+                    confidence=confidence)
 
 
 # ---- the allocator formula, by hand ---------------------------------------------------------------
@@ -110,6 +111,41 @@ def test_tpot_slack_guard_on_the_hand_computed_case():
     assert AdaptiveBudget(hand_profile(), MAX_K, tpot_slack=0.0).predict(obs) == 1
     with pytest.raises(ValueError, match="tpot_slack"):
         AdaptiveBudget(hand_profile(), MAX_K, tpot_slack=-0.1)
+
+
+def test_stated_confidences_set_survival_on_the_hand_computed_case():
+    """The rows above (histories 0.9 and 0.5) with the drafter's stated confidences [.2, .9] and [.95, .8]:
+    survivals [[.2, .18], [.95, .76]]. Slots by survival go to rows 1, 1, 0, 0, so rows drafting are 1, 1,
+    2, 2 and T(B) = 10, 12, 13.5, 15.5, 17 as before; E(B) = 2, 2.95, 3.71, 3.91, 4.09;
+    E/T = .2, .24583, .27481, .25226, .24059 -> B* = 2, both slots to row 1 (its history alone gave them to
+    row 0). `confidence=False` ignores the statements; a row stating none (nan) keeps its history's."""
+    stated = rows([0.9, 0.5], confidence=[[0.2, 0.9], [0.95, 0.8]])
+    survival = stated.survival(MAX_K, prior=0.5)
+    np.testing.assert_allclose(survival, [[0.2, 0.18], [0.95, 0.76]])
+    policy = AdaptiveBudget(hand_profile(), MAX_K)
+    lengths, budget, ratios = policy.allocate(survival)
+    np.testing.assert_allclose(ratios, [2 / 10, 2.95 / 12, 3.71 / 13.5, 3.91 / 15.5, 4.09 / 17])
+    assert budget == 2 and lengths.tolist() == [0, 2]
+    obs = Observation(np.zeros(obs_size(MAX_K), np.float32), stated)
+    assert policy.predict(obs) == SpecPlan.per_row({"r0": 0, "r1": 2})
+    blind = AdaptiveBudget(hand_profile(), MAX_K, confidence=False)
+    assert blind.predict(obs) == SpecPlan.per_row({"r0": 2, "r1": 0})
+    assert "no confidences" in blind.name and blind.params()["confidence"] is False
+    partial = rows([0.9, 0.5], confidence=[[math.nan, math.nan], [0.95, math.nan]], proposals=[2, 1])
+    np.testing.assert_allclose(partial.survival(MAX_K, prior=0.5), [[0.9, 0.81], [0.95, 0.0]])
+    with pytest.raises(ValueError, match="confidence must be"):
+        AdaptiveBudget(hand_profile(), MAX_K, confidence="yes")
+
+
+def test_observation_carries_the_drafters_confidences_by_row():
+    builder = ObservationBuilder(MAX_K)
+    running = [seq("a", 4, 1, 8), seq("b", 3, 2, 8)]
+    obs = builder.observation(running, 0, {"a": 2, "b": 1}, {"a": np.array([0.7, 0.4, 0.1])})
+    conf = rows_of(obs).confidences
+    np.testing.assert_allclose(conf, [[0.7, 0.4], [math.nan, math.nan]])  # cut to max_k; b stated none
+    back = pickle.loads(pickle.dumps(obs))
+    np.testing.assert_allclose(rows_of(back).confidences, conf)
+    assert rows_of(builder.observation(running, 0, {"a": 2})).confidences is None
 
 
 def test_survival_respects_proposals_budgets_and_unknown_rows():
@@ -546,14 +582,41 @@ def test_mixed_layout_packs_a_steps_prompts_into_one_prefill():
 
 def test_profile_scenario_prices_drafting_as_the_simulator_does():
     """`profile: scenario` on an n-gram scenario whose profile also times a draft model (the measured H100
-    profile) resolves to that profile without draft_ms: the allocator then prices one drafted token at
-    batch 1 as the simulator does, verify(1 row, 2 tokens) + one lookup = 23.5662 + 0.08022 ms (the table's
-    values), not as a draft model's forward. A draft-model scenario keeps its draft_ms."""
+    profile) sets the policy's `drafting` to the scenario drafter's, lookups: the allocator then prices
+    one drafted token at batch 1 as the simulator does, verify(1 row, 2 tokens) + one lookup = 23.5662 +
+    0.08022 ms (the table's values), not as a draft model's forward. A draft-model scenario prices its
+    draft model; a spec that says how to price drafting keeps it."""
     from nightjar_rl.experiments.config import resolve_spec
 
     measured = load_scenario("gpu-h100-measured-ngram")
-    policy = make_policy(resolve_spec({"type": "adaptive_budget", "profile": "scenario"}, measured), measured.max_k)
-    assert not policy.profile.has_draft_model
+    spec = resolve_spec({"type": "adaptive_budget", "profile": "scenario"}, measured)
+    assert spec["drafting"] == "lookup"
+    policy = make_policy(spec, measured.max_k)
+    assert policy.profile.has_draft_model and not policy.draft_model
     assert policy.step_ms(1, 1, 1, 1, None) == pytest.approx(23.5662 + 0.08022)
+    oracle = make_policy(resolve_spec({"type": "oracle", "profile": "scenario"}, measured), measured.max_k)
+    assert oracle.profile.step_time_ms(1, 1, drafting=oracle.drafting) == pytest.approx(23.5662 + 0.08022)
+    as_model = resolve_spec({"type": "adaptive_budget", "profile": "scenario", "drafting": "draft_model"}, measured)
+    assert make_policy(as_model, measured.max_k).draft_model  # the spec's own choice stands
     draft = load_scenario("gpu-whatif-draft")
-    assert make_policy(resolve_spec({"type": "oracle", "profile": "scenario"}, draft), draft.max_k).profile.has_draft_model
+    oracle = make_policy(resolve_spec({"type": "oracle", "profile": "scenario"}, draft), draft.max_k)
+    assert oracle.drafting == "draft_model" and oracle.profile.has_draft_model
+    assert resolve_spec({"type": "sssd", "profile": "scenario"}, measured).keys() == {"type", "profile"}  # prices no drafting
+
+
+def test_the_engines_drafter_sets_how_a_named_policy_prices_drafting():
+    """`--policy adaptive-budget-PATH` on an n-gram engine prices lookups even when the profile also times a
+    draft model; a policy that prices no drafting is built as it is; an unknown pricing is refused."""
+    from nightjar_rl.policy.resolve import resolve_policy
+
+    path = "envs/profiles/random-llama-3-8b-h100-bf16.json"
+    assert HardwareProfile.load(path).has_draft_model
+    assert not resolve_policy(f"adaptive-budget-{path}", 4, "lookup").draft_model
+    assert resolve_policy(f"adaptive-budget-{path}", 4).draft_model  # nothing said: the profile's default
+    assert resolve_policy(f"oracle-{path}", 4, "lookup").drafting == "lookup"
+    assert resolve_policy("fixed-2", 4, "lookup").k == 2
+    with pytest.raises(ValueError, match="drafting must be one of"):
+        AdaptiveBudget(path, 4, drafting="tree")
+    with pytest.raises(ValueError, match="cannot price a draft model"):
+        AdaptiveBudget(hand_profile(), MAX_K, drafting="draft_model")
+

@@ -129,8 +129,9 @@ def test_unknown_prompt_and_too_long_budget_are_refused():
 
 def test_synthetic_acceptance_is_seeded_per_request_and_follows_the_rates():
     synth = SyntheticAcceptance((0.8, 0.5), heterogeneity=0.0)
-    d1, a1 = synth.tables(4000, 4, seed=3, request_id="r1")
-    assert synth.tables(4000, 4, seed=3, request_id="r1") == (d1, a1)
+    d1, a1, stated = synth.tables(4000, 4, seed=3, request_id="r1")
+    assert stated is None  # no `confidence`: the drafter states none
+    assert synth.tables(4000, 4, seed=3, request_id="r1") == (d1, a1, None)
     assert synth.tables(4000, 4, seed=4, request_id="r1")[1] != a1
     a = np.array(a1)[1:]
     assert np.all(a <= np.arange(5)[None, :]) and np.all(np.array(d1)[1:] == np.arange(5)[None, :])
@@ -140,6 +141,48 @@ def test_synthetic_acceptance_is_seeded_per_request_and_follows_the_rates():
     assert ((a[:, 4] == 4).sum() / max(1, (a[:, 3] == 3).sum())) == pytest.approx(0.5, abs=0.08)  # last rate repeats
     with pytest.raises(ValueError, match="non-increasing"):
         SyntheticAcceptance((0.5, 0.9))
+
+
+def test_stated_confidences_are_calibrated_and_keep_the_rates():
+    """With `confidence` = kappa each proposed token carries a confidence drawn around its rate and survives
+    with exactly that probability: the rates hold on average, and the tokens stated confident are the ones
+    that survive (the sharper, the smaller kappa)."""
+    synth = SyntheticAcceptance((0.6, 0.5), confidence=1.0)
+    drafted, accepted, stated = synth.tables(20000, 4, seed=1, request_id="r1")
+    assert stated.shape == (20000, 4)
+    a, c = np.array(accepted)[1:], stated[1:]
+    first = a[:, 1] == 1
+    assert abs(first.mean() - 0.6) < 0.02 and abs(c[:, 0].mean() - 0.6) < 0.02
+    assert abs((a[:, 2] == 2).sum() / first.sum() - 0.5) < 0.03
+    assert first[c[:, 0] > 0.9].mean() > 0.9 and first[c[:, 0] < 0.1].mean() < 0.1  # calibrated
+    same = synth.tables(20000, 4, seed=1, request_id="r1")
+    assert same[:2] == (drafted, accepted) and np.array_equal(same[2], stated)
+    with pytest.raises(ValueError, match="must be > 0"):
+        SyntheticAcceptance.from_dict({"rates": [0.5], "confidence": 0}, "ngram")
+    assert SyntheticAcceptance.from_dict({"rates": [0.5], "confidence": 2}, "ngram").confidence == 2.0
+
+
+def test_the_simulator_reports_each_rows_next_proposal_confidences():
+    """`proposal_confidences()` holds, per running row, the confidences stated for the proposal at its
+    current output position: row i of the request's table."""
+    trace = toy_trace()
+    synth = SyntheticAcceptance.from_dict({"rates": [0.7, 0.5], "confidence": 0.5}, "ngram")
+    engine = SimEngine(trace, CLOCK, max_batch_size=2, max_speculation=MAX_K, synthetic=synth, seed=5)
+    plain = SimEngine(trace, CLOCK, max_batch_size=2, max_speculation=MAX_K)
+    for r in requests(trace):
+        engine.submit(r)
+        plain.submit(r)
+    checked = 0
+    for _ in range(4):
+        engine.step(MAX_K)
+        plain.step(MAX_K)
+        assert plain.proposal_confidences() == {}
+        for s in engine.running:
+            limit = min(len(engine.trace.lookup(s.request.prompt_ids)), s.request.max_new_tokens)
+            table = synth.tables(limit, trace.max_k, 5, s.request_id)[2]
+            np.testing.assert_array_equal(engine.proposal_confidences()[s.request_id], table[len(s.output_ids)])
+            checked += 1
+    assert checked >= 2
 
 
 def test_a_synthetic_drafter_is_priced_by_its_cost():

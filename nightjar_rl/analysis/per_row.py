@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from nightjar_rl.analysis.load import axis_label, format_load, load_axis
 from nightjar_rl.analysis.stats import ci_table, intervals_overlap
 from nightjar_rl.analysis.study import paired_ratio
+from nightjar_rl.hardware import DRAFT_MODEL
 
 PER_ROW_GOALS = {"win": 1.25, "low_loss": 0.97, "high_from": 128, "low_upto": 4}
 
@@ -150,17 +151,21 @@ def acceptance_distribution(trace, max_k: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def clairvoyant_bound(trace, profile, max_k: int, rows: Sequence[int], context: float | None = None) -> pd.DataFrame:
+def clairvoyant_bound(trace, profile, max_k: int, rows: Sequence[int], context: float | None = None,
+                      drafting: str | None = None) -> pd.DataFrame:
     """Throughput of a per-row policy that knows every row's accepted length in advance (drafts exactly
     the tokens that will be accepted, nothing else), relative to k = 0, per batch size: steps of n rows
-    emit n (1 + m) tokens for m = mean accepted at max_k and score as many. No real policy beats it."""
+    emit n (1 + m) tokens for m = mean accepted at max_k and score as many. No real policy beats it.
+    Drafting is priced as `drafting` (the trace's drafter's, e.g. `drafting_of(trace.drafter)`; None:
+    the profile's default)."""
     acc = np.concatenate([r.accepted[1:, max_k] for r in trace.records]).astype(float)
-    m, drafting = acc.mean(), (acc > 0).mean()
+    m, drafting_rows = acc.mean(), (acc > 0).mean()
+    draft_model = profile.drafting_kind(drafting) == DRAFT_MODEL
     out = []
     for n in rows:
         t0 = profile.verify_step_ms(n, n, context) + profile.overhead_time_ms(n)
         t1 = (profile.verify_step_ms(n, n * (1 + m), context) + profile.overhead_time_ms(n)
-              + (profile.draft_model_time_ms(n, max_k) if profile.has_draft_model else profile.lookup_time_ms(n * drafting)))
+              + (profile.draft_model_time_ms(n, max_k) if draft_model else profile.lookup_time_ms(n * drafting_rows)))
         out.append({"rows": n, "k0_ms": t0, "clairvoyant_ms": t1, "tokens_ratio": 1 + m, "bound_vs_k0": (1 + m) * t0 / t1})
     return pd.DataFrame(out)
 

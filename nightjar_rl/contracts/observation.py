@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import cached_property
+from functools import cached_property, partial
 
 import numpy as np
 
@@ -177,16 +177,19 @@ class RowBatch:
 
     def __init__(self, request_ids: Sequence[str], acceptance: Sequence[float], samples: Sequence[int],
                  proposal: Sequence[int], position: Sequence[int], remaining: Sequence[int],
-                 context: Sequence[int], depth_counts: tuple | None = None):
+                 context: Sequence[int], depth_counts: tuple | None = None, confidence=None):
         """Columns as lists or arrays (not copied: hand in values nothing changes later), or functions
-        of no arguments that return one (called on first read; `depth_counts` too).
+        of no arguments that return one (called on first read; `depth_counts` and `confidence` too).
         `depth_counts`, behind `depth_rates`: (per row (raw successes [max_k], raw trials [max_k],
         scale) as `DepthCounts.state_at` gives them, the batch-wide (successes [max_k], trials
-        [max_k]), the prior weight w); None: geometric acceptance."""
+        [max_k]), the prior weight w); None: geometric acceptance. `confidence`, behind `confidences`:
+        [rows, depth] the drafter's own probability that each token of the row's next proposal is
+        accepted given the ones before it (nan where it gives none); None: no drafter confidences."""
         self.request_ids = tuple(request_ids)
         self._given = {"acceptance": acceptance, "samples": samples, "proposal": proposal, "position": position,
                        "remaining": remaining, "context": context}
         self.depth_counts = depth_counts
+        self.confidence = confidence
 
     def __len__(self) -> int:
         return len(self.request_ids)
@@ -198,6 +201,7 @@ class RowBatch:
         for name in self._given:
             self._given_value(name)
         self._depth_counts()
+        self.confidences  # noqa: B018 - computed before pickling
         return self.__dict__
 
     def _depth_counts(self) -> tuple | None:
@@ -239,6 +243,12 @@ class RowBatch:
         rates[:, known] = (s[:, known] + w * g[known]) / (t[:, known] + w)
         return rates
 
+    @cached_property
+    def confidences(self) -> np.ndarray | None:
+        """[rows, depth] the drafter's per-token confidences (`confidence`, nan where none), or None."""
+        given = self.confidence() if callable(self.confidence) else self.confidence
+        return None if given is None else np.asarray(given, dtype=float).reshape(len(self), -1)
+
     def alpha(self, prior: float) -> np.ndarray:
         """Acceptance estimates with unknown rows at `prior`."""
         return np.where(np.isnan(self.acceptance), prior, self.acceptance)
@@ -248,15 +258,27 @@ class RowBatch:
         caps = np.minimum(max_k, np.maximum(self.remaining - 1, 0))
         return np.where(self.proposal >= 0, np.minimum(caps, self.proposal), caps).astype(int)
 
-    def survival(self, max_k: int, prior: float) -> np.ndarray:
+    def survival(self, max_k: int, prior: float, confidence: bool = True) -> np.ndarray:
         """[rows, max_k]: P(the row's j-th draft is accepted) for j <= its cap, 0 beyond: the product of
-        its depth rates up to j (unknown ones at `prior`), or alpha^j without depth rates."""
+        its depth rates up to j (unknown ones at `prior`), or alpha^j without depth rates. With
+        `confidence` and drafter confidences, a depth the drafter gives a confidence for takes it
+        instead of the rate (the product is then the drafter's own survival, as adaptive verification
+        computes it)."""
         j = np.arange(1, max_k + 1)
-        if self.depth_rates is None:
+        conf = self.confidences if confidence else None
+        if self.depth_rates is None and conf is None:
             surv = self.alpha(prior)[:, None] ** j[None, :]
         else:
-            rates = np.asarray(self.depth_rates, dtype=float)[:, :max_k]
-            surv = np.cumprod(np.where(np.isnan(rates), prior, rates), axis=1)
+            if self.depth_rates is None:
+                rates = np.repeat(self.alpha(prior)[:, None], max_k, axis=1)
+            else:
+                rates = np.asarray(self.depth_rates, dtype=float)[:, :max_k]
+                rates = np.where(np.isnan(rates), prior, rates)
+            if conf is not None:
+                given = np.full((len(self), max_k), math.nan)
+                given[:, : min(max_k, conf.shape[1])] = conf[:, :max_k]
+                rates = np.where(np.isnan(given), rates, np.clip(given, 0.0, 1.0))
+            surv = np.cumprod(rates, axis=1)
         return np.where(j[None, :] <= self.draft_caps(max_k)[:, None], surv, 0.0)
 
 
@@ -425,9 +447,11 @@ class RowTracker:
         for rid in getattr(stats, "finished_ids", ()):
             rows.pop(rid, None)
 
-    def batch(self, running, proposals: dict[str, int] | None = None) -> RowBatch:
-        """The `RowBatch` of `running` (Sequences: request_id, tokens, request); `proposals` by request
-        id (absent: unknown). Eager only where the state would move on (the rows' estimate tuples,
+    def batch(self, running, proposals: dict[str, int] | None = None,
+              confidences: dict[str, Sequence[float]] | None = None) -> RowBatch:
+        """The `RowBatch` of `running` (Sequences: request_id, tokens, request); `proposals` and the
+        drafter's per-token `confidences` by request id (absent: unknown; no confidences at all: None
+        in the batch). Eager only where the state would move on (the rows' estimate tuples,
         their lengths, the proposals): it runs every step, and `RowBatch` derives the rest when read."""
         proposals = proposals or {}
         running = list(running)  # a snapshot: the engine's list changes with admissions
@@ -452,8 +476,22 @@ class RowTracker:
         def depth_counts() -> tuple:  # each row's counts at the samples it held when the batch was taken
             return [e[3].state_at(e[4]) for e in entries], batch_wide, w
 
+        confidence = None
+        if confidences:
+            held = [confidences.get(rid) for rid in ids]  # taken now: the drafter's dict moves on next step
+            confidence = partial(_confidence_matrix, held, self.max_k)
         return RowBatch(ids, acceptance, samples, [proposals.get(rid, -1) for rid in ids], position, remaining,
-                        context, depth_counts)
+                        context, depth_counts, confidence)
+
+
+def _confidence_matrix(held: list, depth: int) -> np.ndarray:
+    """[rows, depth] of per-row confidence lists (None or short: nan where missing)."""
+    out = np.full((len(held), depth), math.nan)
+    for i, conf in enumerate(held):
+        if conf is not None:
+            values = np.asarray(conf, dtype=float)[:depth]
+            out[i, : len(values)] = values
+    return out
 
 
 def row_summary(rows: RowBatch | None, max_k: int) -> list[float]:
@@ -562,7 +600,8 @@ class ObservationBuilder:
         """The plain vector, without per-row features (the row summary fields are 0)."""
         return self.tracker.vector(batch_size, queue_len)
 
-    def observation(self, running, queue_len: int, proposals: dict[str, int] | None = None) -> Observation:
+    def observation(self, running, queue_len: int, proposals: dict[str, int] | None = None,
+                    confidences: dict[str, Sequence[float]] | None = None) -> Observation:
         """The observation over the `running` rows (Sequences), carrying their `RowBatch`."""
-        rows = self.row_tracker.batch(running, proposals)
+        rows = self.row_tracker.batch(running, proposals, confidences)
         return Observation(self.tracker.vector(len(rows), queue_len, rows), rows)

@@ -52,12 +52,12 @@ from pathlib import Path
 
 import yaml
 
-from nightjar_rl.decoding.drafters.registry import DRAFT_MODEL, drafter_kind
+from nightjar_rl.decoding.drafters.registry import drafting_of
 from nightjar_rl.env.backend import resolve_data_path
 from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
 from nightjar_rl.experiments.fields import ExperimentError, is_int, is_number, parse_concurrency, parse_rates
 from nightjar_rl.experiments.sb3_config import is_sb3_spec, parse_sb3_spec
-from nightjar_rl.hardware import HardwareProfile
+from nightjar_rl.policy.registry import with_drafting
 from nightjar_rl.schema import ConfigError, check, check_value, declarations, option
 
 
@@ -360,17 +360,12 @@ def _with_workload(cfg: ExperimentConfig, scenario: Scenario) -> Scenario:
 
 
 def resolve_spec(spec, scenario: Scenario):
-    """A policy spec with `profile: scenario` replaced by the scenario's hardware profile as its simulator
-    prices it: the profile's path, or, when the scenario's drafter is model-free (n-gram, SSSD) and the
-    profile also times a draft model, the profile without `draft_ms`, embedded, so the policy prices
-    drafting as lookups as the simulator does (policies price a draft model whenever the profile has one)."""
+    """A policy spec with `profile: scenario` replaced by the path of the scenario's hardware profile and,
+    for a policy that prices drafting, `drafting` set to the scenario's drafter's (a draft model's passes
+    or lookups), so the policy prices a step as the scenario's simulator does."""
     if isinstance(spec, dict) and spec.get("profile") == "scenario":
         if not scenario.profile:
             raise ValueError("'profile: scenario' needs a sim scenario with a hardware profile")
         path = resolve_data_path(scenario.profile, scenario.base_dir).resolve()
-        if drafter_kind(scenario.engine.drafter).cost != DRAFT_MODEL:
-            profile = HardwareProfile.load(path)
-            if profile.has_draft_model:
-                return {**spec, "profile": {**profile.to_dict(), "draft_ms": {}}}
-        return {**spec, "profile": str(path)}
+        return with_drafting({**spec, "profile": str(path)}, drafting_of(scenario.engine.drafter))
     return spec

@@ -34,10 +34,12 @@ def expected_tokens_per_row(acceptance: float, k: int) -> float:
     return (1.0 - a ** (k + 1)) / (1.0 - a)
 
 
-def expected_goodput(profile: HardwareProfile, batch: int, k: int, acceptance: float) -> float:
-    """Predicted tokens/s of one decode step over `batch` rows with speculation length k."""
+def expected_goodput(profile: HardwareProfile, batch: int, k: int, acceptance: float,
+                     drafting: str | None = None) -> float:
+    """Predicted tokens/s of one decode step over `batch` rows with speculation length k (drafting priced
+    as `drafting`, see `HardwareProfile.drafting_kind`)."""
     batch = max(int(batch), 1)
-    ms = profile.step_time_ms(batch, k)
+    ms = profile.step_time_ms(batch, k, drafting=drafting)
     if ms <= 0:
         raise ValueError(
             f"hardware profile predicts a non-positive step time ({ms} ms) at batch {batch}, k {k}"
@@ -63,11 +65,16 @@ class GoodputOracle(Policy):
     type_name = "oracle"
 
     def __init__(
-        self, profile: HardwareProfile | Mapping | str | Path, max_k: int, prior_acceptance: float = 0.5
+        self, profile: HardwareProfile | Mapping | str | Path, max_k: int, prior_acceptance: float = 0.5,
+        drafting: str | None = None,
     ):
+        """`drafting`: how the drafter's work is priced (`draft_model` or `lookup`: the engine's drafter;
+        None: the profile's default, `HardwareProfile.drafting_kind`)."""
         super().__init__(max_k)
         self.profile = as_profile(profile)
         self.prior_acceptance = check_float("prior_acceptance", prior_acceptance, 0.0, 1.0)
+        self.profile.drafting_kind(drafting)  # checked now
+        self.drafting = drafting
 
     def acceptance(self, obs: np.ndarray) -> float:
         if obs_field(obs, "fi_known") > 0:
@@ -78,13 +85,14 @@ class GoodputOracle(Policy):
 
     def goodputs(self, batch: int, acceptance: float) -> np.ndarray:
         """Predicted goodput for every k in 0..max_k."""
-        return np.array([expected_goodput(self.profile, batch, k, acceptance) for k in range(self.max_k + 1)])
+        return np.array([expected_goodput(self.profile, batch, k, acceptance, self.drafting)
+                         for k in range(self.max_k + 1)])
 
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> int:
         return int(np.argmax(self.goodputs(batch_of(obs), self.acceptance(obs))))
 
     def params(self) -> dict:
-        return {"profile": self.profile.to_dict(), "prior_acceptance": self.prior_acceptance}
+        return {"profile": self.profile.to_dict(), "prior_acceptance": self.prior_acceptance, "drafting": self.drafting}
 
     @property
     def name(self) -> str:

@@ -22,8 +22,14 @@ per-row features the runtime's driver puts on the observation (`obs.rows`, a
   time, T(B) <= (1 + tau) T(0). Identical rows (the uniform fallback) need no guard: the best k there
   already lowers every row's time per token.
 
-  draft_ms is the profile's: a draft model drafts every row max-length times (`draft_model_time_ms`),
-  a model-free drafter looks up the rows that draft (`lookup_time_ms`).
+  draft_ms prices the drafter (`drafting`, the engine's; by default the profile's, see
+  `HardwareProfile.drafting_kind`): a draft model drafts every row max-length times
+  (`draft_model_time_ms`), a model-free drafter looks up the rows that draft (`lookup_time_ms`).
+
+  When the drafter states a confidence for each token it proposes (`RowBatch.confidences`: a draft
+  model's token probability, a suffix tree's frequency), a slot's survival is the product of the
+  row's stated confidences up to its depth, as adaptive verification computes it, instead of the
+  row's acceptance history (`confidence=False` ignores them).
 - `PerRequestK` (`per_request_k`, SGLang's per-request mode): each request holds its own k; it moves
   up one when its acceptance estimate reaches `up`, down one when it falls below `down` (hysteresis:
   up > down), never sooner than `dwell` of its own steps after its last move. Switches are counted.
@@ -47,7 +53,7 @@ from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.contracts.observation import RowBatch, obs_field, rows_of
 from nightjar_rl.decoding.layouts import VERIFY_LAYOUTS
 from nightjar_rl.decoding.stats import StepStats
-from nightjar_rl.hardware import HardwareProfile
+from nightjar_rl.hardware import DRAFT_MODEL, HardwareProfile
 from nightjar_rl.policy.bandits import NightjarBandit
 from nightjar_rl.policy.base import Policy, batch_of, check_float, check_int
 from nightjar_rl.policy.oracle import as_profile
@@ -85,15 +91,21 @@ class AdaptiveBudget(Policy):
     type_name = "adaptive_budget"
 
     def __init__(self, profile: HardwareProfile | Mapping | str | Path, max_k: int, prior_acceptance: float = 0.5,
-                 layout: str = "packed", max_budget: int | None = None, tpot_slack: float | None = None):
+                 layout: str = "packed", max_budget: int | None = None, tpot_slack: float | None = None,
+                 confidence: bool = True, drafting: str | None = None):
         super().__init__(max_k)
         self.profile = as_profile(profile)
+        self.draft_model = self.profile.drafting_kind(drafting) == DRAFT_MODEL
+        self.drafting = drafting
         self.prior_acceptance = check_float("prior_acceptance", prior_acceptance, 0.0, 1.0)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         self.layout = layout
         self.max_budget = None if max_budget is None else check_int("max_budget", max_budget, 0)
         self.tpot_slack = None if tpot_slack is None else check_float("tpot_slack", tpot_slack, 0.0)
+        if not isinstance(confidence, bool):
+            raise ValueError(f"confidence must be true or false, got {confidence!r}")
+        self.confidence = confidence
         self._memo: dict = {}
         self.last_budget = 0  # B* of the last per-row decision (for inspection)
 
@@ -103,7 +115,7 @@ class AdaptiveBudget(Policy):
         `longest`, `drafting` rows with a length > 0 (module docs)."""
         p = self.profile
         scored = rows + drafted if self.layout == "packed" else rows * (1 + longest)
-        draft = p.draft_model_time_ms(rows, longest) if p.has_draft_model else p.lookup_time_ms(drafting)
+        draft = p.draft_model_time_ms(rows, longest) if self.draft_model else p.lookup_time_ms(drafting)
         return draft + self._verify_ms(rows, scored, context) + p.overhead_time_ms(rows)
 
     def _verify_ms(self, rows: int, scored: int, context: float | None) -> float:
@@ -168,17 +180,20 @@ class AdaptiveBudget(Policy):
 
     def row_inputs(self, rows: RowBatch) -> tuple[np.ndarray, float]:
         """(survival [rows, max_k], context) of `rows` for `allocate`: survival at `prior_acceptance` where
-        nothing is known, the context as the simulator prices it (the longest row's, before this step)."""
-        return rows.survival(self.max_k, self.prior_acceptance), float(rows.context.max() - 1)
+        nothing is known (from the drafter's confidences where it states them and `confidence` is set),
+        the context as the simulator prices it (the longest row's, before this step)."""
+        return rows.survival(self.max_k, self.prior_acceptance, self.confidence), float(rows.context.max() - 1)
 
     def params(self) -> dict:
         return {"profile": self.profile.to_dict(), "prior_acceptance": self.prior_acceptance, "layout": self.layout,
-                "max_budget": self.max_budget, "tpot_slack": self.tpot_slack}
+                "max_budget": self.max_budget, "tpot_slack": self.tpot_slack, "confidence": self.confidence,
+                "drafting": self.drafting}
 
     @property
     def name(self) -> str:
         guard = "" if self.tpot_slack is None else f",tpot_slack={self.tpot_slack:g}"
-        return f"adaptive_budget({self.profile.model}@{self.profile.device},{self.layout}{guard})"
+        blind = "" if self.confidence else ",no confidences"
+        return f"adaptive_budget({self.profile.model}@{self.profile.device},{self.layout}{guard}{blind})"
 
 
 class PerRequestK(Policy):

@@ -156,6 +156,18 @@ def spec_as_dict(spec: str | Mapping) -> dict:
     return parse_spec_string(spec) if isinstance(spec, str) else dict(spec)
 
 
+def with_drafting(spec: Mapping, drafting: str | None) -> dict:
+    """`spec` (a dict with a registered "type") with `drafting` filled in, when its type prices the
+    drafter's work (a `drafting` field: the oracle, the adaptive-budget allocator) and the spec does
+    not say; otherwise as it is. `drafting`: how the engine's drafter is priced (`hardware.DRAFTING`), or
+    None (nothing to fill)."""
+    out = dict(spec)
+    cls = POLICY_TYPES.get(_norm(out.get("type", "")))
+    if drafting is not None and cls is not None and "drafting" not in out and "drafting" in policy_fields(cls):
+        out["drafting"] = drafting
+    return out
+
+
 def build_policy(type_name: str, params: Mapping, max_k: int) -> Policy:
     """Construct policy `type_name` (a registered name or "module:Class") from its fields, validating
     the field names."""

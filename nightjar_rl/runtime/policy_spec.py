@@ -50,16 +50,17 @@ class RuntimePolicy:
 
 def runtime_policy(
     max_k: int, k: int | None = None, policy: str | None = None, *, learn: bool = False,
-    save_policy: str | None = None, log_steps: str | None = None, default_k: int = 4,
+    save_policy: str | None = None, log_steps: str | None = None, default_k: int = 4, drafting: str | None = None,
 ) -> RuntimePolicy:
-    """Resolve the CLI's policy flags (see `nightjar-rl generate --help`)."""
+    """Resolve the CLI's policy flags (see `nightjar-rl generate --help`); `drafting`: how the engine's
+    drafter is priced, for policies that price it (`resolve_policy`)."""
     if k is not None and policy is not None:
         raise ValueError("give --k or --policy, not both (--k N is --policy fixed-N)")
     if k is not None and k < 0:
         raise ValueError(f"--k must be >= 0, got {k}")
     if k is not None and k > max_k:
         raise ValueError(f"--k {k} exceeds --max-speculation {max_k}")
-    chosen = resolve_policy(policy, max_k) if policy is not None else FixedK(default_k if k is None else k, max_k)
+    chosen = resolve_policy(policy, max_k, drafting) if policy is not None else FixedK(default_k if k is None else k, max_k)
     log = StepLog(log_steps) if log_steps else None
     if not learn:
         if save_policy:

@@ -29,8 +29,13 @@ rates (as vLLM's synthetic rejection sampler takes them), so cost can be studied
 acceptance: a drafter that always drafts k tokens, whose i-th token is accepted with
 probability rates[i] x m given the previous ones were, with a per-request multiplier
 m = exp(heterogeneity x N(0, 1)), priced as the scenario's drafter kind prices drafting (a draft
-model's forward passes, or lookups for a model-free drafter such as the n-gram). Draws depend only
-on the engine seed and the request id.
+model's forward passes, or lookups for a model-free drafter such as the n-gram). With `confidence`
+= kappa the drafter also states a calibrated confidence for every token it proposes (a draft model's
+token probability, a suffix tree's frequency): token i's is drawn from Beta(mu kappa, (1 - mu) kappa),
+mu = min(1, rates[i] x m), and the token is accepted with that probability, so the rates are unchanged on
+average and a smaller kappa makes the confidences sharper (kappa -> 0: each is 0 or 1, the outcome
+itself; kappa -> inf: all equal the rate, no information). The confidences of each row's next proposal
+are reported by `proposal_confidences()`. Draws depend only on the engine seed and the request id.
 """
 
 from __future__ import annotations
@@ -42,12 +47,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nightjar_rl.decoding.drafters.registry import DRAFT_MODEL, LOOKUP, drafter_kind
+from nightjar_rl.decoding.drafters.registry import drafter_kind
 from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, MIXED_LAYOUT, SIM_LAYOUTS, prices_alike
 from nightjar_rl.decoding.scheduler import ScheduledEngine, Scheduler
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
-from nightjar_rl.hardware import HardwareProfile
+from nightjar_rl.hardware import DRAFT_MODEL, LOOKUP, HardwareProfile
 from nightjar_rl.sim.trace import Trace, TraceError, TraceRecord, replay_table
 
 ROW = "sim"  # per-row replay state in Sequence.state
@@ -62,6 +67,7 @@ class SyntheticAcceptance:
     rates: tuple[float, ...]
     heterogeneity: float = 0.0
     cost: str = DRAFT_MODEL
+    confidence: float | None = None  # Beta concentration kappa of the stated confidences; None: none stated
 
     def __post_init__(self) -> None:
         r = self.rates
@@ -71,39 +77,55 @@ class SyntheticAcceptance:
             raise ValueError(f"synthetic acceptance heterogeneity must be >= 0, got {self.heterogeneity}")
         if self.cost not in (DRAFT_MODEL, LOOKUP):
             raise ValueError(f"synthetic acceptance cost must be {DRAFT_MODEL!r} or {LOOKUP!r}, got {self.cost!r}")
+        if self.confidence is not None and not self.confidence > 0:
+            raise ValueError(f"synthetic acceptance confidence (a Beta concentration) must be > 0, got {self.confidence}")
 
     @classmethod
     def from_dict(cls, data: dict, drafter: str = "draft") -> SyntheticAcceptance:
         """From a scenario's `synthetic_acceptance`, priced as the scenario's `drafter` kind."""
-        unknown = set(data) - {"rates", "heterogeneity"}
+        unknown = set(data) - {"rates", "heterogeneity", "confidence"}
         if unknown or "rates" not in data:
-            raise ValueError(f"synthetic_acceptance takes {{rates: [...], heterogeneity: x}}, got {data!r}")
+            raise ValueError(f"synthetic_acceptance takes {{rates: [...], heterogeneity: x, confidence: kappa}}, "
+                             f"got {data!r}")
         cost = drafter_kind(drafter).cost
         if cost not in (DRAFT_MODEL, LOOKUP):
             raise ValueError(f"synthetic_acceptance needs a drafter that drafts, got drafter {drafter!r}")
-        return cls(tuple(float(x) for x in data["rates"]), float(data.get("heterogeneity", 0.0)), cost)
+        confidence = data.get("confidence")
+        return cls(tuple(float(x) for x in data["rates"]), float(data.get("heterogeneity", 0.0)), cost,
+                   None if confidence is None else float(confidence))
 
-    def tables(self, n: int, max_k: int, seed: int, request_id: str) -> tuple[list, list]:
+    def tables(self, n: int, max_k: int, seed: int, request_id: str) -> tuple[list, list, np.ndarray | None]:
+        """(drafted, accepted) tables of a request's first `n` positions (`replay_table`'s input) and
+        the confidences stated for each position's proposal ([n, max_k]; None without `confidence`)."""
         rng = np.random.default_rng([seed, zlib.crc32(request_id.encode())])
         rates = np.array((self.rates + self.rates[-1:] * max_k)[:max_k])  # positions past the list take its last rate
         rates = np.minimum(1.0, rates * np.exp(self.heterogeneity * rng.standard_normal()))
-        hits = rng.random((n, max_k)) < rates[None, :]
+        confidences = None
+        if self.confidence is None:
+            hits = rng.random((n, max_k)) < rates[None, :]
+        else:  # calibrated: drawn around the rate, then the token survives with its own confidence
+            mu = np.clip(rates, 1e-6, 1.0 - 1e-6)
+            confidences = rng.beta(mu * self.confidence, (1.0 - mu) * self.confidence, size=(n, max_k))
+            confidences[:, rates >= 1.0] = 1.0
+            hits = rng.random((n, max_k)) < confidences
         run = np.where(hits.all(axis=1), max_k, np.argmin(hits, axis=1))  # leading successes
         ks = np.arange(max_k + 1)
         drafted = np.broadcast_to(ks, (n, max_k + 1)).copy()
         accepted = np.minimum(ks[None, :], run[:, None])
         drafted[0] = accepted[0] = 0
-        return drafted.tolist(), accepted.tolist()
+        return drafted.tolist(), accepted.tolist(), confidences
 
 
 class _Row:
     """Replay state of one running request. `table`: its drafted/accepted tables flat
     (`nightjar_rl.sim.trace.replay_table`)."""
 
-    __slots__ = ("budget", "eos", "limit", "output", "pos", "synced", "table")
+    __slots__ = ("budget", "confidences", "eos", "limit", "output", "pos", "synced", "table")
 
-    def __init__(self, output: tuple[int, ...], limit: int, eos: bool, table: tuple[int, ...], budget: int):
+    def __init__(self, output: tuple[int, ...], limit: int, eos: bool, table: tuple[int, ...], budget: int,
+                 confidences: np.ndarray | None = None):
         self.output, self.limit, self.eos, self.table = output, limit, eos, table
+        self.confidences = confidences  # [positions, max_k] stated per proposal (synthetic `confidence`), or None
         self.budget = budget  # the request's max_new_tokens (>= limit)
         self.pos = 0  # output tokens produced so far
         self.synced = 0  # draft model: tokens of this row in the draft's KV cache
@@ -153,6 +175,7 @@ class SimEngine(ScheduledEngine):
         self.step_count = 0
         self._memo: dict = {} if memo is None else memo  # profile lookups by (table, arguments)
         self._proposals: dict[str, int] = {}  # `proposal_lengths`, rebuilt by every step
+        self._confidences: dict[str, np.ndarray] = {}  # `proposal_confidences`, likewise
         self._records: dict[str, TraceRecord] = {}  # queued requests' trace records (looked up once)
         self._width = trace.max_k + 1  # a position's entries in a row's replay table: drafted, then accepted
 
@@ -179,9 +202,11 @@ class SimEngine(ScheduledEngine):
         rec = self._records.pop(req.request_id)
         limit = min(len(rec), req.max_new_tokens)
         output, table = rec.replay_tables()  # positions past `limit` are never read
+        confidences = None
         if self.synthetic is not None:
-            table = replay_table(*self.synthetic.tables(limit, self.trace.max_k, self.seed, req.request_id))
-        return _Row(output, limit, rec.eos and limit == len(rec), table, req.max_new_tokens)
+            drafted, accepted, confidences = self.synthetic.tables(limit, self.trace.max_k, self.seed, req.request_id)
+            table = replay_table(drafted, accepted)
+        return _Row(output, limit, rec.eos and limit == len(rec), table, req.max_new_tokens, confidences)
 
     # ---- executor hooks of the step loop (`ScheduledEngine.step`, the live engine's own) ----------
     def _stop_clock(self, clock, stats: StepStats) -> None:
@@ -192,7 +217,8 @@ class SimEngine(ScheduledEngine):
         stats.wall_time = stats.prefill_time + drafting + stats.verify_time + overhead
 
     def _prefill(self, admitted: list[Sequence], stats: StepStats) -> None:
-        self._proposals = {}  # this step's rows fill it in (`proposal_lengths`)
+        self._proposals = {}  # this step's rows fill it in (`proposal_lengths`, `proposal_confidences`)
+        self._confidences = {}
         if not admitted:
             return
         if self.verify_layout == MIXED_LAYOUT:  # packed into the step's one pass: one prefill, no padding
@@ -210,6 +236,8 @@ class SimEngine(ScheduledEngine):
                 if row.pos < row.limit:
                     proposal = row.table[2 * self._width * row.pos + full]
                     self._proposals[seq.request_id] = min(proposal, row.budget - row.pos - 1)
+                    if row.confidences is not None:
+                        self._confidences[seq.request_id] = row.confidences[row.pos]
         stats.prefill_emitted = stats.num_prefilled = len(admitted)
         stats.prefill_tokens = sum(s.num_prompt for s in admitted)
 
@@ -257,6 +285,8 @@ class SimEngine(ScheduledEngine):
             else:
                 proposal = table[2 * width * end + full]
                 proposals[rid] = proposal if proposal < budget - end else budget - end - 1
+                if row.confidences is not None:
+                    self._confidences[rid] = row.confidences[end]
             if end == p + 1:  # the target's own token only (no slice to build)
                 seq.tokens.append(row.output[p])
             else:
@@ -296,6 +326,11 @@ class SimEngine(ScheduledEngine):
         continuation), so per-row policies may read it (`nightjar_rl.contracts.observation.RowBatch`).
         Filled in by the step that brought each row to its position; a new dict every step."""
         return self._proposals
+
+    def proposal_confidences(self) -> dict[str, np.ndarray]:
+        """The confidence stated for each token of each running row's next proposal ([max_k] by request
+        id; synthetic acceptance with `confidence` only, else empty), filled in as `proposal_lengths` is."""
+        return self._confidences
 
     def _verify_seconds(self, batch: int, scored: int, context: int) -> float:
         """Verify time of `batch` rows scoring `scored` positions in all (`HardwareProfile.verify_step_ms`),

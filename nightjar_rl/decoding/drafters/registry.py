@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nightjar_rl.entry_points import import_entry_point, is_entry_point
+from nightjar_rl.hardware import DRAFT_MODEL, LOOKUP
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from nightjar_rl.models import LoadedModel
 
 EARLY_EXIT = "early-exit:"
-LOOKUP, DRAFT_MODEL, FREE = "lookup", "draft_model", "free"  # how drafting is priced (see DrafterKind.cost)
+FREE = "free"  # no drafting to price (plain decoding); LOOKUP and DRAFT_MODEL: see `hardware.drafting_kind`
 
 # (drafter, prompt, output, max_k, max_new_tokens) -> (drafted, accepted) tables of a trace
 TableFn = Callable[["Drafter", list, list, int, int], "tuple[np.ndarray, np.ndarray]"]
@@ -135,6 +136,12 @@ DRAFTER_KINDS: dict[str, DrafterKind] = {kind.name: kind for kind in (
     DrafterKind("sssd", "SSSD token trees from the request's n-grams and an optional datastore",
                 build_sssd, fields=("datastore",), tables=_tree_tables),
 )}
+
+
+def drafting_of(name: str) -> str | None:
+    """How drafter `name`'s work is priced (`DRAFT_MODEL` or `LOOKUP`), None for one that never drafts."""
+    cost = drafter_kind(name).cost
+    return cost if cost in (DRAFT_MODEL, LOOKUP) else None
 
 
 def drafter_kind(name: str) -> DrafterKind:

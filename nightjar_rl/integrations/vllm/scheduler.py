@@ -48,6 +48,7 @@ from nightjar_rl.contracts.observation import ObservationTracker
 from nightjar_rl.decoding.drafters.acceptance import agreement
 from nightjar_rl.decoding.layouts import MIXED_LAYOUT
 from nightjar_rl.decoding.stats import StepStats
+from nightjar_rl.hardware import LOOKUP
 from nightjar_rl.integrations.vllm.config import plugin_settings
 from nightjar_rl.schema import ConfigError
 
@@ -89,8 +90,11 @@ class NightjarScheduler(Scheduler):
         if settings.get("policy") is not None:
             from nightjar_rl.runtime.policy_spec import runtime_policy
 
+            spec = self.vllm_config.speculative_config
+            lookup = spec is not None and getattr(spec, "method", None) == "ngram"  # vLLM's model-free drafter
             self.runtime = runtime_policy(self.max_k, None, str(settings["policy"]), learn=bool(settings.get("learn")),
-                                          save_policy=settings.get("save_policy"), log_steps=settings.get("log_steps"))
+                                          save_policy=settings.get("save_policy"), log_steps=settings.get("log_steps"),
+                                          drafting=LOOKUP if lookup else None)
             self.runtime.policy.reset()
             atexit.register(self.finish)
         elif settings.get("learn") or settings.get("save_policy"):
