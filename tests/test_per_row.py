@@ -602,6 +602,11 @@ def test_profile_scenario_prices_drafting_as_the_simulator_does():
     oracle = make_policy(resolve_spec({"type": "oracle", "profile": "scenario"}, draft), draft.max_k)
     assert oracle.drafting == "draft_model" and oracle.profile.has_draft_model
     assert resolve_spec({"type": "sssd", "profile": "scenario"}, measured).keys() == {"type", "profile"}  # prices no drafting
+    learned = resolve_spec({"type": "learned_budget", "profile": "scenario"}, measured)  # a learned agent's rule too
+    assert learned["drafting"] == "lookup"
+    from nightjar_rl.policy.learned_per_row import plan_rule
+
+    assert not plan_rule(learned, measured.max_k).allocator.draft_model
 
 
 def test_the_engines_drafter_sets_how_a_named_policy_prices_drafting():

@@ -26,7 +26,7 @@ step's reward: PPO on the simulator trains it in minutes on one CPU core.
 
 Both are `mlp` networks (`MLPPolicy`: safetensors weights, numpy inference, no SB3 or torch at run
 time) over the observation vector (layout 2) with `len(levels)` outputs; their artifacts add the
-rule's fields (`profile` embedded, `levels`, `prior_acceptance`, `layout`). SB3 trains them through
+rule's fields (`profile` embedded, `levels`, `prior_acceptance`, `layout`, `drafting`). SB3 trains them through
 the `per_row` field of an `sb3` spec (`nightjar_rl/experiments/sb3_config.py`), whose envs step with
 `plan(obs, action)`: the same rule as `predict`. Without per-row features (a plain vector) they fall
 back to a uniform k (documented per rule).
@@ -56,8 +56,9 @@ class PlanRule:
     level_bounds: ClassVar[tuple[float, float | None]] = (0.0, None)
 
     def __init__(self, max_k: int, profile: HardwareProfile | Mapping | str | Path,
-                 levels: Sequence[float] | None = None, prior_acceptance: float = 0.5, layout: str = "packed"):
-        self.allocator = AdaptiveBudget(profile, max_k, prior_acceptance, layout)
+                 levels: Sequence[float] | None = None, prior_acceptance: float = 0.5, layout: str = "packed",
+                 drafting: str | None = None):
+        self.allocator = AdaptiveBudget(profile, max_k, prior_acceptance, layout, drafting=drafting)
         levels = self.default_levels if levels is None else levels
         if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or not levels:
             raise ValueError(f"levels must be a non-empty list of numbers, got {levels!r}")
@@ -93,7 +94,7 @@ class PlanRule:
     def params(self) -> dict:
         a = self.allocator
         return {"profile": a.profile.to_dict(), "levels": list(self.levels), "prior_acceptance": a.prior_acceptance,
-                "layout": a.layout}
+                "layout": a.layout, "drafting": a.drafting}
 
 
 def _half_up(x: float) -> int:
@@ -136,16 +137,16 @@ class SurvivalThreshold(PlanRule):
 
 class LearnedPerRow(MLPPolicy):
     """An exported network (`MLPPolicy`) whose action is turned into a plan by `rule_type` (module docs).
-    Fields: the rule's (`profile`, `levels`, `prior_acceptance`, `layout`), then the `mlp` fields."""
+    Fields: the rule's (`profile`, `levels`, `prior_acceptance`, `layout`, `drafting`), then the `mlp` fields."""
 
     rule_type: ClassVar[type[PlanRule]] = PlanRule
     action_meaning = "one action per entry of levels"
     n_actions_text = "len(levels)"
 
     def __init__(self, max_k: int, profile: HardwareProfile | Mapping | str | Path, levels: Sequence[float] | None = None,
-                 prior_acceptance: float = 0.5, layout: str = "packed", **network):
+                 prior_acceptance: float = 0.5, layout: str = "packed", drafting: str | None = None, **network):
         """`network`: the `MLPPolicy` fields (weights, layers, normalization, ...)."""
-        self.rule = self.rule_type(max_k, profile, levels, prior_acceptance, layout)  # n_actions needs it
+        self.rule = self.rule_type(max_k, profile, levels, prior_acceptance, layout, drafting)  # n_actions needs it
         super().__init__(max_k, **network)
 
     @property
@@ -179,7 +180,7 @@ class LearnedRowScorer(LearnedPerRow):
 
 
 LEARNED_PER_ROW: dict[str, type[LearnedPerRow]] = {cls.type_name: cls for cls in (LearnedBudget, LearnedRowScorer)}
-RULE_FIELDS = ("profile", "levels", "prior_acceptance", "layout")
+RULE_FIELDS = ("profile", "levels", "prior_acceptance", "layout", "drafting")
 
 
 def rule_spec(spec: Mapping) -> tuple[str, dict]:
