@@ -158,6 +158,28 @@ def test_every_shipped_study_config_loads():
             assert load_experiment(path).name == path.stem
 
 
+def test_a_study_sets_every_scenarios_row_limit(tmp_path):
+    """`max_batch_size` in a per-row study: each scenario file it writes has that row limit (and says so in
+    its name); anything but a positive integer is refused before any run."""
+    import yaml
+
+    from nightjar_rl.env.scenario import load_scenario
+    from nightjar_rl.experiments.per_row_study import experiment_dicts, load_study
+
+    base = {"scenarios": ["tiny-sim"], "verify_layout": "mixed", "concurrency": [1], "seeds": [0],
+            "per_step": ["k0"], "per_row": ["ab"], "policies": [
+                {"name": "k0", "spec": "fixed-0"},
+                {"name": "ab", "spec": {"type": "adaptive_budget", "profile": "scenario"}}]}
+    path = tmp_path / "per_row_study_rows.yaml"
+    path.write_text(yaml.safe_dump({**base, "max_batch_size": 3}))
+    [(stem, loop, experiment)] = experiment_dicts(load_study(path), tmp_path)
+    assert stem == "tiny-sim-mixed-b3" and loop == "closed"
+    assert load_scenario(experiment["scenario"]).engine.max_batch_size == 3
+    path.write_text(yaml.safe_dump({**base, "max_batch_size": 0}))
+    with pytest.raises(ExperimentError, match="max_batch_size"):
+        load_study(path)
+
+
 def test_learners_train_on_the_train_scenario(tmp_path):
     """`train.scenario`: the bandit trains on another scenario with its own workload (3 requests of at
     most 5 tokens per episode) while evaluation stays on the experiment's (6 requests of 12); a

@@ -90,6 +90,12 @@ def test_a_per_row_plan_is_priced_by_what_it_scores(layout, verify_ms, scored):
     assert s1.draft_time == pytest.approx(0.0005)  # only a row with a length > 0 looks up: 1 x 0.5 ms
 
 
+def test_a_simulator_wider_than_its_profile_warns():
+    """The tables clamp batch, so steps of more rows than the profile measured would be priced too low."""
+    with pytest.warns(UserWarning, match="prices at most 2 rows"):
+        SimEngine(toy_trace(), CLOCK, max_batch_size=3, max_speculation=MAX_K)
+
+
 def test_bad_verify_layout_is_rejected():
     with pytest.raises(ValueError, match="verify_layout must be one of padded, packed, mixed, got 'dense'"):
         SimEngine(toy_trace(), CLOCK, verify_layout="dense")

@@ -4,6 +4,8 @@ A study file (experiments/per_row_study.yaml) is an experiment config (`nightjar
 with `scenarios` (a list: one line per scenario) instead of `scenario`, plus:
 
     verify_layout  str    the simulator's verify pricing for every scenario (packed: rows + drafted tokens)
+    max_batch_size int    every scenario's engine row limit (e.g. 512 for closed loop at C = 512); omit: each
+                          scenario's own
     open_loop      map    {rates: [...]}: also run open loop at these Poisson rates (omit: closed loop only)
     per_step       list   policy names of the per-step baselines
     per_row        list   policy names of the per-row policies
@@ -13,7 +15,8 @@ with `scenarios` (a list: one line per scenario) instead of `scenario`, plus:
                           (`learned_table.csv` and a goal line: `nightjar_rl.analysis.per_row.learned_verdict`)
 
 Each (scenario, loop) is one ordinary experiment run (`run_experiment`, resumable with the same out
-dir) over the scenario with `verify_layout` applied (written as a scenario file under the out dir).
+dir) over the scenario with `verify_layout` and `max_batch_size` applied (written as a scenario file under the
+out dir).
 The report (`summary.txt`, `per_row_table.csv`, one `speedup_vs_load_<scenario>_<loop>.png` each)
 compares, at every load point, the best per-row with the best per-step policy (paired per seed, 95%).
 """
@@ -41,7 +44,7 @@ from nightjar_rl.experiments.runner import run_experiment
 from nightjar_rl.env.recorder import write_table
 from nightjar_rl.io import atomic_write_text
 
-STUDY_KEYS = {"scenarios", "verify_layout", "open_loop", "per_step", "per_row", "goals", "learned"}
+STUDY_KEYS = {"scenarios", "verify_layout", "max_batch_size", "open_loop", "per_step", "per_row", "goals", "learned"}
 
 
 @dataclass
@@ -78,14 +81,18 @@ def load_study(path: str | Path) -> dict:
     goals = data.get("goals") or {}
     if not isinstance(goals, dict) or not set(goals) <= set(PER_ROW_GOALS):
         raise ExperimentError(f"{path}: field 'goals' takes {', '.join(PER_ROW_GOALS)}, got {goals!r}")
+    rows = data.get("max_batch_size")
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+        raise ExperimentError(f"{path}: field 'max_batch_size' must be an integer >= 1, got {rows!r}")
     open_loop = data.get("open_loop")
     if open_loop is not None and (not isinstance(open_loop, dict) or set(open_loop) != {"rates"}):
         raise ExperimentError(f"{path}: field 'open_loop' must be {{rates: [...]}}, got {open_loop!r}")
     return data
 
 
-def _scenario_file(ref: str, layout: str | None, base_dir: str, out_dir: Path) -> str:
-    """A scenario file with `verify_layout` applied and data paths absolute, under `out_dir/scenarios`."""
+def _scenario_file(ref: str, layout: str | None, base_dir: str, out_dir: Path, rows: int | None = None) -> str:
+    """A scenario file with `verify_layout` and `max_batch_size` (`rows`) applied and data paths absolute,
+    under `out_dir/scenarios`."""
     try:
         scenario = load_scenario(ref)
     except ScenarioError:
@@ -94,8 +101,10 @@ def _scenario_file(ref: str, layout: str | None, base_dir: str, out_dir: Path) -
         scenario = load_scenario(Path(base_dir) / ref)
     if layout is not None:
         scenario = scenario.replace(verify_layout=layout)
+    if rows is not None:
+        scenario = scenario.replace(max_batch_size=rows)
     data = portable_scenario(scenario)
-    name = f"{scenario.name}-{layout}" if layout else scenario.name
+    name = "-".join([scenario.name] + ([layout] if layout else []) + ([f"b{rows}"] if rows is not None else []))
     data["name"] = name
     path = out_dir / "scenarios" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +117,7 @@ def experiment_dicts(study: dict, out_dir: Path) -> list[tuple[str, str, dict]]:
     common = {k: v for k, v in study.items() if k not in STUDY_KEYS and not k.startswith("_")}
     jobs = []
     for ref in study["scenarios"]:
-        path = _scenario_file(ref, study.get("verify_layout"), study["_base_dir"], out_dir)
+        path = _scenario_file(ref, study.get("verify_layout"), study["_base_dir"], out_dir, study.get("max_batch_size"))
         stem = Path(path).stem
         if common.get("concurrency"):
             closed = {**common, "name": f"{study['name']}-closed", "scenario": path, "rates": ["inf"]}

@@ -161,6 +161,10 @@ class SimEngine(ScheduledEngine):
             warnings.warn(f"the profile ({profile.model}, {profile.device}) was fitted to {fitted!r} steps; this "
                           f"simulator prices {verify_layout!r} steps with it (set the scenario's verify_layout to "
                           f"{fitted!r}, or fit a profile to {verify_layout!r} step logs)", stacklevel=2)
+        if max_batch_size > profile.batch_sizes[-1]:  # the tables clamp batch: larger steps would be underpriced
+            warnings.warn(f"the profile ({profile.model}, {profile.device}) prices at most {profile.batch_sizes[-1]} rows; "
+                          f"steps of up to {max_batch_size} rows are priced as {profile.batch_sizes[-1]} (profile larger "
+                          f"batches, e.g. `nightjar-rl profile --roofline` tabulates up to 512)", stacklevel=2)
         if not 0 <= max_speculation <= trace.max_k:
             raise ValueError(f"max_speculation must be in [0, {trace.max_k}] (the trace's max_k), got {max_speculation}")
         self.scheduler = Scheduler(max_batch_size, max_seq_len, max_speculation, max_kv_tokens, max_waiting)

@@ -132,7 +132,7 @@ def step_time_ms(gpu: GPUSpec, shape: ModelShape, rows: int, scored: int, contex
     return max(moved / gpu.bandwidth, work / gpu.flops) * 1000.0 + gpu.launch_overhead_ms
 
 
-DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 DEFAULT_TOKENS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 DEFAULT_CONTEXTS = (128, 512, 1024, 2048)
 DEFAULT_PREFILL = (16, 64, 256, 1024, 4096, 16384)
