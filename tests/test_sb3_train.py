@@ -255,3 +255,31 @@ def test_resume_refuses_checkpoints_it_did_not_write(interrupted, tmp_path, monk
     with pytest.raises(ExperimentError, match=match) as info:
         train_sb3(parse_sb3_spec(sb3_spec("PPO")), load_scenario("tiny-sim"), run, "ppo", progress=False)
     assert "\n" not in str(info.value)
+
+
+def test_start_level_gives_its_action_the_start_probability():
+    """`prefer_action`: for n = 7 actions and p = 0.9 the head's bias gap is log(0.9 x 6 / 0.1) = log 54, so
+    the untrained policy picks that action with 54 / (54 + 6) = 0.9 and each other with 1/60. `start_level`
+    is for per-row rules trained with PPO or A2C only."""
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import PPO
+
+    from nightjar_rl.experiments.sb3_train import prefer_action
+
+    class Seven(gym.Env):
+        observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+        action_space = gym.spaces.Discrete(7)
+
+    model = PPO("MlpPolicy", Seven(), seed=0, device="cpu", n_steps=8, batch_size=8)
+    prefer_action(model, 3)
+    assert model.policy.action_net.bias[3].item() == pytest.approx(np.log(54.0))
+    probs = model.policy.get_distribution(torch.zeros((4, 3))).distribution.probs.detach().numpy()
+    np.testing.assert_allclose(probs[:, 3], 0.9, atol=0.01)
+    np.testing.assert_allclose(probs[:, 0], 1 / 60, atol=0.005)
+    per_row = {"type": "learned_budget", "profile": "scenario"}
+    assert parse_sb3_spec({"algo": "PPO", "total_timesteps": 8, "per_row": per_row, "start_level": 1}).start_level == 1.0
+    with pytest.raises(ExperimentError, match="start_level"):
+        parse_sb3_spec({"algo": "DQN", "total_timesteps": 8, "per_row": per_row, "start_level": 1.0})
+    with pytest.raises(ExperimentError, match="start_level"):
+        parse_sb3_spec({"algo": "PPO", "total_timesteps": 8, "start_level": 1.0})

@@ -41,8 +41,11 @@ evaluated like every other policy. Fields (validated here; errors name `policies
     checkpoint_every timesteps between checkpoints (default: max(total_timesteps // 10, 1))
     per_row          a learned per-row policy instead of a k per step (nightjar_rl/policy/learned_per_row.py):
                      {type: learned_budget | learned_row_scorer, profile: scenario | PATH, levels: [...],
-                     prior_acceptance, layout}; the action space becomes Discrete(len(levels)), the envs
-                     step with the rule's plan, and the export is an artifact of that type
+                     prior_acceptance, layout, drafting}; the action space becomes Discrete(len(levels)), the
+                     envs step with the rule's plan, and the export is an artifact of that type
+    start_level      per_row with PPO or A2C: one of the rule's levels that the untrained policy picks with
+                     probability 0.9 (`sb3_train.prefer_action`), e.g. 1.0 for learned_budget: training
+                     starts from the allocator itself and learns where to depart from it
     eval             {every: timesteps (0 = off; default checkpoint_every), episodes: 2, seed:
                      held-apart workload seed (default seed + 1000000), rates: list (default: rates)}
     (any other key)  a constructor argument of the SB3 algorithm (n_steps, batch_size, gamma,
@@ -64,7 +67,7 @@ VEC_ENVS = ("auto", "dummy", "subproc")
 ACTIVATION_NAMES = ("tanh", "relu", "elu", "leaky_relu", "silu")
 OWN_FIELDS = ("type", "algo", "total_timesteps", "train_on", "scenario", "n_envs", "vec_env", "rates", "concurrency",
               "num_requests",
-              "seed", "threads", "per_row", "reward", "reward_kwargs", "learning_rate", "policy_kwargs", "normalize", "checkpoint_every",
+              "seed", "threads", "per_row", "start_level", "reward", "reward_kwargs", "learning_rate", "policy_kwargs", "normalize", "checkpoint_every",
               "eval")
 # SB3 constructor arguments this module sets itself (or that make no sense in a config)
 RESERVED_SB3 = {"policy", "env", "tensorboard_log", "verbose", "seed", "device", "_init_setup_model", "policy_kwargs",
@@ -92,6 +95,7 @@ class SB3Spec:
     checkpoint_every: int | None = None
     eval: dict = field(default_factory=dict)
     per_row: dict | None = None
+    start_level: float | None = None
     algo_kwargs: dict = field(default_factory=dict)
 
     @property
@@ -173,6 +177,12 @@ def parse_sb3_spec(spec: dict, where: str = "sb3 spec") -> SB3Spec:
         except ValueError as exc:
             raise fail("per_row", str(exc).removeprefix("per_row ")) from None
         out.per_row = dict(spec["per_row"])
+    if spec.get("start_level") is not None:
+        if out.per_row is None or algo not in ("PPO", "A2C"):
+            raise fail("start_level", "needs a per_row policy trained with PPO or A2C")
+        if not _finite(spec["start_level"]):
+            raise fail("start_level", f"must be a number (one of the rule's levels), got {spec['start_level']!r}")
+        out.start_level = float(spec["start_level"])
     extra = {k: v for k, v in spec.items() if k not in OWN_FIELDS}
     if extra:
         allowed = [p for p in inspect.signature(sb3_algorithm(algo)).parameters if p not in RESERVED_SB3]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import re
 import time
@@ -155,6 +156,20 @@ def per_row_rule(spec: SB3Spec, scenario: Scenario) -> tuple[dict | None, PlanRu
         return per_row, plan_rule(per_row, scenario.max_k)
     except ValueError as exc:
         raise ExperimentError(f"sb3 spec field 'per_row': {exc}") from None
+
+
+START_PROBABILITY = 0.9  # what `start_level` gives its action in the untrained policy
+
+
+def prefer_action(model, action: int, probability: float = START_PROBABILITY) -> None:
+    """Bias an untrained PPO/A2C policy's action head so it picks `action` with `probability` and each of
+    the other n - 1 actions with (1 - probability) / (n - 1): the head's bias is set to a logit gap of
+    log(probability (n - 1) / (1 - probability)) (its weights start near zero, so the bias decides)."""
+    net = model.policy.action_net
+    n = net.out_features
+    with torch.no_grad():
+        net.bias.zero_()
+        net.bias[action] = math.log(probability * (n - 1) / (1.0 - probability))
 
 
 # ---- checkpoints --------------------------------------------------------------------------------
@@ -363,6 +378,11 @@ def _train(spec: SB3Spec, scenario: Scenario, run_dir: Path, name: str, target, 
         extra = {"learning_rate": spec.learning_rate} if spec.learning_rate is not None else {}
         model = algo_cls("MlpPolicy", venv, policy_kwargs=sb3_policy_kwargs(spec), tensorboard_log=str(tb_dir),
                          seed=seed, device="cpu", verbose=0, **extra, **spec.algo_kwargs)
+        if spec.start_level is not None:  # start from one of the rule's levels (e.g. the allocator itself)
+            if spec.start_level not in rule.levels:
+                raise ExperimentError(f"sb3 spec field 'start_level' must be one of the rule's levels "
+                                      f"{rule.levels}, got {spec.start_level}")
+            prefer_action(model, rule.levels.index(spec.start_level))
 
     # 4. callbacks: checkpoints, held-apart evaluation, recorded observations, progress bar
     calls = max(1, spec.n_envs)
