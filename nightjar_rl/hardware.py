@@ -228,7 +228,9 @@ class HardwareProfile:
         if drafting not in DRAFTING:
             raise ProfileError(f"drafting must be one of {', '.join(DRAFTING)}, got {drafting!r}")
         if drafting == DRAFT_MODEL and self._draft is None:
-            raise ProfileError("this profile has no draft_ms: it cannot price a draft model")
+            raise ProfileError(f"the profile ({self.model}, {self.device}) has no draft_ms, so it cannot price a draft "
+                               f"model's drafting: profile it with the draft model (`nightjar-rl profile --draft`), "
+                               f"or set the policy's drafting: lookup")
         return drafting
 
     def draft_time_ms(self, batch: float, k: int, drafting: str | None = None) -> float:

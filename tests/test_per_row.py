@@ -145,6 +145,9 @@ def test_observation_carries_the_drafters_confidences_by_row():
     np.testing.assert_allclose(conf, [[0.7, 0.4], [math.nan, math.nan]])  # cut to max_k; b stated none
     back = pickle.loads(pickle.dumps(obs))
     np.testing.assert_allclose(rows_of(back).confidences, conf)
+    lam = rows([0.5], confidence=lambda: [[0.3, 0.2]])  # a derived column pickles as its value
+    np.testing.assert_allclose(rows_of(pickle.loads(pickle.dumps(Observation(np.zeros(3), lam)))).confidences, [[0.3, 0.2]])
+    assert rows([], confidence=[]).confidences.shape == (0, 0)
     assert rows_of(builder.observation(running, 0, {"a": 2})).confidences is None
 
 
@@ -620,6 +623,13 @@ def test_the_engines_drafter_sets_how_a_named_policy_prices_drafting():
     assert resolve_policy(f"adaptive-budget-{path}", 4).draft_model  # nothing said: the profile's default
     assert resolve_policy(f"oracle-{path}", 4, "lookup").drafting == "lookup"
     assert resolve_policy("fixed-2", 4, "lookup").k == 2
+    from nightjar_rl.experiments.config import resolve_spec
+    from nightjar_rl.policy.registry import with_drafting
+
+    wrapped = with_drafting({"type": "hysteresis", "policy": {"type": "oracle", "profile": path}}, "lookup")
+    assert wrapped["policy"]["drafting"] == "lookup" and "drafting" not in wrapped  # the inner oracle prices it
+    measured = load_scenario("gpu-h100-measured-ngram")  # a path named directly is priced as the scenario's drafter too
+    assert resolve_spec({"type": "adaptive_budget", "profile": path}, measured)["drafting"] == "lookup"
     with pytest.raises(ValueError, match="drafting must be one of"):
         AdaptiveBudget(path, 4, drafting="tree")
     with pytest.raises(ValueError, match="cannot price a draft model"):

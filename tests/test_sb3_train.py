@@ -283,3 +283,8 @@ def test_start_level_gives_its_action_the_start_probability():
         parse_sb3_spec({"algo": "DQN", "total_timesteps": 8, "per_row": per_row, "start_level": 1.0})
     with pytest.raises(ExperimentError, match="start_level"):
         parse_sb3_spec({"algo": "PPO", "total_timesteps": 8, "start_level": 1.0})
+    from nightjar_rl.experiments.sb3_train import per_row_rule
+
+    spec = parse_sb3_spec({"algo": "PPO", "total_timesteps": 8, "per_row": per_row, "start_level": 0.9})
+    with pytest.raises(ExperimentError, match="one of the rule's levels"):  # before any env or model is built
+        per_row_rule(spec, load_scenario("tiny-sim"))

@@ -150,10 +150,10 @@ def test_synthetic_acceptance_is_seeded_per_request_and_follows_the_rates():
 
 
 def test_stated_confidences_are_calibrated_and_keep_the_rates():
-    """With `confidence` = kappa each proposed token carries a confidence drawn around its rate and survives
+    """With `confidence_concentration` = kappa each proposed token carries a confidence drawn around its rate and survives
     with exactly that probability: the rates hold on average, and the tokens stated confident are the ones
     that survive (the sharper, the smaller kappa)."""
-    synth = SyntheticAcceptance((0.6, 0.5), confidence=1.0)
+    synth = SyntheticAcceptance((0.6, 0.5), confidence_concentration=1.0)
     drafted, accepted, stated = synth.tables(20000, 4, seed=1, request_id="r1")
     assert stated.shape == (20000, 4)
     a, c = np.array(accepted)[1:], stated[1:]
@@ -164,15 +164,15 @@ def test_stated_confidences_are_calibrated_and_keep_the_rates():
     same = synth.tables(20000, 4, seed=1, request_id="r1")
     assert same[:2] == (drafted, accepted) and np.array_equal(same[2], stated)
     with pytest.raises(ValueError, match="must be > 0"):
-        SyntheticAcceptance.from_dict({"rates": [0.5], "confidence": 0}, "ngram")
-    assert SyntheticAcceptance.from_dict({"rates": [0.5], "confidence": 2}, "ngram").confidence == 2.0
+        SyntheticAcceptance.from_dict({"rates": [0.5], "confidence_concentration": 0}, "ngram")
+    assert SyntheticAcceptance.from_dict({"rates": [0.5], "confidence_concentration": 2}, "ngram").confidence_concentration == 2.0
 
 
 def test_the_simulator_reports_each_rows_next_proposal_confidences():
     """`proposal_confidences()` holds, per running row, the confidences stated for the proposal at its
     current output position: row i of the request's table."""
     trace = toy_trace()
-    synth = SyntheticAcceptance.from_dict({"rates": [0.7, 0.5], "confidence": 0.5}, "ngram")
+    synth = SyntheticAcceptance.from_dict({"rates": [0.7, 0.5], "confidence_concentration": 0.5}, "ngram")
     engine = SimEngine(trace, CLOCK, max_batch_size=2, max_speculation=MAX_K, synthetic=synth, seed=5)
     plain = SimEngine(trace, CLOCK, max_batch_size=2, max_speculation=MAX_K)
     for r in requests(trace):
@@ -183,6 +183,7 @@ def test_the_simulator_reports_each_rows_next_proposal_confidences():
         engine.step(MAX_K)
         plain.step(MAX_K)
         assert plain.proposal_confidences() == {}
+        assert set(engine.proposal_confidences()) <= {s.request_id for s in engine.running}  # none left from last step
         for s in engine.running:
             limit = min(len(engine.trace.lookup(s.request.prompt_ids)), s.request.max_new_tokens)
             table = synth.tables(limit, trace.max_k, 5, s.request_id)[2]

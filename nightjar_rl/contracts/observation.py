@@ -245,9 +245,16 @@ class RowBatch:
 
     @cached_property
     def confidences(self) -> np.ndarray | None:
-        """[rows, depth] the drafter's per-token confidences (`confidence`, nan where none), or None."""
+        """[rows, depth] the drafter's per-token confidences (`confidence`, nan where none), or None. A
+        derived `confidence` is replaced by its value (what a pickle then carries)."""
         given = self.confidence() if callable(self.confidence) else self.confidence
-        return None if given is None else np.asarray(given, dtype=float).reshape(len(self), -1)
+        if given is None:
+            return None
+        matrix = np.asarray(given, dtype=float)
+        if matrix.ndim != 2:
+            matrix = matrix.reshape(len(self), -1) if len(self) else matrix.reshape(0, 0)
+        self.confidence = matrix
+        return matrix
 
     def alpha(self, prior: float) -> np.ndarray:
         """Acceptance estimates with unknown rows at `prior`."""
@@ -477,7 +484,7 @@ class RowTracker:
             return [e[3].state_at(e[4]) for e in entries], batch_wide, w
 
         confidence = None
-        if confidences:
+        if confidences:  # the rows' arrays are read when the batch is (the drafter must not change them in place)
             held = [confidences.get(rid) for rid in ids]  # taken now: the drafter's dict moves on next step
             confidence = partial(_confidence_matrix, held, self.max_k)
         return RowBatch(ids, acceptance, samples, [proposals.get(rid, -1) for rid in ids], position, remaining,

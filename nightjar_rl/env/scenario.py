@@ -61,7 +61,7 @@ class Scenario:
     trace: str | None = option(None, "sim: trace .npz (`nightjar-rl trace record`), relative to the scenario file", str)
     profile: str | None = option(None, "sim: hardware profile JSON (`nightjar-rl profile`, `--roofline`)", str)
     synthetic_acceptance: dict | None = option(None, "sim: {rates: [per-position acceptance], heterogeneity: x, "
-                                               "confidence: kappa} replaces the trace's acceptance with a synthetic "
+                                               "confidence_concentration: kappa} replaces the trace's acceptance with a synthetic "
                                                "drafter's, priced as the scenario's drafter prices drafting (draft "
                                                "model or lookups); with confidence, the drafter states a calibrated "
                                                "confidence per proposed token (Beta concentration kappa)", dict)

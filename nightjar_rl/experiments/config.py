@@ -360,12 +360,14 @@ def _with_workload(cfg: ExperimentConfig, scenario: Scenario) -> Scenario:
 
 
 def resolve_spec(spec, scenario: Scenario):
-    """A policy spec with `profile: scenario` replaced by the path of the scenario's hardware profile and,
-    for a policy that prices drafting, `drafting` set to the scenario's drafter's (a draft model's passes
-    or lookups), so the policy prices a step as the scenario's simulator does."""
-    if isinstance(spec, dict) and spec.get("profile") == "scenario":
+    """A policy spec priced as the scenario's simulator prices a step: `profile: scenario` replaced by the
+    path of the scenario's hardware profile, and for a policy that prices drafting and does not say how,
+    `drafting` set to the scenario's drafter's (a draft model's passes or lookups; `with_drafting`), as
+    the CLI sets it from the engine's drafter."""
+    if not isinstance(spec, dict):
+        return spec
+    if spec.get("profile") == "scenario":
         if not scenario.profile:
             raise ValueError("'profile: scenario' needs a sim scenario with a hardware profile")
-        path = resolve_data_path(scenario.profile, scenario.base_dir).resolve()
-        return with_drafting({**spec, "profile": str(path)}, drafting_of(scenario.engine.drafter))
-    return spec
+        spec = {**spec, "profile": str(resolve_data_path(scenario.profile, scenario.base_dir).resolve())}
+    return with_drafting(spec, drafting_of(scenario.engine.drafter))

@@ -153,21 +153,28 @@ def per_row_rule(spec: SB3Spec, scenario: Scenario) -> tuple[dict | None, PlanRu
         return None, None
     try:
         per_row = resolve_spec(spec.per_row, scenario)
-        return per_row, plan_rule(per_row, scenario.max_k)
+        rule = plan_rule(per_row, scenario.max_k)
     except ValueError as exc:
         raise ExperimentError(f"sb3 spec field 'per_row': {exc}") from None
+    if spec.start_level is not None and (spec.start_level not in rule.levels or len(rule.levels) < 2):
+        raise ExperimentError(f"sb3 spec field 'start_level' must be one of the rule's levels {rule.levels} "
+                              f"(at least two), got {spec.start_level}")
+    return per_row, rule
 
 
 START_PROBABILITY = 0.9  # what `start_level` gives its action in the untrained policy
 
 
 def prefer_action(model, action: int, probability: float = START_PROBABILITY) -> None:
-    """Bias an untrained PPO/A2C policy's action head so it picks `action` with `probability` and each of
-    the other n - 1 actions with (1 - probability) / (n - 1): the head's bias is set to a logit gap of
-    log(probability (n - 1) / (1 - probability)) (its weights start near zero, so the bias decides)."""
+    """Set an untrained PPO/A2C policy's action head so it picks `action` with `probability` and each of
+    the other n - 1 actions with (1 - probability) / (n - 1), whatever the observation: weights zero, bias
+    a logit gap of log(probability (n - 1) / (1 - probability)). Training moves the weights from there."""
     net = model.policy.action_net
     n = net.out_features
+    if n < 2 or not 0 < probability < 1:
+        raise ValueError(f"prefer_action needs at least 2 actions and a probability in (0, 1), got {n}, {probability}")
     with torch.no_grad():
+        net.weight.zero_()
         net.bias.zero_()
         net.bias[action] = math.log(probability * (n - 1) / (1.0 - probability))
 
@@ -379,9 +386,6 @@ def _train(spec: SB3Spec, scenario: Scenario, run_dir: Path, name: str, target, 
         model = algo_cls("MlpPolicy", venv, policy_kwargs=sb3_policy_kwargs(spec), tensorboard_log=str(tb_dir),
                          seed=seed, device="cpu", verbose=0, **extra, **spec.algo_kwargs)
         if spec.start_level is not None:  # start from one of the rule's levels (e.g. the allocator itself)
-            if spec.start_level not in rule.levels:
-                raise ExperimentError(f"sb3 spec field 'start_level' must be one of the rule's levels "
-                                      f"{rule.levels}, got {spec.start_level}")
             prefer_action(model, rule.levels.index(spec.start_level))
 
     # 4. callbacks: checkpoints, held-apart evaluation, recorded observations, progress bar

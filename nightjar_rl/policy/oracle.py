@@ -96,4 +96,5 @@ class GoodputOracle(Policy):
 
     @property
     def name(self) -> str:
-        return f"oracle({self.profile.model}@{self.profile.device})"
+        priced = "" if self.drafting is None else f",drafting={self.drafting}"
+        return f"oracle({self.profile.model}@{self.profile.device}{priced})"

@@ -193,7 +193,8 @@ class AdaptiveBudget(Policy):
     def name(self) -> str:
         guard = "" if self.tpot_slack is None else f",tpot_slack={self.tpot_slack:g}"
         blind = "" if self.confidence else ",no confidences"
-        return f"adaptive_budget({self.profile.model}@{self.profile.device},{self.layout}{guard}{blind})"
+        priced = "" if self.drafting is None else f",drafting={self.drafting}"
+        return f"adaptive_budget({self.profile.model}@{self.profile.device},{self.layout}{guard}{blind}{priced})"
 
 
 class PerRequestK(Policy):

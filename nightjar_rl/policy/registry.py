@@ -158,13 +158,18 @@ def spec_as_dict(spec: str | Mapping) -> dict:
 
 def with_drafting(spec: Mapping, drafting: str | None) -> dict:
     """`spec` (a dict with a registered "type") with `drafting` filled in, when its type prices the
-    drafter's work (a `drafting` field: the oracle, the adaptive-budget allocator) and the spec does
-    not say; otherwise as it is. `drafting`: how the engine's drafter is priced (`hardware.DRAFTING`), or
-    None (nothing to fill)."""
+    drafter's work (a `drafting` field: the oracle, the adaptive-budget allocator, the learned per-row
+    rules) and the spec does not say; a hysteresis wrapper's inner `policy` spec likewise; otherwise as it
+    is (entry-point classes are not filled). `drafting`: how the engine's drafter is priced
+    (`hardware.DRAFTING`), or None (nothing to fill)."""
     out = dict(spec)
     cls = POLICY_TYPES.get(_norm(out.get("type", "")))
-    if drafting is not None and cls is not None and "drafting" not in out and "drafting" in policy_fields(cls):
+    if drafting is None or cls is None:
+        return out
+    if "drafting" not in out and "drafting" in policy_fields(cls):
         out["drafting"] = drafting
+    if cls is Hysteresis and isinstance(out.get("policy"), Mapping):
+        out["policy"] = with_drafting(out["policy"], drafting)
     return out
 
 

@@ -29,8 +29,8 @@ rates (as vLLM's synthetic rejection sampler takes them), so cost can be studied
 acceptance: a drafter that always drafts k tokens, whose i-th token is accepted with
 probability rates[i] x m given the previous ones were, with a per-request multiplier
 m = exp(heterogeneity x N(0, 1)), priced as the scenario's drafter kind prices drafting (a draft
-model's forward passes, or lookups for a model-free drafter such as the n-gram). With `confidence`
-= kappa the drafter also states a calibrated confidence for every token it proposes (a draft model's
+model's forward passes, or lookups for a model-free drafter such as the n-gram). With
+`confidence_concentration` = kappa the drafter also states a calibrated confidence for every token it proposes (a draft model's
 token probability, a suffix tree's frequency): token i's is drawn from Beta(mu kappa, (1 - mu) kappa),
 mu = min(1, rates[i] x m), and the token is accepted with that probability, so the rates are unchanged on
 average and a smaller kappa makes the confidences sharper (kappa -> 0: each is 0 or 1, the outcome
@@ -52,7 +52,7 @@ from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, MIXED_LAYOUT, SI
 from nightjar_rl.decoding.scheduler import ScheduledEngine, Scheduler
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
-from nightjar_rl.hardware import DRAFT_MODEL, LOOKUP, HardwareProfile
+from nightjar_rl.hardware import DRAFT_MODEL, DRAFTING, LOOKUP, HardwareProfile
 from nightjar_rl.sim.trace import Trace, TraceError, TraceRecord, replay_table
 
 ROW = "sim"  # per-row replay state in Sequence.state
@@ -67,7 +67,7 @@ class SyntheticAcceptance:
     rates: tuple[float, ...]
     heterogeneity: float = 0.0
     cost: str = DRAFT_MODEL
-    confidence: float | None = None  # Beta concentration kappa of the stated confidences; None: none stated
+    confidence_concentration: float | None = None  # Beta concentration kappa of the stated confidences; None: none
 
     def __post_init__(self) -> None:
         r = self.rates
@@ -75,37 +75,39 @@ class SyntheticAcceptance:
             raise ValueError(f"synthetic acceptance rates must be a non-empty, non-increasing list in [0, 1], got {list(r)}")
         if not self.heterogeneity >= 0:
             raise ValueError(f"synthetic acceptance heterogeneity must be >= 0, got {self.heterogeneity}")
-        if self.cost not in (DRAFT_MODEL, LOOKUP):
+        if self.cost not in DRAFTING:
             raise ValueError(f"synthetic acceptance cost must be {DRAFT_MODEL!r} or {LOOKUP!r}, got {self.cost!r}")
-        if self.confidence is not None and not self.confidence > 0:
-            raise ValueError(f"synthetic acceptance confidence (a Beta concentration) must be > 0, got {self.confidence}")
+        kappa = self.confidence_concentration
+        if kappa is not None and not kappa > 0:
+            raise ValueError(f"synthetic acceptance confidence_concentration (a Beta concentration) must be > 0, got {kappa}")
 
     @classmethod
     def from_dict(cls, data: dict, drafter: str = "draft") -> SyntheticAcceptance:
         """From a scenario's `synthetic_acceptance`, priced as the scenario's `drafter` kind."""
-        unknown = set(data) - {"rates", "heterogeneity", "confidence"}
+        unknown = set(data) - {"rates", "heterogeneity", "confidence_concentration"}
         if unknown or "rates" not in data:
-            raise ValueError(f"synthetic_acceptance takes {{rates: [...], heterogeneity: x, confidence: kappa}}, "
+            raise ValueError(f"synthetic_acceptance takes {{rates: [...], heterogeneity: x, confidence_concentration: kappa}}, "
                              f"got {data!r}")
         cost = drafter_kind(drafter).cost
-        if cost not in (DRAFT_MODEL, LOOKUP):
+        if cost not in DRAFTING:
             raise ValueError(f"synthetic_acceptance needs a drafter that drafts, got drafter {drafter!r}")
-        confidence = data.get("confidence")
+        kappa = data.get("confidence_concentration")
         return cls(tuple(float(x) for x in data["rates"]), float(data.get("heterogeneity", 0.0)), cost,
-                   None if confidence is None else float(confidence))
+                   None if kappa is None else float(kappa))
 
     def tables(self, n: int, max_k: int, seed: int, request_id: str) -> tuple[list, list, np.ndarray | None]:
         """(drafted, accepted) tables of a request's first `n` positions (`replay_table`'s input) and
-        the confidences stated for each position's proposal ([n, max_k]; None without `confidence`)."""
+        the confidences stated for each position's proposal ([n, max_k]; None without `confidence_concentration`)."""
         rng = np.random.default_rng([seed, zlib.crc32(request_id.encode())])
         rates = np.array((self.rates + self.rates[-1:] * max_k)[:max_k])  # positions past the list take its last rate
         rates = np.minimum(1.0, rates * np.exp(self.heterogeneity * rng.standard_normal()))
         confidences = None
-        if self.confidence is None:
+        kappa = self.confidence_concentration
+        if kappa is None:
             hits = rng.random((n, max_k)) < rates[None, :]
         else:  # calibrated: drawn around the rate, then the token survives with its own confidence
             mu = np.clip(rates, 1e-6, 1.0 - 1e-6)
-            confidences = rng.beta(mu * self.confidence, (1.0 - mu) * self.confidence, size=(n, max_k))
+            confidences = rng.beta(mu * kappa, (1.0 - mu) * kappa, size=(n, max_k))
             confidences[:, rates >= 1.0] = 1.0
             hits = rng.random((n, max_k)) < confidences
         run = np.where(hits.all(axis=1), max_k, np.argmin(hits, axis=1))  # leading successes
@@ -125,7 +127,7 @@ class _Row:
     def __init__(self, output: tuple[int, ...], limit: int, eos: bool, table: tuple[int, ...], budget: int,
                  confidences: np.ndarray | None = None):
         self.output, self.limit, self.eos, self.table = output, limit, eos, table
-        self.confidences = confidences  # [positions, max_k] stated per proposal (synthetic `confidence`), or None
+        self.confidences = confidences  # [positions, max_k] stated per proposal (synthetic acceptance's), or None
         self.budget = budget  # the request's max_new_tokens (>= limit)
         self.pos = 0  # output tokens produced so far
         self.synced = 0  # draft model: tokens of this row in the draft's KV cache

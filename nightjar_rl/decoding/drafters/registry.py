@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nightjar_rl.entry_points import import_entry_point, is_entry_point
-from nightjar_rl.hardware import DRAFT_MODEL, LOOKUP
+from nightjar_rl.hardware import DRAFT_MODEL, DRAFTING, LOOKUP
 
 if TYPE_CHECKING:
     import numpy as np
@@ -141,7 +141,7 @@ DRAFTER_KINDS: dict[str, DrafterKind] = {kind.name: kind for kind in (
 def drafting_of(name: str) -> str | None:
     """How drafter `name`'s work is priced (`DRAFT_MODEL` or `LOOKUP`), None for one that never drafts."""
     cost = drafter_kind(name).cost
-    return cost if cost in (DRAFT_MODEL, LOOKUP) else None
+    return cost if cost in DRAFTING else None
 
 
 def drafter_kind(name: str) -> DrafterKind:
