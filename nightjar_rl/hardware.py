@@ -248,6 +248,14 @@ class HardwareProfile:
             raise ProfileError("this profile has no draft_ms: it cannot price a draft model")
         return k * self._draft(batch) if k > 0 else 0.0
 
+    def plan_draft_time_ms(self, rows: float, longest: int, drafting_rows: float, drafting: str | None = None) -> float:
+        """Milliseconds of drafting for a per-row plan over `rows` rows whose longest row drafts `longest`
+        tokens and `drafting_rows` rows draft at all, priced as `drafting_kind(drafting)`: a draft model
+        drafts every row `longest` times, a model-free drafter looks up the drafting rows."""
+        if self.drafting_kind(drafting) == DRAFT_MODEL:
+            return self.draft_model_time_ms(rows, longest)
+        return self.lookup_time_ms(drafting_rows)
+
     def lookup_time_ms(self, rows: float) -> float:
         """Milliseconds of model-free drafting (n-gram lookup, SSSD trees) for `rows` rows."""
         return rows * self.ngram_lookup_ms_per_row

@@ -20,7 +20,6 @@ from matplotlib.figure import Figure
 from nightjar_rl.analysis.load import axis_label, format_load, load_axis
 from nightjar_rl.analysis.stats import ci_table, intervals_overlap
 from nightjar_rl.analysis.study import paired_ratio
-from nightjar_rl.hardware import DRAFT_MODEL
 
 PER_ROW_GOALS = {"win": 1.25, "low_loss": 0.97, "high_from": 128, "low_upto": 4}
 
@@ -160,12 +159,11 @@ def clairvoyant_bound(trace, profile, max_k: int, rows: Sequence[int], context: 
     the profile's default)."""
     acc = np.concatenate([r.accepted[1:, max_k] for r in trace.records]).astype(float)
     m, drafting_rows = acc.mean(), (acc > 0).mean()
-    draft_model = profile.drafting_kind(drafting) == DRAFT_MODEL
     out = []
     for n in rows:
         t0 = profile.verify_step_ms(n, n, context) + profile.overhead_time_ms(n)
         t1 = (profile.verify_step_ms(n, n * (1 + m), context) + profile.overhead_time_ms(n)
-              + (profile.draft_model_time_ms(n, max_k) if draft_model else profile.lookup_time_ms(n * drafting_rows)))
+              + profile.plan_draft_time_ms(n, max_k, n * drafting_rows, drafting))
         out.append({"rows": n, "k0_ms": t0, "clairvoyant_ms": t1, "tokens_ratio": 1 + m, "bound_vs_k0": (1 + m) * t0 / t1})
     return pd.DataFrame(out)
 

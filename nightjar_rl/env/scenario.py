@@ -63,7 +63,7 @@ class Scenario:
     synthetic_acceptance: dict | None = option(None, "sim: {rates: [per-position acceptance], heterogeneity: x, "
                                                "confidence_concentration: kappa} replaces the trace's acceptance with a synthetic "
                                                "drafter's, priced as the scenario's drafter prices drafting (draft "
-                                               "model or lookups); with confidence, the drafter states a calibrated "
+                                               "model or lookups); with confidence_concentration, the drafter states a calibrated "
                                                "confidence per proposed token (Beta concentration kappa)", dict)
     base_dir: str | None = None  # folder the scenario file was read from (resolves relative paths)
 

@@ -95,8 +95,8 @@ class AdaptiveBudget(Policy):
                  confidence: bool = True, drafting: str | None = None):
         super().__init__(max_k)
         self.profile = as_profile(profile)
-        self.draft_model = self.profile.drafting_kind(drafting) == DRAFT_MODEL
         self.drafting = drafting
+        self.priced_as = self.profile.drafting_kind(drafting)  # resolved (and checked) once
         self.prior_acceptance = check_float("prior_acceptance", prior_acceptance, 0.0, 1.0)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -115,8 +115,13 @@ class AdaptiveBudget(Policy):
         `longest`, `drafting` rows with a length > 0 (module docs)."""
         p = self.profile
         scored = rows + drafted if self.layout == "packed" else rows * (1 + longest)
-        draft = p.draft_model_time_ms(rows, longest) if self.draft_model else p.lookup_time_ms(drafting)
+        draft = p.plan_draft_time_ms(rows, longest, drafting, self.priced_as)
         return draft + self._verify_ms(rows, scored, context) + p.overhead_time_ms(rows)
+
+    @property
+    def draft_model(self) -> bool:
+        """Whether drafting is priced as a draft model's forwards (else as lookups)."""
+        return self.priced_as == DRAFT_MODEL
 
     def _verify_ms(self, rows: int, scored: int, context: float | None) -> float:
         """`verify_step_ms`, its context curve memoised by (rows, scored) (the allocator's hot loop)."""

@@ -30,10 +30,10 @@ acceptance: a drafter that always drafts k tokens, whose i-th token is accepted 
 probability rates[i] x m given the previous ones were, with a per-request multiplier
 m = exp(heterogeneity x N(0, 1)), priced as the scenario's drafter kind prices drafting (a draft
 model's forward passes, or lookups for a model-free drafter such as the n-gram). With
-`confidence_concentration` = kappa the drafter also states a calibrated confidence for every token it proposes (a draft model's
-token probability, a suffix tree's frequency): token i's is drawn from Beta(mu kappa, (1 - mu) kappa),
-mu = min(1, rates[i] x m), and the token is accepted with that probability, so the rates are unchanged on
-average and a smaller kappa makes the confidences sharper (kappa -> 0: each is 0 or 1, the outcome
+`confidence_concentration` = kappa the drafter also states a calibrated confidence for every token it
+proposes (a draft model's token probability, a suffix tree's frequency): token i's is drawn from
+Beta(mu kappa, (1 - mu) kappa), mu = min(1, rates[i] x m), and the token is accepted with that
+probability, so the rates are unchanged on average and a smaller kappa makes the confidences sharper (kappa -> 0: each is 0 or 1, the outcome
 itself; kappa -> inf: all equal the rate, no information). The confidences of each row's next proposal
 are reported by `proposal_confidences()`. Draws depend only on the engine seed and the request id.
 """
@@ -335,7 +335,8 @@ class SimEngine(ScheduledEngine):
 
     def proposal_confidences(self) -> dict[str, np.ndarray]:
         """The confidence stated for each token of each running row's next proposal ([max_k] by request
-        id; synthetic acceptance with `confidence` only, else empty), filled in as `proposal_lengths` is."""
+        id; synthetic acceptance with `confidence_concentration` only, else empty), filled in as
+        `proposal_lengths` is."""
         return self._confidences
 
     def _verify_seconds(self, batch: int, scored: int, context: int) -> float:
