@@ -100,6 +100,8 @@ SCRIPTS = [
         df.loc[df["policy"] == "acceptance-gated", "throughput_tok_s"] > 0).all() or None}),
     Script("bench_sssd", ("*/results.csv", "*/config.json"), check={"*/results.csv": _all_true("identical")}),
     Script("bf16_divergence", ("runs.csv", "summary.txt")),
+    Script("draft_confidence", ("tokens.csv", "calibration.csv", "summary.csv"),
+           check={"summary.csv": lambda df: (df["tokens_seen"] > 0).all() or None}),
     Script("run_notebooks", ("quickstart.ipynb", "figures/quickstart/*.png"), args=("quickstart",),
            needs=("nbclient", "ipykernel")),
     Script("per_row_study", ("per_row_study_tiny/summary.txt", "per_row_study_tiny/per_row_table.csv",

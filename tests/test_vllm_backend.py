@@ -90,6 +90,8 @@ def test_bad_plans_and_requests_are_refused(backend):
         engine.step(MAX_K + 1)
     with pytest.raises(PlanError, match="not running"):
         engine.step(SpecPlan.per_row({"nobody": 1}))
+    with pytest.raises(PlanError, match="states no confidences"):  # nothing to choose drafts by
+        engine.step(SpecPlan(default=1, verify_costs=[1.0, 2.0]))
     with pytest.raises(ValueError, match="duplicate"):
         engine.submit(requests(backend, 1)[0])
     engine.close()

@@ -4,6 +4,16 @@ A plan maps request ids to speculation lengths (0 = that row is not drafted this
 does not name get its `default`. `SpecPlan.uniform(k)` is the old scalar k (every row drafts up to
 k), and every `step(...)` also accepts a plain int, so scalar-k policies run unchanged.
 
+A plan may also say how many of the drafts to verify once they are drafted (`verify_costs`, adaptive
+verification's order: draft, then choose by the drafter's own confidences, then verify). Its entry B is
+the predicted time of the step when B draft tokens are verified in all; the engine ranks the drafted
+slots by survival, the product of the row's stated confidences up to the slot (`slot_order`), and
+verifies the B* best, where
+
+    B* = argmax_B (rows + sum of the B largest survivals) / verify_costs[B]     (ties to the smaller B)
+
+(`SpecPlan.verified_lengths`). Only an engine whose drafter states confidences runs such a plan.
+
 Validation happens where the plan meets the batch (`resolve`): every length is an int in
 [0, max_speculation] and every named request is running; anything else is a `PlanError` (a
 `ValueError`) with one line saying what is wrong.
@@ -11,11 +21,14 @@ Validation happens where the plan meets the batch (`resolve`): every length is a
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
+
+import numpy as np
 
 
 class PlanError(ValueError):
@@ -32,12 +45,49 @@ def _length(value, where: str) -> int:
     return value
 
 
+def _costs(value) -> tuple[float, ...] | None:
+    """`verify_costs` as a tuple of positive finite floats (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise PlanError(f"verify_costs must be a list of step times, got {value!r}")
+    costs = []
+    for c in value:
+        if isinstance(c, bool) or not isinstance(c, numbers.Real) or not math.isfinite(c) or c <= 0:
+            raise PlanError(f"verify_costs must be positive finite numbers, got {c!r}")
+        costs.append(float(c))
+    if not costs:
+        raise PlanError("verify_costs must give the cost of at least B = 0")
+    return tuple(costs)
+
+
+def slot_order(survival: np.ndarray) -> np.ndarray:
+    """Flat indices (row x depth + slot) of the draft slots of a [rows, depth] survival matrix, highest
+    survival first; ties to the shallower slot, then the earlier row. Survivals fall with depth, so every
+    prefix of the order gives each row a prefix of its slots."""
+    rows, depth = survival.shape
+    return np.lexsort((np.repeat(np.arange(rows), depth), np.tile(np.arange(depth), rows), -survival.ravel()))
+
+
+def survival_of(confidences: list[list[float]]) -> np.ndarray:
+    """[rows, longest] survival of ragged per-row token confidences: the running product along each row
+    (each confidence clipped to [0, 1]), 0 past a row's drafts."""
+    depth = max((len(c) for c in confidences), default=0)
+    survival = np.zeros((len(confidences), depth))
+    for i, c in enumerate(confidences):
+        if len(c):
+            survival[i, : len(c)] = np.cumprod(np.clip(np.asarray(c, dtype=float), 0.0, 1.0))
+    return survival
+
+
 @dataclass(frozen=True, eq=True)
 class SpecPlan:
-    """Speculation length per running row for one step (rows not named get `default`)."""
+    """Speculation length per running row for one step (rows not named get `default`); optionally the
+    step's cost by verified drafts, to choose the verified drafts by confidence (module docs)."""
 
     default: int = 0
     lengths: Mapping[str, int] = field(default_factory=dict)
+    verify_costs: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "default", _length(self.default, "plan default"))
@@ -49,6 +99,7 @@ class SpecPlan:
                 raise PlanError(f"plan keys are request ids (str), got {rid!r}")
             checked[rid] = _length(k, f"plan length of request {rid!r}")
         object.__setattr__(self, "lengths", MappingProxyType(checked))
+        object.__setattr__(self, "verify_costs", _costs(self.verify_costs))
 
     __hash__ = None  # a mapping field: plans compare by value, they are not dict keys
 
@@ -60,9 +111,11 @@ class SpecPlan:
         return _uniform_plan(_length(k, "plan default")) if cls is SpecPlan else cls(default=k)
 
     @classmethod
-    def per_row(cls, lengths: Mapping[str, int], default: int = 0) -> SpecPlan:
-        """Lengths by request id; rows not named get `default` (0: not drafted)."""
-        return cls(default=default, lengths=dict(lengths))
+    def per_row(cls, lengths: Mapping[str, int], default: int = 0,
+                verify_costs: Iterable[float] | None = None) -> SpecPlan:
+        """Lengths by request id; rows not named get `default` (0: not drafted); `verify_costs`: see
+        the module docs."""
+        return cls(default=default, lengths=dict(lengths), verify_costs=verify_costs)
 
     @classmethod
     def coerce(cls, plan: SpecPlan | int) -> SpecPlan:
@@ -74,15 +127,33 @@ class SpecPlan:
     @classmethod
     def from_dict(cls, data: Mapping) -> SpecPlan:
         """Inverse of `to_dict` (JSON step logs, the server)."""
-        if not isinstance(data, Mapping) or set(data) - {"default", "lengths"}:
-            raise PlanError(f"a plan is {{default: int, lengths: {{request_id: int}}}}, got {data!r}")
-        return cls(default=data.get("default", 0), lengths=dict(data.get("lengths") or {}))
+        if not isinstance(data, Mapping) or set(data) - {"default", "lengths", "verify_costs"}:
+            raise PlanError("a plan is {default: int, lengths: {request_id: int}, verify_costs: [ms, ...] (optional)}, "
+                            f"got {data!r}")
+        return cls(default=data.get("default", 0), lengths=dict(data.get("lengths") or {}),
+                   verify_costs=data.get("verify_costs"))
 
     # ---- reading -----------------------------------------------------------------------------------
     @property
     def is_uniform(self) -> bool:
-        """True when no row is named: every row gets `default`."""
-        return not self.lengths
+        """True when no row is named and nothing is chosen after drafting: every row gets `default`."""
+        return not self.lengths and self.verify_costs is None
+
+    def verified_lengths(self, confidences: list[list[float]]) -> list[int]:
+        """Draft tokens to verify per row, given each row's drafted tokens' stated confidences (module
+        docs); without `verify_costs`, all of them."""
+        if self.verify_costs is None:
+            return [len(c) for c in confidences]
+        survival = survival_of(confidences)
+        rows, depth = survival.shape
+        if depth == 0:
+            return [0] * rows
+        order = slot_order(survival)
+        ranked = survival.ravel()[order]
+        top = min(int((ranked > 0).sum()), len(self.verify_costs) - 1)
+        gains = rows + np.concatenate([[0.0], np.cumsum(ranked[:top])])
+        best = int(np.argmax(gains / np.asarray(self.verify_costs[: top + 1])))  # first maximum: the smaller B
+        return np.bincount(order[:best] // depth, minlength=rows).tolist()
 
     @property
     def max_length(self) -> int:
@@ -122,15 +193,19 @@ class SpecPlan:
         lengths = dict(self.lengths)
         for rid, cap in caps.items():
             lengths[rid] = min(self.length_for(rid), _length(cap, f"cap of request {rid!r}"))
-        return SpecPlan(self.default, lengths)
+        return SpecPlan(self.default, lengths, self.verify_costs)
 
     def to_dict(self) -> dict:
-        return {"default": self.default, "lengths": dict(self.lengths)}
+        data = {"default": self.default, "lengths": dict(self.lengths)}
+        if self.verify_costs is not None:
+            data["verify_costs"] = list(self.verify_costs)
+        return data
 
     def __repr__(self) -> str:
         if self.is_uniform:
             return f"SpecPlan.uniform({self.default})"
-        return f"SpecPlan.per_row({dict(self.lengths)!r}, default={self.default})"
+        costs = "" if self.verify_costs is None else f", verify_costs=<{len(self.verify_costs)} costs>"
+        return f"SpecPlan.per_row({dict(self.lengths)!r}, default={self.default}{costs})"
 
 
 @lru_cache(maxsize=256)

@@ -18,6 +18,7 @@ import logging
 
 import torch
 
+from nightjar_rl.contracts.plan import SpecPlan
 from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
 from nightjar_rl.decoding.runner import DEFAULT_VERIFY_LAYOUT, ModelRunner, split_rows
 from nightjar_rl.decoding.scheduler import ERROR, Retired, ScheduledEngine, Scheduler, prefill_groups
@@ -158,11 +159,18 @@ class SpeculativeEngine(ScheduledEngine):
         seq.finish_reason, seq.error = ERROR, describe(exc)
         log.warning("request %s failed: %s", seq.request_id, seq.error)
 
-    def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats) -> None:
+    @property
+    def states_confidences(self) -> bool:
+        return self.drafter is not None and self.drafter.states_confidences
+
+    def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats,
+                selecting: SpecPlan | None = None) -> None:
         """One decoding round for `rows` (consecutive slots from rows[0].slot)."""
         if not rows:
             return
         proposal = self._propose(rows, lengths, stats)
+        if selecting is not None and proposal is not None and proposal.confidences is not None:
+            proposal = self._select(rows, proposal, selecting, stats)
         self._verify_and_commit(rows, lengths, proposal or DraftProposal.empty(len(rows)), stats, rows[0].slot,
                                 drafted=proposal is not None and max(lengths) > 0)
 
@@ -176,6 +184,15 @@ class SpeculativeEngine(ScheduledEngine):
         except Exception as exc:  # noqa: BLE001 - the round goes on undrafted
             self._draft_failed(len(rows), exc, stats)
             return None
+
+    @staticmethod
+    def _select(rows: list[Sequence], proposal: DraftProposal, plan: SpecPlan, stats: StepStats) -> DraftProposal:
+        """The drafts `plan` verifies, chosen by their stated confidences (`SpecPlan.verified_lengths`),
+        each row's first capped at its token budget as verification would."""
+        stated = [c[: max(0, s.remaining - 1)] for c, s in zip(proposal.confidences, rows)]
+        verified = plan.verified_lengths(stated)
+        stats.unverified += sum(map(len, stated)) - sum(verified)
+        return proposal.trimmed(verified)
 
     def _draft_failed(self, rows: int, exc: BaseException, stats: StepStats) -> None:
         stats.draft_failures += rows

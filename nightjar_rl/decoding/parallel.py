@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from nightjar_rl.contracts.plan import SpecPlan
 from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
 from nightjar_rl.decoding.engine import SpeculativeEngine
 from nightjar_rl.decoding.scheduler import Retired
@@ -225,7 +226,12 @@ class ParallelBatchDecoder(SpeculativeEngine):
         super()._apply_moves(retired)
 
     # ---- the round ------------------------------------------------------------------------------
-    def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats) -> None:
+    @property
+    def states_confidences(self) -> bool:
+        return False  # drafts of the other half are verified a step later: nothing to choose after drafting
+
+    def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats,
+                selecting: SpecPlan | None = None) -> None:
         self._decoding = {s.request_id: n for s, n in zip(rows, lengths)}
         sizes = self.halves
         k = stats.k  # the largest length (the plan's own when no row decodes: drafting ahead uses it)

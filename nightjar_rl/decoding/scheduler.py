@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from nightjar_rl.contracts.plan import SpecPlan
+from nightjar_rl.contracts.plan import PlanError, SpecPlan
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
 
@@ -319,6 +319,9 @@ class ScheduledEngine:
         drafts up to its plan length (an int k is the uniform plan: every row up to k; 0 = off)."""
         plan = SpecPlan.coerce(plan)
         plan.check(self.max_speculation, (s.request_id for s in self.running))
+        if plan.verify_costs is not None and not self.states_confidences:
+            raise PlanError("this plan chooses the drafts to verify by the drafter's confidences (verify_costs), "
+                            "but this engine's drafter states none")
         clock = self._start_clock()
         stats = StepStats(step=self.step_count, k=0, batch_size=0, num_waiting=0, num_prefilled=0,
                           verify_layout=self.verify_layout)
@@ -334,7 +337,7 @@ class ScheduledEngine:
         else:
             lengths = plan.resolve([s.request.request_id for s in decode_rows])
         stats.k = max(lengths, default=plan.max_length if self.can_draft else 0)
-        self._decode(decode_rows, lengths, stats)
+        self._decode(decode_rows, lengths, stats, plan if plan.verify_costs is not None else None)
         self._retire(stats)
         stats.batch_size = len(stats.request_ids)
         stats.num_waiting = len(self.waiting)
@@ -374,6 +377,12 @@ class ScheduledEngine:
     def can_draft(self) -> bool:
         """False when there is nothing to draft with (every row then runs at length 0)."""
         return True
+
+    @property
+    def states_confidences(self) -> bool:
+        """True when the drafter states a confidence per proposed token, so that a plan may choose the
+        drafts to verify by them (`SpecPlan.verify_costs`)."""
+        return False
 
     def _route(self) -> int:
         """The slot region of the next admitted row."""
@@ -416,9 +425,12 @@ class ScheduledEngine:
             return len(rows) * max(s.num_prompt for s in rows)
         return sum(s.num_prompt for s in rows)
 
-    def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats) -> None:
+    def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats,
+                selecting: SpecPlan | None = None) -> None:
         """One decoding round for `rows` (may be none); row i drafts up to `lengths[i]` tokens
-        (`stats.k` is already the largest length, or the plan's when no row decodes)."""
+        (`stats.k` is already the largest length, or the plan's when no row decodes). `selecting`: the
+        plan, when it chooses the drafts to verify by confidence (`SpecPlan.verified_lengths`; the
+        drafts left out are counted in `stats.unverified`)."""
         raise NotImplementedError
 
     # ---- the request side ------------------------------------------------------------------------

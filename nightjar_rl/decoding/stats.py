@@ -37,6 +37,7 @@ class StepStats:
     aborted_ids: list[str] = field(default_factory=list)  # of those, aborted (finish_reason "abort")
     failed_ids: list[str] = field(default_factory=list)  # of those, failed (finish_reason "error")
     draft_failures: int = 0  # rows whose drafting raised this step (they run undrafted, k = 0)
+    unverified: int = 0  # draft tokens drafted but left unverified (a plan choosing by confidence; not in drafted)
     prefill_time: float = 0.0
     draft_time: float = 0.0  # drafting proper (excludes catch-up)
     catchup_time: float = 0.0  # draft model re-syncing its KV cache after a lag (switching cost)

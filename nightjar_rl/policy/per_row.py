@@ -26,6 +26,11 @@ per-row features the runtime's driver puts on the observation (`obs.rows`, a
   `HardwareProfile.drafting_kind`): a draft model drafts every row max-length times
   (`draft_model_time_ms`), a model-free drafter looks up the rows that draft (`lookup_time_ms`).
 
+  With `select_after_draft` the allocator follows adaptive verification's order instead: every row
+  drafts the longest length of the history-based allocation, and the plan hands the engine the step's
+  cost by verified drafts (`SpecPlan.verify_costs`), so that the engine picks B* and the slots by the
+  confidences its drafter states while drafting (a live draft model's token probabilities).
+
   When the drafter states a confidence for each token it proposes (`RowBatch.confidences`: a draft
   model's token probability, a suffix tree's frequency), a slot's survival is the product of the
   row's stated confidences up to its depth, as adaptive verification computes it, instead of the
@@ -50,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from nightjar_rl.contracts import SpecPlan
+from nightjar_rl.contracts.plan import slot_order
 from nightjar_rl.contracts.observation import RowBatch, obs_field, rows_of
 from nightjar_rl.decoding.layouts import VERIFY_LAYOUTS
 from nightjar_rl.decoding.stats import StepStats
@@ -64,14 +70,6 @@ LAYOUTS = tuple(VERIFY_LAYOUTS)  # what the allocator prices a verify pass as
 def step_acceptance(obs: np.ndarray, prior: float) -> float:
     """The step-level full-information acceptance estimate, `prior` while unknown."""
     return obs_field(obs, "fi_acceptance") if obs_field(obs, "fi_known") > 0 else prior
-
-
-def slot_order(survival: np.ndarray) -> np.ndarray:
-    """Flat indices (row x max_k + depth) of the draft slots by survival, highest first; ties to the
-    shallower slot, then the earlier row. Survivals fall with depth, so every prefix of the order gives
-    each row a prefix of its slots."""
-    rows, depth = survival.shape
-    return np.lexsort((np.repeat(np.arange(rows), depth), np.tile(np.arange(depth), rows), -survival.ravel()))
 
 
 def row_plan(rows: RowBatch, lengths: np.ndarray) -> SpecPlan:
@@ -92,7 +90,7 @@ class AdaptiveBudget(Policy):
 
     def __init__(self, profile: HardwareProfile | Mapping | str | Path, max_k: int, prior_acceptance: float = 0.5,
                  layout: str = "packed", max_budget: int | None = None, tpot_slack: float | None = None,
-                 confidence: bool = True, drafting: str | None = None):
+                 confidence: bool = True, drafting: str | None = None, select_after_draft: bool = False):
         super().__init__(max_k)
         self.profile = as_profile(profile)
         self.drafting = drafting
@@ -106,6 +104,12 @@ class AdaptiveBudget(Policy):
         if not isinstance(confidence, bool):
             raise ValueError(f"confidence must be true or false, got {confidence!r}")
         self.confidence = confidence
+        if not isinstance(select_after_draft, bool):
+            raise ValueError(f"select_after_draft must be true or false, got {select_after_draft!r}")
+        if select_after_draft and tpot_slack is not None:
+            raise ValueError("select_after_draft and tpot_slack cannot be combined (the guard needs the slots "
+                             "before drafting)")
+        self.select_after_draft = select_after_draft
         self._memo: dict = {}
         self.last_budget = 0  # B* of the last per-row decision (for inspection)
 
@@ -180,8 +184,25 @@ class AdaptiveBudget(Policy):
             return int(np.argmax(ratios))  # identical rows: the best k lowers every row's time per token (no guard)
         if not len(rows):
             return 0
+        if self.select_after_draft:
+            return self.after_draft_plan(rows)
         lengths, self.last_budget, _ = self.allocate(*self.row_inputs(rows))
         return row_plan(rows, lengths)
+
+    def after_draft_plan(self, rows: RowBatch) -> SpecPlan:
+        """Adaptive verification's order (`select_after_draft`): every row drafts D tokens, D the longest
+        length of the allocation from the rows' acceptance history (stated confidences are not known
+        before drafting), and the plan carries T(B) for B = 0..rows x D verified drafts so that the
+        engine verifies the B* best drafts by the confidences the drafter states as it drafts
+        (`SpecPlan.verify_costs`; the drafting of all D tokens is in every T(B))."""
+        survival, context = rows.survival(self.max_k, self.prior_acceptance, False), float(rows.context.max() - 1)
+        lengths, self.last_budget, _ = self.allocate(survival, context)
+        depth, batch = int(lengths.max()), len(rows)
+        if depth == 0:
+            return row_plan(rows, lengths)
+        most = batch * depth if self.max_budget is None else min(batch * depth, self.max_budget)
+        costs = [self.step_ms(batch, b, depth, batch, context) for b in range(most + 1)]
+        return SpecPlan(default=depth, verify_costs=costs)
 
     def row_inputs(self, rows: RowBatch) -> tuple[np.ndarray, float]:
         """(survival [rows, max_k], context) of `rows` for `allocate`: survival at `prior_acceptance` where
@@ -192,14 +213,15 @@ class AdaptiveBudget(Policy):
     def params(self) -> dict:
         return {"profile": self.profile.to_dict(), "prior_acceptance": self.prior_acceptance, "layout": self.layout,
                 "max_budget": self.max_budget, "tpot_slack": self.tpot_slack, "confidence": self.confidence,
-                "drafting": self.drafting}
+                "drafting": self.drafting, "select_after_draft": self.select_after_draft}
 
     @property
     def name(self) -> str:
         guard = "" if self.tpot_slack is None else f",tpot_slack={self.tpot_slack:g}"
         blind = "" if self.confidence else ",no confidences"
         priced = "" if self.drafting is None else f",drafting={self.drafting}"
-        return f"adaptive_budget({self.profile.model}@{self.profile.device},{self.layout}{guard}{blind}{priced})"
+        after = ",after draft" if self.select_after_draft else ""
+        return f"adaptive_budget({self.profile.model}@{self.profile.device},{self.layout}{guard}{blind}{priced}{after})"
 
 
 class PerRequestK(Policy):

@@ -41,7 +41,7 @@ def step_row(decision: Decision, stats: StepStats, reward: float = float("nan"))
         prefill_time=stats.prefill_time, model_time=stats.model_time, overhead_time=stats.overhead_time,
         reward=reward, scored_tokens=stats.scored_tokens, context=stats.context,
         prefill_padded_tokens=stats.prefill_padded_tokens, drafting_rows=stats.drafting_rows,
-        verify_layout=stats.verify_layout,
+        verify_layout=stats.verify_layout, unverified=stats.unverified,
     )
 
 

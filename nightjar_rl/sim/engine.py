@@ -17,7 +17,9 @@ catch-up after k = 0 is charged as in the live engine. Only time is modelled:
                pass, vLLM's unified step: its weight reads are not repeated)
     draft    = k_max x draft_ms(B) (draft model) or D x ngram_lookup_ms_per_row (n-gram, SSSD;
                D = rows with a plan length > 0)
-    catch-up = draft_prefill_ms(B x (largest lag - 1)) when the largest lag exceeds 2
+    catch-up = draft_prefill_ms(the tokens the catch-up pass computes) when the largest lag exceeds 2:
+               B x (largest lag - 1) when padded, the sum of (lag - 1) over the rows when packed or mixed
+               (each row feeds the tokens its draft cache misses but the last, as the live engine does)
     verify   = verify_ms(B, tokens per row, context = longest row, `StepStats.context`), tokens per row by layout:
                padded: 1 + max drafted; packed (default), mixed: (B + sum drafted) / B (the live engine's
                `verify_layout` padded / packed; `scored_tokens` is what the layout computes)
@@ -35,7 +37,9 @@ proposes (a draft model's token probability, a suffix tree's frequency): token i
 Beta(mu kappa, (1 - mu) kappa), mu = min(1, rates[i] x m), and the token is accepted with that
 probability, so the rates are unchanged on average and a smaller kappa makes the confidences sharper (kappa -> 0: each is 0 or 1, the outcome
 itself; kappa -> inf: all equal the rate, no information). The confidences of each row's next proposal
-are reported by `proposal_confidences()`. Draws depend only on the engine seed and the request id.
+are reported by `proposal_confidences()`, and a plan may choose the drafts to verify by them
+(`SpecPlan.verify_costs`: each row drafts its plan length, priced as such, and verifies what the plan
+chooses). Draws depend only on the engine seed and the request id.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nightjar_rl.contracts.plan import SpecPlan
 from nightjar_rl.decoding.drafters.registry import drafter_kind
 from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, MIXED_LAYOUT, SIM_LAYOUTS, prices_alike
 from nightjar_rl.decoding.scheduler import ScheduledEngine, Scheduler
@@ -247,13 +252,33 @@ class SimEngine(ScheduledEngine):
         stats.prefill_emitted = stats.num_prefilled = len(admitted)
         stats.prefill_tokens = sum(s.num_prompt for s in admitted)
 
-    def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats) -> None:
+    @property
+    def states_confidences(self) -> bool:
+        return self.synthetic is not None and self.synthetic.confidence_concentration is not None
+
+    def _verified(self, rows: list[Sequence], lengths: list[int], plan: SpecPlan, stats: StepStats) -> list[int]:
+        """The drafts `plan` verifies per row, chosen by the stated confidences of what each row drafts
+        (`SpecPlan.verified_lengths`), as the live engine chooses after drafting."""
+        stated = []
+        for seq, k in zip(rows, lengths):
+            row: _Row = seq.state[ROW]
+            drafted = min(row.table[2 * self._width * row.pos + k], row.budget - row.pos - 1)
+            stated.append(row.confidences[row.pos][:drafted].tolist())
+        verified = plan.verified_lengths(stated)
+        stats.unverified += sum(map(len, stated)) - sum(verified)
+        return verified
+
+    def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats,
+                selecting: SpecPlan | None = None) -> None:
         if not rows:
             return
+        planned = lengths
+        if selecting is not None:  # the rows draft their plan lengths, then verify what the plan chooses
+            lengths = self._verified(rows, lengths, selecting, stats)
         batch, k_max, full = len(rows), stats.k, self.max_speculation  # stats.k: the largest length
         width = self._width
         draft_model = self.draft_model and k_max > 0  # the draft model runs the whole batch k_max times
-        lag = 0
+        lag = behind = 0  # the largest lag of the draft's cache, and the sum of (lag - 1)
         ids, drafted, accepted, emitted, shadow_drafted, shadow_accepted = [], [], [], [], [], []
         proposals = self._proposals
         # bound appends and comparisons, not min(): this loop is the simulator's hot path
@@ -272,7 +297,9 @@ class SimEngine(ScheduledEngine):
             if a > d:
                 a = d
             if draft_model:
-                lag = max(lag, len(seq.tokens) - row.synced)
+                row_lag = len(seq.tokens) - row.synced
+                lag = max(lag, row_lag)
+                behind += row_lag - 1
                 row.synced = len(seq.tokens) + min(a, k_max - 1)  # what the draft's cache holds after commit
             shadow = table[at + full]  # full information: the whole proposal
             if shadow > cap:
@@ -308,7 +335,7 @@ class SimEngine(ScheduledEngine):
             add_accepted(kept)
             add_emitted(out)
         stats.request_ids += ids
-        stats.plan += lengths
+        stats.plan += planned
         stats.drafted += drafted
         stats.accepted += accepted
         stats.emitted += emitted
@@ -317,9 +344,10 @@ class SimEngine(ScheduledEngine):
         max_drafted, total_drafted = max(drafted), sum(drafted)
         if k_max > 0:
             stats.draft_time = (self._seconds("draft", batch, k_max) if self.draft_model
-                                else self._seconds("lookup", batch - lengths.count(0)))
+                                else self._seconds("lookup", batch - planned.count(0)))
             if draft_model and lag > 2:
-                stats.catchup_time = self._seconds("catchup", batch * (lag - 1))
+                fed = batch * (lag - 1) if self.verify_layout == "padded" else behind
+                stats.catchup_time = self._seconds("catchup", fed)
         stats.verify_tokens = 1 + max_drafted
         stats.scored_tokens = self.scored_size(batch, max_drafted, total_drafted)  # what the live engine computes
         if self.verify_layout == MIXED_LAYOUT and stats.prefill_time:  # this step's prefill joins the pass

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # annotations only: the interface imports without torch (the 
 class DraftProposal:
     tokens: list[list[int]]  # up to lengths[i] proposed tokens for row i (may be empty)
     probs: list[torch.Tensor | None]  # q per row `[len, V]`, or None for deterministic drafts
+    confidences: list[list[float]] | None = None  # per row, the drafter's probability of each proposed token
     draft_time: float = 0.0
     catchup_time: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -27,11 +28,22 @@ class DraftProposal:
         """No drafts for `rows` rows (k = 0, or a drafter that failed)."""
         return cls(tokens=[[] for _ in range(rows)], probs=[None] * rows)
 
+    def trimmed(self, lengths: list[int]) -> DraftProposal:
+        """The same proposal with row i cut to its first lengths[i] tokens (drafts left unverified)."""
+        cut = [min(n, len(t)) for n, t in zip(lengths, self.tokens)]
+        return DraftProposal(
+            tokens=[t[:n] for t, n in zip(self.tokens, cut)],
+            probs=[p if p is None or n == 0 else p[:n] for p, n in zip(self.probs, cut)],
+            confidences=None if self.confidences is None else [c[:n] for c, n in zip(self.confidences, cut)],
+            draft_time=self.draft_time, catchup_time=self.catchup_time, extra=self.extra,
+        )
+
 
 class Drafter:
     """Base drafter. Subclasses implement `propose`; the rest are hooks with no-op defaults."""
 
     name = "base"
+    states_confidences = False  # True: `propose` fills `DraftProposal.confidences` (plans may select by them)
 
     def propose(
         self, rows: list[Sequence], lengths: list[int], slot_start: int, params: SamplingParams, generator=None

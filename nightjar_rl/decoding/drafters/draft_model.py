@@ -1,5 +1,8 @@
 """A separate (smaller) model drafts tokens autoregressively, with its own KV cache.
 
+It states a confidence for every token it proposes: the draft model's probability of that token
+(the top probability under greedy decoding), which a plan may use to choose what to verify.
+
 Its cache is kept in step with accepted tokens. While speculation is off (k = 0) it is not run,
 so it falls behind; the next time it drafts it first catches up by feeding the missing tokens in
 one pass. That pass is timed as `catchup_time`: the switching cost Nightjar models.
@@ -22,6 +25,7 @@ SYNCED = "draft_synced"  # tokens of the row held in the draft model's cache
 
 class DraftModelDrafter(Drafter):
     name = "draft"
+    states_confidences = True
 
     def __init__(self, model: torch.nn.Module, model_forward: str = DEFAULT_MODEL_FORWARD):
         self.model = model
@@ -36,11 +40,17 @@ class DraftModelDrafter(Drafter):
     def model_time(self) -> float:
         return self.runner.model_time if self.runner is not None else 0.0
 
-    def _next(self, logits: torch.Tensor, params: SamplingParams, generator) -> tuple[list[int], torch.Tensor | None]:
+    def _next(self, logits: torch.Tensor, params: SamplingParams,
+              generator) -> tuple[list[int], torch.Tensor | None, list[float]]:
+        """(next token per row, q per row (None when greedy), the draft's probability of each token)."""
         if params.greedy:
-            return logits.argmax(-1).tolist(), None
+            tokens = logits.argmax(-1, keepdim=True)
+            logits = logits.float()
+            return tokens.squeeze(1).tolist(), None, (logits.gather(1, tokens).squeeze(1)
+                                                      - torch.logsumexp(logits, dim=-1)).exp().tolist()
         probs = probs_from_logits(logits, params)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1).tolist(), probs
+        tokens = torch.multinomial(probs, 1, generator=generator)
+        return tokens.squeeze(1).tolist(), probs, probs.gather(1, tokens).squeeze(1).tolist()
 
     def propose(self, rows: list[Sequence], lengths: list[int], slot_start: int, params: SamplingParams,
                 generator=None):
@@ -61,15 +71,17 @@ class DraftModelDrafter(Drafter):
             lag = [x[-1:] for x in lag]
             t_catchup = now(device)
         logits = runner.forward(slot_start, lag, synced, last_only=True)
-        tokens, probs = self._next(logits, params, generator)
+        tokens, probs, confident = self._next(logits, params, generator)
         drafts = [[t] for t in tokens]
         dists = [[p] for p in probs] if probs is not None else None
+        confidences = [[c] for c in confident]
         base = [len(seq.tokens) for seq in rows]
         for j in range(1, k):
             logits = runner.forward(slot_start, [[d[-1]] for d in drafts], [b + j - 1 for b in base], last_only=True)
-            tokens, probs = self._next(logits, params, generator)
+            tokens, probs, confident = self._next(logits, params, generator)
             for i, t in enumerate(tokens):
                 drafts[i].append(t)
+                confidences[i].append(confident[i])
                 if dists is not None:
                     dists[i].append(probs[i])
         t2 = now(device)
@@ -79,6 +91,7 @@ class DraftModelDrafter(Drafter):
             tokens=[d[:n] for d, n in zip(drafts, lengths)],
             probs=[torch.stack(d[:n]) if n else None for d, n in zip(dists, lengths)] if dists is not None
             else [None] * len(rows),
+            confidences=[c[:n] for c, n in zip(confidences, lengths)],
             draft_time=t2 - t_catchup,
             catchup_time=t_catchup - t0,
             extra={"draft_k": k},

@@ -20,7 +20,7 @@ import time
 import zlib
 from collections import deque
 
-from nightjar_rl.contracts import SpecPlan
+from nightjar_rl.contracts import PlanError, SpecPlan
 from nightjar_rl.decoding.layouts import MIXED_LAYOUT
 from nightjar_rl.decoding.scheduler import ABORT, check_request_fits
 from nightjar_rl.decoding.sequence import Request, Sequence
@@ -118,6 +118,9 @@ class VLLMEngine:
     def step(self, plan: SpecPlan | int) -> StepStats:
         plan = SpecPlan.coerce(plan)
         plan.check(self.max_speculation, (s.request_id for s in self.running))
+        if plan.verify_costs is not None:
+            raise PlanError("vLLM's n-gram drafter states no confidences: a plan cannot choose its drafts by them "
+                            "(verify_costs)")
         self.scheduler.plan = SpecPlan(plan.default, {self._internal[r]: k for r, k in plan.lengths.items()})
         before = self.scheduler.last_stats
         start = time.perf_counter()

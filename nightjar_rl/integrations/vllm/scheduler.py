@@ -95,6 +95,9 @@ class NightjarScheduler(Scheduler):
             self.runtime = runtime_policy(self.max_k, None, str(settings["policy"]), learn=bool(settings.get("learn")),
                                           save_policy=settings.get("save_policy"), log_steps=settings.get("log_steps"),
                                           drafting=LOOKUP if lookup else None)
+            if getattr(self.runtime.policy, "select_after_draft", False):
+                raise ConfigError("nightjar scheduler: vLLM's drafters state no per-token confidences here, so a "
+                                  "policy cannot choose drafts by them (select_after_draft)")
             self.runtime.policy.reset()
             atexit.register(self.finish)
         elif settings.get("learn") or settings.get("save_policy"):

@@ -1,0 +1,223 @@
+"""Adaptive verification's order: draft, then choose what to verify by the drafter's own confidences
+(`SpecPlan.verify_costs`). The choice on a hand-computed case, the draft model's stated confidences,
+losslessness and what StepStats records on the live engine, the same choice in the simulator, clear
+refusals where no confidences are stated, and the allocator's `select_after_draft` plans."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from nightjar_rl.contracts import PlanError, SpecPlan
+from nightjar_rl.contracts.observation import Observation, RowBatch, obs_size
+from nightjar_rl.contracts.plan import survival_of
+from nightjar_rl.decoding import DraftModelDrafter, NgramDrafter, Request, SpeculativeEngine
+from nightjar_rl.decoding.drafters.base import DraftProposal
+from nightjar_rl.hardware import HardwareProfile
+from nightjar_rl.models import tiny_random_model
+from nightjar_rl.policy import load_policy, make_policy, save_policy
+from nightjar_rl.policy.per_row import AdaptiveBudget
+from nightjar_rl.sim.engine import SimEngine, SyntheticAcceptance
+
+from .conftest import greedy_reference
+from .engines import make_engine
+from .test_sim_engine import CLOCK, requests, toy_trace
+
+# The hand case of tests/test_per_row.py: two rows whose drafted tokens were stated .9, .9 and .5, .5
+# (survivals [[.9, .81], [.5, .25]]), step costs T(B) = 10, 12, 13.5, 15.5, 17 ms for B = 0..4.
+STATED = [[0.9, 0.9], [0.5, 0.5]]
+COSTS = [10.0, 12.0, 13.5, 15.5, 17.0]
+
+
+def test_verified_lengths_on_the_hand_computed_case():
+    """E(B) = 2, 2.9, 3.71, 4.21, 4.46; E/T = .2, .24167, .27481, .27161, .26235 -> B* = 2, both slots to row
+    0. Flat costs keep every slot with a positive survival; a cost curve shorter than the slots caps B."""
+    np.testing.assert_allclose(survival_of(STATED), [[0.9, 0.81], [0.5, 0.25]])
+    plan = SpecPlan(default=2, verify_costs=COSTS)
+    assert plan.verified_lengths(STATED) == [2, 0]
+    assert SpecPlan(default=2, verify_costs=[1.0] * 5).verified_lengths(STATED) == [2, 2]
+    assert SpecPlan(default=2, verify_costs=[1.0] * 2).verified_lengths(STATED) == [1, 0]  # B <= 1
+    assert SpecPlan(default=2, verify_costs=[1.0] * 5).verified_lengths([[0.9, 0.0], []]) == [1, 0]  # 0: never
+    assert SpecPlan(default=2, verify_costs=[1.0, 100.0]).verified_lengths(STATED) == [0, 0]  # not worth a slot
+    assert SpecPlan(default=2).verified_lengths(STATED) == [2, 2]  # no costs: verify every draft
+    # ties go to the shallower slot, then the earlier row: equal confidences fill rows breadth-first
+    assert SpecPlan(default=2, verify_costs=[1.0] * 3).verified_lengths([[1.0, 1.0], [1.0, 1.0]]) == [1, 1]
+
+
+def test_plans_with_costs_round_trip_and_reject_bad_costs():
+    plan = SpecPlan.per_row({"a": 2}, default=1, verify_costs=COSTS)
+    assert SpecPlan.from_dict(plan.to_dict()) == plan and plan.to_dict()["verify_costs"] == COSTS
+    assert not SpecPlan(default=2, verify_costs=[1.0]).is_uniform and "verify_costs=<5 costs>" in repr(plan)
+    assert plan.capped({"a": 1}).verify_costs == plan.verify_costs
+    for bad, message in (([], "at least B = 0"), ([1.0, -2.0], "positive finite"), ([float("nan")], "positive finite"),
+                         ("12", "a list of step times"), ([True], "positive finite")):
+        with pytest.raises(PlanError, match=message):
+            SpecPlan(default=1, verify_costs=bad)
+
+
+class Recording(DraftModelDrafter):
+    """A draft model that keeps each step's whole proposal (before the plan's choice)."""
+
+    def propose(self, rows, lengths, slot_start, params, generator=None) -> DraftProposal:
+        self.last = super().propose(rows, lengths, slot_start, params, generator)
+        return self.last
+
+
+def test_the_draft_model_states_the_probability_of_each_token_it_proposes(tiny_target):
+    """Greedy: token j's confidence is the draft model's softmax probability of it given the row and the
+    drafts before it (checked against a full forward of the draft model without a cache)."""
+    draft = tiny_random_model(seed=1, num_layers=2)
+    drafter = Recording(draft)
+    engine = SpeculativeEngine(tiny_target, drafter, max_batch_size=2, max_seq_len=64, max_speculation=3)
+    prompt = [5, 9, 2, 7, 5, 9]
+    engine.submit(Request("a", prompt, 8))
+    engine.step(0)
+    row = list(engine.running[0].tokens)
+    engine.step(3)
+    proposal = drafter.last
+    assert len(proposal.confidences[0]) == len(proposal.tokens[0]) == 3
+    with torch.inference_mode():
+        for j, token in enumerate(proposal.tokens[0]):
+            probs = torch.softmax(draft(torch.tensor([row + proposal.tokens[0][:j]])).logits[0, -1].float(), -1)
+            assert int(probs.argmax()) == token
+            assert proposal.confidences[0][j] == pytest.approx(float(probs[token]), rel=1e-5)
+
+
+@pytest.mark.parametrize("draft", ["other", "early-exit"])
+def test_choosing_after_drafting_is_lossless_and_verifies_what_the_plan_chose(tiny_target, draft):
+    """Random cost curves over random plans: outputs equal plain greedy decoding, each row verifies
+    exactly `verified_lengths` of its stated confidences (capped at its budget), and the rest is counted
+    as unverified, not as drafted."""
+    model = tiny_random_model(seed=1, num_layers=2) if draft == "other" else None
+    engine = make_engine("standard", tiny_target, draft, max_batch_size=3, max_seq_len=128, max_speculation=4)
+    engine.drafter = Recording(model if model is not None else engine.drafter.model)
+    engine.drafter.setup(3, 128 + 4 + 1)
+    rng = random.Random(3)
+    reqs = [Request(f"r{i}", [rng.randrange(96) for _ in range(rng.randrange(3, 12))], rng.randrange(2, 20))
+            for i in range(6)]
+    for r in reqs:
+        engine.submit(r)
+    outputs, chose, left = {}, 0, 0
+    while engine.has_work:
+        rows = list(engine.running)
+        caps = [max(0, s.remaining - 1) for s in rows]  # verification never goes past a row's token budget
+        depth = rng.randrange(5)
+        costs = np.cumsum([rng.uniform(5, 10)] + [rng.uniform(0.0, 4.0) for _ in range(3 * depth)]).tolist()
+        plan = SpecPlan(default=depth, verify_costs=costs)
+        engine.drafter.last = None
+        stats = engine.step(plan)
+        if engine.drafter.last is not None:
+            assert stats.request_ids == [s.request_id for s in rows] and stats.plan == [depth] * len(rows)
+            stated = [c[:cap] for c, cap in zip(engine.drafter.last.confidences, caps)]
+            assert stats.drafted == plan.verified_lengths(stated)
+            assert stats.unverified == sum(map(len, stated)) - sum(stats.drafted)
+            chose += 1
+            left += stats.unverified
+        for s in engine.pop_finished():
+            outputs[s.request_id] = s.output_ids
+    assert outputs == {r.request_id: greedy_reference(tiny_target, r.prompt_ids, r.max_new_tokens) for r in reqs}
+    assert chose > 5 and left > 0  # the plans did choose, and left drafts out
+
+
+def test_engines_whose_drafter_states_no_confidences_refuse_such_plans(tiny_target, decoders):
+    plan = SpecPlan(default=2, verify_costs=COSTS)
+    ngram = SpeculativeEngine(tiny_target, NgramDrafter(), max_batch_size=2, max_seq_len=64, max_speculation=4)
+    parallel = make_engine("parallel", tiny_target, "early-exit", max_batch_size=2, max_seq_len=64, max_speculation=4)
+    decoders.append(parallel)
+    for engine in (ngram, parallel):
+        engine.submit(Request("a", [1, 2, 3], 5))
+        engine.step(0)
+        with pytest.raises(PlanError, match="states none"):
+            engine.step(plan)
+        assert engine.step(SpecPlan.per_row({"a": 1})).request_ids == ["a"]  # nothing ran: the engine goes on
+    plain = SimEngine(toy_trace(), CLOCK, max_batch_size=2, max_speculation=3)
+    assert not plain.states_confidences and not ngram.states_confidences
+    assert SpeculativeEngine(tiny_target, DraftModelDrafter(tiny_target), max_batch_size=1,
+                             max_seq_len=32).states_confidences
+
+
+def test_the_simulator_chooses_after_drafting_as_the_engine_does():
+    """Each row drafts its plan length (priced so) and verifies what `verified_lengths` picks from the
+    confidences its synthetic drafter stated: the same tokens and counts as a second simulator handed
+    those verified lengths as its per-row plan."""
+    synth = SyntheticAcceptance.from_dict({"rates": [0.8, 0.6, 0.5], "confidence_concentration": 0.5}, "ngram")
+    trace = toy_trace()
+    choosing = SimEngine(trace, CLOCK, max_batch_size=2, max_speculation=3, synthetic=synth, seed=2)
+    told = SimEngine(trace, CLOCK, max_batch_size=2, max_speculation=3, synthetic=synth, seed=2)
+    assert choosing.states_confidences
+    for r in requests(trace):
+        choosing.submit(r)
+        told.submit(r)
+    choosing.step(0), told.step(0)
+    rng = random.Random(0)
+    left = 0
+    while choosing.has_work:
+        rows = list(choosing.running)
+        depth = rng.randrange(1, 4)
+        plan = SpecPlan(default=depth, verify_costs=np.cumsum([20.0] + [rng.uniform(0, 12) for _ in range(2 * depth)]))
+        stated = [choosing.proposal_confidences()[s.request_id][: min(depth, s.remaining - 1)].tolist() for s in rows]
+        verified = plan.verified_lengths(stated)
+        a = choosing.step(plan)
+        b = told.step(SpecPlan.per_row({s.request_id: v for s, v in zip(rows, verified)}))
+        assert a.plan == [depth] * len(rows) and a.drafted == b.drafted == verified
+        assert (a.accepted, a.emitted, a.verify_time) == (b.accepted, b.emitted, b.verify_time)
+        assert a.unverified == sum(map(len, stated)) - sum(verified)
+        assert a.draft_time == pytest.approx(0.0005 * len(rows))  # every row drafted (looked up)
+        assert [s.tokens for s in choosing.running] == [s.tokens for s in told.running]
+        left += a.unverified
+    assert left > 0
+
+
+# ---- the allocator in adaptive verification's order ----------------------------------------------
+def draft_profile() -> HardwareProfile:
+    """2 rows: verify 10 ms at 1 token per row, 16 ms at 3 (linear between); a draft-model step 1 ms."""
+    return HardwareProfile({"2": {"1": 10.0, "3": 16.0}}, {"2": 1.0})
+
+
+def history_rows(alphas, confidence=None) -> RowBatch:
+    n = len(alphas)
+    return RowBatch(tuple(f"r{i}" for i in range(n)), np.array(alphas, float), np.ones(n, int), np.full(n, -1),
+                    np.zeros(n, int), np.full(n, 100), np.full(n, 10), confidence=confidence)
+
+
+def test_select_after_draft_on_a_hand_computed_case():
+    """Rows with histories .9 and .5, max_k 2, a draft model at 1 ms a step. Before drafting the allocator
+    allocates as usual: T(B) = draft (1 ms x the longest length) + verify, E/T = 2/10, 2.9/12.5, 3.71/15,
+    4.21/16.5, 4.46/18 = .2, .232, .2473, .2552, .2478 -> B* = 3, lengths [2, 1], so D = 2. Every row drafts 2, and the plan carries
+    T(B) with both draft steps paid: 2 + 10, 11.5, 13, 14.5, 16 = 12, 13.5, 15, 16.5, 18 ms. Confidences
+    stated while drafting ([.3, .3] and [.95, .9]: survivals .3, .09, .95, .855) then choose: gains 2,
+    2.95, 3.805, 4.105, 4.195 -> E/T .1667, .2185, .2537, .2488, .2331 -> B* = 2, both to row 1: the
+    row the history ranked last."""
+    policy = AdaptiveBudget(draft_profile(), 2, select_after_draft=True)
+    obs = Observation(np.zeros(obs_size(2), np.float32), history_rows([0.9, 0.5], confidence=[[0.1, 0.1], [0.1, 0.1]]))
+    plan = policy.predict(obs)  # stated confidences before drafting are not used: a live drafter has none then
+    assert plan.default == 2 and not plan.lengths and policy.last_budget == 3
+    np.testing.assert_allclose(plan.verify_costs, [12.0, 13.5, 15.0, 16.5, 18.0])
+    assert plan.verified_lengths([[0.3, 0.3], [0.95, 0.9]]) == [0, 2]
+    assert ",after draft" in policy.name and policy.params()["select_after_draft"] is True
+    # nothing worth drafting by history: a plain all-zero plan, no costs
+    cold = policy.predict(Observation(np.zeros(obs_size(2), np.float32), history_rows([0.01, 0.01])))
+    assert cold.max_length == 0 and cold.verify_costs is None
+    with pytest.raises(ValueError, match="cannot be combined"):
+        AdaptiveBudget(draft_profile(), 2, select_after_draft=True, tpot_slack=0.1)
+
+
+def test_an_after_draft_allocator_round_trips_and_serves_the_live_engine_losslessly(tiny_target, tmp_path):
+    policy = make_policy({"type": "adaptive_budget", "profile": draft_profile().to_dict(), "select_after_draft": True,
+                          "prior_acceptance": 0.9}, 2)
+    path = save_policy(policy, tmp_path / "after.json")
+    loaded = load_policy(path)
+    assert isinstance(loaded, AdaptiveBudget) and loaded.select_after_draft
+    from nightjar_rl.runtime.driver import serve
+
+    engine = SpeculativeEngine(tiny_target, DraftModelDrafter(tiny_target), max_batch_size=2, max_seq_len=64,
+                               max_speculation=2)
+    reqs = [Request("a", [4, 8, 15, 16, 23], 12), Request("b", [42, 4, 8], 10)]
+    result = serve(engine, reqs, k=loaded, progress=False)
+    assert result.outputs == {r.request_id: greedy_reference(tiny_target, r.prompt_ids, r.max_new_tokens) for r in reqs}
+    decoding = [s for s in result.steps if s.batch_size]
+    assert all(len(set(s.plan)) == 1 and s.unverified + sum(s.drafted) <= s.k * s.batch_size for s in decoding)
+    assert sum(s.unverified for s in decoding) > 0 and sum(sum(s.drafted) for s in decoding) > 0
