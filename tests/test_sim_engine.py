@@ -121,12 +121,12 @@ def test_draft_model_catch_up_is_charged_after_speculation_was_off():
     assert s.catchup_time == 0.0
 
 
-@pytest.mark.parametrize("layout, fed", [("padded", 20), ("packed", 10), ("mixed", 10)])
+@pytest.mark.parametrize("layout, fed", [("padded", 20), ("packed", 11), ("mixed", 11)])
 def test_draft_model_catch_up_is_priced_by_the_tokens_it_feeds(layout, fed):
     """Row a is in step (lag 1: it accepted none of its one draft), row b was just admitted (lag 11: prompt +
     first token). The catch-up pass feeds each row its lag but the last token: padded, every row at the
-    largest, 2 x 10 = 20 tokens (8 ms); packed and mixed, 0 + 10 = 10 tokens (4 ms), as the live engine
-    computes."""
+    largest, 2 x 10 = 20 tokens (8 ms); packed and mixed, 1 + 10 = 11 tokens (4.4 ms): a row with nothing
+    to feed still computes one position, as the live engine's packed forward does."""
     trace = toy_trace("draft")
     profile = HardwareProfile({"2": {"1": 10.0, "3": 14.0}}, {"2": 3.0}, draft_prefill_ms={"10": 4.0, "20": 8.0})
     engine = SimEngine(trace, profile, max_batch_size=2, max_speculation=MAX_K, verify_layout=layout)

@@ -16,6 +16,7 @@ from nightjar_rl.contracts.observation import Observation, RowBatch, obs_size
 from nightjar_rl.contracts.plan import survival_of
 from nightjar_rl.decoding import DraftModelDrafter, NgramDrafter, Request, SpeculativeEngine
 from nightjar_rl.decoding.drafters.base import DraftProposal
+from nightjar_rl.decoding.verify import SamplingParams
 from nightjar_rl.hardware import HardwareProfile
 from nightjar_rl.models import tiny_random_model
 from nightjar_rl.policy import load_policy, make_policy, save_policy
@@ -133,6 +134,11 @@ def test_engines_whose_drafter_states_no_confidences_refuse_such_plans(tiny_targ
         with pytest.raises(PlanError, match="states none"):
             engine.step(plan)
         assert engine.step(SpecPlan.per_row({"a": 1})).request_ids == ["a"]  # nothing ran: the engine goes on
+    sampling = SpeculativeEngine(tiny_target, DraftModelDrafter(tiny_target), max_batch_size=1, max_seq_len=32,
+                                 sampling=SamplingParams(temperature=0.8))
+    assert not sampling.states_confidences  # choosing by q(drawn token) would bias speculative sampling
+    with pytest.raises(ValueError, match="packed or mixed"):
+        AdaptiveBudget(draft_profile(), 2, layout="padded", select_after_draft=True)
     plain = SimEngine(toy_trace(), CLOCK, max_batch_size=2, max_speculation=3)
     assert not plain.states_confidences and not ngram.states_confidences
     assert SpeculativeEngine(tiny_target, DraftModelDrafter(tiny_target), max_batch_size=1,
@@ -169,6 +175,27 @@ def test_the_simulator_chooses_after_drafting_as_the_engine_does():
         assert [s.tokens for s in choosing.running] == [s.tokens for s in told.running]
         left += a.unverified
     assert left > 0
+
+
+def test_a_simulated_draft_model_choosing_after_drafting_stays_in_step():
+    """Priced as a draft model: every row drafts D = 2 per step (2 draft steps x 3 ms), verifies what the
+    plan chooses, and its draft cache keeps what it verified and kept, so after the first catch-up no
+    step pays one again (a row's lag stays <= 2), however few drafts were verified."""
+    synth = SyntheticAcceptance.from_dict({"rates": [0.8, 0.5], "confidence_concentration": 0.5}, "draft")
+    trace = toy_trace("draft")
+    profile = HardwareProfile({"2": {"1": 10.0, "3": 14.0}}, {"2": 3.0}, draft_prefill_ms={"10": 4.0, "20": 8.0})
+    engine = SimEngine(trace, profile, max_batch_size=2, max_speculation=3, synthetic=synth, seed=1)
+    for r in requests(trace):
+        engine.submit(r)
+    engine.step(0)
+    first = engine.step(SpecPlan(default=2, verify_costs=[10.0, 11.0, 12.0, 13.0, 14.0]))
+    assert first.catchup_time > 0  # the draft model never saw the prompts
+    steps = []
+    while engine.has_work:
+        steps.append(engine.step(SpecPlan(default=2, verify_costs=[10.0, 13.0, 16.0, 19.0, 22.0])))
+    assert steps and all(s.catchup_time == 0 for s in steps)
+    assert all(s.draft_time == pytest.approx(0.006) for s in steps)
+    assert sum(s.unverified for s in steps) > 0
 
 
 # ---- the allocator in adaptive verification's order ----------------------------------------------

@@ -12,7 +12,9 @@ verifies the B* best, where
 
     B* = argmax_B (rows + sum of the B largest survivals) / verify_costs[B]     (ties to the smaller B)
 
-(`SpecPlan.verified_lengths`). Only an engine whose drafter states confidences runs such a plan.
+(`SpecPlan.verified_lengths`). T(B) is the whole step's time, drafting all of the plan's lengths
+included; B never exceeds len(verify_costs) - 1. Only an engine whose drafter states confidences runs
+such a plan (greedy decoding only: under sampling the choice would depend on the tokens drawn).
 
 Validation happens where the plan meets the batch (`resolve`): every length is an int in
 [0, max_speculation] and every named request is running; anything else is a `PlanError` (a

@@ -161,7 +161,9 @@ class SpeculativeEngine(ScheduledEngine):
 
     @property
     def states_confidences(self) -> bool:
-        return self.drafter is not None and self.drafter.states_confidences
+        """Greedy only: under sampling, choosing a draft by the probability of the token drawn for it
+        would bias which tokens get verified, and speculative sampling would no longer be exact."""
+        return self.drafter is not None and self.drafter.states_confidences and self.sampling.greedy
 
     def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats,
                 selecting: SpecPlan | None = None) -> None:

@@ -109,6 +109,9 @@ class AdaptiveBudget(Policy):
         if select_after_draft and tpot_slack is not None:
             raise ValueError("select_after_draft and tpot_slack cannot be combined (the guard needs the slots "
                              "before drafting)")
+        if select_after_draft and layout == "padded":
+            raise ValueError("select_after_draft needs a packed or mixed layout: a padded pass costs the same "
+                             "whichever drafts it verifies")
         self.select_after_draft = select_after_draft
         self._memo: dict = {}
         self.last_budget = 0  # B* of the last per-row decision (for inspection)

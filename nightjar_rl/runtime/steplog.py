@@ -8,7 +8,7 @@ prefill_time, model_time, overhead_time (s), reward (nan unless learning), and w
 for fitting a clock model to it (`nightjar-rl profile --from-steps`): scored_tokens (positions the
 verify pass scored), context (longest cached row), prefill_padded_tokens, drafting_rows (rows with a
 plan length > 0), verify_layout (how the executor laid the forwards out: what scored_tokens and
-prefill_padded_tokens count).
+prefill_padded_tokens count), unverified (drafts a plan choosing by confidence left out; not in drafted).
 """
 
 from __future__ import annotations

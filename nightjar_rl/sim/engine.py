@@ -18,8 +18,9 @@ catch-up after k = 0 is charged as in the live engine. Only time is modelled:
     draft    = k_max x draft_ms(B) (draft model) or D x ngram_lookup_ms_per_row (n-gram, SSSD;
                D = rows with a plan length > 0)
     catch-up = draft_prefill_ms(the tokens the catch-up pass computes) when the largest lag exceeds 2:
-               B x (largest lag - 1) when padded, the sum of (lag - 1) over the rows when packed or mixed
-               (each row feeds the tokens its draft cache misses but the last, as the live engine does)
+               B x (largest lag - 1) when padded, the sum of max(1, lag - 1) over the rows when packed or
+               mixed (each row feeds the tokens its draft cache misses but the last, a row with none one
+               dummy position, as the live engine's forward does)
     verify   = verify_ms(B, tokens per row, context = longest row, `StepStats.context`), tokens per row by layout:
                padded: 1 + max drafted; packed (default), mixed: (B + sum drafted) / B (the live engine's
                `verify_layout` padded / packed; `scored_tokens` is what the layout computes)
@@ -254,6 +255,9 @@ class SimEngine(ScheduledEngine):
 
     @property
     def states_confidences(self) -> bool:
+        """Whenever the synthetic drafter states confidences, whatever kind it is priced as: for a model-free
+        kind that is a what-if (a drafter stating, say, a suffix tree's frequencies); the live n-gram
+        drafter states none."""
         return self.synthetic is not None and self.synthetic.confidence_concentration is not None
 
     def _verified(self, rows: list[Sequence], lengths: list[int], plan: SpecPlan, stats: StepStats) -> list[int]:
@@ -299,7 +303,7 @@ class SimEngine(ScheduledEngine):
             if draft_model:
                 row_lag = len(seq.tokens) - row.synced
                 lag = max(lag, row_lag)
-                behind += row_lag - 1
+                behind += max(1, row_lag - 1)  # a row with nothing to feed still computes one (dummy) position
                 row.synced = len(seq.tokens) + min(a, k_max - 1)  # what the draft's cache holds after commit
             shadow = table[at + full]  # full information: the whole proposal
             if shadow > cap:

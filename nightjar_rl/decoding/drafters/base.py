@@ -33,9 +33,9 @@ class DraftProposal:
         cut = [min(n, len(t)) for n, t in zip(lengths, self.tokens)]
         return DraftProposal(
             tokens=[t[:n] for t, n in zip(self.tokens, cut)],
-            probs=[p if p is None or n == 0 else p[:n] for p, n in zip(self.probs, cut)],
+            probs=[None if p is None or n == 0 else p[:n] for p, n in zip(self.probs, cut)],
             confidences=None if self.confidences is None else [c[:n] for c, n in zip(self.confidences, cut)],
-            draft_time=self.draft_time, catchup_time=self.catchup_time, extra=self.extra,
+            draft_time=self.draft_time, catchup_time=self.catchup_time, extra=dict(self.extra),
         )
 
 

@@ -119,8 +119,8 @@ class VLLMEngine:
         plan = SpecPlan.coerce(plan)
         plan.check(self.max_speculation, (s.request_id for s in self.running))
         if plan.verify_costs is not None:
-            raise PlanError("vLLM's n-gram drafter states no confidences: a plan cannot choose its drafts by them "
-                            "(verify_costs)")
+            raise PlanError("vLLM's drafter states no confidences to this backend: a plan cannot choose its drafts "
+                            "by them (verify_costs)")
         self.scheduler.plan = SpecPlan(plan.default, {self._internal[r]: k for r, k in plan.lengths.items()})
         before = self.scheduler.last_stats
         start = time.perf_counter()

@@ -43,7 +43,7 @@ import numpy as np
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus
 
-from nightjar_rl.contracts import SpecPlan
+from nightjar_rl.contracts import PlanError, SpecPlan
 from nightjar_rl.contracts.observation import ObservationTracker
 from nightjar_rl.decoding.drafters.acceptance import agreement
 from nightjar_rl.decoding.layouts import MIXED_LAYOUT
@@ -133,6 +133,9 @@ class NightjarScheduler(Scheduler):
             obs = self.tracker.vector(batch, queue)
             action = self.runtime.policy.predict(obs, deterministic=not self.runtime.learn)
             plan = action if isinstance(action, SpecPlan) else SpecPlan.uniform(int(action))
+            if plan.verify_costs is not None:  # not silently dropped
+                raise PlanError(f"{getattr(self.runtime.policy, 'name', 'the policy')} chose drafts by confidence (verify_costs), which vLLM's "
+                                "drafters do not state here")
             self._credit.append((obs, action if isinstance(action, SpecPlan) else int(action)))
         self.decisions.append((batch, min(plan.max_length, self.max_k)))
         return plan
