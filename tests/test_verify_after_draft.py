@@ -200,14 +200,16 @@ def test_a_simulated_draft_model_choosing_after_drafting_stays_in_step():
 
 # ---- the allocator in adaptive verification's order ----------------------------------------------
 def draft_profile() -> HardwareProfile:
-    """2 rows: verify 10 ms at 1 token per row, 16 ms at 3 (linear between); a draft-model step 1 ms."""
-    return HardwareProfile({"2": {"1": 10.0, "3": 16.0}}, {"2": 1.0})
+    """2 rows: verify 10 ms at 1 token per row, 16 ms at 3 (linear between); a draft-model step 1 ms; a
+    draft-model pass over n tokens (its catch-up) 0.4 n ms."""
+    return HardwareProfile({"2": {"1": 10.0, "3": 16.0}}, {"2": 1.0}, draft_prefill_ms={"1": 0.4, "20": 8.0})
 
 
-def history_rows(alphas, confidence=None) -> RowBatch:
+def history_rows(alphas, confidence=None, lag=(1, 1)) -> RowBatch:
+    """Rows of 10 tokens, by default in step with the draft model (lag 1: nothing to catch up)."""
     n = len(alphas)
     return RowBatch(tuple(f"r{i}" for i in range(n)), np.array(alphas, float), np.ones(n, int), np.full(n, -1),
-                    np.zeros(n, int), np.full(n, 100), np.full(n, 10), confidence=confidence)
+                    np.zeros(n, int), np.full(n, 100), np.full(n, 10), confidence=confidence, lag=list(lag))
 
 
 def test_select_after_draft_on_a_hand_computed_case():
@@ -232,6 +234,55 @@ def test_select_after_draft_on_a_hand_computed_case():
         AdaptiveBudget(draft_profile(), 2, select_after_draft=True, tpot_slack=0.1)
 
 
+def test_a_draft_model_behind_pays_its_catch_up_in_the_allocators_step_time():
+    """The rows above, but row 0 is 16 tokens behind the draft model (it never drafted for it, or speculation
+    was off): before any drafting the draft model feeds 15 + 1 = 16 positions (packed: row 1, in step, still
+    computes one), 0.4 x 16 = 6.4 ms, paid by every B > 0: T = 10, 12.5 + 6.4, 15 + 6.4, 16.5 + 6.4, 18 + 6.4
+    -> E/T = .2, .1534, .1734, .1838, .1828 -> B* = 0: not worth drafting this step. Without the catch-up
+    (`price_catchup: false`) B* = 3 as above. Padded: 2 x 15 = 30 positions."""
+    from nightjar_rl.decoding.layouts import catchup_tokens
+
+    assert catchup_tokens([16, 1], "packed") == 16 and catchup_tokens([16, 1], "padded") == 30
+    assert catchup_tokens([2, 1, 2], "packed") == 0  # a normal round leaves lags of 1 or 2: nothing to catch up
+    behind = history_rows([0.9, 0.5], lag=(16, 1))
+    policy = AdaptiveBudget(draft_profile(), 2)
+    assert policy.catchup_ms(behind) == pytest.approx(6.4)
+    lengths, budget, ratios = policy.allocate(behind.survival(2, 0.5), None, policy.catchup_ms(behind))
+    np.testing.assert_allclose(ratios, [2 / 10, 2.9 / 18.9, 3.71 / 21.4, 4.21 / 22.9, 4.46 / 24.4])
+    assert budget == 0 and lengths.tolist() == [0, 0]
+    obs = Observation(np.zeros(obs_size(2), np.float32), behind)
+    assert policy.predict(obs).max_length == 0
+    blind = AdaptiveBudget(draft_profile(), 2, price_catchup=False)
+    assert blind.catchup_ms(behind) == 0.0 and blind.predict(obs) == SpecPlan.per_row({"r0": 2, "r1": 1})
+    assert "no catch-up" in blind.name and blind.params()["price_catchup"] is False
+    lookups = AdaptiveBudget(draft_profile(), 2, drafting="lookup")  # a model-free drafter never lags
+    assert lookups.catchup_ms(behind) == 0.0
+
+
+def test_the_row_tracker_follows_the_draft_models_lag():
+    """A row the draft model never drafted for lags by its whole length; a drafting step leaves it its
+    emitted tokens less the kept drafts the draft cached (at most k - 1); steps at k = 0 add what they emit."""
+    from nightjar_rl.contracts.observation import RowTracker
+    from nightjar_rl.decoding.sequence import Request, Sequence
+    from nightjar_rl.decoding.stats import StepStats
+
+    seq = Sequence(Request("a", list(range(6)), 20), list(range(7)))  # prompt 6 + first token
+    tracker = RowTracker(max_k=3)
+    assert tracker.batch([seq]).lag.tolist() == [7]  # never drafted: the whole row
+    tracker.observe_step(StepStats(step=1, k=3, batch_size=1, num_waiting=0, num_prefilled=0, request_ids=["a"],
+                                   plan=[3], drafted=[3], accepted=[3], emitted=[4]))
+    seq.tokens += [1, 2, 3, 4]
+    assert tracker.batch([seq]).lag.tolist() == [2]  # cached 2 of the 3 kept drafts: 4 - 2
+    tracker.observe_step(StepStats(step=2, k=0, batch_size=1, num_waiting=0, num_prefilled=0, request_ids=["a"],
+                                   plan=[0], drafted=[0], accepted=[0], emitted=[1]))
+    seq.tokens += [5]
+    assert tracker.batch([seq]).lag.tolist() == [3]  # k = 0: the draft model did not run
+    tracker.observe_step(StepStats(step=3, k=2, batch_size=1, num_waiting=0, num_prefilled=0, request_ids=["a"],
+                                   plan=[2], drafted=[2], accepted=[0], emitted=[1], finished_ids=[]))
+    seq.tokens += [6]
+    assert tracker.batch([seq]).lag.tolist() == [1]
+
+
 def test_an_after_draft_allocator_round_trips_and_serves_the_live_engine_losslessly(tiny_target, tmp_path):
     policy = make_policy({"type": "adaptive_budget", "profile": draft_profile().to_dict(), "select_after_draft": True,
                           "prior_acceptance": 0.9}, 2)
@@ -248,3 +299,26 @@ def test_an_after_draft_allocator_round_trips_and_serves_the_live_engine_lossles
     decoding = [s for s in result.steps if s.batch_size]
     assert all(len(set(s.plan)) == 1 and s.unverified + sum(s.drafted) <= s.k * s.batch_size for s in decoding)
     assert sum(s.unverified for s in decoding) > 0 and sum(sum(s.drafted) for s in decoding) > 0
+
+
+def test_the_tracked_lag_is_the_live_draft_models(tiny_target):
+    """Random k per step (0 included), random budgets, rows joining and leaving: before every step the
+    tracker's `lag` equals what the draft model's catch-up would feed each row (its tokens less what its
+    cache holds, as `DraftModelDrafter.propose` computes it)."""
+    from nightjar_rl.contracts.observation import RowTracker
+    from nightjar_rl.decoding.drafters.draft_model import SYNCED
+
+    engine = SpeculativeEngine(tiny_target, DraftModelDrafter(tiny_random_model(seed=1, num_layers=2)),
+                               max_batch_size=3, max_seq_len=128, max_speculation=3)
+    rng = random.Random(5)
+    for i in range(7):
+        engine.submit(Request(f"r{i}", [rng.randrange(96) for _ in range(rng.randrange(3, 9))], rng.randrange(2, 14)))
+    tracker, checked = RowTracker(max_k=3), 0
+    while engine.has_work:
+        rows = list(engine.running)
+        lag = tracker.batch(rows).lag.tolist()
+        assert lag == [len(s.tokens) - min(s.state.get(SYNCED, 0), len(s.tokens) - 1) for s in rows]
+        checked += len(rows)
+        tracker.observe_step(engine.step(rng.choice([0, 0, 1, 2, 3])))
+        engine.pop_finished()
+    assert checked > 20

@@ -174,20 +174,23 @@ class RowBatch:
     position = _Column(int)  # output tokens generated so far
     remaining = _Column(int)  # output budget left (tokens)
     context = _Column(int)  # tokens in the row (prompt + output)
+    lag = _Column(int)  # tokens of the row a draft model's cache lacks (what its catch-up feeds); context if never drafted
 
     def __init__(self, request_ids: Sequence[str], acceptance: Sequence[float], samples: Sequence[int],
                  proposal: Sequence[int], position: Sequence[int], remaining: Sequence[int],
-                 context: Sequence[int], depth_counts: tuple | None = None, confidence=None):
+                 context: Sequence[int], depth_counts: tuple | None = None, confidence=None, lag=None):
         """Columns as lists or arrays (not copied: hand in values nothing changes later), or functions
         of no arguments that return one (called on first read; `depth_counts` and `confidence` too).
         `depth_counts`, behind `depth_rates`: (per row (raw successes [max_k], raw trials [max_k],
         scale) as `DepthCounts.state_at` gives them, the batch-wide (successes [max_k], trials
         [max_k]), the prior weight w); None: geometric acceptance. `confidence`, behind `confidences`:
         [rows, depth] the drafter's own probability that each token of the row's next proposal is
-        accepted given the ones before it (nan where it gives none); None: no drafter confidences."""
+        accepted given the ones before it (nan where it gives none); None: no drafter confidences.
+        `lag`: None, every row's whole context (a draft model that never drafted for it)."""
         self.request_ids = tuple(request_ids)
         self._given = {"acceptance": acceptance, "samples": samples, "proposal": proposal, "position": position,
-                       "remaining": remaining, "context": context}
+                       "remaining": remaining, "context": context,
+                       "lag": lag if lag is not None else (lambda: self._given_value("context"))}
         self.depth_counts = depth_counts
         self.confidence = confidence
 
@@ -425,6 +428,8 @@ class RowTracker:
         self._depth_samples = [[depth_sample(d, a, max_k) for a in range(d + 1)] for d in range(max_k + 1)]
 
     def reset(self) -> None:
+        self.synced: dict[str, int] = {}  # tokens of each row a draft model's cache holds (rows it drafted for)
+        self._lag_after: dict[str, int] = {}  # the last step's drafting rows: their lag after it (to `synced`)
         self.rows: dict[str, tuple[float, float, int, DepthCounts, int]] = {}
         self.depths: tuple[tuple[float, ...], tuple[float, ...]] = ((0.0,) * self.max_k, (0.0,) * self.max_k)
         self._unseen = (0.0, 0.0, 0, DepthCounts(self.max_k, self.decay), 0)  # a row not decoded yet
@@ -451,8 +456,15 @@ class RowTracker:
             rows[rid] = (decay * successes + a, decay * trials + a + (a < d), samples + 1, depth, held)
         if reached:
             self.depths = fold_depth_samples(self.depths, reached, self.global_decay)
+        k = getattr(stats, "k", 0)
+        if k > 0 and stats.batch_size:  # a draft model drafted for every decoded row: its cache now holds
+            # the row but its last token, less the drafts it kept past the k - 1 it cached (the engine's sync)
+            self._lag_after = {rid: max(1, e - min(a, k - 1))
+                               for rid, e, a in zip(getattr(stats, "request_ids", ()), stats.emitted, stats.accepted)}
         for rid in getattr(stats, "finished_ids", ()):
             rows.pop(rid, None)
+            self.synced.pop(rid, None)
+            self._lag_after.pop(rid, None)
 
     def batch(self, running, proposals: dict[str, int] | None = None,
               confidences: dict[str, Sequence[float]] | None = None) -> RowBatch:
@@ -467,6 +479,13 @@ class RowTracker:
         entries = [get(rid, unseen) for rid in ids]
         context = [len(seq.tokens) for seq in running]
         nan, batch_wide, w = math.nan, self.depths, self.prior_weight
+        if self._lag_after:  # the rows a draft model just drafted for: synced up to their length less their lag
+            after, synced = self._lag_after, self.synced
+            for rid, n in zip(ids, context):
+                if rid in after:
+                    synced[rid] = n - after[rid]
+            self._lag_after = {}
+        held_sync = [self.synced.get(rid, 0) for rid in ids]
 
         def acceptance() -> list[float]:  # `AcceptanceEstimate.value`; nan: unknown
             return [e[0] / e[1] if e[1] > 0 else nan for e in entries]
@@ -487,8 +506,11 @@ class RowTracker:
         if confidences:  # the rows' arrays are read when the batch is (the drafter must not change them in place)
             held = [confidences.get(rid) for rid in ids]  # taken now: the drafter's dict moves on next step
             confidence = partial(_confidence_matrix, held, self.max_k)
+        def lag() -> list[int]:  # as the draft model's catch-up computes it
+            return [n - s for n, s in zip(context, held_sync)]
+
         return RowBatch(ids, acceptance, samples, [proposals.get(rid, -1) for rid in ids], position, remaining,
-                        context, depth_counts, confidence)
+                        context, depth_counts, confidence, lag)
 
 
 def _confidence_matrix(held: list, depth: int) -> np.ndarray:

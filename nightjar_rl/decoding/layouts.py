@@ -11,6 +11,19 @@ SIM_LAYOUTS = {**VERIFY_LAYOUTS, MIXED_LAYOUT: "packed, with the step's admitted
                                                "unified step; simulator only: the vLLM twin's pricing)"}
 
 
+def catchup_tokens(lags, layout: str) -> int:
+    """Positions a draft model's catch-up pass computes, given each row's lag (tokens of the row its
+    cache lacks, >= 1): none unless some lag exceeds 2 (a normal drafting round leaves 1 or 2); else each
+    row feeds its lag but the last token, padded to the largest when `padded`, and a row with nothing to
+    feed still computes one position when packed (`mixed` alike)."""
+    largest = max(lags, default=0)
+    if largest <= 2:
+        return 0
+    if layout == "padded":
+        return len(lags) * (largest - 1)
+    return sum(lag - 1 if lag > 2 else 1 for lag in lags)
+
+
 def prices_alike(fitted: str, priced: str) -> bool:
     """Whether a profile fitted to `fitted` steps prices `priced` steps as it was fitted: the same layout,
     or packed steps priced as the unified step (packed and mixed count scored and prefill tokens alike; the

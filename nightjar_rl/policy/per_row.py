@@ -24,7 +24,10 @@ per-row features the runtime's driver puts on the observation (`obs.rows`, a
 
   draft_ms prices the drafter (`drafting`, the engine's; by default the profile's, see
   `HardwareProfile.drafting_kind`): a draft model drafts every row max-length times
-  (`draft_model_time_ms`), a model-free drafter looks up the rows that draft (`lookup_time_ms`).
+  (`draft_model_time_ms`), a model-free drafter looks up the rows that draft (`lookup_time_ms`). A
+  draft model that fell behind (rows new to it, or steps it did not draft) first catches up, so any
+  B > 0 also pays draft_prefill_ms(`layouts.catchup_tokens` of the rows' `lag`): Nightjar's switching
+  cost, in the step it is paid (`price_catchup: false` leaves it out).
 
   With `select_after_draft` the allocator follows adaptive verification's order instead: every row
   drafts the longest length of the history-based allocation, and the plan hands the engine the step's
@@ -57,7 +60,7 @@ import numpy as np
 from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.contracts.plan import slot_order
 from nightjar_rl.contracts.observation import RowBatch, obs_field, rows_of
-from nightjar_rl.decoding.layouts import VERIFY_LAYOUTS
+from nightjar_rl.decoding.layouts import VERIFY_LAYOUTS, catchup_tokens
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.hardware import DRAFT_MODEL, HardwareProfile
 from nightjar_rl.policy.bandits import NightjarBandit
@@ -90,7 +93,8 @@ class AdaptiveBudget(Policy):
 
     def __init__(self, profile: HardwareProfile | Mapping | str | Path, max_k: int, prior_acceptance: float = 0.5,
                  layout: str = "packed", max_budget: int | None = None, tpot_slack: float | None = None,
-                 confidence: bool = True, drafting: str | None = None, select_after_draft: bool = False):
+                 confidence: bool = True, drafting: str | None = None, select_after_draft: bool = False,
+                 price_catchup: bool = True):
         super().__init__(max_k)
         self.profile = as_profile(profile)
         self.drafting = drafting
@@ -113,17 +117,30 @@ class AdaptiveBudget(Policy):
             raise ValueError("select_after_draft needs a packed or mixed layout: a padded pass costs the same "
                              "whichever drafts it verifies")
         self.select_after_draft = select_after_draft
+        if not isinstance(price_catchup, bool):
+            raise ValueError(f"price_catchup must be true or false, got {price_catchup!r}")
+        self.price_catchup = price_catchup
         self._memo: dict = {}
         self.last_budget = 0  # B* of the last per-row decision (for inspection)
 
     # ---- the formula ---------------------------------------------------------------------------
-    def step_ms(self, rows: int, drafted: int, longest: int, drafting: int, context: float | None) -> float:
+    def step_ms(self, rows: int, drafted: int, longest: int, drafting: int, context: float | None,
+                catchup_ms: float = 0.0) -> float:
         """T: predicted step time of `rows` rows, `drafted` draft tokens in all, the longest row's
-        `longest`, `drafting` rows with a length > 0 (module docs)."""
+        `longest`, `drafting` rows with a length > 0, plus `catchup_ms` when anything is drafted (module
+        docs)."""
         p = self.profile
         scored = rows + drafted if self.layout == "packed" else rows * (1 + longest)
-        draft = p.plan_draft_time_ms(rows, longest, drafting, self.priced_as)
+        draft = p.plan_draft_time_ms(rows, longest, drafting, self.priced_as) + (catchup_ms if longest else 0.0)
         return draft + self._verify_ms(rows, scored, context) + p.overhead_time_ms(rows)
+
+    def catchup_ms(self, rows: RowBatch) -> float:
+        """A draft model's catch-up before it drafts this step: one draft pass over what its cache lacks
+        (`layouts.catchup_tokens` of the rows' lags), priced by the profile's draft prefill; 0 for
+        lookups or without `price_catchup`."""
+        if not (self.draft_model and self.price_catchup):
+            return 0.0
+        return self.profile.draft_prefill_time_ms(catchup_tokens(rows.column_list("lag"), self.layout))
 
     @property
     def draft_model(self) -> bool:
@@ -142,7 +159,8 @@ class AdaptiveBudget(Policy):
         ctxs, ms = curve
         return float(np.interp(context, ctxs, ms))  # linear between contexts, clamped: as the profile
 
-    def allocate(self, survival: np.ndarray, context: float | None = None) -> tuple[np.ndarray, int, np.ndarray]:
+    def allocate(self, survival: np.ndarray, context: float | None = None,
+                 catchup_ms: float = 0.0) -> tuple[np.ndarray, int, np.ndarray]:
         """(lengths per row, B*, E(B)/T(B) for B = 0..B_max) for a [rows, max_k] survival matrix; budgets
         the `tpot_slack` guard rules out have ratio -inf."""
         rows, depth = survival.shape
@@ -154,7 +172,8 @@ class AdaptiveBudget(Policy):
         level = order[:top] % depth  # depth of each slot as it is handed out: the row's length becomes level + 1
         longest = np.concatenate([[0], np.maximum.accumulate(level + 1)])
         drafting = np.concatenate([[0], np.cumsum(level == 0)])
-        times = np.array([self.step_ms(rows, b, int(longest[b]), int(drafting[b]), context) for b in range(top + 1)])
+        times = np.array([self.step_ms(rows, b, int(longest[b]), int(drafting[b]), context, catchup_ms)
+                          for b in range(top + 1)])
         ratios = gains / times
         if self.tpot_slack is not None:
             ratios[times / self.least_row_tokens(order[:top] // depth, flat[:top], rows)
@@ -189,7 +208,7 @@ class AdaptiveBudget(Policy):
             return 0
         if self.select_after_draft:
             return self.after_draft_plan(rows)
-        lengths, self.last_budget, _ = self.allocate(*self.row_inputs(rows))
+        lengths, self.last_budget, _ = self.allocate(*self.row_inputs(rows), self.catchup_ms(rows))
         return row_plan(rows, lengths)
 
     def after_draft_plan(self, rows: RowBatch) -> SpecPlan:
@@ -199,12 +218,13 @@ class AdaptiveBudget(Policy):
         engine verifies the B* best drafts by the confidences the drafter states as it drafts
         (`SpecPlan.verify_costs`; the drafting of all D tokens is in every T(B))."""
         survival, context = rows.survival(self.max_k, self.prior_acceptance, False), float(rows.context.max() - 1)
-        lengths, self.last_budget, _ = self.allocate(survival, context)
+        catchup = self.catchup_ms(rows)
+        lengths, self.last_budget, _ = self.allocate(survival, context, catchup)
         depth, batch = int(lengths.max()), len(rows)
         if depth == 0:
             return row_plan(rows, lengths)
         most = batch * depth if self.max_budget is None else min(batch * depth, self.max_budget)
-        costs = [self.step_ms(batch, b, depth, batch, context) for b in range(most + 1)]
+        costs = [self.step_ms(batch, b, depth, batch, context, catchup) for b in range(most + 1)]
         return SpecPlan(default=depth, verify_costs=costs)
 
     def row_inputs(self, rows: RowBatch) -> tuple[np.ndarray, float]:
@@ -216,14 +236,15 @@ class AdaptiveBudget(Policy):
     def params(self) -> dict:
         return {"profile": self.profile.to_dict(), "prior_acceptance": self.prior_acceptance, "layout": self.layout,
                 "max_budget": self.max_budget, "tpot_slack": self.tpot_slack, "confidence": self.confidence,
-                "drafting": self.drafting, "select_after_draft": self.select_after_draft}
+                "drafting": self.drafting, "select_after_draft": self.select_after_draft,
+                "price_catchup": self.price_catchup}
 
     @property
     def name(self) -> str:
         guard = "" if self.tpot_slack is None else f",tpot_slack={self.tpot_slack:g}"
         blind = "" if self.confidence else ",no confidences"
         priced = "" if self.drafting is None else f",drafting={self.drafting}"
-        after = ",after draft" if self.select_after_draft else ""
+        after = (",after draft" if self.select_after_draft else "") + ("" if self.price_catchup else ",no catch-up")
         return f"adaptive_budget({self.profile.model}@{self.profile.device},{self.layout}{guard}{blind}{priced}{after})"
 
 

@@ -17,9 +17,9 @@ catch-up after k = 0 is charged as in the live engine. Only time is modelled:
                pass, vLLM's unified step: its weight reads are not repeated)
     draft    = k_max x draft_ms(B) (draft model) or D x ngram_lookup_ms_per_row (n-gram, SSSD;
                D = rows with a plan length > 0)
-    catch-up = draft_prefill_ms(the tokens the catch-up pass computes) when the largest lag exceeds 2:
-               B x (largest lag - 1) when padded, the sum of max(1, lag - 1) over the rows when packed or
-               mixed (each row feeds the tokens its draft cache misses but the last, a row with none one
+    catch-up = draft_prefill_ms(`layouts.catchup_tokens`) when the largest lag exceeds 2: B x (largest
+               lag - 1) when padded, the sum of max(1, lag - 1) over the rows when packed or mixed
+               (each row feeds the tokens its draft cache misses but the last, a row with none one
                dummy position, as the live engine's forward does)
     verify   = verify_ms(B, tokens per row, context = longest row, `StepStats.context`), tokens per row by layout:
                padded: 1 + max drafted; packed (default), mixed: (B + sum drafted) / B (the live engine's
@@ -54,7 +54,13 @@ import numpy as np
 
 from nightjar_rl.contracts.plan import SpecPlan
 from nightjar_rl.decoding.drafters.registry import drafter_kind
-from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, MIXED_LAYOUT, SIM_LAYOUTS, prices_alike
+from nightjar_rl.decoding.layouts import (
+    DEFAULT_VERIFY_LAYOUT,
+    MIXED_LAYOUT,
+    SIM_LAYOUTS,
+    catchup_tokens,
+    prices_alike,
+)
 from nightjar_rl.decoding.scheduler import ScheduledEngine, Scheduler
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
@@ -282,7 +288,7 @@ class SimEngine(ScheduledEngine):
         batch, k_max, full = len(rows), stats.k, self.max_speculation  # stats.k: the largest length
         width = self._width
         draft_model = self.draft_model and k_max > 0  # the draft model runs the whole batch k_max times
-        lag = behind = 0  # the largest lag of the draft's cache, and the sum of (lag - 1)
+        lags = []  # each row's lag of the draft's cache (draft model)
         ids, drafted, accepted, emitted, shadow_drafted, shadow_accepted = [], [], [], [], [], []
         proposals = self._proposals
         # bound appends and comparisons, not min(): this loop is the simulator's hot path
@@ -301,9 +307,7 @@ class SimEngine(ScheduledEngine):
             if a > d:
                 a = d
             if draft_model:
-                row_lag = len(seq.tokens) - row.synced
-                lag = max(lag, row_lag)
-                behind += max(1, row_lag - 1)  # a row with nothing to feed still computes one (dummy) position
+                lags.append(len(seq.tokens) - row.synced)
                 row.synced = len(seq.tokens) + min(a, k_max - 1)  # what the draft's cache holds after commit
             shadow = table[at + full]  # full information: the whole proposal
             if shadow > cap:
@@ -349,8 +353,8 @@ class SimEngine(ScheduledEngine):
         if k_max > 0:
             stats.draft_time = (self._seconds("draft", batch, k_max) if self.draft_model
                                 else self._seconds("lookup", batch - planned.count(0)))
-            if draft_model and lag > 2:
-                fed = batch * (lag - 1) if self.verify_layout == "padded" else behind
+            fed = catchup_tokens(lags, self.verify_layout) if draft_model else 0
+            if fed:
                 stats.catchup_time = self._seconds("catchup", fed)
         stats.verify_tokens = 1 + max_drafted
         stats.scored_tokens = self.scored_size(batch, max_drafted, total_drafted)  # what the live engine computes
