@@ -8,11 +8,14 @@ Reports, per draft:
   - calibration: acceptance by confidence decile (of tokens whose predecessors were accepted), the
     Brier score, and the AUC of confidence for acceptance;
   - selection: the drafted slots each step verified, ranked by survival (product of the row's stated
-    confidences: what `SpecPlan.verify_costs` selects by) or by depth (every row alike, what a history-
-    only allocator can do): tokens gained when the top 25 / 50 / 75% of each step's slots are verified.
+    confidences: what `SpecPlan.verify_costs` selects by), by calibrated survival (each confidence
+    replaced by the acceptance of its (depth, confidence decile) cell, fitted on the other half of the
+    steps), or by depth (every row alike, what a history-only allocator can do): tokens kept when the
+    top 25 / 50 / 75% of each step's slots are verified.
 Token outcomes only: nothing is timed, so the machine's load does not matter.
 
     python experiments/draft_confidence.py --out-dir runs/draft_confidence
+    python experiments/draft_confidence.py --tokens runs/draft_confidence/tokens.csv --out-dir D  # re-analyse
     python experiments/draft_confidence.py --quick --out-dir /tmp/dc      # seconds: tiny random model
 """
 
@@ -89,25 +92,50 @@ def calibration(tokens: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     return table, summary
 
 
+def calibrated(tokens: pd.DataFrame) -> pd.Series:
+    """Each token's acceptance given its depth and stated-confidence decile, fitted on the other half of
+    the steps (odd / even: cross-fitted), shrunk towards that half's overall rate (weight 2 tokens)."""
+    seen, ok = tokens["outcome"] != "unseen", tokens["outcome"] == "accepted"
+    edges = np.quantile(tokens.loc[seen, "confidence"], np.linspace(0, 1, 11)[1:-1])
+    cell = tokens["depth"].astype(str) + ":" + pd.Series(np.searchsorted(edges, tokens["confidence"]),
+                                                          index=tokens.index).astype(str)
+    fold = tokens["step"] % 2
+    out = pd.Series(np.nan, index=tokens.index)
+    for f in (0, 1):
+        train, test = seen & (fold != f), fold == f
+        overall = ok[train].mean()
+        rate = (ok[train].groupby(cell[train]).sum() + 2 * overall) / (cell[train].groupby(cell[train]).size() + 2)
+        out[test] = cell[test].map(rate).fillna(overall)
+    return out
+
+
 def selection(tokens: pd.DataFrame) -> dict:
-    """Per step, the top share of its drafted slots by survival vs by depth: accepted tokens they keep
-    (a row keeps min(slots verified, tokens accepted)), summed over steps, as a ratio."""
-    gained = {share: [0, 0] for share in SHARES}
+    """Per step, the top share of its drafted slots by survival, by calibrated survival and by depth:
+    accepted tokens they keep (a row keeps min(slots verified, tokens accepted)), summed over steps;
+    each ranking's total over the depth ranking's."""
+    tokens = tokens.assign(calibrated=calibrated(tokens))
+    kinds = ("confidence", "calibrated", "depth")
+    kept = {share: dict.fromkeys(kinds, 0) for share in SHARES}
     for _, step in tokens.groupby("step"):
         rows = list(dict.fromkeys(step["request_id"]))
-        conf = [step.loc[step["request_id"] == r, "confidence"].tolist() for r in rows]
-        accepted = np.array([(step.loc[step["request_id"] == r, "outcome"] == "accepted").sum() for r in rows])
-        survival = survival_of(conf)
-        depth_rank = np.where(survival > 0, 1.0 / (1 + np.arange(survival.shape[1]))[None, :], 0.0)  # by depth only
+        by_row = [step[step["request_id"] == r] for r in rows]
+        accepted = np.array([(part["outcome"] == "accepted").sum() for part in by_row])
+        survival = survival_of([part["confidence"].tolist() for part in by_row])
+        rankings = {"confidence": survival, "calibrated": survival_of([part["calibrated"].tolist() for part in by_row]),
+                    "depth": np.where(survival > 0, 1.0 / (1 + np.arange(survival.shape[1]))[None, :], 0.0)}
         total = int((survival > 0).sum())
         for share in SHARES:
             budget = int(round(share * total))
-            for i, ranking in enumerate((survival, depth_rank)):
+            for kind, ranking in rankings.items():
                 verified = np.bincount(slot_order(ranking)[:budget] // survival.shape[1], minlength=len(rows))
-                gained[share][i] += int(np.minimum(verified, accepted).sum())
-    return {f"tokens_top{int(share * 100)}_confidence_vs_depth": (c / d if d else float("nan"))
-            for share, (c, d) in gained.items()} | {f"tokens_top{int(share * 100)}": f"{c} vs {d}"
-                                                   for share, (c, d) in gained.items()}
+                kept[share][kind] += int(np.minimum(verified, accepted).sum())
+    out = {}
+    for share, got in kept.items():
+        top = f"top{int(share * 100)}"
+        for kind in ("confidence", "calibrated"):
+            out[f"kept_{top}_{kind}_vs_depth"] = got[kind] / got["depth"] if got["depth"] else float("nan")
+        out[f"kept_{top}"] = " / ".join(f"{kind} {got[kind]}" for kind in kinds)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,8 +148,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tokens", help="a tokens.csv of an earlier run: analyse it again instead of serving")
     ap.add_argument("--out-dir", default="runs/draft_confidence")
     a = quickmode.parse_args(ap, QUICK, argv)
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if a.tokens:
+        analyse(pd.read_csv(a.tokens), a, out)
+        return
     target = load_model(a.model, "float32")
     vocab = target.model.config.vocab_size
     pool = PromptPool.build({"path": a.workload, "sample": a.num_requests, "seed": a.seed}, target.tokenizer, vocab,
@@ -129,27 +163,34 @@ def main(argv: list[str] | None = None) -> None:
     picks = np.random.default_rng(a.seed).permutation(len(pool))[: a.num_requests]  # all at t = 0, batch-size at a time
     requests = build_requests([pool.token_ids[i] for i in picks], [pool.ids[i] for i in picks], np.zeros(len(picks)),
                               [a.max_new_tokens] * len(picks))
-    out = Path(a.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokens, tables, rows = [], [], []
+    tokens = []
     for draft in a.drafts.split(","):
         drafter = RecordingDrafter(load_draft_model(draft, target, "float32", None), "native")
         engine = SpeculativeEngine(target.model, drafter, max_batch_size=a.batch_size, max_seq_len=512,
                                    max_speculation=a.k, eos_token_ids=target.eos_token_ids)
         result = serve(engine, requests, k=a.k, desc=draft)
-        table = token_table(result.steps, drafter.proposals, draft)
-        calib, summary = calibration(table)
+        tokens.append(token_table(result.steps, drafter.proposals, draft).assign(
+            workload=a.workload, k=a.k, requests=len(requests), seed=a.seed))
+    table = pd.concat(tokens, ignore_index=True)
+    write_table(table, out / "tokens.csv")
+    analyse(table, a, out)
+
+
+def analyse(table: pd.DataFrame, a: argparse.Namespace, out: Path) -> None:
+    """Calibration and selection per draft of a token table; writes calibration.csv and summary.csv."""
+    tables, rows = [], []
+    for draft, part in table.groupby("draft", sort=False):
+        calib, summary = calibration(part)
         calib.insert(0, "draft", draft)
-        tokens.append(table)
         tables.append(calib)
-        rows.append(dict(draft=draft, workload=a.workload, k=a.k, requests=len(requests), seed=a.seed, **summary,
-                         **selection(table)))
+        first = part.iloc[0]
+        rows.append(dict(draft=draft, **{key: first[key] for key in ("workload", "k", "requests", "seed") if key in part},
+                         **summary, **selection(part)))
         print(pd.DataFrame([rows[-1]]).T.to_string(header=False))
-    write_table(pd.concat(tokens, ignore_index=True), out / "tokens.csv")
     write_table(pd.concat(tables, ignore_index=True), out / "calibration.csv")
     write_table(pd.DataFrame(rows), out / "summary.csv")
     print(pd.concat(tables, ignore_index=True).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"wrote {out}/tokens.csv, calibration.csv, summary.csv")
+    print(f"wrote {out}/calibration.csv, summary.csv")
 
 
 if __name__ == "__main__":
