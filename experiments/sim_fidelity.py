@@ -80,7 +80,7 @@ from nightjar_rl.io import atomic_write_json
 from nightjar_rl.policy import make_policy
 from nightjar_rl.policy.artifact import load_policy, save_policy
 from nightjar_rl.hardware import HardwareProfile
-from nightjar_rl.sim.calibrate import calibrate, predicted_ms, steps_frame
+from nightjar_rl.sim.calibrate import CalibrationError, calibrate, predicted_ms, steps_frame
 
 METRICS = {"throughput_tok_s": 0.05, "tpot_p50_s": 0.05, "ttft_p50_s": 0.10}
 PER_REQUEST = ["drafted", "accepted", "decode_steps", "output_tokens"]
@@ -151,7 +151,12 @@ def fitted_twin(steps: pd.DataFrame, live_scn, sim_scn, run: Path):
     print(result.summary())
     drift = [{"fit": "all seeds", "priced_s": predicted_ms(steps, HardwareProfile.from_dict(result.profile))["wall"].sum() / 1e3}]
     for seed, part in steps.groupby("seed"):
-        profile = HardwareProfile.from_dict(calibrate(part, **meta).profile)
+        try:
+            profile = HardwareProfile.from_dict(calibrate(part, **meta).profile)
+        except CalibrationError as exc:  # one seed's steps may be too few to fit alone (a short run)
+            print(f"calibration drift: seed {seed} not fitted alone: {exc}")
+            drift.append({"fit": f"seed {seed}", "priced_s": float("nan")})
+            continue
         drift.append({"fit": f"seed {seed}", "priced_s": predicted_ms(steps, profile)["wall"].sum() / 1e3})
     drift_df = pd.DataFrame(drift).assign(measured_s=steps["wall_time"].sum())
     drift_df["vs_all_seeds"] = drift_df["priced_s"] / drift_df["priced_s"].iloc[0] - 1
