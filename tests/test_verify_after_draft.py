@@ -205,11 +205,11 @@ def draft_profile() -> HardwareProfile:
     return HardwareProfile({"2": {"1": 10.0, "3": 16.0}}, {"2": 1.0}, draft_prefill_ms={"1": 0.4, "20": 8.0})
 
 
-def history_rows(alphas, confidence=None, lag=(1, 1)) -> RowBatch:
-    """Rows of 10 tokens, by default in step with the draft model (lag 1: nothing to catch up)."""
+def history_rows(alphas, confidence=None, lag=(1, 1), context=(20, 20), remaining=(100, 100)) -> RowBatch:
+    """Rows of 20 tokens, by default in step with the draft model (lag 1: nothing to catch up)."""
     n = len(alphas)
     return RowBatch(tuple(f"r{i}" for i in range(n)), np.array(alphas, float), np.ones(n, int), np.full(n, -1),
-                    np.zeros(n, int), np.full(n, 100), np.full(n, 10), confidence=confidence, lag=list(lag))
+                    np.zeros(n, int), np.array(remaining), np.array(context), confidence=confidence, lag=list(lag))
 
 
 def test_select_after_draft_on_a_hand_computed_case():
@@ -235,8 +235,8 @@ def test_select_after_draft_on_a_hand_computed_case():
 
 
 def test_a_draft_model_behind_pays_its_catch_up_in_the_allocators_step_time():
-    """The rows above, but row 0 is 16 tokens behind the draft model (it never drafted for it, or speculation
-    was off): before any drafting the draft model feeds 15 + 1 = 16 positions (packed: row 1, in step, still
+    """The rows above, but row 0 is 16 tokens behind the draft model (speculation was off for 15 steps):
+    before any drafting the draft model feeds 15 + 1 = 16 positions (packed: row 1, in step, still
     computes one), 0.4 x 16 = 6.4 ms, paid by every B > 0: T = 10, 12.5 + 6.4, 15 + 6.4, 16.5 + 6.4, 18 + 6.4
     -> E/T = .2, .1534, .1734, .1838, .1828 -> B* = 0: not worth drafting this step. Without the catch-up
     (`price_catchup: false`) B* = 3 as above. Padded: 2 x 15 = 30 positions."""
@@ -257,6 +257,13 @@ def test_a_draft_model_behind_pays_its_catch_up_in_the_allocators_step_time():
     assert "no catch-up" in blind.name and blind.params()["price_catchup"] is False
     lookups = AdaptiveBudget(draft_profile(), 2, drafting="lookup")  # a model-free drafter never lags
     assert lookups.catchup_ms(behind) == 0.0
+    # a fresh row (lag = its whole context of 16: the draft model never drafted for it, 60 tokens to go)
+    # computes one position in the pass and adds its prompt's share per step, 15 / 60 = 0.25: the switching
+    # part is catchup_tokens([1, 1]) = 0 (nothing beyond a normal round); 0.25 tokens cost the profile's
+    # smallest pass, 0.4 ms (its table starts at one token)
+    fresh = history_rows([0.9, 0.5], lag=(16, 1), context=(16, 20), remaining=(60, 100))
+    assert policy.catchup_ms(fresh) == pytest.approx(0.4)
+    assert policy.predict(Observation(np.zeros(obs_size(2), np.float32), fresh)).max_length == 2  # it drafts
 
 
 def test_the_row_tracker_follows_the_draft_models_lag():

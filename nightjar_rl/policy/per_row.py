@@ -25,9 +25,10 @@ per-row features the runtime's driver puts on the observation (`obs.rows`, a
   draft_ms prices the drafter (`drafting`, the engine's; by default the profile's, see
   `HardwareProfile.drafting_kind`): a draft model drafts every row max-length times
   (`draft_model_time_ms`), a model-free drafter looks up the rows that draft (`lookup_time_ms`). A
-  draft model that fell behind (rows new to it, or steps it did not draft) first catches up, so any
-  B > 0 also pays draft_prefill_ms(`layouts.catchup_tokens` of the rows' `lag`): Nightjar's switching
-  cost, in the step it is paid (`price_catchup: false` leaves it out).
+  draft model that fell behind first catches up, so any B > 0 also pays draft_prefill_ms of it: in full
+  for the steps it was off (`layouts.catchup_tokens` of the rows' `lag`: Nightjar's switching cost), and
+  for a row new to it, whose prompt any drafting policy feeds once, a share per step of the row's
+  remaining tokens (`catchup_ms`; `price_catchup: false` leaves it all out).
 
   With `select_after_draft` the allocator follows adaptive verification's order instead: every row
   drafts the longest length of the history-based allocation, and the plan hands the engine the step's
@@ -135,12 +136,19 @@ class AdaptiveBudget(Policy):
         return draft + self._verify_ms(rows, scored, context) + p.overhead_time_ms(rows)
 
     def catchup_ms(self, rows: RowBatch) -> float:
-        """A draft model's catch-up before it drafts this step: one draft pass over what its cache lacks
-        (`layouts.catchup_tokens` of the rows' lags), priced by the profile's draft prefill; 0 for
-        lookups or without `price_catchup`."""
+        """A draft model's catch-up before it drafts this step, priced by the profile's draft prefill; 0
+        for lookups or without `price_catchup`. A row the draft model already drafted for (lag < its
+        context) lags by the steps it was off: that switching cost counts in full (`layouts.catchup_tokens`).
+        A fresh row (lag = its whole context) must have its prompt fed once by any policy that ever
+        drafts for it, so it counts as its share per step of its remaining tokens, (lag - 1) / remaining,
+        besides its one position in the pass: else every admission would look like a reason not to draft,
+        and the lags (hence the price) would only grow while it does not."""
         if not (self.draft_model and self.price_catchup):
             return 0.0
-        return self.profile.draft_prefill_time_ms(catchup_tokens(rows.column_list("lag"), self.layout))
+        lags, contexts, remaining = rows.column_list("lag"), rows.column_list("context"), rows.column_list("remaining")
+        switching = [1 if lag >= n else lag for lag, n in zip(lags, contexts)]
+        fresh = sum((lag - 1) / max(1, left) for lag, n, left in zip(lags, contexts, remaining) if lag >= n)
+        return self.profile.draft_prefill_time_ms(catchup_tokens(switching, self.layout) + fresh)
 
     @property
     def draft_model(self) -> bool:
