@@ -329,3 +329,13 @@ def test_the_tracked_lag_is_the_live_draft_models(tiny_target):
         tracker.observe_step(engine.step(rng.choice([0, 0, 1, 2, 3])))
         engine.pop_finished()
     assert checked > 20
+
+
+def test_after_drafting_a_model_free_drafter_drafts_only_the_rows_the_history_allocates():
+    """Lookups are paid per drafting row: with histories .9 and .05 the allocation drafts row 0 only, so
+    only row 0 drafts D and the costs price one drafting row (a draft model would draft both)."""
+    profile = HardwareProfile({"2": {"1": 10.0, "3": 16.0}}, ngram_lookup_ms_per_row=0.5)
+    policy = AdaptiveBudget(profile, 2, select_after_draft=True, drafting="lookup")
+    plan = policy.predict(Observation(np.zeros(obs_size(2), np.float32), history_rows([0.9, 0.05])))
+    assert plan.lengths == {"r0": 2, "r1": 0} and plan.default == 0
+    np.testing.assert_allclose(plan.verify_costs, [10.5, 12.0, 13.5])  # verify 10, 11.5, 13 ms (packed) + 0.5 ms lookup

@@ -220,20 +220,25 @@ class AdaptiveBudget(Policy):
         return row_plan(rows, lengths)
 
     def after_draft_plan(self, rows: RowBatch) -> SpecPlan:
-        """Adaptive verification's order (`select_after_draft`): every row drafts D tokens, D the longest
-        length of the allocation from the rows' acceptance history (stated confidences are not known
-        before drafting), and the plan carries T(B) for B = 0..rows x D verified drafts so that the
+        """Adaptive verification's order (`select_after_draft`): rows draft D tokens, D the longest length
+        of the allocation from the rows' acceptance history (stated confidences are not known before
+        drafting), and the plan carries T(B) for B = 0..(drafting rows) x D verified drafts so that the
         engine verifies the B* best drafts by the confidences the drafter states as it drafts
-        (`SpecPlan.verify_costs`; the drafting of all D tokens is in every T(B))."""
+        (`SpecPlan.verify_costs`; the drafting is in every T(B)). A draft model drafts every row D tokens
+        for the price of the longest, so every row drafts; a model-free drafter pays per drafting row,
+        so only the rows the allocation drafts do."""
         survival, context = rows.survival(self.max_k, self.prior_acceptance, False), float(rows.context.max() - 1)
         catchup = self.catchup_ms(rows)
         lengths, self.last_budget, _ = self.allocate(survival, context, catchup)
         depth, batch = int(lengths.max()), len(rows)
         if depth == 0:
             return row_plan(rows, lengths)
-        most = batch * depth if self.max_budget is None else min(batch * depth, self.max_budget)
-        costs = [self.step_ms(batch, b, depth, batch, context, catchup) for b in range(most + 1)]
-        return SpecPlan(default=depth, verify_costs=costs)
+        drafting = batch if self.draft_model else int((lengths > 0).sum())
+        most = drafting * depth if self.max_budget is None else min(drafting * depth, self.max_budget)
+        costs = [self.step_ms(batch, b, depth, drafting, context, catchup) for b in range(most + 1)]
+        if self.draft_model:
+            return SpecPlan(default=depth, verify_costs=costs)
+        return SpecPlan.per_row(dict(zip(rows.request_ids, np.where(lengths > 0, depth, 0).tolist())), verify_costs=costs)
 
     def row_inputs(self, rows: RowBatch) -> tuple[np.ndarray, float]:
         """(survival [rows, max_k], context) of `rows` for `allocate`: survival at `prior_acceptance` where
