@@ -49,6 +49,7 @@ class RecordingDrafter(DraftModelDrafter):
         self.proposals: list = []
 
     def propose(self, rows, lengths, slot_start, params, generator=None):
+        self.wants_confidences = True  # stated at every k, not only for plans that choose by them
         proposal = super().propose(rows, lengths, slot_start, params, generator)
         self.proposals.append(proposal.confidences)
         return proposal

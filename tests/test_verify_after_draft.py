@@ -60,9 +60,11 @@ def test_plans_with_costs_round_trip_and_reject_bad_costs():
 
 
 class Recording(DraftModelDrafter):
-    """A draft model that keeps each step's whole proposal (before the plan's choice)."""
+    """A draft model that keeps each step's whole proposal (before the plan's choice), and states its
+    confidences whether or not the plan chooses by them."""
 
     def propose(self, rows, lengths, slot_start, params, generator=None) -> DraftProposal:
+        self.wants_confidences = True
         self.last = super().propose(rows, lengths, slot_start, params, generator)
         return self.last
 
@@ -80,6 +82,12 @@ def test_the_draft_model_states_the_probability_of_each_token_it_proposes(tiny_t
     engine.step(3)
     proposal = drafter.last
     assert len(proposal.confidences[0]) == len(proposal.tokens[0]) == 3
+    plain = DraftModelDrafter(draft)  # not asked (no plan choosing by them): no softmax, no confidences
+    plain_engine = SpeculativeEngine(tiny_target, plain, max_batch_size=2, max_seq_len=64, max_speculation=3)
+    plain_engine.submit(Request("a", prompt, 8))
+    plain_engine.step(0)
+    plain_engine.step(3)
+    assert not plain.wants_confidences
     with torch.inference_mode():
         for j, token in enumerate(proposal.tokens[0]):
             probs = torch.softmax(draft(torch.tensor([row + proposal.tokens[0][:j]])).logits[0, -1].float(), -1)

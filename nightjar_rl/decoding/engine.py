@@ -170,6 +170,8 @@ class SpeculativeEngine(ScheduledEngine):
         """One decoding round for `rows` (consecutive slots from rows[0].slot)."""
         if not rows:
             return
+        if self.drafter is not None:
+            self.drafter.wants_confidences = selecting is not None  # only then worth a softmax per draft step
         proposal = self._propose(rows, lengths, stats)
         if selecting is not None and proposal is not None and proposal.confidences is not None:
             proposal = self._select(rows, proposal, selecting, stats)

@@ -43,7 +43,8 @@ class Drafter:
     """Base drafter. Subclasses implement `propose`; the rest are hooks with no-op defaults."""
 
     name = "base"
-    states_confidences = False  # True: `propose` fills `DraftProposal.confidences` (plans may select by them)
+    states_confidences = False  # True: `propose` can fill `DraftProposal.confidences` (plans may select by them)
+    wants_confidences = False  # set by the engine for a round whose plan selects by them (they cost a softmax)
 
     def propose(
         self, rows: list[Sequence], lengths: list[int], slot_start: int, params: SamplingParams, generator=None

@@ -1,7 +1,8 @@
 """A separate (smaller) model drafts tokens autoregressively, with its own KV cache.
 
-It states a confidence for every token it proposes: the draft model's probability of that token
-(the top probability under greedy decoding), which a plan may use to choose what to verify.
+It states a confidence for every token it proposes when asked (`wants_confidences`, set by the engine
+for a round whose plan chooses what to verify by them): the draft model's probability of that token
+(the top probability under greedy decoding).
 
 Its cache is kept in step with accepted tokens. While speculation is off (k = 0) it is not run,
 so it falls behind; the next time it drafts it first catches up by feeding the missing tokens in
@@ -41,16 +42,20 @@ class DraftModelDrafter(Drafter):
         return self.runner.model_time if self.runner is not None else 0.0
 
     def _next(self, logits: torch.Tensor, params: SamplingParams,
-              generator) -> tuple[list[int], torch.Tensor | None, list[float]]:
-        """(next token per row, q per row (None when greedy), the draft's probability of each token)."""
+              generator) -> tuple[list[int], torch.Tensor | None, list[float] | None]:
+        """(next token per row, q per row (None when greedy), the draft's probability of each token when
+        `wants_confidences`, else None)."""
         if params.greedy:
             tokens = logits.argmax(-1, keepdim=True)
+            if not self.wants_confidences:
+                return tokens.squeeze(1).tolist(), None, None
             logits = logits.float()
             return tokens.squeeze(1).tolist(), None, (logits.gather(1, tokens).squeeze(1)
                                                       - torch.logsumexp(logits, dim=-1)).exp().tolist()
         probs = probs_from_logits(logits, params)
         tokens = torch.multinomial(probs, 1, generator=generator)
-        return tokens.squeeze(1).tolist(), probs, probs.gather(1, tokens).squeeze(1).tolist()
+        stated = probs.gather(1, tokens).squeeze(1).tolist() if self.wants_confidences else None
+        return tokens.squeeze(1).tolist(), probs, stated
 
     def propose(self, rows: list[Sequence], lengths: list[int], slot_start: int, params: SamplingParams,
                 generator=None):
@@ -74,14 +79,15 @@ class DraftModelDrafter(Drafter):
         tokens, probs, confident = self._next(logits, params, generator)
         drafts = [[t] for t in tokens]
         dists = [[p] for p in probs] if probs is not None else None
-        confidences = [[c] for c in confident]
+        confidences = [[c] for c in confident] if confident is not None else None
         base = [len(seq.tokens) for seq in rows]
         for j in range(1, k):
             logits = runner.forward(slot_start, [[d[-1]] for d in drafts], [b + j - 1 for b in base], last_only=True)
             tokens, probs, confident = self._next(logits, params, generator)
             for i, t in enumerate(tokens):
                 drafts[i].append(t)
-                confidences[i].append(confident[i])
+                if confidences is not None:
+                    confidences[i].append(confident[i])
                 if dists is not None:
                     dists[i].append(probs[i])
         t2 = now(device)
@@ -91,7 +97,7 @@ class DraftModelDrafter(Drafter):
             tokens=[d[:n] for d, n in zip(drafts, lengths)],
             probs=[torch.stack(d[:n]) if n else None for d, n in zip(dists, lengths)] if dists is not None
             else [None] * len(rows),
-            confidences=[c[:n] for c, n in zip(confidences, lengths)],
+            confidences=[c[:n] for c, n in zip(confidences, lengths)] if confidences is not None else None,
             draft_time=t2 - t_catchup,
             catchup_time=t_catchup - t0,
             extra={"draft_k": k},
