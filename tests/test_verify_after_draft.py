@@ -265,37 +265,12 @@ def test_a_draft_model_behind_pays_its_catch_up_in_the_allocators_step_time():
     assert "no catch-up" in blind.name and blind.params()["price_catchup"] is False
     lookups = AdaptiveBudget(draft_profile(), 2, drafting="lookup")  # a model-free drafter never lags
     assert lookups.catchup_ms(behind) == 0.0
-    # a fresh row (lag = its whole context of 16: the draft model never drafted for it, 60 tokens to go)
-    # computes one position in the pass and adds its prompt's share per step, 15 / 60 = 0.25: the switching
-    # part is catchup_tokens([1, 1]) = 0 (nothing beyond a normal round); 0.25 tokens cost the profile's
-    # smallest pass, 0.4 ms (its table starts at one token)
-    fresh = history_rows([0.9, 0.5], lag=(16, 1), context=(16, 20), remaining=(60, 100))
-    assert policy.catchup_ms(fresh) == pytest.approx(0.4)
+    # a fresh row (lag = its whole context of 16: the draft model never drafted for it, 5 tokens to go):
+    # the pass runs, one position per row (2), plus the fresh prompt's share per step, 15 / 5 = 3:
+    # 5 positions, 2 ms; T = 10, 14.5, 17, 18.5, 20 -> E/T .2, .2, .2182, .2276, .223: it still drafts
+    fresh = history_rows([0.9, 0.5], lag=(16, 1), context=(16, 20), remaining=(5, 100))
+    assert policy.catchup_ms(fresh) == pytest.approx(2.0)
     assert policy.predict(Observation(np.zeros(obs_size(2), np.float32), fresh)).max_length == 2  # it drafts
-
-
-def test_the_row_tracker_follows_the_draft_models_lag():
-    """A row the draft model never drafted for lags by its whole length; a drafting step leaves it its
-    emitted tokens less the kept drafts the draft cached (at most k - 1); steps at k = 0 add what they emit."""
-    from nightjar_rl.contracts.observation import RowTracker
-    from nightjar_rl.decoding.sequence import Request, Sequence
-    from nightjar_rl.decoding.stats import StepStats
-
-    seq = Sequence(Request("a", list(range(6)), 20), list(range(7)))  # prompt 6 + first token
-    tracker = RowTracker(max_k=3)
-    assert tracker.batch([seq]).lag.tolist() == [7]  # never drafted: the whole row
-    tracker.observe_step(StepStats(step=1, k=3, batch_size=1, num_waiting=0, num_prefilled=0, request_ids=["a"],
-                                   plan=[3], drafted=[3], accepted=[3], emitted=[4]))
-    seq.tokens += [1, 2, 3, 4]
-    assert tracker.batch([seq]).lag.tolist() == [2]  # cached 2 of the 3 kept drafts: 4 - 2
-    tracker.observe_step(StepStats(step=2, k=0, batch_size=1, num_waiting=0, num_prefilled=0, request_ids=["a"],
-                                   plan=[0], drafted=[0], accepted=[0], emitted=[1]))
-    seq.tokens += [5]
-    assert tracker.batch([seq]).lag.tolist() == [3]  # k = 0: the draft model did not run
-    tracker.observe_step(StepStats(step=3, k=2, batch_size=1, num_waiting=0, num_prefilled=0, request_ids=["a"],
-                                   plan=[2], drafted=[2], accepted=[0], emitted=[1], finished_ids=[]))
-    seq.tokens += [6]
-    assert tracker.batch([seq]).lag.tolist() == [1]
 
 
 def test_an_after_draft_allocator_round_trips_and_serves_the_live_engine_losslessly(tiny_target, tmp_path):
@@ -316,29 +291,6 @@ def test_an_after_draft_allocator_round_trips_and_serves_the_live_engine_lossles
     assert sum(s.unverified for s in decoding) > 0 and sum(sum(s.drafted) for s in decoding) > 0
 
 
-def test_the_tracked_lag_is_the_live_draft_models(tiny_target):
-    """Random k per step (0 included), random budgets, rows joining and leaving: before every step the
-    tracker's `lag` equals what the draft model's catch-up would feed each row (its tokens less what its
-    cache holds, as `DraftModelDrafter.propose` computes it)."""
-    from nightjar_rl.contracts.observation import RowTracker
-    from nightjar_rl.decoding.drafters.draft_model import SYNCED
-
-    engine = SpeculativeEngine(tiny_target, DraftModelDrafter(tiny_random_model(seed=1, num_layers=2)),
-                               max_batch_size=3, max_seq_len=128, max_speculation=3)
-    rng = random.Random(5)
-    for i in range(7):
-        engine.submit(Request(f"r{i}", [rng.randrange(96) for _ in range(rng.randrange(3, 9))], rng.randrange(2, 14)))
-    tracker, checked = RowTracker(max_k=3), 0
-    while engine.has_work:
-        rows = list(engine.running)
-        lag = tracker.batch(rows).lag.tolist()
-        assert lag == [len(s.tokens) - min(s.state.get(SYNCED, 0), len(s.tokens) - 1) for s in rows]
-        checked += len(rows)
-        tracker.observe_step(engine.step(rng.choice([0, 0, 1, 2, 3])))
-        engine.pop_finished()
-    assert checked > 20
-
-
 def test_after_drafting_a_model_free_drafter_drafts_only_the_rows_the_history_allocates():
     """Lookups are paid per drafting row: with histories .9 and .05 the allocation drafts row 0 only, so
     only row 0 drafts D and the costs price one drafting row (a draft model would draft both)."""
@@ -347,3 +299,53 @@ def test_after_drafting_a_model_free_drafter_drafts_only_the_rows_the_history_al
     plan = policy.predict(Observation(np.zeros(obs_size(2), np.float32), history_rows([0.9, 0.05])))
     assert plan.lengths == {"r0": 2, "r1": 0} and plan.default == 0
     np.testing.assert_allclose(plan.verify_costs, [10.5, 12.0, 13.5])  # verify 10, 11.5, 13 ms (packed) + 0.5 ms lookup
+
+
+def test_the_engines_report_the_lag_their_catch_up_feeds(tiny_target):
+    """`draft_lags()` before a step predicts the step's catch-up: on the live engine a catch-up pass runs
+    exactly when a decoded row lags by more than 2 (random k, 0 included, rows joining and leaving), and
+    the simulator charges draft_prefill_ms(`catchup_tokens` of the reported lags). The observation carries
+    them (`RowBatch.lag`; 1 where nothing is reported)."""
+    from nightjar_rl.contracts.observation import ObservationBuilder
+    from nightjar_rl.decoding.layouts import catchup_tokens
+
+    engine = SpeculativeEngine(tiny_target, DraftModelDrafter(tiny_target), max_batch_size=3, max_seq_len=128,
+                               max_speculation=3)
+    rng = random.Random(5)
+    for i in range(7):
+        engine.submit(Request(f"r{i}", [rng.randrange(96) for _ in range(rng.randrange(3, 9))], rng.randrange(2, 14)))
+    caught = skipped = 0
+    while engine.has_work:
+        lags = engine.draft_lags() or {}
+        rows = [s.request_id for s in engine.running]
+        assert set(lags) == set(rows) and all(lag >= 1 for lag in lags.values())
+        assert ObservationBuilder(3).observation(engine.running, 0, lags=lags).rows.lag.tolist() == [lags[r] for r in rows]
+        k = rng.choice([0, 0, 1, 2, 3])
+        stats = engine.step(k)
+        decoded = [lags[r] for r in stats.request_ids if r in lags]
+        if k and decoded:
+            assert (stats.catchup_time > 0) == (max(decoded) > 2)
+            caught += stats.catchup_time > 0
+            skipped += stats.catchup_time == 0
+        engine.pop_finished()
+    assert caught and skipped
+    ngram = SpeculativeEngine(tiny_target, NgramDrafter(), max_batch_size=1, max_seq_len=32)
+    ngram.submit(Request("a", [1, 2, 3], 4))
+    ngram.step(0)
+    assert ngram.draft_lags() is None
+    assert ObservationBuilder(3).observation(ngram.running, 0).rows.lag.tolist() == [1]
+
+    synth = SyntheticAcceptance.from_dict({"rates": [0.8, 0.5]}, "draft")
+    trace = toy_trace("draft")
+    profile = HardwareProfile({"2": {"1": 10.0, "3": 14.0}}, {"2": 3.0}, draft_prefill_ms={"1": 0.4, "20": 8.0})
+    sim = SimEngine(trace, profile, max_batch_size=2, max_speculation=3, synthetic=synth, seed=1)
+    for r in requests(trace):
+        sim.submit(r)
+    charged = 0
+    for k in [0, 2, 0, 0, 1, 0, 3, 2]:
+        lags = sim.draft_lags()
+        stats = sim.step(k)
+        fed = catchup_tokens([lags[r] for r in stats.request_ids], "packed") if k and stats.request_ids else 0
+        assert stats.catchup_time == pytest.approx(profile.draft_prefill_time_ms(fed) / 1000 if fed else 0.0)
+        charged += fed > 0
+    assert charged >= 2 and SimEngine(toy_trace(), CLOCK, max_batch_size=2, max_speculation=3).draft_lags() is None

@@ -174,7 +174,7 @@ class RowBatch:
     position = _Column(int)  # output tokens generated so far
     remaining = _Column(int)  # output budget left (tokens)
     context = _Column(int)  # tokens in the row (prompt + output)
-    lag = _Column(int)  # tokens of the row a draft model's cache lacks (what its catch-up feeds); context if never drafted
+    lag = _Column(int)  # tokens of the row a draft model's cache lacks (its catch-up feeds all but the last); 1: none
 
     def __init__(self, request_ids: Sequence[str], acceptance: Sequence[float], samples: Sequence[int],
                  proposal: Sequence[int], position: Sequence[int], remaining: Sequence[int],
@@ -186,11 +186,11 @@ class RowBatch:
         [max_k]), the prior weight w); None: geometric acceptance. `confidence`, behind `confidences`:
         [rows, depth] the drafter's own probability that each token of the row's next proposal is
         accepted given the ones before it (nan where it gives none); None: no drafter confidences.
-        `lag`: None, every row's whole context (a draft model that never drafted for it)."""
+        `lag`: as the engine reports it (`engine.draft_lags()`); None: 1 for every row (nothing to catch up)."""
         self.request_ids = tuple(request_ids)
         self._given = {"acceptance": acceptance, "samples": samples, "proposal": proposal, "position": position,
                        "remaining": remaining, "context": context,
-                       "lag": lag if lag is not None else (lambda: self._given_value("context"))}
+                       "lag": lag if lag is not None else (lambda: [1] * len(self.request_ids))}
         self.depth_counts = depth_counts
         self.confidence = confidence
 
@@ -428,8 +428,6 @@ class RowTracker:
         self._depth_samples = [[depth_sample(d, a, max_k) for a in range(d + 1)] for d in range(max_k + 1)]
 
     def reset(self) -> None:
-        self.synced: dict[str, int] = {}  # tokens of each row a draft model's cache holds (rows it drafted for)
-        self._lag_after: dict[str, int] = {}  # the last step's drafting rows: their lag after it (to `synced`)
         self.rows: dict[str, tuple[float, float, int, DepthCounts, int]] = {}
         self.depths: tuple[tuple[float, ...], tuple[float, ...]] = ((0.0,) * self.max_k, (0.0,) * self.max_k)
         self._unseen = (0.0, 0.0, 0, DepthCounts(self.max_k, self.decay), 0)  # a row not decoded yet
@@ -456,21 +454,14 @@ class RowTracker:
             rows[rid] = (decay * successes + a, decay * trials + a + (a < d), samples + 1, depth, held)
         if reached:
             self.depths = fold_depth_samples(self.depths, reached, self.global_decay)
-        k = getattr(stats, "k", 0)
-        if k > 0 and stats.batch_size:  # a draft model drafted for every decoded row: its cache now holds
-            # the row but its last token, less the drafts it kept past the k - 1 it cached (the engine's sync)
-            self._lag_after = {rid: max(1, e - min(a, k - 1))
-                               for rid, e, a in zip(getattr(stats, "request_ids", ()), stats.emitted, stats.accepted)}
         for rid in getattr(stats, "finished_ids", ()):
             rows.pop(rid, None)
-            self.synced.pop(rid, None)
-            self._lag_after.pop(rid, None)
 
     def batch(self, running, proposals: dict[str, int] | None = None,
-              confidences: dict[str, Sequence[float]] | None = None) -> RowBatch:
-        """The `RowBatch` of `running` (Sequences: request_id, tokens, request); `proposals` and the
-        drafter's per-token `confidences` by request id (absent: unknown; no confidences at all: None
-        in the batch). Eager only where the state would move on (the rows' estimate tuples,
+              confidences: dict[str, Sequence[float]] | None = None, lags: dict[str, int] | None = None) -> RowBatch:
+        """The `RowBatch` of `running` (Sequences: request_id, tokens, request); `proposals`, the
+        drafter's per-token `confidences` and a draft model's `lags` by request id (absent: unknown; no
+        confidences at all: None in the batch; a lag not reported: 1, nothing to catch up). Eager only where the state would move on (the rows' estimate tuples,
         their lengths, the proposals): it runs every step, and `RowBatch` derives the rest when read."""
         proposals = proposals or {}
         running = list(running)  # a snapshot: the engine's list changes with admissions
@@ -479,13 +470,6 @@ class RowTracker:
         entries = [get(rid, unseen) for rid in ids]
         context = [len(seq.tokens) for seq in running]
         nan, batch_wide, w = math.nan, self.depths, self.prior_weight
-        if self._lag_after:  # the rows a draft model just drafted for: synced up to their length less their lag
-            after, synced = self._lag_after, self.synced
-            for rid, n in zip(ids, context):
-                if rid in after:
-                    synced[rid] = n - after[rid]
-            self._lag_after = {}
-        held_sync = [self.synced.get(rid, 0) for rid in ids]
 
         def acceptance() -> list[float]:  # `AcceptanceEstimate.value`; nan: unknown
             return [e[0] / e[1] if e[1] > 0 else nan for e in entries]
@@ -506,9 +490,7 @@ class RowTracker:
         if confidences:  # the rows' arrays are read when the batch is (the drafter must not change them in place)
             held = [confidences.get(rid) for rid in ids]  # taken now: the drafter's dict moves on next step
             confidence = partial(_confidence_matrix, held, self.max_k)
-        def lag() -> list[int]:  # as the draft model's catch-up computes it
-            return [n - s for n, s in zip(context, held_sync)]
-
+        lag = [lags.get(rid, 1) for rid in ids] if lags else None  # taken now: the engine's state moves on
         return RowBatch(ids, acceptance, samples, [proposals.get(rid, -1) for rid in ids], position, remaining,
                         context, depth_counts, confidence, lag)
 
@@ -630,7 +612,8 @@ class ObservationBuilder:
         return self.tracker.vector(batch_size, queue_len)
 
     def observation(self, running, queue_len: int, proposals: dict[str, int] | None = None,
-                    confidences: dict[str, Sequence[float]] | None = None) -> Observation:
+                    confidences: dict[str, Sequence[float]] | None = None,
+                    lags: dict[str, int] | None = None) -> Observation:
         """The observation over the `running` rows (Sequences), carrying their `RowBatch`."""
-        rows = self.row_tracker.batch(running, proposals, confidences)
+        rows = self.row_tracker.batch(running, proposals, confidences, lags)
         return Observation(self.tracker.vector(len(rows), queue_len, rows), rows)

@@ -159,6 +159,13 @@ class SpeculativeEngine(ScheduledEngine):
         seq.finish_reason, seq.error = ERROR, describe(exc)
         log.warning("request %s failed: %s", seq.request_id, seq.error)
 
+    def draft_lags(self) -> dict[str, int] | None:
+        """How many tokens of each running row the drafter's own cache lacks (a draft model's catch-up),
+        by request id; None for a drafter without a cache."""
+        if self.drafter is None or not self.running or self.drafter.lag(self.running[0]) is None:
+            return None
+        return {seq.request_id: self.drafter.lag(seq) for seq in self.running}
+
     @property
     def states_confidences(self) -> bool:
         """Greedy only: under sampling, choosing a draft by the probability of the token drawn for it

@@ -11,14 +11,15 @@ SIM_LAYOUTS = {**VERIFY_LAYOUTS, MIXED_LAYOUT: "packed, with the step's admitted
                                                "unified step; simulator only: the vLLM twin's pricing)"}
 
 
-def catchup_tokens(lags, layout: str) -> int:
+def catchup_tokens(lags, layout: str, runs: bool = False) -> int:
     """Positions a draft model's catch-up pass computes, given each row's lag (tokens of the row its
-    cache lacks, >= 1): none unless some lag exceeds 2 (a normal drafting round leaves 1 or 2); else each
-    row feeds its lag but the last token, padded to the largest when `padded`, and a row with nothing to
-    feed still computes one position when packed (`mixed` alike)."""
+    cache lacks, >= 1): none unless some lag exceeds 2 (a normal drafting round leaves 1 or 2) or `runs`
+    says the pass runs anyway; else each row feeds its lag but the last token, padded to the largest when
+    `padded`, and a row with nothing to feed still computes one position (`mixed` as packed)."""
     largest = max(lags, default=0)
-    if largest <= 2:
+    if largest <= 2 and not (runs and lags):
         return 0
+    largest = max(largest, 2)
     if layout == "padded":
         return len(lags) * (largest - 1)
     return sum(lag - 1 if lag > 2 else 1 for lag in lags)

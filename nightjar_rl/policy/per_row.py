@@ -142,13 +142,18 @@ class AdaptiveBudget(Policy):
         A fresh row (lag = its whole context) must have its prompt fed once by any policy that ever
         drafts for it, so it counts as its share per step of its remaining tokens, (lag - 1) / remaining,
         besides its one position in the pass: else every admission would look like a reason not to draft,
-        and the lags (hence the price) would only grow while it does not."""
+        and the lags (hence the price) would only grow while it does not. Lags come from the engine
+        (`RowBatch.lag`, `engine.draft_lags()`). Myopic: a synced row's lag grows with every step off, so
+        after long off the full price can keep the allocator off until those rows finish. Padded: a fresh
+        row's prompt widens the real pass for every row, which its share does not price."""
         if not (self.draft_model and self.price_catchup):
             return 0.0
         lags, contexts, remaining = rows.column_list("lag"), rows.column_list("context"), rows.column_list("remaining")
-        switching = [1 if lag >= n else lag for lag, n in zip(lags, contexts)]
+        if max(lags, default=0) <= 2:
+            return 0.0
+        switching = [1 if lag >= n else lag for lag, n in zip(lags, contexts)]  # fresh rows: their one position
         fresh = sum((lag - 1) / max(1, left) for lag, n, left in zip(lags, contexts, remaining) if lag >= n)
-        return self.profile.draft_prefill_time_ms(catchup_tokens(switching, self.layout) + fresh)
+        return self.profile.draft_prefill_time_ms(catchup_tokens(switching, self.layout, runs=True) + fresh)
 
     @property
     def draft_model(self) -> bool:

@@ -5,8 +5,9 @@ It reads the serving session's decision state (rows to decode, queue, arrivals s
 decision, clock), turns it into the documented observation (an `Observation`: the vector plus the
 running rows' features, with the proposals the executor reports through an optional
 `engine.proposal_lengths()`, or for a live n-gram drafter those of `runtime.full_info.NgramShadow`,
-which also fills the step's full-information fields, and the drafter's per-token confidences through
-an optional `engine.proposal_confidences()`), asks a policy for k or a plan, runs the step,
+which also fills the step's full-information fields, the drafter's per-token confidences through
+an optional `engine.proposal_confidences()`, and a draft model's lag on each row through an optional
+`engine.draft_lags()`), asks a policy for k or a plan, runs the step,
 and optionally lets the policy learn from the step's reward:
 
 ```
@@ -105,8 +106,10 @@ class PolicyDriver:
         proposals = reported() if reported is not None else (
             self.shadow.before(engine.running) if self.shadow is not None else None)
         confident = getattr(engine, "proposal_confidences", None)  # a drafter's per-token confidences
+        lagging = getattr(engine, "draft_lags", None)  # how far a draft model's cache is behind each row
         self.obs = self.builder.observation(engine.running, self.decision.queue_len, proposals,
-                                            confident() if confident is not None else None)
+                                            confident() if confident is not None else None,
+                                            lagging() if lagging is not None else None)
         return self.obs
 
     def act(self, action: SpecPlan | int) -> StepStats:

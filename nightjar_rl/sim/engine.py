@@ -369,6 +369,13 @@ class SimEngine(ScheduledEngine):
         Filled in by the step that brought each row to its position; a new dict every step."""
         return self._proposals
 
+    def draft_lags(self) -> dict[str, int] | None:
+        """How many tokens of each running row the draft model's cache lacks, as the live engine's
+        `draft_lags` (a draft model's pricing only; else None)."""
+        if not self.draft_model:
+            return None
+        return {seq.request_id: len(seq.tokens) - seq.state[ROW].synced for seq in self.running}
+
     def proposal_confidences(self) -> dict[str, np.ndarray]:
         """The confidence stated for each token of each running row's next proposal ([max_k] by request
         id; synthetic acceptance with `confidence_concentration` only, else empty), filled in as

@@ -62,6 +62,11 @@ class Drafter:
     def on_finish(self, seq: Sequence) -> None:
         """`seq` left the batch."""
 
+    def lag(self, seq: Sequence) -> int | None:
+        """Tokens of `seq` the drafter's own cache lacks (a draft model catches up on all but the last
+        before drafting); None for a drafter without a cache."""
+        return None
+
     @property
     def model_time(self) -> float:
         """Cumulative seconds inside draft-model forwards (0 for model-free drafters)."""

@@ -64,9 +64,7 @@ class DraftModelDrafter(Drafter):
         k = max(lengths)
         runner = self.runner
         device = runner.device
-        # at most len - 1: drafts dropped unverified leave the cache holding every token, and the
-        # last one must be fed again for its logits (rewriting its entry with the same values)
-        synced = [min(seq.state.get(SYNCED, 0), len(seq.tokens) - 1) for seq in rows]
+        synced = [len(seq.tokens) - self.lag(seq) for seq in rows]
         lag = [seq.tokens[s:] for seq, s in zip(rows, synced)]
         # a normal round leaves a lag of 1 or 2 tokens; more means speculation was off (or a new row)
         t0 = t_catchup = now(device)
@@ -102,6 +100,11 @@ class DraftModelDrafter(Drafter):
             catchup_time=t_catchup - t0,
             extra={"draft_k": k},
         )
+
+    def lag(self, seq: Sequence) -> int:
+        """At least 1: drafts dropped unverified leave the cache holding every token, and the last one must
+        be fed again for its logits (rewriting its entry with the same values)."""
+        return len(seq.tokens) - min(seq.state.get(SYNCED, 0), len(seq.tokens) - 1)
 
     def on_commit(self, rows: list[Sequence], proposal: DraftProposal, kept: list[int]) -> None:
         # the draft cache holds drafts[:k-1] (the last draft token is produced, never fed)
