@@ -97,13 +97,13 @@ def calibrated(tokens: pd.DataFrame) -> pd.Series:
     """Each token's acceptance given its depth and stated-confidence decile, fitted on the other half of
     the steps (odd / even: cross-fitted), shrunk towards that half's overall rate (weight 2 tokens)."""
     seen, ok = tokens["outcome"] != "unseen", tokens["outcome"] == "accepted"
-    edges = np.quantile(tokens.loc[seen, "confidence"], np.linspace(0, 1, 11)[1:-1])
-    cell = tokens["depth"].astype(str) + ":" + pd.Series(np.searchsorted(edges, tokens["confidence"]),
-                                                          index=tokens.index).astype(str)
     fold = tokens["step"] % 2
     out = pd.Series(np.nan, index=tokens.index)
     for f in (0, 1):
         train, test = seen & (fold != f), fold == f
+        edges = np.quantile(tokens.loc[train, "confidence"], np.linspace(0, 1, 11)[1:-1])  # the fitting half's deciles
+        cell = tokens["depth"].astype(str) + ":" + pd.Series(np.searchsorted(edges, tokens["confidence"]),
+                                                              index=tokens.index).astype(str)
         overall = ok[train].mean()
         rate = (ok[train].groupby(cell[train]).sum() + 2 * overall) / (cell[train].groupby(cell[train]).size() + 2)
         out[test] = cell[test].map(rate).fillna(overall)

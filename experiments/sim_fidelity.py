@@ -153,7 +153,8 @@ def fitted_twin(steps: pd.DataFrame, live_scn, sim_scn, run: Path):
     for seed, part in steps.groupby("seed"):
         try:
             profile = HardwareProfile.from_dict(calibrate(part, **meta).profile)
-        except CalibrationError as exc:  # one seed's steps may be too few to fit alone (a short run)
+        except CalibrationError as exc:  # one seed's steps may be too few to fit alone (a short run); the
+            # pooled fit above already succeeded, so this only thins the drift table
             print(f"calibration drift: seed {seed} not fitted alone: {exc}")
             drift.append({"fit": f"seed {seed}", "priced_s": float("nan")})
             continue
