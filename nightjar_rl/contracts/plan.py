@@ -71,6 +71,27 @@ def slot_order(survival: np.ndarray) -> np.ndarray:
     return np.lexsort((np.repeat(np.arange(rows), depth), np.tile(np.arange(depth), rows), -survival.ravel()))
 
 
+def ranked_slots(survival: np.ndarray, most: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The usable draft slots (survival > 0) of a [rows, depth] survival matrix in `slot_order`, at most
+    `most` of them: (their flat indices, their survivals)."""
+    order = slot_order(survival)
+    ranked = survival.ravel()[order]
+    top = int((ranked > 0).sum()) if most is None else min(int((ranked > 0).sum()), most)
+    return order[:top], ranked[:top]
+
+
+def expected_tokens(rows: int, ranked: np.ndarray) -> np.ndarray:
+    """E(B) for B = 0..len(ranked): each row's own token plus the survivals of the first B ranked slots."""
+    return rows + np.concatenate([[0.0], np.cumsum(ranked)])
+
+
+def slot_lengths(order: np.ndarray, count: int, shape: tuple[int, int]) -> np.ndarray:
+    """Draft lengths per row when the first `count` slots of `order` (flat indices into a [rows, depth]
+    matrix of that `shape`) are handed out."""
+    rows, depth = shape
+    return np.bincount(order[:count] // depth, minlength=rows)
+
+
 def survival_of(confidences: list[list[float]]) -> np.ndarray:
     """[rows, longest] survival of ragged per-row token confidences: the running product along each row
     (each confidence clipped to [0, 1]), 0 past a row's drafts."""
@@ -150,12 +171,9 @@ class SpecPlan:
         rows, depth = survival.shape
         if depth == 0:
             return [0] * rows
-        order = slot_order(survival)
-        ranked = survival.ravel()[order]
-        top = min(int((ranked > 0).sum()), len(self.verify_costs) - 1)
-        gains = rows + np.concatenate([[0.0], np.cumsum(ranked[:top])])
-        best = int(np.argmax(gains / np.asarray(self.verify_costs[: top + 1])))  # first maximum: the smaller B
-        return np.bincount(order[:best] // depth, minlength=rows).tolist()
+        order, ranked = ranked_slots(survival, len(self.verify_costs) - 1)
+        ratios = expected_tokens(rows, ranked) / np.asarray(self.verify_costs[: len(ranked) + 1])
+        return slot_lengths(order, int(np.argmax(ratios)), survival.shape).tolist()  # first maximum: the smaller B
 
     @property
     def max_length(self) -> int:

@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from nightjar_rl.contracts import SpecPlan
-from nightjar_rl.contracts.plan import slot_order
+from nightjar_rl.contracts.plan import expected_tokens, ranked_slots, slot_lengths, slot_order
 from nightjar_rl.contracts.observation import RowBatch, obs_field, rows_of
 from nightjar_rl.decoding.layouts import VERIFY_LAYOUTS, catchup_tokens
 from nightjar_rl.decoding.stats import StepStats
@@ -83,8 +83,7 @@ def row_plan(rows: RowBatch, lengths: np.ndarray) -> SpecPlan:
 
 def greedy_allocation(survival: np.ndarray, budget: int) -> np.ndarray:
     """Draft lengths per row for the `budget` best slots (`slot_order`). [rows, max_k] -> [rows]."""
-    rows, depth = survival.shape
-    return np.bincount(slot_order(survival)[:budget] // depth, minlength=rows)
+    return slot_lengths(slot_order(survival), budget, survival.shape)
 
 
 class AdaptiveBudget(Policy):
@@ -177,22 +176,20 @@ class AdaptiveBudget(Policy):
         """(lengths per row, B*, E(B)/T(B) for B = 0..B_max) for a [rows, max_k] survival matrix; budgets
         the `tpot_slack` guard rules out have ratio -inf."""
         rows, depth = survival.shape
-        order = slot_order(survival)
-        flat = survival.ravel()[order]
-        usable = int((flat > 0).sum())
-        top = usable if self.max_budget is None else min(usable, self.max_budget)
-        gains = rows + np.concatenate([[0.0], np.cumsum(flat[:top])])
-        level = order[:top] % depth  # depth of each slot as it is handed out: the row's length becomes level + 1
+        order, flat = ranked_slots(survival, self.max_budget)
+        top = len(order)
+        gains = expected_tokens(rows, flat)
+        level = order % depth  # depth of each slot as it is handed out: the row's length becomes level + 1
         longest = np.concatenate([[0], np.maximum.accumulate(level + 1)])
         drafting = np.concatenate([[0], np.cumsum(level == 0)])
         times = np.array([self.step_ms(rows, b, int(longest[b]), int(drafting[b]), context, catchup_ms)
                           for b in range(top + 1)])
         ratios = gains / times
         if self.tpot_slack is not None:
-            ratios[times / self.least_row_tokens(order[:top] // depth, flat[:top], rows)
+            ratios[times / self.least_row_tokens(order // depth, flat, rows)
                    > (1 + self.tpot_slack) * times[0]] = -np.inf
         best = int(np.argmax(ratios))  # first maximum: ties to the smaller budget
-        return np.bincount(order[:best] // depth, minlength=rows), best, ratios
+        return slot_lengths(order, best, survival.shape), best, ratios
 
     @staticmethod
     def least_row_tokens(slot_rows: np.ndarray, slot_survival: np.ndarray, rows: int) -> np.ndarray:
@@ -232,7 +229,7 @@ class AdaptiveBudget(Policy):
         (`SpecPlan.verify_costs`; the drafting is in every T(B)). A draft model drafts every row D tokens
         for the price of the longest, so every row drafts; a model-free drafter pays per drafting row,
         so only the rows the allocation drafts do."""
-        survival, context = rows.survival(self.max_k, self.prior_acceptance, False), float(rows.context.max() - 1)
+        survival, context = self.row_inputs(rows, confidence=False)
         catchup = self.catchup_ms(rows)
         lengths, self.last_budget, _ = self.allocate(survival, context, catchup)
         depth, batch = int(lengths.max()), len(rows)
@@ -245,11 +242,13 @@ class AdaptiveBudget(Policy):
             return SpecPlan(default=depth, verify_costs=costs)
         return SpecPlan.per_row(dict(zip(rows.request_ids, np.where(lengths > 0, depth, 0).tolist())), verify_costs=costs)
 
-    def row_inputs(self, rows: RowBatch) -> tuple[np.ndarray, float]:
+    def row_inputs(self, rows: RowBatch, confidence: bool | None = None) -> tuple[np.ndarray, float]:
         """(survival [rows, max_k], context) of `rows` for `allocate`: survival at `prior_acceptance` where
-        nothing is known (from the drafter's confidences where it states them and `confidence` is set),
-        the context as the simulator prices it (the longest row's, before this step)."""
-        return rows.survival(self.max_k, self.prior_acceptance, self.confidence), float(rows.context.max() - 1)
+        nothing is known (from the drafter's confidences where it states them and `confidence`, by
+        default the policy's, is set), the context as the simulator prices it (the longest row's, before
+        this step)."""
+        use = self.confidence if confidence is None else confidence
+        return rows.survival(self.max_k, self.prior_acceptance, use), float(rows.context.max() - 1)
 
     def params(self) -> dict:
         return {"profile": self.profile.to_dict(), "prior_acceptance": self.prior_acceptance, "layout": self.layout,
