@@ -238,9 +238,7 @@ class HardwareProfile:
         `drafting_kind(drafting)`."""
         if k <= 0:
             return 0.0
-        if self.drafting_kind(drafting) == DRAFT_MODEL:
-            return k * self._draft(batch)
-        return self.lookup_time_ms(batch)
+        return self.plan_draft_time_ms(batch, k, batch, drafting)  # the uniform plan: every row drafts k
 
     def draft_model_time_ms(self, batch: float, k: int) -> float:
         """Milliseconds for a draft model to draft `k` tokens for each of `batch` rows (needs draft_ms)."""
