@@ -47,6 +47,12 @@ then ship the calibrated profile: `cp runs/vllm_twin/sim_fidelity__*/calibrated-
 envs/profiles/smollm2-135m-vllm-cpu-float32.json`. Run it alone on the machine: live timings are the
 ground truth here.
 
+`--rescale` takes this machine's drift out of the comparison: the scenario twin's profile holds a speed
+anchor (a few fixed forwards timed when it was made, `nightjar-rl profile --anchor`); timed again before
+and after the live cells, its ratio now / then scales the twin's clock (`profile_scale`), and every cell
+is priced by that twin too (columns `*_now`). The difference between the two twins is the drift; what
+is left in `*_err_now` is the clock model's own error.
+
 `--rescore RUN_DIR` prices an earlier run's live cells again without serving anything live: the live
 columns are read back from RUN_DIR/fidelity.csv, the twins are served with today's code and profile,
 RUN_DIR/calibration-steps.csv is fitted again and the sim-trained policies are the run's own saved
@@ -74,6 +80,7 @@ from tqdm.auto import tqdm
 from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.recorder import write_table
 from nightjar_rl.env.scenario import load_scenario
+from nightjar_rl.experiments.drift import SpeedDrift
 from nightjar_rl.experiments.evaluate import evaluate_cell
 from nightjar_rl.experiments.train import train_learner
 from nightjar_rl.io import atomic_write_json
@@ -85,9 +92,11 @@ from nightjar_rl.sim.calibrate import CalibrationError, calibrate, predicted_ms,
 METRICS = {"throughput_tok_s": 0.05, "tpot_p50_s": 0.05, "ttft_p50_s": 0.10}
 PER_REQUEST = ["drafted", "accepted", "decode_steps", "output_tokens"]
 TRAINED, SIM_TRAINED = "trained:", "sim-trained-"  # a --policies spec, and its cells' label
+TWINS = {"": "scenario twin", "_cal": "calibrated twin", "_now": "scenario twin at the live cells' speed"}
 WARMUP_SEED = 999  # the warm-up cells' workload (measured cells and calibration use other seeds)
 QUICK = {"live": "tiny", "sim": "tiny-sim", "rates": "50", "ks": "0,2", "seeds": "0", "num_requests": 4,
-         "calibrate_seeds": "1,2", "policies": "table-mlc_llm,trained:nightjar", "train_episodes": 2, "warmup": 0}
+         "calibrate_seeds": "1,2", "policies": "table-mlc_llm,trained:nightjar", "train_episodes": 2, "warmup": 0,
+         "rescale": True}
 
 
 def serve_cell(scenario, backend, rate: float, policy, seed: int, num_requests: int):
@@ -219,6 +228,9 @@ def served(a, live_scn, sim_scn, sim, run: Path) -> tuple[pd.DataFrame, dict]:
     warmup = [(rate, k) for rate in rates for k in ks] if a.warmup else []
     for rate, k in tqdm(warmup, desc="warm-up (not measured)", unit="cell"):
         serve_cell(live_scn, live, rate, fixed(k, live_scn), WARMUP_SEED, a.num_requests)
+    drift = SpeedDrift(live_scn, sim_scn) if a.rescale else None
+    if drift is not None:
+        drift.measure("before")
     if a.calibrate_seeds:
         fit_seeds = [int(s) for s in a.calibrate_seeds.split(",")]
         if set(fit_seeds) & set(seeds):
@@ -233,7 +245,21 @@ def served(a, live_scn, sim_scn, sim, run: Path) -> tuple[pd.DataFrame, dict]:
     rows = []
     for rate, label, seed in tqdm(cells, desc="fidelity", unit="cell"):
         rows.append(compare_cell(live_scn, sims, live, rate, label, makers[label], seed, a.num_requests))
+    if drift is not None:
+        drift.measure("after")
+        atomic_write_json(run / "speed_drift.json", drift.to_dict())
+        print(drift.describe())
+        rows = with_twin_now(rows, drift.ratio, sim_scn, sims, makers, a.num_requests)
     return pd.DataFrame(rows), sims
+
+
+def with_twin_now(rows: list[dict], ratio: float, sim_scn, sims: dict, makers: dict, num_requests: int) -> list[dict]:
+    """`rows` with the columns of the scenario's twin priced at the machine's speed during the live
+    cells (`ratio` x the profile's times: `--rescale`), suffix `_now`, added to `sims`."""
+    scenario = sim_scn.replace(profile_scale=ratio)
+    sims["_now"] = (scenario, make_backend(scenario))
+    return [row | twin_columns({"_now": sims["_now"]}, row, makers[row["policy"]], num_requests)
+            for row in tqdm(rows, desc="twin at today's speed", unit="cell")]
 
 
 def rescored(stored: Path, live_scn, sim_scn, sim, run: Path, episodes: int) -> tuple[pd.DataFrame, dict]:
@@ -275,6 +301,10 @@ def rescored(stored: Path, live_scn, sim_scn, sim, run: Path, episodes: int) -> 
     rows = []
     for cell in tqdm(table[[c for c in kept if c in table]].to_dict(orient="records"), desc="twins", unit="cell"):
         rows.append(cell | twin_columns(sims, cell, makers[cell["policy"]], num_requests))
+    if (stored / "speed_drift.json").is_file():  # the stored run's measured speed, applied to today's profile
+        drift = json.loads((stored / "speed_drift.json").read_text())
+        (run / "speed_drift.json").write_text(json.dumps(drift, indent=1))
+        rows = with_twin_now(rows, drift["ratio"], sim_scn, sims, makers, num_requests)
     return pd.DataFrame(rows), sims
 
 
@@ -292,9 +322,9 @@ def report(df: pd.DataFrame, sims: dict, run: Path) -> None:
     for suffix in sims:
         for metric, goal in METRICS.items():
             err = df[f"{metric}_err{suffix}"].abs()
-            print(f"{metric} ({'calibrated twin' if suffix else 'scenario twin'}): |error| median {err.median():.1%}, "
+            print(f"{metric} ({TWINS[suffix]}): |error| median {err.median():.1%}, "
                   f"max {err.max():.1%}; within {goal:.0%} in {int(df[f'{metric}_ok{suffix}'].sum())}/{len(df)} cells")
-        print(f"ranking ({'calibrated twin' if suffix else 'scenario twin'}): the same in "
+        print(f"ranking ({TWINS[suffix]}): the same in "
               f"{int(ranking[f'same{suffix}'].sum())}/{len(ranking)} (rate, seed) cells")
     at_k = df[df["k"].notna()]
     print(f"per-request accepted/drafted/steps identical in {int(at_k['per_request_identical'].sum())}/{len(at_k)} "
@@ -317,6 +347,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, choices=[0, 1],
                     help="serve an unmeasured live cell per rate and k first (an engine's first forwards of a "
                          "shape are slow)")
+    ap.add_argument("--rescale", action="store_true",
+                    help="also price every cell with the scenario twin at this machine's speed during the live "
+                         "cells (its profile's speed anchor timed before and after them; columns *_now)")
     ap.add_argument("--out-dir", default="runs")
     ap.add_argument("--rescore", default=None, metavar="RUN_DIR",
                     help="price a stored run's live cells (RUN_DIR/fidelity.csv; its calibration-steps.csv refitted) "

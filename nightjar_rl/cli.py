@@ -357,9 +357,17 @@ def cmd_profile(a: argparse.Namespace) -> int:
         atomic_write_json(out, profile)
         print(f"wrote roofline profile {out}")
         return 0
+    if a.rescale:
+        return _profile_rescale(a)
+    if a.anchor_only:
+        if a.out is None:
+            raise CLIError("profile --anchor-only needs --out FILE.json")
+        atomic_write_json(a.out, _anchor_now(a, a.verify_layout))
+        print(f"wrote speed anchor {a.out}")
+        return 0
     if a.from_steps:
         return _profile_from_steps(a)
-    from nightjar_rl.decoding.profiler import profile_hardware
+    from nightjar_rl.decoding.profiler import measure_speed_anchor, profile_hardware
     from nightjar_rl.models import load_model
     from nightjar_rl.stack import load_draft_model
 
@@ -385,6 +393,9 @@ def cmd_profile(a: argparse.Namespace) -> int:
         progress=not a.quiet, contexts=contexts, prefill_tokens=prefill, overhead_steps=a.overhead_steps,
         **({"verify_layout": a.verify_layout} if a.verify_layout else {}),
     )
+    if a.anchor is not None:
+        profile["speed_anchor"] = _anchor(a, lambda: measure_speed_anchor(
+            target.model, verify_layout=profile["verify_layout"], progress=not a.quiet))
     out = Path(a.out) if a.out else DEFAULT_PROFILE_DIR / f"{a.model.replace('/', '_')}-{profile['device_type']}-{a.dtype}.json"
     atomic_write_json(out, profile)
     print(f"wrote hardware profile {out}")
@@ -409,9 +420,62 @@ def _profile_from_steps(a: argparse.Namespace) -> int:
         )
     except (CalibrationError, ProfileError) as exc:
         raise CLIError(str(exc)) from None
+    if a.anchor is not None:
+        result.profile["speed_anchor"] = _anchor(a, lambda: _anchor_now(a, result.profile.get("verify_layout")))
     atomic_write_json(a.out, result.profile)
     print(result.summary())
     print(f"wrote calibrated profile {a.out} (fitted to {len(steps)} logged steps)")
+    return 0
+
+
+def _anchor(a: argparse.Namespace, time_now) -> dict:
+    """`--anchor`: the mean of the given anchor files (`--anchor-only`), or `time_now()` without any."""
+    from nightjar_rl.hardware import ProfileError, mean_anchor
+    from nightjar_rl.io import read_json
+
+    if not a.anchor:
+        return time_now()
+    try:
+        return mean_anchor([read_json(path, "speed anchor", ProfileError) for path in a.anchor])
+    except ProfileError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _anchor_now(a: argparse.Namespace, verify_layout: str | None) -> dict:
+    """The speed anchor of `--model`/`--dtype`/`--device`'s engine forward in `verify_layout`, timed now."""
+    from nightjar_rl.stack import engine_speed_anchor
+
+    cfg = EngineConfig(model=a.model, dtype=a.dtype, device=a.device, threads=a.threads,
+                       **({"verify_layout": verify_layout} if verify_layout else {}))
+    return engine_speed_anchor(cfg, progress=not a.quiet)
+
+
+def _profile_rescale(a: argparse.Namespace) -> int:
+    """`profile --rescale PROFILE --out P.json`: time PROFILE's speed anchor again and write PROFILE with
+    every time multiplied by the machine's speed ratio now / then (and today's anchor)."""
+    from nightjar_rl.hardware import SPEED_ANCHOR, HardwareProfile, ProfileError, speed_ratio
+    from nightjar_rl.io import atomic_write_json
+
+    if a.out is None:
+        raise CLIError("profile --rescale needs --out FILE.json")
+    try:
+        profile = HardwareProfile.load(a.rescale)
+        then = profile.speed_anchor
+        if then is None:
+            raise ProfileError(f"{a.rescale} has no speed_anchor: make profiles with --anchor to rescale them")
+        if profile.model != a.model:
+            raise ProfileError(f"{a.rescale} is a profile of {profile.model!r}; pass --model {profile.model}")
+        now = _anchor_now(a, then.get("verify_layout"))
+        ratio, per_shape = speed_ratio(then, now)
+        data = profile.scaled(ratio).to_dict()
+    except ProfileError as exc:
+        raise CLIError(str(exc)) from None
+    data[SPEED_ANCHOR] = now
+    data["rescaled_from"] = {"profile": str(a.rescale), "ratio": ratio, "per_shape": per_shape, "anchor": then}
+    atomic_write_json(a.out, data)
+    shapes = ", ".join(f"{k}: {v:.3f}" for k, v in per_shape.items())
+    print(f"speed now / when profiled ({then.get('measured', '?')}): {ratio:.3f} (rows x tokens @ context: {shapes})")
+    print(f"wrote rescaled profile {a.out}")
     return 0
 
 
@@ -514,6 +578,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--fit", default="auto", choices=["auto", "parts", "wall"],
                     help="with --from-steps: parts (verify, prefill, overhead timed apart: nightjar-rl's engine), wall "
                          "(whole steps only: vLLM; the profile is for verify_layout mixed), auto: by the log")
+    pr.add_argument("--anchor", nargs="*", default=None, metavar="ANCHOR",
+                    help="also store a speed anchor in the profile (a few fixed forwards of --model, seconds), so that "
+                         "--rescale can price it at the machine's speed on another day: timed now, or the mean of "
+                         "ANCHOR files (--anchor-only) timed around the step logs")
+    pr.add_argument("--anchor-only", action="store_true", help="time only the speed anchor, write it to --out")
+    pr.add_argument("--rescale", default=None, metavar="PROFILE",
+                    help="time PROFILE's speed anchor again and write PROFILE scaled by the speed ratio now/then "
+                         "to --out (this machine drifts by more than 5%% from hour to hour)")
     add_roofline_args(pr)
     pr.set_defaults(func=cmd_profile)
 

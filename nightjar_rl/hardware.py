@@ -19,9 +19,16 @@ analytic with `--roofline`, see `nightjar_rl.sim.roofline`):
   "prefill_ms": {"<tokens>": ms},              # one target prefill pass computing that many tokens
   "draft_prefill_ms": {"<tokens>": ms},        # one draft-model pass over that many tokens (catch-up)
   "overhead_ms": {"<batch>": ms},              # per-step time outside model forwards
+  "speed_anchor": {...},                       # optional: fixed forwards timed when the profile was made
   ...                                          # any other keys are kept in `meta`
 }
 ```
+
+Machine drift. A CPU's speed moves by more than 5% from hour to hour, so a profile made this morning
+misprices this afternoon's steps. `speed_anchor` (`nightjar_rl.decoding.profiler.measure_speed_anchor`)
+records a few fixed forwards timed when the profile was made; timing them again later gives the
+machine's speed ratio now/then (`speed_ratio`), and `HardwareProfile.scaled(ratio)` prices every step
+at today's speed (a scenario's `profile_scale`).
 
 `verify_ms[b][n]` is one target forward scoring `n` positions per row for `b` rows (a decode step
 with speculation length k scores n = k + 1). A step is priced by rows, total scored tokens and
@@ -64,6 +71,8 @@ _KNOWN_KEYS = (
     "format", "version", "device", "model", "dtype", "verify_ms", "draft_ms", "ngram_lookup_ms_per_row",
     "verify_ms_by_context", "prefill_ms", "draft_prefill_ms", "overhead_ms",
 )
+SPEED_ANCHOR = "speed_anchor"  # the profile key of the fixed forwards timed with it
+TIME_SCALE = "time_scale"  # the profile key recording the factor a scaled profile was multiplied by
 
 
 class ProfileError(ValueError):
@@ -86,6 +95,46 @@ def _time_ms(value, where: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise ProfileError(f"{where}: milliseconds must be finite and >= 0, got {value!r}")
     return float(value)
+
+
+def _scaled_times(value, factor: float):
+    """A time table with every number multiplied by `factor` (nested mappings kept)."""
+    if isinstance(value, Mapping):
+        return {k: _scaled_times(v, factor) for k, v in value.items()}
+    return value * factor
+
+
+def speed_ratio(then: Mapping, now: Mapping) -> tuple[float, dict[str, float]]:
+    """The machine's speed now against when a profile was made: the median over the anchor's shapes of
+    (ms now / ms then), and that ratio per shape ("rows x tokens @ context"). Above 1: slower now.
+    Both anchors come from `measure_speed_anchor` with the same shapes."""
+    for name, anchor in (("the profile's", then), ("today's", now)):
+        if not isinstance(anchor, Mapping) or not isinstance(anchor.get("shapes"), list) \
+                or not isinstance(anchor.get("ms"), list) or len(anchor["shapes"]) != len(anchor["ms"]) \
+                or not anchor["shapes"]:
+            raise ProfileError(f"{name} speed anchor must be {{shapes: [[rows, tokens, context], ...], ms: [...]}}")
+    if [list(x) for x in then["shapes"]] != [list(x) for x in now["shapes"]]:
+        raise ProfileError(f"speed anchors of different shapes: {then['shapes']} then, {now['shapes']} now")
+    per_shape = {}
+    for (rows, tokens, context), a, b in zip(then["shapes"], then["ms"], now["ms"]):
+        a, b = _time_ms(a, "speed_anchor.ms"), _time_ms(b, "speed_anchor.ms")
+        if a <= 0:
+            raise ProfileError("speed_anchor.ms must be positive")
+        per_shape[f"{rows} x {tokens} @ {context}"] = b / a
+    return float(np.median(list(per_shape.values()))), per_shape
+
+
+def mean_anchor(anchors: list[Mapping]) -> dict:
+    """Several speed anchors of the same shapes (timed around a long calibration) as one: the mean ms
+    per shape; the other fields of the first, `measured` listing every anchor's time."""
+    if not anchors:
+        raise ProfileError("no speed anchors to average")
+    first = anchors[0]
+    for anchor in anchors:
+        speed_ratio(first, anchor)  # validates both and checks the shapes agree
+    ms = [float(np.mean([a["ms"][i] for a in anchors])) for i in range(len(first["ms"]))]
+    return {**first, "ms": [round(x, 4) for x in ms], "measured": [a.get("measured") for a in anchors]} \
+        if len(anchors) > 1 else dict(first)
 
 
 def _interp(xs: np.ndarray, ys: np.ndarray, x: float) -> float:
@@ -285,6 +334,25 @@ class HardwareProfile:
     def overhead_time_ms(self, batch: float) -> float:
         """Per-step time outside model forwards (scheduling, inputs, accept/reject)."""
         return self._overhead(batch) if self._overhead is not None else 0.0
+
+    @property
+    def speed_anchor(self) -> dict | None:
+        """The fixed forwards timed when the profile was made (see the module docstring), if any."""
+        return self.meta.get(SPEED_ANCHOR)
+
+    def scaled(self, factor: float) -> HardwareProfile:
+        """This profile with every time multiplied by `factor` (e.g. `speed_ratio`'s: the machine is
+        `factor` times slower now than when the profile was made). The factor is recorded in `time_scale`
+        (multiplied into any earlier one)."""
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+            raise ProfileError(f"a profile's time scale must be a positive number, got {factor!r}")
+        data = self.to_dict()
+        for key in ("verify_ms", "verify_ms_by_context", "draft_ms", "ngram_lookup_ms_per_row", "prefill_ms",
+                    "draft_prefill_ms", "overhead_ms", "verify_ms_half_drafted"):
+            if key in data:
+                data[key] = _scaled_times(data[key], float(factor))
+        data[TIME_SCALE] = float(factor) * float(self.meta.get(TIME_SCALE, 1.0))
+        return HardwareProfile.from_dict(data, source=f"{self.model} profile scaled by {factor:.4g}")
 
     @property
     def batch_sizes(self) -> list[int]:

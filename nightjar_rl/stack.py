@@ -10,6 +10,7 @@ import torch
 from nightjar_rl.decoding import SamplingParams, SpeculativeEngine
 from nightjar_rl.decoding.drafters.registry import build_sssd, drafter_kind, load_draft_model
 from nightjar_rl.decoding.parallel import PARALLEL_OPTIONS, ParallelBatchDecoder
+from nightjar_rl.decoding.profiler import measure_speed_anchor
 from nightjar_rl.engine_config import DECODERS, DRAFTERS, EngineConfig
 from nightjar_rl.models import LoadedModel, load_model
 
@@ -57,3 +58,14 @@ def build_stack(cfg: EngineConfig, target: LoadedModel | None = None) -> Stack:
         **decoder_kwargs,
     )
     return Stack(engine, target, cfg)
+
+
+def engine_speed_anchor(cfg: EngineConfig, rounds: int = 7, progress: bool = False) -> dict:
+    """The speed anchor (`measure_speed_anchor`) of the target forward the engine of `cfg` runs (its
+    model, dtype, linears, layout, forward and threads), on a copy of the model loaded for it."""
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    target = load_model(cfg.model, cfg.dtype, cfg.device, cfg.linears)
+    return measure_speed_anchor(target.model, rounds=rounds, verify_layout=cfg.verify_layout,
+                                model_forward=cfg.model_forward, progress=progress)

@@ -1,6 +1,7 @@
 """The first run (issue 21): results stated against the user's config (goals opt-in), the speedup
 table and figure, and the live confirmation with measured noise; the shipped quickstart configs."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -61,7 +62,10 @@ def test_goals_and_confirm_are_validated():
                        ({"confirm": {"scenario": "tiny"}}, "'confirm.rates'"),
                        ({"confirm": {"scenario": "tiny", "rates": [1], "repeats": 1}}, "'confirm.repeats'"),
                        ({"confirm": {"scenario": "tiny", "rates": [1], "policies": ["zz"]}}, "'confirm.policies'"),
-                       ({"confirm": {"scenario": "tiny", "rates": [1], "extra": 1}}, "field 'confirm' must")):
+                       ({"confirm": {"scenario": "tiny", "rates": [1], "extra": 1}}, "field 'confirm' must"),
+                       ({"confirm": {"scenario": "tiny", "rates": [1], "rescale_twin": True}}, "'confirm.rescale_twin'"),
+                       ({"confirm": {"scenario": "tiny", "twin": "tiny-sim", "rates": [1], "rescale_twin": 1}},
+                        "'confirm.rescale_twin'")):
         with pytest.raises(ExperimentError, match=field):
             experiment_from_dict(tiny(**bad))
 
@@ -77,15 +81,24 @@ def test_summary_without_goals_states_results_and_with_goals_checks_them(tmp_pat
 
 def test_live_confirmation_reports_repeats_and_the_twin(tmp_path):
     cfg = experiment_from_dict(tiny(confirm={"scenario": "tiny", "twin": "tiny-sim", "rates": [20], "policies": ["nj"],
-                                             "repeats": 2, "num_requests": 3, "max_new_tokens": 5}))
+                                             "repeats": 2, "num_requests": 3, "max_new_tokens": 5,
+                                             "rescale_twin": True}))
     result = run_experiment(cfg, out_dir=tmp_path, progress=False)
     df = result.confirm
-    live, twin = df[df.backend == "live"], df[df.backend == "sim"]
+    live, twin, twin_now = df[df.backend == "live"], df[df.backend == "sim"], df[df.backend == "sim_rescaled"]
     names = list(dict.fromkeys(live["policy"]))
     assert names == ["k0", "nj"]  # the baseline first
     assert len(live) == 2 * len(names) and list(live["repeat"]) == [0] * len(names) + [1] * len(names)  # interleaved
     assert len(twin) == len(names) and (twin["repeat"] == 0).all()
     assert (result.run_dir / "confirm.csv").is_file()
+    # the twin again at the speed timed around the live cells (the mean of the before and after ratios)
+    drift = json.loads((result.run_dir / "speed_drift.json").read_text())
+    assert [m["label"] for m in drift["measurements"]] == ["before", "after"]
+    assert drift["ratio"] == pytest.approx(sum(m["ratio"] for m in drift["measurements"]) / 2)
+    assert len(twin_now) == len(names) and (twin_now["profile_scale"] == drift["ratio"]).all()
+    assert (twin["profile_scale"] == 1.0).all()
+    assert {"twin", "live/twin", "twin_now", "live/twin_now"} <= set(confirmation_table(df, "k0"))
+    assert "twin_now: the twin at this machine's speed" in result.summary
     text = result.summary
     assert "live confirmation on tiny: 2 repeats of one workload" in text and "twin prediction from tiny-sim" in text
     assert "repeat-to-repeat spread up to" in text and "20/s: live order" in text

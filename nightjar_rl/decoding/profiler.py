@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nightjar_rl.decoding.drafters.ngram import lookup_continuation
-from nightjar_rl.decoding.runner import DEFAULT_VERIFY_LAYOUT, ModelRunner
+from nightjar_rl.decoding.runner import DEFAULT_MODEL_FORWARD, DEFAULT_VERIFY_LAYOUT, ModelRunner
 from nightjar_rl.decoding.timing import now
 
 
@@ -70,6 +70,33 @@ def measure_overhead_ms(model: torch.nn.Module, batch: int, context: int, steps:
         st = engine.step(0)
         samples.append(st.wall_time - st.prefill_time - st.draft_time - st.catchup_time - st.verify_time)
     return max(0.0, statistics.median(samples) * 1000.0)
+
+
+ANCHOR_SHAPES = ((1, 1, 256), (4, 1, 256), (16, 1, 256), (16, 5, 256))  # (rows, tokens per row, context)
+
+
+def measure_speed_anchor(model: torch.nn.Module, shapes=ANCHOR_SHAPES, rounds: int = 7, seed: int = 0,
+                         verify_layout: str = DEFAULT_VERIFY_LAYOUT, model_forward: str = DEFAULT_MODEL_FORWARD,
+                         progress: bool = False) -> dict:
+    """Time a few fixed forwards (`shapes`: rows x tokens per row at a context), `rounds` times in
+    interleaved order, median per shape: the machine's speed at this moment, recorded in a profile
+    (`speed_anchor`) and timed again later to rescale it (`nightjar_rl.hardware.speed_ratio`). Seconds."""
+    if rounds < 1 or not shapes:
+        raise ValueError("a speed anchor needs at least one shape and one round")
+    rng = np.random.default_rng(seed)
+    vocab = model.config.vocab_size
+    rows, longest = max(s[0] for s in shapes), max(s[2] for s in shapes)
+    runner = ModelRunner(model, rows, longest + max(s[1] for s in shapes) + 1, layout=verify_layout,
+                         model_forward=model_forward)
+    _fill_context(runner, rows, longest, vocab, rng)
+    times: dict[int, list[float]] = {i: [] for i in range(len(shapes))}
+    for _ in tqdm(range(rounds), desc="speed anchor", disable=not progress, leave=False):
+        for i, (b, n, c) in enumerate(shapes):
+            times[i].append(_time_forward(runner, b, n, c, 1, vocab, rng))
+    return {"shapes": [list(s) for s in shapes], "ms": [round(statistics.median(times[i]), 4) for i in times],
+            "rounds": rounds, "threads": torch.get_num_threads(), "verify_layout": verify_layout,
+            "model_forward": model_forward,
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def profile_hardware(

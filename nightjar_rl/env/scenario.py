@@ -60,6 +60,9 @@ class Scenario:
                           choices=BACKENDS)
     trace: str | None = option(None, "sim: trace .npz (`nightjar-rl trace record`), relative to the scenario file", str)
     profile: str | None = option(None, "sim: hardware profile JSON (`nightjar-rl profile`, `--roofline`)", str)
+    profile_scale: float = option(1.0, "sim: every time the profile prices multiplied by this (the machine's speed "
+                                  "ratio now / when profiled: `nightjar-rl profile --rescale`, a confirmation's "
+                                  "`rescale_twin`)", above=0.0)
     synthetic_acceptance: dict | None = option(None, "sim: {rates: [per-position acceptance], heterogeneity: x, "
                                                "confidence_concentration: kappa} replaces the trace's acceptance with a synthetic "
                                                "drafter's, priced as the scenario's drafter prices drafting (draft "
@@ -151,6 +154,8 @@ def validate_scenario(s: Scenario) -> Scenario:
     for key in ("trace", "profile"):
         if s.backend == "sim" and getattr(s, key) is None:
             raise _fail(n, f"field '{key}' is required when backend is 'sim'")
+    if s.profile_scale != 1.0 and s.backend != "sim":
+        raise _fail(n, "field 'profile_scale' needs backend 'sim'")
     if s.synthetic_acceptance is not None:
         from nightjar_rl.sim.engine import SyntheticAcceptance
 

@@ -40,9 +40,10 @@ Fields:
     confirm       map    optional live confirmation after the sweep (nightjar_rl/experiments/confirm.py):
                          {scenario: LIVE, twin: SIM or null, top: N, policies: [NAME...] or null,
                          rates: [...], concurrency: [...] or null, repeats: R, seed: S,
-                         num_requests: N, max_new_tokens: N}: the sweep's best `top` policies plus its
-                         first fixed k (or the named `policies`), served R times on one seeded
-                         workload per load point on LIVE (and once on SIM), interleaved
+                         num_requests: N, max_new_tokens: N, rescale_twin: false}: the sweep's best `top`
+                         policies plus its first fixed k (or the named `policies`), served R times on one
+                         seeded workload per load point on LIVE (and once on SIM), interleaved; with
+                         rescale_twin, SIM also at the machine's speed timed around the live cells
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class ConfirmConfig:
     seed: int = 0
     num_requests: int | None = None
     max_new_tokens: int | None = None
+    rescale_twin: bool = False  # also serve the twin at the machine's speed now (`experiments.drift`)
 
 
 @dataclass
@@ -152,7 +154,7 @@ _TOP = {"name", "scenario", "rates", "seeds", "policies", "num_requests", "max_n
         "executor", "concurrency", "goals", "confirm"}
 GOAL_KEYS = ("win", "low_loss", "hindsight")
 _CONFIRM = {"scenario", "twin", "top", "policies", "rates", "concurrency", "repeats", "seed", "num_requests",
-            "max_new_tokens"}
+            "max_new_tokens", "rescale_twin"}
 
 
 def executor_from_value(value, where: str = "field 'executor'") -> ExecutorConfig:
@@ -202,7 +204,10 @@ def confirm_from_value(value, fail) -> ConfirmConfig | None:
     names = value.get("policies")
     if names is not None and (not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names)):
         raise fail(f"field 'confirm.policies' must be a non-empty list of policy names or null, got {names!r}")
-    out = ConfirmConfig(scenario, rates, twin, policies=names, concurrency=concurrency)
+    rescale = value.get("rescale_twin", False)
+    if not isinstance(rescale, bool) or (rescale and twin is None):
+        raise fail(f"field 'confirm.rescale_twin' must be true or false (true needs a twin), got {rescale!r}")
+    out = ConfirmConfig(scenario, rates, twin, policies=names, concurrency=concurrency, rescale_twin=rescale)
     for key, low in (("top", 1), ("repeats", 2), ("seed", 0), ("num_requests", 1), ("max_new_tokens", 1)):
         v = value.get(key)
         if v is None:

@@ -6,6 +6,9 @@ throughput relative to the per-load best, plus its first fixed-k policy as the b
 scenario: one seeded workload per load point, `repeats` times, in interleaved order (repeat, load,
 policy) so that drift in the machine's speed hits every policy alike. The twin scenario (if any) serves
 each cell once (the simulator is deterministic): its prediction is shown beside the live numbers.
+With `rescale_twin`, the twin serves each cell once more at the machine's speed timed before and after
+the live cells (`nightjar_rl.experiments.drift`): `twin_now`, the prediction with this hour's drift
+taken out.
 Learned policies are deployed as trained (replicate 0), without learning.
 
 `confirmation_table` reduces the rows to one per load point x policy: live median, min and max,
@@ -26,7 +29,9 @@ from nightjar_rl.analysis.load import CONCURRENCY, RATE, format_load
 from nightjar_rl.analysis.stats import t_interval
 from nightjar_rl.analysis.study import relative_score
 from nightjar_rl.env.recorder import write_table
+from nightjar_rl.io import atomic_write_json
 from nightjar_rl.experiments.config import ConfirmConfig, scenario_near
+from nightjar_rl.experiments.drift import SpeedDrift
 from nightjar_rl.experiments.executor import CellJob, SweepContext, cell_job, portable_scenario
 
 METRIC = "throughput_tok_s"
@@ -56,31 +61,51 @@ def _load_points(cc: ConfirmConfig) -> list[tuple[float, int | None]]:
 def run_confirmation(cc: ConfirmConfig, specs: dict, learned: set[str], slo: dict, run_dir: Path,
                      base_dir: str | None = None, progress: bool = True) -> pd.DataFrame:
     """Serve `specs` ({name: spec or trained artifact}) on the live scenario `cc.repeats` times per load
-    point (and once on the twin); write run_dir/confirm.csv and return its rows."""
+    point (and once on the twin; with `cc.rescale_twin` once more on the twin priced at the machine's
+    speed timed before and after the live cells, run_dir/speed_drift.json); write run_dir/confirm.csv
+    and return its rows."""
     changes = {k: v for k, v in (("num_requests", cc.num_requests), ("max_new_tokens", cc.max_new_tokens))
                if v is not None}
-    plan = [("live", cc.scenario, range(cc.repeats))] + ([("sim", cc.twin, range(1))] if cc.twin else [])
-    loads, rows = _load_points(cc), []
-    total = sum(len(reps) for _, _, reps in plan) * len(loads) * len(specs)
-    bar = tqdm(total=total, desc="confirm live", unit="cell", disable=not progress)
-    for backend, name, repeats in reversed(plan):  # the twin first: seconds
+
+    def near(name: str):
         scenario = scenario_near(name, base_dir)
-        ctx = SweepContext(portable_scenario(scenario.replace(**changes) if changes else scenario), slo,
-                           run=run_dir.name, experiment=f"confirm_{backend}")
-        load_before = os.getloadavg()[0]
+        return scenario.replace(**changes) if changes else scenario
+
+    live = near(cc.scenario)
+    twin = near(cc.twin) if cc.twin else None
+    drift = SpeedDrift(live, twin) if cc.rescale_twin and twin is not None else None
+    loads, rows = _load_points(cc), []
+    twins = (1 + (drift is not None)) if twin is not None else 0
+    bar = tqdm(total=(cc.repeats + twins) * len(loads) * len(specs), desc="confirm live", unit="cell",
+               disable=not progress)
+
+    def serve(backend: str, scenario, repeats) -> None:
+        ctx = SweepContext(portable_scenario(scenario), slo, run=run_dir.name, experiment=f"confirm_{backend}")
+        load_before, first = os.getloadavg()[0], len(rows)
         for repeat in repeats:
             for rate, conc in loads:
                 for policy, spec in specs.items():
                     bar.set_postfix_str(f"{backend} {policy} repeat {repeat}", refresh=False)
                     row, _, _ = cell_job(ctx, CellJob(policy, rate, cc.seed, 0, policy in learned, spec, conc))
                     rows.append({**row, "backend": backend, "repeat": repeat, "concurrency": conc,
-                                 "load_avg_before": load_before, "load_avg_after": math.nan})
+                                 "profile_scale": scenario.profile_scale, "load_avg_before": load_before,
+                                 "load_avg_after": math.nan})
                     bar.update()
-        for row in rows:
-            if row["backend"] == backend:
-                row["load_avg_after"] = os.getloadavg()[0]
+        for row in rows[first:]:
+            row["load_avg_after"] = os.getloadavg()[0]
+
+    if twin is not None:
+        serve("sim", twin, range(1))  # the twin first: seconds
+    if drift is not None:
+        drift.measure("before")
+    serve("live", live, range(cc.repeats))
+    if drift is not None:
+        drift.measure("after")
+        serve("sim_rescaled", twin.replace(profile_scale=drift.ratio), range(1))
+        atomic_write_json(run_dir / "speed_drift.json", drift.to_dict())
+        bar.write(drift.describe())
     bar.close()
-    df = pd.DataFrame(rows)[COLUMNS + ["load_avg_before", "load_avg_after"]]
+    df = pd.DataFrame(rows)[COLUMNS + ["profile_scale", "load_avg_before", "load_avg_after"]]
     write_table(df, run_dir / "confirm.csv")
     return df
 
@@ -92,8 +117,9 @@ def _axis(df: pd.DataFrame) -> str:
 def confirmation_table(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     """One row per load point x policy of the live rows (see the module docstring)."""
     axis = _axis(df)
-    live, twin = df[df["backend"] == "live"], df[df["backend"] == "sim"]
-    predicted = twin.groupby([axis, "policy"])[METRIC].mean() if len(twin) else None
+    live = df[df["backend"] == "live"]
+    predicted = {name: part.groupby([axis, "policy"])[METRIC].mean() for name, part in
+                 (("twin", df[df["backend"] == "sim"]), ("twin_now", df[df["backend"] == "sim_rescaled"])) if len(part)}
     rows = []
     for load, part in live.groupby(axis, sort=False):
         base = part[part["policy"] == baseline].set_index("repeat")[METRIC] if baseline else None
@@ -102,9 +128,9 @@ def confirmation_table(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
             mean, half, n = t_interval(x)
             row = {axis: load, "policy": policy, "repeats": n, "median": x.median(), "min": x.min(), "max": x.max(),
                    "mean": mean, "half": half}
-            if predicted is not None:
-                row["twin"] = predicted.get((load, policy), math.nan)
-                row["live/twin"] = row["median"] / row["twin"]
+            for name, table in predicted.items():
+                row[name] = table.get((load, policy), math.nan)
+                row[f"live/{name}"] = row["median"] / row[name]
             if base is not None and len(base):
                 row["vs_baseline"], row["vs_baseline_half"], _ = t_interval((x / base).dropna())
             rows.append(row)
@@ -122,6 +148,10 @@ def confirmation_summary(df: pd.DataFrame, cc: ConfirmConfig, baseline: str | No
             f"(seed {cc.seed}, {requests} requests, {tokens} output tokens), policies interleaved"
             + (f"; twin prediction from {cc.twin}" if cc.twin else "")
             + f"; load average {live['load_avg_before'].iloc[0]:.2f} -> {live['load_avg_after'].iloc[0]:.2f}")
+    rescaled = df.loc[df["backend"] == "sim_rescaled", "profile_scale"]
+    if len(rescaled):
+        head += (f"\ntwin_now: the twin at this machine's speed during the live cells ({rescaled.iloc[0]:.3f}x the "
+                 f"profile's times, timed before and after them: speed_drift.json)")
     shown = table.copy()
     shown[axis] = [format_load(axis, v) for v in shown[axis]]
     lines = [head, "throughput (output tokens/s): live median [min, max], mean ± 95% CI over repeats"

@@ -1,0 +1,111 @@
+"""Machine drift (issue 21): a profile's speed anchor, the speed ratio now / when profiled, a profile
+scaled by it, and a twin served at that speed (`profile_scale`, `nightjar-rl profile --rescale`)."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from nightjar_rl.cli import main
+from nightjar_rl.env.backend import make_backend
+from nightjar_rl.env.scenario import ScenarioError, load_scenario
+from nightjar_rl.experiments.evaluate import evaluate_cell
+from nightjar_rl.hardware import HardwareProfile, ProfileError, mean_anchor, speed_ratio
+from nightjar_rl.policy import make_policy
+from tests.test_calibrate import synthetic_log
+
+PROFILES = Path(__file__).resolve().parents[1] / "envs" / "profiles"
+SHAPES = [[1, 1, 256], [4, 1, 256], [16, 1, 256], [16, 5, 256]]
+
+
+def test_speed_ratio_is_the_median_of_the_shapes_ratios():
+    then = {"shapes": SHAPES, "ms": [10.0, 20.0, 40.0, 80.0]}
+    now = {"shapes": SHAPES, "ms": [11.0, 22.0, 48.0, 80.0]}  # 1.1, 1.1, 1.2, 1.0 -> median (1.1 + 1.1) / 2
+    ratio, per_shape = speed_ratio(then, now)
+    assert ratio == pytest.approx(1.1)
+    assert per_shape == pytest.approx({"1 x 1 @ 256": 1.1, "4 x 1 @ 256": 1.1, "16 x 1 @ 256": 1.2, "16 x 5 @ 256": 1.0})
+    with pytest.raises(ProfileError, match="different shapes"):
+        speed_ratio(then, {"shapes": SHAPES[:3], "ms": [1.0, 1.0, 1.0]})
+    with pytest.raises(ProfileError, match="positive"):
+        speed_ratio({"shapes": SHAPES, "ms": [0.0, 1.0, 1.0, 1.0]}, now)
+    with pytest.raises(ProfileError, match="speed anchor must be"):
+        speed_ratio({"shapes": SHAPES}, now)
+
+
+def test_a_scaled_profile_prices_every_part_by_the_factor():
+    base = HardwareProfile({"1": {"1": 10.0, "3": 14.0}, "4": {"1": 12.0, "3": 20.0}}, {"1": 2.0, "4": 3.0},
+                           ngram_lookup_ms_per_row=0.1, verify_ms_by_context={"64": {"1": {"1": 9.0}, "4": {"1": 11.0}},
+                                                                               "256": {"1": {"1": 13.0}, "4": {"1": 17.0}}},
+                           prefill_ms={"16": 30.0, "64": 90.0}, draft_prefill_ms={"16": 5.0},
+                           overhead_ms={"1": 1.0, "4": 2.0}, meta={"speed_anchor": {"shapes": SHAPES, "ms": [1, 2, 3, 4]}})
+    scaled = base.scaled(1.25)
+    for price in (lambda p: p.verify_time_ms(2, 2), lambda p: p.verify_time_ms(3, 1, context=160),
+                  lambda p: p.draft_time_ms(2, 3), lambda p: p.lookup_time_ms(5), lambda p: p.prefill_time_ms(40),
+                  lambda p: p.prefill_time_ms(128), lambda p: p.draft_prefill_time_ms(16), lambda p: p.overhead_time_ms(3)):
+        assert price(scaled) == pytest.approx(1.25 * price(base))
+    # by hand: 2 rows x 2 tokens is 12 ms at 1 row, 16 at 4 rows, 12 + (16 - 12) / 3 = 13.33 at 2, x 1.25
+    assert scaled.verify_time_ms(2, 2) == pytest.approx(1.25 * (12.0 + 4.0 / 3))
+    assert scaled.meta["time_scale"] == 1.25 and scaled.scaled(2.0).meta["time_scale"] == 2.5
+    assert scaled.speed_anchor == base.speed_anchor  # the anchor says when the times were measured: kept
+    for bad in (0, -1.0, math.inf, True, "2"):
+        with pytest.raises(ProfileError, match="time scale"):
+            base.scaled(bad)
+
+
+def test_a_twin_with_profile_scale_two_serves_in_twice_the_time():
+    """All requests at t=0: the schedule does not depend on the clock, so every step costs twice as much
+    and the tokens are the same."""
+    twin = load_scenario("tiny-sim")
+    runs = {}
+    for scale in (1.0, 2.0):
+        scenario = twin.replace(profile_scale=scale)
+        cell = evaluate_cell(make_policy("fixed-2", scenario.max_k), scenario, make_backend(scenario), math.inf, 0, 6,
+                             scenario.max_new_tokens, {"tpot_s": 1.0})
+        runs[scale] = cell.serve_result
+    one, two = runs[1.0], runs[2.0]
+    assert one.outputs == two.outputs and len(one.steps) == len(two.steps)
+    assert [s.wall_time * 2 for s in one.steps] == pytest.approx([s.wall_time for s in two.steps])
+    with pytest.raises(ScenarioError, match="profile_scale"):
+        load_scenario("tiny").replace(profile_scale=1.5)  # a live engine's clock is the machine's
+
+
+def test_profile_cli_anchors_and_rescales(tmp_path, capsys):
+    profile = json.loads((PROFILES / "tiny-random-cpu.json").read_text())
+    anchored = tmp_path / "anchored.json"
+    anchored.write_text(json.dumps(profile | {"speed_anchor": profile["speed_anchor"] | {"ms": [
+        ms / 2 for ms in profile["speed_anchor"]["ms"]]}}))  # as if profiled on a machine twice as fast
+    out = tmp_path / "rescaled.json"
+    assert main(["profile", "--model", "tiny-random", "--rescale", str(anchored), "--out", str(out), "--quiet"]) == 0
+    data = json.loads(out.read_text())
+    ratio = data["rescaled_from"]["ratio"]
+    assert data["time_scale"] == ratio and data["speed_anchor"]["shapes"] == SHAPES
+    assert data["verify_ms"]["1"]["1"] == pytest.approx(ratio * profile["verify_ms"]["1"]["1"])
+    assert "speed now / when profiled" in capsys.readouterr().out
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({k: v for k, v in profile.items() if k != "speed_anchor"}))
+    assert main(["profile", "--model", "tiny-random", "--rescale", str(bare), "--out", str(out), "--quiet"]) == 2
+    assert "has no speed_anchor" in capsys.readouterr().err
+    assert main(["profile", "--rescale", str(anchored), "--out", str(out), "--quiet"]) == 2  # another model
+    assert "pass --model tiny-random" in capsys.readouterr().err
+
+
+def test_anchors_timed_around_the_logs_are_averaged_into_a_fitted_profile(tmp_path, capsys):
+    a = {"shapes": SHAPES, "ms": [10.0, 20.0, 40.0, 80.0], "measured": "t0", "threads": 2}
+    b = {"shapes": SHAPES, "ms": [12.0, 20.0, 44.0, 70.0], "measured": "t1", "threads": 2}
+    assert mean_anchor([a, b]) == {"shapes": SHAPES, "ms": [11.0, 20.0, 42.0, 75.0], "measured": ["t0", "t1"], "threads": 2}
+    with pytest.raises(ProfileError, match="different shapes"):
+        mean_anchor([a, {"shapes": SHAPES[:1], "ms": [1.0]}])
+    first = tmp_path / "a0.json"
+    assert main(["profile", "--model", "tiny-random", "--anchor-only", "--out", str(first), "--quiet"]) == 0
+    timed = json.loads(first.read_text())
+    assert timed["shapes"] == SHAPES and len(timed["ms"]) == 4 and min(timed["ms"]) > 0
+    second = tmp_path / "a1.json"
+    second.write_text(json.dumps(timed | {"ms": [3 * ms for ms in timed["ms"]]}))
+    log, out = tmp_path / "steps.csv", tmp_path / "fitted.json"
+    synthetic_log().to_csv(log, index=False)
+    assert main(["profile", "--from-steps", str(log), "--out", str(out), "--anchor", str(first), str(second)]) == 0
+    assert HardwareProfile.load(out).speed_anchor["ms"] == pytest.approx([2 * ms for ms in timed["ms"]], abs=1e-3)
+    second.write_text("{}")
+    assert main(["profile", "--from-steps", str(log), "--out", str(out), "--anchor", str(first), str(second)]) == 2
+    assert "speed anchor must be" in capsys.readouterr().err
