@@ -60,7 +60,7 @@ def build_stack(cfg: EngineConfig, target: LoadedModel | None = None) -> Stack:
     return Stack(engine, target, cfg)
 
 
-def engine_speed_anchor(cfg: EngineConfig, rounds: int = 7, progress: bool = False) -> dict:
+def engine_speed_anchor(cfg: EngineConfig, rounds: int = 21, progress: bool = False) -> dict:
     """The speed anchor (`measure_speed_anchor`) of the target forward the engine of `cfg` runs (its
     model, dtype, linears, layout, forward and threads), on a copy of the model loaded for it."""
     cfg.validate()

@@ -75,12 +75,15 @@ def measure_overhead_ms(model: torch.nn.Module, batch: int, context: int, steps:
 ANCHOR_SHAPES = ((1, 1, 256), (4, 1, 256), (16, 1, 256), (16, 5, 256))  # (rows, tokens per row, context)
 
 
-def measure_speed_anchor(model: torch.nn.Module, shapes=ANCHOR_SHAPES, rounds: int = 7, seed: int = 0,
+def measure_speed_anchor(model: torch.nn.Module, shapes=ANCHOR_SHAPES, rounds: int = 21, seed: int = 0,
                          verify_layout: str = DEFAULT_VERIFY_LAYOUT, model_forward: str = DEFAULT_MODEL_FORWARD,
                          progress: bool = False) -> dict:
     """Time a few fixed forwards (`shapes`: rows x tokens per row at a context), `rounds` times in
     interleaved order, median per shape: the machine's speed at this moment, recorded in a profile
-    (`speed_anchor`) and timed again later to rescale it (`nightjar_rl.hardware.speed_ratio`). Seconds."""
+    (`speed_anchor`) and timed again later to rescale it (`nightjar_rl.hardware.speed_ratio`). Seconds.
+    Each round times one forward per shape (after a warm-up forward of the same shape): on the 2-core CPU
+    one forward at 16 rows varies by up to 20-30% from the next, and medians of 10 rounds by about 5%,
+    hence 21 rounds; the same procedure then and now, or the ratio compares two procedures."""
     if rounds < 1 or not shapes:
         raise ValueError("a speed anchor needs at least one shape and one round")
     rng = np.random.default_rng(seed)

@@ -21,7 +21,7 @@ from nightjar_rl.hardware import HardwareProfile, speed_ratio
 class SpeedDrift:
     """Speed anchors of `live`'s engine timed against the one in `twin`'s profile."""
 
-    def __init__(self, live: Scenario, twin: Scenario, rounds: int = 7):
+    def __init__(self, live: Scenario, twin: Scenario, rounds: int = 21):
         profile = HardwareProfile.load(resolve_data_path(twin.profile, twin.base_dir))
         if profile.speed_anchor is None:
             raise ScenarioError(f"scenario {twin.name!r}: its profile {twin.profile} has no speed_anchor to rescale "
