@@ -303,6 +303,16 @@ class HardwareProfile:
             return self.draft_model_time_ms(rows, longest)
         return self.lookup_time_ms(drafting_rows)
 
+    def catchup_time_ms(self, rows: float, fed: float, folded: bool = False) -> float:
+        """A draft model's catch-up over `fed` positions for `rows` rows (`layouts.catchup_tokens`): a pass
+        of its own, draft_prefill_ms(fed); or `folded` into the first drafting pass, which then computes
+        rows + fed positions instead of rows: max(0, draft_prefill_ms(rows + fed) - draft_ms(rows))."""
+        if fed <= 0:
+            return 0.0
+        if not folded:
+            return self.draft_prefill_time_ms(fed)
+        return max(0.0, self.draft_prefill_time_ms(rows + fed) - self.draft_model_time_ms(rows, 1))
+
     def lookup_time_ms(self, rows: float) -> float:
         """Milliseconds of model-free drafting (n-gram lookup, SSSD trees) for `rows` rows."""
         return rows * self.ngram_lookup_ms_per_row

@@ -234,6 +234,32 @@ def test_draft_model_catch_up_after_speculation_off_is_timed_separately(tiny_tar
     assert sum(stats[-1].accepted) == 3  # and it is in sync again: self-drafting accepts everything
 
 
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_a_folded_catch_up_rides_in_the_first_drafting_pass_and_changes_no_token(tiny_target, layout):
+    """`draft_catchup: folded`: no pass of its own (catchup_time 0, its positions in draft_time), the draft
+    model as much in step afterwards, and greedy outputs identical to the separate catch-up's and to
+    plain decoding, whatever the on/off pattern."""
+    pattern = [0, 0, 3, 3] + [0] * 10 + [3, 2, 0, 0, 0, 4] + [1] * 8
+    outputs, last = {}, {}
+    for catchup in ("separate", "folded", None):
+        drafter = DraftModelDrafter(early_exit_draft(tiny_target, 2), catchup=catchup) if catchup else None
+        engine = SpeculativeEngine(tiny_target, drafter, max_batch_size=2, max_seq_len=128, verify_layout=layout)
+        engine.submit(Request("a", [3, 4, 5], 40))
+        engine.submit(Request("b", [9, 8, 7, 6, 5, 4], 40))
+        stats = [engine.step(k if catchup else 0) for k in pattern]
+        while engine.has_work:
+            engine.step(0)
+        outputs[catchup] = {seq.request_id: seq.output_ids for seq in engine.pop_finished()}
+        last[catchup] = stats
+    assert outputs["folded"] == outputs["separate"] == outputs[None]
+    folded, separate = last["folded"], last["separate"]
+    assert all(s.catchup_time == 0 for s in folded)
+    assert separate[2].catchup_time > 0 and separate[14].catchup_time > 0  # a prompt, then ten steps off
+    assert [s.accepted for s in folded] == [s.accepted for s in separate]  # the draft cache as much in step
+    with pytest.raises(ValueError, match="catchup must be one of separate, folded"):
+        DraftModelDrafter(tiny_target, catchup="lazy")
+
+
 def test_sampling_runs_and_respects_budgets(tiny_target):
     params = SamplingParams(temperature=0.8, top_p=0.9)
     for drafter in (None, NgramDrafter(), DraftModelDrafter(tiny_random_model(seed=1, num_layers=2))):

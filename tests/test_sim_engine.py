@@ -121,6 +121,28 @@ def test_draft_model_catch_up_is_charged_after_speculation_was_off():
     assert s.catchup_time == 0.0
 
 
+def test_a_folded_catch_up_is_priced_as_the_positions_it_adds_to_the_first_drafting_pass():
+    """By hand: 1 row, 11 tokens to catch up. A pass of its own: draft_prefill(11) = 4 + 1 x 0.4 = 4.4 ms.
+    Folded: the first drafting pass computes 1 + 11 = 12 positions, draft_prefill(12) = 4.8 ms instead of
+    draft(1) = 3 ms: 1.8 ms more drafting and no catch-up pass; never below 0 (a pass bound by its weights)."""
+    profile = HardwareProfile({"1": {"1": 10.0, "3": 14.0}}, {"1": 3.0}, draft_prefill_ms={"10": 4.0, "20": 8.0})
+    assert profile.catchup_time_ms(1, 11) == pytest.approx(4.4)
+    assert profile.catchup_time_ms(1, 11, folded=True) == pytest.approx(1.8)
+    assert profile.catchup_time_ms(1, 2, folded=True) == pytest.approx(1.0)  # draft_prefill(3): 4 (clamped below)
+    slow_step = HardwareProfile({"1": {"1": 10.0}}, {"1": 5.0}, draft_prefill_ms={"10": 4.0, "20": 8.0})
+    assert slow_step.catchup_time_ms(1, 2, folded=True) == 0.0  # 4 - 5 < 0: the positions ride for free
+    assert profile.catchup_time_ms(1, 0) == profile.catchup_time_ms(1, 0, folded=True) == 0.0
+    trace = toy_trace("draft")
+    engine = SimEngine(trace, profile, max_batch_size=1, max_speculation=MAX_K, draft_catchup="folded")
+    engine.submit(requests(trace)[0])
+    engine.step(0)
+    engine.step(0)
+    s = engine.step(2)  # as in the test above, the lag is 12 tokens: 11 fed
+    assert s.catchup_time == 0.0 and s.draft_time == pytest.approx(0.006 + 0.0018)
+    with pytest.raises(ValueError, match="draft_catchup must be one of separate, folded"):
+        SimEngine(trace, profile, draft_catchup="lazy")
+
+
 @pytest.mark.parametrize("layout, fed", [("padded", 20), ("packed", 11), ("mixed", 11)])
 def test_draft_model_catch_up_is_priced_by_the_tokens_it_feeds(layout, fed):
     """Row a is in step (lag 1: it accepted none of its one draft), row b was just admitted (lag 11: prompt +

@@ -263,6 +263,13 @@ def test_a_draft_model_behind_pays_its_catch_up_in_the_allocators_step_time():
     blind = AdaptiveBudget(draft_profile(), 2, price_catchup=False)
     assert blind.catchup_ms(behind) == 0.0 and blind.predict(obs) == SpecPlan.per_row({"r0": 2, "r1": 1})
     assert "no catch-up" in blind.name and blind.params()["price_catchup"] is False
+    # the engine folding the catch-up into its first drafting pass (`draft_catchup: folded`): that pass computes
+    # 2 + 16 positions, 0.4 x 18 = 7.2 ms instead of the 1 ms draft step: 6.2 ms more, no pass of its own
+    folded = AdaptiveBudget(draft_profile(), 2, draft_catchup="folded")
+    assert folded.catchup_ms(behind) == pytest.approx(6.2)
+    assert "folded catch-up" in folded.name and folded.params()["draft_catchup"] == "folded"
+    with pytest.raises(ValueError, match="draft_catchup must be one of"):
+        AdaptiveBudget(draft_profile(), 2, draft_catchup="lazy")
     lookups = AdaptiveBudget(draft_profile(), 2, drafting="lookup")  # a model-free drafter never lags
     assert lookups.catchup_ms(behind) == 0.0
     # a fresh row (lag = its whole context of 16: the draft model never drafted for it, 5 tokens to go):

@@ -11,6 +11,15 @@ SIM_LAYOUTS = {**VERIFY_LAYOUTS, MIXED_LAYOUT: "packed, with the step's admitted
                                                "unified step; simulator only: the vLLM twin's pricing)"}
 
 
+DRAFT_CATCHUPS = {
+    "separate": "its own pass over the tokens the draft model has not seen, before the drafting passes (timed as "
+                "catchup_time: Nightjar's switching cost)",
+    "folded": "those tokens fed in the first drafting pass, whose last position drafts the first token (no pass of "
+              "its own: re-enabling speculation costs the extra positions only)",
+}
+DEFAULT_DRAFT_CATCHUP = "separate"
+
+
 def catchup_tokens(lags, layout: str, runs: bool = False) -> int:
     """Positions a draft model's catch-up pass computes, given each row's lag (tokens of the row its
     cache lacks, >= 1): none unless some lag exceeds 2 (a normal drafting round leaves 1 or 2) or `runs`

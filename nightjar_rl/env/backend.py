@@ -109,7 +109,8 @@ class SimBackend:
         e = self.scenario.engine
         return SimEngine(self.trace, self.profile, max_batch_size=e.max_batch_size, max_seq_len=e.max_seq_len,
                          max_kv_tokens=e.max_kv_tokens, max_waiting=e.max_waiting, max_speculation=e.max_speculation,
-                         seed=seed, synthetic=self.synthetic, memo=self._memo, verify_layout=self.scenario.engine.verify_layout)
+                         seed=seed, synthetic=self.synthetic, memo=self._memo, verify_layout=e.verify_layout,
+                         draft_catchup=e.draft_catchup)
 
 
 class VLLMBackend:

@@ -28,7 +28,9 @@ per-row features the runtime's driver puts on the observation (`obs.rows`, a
   draft model that fell behind first catches up, so any B > 0 also pays draft_prefill_ms of it: in full
   for the steps it was off (`layouts.catchup_tokens` of the rows' `lag`: Nightjar's switching cost), and
   for a row new to it, whose prompt any drafting policy feeds once, a share per step of the row's
-  remaining tokens (`catchup_ms`; `price_catchup: false` leaves it all out).
+  remaining tokens (`catchup_ms`; `price_catchup: false` leaves it all out). Priced as the engine's
+  `draft_catchup` runs it (`HardwareProfile.catchup_time_ms`): a pass of its own, or folded into the
+  first drafting pass (then only the extra positions cost).
 
   With `select_after_draft` the allocator follows adaptive verification's order instead: every row
   drafts the longest length of the history-based allocation, and the plan hands the engine the step's
@@ -61,7 +63,7 @@ import numpy as np
 from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.contracts.plan import expected_tokens, ranked_slots, slot_lengths, slot_order
 from nightjar_rl.contracts.observation import RowBatch, obs_field, rows_of
-from nightjar_rl.decoding.layouts import VERIFY_LAYOUTS, catchup_tokens
+from nightjar_rl.decoding.layouts import DEFAULT_DRAFT_CATCHUP, DRAFT_CATCHUPS, VERIFY_LAYOUTS, catchup_tokens
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.hardware import DRAFT_MODEL, HardwareProfile
 from nightjar_rl.policy.bandits import NightjarBandit
@@ -94,7 +96,7 @@ class AdaptiveBudget(Policy):
     def __init__(self, profile: HardwareProfile | Mapping | str | Path, max_k: int, prior_acceptance: float = 0.5,
                  layout: str = "packed", max_budget: int | None = None, tpot_slack: float | None = None,
                  confidence: bool = True, drafting: str | None = None, select_after_draft: bool = False,
-                 price_catchup: bool = True):
+                 price_catchup: bool = True, draft_catchup: str = DEFAULT_DRAFT_CATCHUP):
         super().__init__(max_k)
         self.profile = as_profile(profile)
         self.drafting = drafting
@@ -120,6 +122,9 @@ class AdaptiveBudget(Policy):
         if not isinstance(price_catchup, bool):
             raise ValueError(f"price_catchup must be true or false, got {price_catchup!r}")
         self.price_catchup = price_catchup
+        if draft_catchup not in DRAFT_CATCHUPS:
+            raise ValueError(f"draft_catchup must be one of {', '.join(DRAFT_CATCHUPS)}, got {draft_catchup!r}")
+        self.draft_catchup = draft_catchup
         self._memo: dict = {}
         self.last_budget = 0  # B* of the last per-row decision (for inspection)
 
@@ -152,7 +157,8 @@ class AdaptiveBudget(Policy):
             return 0.0
         switching = [1 if lag >= n else lag for lag, n in zip(lags, contexts)]  # fresh rows: their one position
         fresh = sum((lag - 1) / max(1, left) for lag, n, left in zip(lags, contexts, remaining) if lag >= n)
-        return self.profile.draft_prefill_time_ms(catchup_tokens(switching, self.layout, runs=True) + fresh)
+        return self.profile.catchup_time_ms(len(lags), catchup_tokens(switching, self.layout, runs=True) + fresh,
+                                            folded=self.draft_catchup == "folded")
 
     @property
     def draft_model(self) -> bool:
@@ -254,7 +260,7 @@ class AdaptiveBudget(Policy):
         return {"profile": self.profile.to_dict(), "prior_acceptance": self.prior_acceptance, "layout": self.layout,
                 "max_budget": self.max_budget, "tpot_slack": self.tpot_slack, "confidence": self.confidence,
                 "drafting": self.drafting, "select_after_draft": self.select_after_draft,
-                "price_catchup": self.price_catchup}
+                "price_catchup": self.price_catchup, "draft_catchup": self.draft_catchup}
 
     @property
     def name(self) -> str:
@@ -262,6 +268,7 @@ class AdaptiveBudget(Policy):
         blind = "" if self.confidence else ",no confidences"
         priced = "" if self.drafting is None else f",drafting={self.drafting}"
         after = (",after draft" if self.select_after_draft else "") + ("" if self.price_catchup else ",no catch-up")
+        after += ",folded catch-up" if self.draft_catchup == "folded" else ""
         return f"adaptive_budget({self.profile.model}@{self.profile.device},{self.layout}{guard}{blind}{priced}{after})"
 
 

@@ -17,10 +17,12 @@ catch-up after k = 0 is charged as in the live engine. Only time is modelled:
                pass, vLLM's unified step: its weight reads are not repeated)
     draft    = k_max x draft_ms(B) (draft model) or D x ngram_lookup_ms_per_row (n-gram, SSSD;
                D = rows with a plan length > 0)
-    catch-up = draft_prefill_ms(`layouts.catchup_tokens`) when the largest lag exceeds 2: B x (largest
-               lag - 1) when padded, the sum of max(1, lag - 1) over the rows when packed or mixed
-               (each row feeds the tokens its draft cache misses but the last, a row with none one
-               dummy position, as the live engine's forward does)
+    catch-up = draft_prefill_ms(F), F = `layouts.catchup_tokens`, when the largest lag exceeds 2: B x
+               (largest lag - 1) when padded, the sum of max(1, lag - 1) over the rows when packed or
+               mixed (each row feeds the tokens its draft cache misses but the last, a row with none
+               one dummy position, as the live engine's forward does); with `draft_catchup: folded`
+               no pass of its own: the first drafting pass computes B + F positions, and draft gains
+               max(0, draft_prefill_ms(B + F) - draft_ms(B)) (`HardwareProfile.catchup_time_ms`)
     verify   = verify_ms(B, tokens per row, context = longest row, `StepStats.context`), tokens per row by layout:
                padded: 1 + max drafted; packed (default), mixed: (B + sum drafted) / B (the live engine's
                `verify_layout` padded / packed; `scored_tokens` is what the layout computes)
@@ -55,7 +57,9 @@ import numpy as np
 from nightjar_rl.contracts.plan import SpecPlan
 from nightjar_rl.decoding.drafters.registry import drafter_kind
 from nightjar_rl.decoding.layouts import (
+    DEFAULT_DRAFT_CATCHUP,
     DEFAULT_VERIFY_LAYOUT,
+    DRAFT_CATCHUPS,
     MIXED_LAYOUT,
     SIM_LAYOUTS,
     catchup_tokens,
@@ -163,13 +167,18 @@ class SimEngine(ScheduledEngine):
         synthetic: SyntheticAcceptance | None = None,
         memo: dict | None = None,
         verify_layout: str = DEFAULT_VERIFY_LAYOUT,
+        draft_catchup: str = DEFAULT_DRAFT_CATCHUP,
     ):
         """`memo`: a dict of profile lookups to share between engines over the same profile (a
         backend makes one engine per episode; the lookups repeat across episodes). `verify_layout`:
-        how the verify pass is priced (`layouts.SIM_LAYOUTS`, the module docs)."""
+        how the verify pass is priced (`layouts.SIM_LAYOUTS`, the module docs); `draft_catchup`: how a
+        draft model's catch-up is priced (`layouts.DRAFT_CATCHUPS`)."""
         if verify_layout not in SIM_LAYOUTS:
             raise ValueError(f"verify_layout must be one of {', '.join(SIM_LAYOUTS)}, got {verify_layout!r}")
+        if draft_catchup not in DRAFT_CATCHUPS:
+            raise ValueError(f"draft_catchup must be one of {', '.join(DRAFT_CATCHUPS)}, got {draft_catchup!r}")
         self.verify_layout = verify_layout
+        self.folded_catchup = draft_catchup == "folded"
         fitted = profile.meta.get("verify_layout")
         if fitted and not prices_alike(fitted, verify_layout):  # tokens counted one way, priced another
             warnings.warn(f"the profile ({profile.model}, {profile.device}) was fitted to {fitted!r} steps; this "
@@ -354,8 +363,10 @@ class SimEngine(ScheduledEngine):
             stats.draft_time = (self._seconds("draft", batch, k_max) if self.draft_model
                                 else self._seconds("lookup", batch - planned.count(0)))
             fed = catchup_tokens(lags, self.verify_layout) if draft_model else 0
-            if fed:
-                stats.catchup_time = self._seconds("catchup", fed)
+            if fed and self.folded_catchup:  # the catch-up widens the first drafting pass
+                stats.draft_time += self._seconds("catchup", batch, fed, True)
+            elif fed:
+                stats.catchup_time = self._seconds("catchup", batch, fed, False)
         stats.verify_tokens = 1 + max_drafted
         stats.scored_tokens = self.scored_size(batch, max_drafted, total_drafted)  # what the live engine computes
         if self.verify_layout == MIXED_LAYOUT and stats.prefill_time:  # this step's prefill joins the pass
@@ -407,7 +418,7 @@ class SimEngine(ScheduledEngine):
             p = self.profile
             fn = {"overhead": p.overhead_time_ms, "prefill": p.prefill_time_ms, "draft": p.draft_model_time_ms,
                   "lookup": p.lookup_time_ms,
-                  "catchup": p.draft_prefill_time_ms}[table]
+                  "catchup": p.catchup_time_ms}[table]
             value = self._memo[key] = fn(*args) / 1000.0
         return value
 

@@ -5,8 +5,10 @@ for a round whose plan chooses what to verify by them): the draft model's probab
 (the top probability under greedy decoding).
 
 Its cache is kept in step with accepted tokens. While speculation is off (k = 0) it is not run,
-so it falls behind; the next time it drafts it first catches up by feeding the missing tokens in
-one pass. That pass is timed as `catchup_time`: the switching cost Nightjar models.
+so it falls behind; the next time it drafts it catches up by feeding the missing tokens (`catchup`,
+`layouts.DRAFT_CATCHUPS`): `separate`, in a pass of their own before drafting, timed as `catchup_time`
+(the switching cost Nightjar models); `folded`, in the first drafting pass, whose last position of each
+row drafts its first token (one pass fewer; the catch-up is then part of `draft_time`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
-from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT
+from nightjar_rl.decoding.layouts import DEFAULT_DRAFT_CATCHUP, DEFAULT_VERIFY_LAYOUT, DRAFT_CATCHUPS
 from nightjar_rl.decoding.runner import ModelRunner
 from nightjar_rl.decoding.sequence import Sequence
 from nightjar_rl.decoding.timing import now
@@ -28,9 +30,13 @@ class DraftModelDrafter(Drafter):
     name = "draft"
     states_confidences = True
 
-    def __init__(self, model: torch.nn.Module, model_forward: str = DEFAULT_MODEL_FORWARD):
+    def __init__(self, model: torch.nn.Module, model_forward: str = DEFAULT_MODEL_FORWARD,
+                 catchup: str = DEFAULT_DRAFT_CATCHUP):
+        if catchup not in DRAFT_CATCHUPS:
+            raise ValueError(f"catchup must be one of {', '.join(DRAFT_CATCHUPS)}, got {catchup!r}")
         self.model = model
         self.model_forward = model_forward
+        self.catchup = catchup
         self.runner: ModelRunner | None = None
 
     def setup(self, num_slots: int, capacity: int, layout: str = DEFAULT_VERIFY_LAYOUT) -> None:
@@ -68,7 +74,7 @@ class DraftModelDrafter(Drafter):
         lag = [seq.tokens[s:] for seq, s in zip(rows, synced)]
         # a normal round leaves a lag of 1 or 2 tokens; more means speculation was off (or a new row)
         t0 = t_catchup = now(device)
-        if max(len(x) for x in lag) > 2:
+        if self.catchup == "separate" and max(len(x) for x in lag) > 2:
             runner.forward(slot_start, [x[:-1] for x in lag], synced, last_only=True)
             synced = [s + len(x) - 1 for s, x in zip(synced, lag)]
             lag = [x[-1:] for x in lag]
