@@ -11,11 +11,32 @@ so the drift and the clock model's own error stay apart.
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
+import subprocess
+import sys
 
+from nightjar_rl.engine_config import EngineConfig
 from nightjar_rl.env.backend import resolve_data_path
 from nightjar_rl.env.scenario import Scenario, ScenarioError
 from nightjar_rl.hardware import HardwareProfile, speed_ratio
+
+
+_ANCHOR_SCRIPT = """
+import json, sys
+from nightjar_rl.engine_config import EngineConfig
+from nightjar_rl.stack import engine_speed_anchor
+print(json.dumps(engine_speed_anchor(EngineConfig(**json.loads(sys.argv[1])), rounds=int(sys.argv[2]))))
+"""
+
+
+def anchor_in_fresh_process(cfg: EngineConfig, rounds: int) -> dict:
+    """`engine_speed_anchor(cfg)` timed in a new Python process (seconds: it loads the model)."""
+    done = subprocess.run([sys.executable, "-c", _ANCHOR_SCRIPT, json.dumps(dataclasses.asdict(cfg)), str(rounds)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"timing the speed anchor failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 class SpeedDrift:
@@ -30,12 +51,13 @@ class SpeedDrift:
         self.measurements: list[dict] = []
 
     def measure(self, label: str) -> float:
-        """Time the anchor now; its ratio now / when profiled (above 1: slower now)."""
-        from nightjar_rl.stack import engine_speed_anchor  # torch: only when a live engine runs anyway
-
+        """Time the anchor now, in a fresh process as the profile's was (`nightjar-rl profile --anchor-only`):
+        in the process that served the live cells it read up to 27% slow after them, while the same anchor
+        in a fresh process a minute later read as the profile's. Its ratio now / when profiled (above 1:
+        slower now)."""
         cfg = dataclasses.replace(self.live.engine_config(), **{k: self.then[k] for k in ("verify_layout", "model_forward")
                                                                 if k in self.then})
-        now = engine_speed_anchor(cfg, rounds=self.rounds)
+        now = anchor_in_fresh_process(cfg, self.rounds)
         ratio, per_shape = speed_ratio(self.then, now)
         self.measurements.append({"label": label, "ratio": ratio, "per_shape": per_shape, "anchor": now})
         return ratio
