@@ -356,3 +356,21 @@ def test_the_engines_report_the_lag_their_catch_up_feeds(tiny_target):
         assert stats.catchup_time == pytest.approx(profile.draft_prefill_time_ms(fed) / 1000 if fed else 0.0)
         charged += fed > 0
     assert charged >= 2 and SimEngine(toy_trace(), CLOCK, max_batch_size=2, max_speculation=3).draft_lags() is None
+
+
+def test_a_draft_model_allocator_also_weighs_every_row_drafting_fewer_passes():
+    """By hand. 2 rows, verify 10 ms at 2 scored positions + 1.5 ms per more, a draft pass of both rows 3 ms.
+    Survivals r0 = [0.9, 0.81], r1 = [0.5, 0.25]: in survival order r0's second slot (0.81) comes before
+    r1's first (0.5), so B = 1..4 cost 1, 2, 2, 2 passes: E/T = 2/10, 2.9/14.5, 3.71/19, 4.21/20.5,
+    4.46/22 = .2, .2, .1953, .2054, .2027 -> B = 3 (lengths 2, 1). Capped at depth 1 (one pass): 2/10,
+    2.9/14.5, 3.4/16 = .2125 > .2054 -> both rows draft 1. A padded pass scores rows x the longest, so
+    only the survival order applies there."""
+    profile = HardwareProfile({"2": {"1": 10.0, "3": 16.0}}, {"2": 3.0})
+    survival = np.array([[0.9, 0.81], [0.5, 0.25]])
+    lengths, budget, ratios = AdaptiveBudget(profile, 2).allocate(survival)
+    assert lengths.tolist() == [1, 1] and budget == 2
+    np.testing.assert_allclose(ratios, [0.2, 0.2, 0.2125])
+    # padded (rows x (1 + longest) scored): 2/10, 2.9/16, 3.71/22, 4.21/22, 4.46/22 -> B = 4, both rows 2
+    padded_lengths, padded_budget, padded = AdaptiveBudget(profile, 2, layout="padded").allocate(survival)
+    assert padded_lengths.tolist() == [2, 2] and padded_budget == 4
+    np.testing.assert_allclose(padded, [0.2, 2.9 / 16, 3.71 / 22, 4.21 / 22, 4.46 / 22])

@@ -13,6 +13,11 @@ per-row features the runtime's driver puts on the observation (`obs.rows`, a
       scored(B) = rows + B (packed layout)  |  rows x (1 + largest row length) (padded)
       B* = argmax_B E(B) / T(B)  (ties to the smaller B)
 
+  A draft model pays a pass of the whole batch per depth, and the survival order can reach a confident
+  row's deep slots before a weaker row's first, so (packed, without a guard) the same argmax is also
+  taken over the slots of depth <= D for every cap D, and the best of all wins: "every row drafts one
+  token" is always a candidate.
+
   With `tpot_slack` = tau set, only budgets that slow no row's expected time per token by more than
   tau against drafting nothing are allowed (B = 0 always is): row r expects E_r(B) = 1 + its handed-out
   survivals per step, so B is allowed when  max_r T(B) / E_r(B) <= (1 + tau) T(0).  A row left out of
@@ -195,7 +200,37 @@ class AdaptiveBudget(Policy):
             ratios[times / self.least_row_tokens(order // depth, flat, rows)
                    > (1 + self.tpot_slack) * times[0]] = -np.inf
         best = int(np.argmax(ratios))  # first maximum: ties to the smaller budget
+        if self.draft_model and self.layout == "packed" and self.tpot_slack is None and depth > 1 and top:
+            capped = self._depth_capped(survival.shape, order, flat, level, times, longest, catchup_ms)
+            if capped is not None and capped[2][capped[1]] > ratios[best]:
+                return capped
         return slot_lengths(order, best, survival.shape), best, ratios
+
+    def _depth_capped(self, shape: tuple[int, int], order: np.ndarray, flat: np.ndarray, level: np.ndarray,
+                      times: np.ndarray, longest: np.ndarray, catchup_ms: float) -> tuple[np.ndarray, int, np.ndarray] | None:
+        """A draft model pays a pass of the whole batch per depth, so the survival order (which reaches a
+        confident row's deep slots before a weaker row's first) can miss "every row drafts D tokens". For
+        each cap D below the deepest, the slots of depth <= D in the same order, priced as T(B) with D'
+        <= D passes: the best (lengths, B*, ratios) of those caps, or None. Packed: the verify pass costs
+        the same B scored tokens whichever slots they are, so only the passes change."""
+        rows = shape[0]
+        per_pass = self.profile.draft_model_time_ms(rows, 1)
+        catchup = np.where(longest > 0, catchup_ms, 0.0)
+        base = times - per_pass * longest - catchup  # verify + overhead by the number of slots B
+        depth_of = level + 1
+        best = None
+        for cap in range(1, int(depth_of.max())):
+            keep = depth_of <= cap
+            n = int(keep.sum())
+            if not n:
+                continue
+            deepest = np.concatenate([[0], np.maximum.accumulate(depth_of[keep])])
+            cost = base[:n + 1] + per_pass * deepest + np.where(deepest > 0, catchup_ms, 0.0)
+            ratios = expected_tokens(rows, flat[keep]) / cost
+            b = int(np.argmax(ratios))
+            if best is None or ratios[b] > best[2][best[1]]:
+                best = (slot_lengths(order[keep], b, shape), b, ratios)
+        return best
 
     @staticmethod
     def least_row_tokens(slot_rows: np.ndarray, slot_survival: np.ndarray, rows: int) -> np.ndarray:
