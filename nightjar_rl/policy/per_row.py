@@ -30,12 +30,12 @@ per-row features the runtime's driver puts on the observation (`obs.rows`, a
   draft_ms prices the drafter (`drafting`, the engine's; by default the profile's, see
   `HardwareProfile.drafting_kind`): a draft model drafts every row max-length times
   (`draft_model_time_ms`), a model-free drafter looks up the rows that draft (`lookup_time_ms`). A
-  draft model that fell behind first catches up, so any B > 0 also pays that catch-up: in full for the
-  steps it was off (`layouts.catchup_tokens` of the rows' `lag`: Nightjar's switching cost), and the
-  prompts, which any drafting policy feeds once, at the rate one that keeps drafting feeds them (every
-  row's prompt / its output length, per step; `catchup_ms`; `price_catchup: false` leaves it all out).
-  Priced as the engine's `draft_catchup` runs it (`HardwareProfile.catchup_time_ms`): a pass of its own,
-  or folded into the first drafting pass (then only the extra positions cost).
+  draft model that fell behind first catches up, so any B > 0 also pays draft_prefill_ms of it: in full
+  for the steps it was off (`layouts.catchup_tokens` of the rows' `lag`: Nightjar's switching cost), and
+  for a row new to it, whose prompt any drafting policy feeds once, a share per step of the row's
+  remaining tokens (`catchup_ms`; `price_catchup: false` leaves it all out). Priced as the engine's
+  `draft_catchup` runs it (`HardwareProfile.catchup_time_ms`): a pass of its own, or folded into the
+  first drafting pass (then only the extra positions cost).
 
   With `select_after_draft` the allocator follows adaptive verification's order instead: every row
   drafts the longest length of the history-based allocation, and the plan hands the engine the step's
@@ -145,27 +145,27 @@ class AdaptiveBudget(Policy):
         return draft + self._verify_ms(rows, scored, context) + p.overhead_time_ms(rows)
 
     def catchup_ms(self, rows: RowBatch) -> float:
-        """A draft model's catch-up before it drafts this step, priced as the engine runs it
-        (`HardwareProfile.catchup_time_ms`: a pass of its own, or the positions it adds to the first
-        drafting pass with `draft_catchup: folded`); 0 for lookups, without `price_catchup`, or when no row
-        lags by more than a normal round's 1-2 tokens. A row the draft model already drafted for (lag <
-        its context) lags by the steps it was off: that switching cost counts in full
-        (`layouts.catchup_tokens`). Prompts are owed by any policy that drafts: they count at the rate a
-        policy that keeps drafting feeds them, each row's prompt / (position + remaining) per step summed
-        over every row, besides a fresh row's one position in the pass. In full (myopic) they kept the
-        allocator off where drafting every step, which pays them all, wins (C = 64-128, 1B draft); as the
-        fresh rows' shares only, it drafted at C = 256, where the prompts admitted every step make drafting
-        lose to k0. Lags come from the engine (`RowBatch.lag`, `engine.draft_lags()`). Still myopic for a
-        synced row's lag, which grows with every step off. Padded: a fresh row's prompt widens the real
-        pass for every row, which its rate does not price."""
+        """A draft model's catch-up before it drafts this step, priced by the profile's draft prefill; 0
+        for lookups or without `price_catchup`. A row the draft model already drafted for (lag < its
+        context) lags by the steps it was off: that switching cost counts in full (`layouts.catchup_tokens`).
+        A fresh row (lag = its whole context) must have its prompt fed once by any policy that ever
+        drafts for it, so it counts as its share per step of its remaining tokens, (lag - 1) / remaining,
+        besides its one position in the pass: else every admission would look like a reason not to draft,
+        and the lags (hence the price) would only grow while it does not. Lags come from the engine
+        (`RowBatch.lag`, `engine.draft_lags()`). Myopic: a synced row's lag grows with every step off, so
+        after long off the full price can keep the allocator off until those rows finish. Padded: a fresh
+        row's prompt widens the real pass for every row, which its share does not price. Two alternatives
+        measured worse on the 1B-draft study (2026-11-30): every row's prompt at its feeding rate (C = 128
+        0.98 and C = 256 0.94 of k0 with its own catch-up pass, against 1.02 and 0.97 with this share) and,
+        folded, the prompts in full (C = 64 and 128 0.94 and 0.97 of k1, against 1.00 and 1.02)."""
         if not (self.draft_model and self.price_catchup):
             return 0.0
         lags, contexts, remaining = rows.column_list("lag"), rows.column_list("context"), rows.column_list("remaining")
         if max(lags, default=0) <= 2:
             return 0.0
         switching = [1 if lag >= n else lag for lag, n in zip(lags, contexts)]  # fresh rows: their one position
-        prompts = sum((n - p) / max(1, p + left) for n, p, left in zip(contexts, rows.column_list("position"), remaining))
-        return self.profile.catchup_time_ms(len(lags), catchup_tokens(switching, self.layout, runs=True) + prompts,
+        fresh = sum((lag - 1) / max(1, left) for lag, n, left in zip(lags, contexts, remaining) if lag >= n)
+        return self.profile.catchup_time_ms(len(lags), catchup_tokens(switching, self.layout, runs=True) + fresh,
                                             folded=self.draft_catchup == "folded")
 
     @property
