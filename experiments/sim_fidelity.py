@@ -303,7 +303,7 @@ def rescored(stored: Path, live_scn, sim_scn, sim, run: Path, episodes: int) -> 
         rows.append(cell | twin_columns(sims, cell, makers[cell["policy"]], num_requests))
     if (stored / "speed_drift.json").is_file():  # the stored run's measured speed, applied to today's profile
         drift = json.loads((stored / "speed_drift.json").read_text())
-        (run / "speed_drift.json").write_text(json.dumps(drift, indent=1))
+        atomic_write_json(run / "speed_drift.json", drift)
         rows = with_twin_now(rows, drift["ratio"], sim_scn, sims, makers, num_requests)
     return pd.DataFrame(rows), sims
 

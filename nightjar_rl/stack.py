@@ -32,12 +32,17 @@ class Stack:
         return self.target.model.config.vocab_size
 
 
-def build_stack(cfg: EngineConfig, target: LoadedModel | None = None) -> Stack:
-    """Load (or reuse `target`) and assemble the engine described by `cfg`."""
+def _prepared_target(cfg: EngineConfig, target: LoadedModel | None = None) -> LoadedModel:
+    """`cfg` validated, torch's threads set from it, and its target model (`target`, or loaded)."""
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    target = target or load_model(cfg.model, cfg.dtype, cfg.device, cfg.linears)
+    return target or load_model(cfg.model, cfg.dtype, cfg.device, cfg.linears)
+
+
+def build_stack(cfg: EngineConfig, target: LoadedModel | None = None) -> Stack:
+    """Load (or reuse `target`) and assemble the engine described by `cfg`."""
+    target = _prepared_target(cfg, target)
     engine_cls, decoder_kwargs = SpeculativeEngine, {}
     if cfg.decoder == "parallel":  # options from cfg.extra: draft_threads, verify_threads, draft_device, overlap
         engine_cls = ParallelBatchDecoder
@@ -63,9 +68,6 @@ def build_stack(cfg: EngineConfig, target: LoadedModel | None = None) -> Stack:
 def engine_speed_anchor(cfg: EngineConfig, rounds: int = 21, progress: bool = False) -> dict:
     """The speed anchor (`measure_speed_anchor`) of the target forward the engine of `cfg` runs (its
     model, dtype, linears, layout, forward and threads), on a copy of the model loaded for it."""
-    cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    target = load_model(cfg.model, cfg.dtype, cfg.device, cfg.linears)
+    target = _prepared_target(cfg)
     return measure_speed_anchor(target.model, rounds=rounds, verify_layout=cfg.verify_layout,
                                 model_forward=cfg.model_forward, progress=progress)

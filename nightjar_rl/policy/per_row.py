@@ -223,10 +223,8 @@ class AdaptiveBudget(Policy):
         depth_of = level + 1
         best = None
         for cap in range(1, int(depth_of.max())):
-            keep = depth_of <= cap
+            keep = depth_of <= cap  # never empty: a row's slots are a prefix, so its first has depth 1
             n = int(keep.sum())
-            if not n:
-                continue
             deepest = np.concatenate([[0], np.maximum.accumulate(depth_of[keep])])
             cost = base[:n + 1] + per_pass * deepest + np.where(deepest > 0, catchup_ms, 0.0)
             ratios = expected_tokens(rows, flat[keep]) / cost
