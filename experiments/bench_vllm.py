@@ -11,7 +11,8 @@ its scheduler with a fixed plan: the drafts vLLM proposes are all verified); eac
 process, started once (its start-up time is reported separately; compiled as vLLM runs by default,
 `--eager 1` for enforce_eager), so runs interleave: for each
 repeat, every (batch, k) cell runs on our engine then on vLLM. Reported per cell: median tokens/s,
-TTFT p50, TPOT p50 over repeats, the vLLM / ours ratio, the outputs compared token by token
+TTFT p50, TPOT p50 over repeats, ours / vLLM (the median of the per-repeat ratios; one column per
+`--layouts` entry: our engine's verify_layout, e.g. `packed mixed`), the outputs compared token by token
 (requests identical to our engine's greedy output, and to vLLM's own k = 0), and the median time
 `NightjarScheduler` adds to a vLLM step (`plugin_us_per_step`).
 
@@ -50,17 +51,25 @@ class Args:
     max_seq_len: int = 1024
     threads: int = 2
     eager: int = 0
+    layouts: list[str] = field(default_factory=lambda: ["packed"])  # our engine's verify_layout(s), each a column
     out: str = "runs/bench_vllm"
 
 
-QUICK = {"repeats": 1, "prompts": 3, "single": 2, "eager": 1, "max_new_tokens": 8, "batches": [1, 3], "ks": [2], "max_seq_len": 512}
+QUICK = {"repeats": 1, "prompts": 3, "single": 2, "eager": 1, "max_new_tokens": 8, "batches": [1, 3], "ks": [2],
+         "max_seq_len": 512, "layouts": ["packed", "mixed"]}
 
 
-def engine_config(a: Args, k: int, slots: int):
+def engine_config(a: Args, k: int, slots: int, layout: str = "packed"):
     from nightjar_rl.stack import EngineConfig
 
     return EngineConfig(model=a.model, dtype=a.dtype, max_batch_size=slots, max_seq_len=a.max_seq_len,
-                        max_speculation=k, ngram_max=a.ngram_max, ngram_min=a.ngram_min, threads=a.threads)
+                        max_speculation=k, ngram_max=a.ngram_max, ngram_min=a.ngram_min, threads=a.threads,
+                        verify_layout=layout)
+
+
+def ours_name(layout: str) -> str:
+    """Our engine's name in the tables: `nightjar`, or `nightjar-mixed` for another verify_layout."""
+    return "nightjar" if layout == "packed" else f"nightjar-{layout}"
 
 
 def prompt_ids(a: Args) -> list[list[int]]:
@@ -128,17 +137,17 @@ def main(a: Args) -> pd.DataFrame:
         proc = ctx.Process(target=vllm_worker, args=(child, a, k, slots), daemon=True)
         proc.start()
         workers[k] = (proc, parent, parent.recv()["startup_s"])
-    stack = build_stack(engine_config(a, max(a.ks), slots))
+    stacks = {ours_name(layout): build_stack(engine_config(a, max(a.ks), slots, layout)) for layout in a.layouts}
     rows, outputs = [], {}
     cells = [(r, b, k) for r in range(a.repeats) for b in a.batches for k in a.ks]
     try:
         for rep, batch, k in tqdm(cells, desc="bench_vllm", unit="cell"):
             served = prompts[:a.single] if batch == 1 else prompts
-            ours = serve_once(stack.engine, served, a.max_new_tokens, batch, k)
+            ours = {name: serve_once(stack.engine, served, a.max_new_tokens, batch, k) for name, stack in stacks.items()}
             _, conn, _ = workers[k]
             conn.send((served, a.max_new_tokens, batch))
             theirs = conn.recv()
-            for engine, res in (("nightjar", ours), ("vllm", theirs)):
+            for engine, res in (*ours.items(), ("vllm", theirs)):
                 outputs[(engine, batch, k)] = res.pop("outputs")
                 rows.append({"engine": engine, "repeat": rep, "batch": batch, "k": k, **res})
     finally:
@@ -149,17 +158,19 @@ def main(a: Args) -> pd.DataFrame:
     med = df.groupby(["batch", "k", "engine"])[["tokens_s", "ttft_p50_s", "tpot_p50_s", "acceptance",
                                                  "plugin_us_per_step"]].median()
     table = med.unstack("engine")
-    table[("ratio", "vllm/ours tokens_s")] = table[("tokens_s", "vllm")] / table[("tokens_s", "nightjar")]
+    for name in stacks:  # per-repeat ratios, their median: the interleaved pairs
+        pairs = df.pivot_table(index=["batch", "k", "repeat"], columns="engine", values="tokens_s")
+        table[("ratio", f"{name}/vllm tokens_s")] = (pairs[name] / pairs["vllm"]).groupby(["batch", "k"]).median()
     same = []
-    for batch in a.batches:
-        for k in a.ks:
-            ours, theirs = outputs[("nightjar", batch, k)], outputs[("vllm", batch, k)]
-            base = outputs.get(("vllm", batch, 0))
-            same.append({"batch": batch, "k": k, "requests": len(ours),
-                         "vllm_identical_to_ours": sum(x == y for x, y in zip(ours, theirs)),
-                         "vllm_identical_to_vllm_k0": None if base is None else sum(x == y for x, y in zip(base, theirs)),
-                         "first_divergence": next((min(j for j, (u, v) in enumerate(zip(x + [-1], y + [-2])) if u != v)
-                                                   for x, y in zip(ours, theirs) if x != y), None)})
+    for batch, k, name in ((b, k, name) for b in a.batches for k in a.ks for name in stacks):
+        ours, theirs = outputs[(name, batch, k)], outputs[("vllm", batch, k)]
+        base, packed = outputs.get(("vllm", batch, 0)), outputs.get((ours_name("packed"), batch, k))
+        same.append({"batch": batch, "k": k, "ours": name, "requests": len(ours),
+                     "identical_to_ours_packed": None if packed is None else sum(x == y for x, y in zip(ours, packed)),
+                     "vllm_identical_to_ours": sum(x == y for x, y in zip(ours, theirs)),
+                     "vllm_identical_to_vllm_k0": None if base is None else sum(x == y for x, y in zip(base, theirs)),
+                     "first_divergence": next((min(j for j, (u, v) in enumerate(zip(x + [-1], y + [-2])) if u != v)
+                                               for x, y in zip(ours, theirs) if x != y), None)})
     same_df = pd.DataFrame(same)
     startup = {f"k={k}": round(s, 2) for k, (_, _, s) in workers.items()}
     mode = "eager" if a.eager else "compiled"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nightjar_rl.decoding.drafters.registry import DRAFTER_KINDS, drafter_kind
-from nightjar_rl.decoding.layouts import DEFAULT_DRAFT_CATCHUP, DEFAULT_VERIFY_LAYOUT, DRAFT_CATCHUPS, SIM_LAYOUTS
+from nightjar_rl.decoding.layouts import DEFAULT_DRAFT_CATCHUP, DEFAULT_VERIFY_LAYOUT, DRAFT_CATCHUPS, STEP_LAYOUTS
 from nightjar_rl.model_names import DEFAULT_MODEL, DEFAULT_MODEL_FORWARD, DTYPE_NAMES, LINEARS, MODEL_FORWARDS
 from nightjar_rl.schema import ConfigError, check, option
 
@@ -47,7 +47,7 @@ class EngineConfig:
     model_forward: str = option(DEFAULT_MODEL_FORWARD, "how the target's (and a draft model's) decoder runs: " + "; ".join(
         f"{name}: {doc}" for name, doc in MODEL_FORWARDS.items()), choices=tuple(MODEL_FORWARDS))
     verify_layout: str = option(DEFAULT_VERIFY_LAYOUT, "target forward layout: " + "; ".join(
-        f"{name}: {doc}" for name, doc in SIM_LAYOUTS.items()), choices=tuple(SIM_LAYOUTS))
+        f"{name}: {doc}" for name, doc in STEP_LAYOUTS.items()), choices=tuple(STEP_LAYOUTS))
     draft_catchup: str = option(DEFAULT_DRAFT_CATCHUP, "draft model: how it catches up with tokens it has not "
                                 "seen (after k = 0, a new row's prompt): " + "; ".join(
         f"{name}: {doc}" for name, doc in DRAFT_CATCHUPS.items()), choices=tuple(DRAFT_CATCHUPS))

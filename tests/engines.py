@@ -10,7 +10,7 @@ from nightjar_rl.decoding import ParallelBatchDecoder, SpeculativeEngine
 
 from .conftest import make_drafter
 
-DECODER_KINDS = ["standard", "parallel", "parallel-sequential"]
+DECODER_KINDS = ["standard", "unified", "parallel", "parallel-sequential"]  # unified: verify_layout mixed
 
 
 
@@ -25,6 +25,8 @@ def make_engine(kind: str, target, drafter: str, **kwargs):
     d = make_drafter(drafter, target)
     if kind == "standard":
         return SpeculativeEngine(target, d, **kwargs)
+    if kind == "unified":  # vLLM's unified step: the step's prompts in the verify forward
+        return SpeculativeEngine(target, d, verify_layout="mixed", **kwargs)
     if kind in ("parallel", "parallel-sequential"):
         return ParallelBatchDecoder(target, d, overlap=kind == "parallel", **kwargs)
     raise ValueError(kind)

@@ -7,6 +7,11 @@ target scores [last token, *drafts] in one forward pass, each row keeps its agre
 the bonus token, and rejected positions are rolled back by lowering the row's length (nothing is
 recomputed). Postprocess: finished rows leave and the rest are compacted into consecutive KV slots.
 
+Unified step (`verify_layout: mixed`, vLLM's): the admitted rows' prompts ride in the decoding round's
+verify forward, packed after the decoding rows' tokens, so one pass reads the weights for both;
+attention runs per part (the decoding rows, then each group of prompts), so a one-token row is never
+padded to a prompt. Greedy outputs are those of the packed layout.
+
 Faults: a drafter that raises leaves its rows undrafted for that round (length 0, counted in
 `StepStats.draft_failures`); a target forward that raises is retried row by row, and only the rows
 whose own forward fails leave with finish_reason "error" (the message on `Sequence.error`).
@@ -20,6 +25,7 @@ import torch
 
 from nightjar_rl.contracts.plan import SpecPlan
 from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
+from nightjar_rl.decoding.layouts import MIXED_LAYOUT, VERIFY_LAYOUTS, forward_layout
 from nightjar_rl.decoding.runner import DEFAULT_VERIFY_LAYOUT, ModelRunner, split_rows
 from nightjar_rl.decoding.scheduler import ERROR, Retired, ScheduledEngine, Scheduler, prefill_groups
 from nightjar_rl.decoding.sequence import Sequence
@@ -44,8 +50,9 @@ class SpeculativeEngine(ScheduledEngine):
     Capacity is enforced by queueing: a request is admitted only when a slot is free and its worst
     case (prompt + max_new_tokens + max_speculation) fits the KV token budget. `max_waiting` bounds
     the queue (`submit` raises `QueueFullError` beyond it). Row i of `running` lives in KV slot i.
-    `verify_layout`: how the target's forwards lay rows out, "padded" (`[B, n]`) or "packed" (one
-    `[1, T]` token batch: a step computes only the positions it scores); `model_forward`: "native",
+    `verify_layout`: how the target's forwards lay rows out, "padded" (`[B, n]`), "packed" (one
+    `[1, T]` token batch: a step computes only the positions it scores) or "mixed" (packed, with the
+    step's prompts in the verify forward: the module docstring); `model_forward`: "native",
     "native-eager" or "transformers" (same outputs); see decoding/runner.py.
     """
 
@@ -78,12 +85,17 @@ class SpeculativeEngine(ScheduledEngine):
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
         self.sampling = sampling or SamplingParams()
         capacity = max_seq_len + max_speculation + 1
-        self.runner = ModelRunner(target, max_batch_size, capacity, layout=verify_layout, model_forward=model_forward)
-        self.verify_layout = self.runner.layout
+        self.unified_step = verify_layout == MIXED_LAYOUT
+        if self.unified_step and self.REGIONS != 1:
+            raise ValueError(f"verify_layout {MIXED_LAYOUT!r} needs one slot region; {type(self).__name__} "
+                             f"uses {self.REGIONS}: choose one of {', '.join(VERIFY_LAYOUTS)}")
+        self.runner = ModelRunner(target, max_batch_size, capacity, layout=forward_layout(verify_layout),
+                                  model_forward=model_forward)
+        self.verify_layout = MIXED_LAYOUT if self.unified_step else self.runner.layout
         self.device = self.runner.device
         self.drafter = drafter
         if drafter is not None:
-            drafter.setup(max_batch_size, capacity, self.verify_layout)
+            drafter.setup(max_batch_size, capacity, self.runner.layout)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.step_count = 0
 
@@ -103,34 +115,58 @@ class SpeculativeEngine(ScheduledEngine):
     def _model_time(self) -> float:
         return self.runner.model_time + (self.drafter.model_time if self.drafter is not None else 0.0)
 
+    def _run(self, decode_rows: list[Sequence], lengths: list[int], admitted: list[Sequence], stats: StepStats,
+             selecting: SpecPlan | None) -> None:
+        if self.unified_step:  # one forward: the decoding round with the prompts after it
+            self._decode(decode_rows, lengths, stats, selecting, admitted)
+        else:
+            super()._run(decode_rows, lengths, admitted, stats, selecting)
+
     def _prefill(self, admitted: list[Sequence], stats: StepStats) -> None:
         if not admitted:
+            return
+        if self.unified_step:
+            self._verify_and_commit([], [], DraftProposal.empty(0), stats, admitted[0].slot, admitted=admitted)
             return
         t0 = now(self.device)
         for rows, _ in self._prefill_groups(admitted, stats):
             logits, ok = self._forward(rows, rows[0].slot, [s.tokens for s in rows], [0] * len(rows), last_only=True)
             if not ok:
                 continue
-            chosen = logits if len(ok) == len(rows) else logits[ok]
-            for i, token in zip(ok, sample_tokens(chosen, self.sampling, self.generator)):
-                self._append(rows[i], [token])
-                stats.first_token_ids.append(rows[i].request_id)
-                stats.prefill_emitted += 1
+            self._first_tokens(rows, ok, [logits[i] for i in ok], stats, counted=False)
         stats.prefill_time += now(self.device) - t0
         stats.num_prefilled += len(admitted)
         stats.prefill_tokens += sum(s.num_prompt for s in admitted)
 
+    def _first_tokens(self, rows: list[Sequence], ok: list[int], last_logits: list[torch.Tensor], stats: StepStats,
+                      counted: bool = True) -> None:
+        """Sample and append the first token of each prefilled row `rows[i]`, i in `ok`, from its last
+        prompt position's logits; `counted`: also count the rows as prefilled (the unified step's, whose
+        time is the verify pass's)."""
+        if counted:
+            stats.num_prefilled += len(rows)
+            stats.prefill_tokens += sum(s.num_prompt for s in rows)
+            stats.prefill_padded_tokens += sum(s.num_prompt for s in rows)  # packed: exactly the prompts
+        if not ok:
+            return
+        for i, token in zip(ok, sample_tokens(torch.stack(last_logits), self.sampling, self.generator)):
+            self._append(rows[i], [token])
+            stats.first_token_ids.append(rows[i].request_id)
+            stats.prefill_emitted += 1
+
     def _forward(
         self, rows: list[Sequence], slot_start: int, fed: list[list[int]], past: list[int],
         last_only: bool = False, tree: tuple[torch.Tensor, torch.Tensor] | None = None,
+        keep: list[int] | None = None, parts: list[int] | None = None,
     ) -> tuple[torch.Tensor | list[torch.Tensor | None] | None, list[int]]:
         """The target forward over consecutive rows. If it raises, each row is retried alone: rows
         whose own forward fails are failed (finish_reason "error"), the others go on exactly.
         Returns (logits, indices of the rows that succeeded): `[B, V]` when `last_only` (failed rows'
-        are zeros), else row i's `[len(fed[i]), V]` (None for a failed row)."""
-        widths = [max(1, len(r)) for r in fed]
+        are zeros), else row i's `[len(fed[i]), V]`, or its last `keep[i]` positions' (None for a
+        failed row). `keep`, `parts`: as `ModelRunner.forward`."""
+        widths = [max(1, len(r)) for r in fed] if keep is None else keep
         try:
-            logits = self.runner.forward(slot_start, fed, past, last_only=last_only, tree=tree)
+            logits = self.runner.forward(slot_start, fed, past, last_only=last_only, tree=tree, keep=keep, parts=parts)
             return (logits if last_only else split_rows(logits, widths)), list(range(len(rows)))
         except Exception as exc:  # noqa: BLE001 - a request-level fault, isolated below
             if len(rows) == 1:
@@ -142,7 +178,8 @@ class SpeculativeEngine(ScheduledEngine):
             n = widths[i]
             sub = None if tree is None else (tree[0][i : i + 1, :n], tree[1][i : i + 1, :n, :n])
             try:
-                logits = self.runner.forward(slot_start + i, [fed[i]], [past[i]], last_only=last_only, tree=sub)
+                logits = self.runner.forward(slot_start + i, [fed[i]], [past[i]], last_only=last_only, tree=sub,
+                                             keep=None if keep is None else [n])
             except Exception as exc:  # noqa: BLE001
                 self._fail(seq, exc)
                 continue
@@ -173,9 +210,11 @@ class SpeculativeEngine(ScheduledEngine):
         return self.drafter is not None and self.drafter.states_confidences and self.sampling.greedy
 
     def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats,
-                selecting: SpecPlan | None = None) -> None:
-        """One decoding round for `rows` (consecutive slots from rows[0].slot)."""
+                selecting: SpecPlan | None = None, admitted: list[Sequence] = ()) -> None:
+        """One decoding round for `rows` (consecutive slots from rows[0].slot); `admitted` (the unified
+        step): rows in the slots after them whose prompts the verify forward also prefills."""
         if not rows:
+            self._prefill(admitted, stats)
             return
         if self.drafter is not None:
             self.drafter.wants_confidences = selecting is not None  # only then worth a softmax per draft step
@@ -183,7 +222,7 @@ class SpeculativeEngine(ScheduledEngine):
         if selecting is not None and proposal is not None and proposal.confidences is not None:
             proposal = self._select(rows, proposal, selecting, stats)
         self._verify_and_commit(rows, lengths, proposal or DraftProposal.empty(len(rows)), stats, rows[0].slot,
-                                drafted=proposal is not None and max(lengths) > 0)
+                                drafted=proposal is not None and max(lengths) > 0, admitted=admitted)
 
     def _propose(self, rows: list[Sequence], lengths: list[int], stats: StepStats) -> DraftProposal | None:
         """Drafting phase of a round (no target work): up to lengths[i] tokens for row i; None if the
@@ -212,20 +251,34 @@ class SpeculativeEngine(ScheduledEngine):
 
     def _verify_and_commit(
         self, rows: list[Sequence], lengths: list[int], proposal: DraftProposal, stats: StepStats,
-        slot_start: int = 0, drafted: bool = False,
+        slot_start: int = 0, drafted: bool = False, admitted: list[Sequence] = (),
     ) -> None:
         """Verification phase: one target pass over [last token, *drafts] per row, accept, append.
         Row i verifies at most lengths[i] drafts; `drafted`: the proposal is the drafter's (it is told
-        what was kept)."""
+        what was kept). `admitted` (the unified step): rows after `rows` whose prompts the same pass
+        prefills (attended apart: `ModelRunner.forward`'s parts), each sampling its first token."""
         # never verify past a row's plan length or its token budget
         drafts = [d[: max(0, min(n, s.remaining - 1))] for d, n, s in zip(proposal.tokens, lengths, rows)]
         t0 = now(self.device)
         trees = proposal.extra.pop("tree", None)  # token trees (greedy only; sampling verifies `tokens`)
         if trees is not None and self.sampling.greedy:
+            self._prefill(admitted, stats)  # a tree pass attends as one part: the prompts go first, apart
+            t0 = now(self.device)
             drafts, kept_tokens = self._verify_tree(rows, trees, slot_start)
         else:
             fed = [[s.tokens[-1]] + d for s, d in zip(rows, drafts)]
-            logits, ok = self._forward(rows, slot_start, fed, [s.cached_len for s in rows])
+            past = [s.cached_len for s in rows]
+            keep = parts = None
+            if admitted:
+                groups = [len(g) for g in prefill_groups([s.num_prompt for s in admitted])]
+                parts = [len(rows)] * bool(rows) + groups
+                keep = [len(f) for f in fed] + [1] * len(admitted)
+                fed, past = fed + [s.tokens for s in admitted], past + [0] * len(admitted)
+            logits, ok = self._forward(rows + list(admitted), slot_start, fed, past, keep=keep, parts=parts)
+            if admitted:
+                first = [i - len(rows) for i in ok if i >= len(rows)]
+                self._first_tokens(admitted, first, [logits[len(rows) + i][-1] for i in first], stats)
+                ok = [i for i in ok if i < len(rows)]
             kept_tokens = [[] for _ in rows]
             if ok:
                 sub = [logits[i] for i in ok]
@@ -238,7 +291,10 @@ class SpeculativeEngine(ScheduledEngine):
                     kept = sample_accept(sub, sub_drafts, probs, self.sampling, self.generator)
                 for i, tokens in zip(ok, kept):
                     kept_tokens[i] = tokens
-        stats.verify_time += now(self.device) - t0
+        if not rows:  # a unified step with nothing to decode: the pass was a prefill
+            stats.prefill_time += now(self.device) - t0
+            return
+        stats.verify_time += now(self.device) - t0  # with prompts in the pass (unified step), theirs too
         kept_drafts = [max(0, len(t) - 1) for t in kept_tokens]
         if drafted:
             self.drafter.on_commit(rows, proposal, kept_drafts)

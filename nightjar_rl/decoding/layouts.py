@@ -6,9 +6,14 @@ VERIFY_LAYOUTS = {
 }
 DEFAULT_VERIFY_LAYOUT = "packed"  # the engine's, the profiler's, the simulator's and the CLI's default (one place to change)
 MIXED_LAYOUT = "mixed"
-# what the simulator can price: the live layouts plus vLLM's unified step (what vLLM runs)
-SIM_LAYOUTS = {**VERIFY_LAYOUTS, MIXED_LAYOUT: "packed, with the step's admitted prompts in the same pass (vLLM's "
-                                               "unified step; simulator only: the vLLM twin's pricing)"}
+# what an engine's step runs (live engine and simulator): a forward layout, or vLLM's unified step
+STEP_LAYOUTS = {**VERIFY_LAYOUTS, MIXED_LAYOUT: "packed, with the step's admitted prompts in the verify pass (vLLM's "
+                                                "unified step; attention apart for the decoding rows and the prompts)"}
+
+
+def forward_layout(layout: str) -> str:
+    """The token layout of the forwards a step layout runs (`mixed` runs packed forwards)."""
+    return "packed" if layout == MIXED_LAYOUT else layout
 
 
 DRAFT_CATCHUPS = {
@@ -37,5 +42,5 @@ def catchup_tokens(lags, layout: str, runs: bool = False) -> int:
 def prices_alike(fitted: str, priced: str) -> bool:
     """Whether a profile fitted to `fitted` steps prices `priced` steps as it was fitted: the same layout,
     or packed steps priced as the unified step (packed and mixed count scored and prefill tokens alike; the
-    mixed what-if only folds each step's prefill into its pass)."""
+    unified step only folds each step's prefill into its pass)."""
     return fitted == priced or (fitted == "packed" and priced == MIXED_LAYOUT)

@@ -39,7 +39,7 @@ from torch import nn
 from transformers.activations import SiLUActivation
 
 from nightjar_rl.cpu_linears import PackedLinear, SliceOf, packed_linear
-from nightjar_rl.decoding.attention import SlotStep, attend
+from nightjar_rl.decoding.attention import AttentionPart, SlotStep, attend_parts
 from nightjar_rl.decoding.kv_cache import SlotKVCache, SlotWindow, write_window
 
 log = logging.getLogger(__name__)
@@ -71,10 +71,10 @@ def linear(x: torch.Tensor, spec: LinearSpec) -> torch.Tensor:
 
 def decoder_layers(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layers: list[LayerSpec],
                    norm: torch.Tensor, eps: float, layer_keys: list[torch.Tensor], layer_values: list[torch.Tensor],
-                   window: SlotWindow, mask: torch.Tensor, row: torch.Tensor, col: torch.Tensor, n: int,
-                   groups: int, packed: bool, heads: int, kv_heads: int, dim: int) -> torch.Tensor:
+                   window: SlotWindow, parts: list[AttentionPart], groups: int, heads: int, kv_heads: int,
+                   dim: int) -> torch.Tensor:
     """Every decoder layer, then the final norm, for the T fed tokens' embeddings `[T, hidden]`
-    (`cos`/`sin` `[T, 1, dim]`, `sin` carrying rotate-half's sign; the attention fields as in
+    (`cos`/`sin` `[T, 1, dim]`, `sin` carrying rotate-half's sign; the attention parts as in
     `SlotStep`). TorchScript-compatible: scripted by `NativeForward`."""
     tokens = hidden.shape[0]
     half = dim // 2
@@ -92,7 +92,7 @@ def decoder_layers(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, l
             value = linear(x, qkv_specs[2]).view(tokens, kv_heads, dim)
         qk = qk * cos + torch.cat((qk[..., half:], qk[..., :half]), -1) * sin
         keys, values = write_window(layer_keys[i], layer_values[i], qk[:, heads:], value, window)
-        out = attend(qk[:, :heads], keys, values, scaling, mask, row, col, window.batch, n, groups, packed)
+        out = attend_parts(qk[:, :heads], keys, values, scaling, parts, groups)
         hidden = hidden + linear(out.reshape(tokens, heads * dim), o_spec)
         x = rms_norm(hidden, norm_post, eps_post)
         if len(gate_up_specs) == 1:
@@ -186,8 +186,7 @@ class NativeForward:
         sin = sin.reshape(tokens, 1, dim)
         sin = torch.cat((-sin[..., :half], sin[..., half:]), -1)  # rotate-half's sign, carried by sin
         return self.run_layers(hidden, cos, sin, self.layers, self.norm, self.eps, cache.keys, cache.values,
-                               cache.window, step.mask, step.row, step.col, step.n, step.groups, step.packed,
-                               self.heads, self.kv_heads, dim)
+                               cache.window, step.parts, step.groups, self.heads, self.kv_heads, dim)
 
 
 def native_forward(model: nn.Module, script: bool = True) -> NativeForward | None:

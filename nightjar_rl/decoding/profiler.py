@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nightjar_rl.decoding.drafters.ngram import lookup_continuation
+from nightjar_rl.decoding.layouts import forward_layout
 from nightjar_rl.decoding.runner import DEFAULT_MODEL_FORWARD, DEFAULT_VERIFY_LAYOUT, ModelRunner
 from nightjar_rl.decoding.timing import now
 
@@ -89,6 +90,7 @@ def measure_speed_anchor(model: torch.nn.Module, shapes=ANCHOR_SHAPES, rounds: i
     rng = np.random.default_rng(seed)
     vocab = model.config.vocab_size
     rows, longest = max(s[0] for s in shapes), max(s[2] for s in shapes)
+    verify_layout = forward_layout(verify_layout)  # a unified step's forwards are packed
     runner = ModelRunner(model, rows, longest + max(s[1] for s in shapes) + 1, layout=verify_layout,
                          model_forward=model_forward)
     _fill_context(runner, rows, longest, vocab, rng)
@@ -125,7 +127,8 @@ def profile_hardware(
     tokens, and the engine's per-step overhead per batch size from `overhead_steps` real k=0 steps.
 
     `verify_layout`: the runner layout timed (the engine's `verify_layout`, default the engine's
-    default), so the tables price what the engine computes. With packed, `verify_ms_half_drafted` also times per-row
+    default; `mixed` times its packed forwards and is recorded as packed, which prices a unified step:
+    `layouts.prices_alike`), so the tables price what the engine computes. With packed, `verify_ms_half_drafted` also times per-row
     steps (half the rows scoring n positions, half 1) at `context`: the check that pricing a packed step
     by its rows and total scored tokens (`HardwareProfile.verify_step_ms`) holds on this machine."""
     if not batch_sizes or not tokens_per_row or min(batch_sizes) < 1 or min(tokens_per_row) < 1:
@@ -137,6 +140,7 @@ def profile_hardware(
     vocab = model.config.vocab_size
     longest = max([context, *contexts])
     capacity = max(longest + max(tokens_per_row), *(prefill_tokens or [0])) + 1
+    verify_layout = forward_layout(verify_layout)
     runner = ModelRunner(model, max(batch_sizes), capacity, layout=verify_layout)
     _fill_context(runner, max(batch_sizes), longest, vocab, rng)
     draft_runner = None

@@ -27,7 +27,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from nightjar_rl.decoding.attention import SlotStep, slot_attend
+from nightjar_rl.decoding.attention import AttentionPart, SlotStep, slot_attend
 from nightjar_rl.decoding.kv_cache import SlotKVCache
 from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, MIXED_LAYOUT, VERIFY_LAYOUTS
 from nightjar_rl.decoding.native_forward import native_forward
@@ -39,7 +39,7 @@ SLOT_ATTENTION = "nightjar_slots"  # the attention implementation name the runne
 
 def check_layout(layout: str) -> str:
     if layout not in VERIFY_LAYOUTS:
-        hint = f" ({MIXED_LAYOUT!r} is a simulator what-if)" if layout == MIXED_LAYOUT else ""
+        hint = f" ({MIXED_LAYOUT!r} is an engine's step layout: its forwards are packed)" if layout == MIXED_LAYOUT else ""
         raise ValueError(f"verify_layout must be one of {', '.join(VERIFY_LAYOUTS)}, got {layout!r}{hint}")
     return layout
 
@@ -107,14 +107,22 @@ class ModelRunner:
         past_lens: list[int],
         last_only: bool = False,
         tree: tuple[torch.Tensor, torch.Tensor] | None = None,
+        keep: list[int] | None = None,
+        parts: list[int] | None = None,
     ) -> torch.Tensor:
         """Append `token_rows[i]` to row i (which already caches `past_lens[i]` tokens).
 
         Returns float32 logits for every fed position: padded `[B, n, V]` (positions past a row's
         length are garbage), packed `[T, V]` (row after row, each row's fed tokens in order; see
-        `split_rows`); or `[B, V]` at each row's last token when `last_only` (both layouts).
+        `split_rows`); or `[B, V]` at each row's last token when `last_only` (both layouts); or, with
+        `keep`, the last `keep[i]` fed positions of each row, row after row (`[sum(keep), V]`).
         An empty row feeds one dummy token at its next free position: harmless, it is never counted
         as cached and is overwritten by the row's next real token.
+
+        `parts`: the sizes of consecutive groups of rows that attend apart (default: one group). With
+        more than one the tokens are laid out flat (`[1, T]`) whatever the layout: a unified step's
+        decoding rows and prompts share every projection and MLP, while attention pads each group only
+        to its own widest row.
 
         `tree` = (position offsets `[B, n]`, local mask `[B, n, n]` bool) feeds token trees: fed
         position j is still written at `past + j`, but its position id is `past + offsets[:, j]`
@@ -124,13 +132,18 @@ class ModelRunner:
         widths = [max(1, len(r)) for r in token_rows]
         if max(p + w for p, w in zip(past_lens, widths)) >= self.cache.capacity:
             raise ValueError(f"a row would exceed the KV cache capacity of {self.cache.capacity} tokens")
+        parts = parts or [batch]
+        if sum(parts) != batch or min(parts) < 1:
+            raise ValueError(f"parts {parts} must be positive row counts adding up to the batch ({batch})")
+        if tree is not None and len(parts) > 1:
+            raise ValueError("token trees attend as one part")
         n = max(widths)
         # rows of one width need no packing: the [B, n] batch holds exactly their tokens, in order
-        packed = self.layout == "packed" and min(widths) < n
+        flat = len(parts) > 1 or (self.layout == "packed" and min(widths) < n)
         dev = self.device
         lengths = torch.tensor(widths, device=dev)
         past = torch.tensor(past_lens, device=dev)
-        if packed:  # only real tokens
+        if flat:  # only real tokens
             ids = torch.tensor([t for r in token_rows for t in (r or [0])], dtype=torch.long, device=dev)
             row = torch.repeat_interleave(torch.arange(batch, device=dev), lengths)
             col = torch.arange(ids.numel(), device=dev) - (torch.cumsum(lengths, 0) - lengths)[row]
@@ -143,28 +156,22 @@ class ModelRunner:
         # padding writes to the last cache entry, which no real token ever occupies (the engine keeps
         # a margin), so a short row padded to a long one never overflows its slot
         write = torch.where(real, past[row] + col, self.cache.capacity - 1)
-        kv_len = int((past + lengths).max())  # attend over each row's real extent only
-        # query j of row b sees the row's cache (keys < past) and, among its fed keys, those before it
-        # (or, in a tree, its ancestors); key 0 always, so no query row is empty
-        key = torch.arange(kv_len, device=dev).view(1, 1, kv_len)
-        rel = key - past.view(batch, 1, 1)  # key index relative to the row's first fed position
-        fed_key = (rel >= 0) & (rel < lengths.view(batch, 1, 1))
-        if tree is None:
-            local = rel <= torch.arange(n, device=dev).view(1, n, 1)
-            rope = past[row] + col
-        else:
-            offsets, local_mask = tree
-            local = torch.gather(local_mask, 2, rel.clamp(0, n - 1).expand(batch, n, kv_len))
-            rope = past[row] + offsets[row, col]
-        allowed = (rel < 0) | (fed_key & local)
-        allowed[:, :, 0] = True
-        g = self._groups
-        allowed = allowed.unsqueeze(1).expand(batch, g, n, kv_len).reshape(batch, 1, g * n, kv_len)
-        # additive, in the model's dtype: what SDPA would otherwise convert a boolean mask to in every layer
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=dev).masked_fill_(~allowed, float("-inf"))
-        step = SlotStep(batch, n, g, row, col, mask, packed)
+        kv_len = max(p + w for p, w in zip(past_lens, widths))  # attend over each row's real extent only
+        rope = past[row] + (col if tree is None else tree[0][row, col])
+        attention_parts, first, token = [], 0, 0
+        for size in parts:
+            rows = slice(first, first + size)
+            part_n = max(widths[rows])
+            tokens = sum(widths[rows]) if flat else size * n
+            part_kv = kv_len if len(parts) == 1 else max(p + w for p, w in zip(past_lens[rows], widths[rows]))
+            mask = self._mask(past[rows], lengths[rows], part_n, part_kv, None if tree is None else tree[1])
+            attention_parts.append(AttentionPart(
+                first, size, token, tokens, part_n, part_kv, row[token : token + tokens] - first,
+                col[token : token + tokens], mask, flat and min(widths[rows]) < part_n))
+            first, token = first + size, token + tokens
+        step = SlotStep(self._groups, attention_parts)
         self.cache.set_window(slot_start, row, write, kv_len, batch)
-        shape = (1, ids.numel()) if packed else (batch, n)
+        shape = (1, ids.numel()) if flat else (batch, n)
         t0 = now(dev)
         if self._native is not None:
             hidden = self._native(ids, rope, shape, step, self.cache)
@@ -177,14 +184,46 @@ class ModelRunner:
                 raise RuntimeError(f"{type(self.model).__name__} does not route attention through transformers' "
                                    "attention interface; the slot KV cache cannot serve it")
             hidden = hidden.reshape(-1, hidden.shape[-1])  # [tokens, hidden]
-        if last_only:
-            ends = torch.cumsum(lengths, 0) - 1 if packed else torch.arange(batch, device=dev) * n + lengths - 1
-            hidden = hidden[ends]
-        elif self.layout == "padded":
+        if last_only or keep is not None:
+            hidden = hidden[self._kept_positions(widths, n, flat, [1] * batch if last_only else keep)]
+        elif not flat and self.layout == "padded":
             hidden = hidden.view(batch, n, -1)
         logits = self._lm_head(hidden).float()
         self.model_time += now(dev) - t0
         return logits
+
+    def _mask(self, past: torch.Tensor, lengths: torch.Tensor, n: int, kv_len: int,
+              tree_mask: torch.Tensor | None) -> torch.Tensor:
+        """The additive attention mask `[B, 1, g * n, kv_len]` of rows caching `past` tokens and feeding
+        `lengths`: query j of a row sees the row's cache (keys < past) and, among its fed keys, those
+        before it (or, in a tree, its ancestors by `tree_mask` `[B, n, n]`); key 0 always, so no query
+        row is empty."""
+        batch, dev = len(past), self.device
+        key = torch.arange(kv_len, device=dev).view(1, 1, kv_len)
+        rel = key - past.view(batch, 1, 1)  # key index relative to the row's first fed position
+        fed_key = (rel >= 0) & (rel < lengths.view(batch, 1, 1))
+        if tree_mask is None:
+            local = rel <= torch.arange(n, device=dev).view(1, n, 1)
+        else:
+            local = torch.gather(tree_mask, 2, rel.clamp(0, n - 1).expand(batch, n, kv_len))
+        allowed = (rel < 0) | (fed_key & local)
+        allowed[:, :, 0] = True
+        g = self._groups
+        allowed = allowed.unsqueeze(1).expand(batch, g, n, kv_len).reshape(batch, 1, g * n, kv_len)
+        # additive, in the model's dtype: what SDPA would otherwise convert a boolean mask to in every layer
+        return torch.zeros(allowed.shape, dtype=self.dtype, device=dev).masked_fill_(~allowed, float("-inf"))
+
+    def _kept_positions(self, widths: list[int], n: int, flat: bool, keep: list[int]) -> torch.Tensor:
+        """Indices into the forward's token order of each row's last `keep[i]` fed positions."""
+        if len(keep) != len(widths) or any(not 1 <= k <= w for k, w in zip(keep, widths)):
+            raise ValueError(f"keep {keep} must give each row between 1 and its fed tokens {widths}")
+        ends, end = [], -1
+        for i, w in enumerate(widths):
+            end = end + w if flat else i * n + w - 1
+            ends.append(end)
+        if all(k == 1 for k in keep):
+            return torch.tensor(ends, device=self.device)
+        return torch.tensor([p for e, k in zip(ends, keep) for p in range(e - k + 1, e + 1)], device=self.device)
 
     def forward_rows(
         self, slot_start: int, token_rows: list[list[int]], past_lens: list[int],

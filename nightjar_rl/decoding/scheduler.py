@@ -299,7 +299,8 @@ class ScheduledEngine:
         check the plan against the running rows
         schedule:    apply aborts (retire the aborted rows), admit what fits
         run:         prefill the admitted rows; retire rows finished by their first token (when any did);
-                     one decoding round for the rows that were running before the step
+                     one decoding round for the rows that were running before the step (`_run`; a live
+                     engine with `verify_layout: mixed` runs both in one forward)
         postprocess: retire finished rows, count, time
 
     An executor (the live model runner in `SpeculativeEngine`, trace replay in `SimEngine`) supplies
@@ -327,9 +328,6 @@ class ScheduledEngine:
                           verify_layout=self.verify_layout)
         decode_rows, admitted = self._schedule(stats)
         stats.context = max([len(s.tokens) for s in decode_rows], default=1) - 1
-        self._prefill(admitted, stats)
-        if any(s.finish_reason is not None for s in admitted):  # finished by their first token (or failed in prefill)
-            self._retire(stats)
         if not self.can_draft:
             lengths = [0] * len(decode_rows)
         elif plan.is_uniform:
@@ -337,7 +335,7 @@ class ScheduledEngine:
         else:
             lengths = plan.resolve([s.request.request_id for s in decode_rows])
         stats.k = max(lengths, default=plan.max_length if self.can_draft else 0)
-        self._decode(decode_rows, lengths, stats, plan if plan.verify_costs is not None else None)
+        self._run(decode_rows, lengths, admitted, stats, plan if plan.verify_costs is not None else None)
         self._retire(stats)
         stats.batch_size = len(stats.request_ids)
         stats.num_waiting = len(self.waiting)
@@ -399,6 +397,16 @@ class ScheduledEngine:
 
     def _stop_clock(self, clock, stats: StepStats) -> None:
         """Set the step's `wall_time` and `model_time` (and anything else timed per step)."""
+
+    def _run(self, decode_rows: list[Sequence], lengths: list[int], admitted: list[Sequence], stats: StepStats,
+             selecting: SpecPlan | None) -> None:
+        """The step's model work: prefill the admitted rows, retire those their first token finished, then
+        one decoding round for `decode_rows` (admitted rows sit in the slots after them, so that
+        retirement never moves a decoding row)."""
+        self._prefill(admitted, stats)
+        if any(s.finish_reason is not None for s in admitted):  # finished by their first token (or failed in prefill)
+            self._retire(stats)
+        self._decode(decode_rows, lengths, stats, selecting)
 
     def _prefill(self, admitted: list[Sequence], stats: StepStats) -> None:
         raise NotImplementedError

@@ -61,7 +61,7 @@ from nightjar_rl.decoding.layouts import (
     DEFAULT_VERIFY_LAYOUT,
     DRAFT_CATCHUPS,
     MIXED_LAYOUT,
-    SIM_LAYOUTS,
+    STEP_LAYOUTS,
     catchup_tokens,
     prices_alike,
 )
@@ -171,10 +171,10 @@ class SimEngine(ScheduledEngine):
     ):
         """`memo`: a dict of profile lookups to share between engines over the same profile (a
         backend makes one engine per episode; the lookups repeat across episodes). `verify_layout`:
-        how the verify pass is priced (`layouts.SIM_LAYOUTS`, the module docs); `draft_catchup`: how a
+        how the verify pass is priced (`layouts.STEP_LAYOUTS`, the module docs); `draft_catchup`: how a
         draft model's catch-up is priced (`layouts.DRAFT_CATCHUPS`)."""
-        if verify_layout not in SIM_LAYOUTS:
-            raise ValueError(f"verify_layout must be one of {', '.join(SIM_LAYOUTS)}, got {verify_layout!r}")
+        if verify_layout not in STEP_LAYOUTS:
+            raise ValueError(f"verify_layout must be one of {', '.join(STEP_LAYOUTS)}, got {verify_layout!r}")
         if draft_catchup not in DRAFT_CATCHUPS:
             raise ValueError(f"draft_catchup must be one of {', '.join(DRAFT_CATCHUPS)}, got {draft_catchup!r}")
         self.verify_layout = verify_layout
