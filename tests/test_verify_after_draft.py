@@ -282,6 +282,25 @@ def test_a_draft_model_behind_pays_its_catch_up_in_the_allocators_step_time():
     assert policy.predict(Observation(np.zeros(obs_size(2), np.float32), fresh)).max_length == 2  # it drafts
 
 
+def test_a_fresh_rows_share_is_priced_at_its_tokens_cost_in_the_pass_that_feeds_all_the_prompts():
+    """A draft pass of 1-100 positions costs 3 ms, then 0.01 ms a position (1,100: 13 ms). Row 0 is fresh
+    (lag = its context of 401: a 400-token prompt owed, 20 tokens to go), row 1 in step. The pass feeds
+    F_s = 2 positions (one a row) and the prompt F_f = 400: P(2) = 3 ms, P(402) = 3 + 302 x 0.01 = 6.02 ms.
+    The prompt's share per step, 400 / 20 = 20 tokens, costs 20 of its 400 tokens' 3.02 ms: 3 + 0.151 ms
+    (a pass of 2 + 20 positions alone would be 3 ms: the share free). Folded (the first drafting pass,
+    1 ms at 2 rows, widened): P = prefill(2 + F) - 1: 2 ms, then 5.04 - 2 = 3.04 ms for the prompt: 2.152."""
+    profile = HardwareProfile({"2": {"1": 10.0, "3": 16.0}}, {"2": 1.0},
+                              draft_prefill_ms={"1": 3.0, "100": 3.0, "1100": 13.0})
+    fresh = history_rows([0.9, 0.5], lag=(401, 1), context=(401, 20), remaining=(20, 100))
+    assert AdaptiveBudget(profile, 2).catchup_ms(fresh) == pytest.approx(3.0 + 3.02 * 20 / 400)
+    assert AdaptiveBudget(profile, 2, draft_catchup="folded").catchup_ms(fresh) == pytest.approx(2.0 + 3.04 * 20 / 400)
+    # a row behind (lag 31 < its context: speculation was off 30 steps) still counts in full: F_s = 1 + 1 + 30
+    # = 32 positions, P(32) = 3 ms; the whole pass P(432) = 3 + 0.01 x 332; the fresh prompt's share of the rest
+    behind = history_rows([0.9, 0.5, 0.7], lag=(401, 1, 31), context=(401, 20, 60), remaining=(20, 100, 50))
+    base = 3.0
+    assert AdaptiveBudget(profile, 2).catchup_ms(behind) == pytest.approx(base + (3.0 + 0.01 * 332 - base) * 20 / 400)
+
+
 def test_an_after_draft_allocator_round_trips_and_serves_the_live_engine_losslessly(tiny_target, tmp_path):
     policy = make_policy({"type": "adaptive_budget", "profile": draft_profile().to_dict(), "select_after_draft": True,
                           "prior_acceptance": 0.9}, 2)

@@ -33,7 +33,8 @@ per-row features the runtime's driver puts on the observation (`obs.rows`, a
   draft model that fell behind first catches up, so any B > 0 also pays draft_prefill_ms of it: in full
   for the steps it was off (`layouts.catchup_tokens` of the rows' `lag`: Nightjar's switching cost), and
   for a row new to it, whose prompt any drafting policy feeds once, a share per step of the row's
-  remaining tokens (`catchup_ms`; `price_catchup: false` leaves it all out). Priced as the engine's
+  remaining tokens, each token at what it costs in the pass that feeds all the new rows' prompts
+  (`catchup_ms`; `price_catchup: false` leaves it all out). Priced as the engine's
   `draft_catchup` runs it (`HardwareProfile.catchup_time_ms`): a pass of its own, or folded into the
   first drafting pass (then only the extra positions cost).
 
@@ -151,22 +152,43 @@ class AdaptiveBudget(Policy):
         A fresh row (lag = its whole context) must have its prompt fed once by any policy that ever
         drafts for it, so it counts as its share per step of its remaining tokens, (lag - 1) / remaining,
         besides its one position in the pass: else every admission would look like a reason not to draft,
-        and the lags (hence the price) would only grow while it does not. Lags come from the engine
+        and the lags (hence the price) would only grow while it does not. A share is priced at what a
+        prompt token costs in the pass that feeds them all, not as a pass of its few tokens: a draft pass
+        costs about the same for a few positions as for hundreds, so the shares came nearly free (C = 256,
+        seed 0, the drain's first step: 51 fresh rows owing 7,490 prompt tokens, 52 ms when paid, priced
+        4.1 ms a step that way and 5.8 ms this way, which keeps the allocator at k0 there). With F_s the
+        positions of the rows in step or behind (`catchup_tokens`, the fresh rows one each), F_f = sum
+        over fresh rows of (lag - 1), and P(F) = `HardwareProfile.catchup_time_ms` of F positions:
+
+            catchup_ms = P(F_s) + (P(F_s + F_f) - P(F_s)) / F_f * sum_fresh (lag - 1) / max(1, remaining)
+
+        (= P(F_s + the shares) where P is linear, as with the plain share). Lags come from the engine
         (`RowBatch.lag`, `engine.draft_lags()`). Myopic: a synced row's lag grows with every step off, so
         after long off the full price can keep the allocator off until those rows finish. Padded: a fresh
         row's prompt widens the real pass for every row, which its share does not price. Two alternatives
         measured worse on the 1B-draft study (2026-11-30): every row's prompt at its feeding rate (C = 128
         0.98 and C = 256 0.94 of k0 with its own catch-up pass, against 1.02 and 0.97 with this share) and,
-        folded, the prompts in full (C = 64 and 128 0.94 and 0.97 of k1, against 1.00 and 1.02)."""
+        folded, the prompts in full (C = 64 and 128 0.94 and 0.97 of k1, against 1.00 and 1.02). Charging the
+        shares over the fresh rows' steps left at the tokens a step emits ((lag - 1) x E_r / remaining, E_r
+        from the row's history) moved the 1B-draft study's C = 256 to k0's throughput, but turned the
+        folded study's C = 128 from k1's 1.02 to 0.94 (it stayed off where drafting from the first wave
+        pays) (2026-11-30, probes of 5 seeds)."""
         if not (self.draft_model and self.price_catchup):
             return 0.0
         lags, contexts, remaining = rows.column_list("lag"), rows.column_list("context"), rows.column_list("remaining")
         if max(lags, default=0) <= 2:
             return 0.0
         switching = [1 if lag >= n else lag for lag, n in zip(lags, contexts)]  # fresh rows: their one position
-        fresh = sum((lag - 1) / max(1, left) for lag, n, left in zip(lags, contexts, remaining) if lag >= n)
-        return self.profile.catchup_time_ms(len(lags), catchup_tokens(switching, self.layout, runs=True) + fresh,
-                                            folded=self.draft_catchup == "folded")
+        fresh = [(lag - 1, left) for lag, n, left in zip(lags, contexts, remaining) if lag >= n]
+        prompts = sum(owed for owed, _ in fresh)  # F_f
+        shares = sum(owed / max(1, left) for owed, left in fresh)
+        fed = catchup_tokens(switching, self.layout, runs=True)  # F_s
+        folded = self.draft_catchup == "folded"
+        base = self.profile.catchup_time_ms(len(lags), fed, folded=folded)
+        if prompts <= 0:
+            return base
+        whole = self.profile.catchup_time_ms(len(lags), fed + prompts, folded=folded)
+        return base + (whole - base) / prompts * shares
 
     @property
     def draft_model(self) -> bool:
