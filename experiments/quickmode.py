@@ -28,12 +28,13 @@ def parse_args(parser: argparse.ArgumentParser, quick: dict, argv: list[str] | N
 
 def parse_dataclass_args(args_type, doc: str, quick: dict, argv: list[str] | None = None):
     """`args_type` (a dataclass of flag defaults) filled from the command line: one flag per field
-    (`--field-name`; `out` is `--out-dir`; list fields take several ints), plus `--quick`."""
+    (`--field-name`; `out` is `--out-dir`; list fields take several values of their default's element
+    type, ints for an empty default), plus `--quick`."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, default in vars(args_type()).items():
         flag = f"--{name.replace('_', '-')}" if name != "out" else "--out-dir"
         if isinstance(default, list):
-            parser.add_argument(flag, dest=name, type=int, nargs="+", default=default)
+            parser.add_argument(flag, dest=name, type=type(default[0]) if default else int, nargs="+", default=default)
         else:
             parser.add_argument(flag, dest=name, type=type(default), default=default)
     args = vars(parse_args(parser, quick, argv))

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from nightjar_rl.decoding.datastore_cli import add_datastore_parser
-from nightjar_rl.decoding.layouts import VERIFY_LAYOUTS
+from nightjar_rl.decoding.layouts import STEP_LAYOUTS
 from nightjar_rl.engine_config import EngineConfig
 from nightjar_rl.env.trace_cli import add_trace_parser
 from nightjar_rl.experiments.cli import add_experiment_parser, add_train_parser
@@ -565,9 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--prefill-tokens", default=None, help="time prefill passes of these lengths (e.g. 32,128,512)")
     pr.add_argument("--overhead-steps", type=int, default=0, help="measure per-step engine overhead over N k=0 steps")
     pr.add_argument("--threads", type=int, default=None)
-    pr.add_argument("--verify-layout", default=None, choices=list(VERIFY_LAYOUTS),
-                    help="target forward layout timed (default: the engine's default verify_layout); packed "
-                         "also times per-row steps (verify_ms_half_drafted)")
+    pr.add_argument("--verify-layout", default=None, choices=list(STEP_LAYOUTS),
+                    help="the engine's verify_layout whose forwards are timed (default: the engine's default; "
+                         "mixed times its packed forwards); packed also times per-row steps "
+                         "(verify_ms_half_drafted)")
     pr.add_argument("--out", default=None, help=f"output JSON (default: {DEFAULT_PROFILE_DIR}/<model>-<device>-<dtype>.json)")
     pr.add_argument("--quiet", action="store_true")
     pr.add_argument("--from-steps", nargs="+", default=None, metavar="LOG",

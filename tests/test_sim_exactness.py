@@ -104,11 +104,13 @@ def test_sim_replays_live_engine_step_for_step(tiny, name):
         assert all(rec.accepted[1:, 5].min() >= 1 for rec in trace.records if len(rec) > 2)
 
 
+@pytest.mark.parametrize("layout", ["packed", "mixed"])
 @pytest.mark.parametrize("name", ["ngram", "sssd"])
-def test_sim_replays_the_packed_live_engine(tiny, name):
-    """Both in the packed layout: the same steps, scored_tokens included (rows + drafts)."""
+def test_sim_replays_the_packed_live_engine(tiny, name, layout):
+    """Both in the packed layout, or both running the unified step: the same steps, scored_tokens
+    included (rows + drafts)."""
     cfg = EngineConfig(model="tiny-random", max_batch_size=3, max_seq_len=128, max_speculation=5,
-                       verify_layout="packed", **DRAFTERS[name])
+                       verify_layout=layout, **DRAFTERS[name])
     check_replay(tiny, cfg, random_prompts(6, seed=7), max_new=12, max_k=5,
                  schedules=[[random_row_plans(5, seed=8)], [0, 3, 5]])
 

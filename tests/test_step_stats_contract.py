@@ -21,6 +21,7 @@ EngineFactory = Callable[..., object]  # (target, **engine kwargs) -> an EngineS
 
 ENGINES: dict[str, EngineFactory] = {
     "standard": lambda target, **kw: make_engine("standard", target, "self", **kw),
+    "unified": lambda target, **kw: make_engine("unified", target, "self", **kw),
     "parallel": lambda target, **kw: make_engine("parallel", target, "self", **kw),
     "parallel-sequential": lambda target, **kw: make_engine("parallel-sequential", target, "self", **kw),
     "sim": lambda target, **kw: sim_engine(target, **kw),

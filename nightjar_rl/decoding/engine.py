@@ -146,7 +146,7 @@ class SpeculativeEngine(ScheduledEngine):
         if counted:
             stats.num_prefilled += len(rows)
             stats.prefill_tokens += sum(s.num_prompt for s in rows)
-            stats.prefill_padded_tokens += sum(s.num_prompt for s in rows)  # packed: exactly the prompts
+            stats.prefill_padded_tokens += self.prefill_size(rows)  # packed: exactly the prompts
         if not ok:
             return
         for i, token in zip(ok, sample_tokens(torch.stack(last_logits), self.sampling, self.generator)):
@@ -210,7 +210,7 @@ class SpeculativeEngine(ScheduledEngine):
         return self.drafter is not None and self.drafter.states_confidences and self.sampling.greedy
 
     def _decode(self, rows: list[Sequence], lengths: list[int], stats: StepStats,
-                selecting: SpecPlan | None = None, admitted: list[Sequence] = ()) -> None:
+                selecting: SpecPlan | None = None, admitted: tuple[Sequence, ...] | list[Sequence] = ()) -> None:
         """One decoding round for `rows` (consecutive slots from rows[0].slot); `admitted` (the unified
         step): rows in the slots after them whose prompts the verify forward also prefills."""
         if not rows:
@@ -251,17 +251,20 @@ class SpeculativeEngine(ScheduledEngine):
 
     def _verify_and_commit(
         self, rows: list[Sequence], lengths: list[int], proposal: DraftProposal, stats: StepStats,
-        slot_start: int = 0, drafted: bool = False, admitted: list[Sequence] = (),
+        slot_start: int = 0, drafted: bool = False, admitted: tuple[Sequence, ...] | list[Sequence] = (),
     ) -> None:
         """Verification phase: one target pass over [last token, *drafts] per row, accept, append.
         Row i verifies at most lengths[i] drafts; `drafted`: the proposal is the drafter's (it is told
         what was kept). `admitted` (the unified step): rows after `rows` whose prompts the same pass
-        prefills (attended apart: `ModelRunner.forward`'s parts), each sampling its first token."""
+        prefills (attended apart: `ModelRunner.forward`'s parts), each sampling its first token; the
+        pass's time is split between `prefill_time` and `verify_time` by their shares of its tokens (what
+        the simulator's `mixed` layout prices as prefill: the prompts' cost beyond the pass's)."""
         # never verify past a row's plan length or its token budget
         drafts = [d[: max(0, min(n, s.remaining - 1))] for d, n, s in zip(proposal.tokens, lengths, rows)]
         t0 = now(self.device)
         trees = proposal.extra.pop("tree", None)  # token trees (greedy only; sampling verifies `tokens`)
-        if trees is not None and self.sampling.greedy:
+        tree_pass = trees is not None and self.sampling.greedy
+        if tree_pass:
             self._prefill(admitted, stats)  # a tree pass attends as one part: the prompts go first, apart
             t0 = now(self.device)
             drafts, kept_tokens = self._verify_tree(rows, trees, slot_start)
@@ -269,9 +272,8 @@ class SpeculativeEngine(ScheduledEngine):
             fed = [[s.tokens[-1]] + d for s, d in zip(rows, drafts)]
             past = [s.cached_len for s in rows]
             keep = parts = None
-            if admitted:
-                groups = [len(g) for g in prefill_groups([s.num_prompt for s in admitted])]
-                parts = [len(rows)] * bool(rows) + groups
+            if admitted:  # in the slots right after `rows`, in slot order (the scheduler's single region)
+                parts = [len(rows)] * bool(rows) + [len(g) for g in self.scheduler.prefill_batches(admitted)]
                 keep = [len(f) for f in fed] + [1] * len(admitted)
                 fed, past = fed + [s.tokens for s in admitted], past + [0] * len(admitted)
             logits, ok = self._forward(rows + list(admitted), slot_start, fed, past, keep=keep, parts=parts)
@@ -291,10 +293,15 @@ class SpeculativeEngine(ScheduledEngine):
                     kept = sample_accept(sub, sub_drafts, probs, self.sampling, self.generator)
                 for i, tokens in zip(ok, kept):
                     kept_tokens[i] = tokens
-        if not rows:  # a unified step with nothing to decode: the pass was a prefill
-            stats.prefill_time += now(self.device) - t0
+        elapsed = now(self.device) - t0
+        if admitted and not tree_pass:  # the unified step's pass: its prompts' share of the tokens is prefill
+            prompts = sum(s.num_prompt for s in admitted)
+            share = elapsed * prompts / (prompts + len(rows) + sum(map(len, drafts)))
+            stats.prefill_time += share
+            elapsed -= share
+        if not rows:  # nothing decoded: the pass was a prefill
             return
-        stats.verify_time += now(self.device) - t0  # with prompts in the pass (unified step), theirs too
+        stats.verify_time += elapsed
         kept_drafts = [max(0, len(t) - 1) for t in kept_tokens]
         if drafted:
             self.drafter.on_commit(rows, proposal, kept_drafts)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from nightjar_rl.contracts.plan import PlanError, SpecPlan
+from nightjar_rl.decoding.layouts import MIXED_LAYOUT
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
 
@@ -312,7 +313,7 @@ class ScheduledEngine:
     scheduler: Scheduler
     max_speculation: int
     step_count: int
-    verify_layout: str  # how the executor's forwards lay rows out: "padded", "packed" (simulator: or "mixed")
+    verify_layout: str  # how the executor's steps lay rows out: "padded", "packed" or "mixed" (`layouts.STEP_LAYOUTS`)
 
     # ---- the step ---------------------------------------------------------------------------------
     def step(self, plan: SpecPlan | int) -> StepStats:
@@ -404,7 +405,8 @@ class ScheduledEngine:
         one decoding round for `decode_rows` (admitted rows sit in the slots after them, so that
         retirement never moves a decoding row)."""
         self._prefill(admitted, stats)
-        if any(s.finish_reason is not None for s in admitted):  # finished by their first token (or failed in prefill)
+        # finished by their first token (or failed in prefill); a unified step retires them at its end
+        if self.verify_layout != MIXED_LAYOUT and any(s.finish_reason is not None for s in admitted):
             self._retire(stats)
         self._decode(decode_rows, lengths, stats, selecting)
 

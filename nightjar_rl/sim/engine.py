@@ -25,7 +25,7 @@ catch-up after k = 0 is charged as in the live engine. Only time is modelled:
                max(0, draft_prefill_ms(B + F) - draft_ms(B)) (`HardwareProfile.catchup_time_ms`)
     verify   = verify_ms(B, tokens per row, context = longest row, `StepStats.context`), tokens per row by layout:
                padded: 1 + max drafted; packed (default), mixed: (B + sum drafted) / B (the live engine's
-               `verify_layout` padded / packed; `scored_tokens` is what the layout computes)
+               `verify_layout`; `scored_tokens` is what the layout computes)
     overhead = overhead_ms(B)
     model_time = prefill + verify (+ draft + catch-up for a draft model), as the live engine counts it
 
