@@ -12,7 +12,8 @@ process, started once (its start-up time is reported separately; compiled as vLL
 `--eager 1` for enforce_eager), so runs interleave: for each
 repeat, every (batch, k) cell runs on our engine then on vLLM. Reported per cell: median tokens/s,
 TTFT p50, TPOT p50 over repeats, ours / vLLM (the median of the per-repeat ratios; one column per
-`--layouts` entry: our engine's verify_layout, e.g. `packed mixed`), the outputs compared token by token
+`--layouts` entry: our engine's verify_layout, e.g. `packed mixed`, served in an order rotated per
+repeat), the outputs compared token by token
 (requests identical to our engine's greedy output, and to vLLM's own k = 0), and the median time
 `NightjarScheduler` adds to a vLLM step (`plugin_us_per_step`).
 
@@ -143,7 +144,8 @@ def main(a: Args) -> pd.DataFrame:
     try:
         for rep, batch, k in tqdm(cells, desc="bench_vllm", unit="cell"):
             served = prompts[:a.single] if batch == 1 else prompts
-            ours = {name: serve_once(stack.engine, served, a.max_new_tokens, batch, k) for name, stack in stacks.items()}
+            order = list(stacks)[rep % len(stacks):] + list(stacks)[: rep % len(stacks)]  # rotated per repeat
+            ours = {name: serve_once(stacks[name].engine, served, a.max_new_tokens, batch, k) for name in order}
             _, conn, _ = workers[k]
             conn.send((served, a.max_new_tokens, batch))
             theirs = conn.recv()

@@ -8,7 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nightjar_rl.decoding.drafters.registry import DRAFTER_KINDS, drafter_kind
-from nightjar_rl.decoding.layouts import DEFAULT_DRAFT_CATCHUP, DEFAULT_VERIFY_LAYOUT, DRAFT_CATCHUPS, STEP_LAYOUTS
+from nightjar_rl.decoding.layouts import (
+    DEFAULT_DRAFT_CATCHUP,
+    DEFAULT_VERIFY_LAYOUT,
+    DRAFT_CATCHUPS,
+    MIXED_LAYOUT,
+    STEP_LAYOUTS,
+)
 from nightjar_rl.model_names import DEFAULT_MODEL, DEFAULT_MODEL_FORWARD, DTYPE_NAMES, LINEARS, MODEL_FORWARDS
 from nightjar_rl.schema import ConfigError, check, option
 
@@ -63,4 +69,7 @@ class EngineConfig:
         problem = kind.check(self) if kind.check is not None else None
         if problem:
             raise ConfigError(f"{where}: {problem}")
+        if self.decoder == "parallel" and self.verify_layout == MIXED_LAYOUT:
+            raise ConfigError(f"{where}: field 'verify_layout': {MIXED_LAYOUT!r} needs the standard decoder (the "
+                              "batch-parallel one keeps two slot regions)")
         return self

@@ -12,6 +12,7 @@ from nightjar_rl.contracts.plan import SpecPlan
 from nightjar_rl.decoding import ParallelBatchDecoder, Request, SamplingParams, SpeculativeEngine
 from nightjar_rl.decoding.drafters.sssd import SSSDDrafter
 from nightjar_rl.decoding.runner import ModelRunner
+from nightjar_rl.schema import ConfigError
 from nightjar_rl.stack import EngineConfig, build_stack
 
 from .conftest import greedy_reference, make_drafter
@@ -140,6 +141,8 @@ def test_the_unified_step_is_an_engine_config_and_needs_one_slot_region(tiny_tar
     assert stack.engine.verify_layout == "mixed" and stack.engine.runner.layout == "packed"
     with pytest.raises(ValueError, match="needs one slot region"):
         ParallelBatchDecoder(tiny_target, make_drafter("ngram", tiny_target), verify_layout="mixed")
+    with pytest.raises(ConfigError, match="'verify_layout': 'mixed' needs the standard decoder"):
+        EngineConfig(model="tiny-random", drafter="ngram", decoder="parallel", verify_layout="mixed").validate()
 
 
 @pytest.mark.real_model
