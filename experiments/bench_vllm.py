@@ -160,8 +160,8 @@ def main(a: Args) -> pd.DataFrame:
     med = df.groupby(["batch", "k", "engine"])[["tokens_s", "ttft_p50_s", "tpot_p50_s", "acceptance",
                                                  "plugin_us_per_step"]].median()
     table = med.unstack("engine")
+    pairs = df.pivot_table(index=["batch", "k", "repeat"], columns="engine", values="tokens_s")
     for name in stacks:  # per-repeat ratios, their median: the interleaved pairs
-        pairs = df.pivot_table(index=["batch", "k", "repeat"], columns="engine", values="tokens_s")
         table[("ratio", f"{name}/vllm tokens_s")] = (pairs[name] / pairs["vllm"]).groupby(["batch", "k"]).median()
     same = []
     for batch, k, name in ((b, k, name) for b in a.batches for k in a.ks for name in stacks):

@@ -85,13 +85,12 @@ class SpeculativeEngine(ScheduledEngine):
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
         self.sampling = sampling or SamplingParams()
         capacity = max_seq_len + max_speculation + 1
-        self.unified_step = verify_layout == MIXED_LAYOUT
-        if self.unified_step and self.REGIONS != 1:
+        if verify_layout == MIXED_LAYOUT and self.REGIONS != 1:
             raise ValueError(f"verify_layout {MIXED_LAYOUT!r} needs one slot region; {type(self).__name__} "
                              f"uses {self.REGIONS}: choose one of {', '.join(VERIFY_LAYOUTS)}")
         self.runner = ModelRunner(target, max_batch_size, capacity, layout=forward_layout(verify_layout),
                                   model_forward=model_forward)
-        self.verify_layout = MIXED_LAYOUT if self.unified_step else self.runner.layout
+        self.verify_layout = verify_layout if verify_layout == MIXED_LAYOUT else self.runner.layout
         self.device = self.runner.device
         self.drafter = drafter
         if drafter is not None:
@@ -133,23 +132,23 @@ class SpeculativeEngine(ScheduledEngine):
             logits, ok = self._forward(rows, rows[0].slot, [s.tokens for s in rows], [0] * len(rows), last_only=True)
             if not ok:
                 continue
-            self._first_tokens(rows, ok, [logits[i] for i in ok], stats, counted=False)
+            self._first_tokens(rows, ok, logits if len(ok) == len(rows) else logits[ok], stats, counted=False)
         stats.prefill_time += now(self.device) - t0
         stats.num_prefilled += len(admitted)
         stats.prefill_tokens += sum(s.num_prompt for s in admitted)
 
-    def _first_tokens(self, rows: list[Sequence], ok: list[int], last_logits: list[torch.Tensor], stats: StepStats,
+    def _first_tokens(self, rows: list[Sequence], ok: list[int], last_logits: torch.Tensor | None, stats: StepStats,
                       counted: bool = True) -> None:
         """Sample and append the first token of each prefilled row `rows[i]`, i in `ok`, from its last
-        prompt position's logits; `counted`: also count the rows as prefilled (the unified step's, whose
-        time is the verify pass's)."""
+        prompt position's logits (`last_logits[j]` for `ok[j]`); `counted`: also count the rows as
+        prefilled (the unified step's, whose time is the verify pass's)."""
         if counted:
             stats.num_prefilled += len(rows)
             stats.prefill_tokens += sum(s.num_prompt for s in rows)
             stats.prefill_padded_tokens += self.prefill_size(rows)  # packed: exactly the prompts
         if not ok:
             return
-        for i, token in zip(ok, sample_tokens(torch.stack(last_logits), self.sampling, self.generator)):
+        for i, token in zip(ok, sample_tokens(last_logits, self.sampling, self.generator)):
             self._append(rows[i], [token])
             stats.first_token_ids.append(rows[i].request_id)
             stats.prefill_emitted += 1
@@ -279,7 +278,8 @@ class SpeculativeEngine(ScheduledEngine):
             logits, ok = self._forward(rows + list(admitted), slot_start, fed, past, keep=keep, parts=parts)
             if admitted:
                 first = [i - len(rows) for i in ok if i >= len(rows)]
-                self._first_tokens(admitted, first, [logits[len(rows) + i][-1] for i in first], stats)
+                chosen = torch.stack([logits[len(rows) + i][-1] for i in first]) if first else None
+                self._first_tokens(admitted, first, chosen, stats)
                 ok = [i for i in ok if i < len(rows)]
             kept_tokens = [[] for _ in rows]
             if ok:

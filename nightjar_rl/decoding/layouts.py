@@ -25,6 +25,13 @@ DRAFT_CATCHUPS = {
 DEFAULT_DRAFT_CATCHUP = "separate"
 
 
+def check_draft_catchup(value: str) -> str:
+    """`value` if it names a draft catch-up (`DRAFT_CATCHUPS`), else a one-line ValueError."""
+    if value not in DRAFT_CATCHUPS:
+        raise ValueError(f"draft_catchup must be one of {', '.join(DRAFT_CATCHUPS)}, got {value!r}")
+    return value
+
+
 def catchup_tokens(lags, layout: str, runs: bool = False) -> int:
     """Positions a draft model's catch-up pass computes, given each row's lag (tokens of the row its
     cache lacks, >= 1): none unless some lag exceeds 2 (a normal drafting round leaves 1 or 2) or `runs`

@@ -371,6 +371,11 @@ class ScheduledEngine:
             elif seq.finish_reason == ERROR:
                 stats.failed_ids.append(seq.request_id)
 
+    @property
+    def unified_step(self) -> bool:
+        """Whether a step runs its prompts in the decoding pass (`verify_layout: mixed`, vLLM's)."""
+        return self.verify_layout == MIXED_LAYOUT
+
     # ---- executor hooks ----------------------------------------------------------------------------
     @property
     def can_draft(self) -> bool:
@@ -406,7 +411,7 @@ class ScheduledEngine:
         retirement never moves a decoding row)."""
         self._prefill(admitted, stats)
         # finished by their first token (or failed in prefill); a unified step retires them at its end
-        if self.verify_layout != MIXED_LAYOUT and any(s.finish_reason is not None for s in admitted):
+        if not self.unified_step and any(s.finish_reason is not None for s in admitted):
             self._retire(stats)
         self._decode(decode_rows, lengths, stats, selecting)
 

@@ -69,7 +69,7 @@ import numpy as np
 from nightjar_rl.contracts import SpecPlan
 from nightjar_rl.contracts.plan import expected_tokens, ranked_slots, slot_lengths, slot_order
 from nightjar_rl.contracts.observation import RowBatch, obs_field, rows_of
-from nightjar_rl.decoding.layouts import DEFAULT_DRAFT_CATCHUP, DRAFT_CATCHUPS, VERIFY_LAYOUTS, catchup_tokens
+from nightjar_rl.decoding.layouts import DEFAULT_DRAFT_CATCHUP, VERIFY_LAYOUTS, catchup_tokens, check_draft_catchup
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.hardware import DRAFT_MODEL, HardwareProfile
 from nightjar_rl.policy.bandits import NightjarBandit
@@ -128,9 +128,7 @@ class AdaptiveBudget(Policy):
         if not isinstance(price_catchup, bool):
             raise ValueError(f"price_catchup must be true or false, got {price_catchup!r}")
         self.price_catchup = price_catchup
-        if draft_catchup not in DRAFT_CATCHUPS:
-            raise ValueError(f"draft_catchup must be one of {', '.join(DRAFT_CATCHUPS)}, got {draft_catchup!r}")
-        self.draft_catchup = draft_catchup
+        self.draft_catchup = check_draft_catchup(draft_catchup)
         self._memo: dict = {}
         self.last_budget = 0  # B* of the last per-row decision (for inspection)
 

@@ -59,10 +59,10 @@ from nightjar_rl.decoding.drafters.registry import drafter_kind
 from nightjar_rl.decoding.layouts import (
     DEFAULT_DRAFT_CATCHUP,
     DEFAULT_VERIFY_LAYOUT,
-    DRAFT_CATCHUPS,
     MIXED_LAYOUT,
     STEP_LAYOUTS,
     catchup_tokens,
+    check_draft_catchup,
     prices_alike,
 )
 from nightjar_rl.decoding.scheduler import ScheduledEngine, Scheduler
@@ -175,10 +175,8 @@ class SimEngine(ScheduledEngine):
         draft model's catch-up is priced (`layouts.DRAFT_CATCHUPS`)."""
         if verify_layout not in STEP_LAYOUTS:
             raise ValueError(f"verify_layout must be one of {', '.join(STEP_LAYOUTS)}, got {verify_layout!r}")
-        if draft_catchup not in DRAFT_CATCHUPS:
-            raise ValueError(f"draft_catchup must be one of {', '.join(DRAFT_CATCHUPS)}, got {draft_catchup!r}")
         self.verify_layout = verify_layout
-        self.folded_catchup = draft_catchup == "folded"
+        self.folded_catchup = check_draft_catchup(draft_catchup) == "folded"
         fitted = profile.meta.get("verify_layout")
         if fitted and not prices_alike(fitted, verify_layout):  # tokens counted one way, priced another
             warnings.warn(f"the profile ({profile.model}, {profile.device}) was fitted to {fitted!r} steps; this "

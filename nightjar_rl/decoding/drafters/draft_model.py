@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from nightjar_rl.decoding.drafters.base import Drafter, DraftProposal
-from nightjar_rl.decoding.layouts import DEFAULT_DRAFT_CATCHUP, DEFAULT_VERIFY_LAYOUT, DRAFT_CATCHUPS
+from nightjar_rl.decoding.layouts import DEFAULT_DRAFT_CATCHUP, DEFAULT_VERIFY_LAYOUT, check_draft_catchup
 from nightjar_rl.decoding.runner import ModelRunner
 from nightjar_rl.decoding.sequence import Sequence
 from nightjar_rl.decoding.timing import now
@@ -32,11 +32,9 @@ class DraftModelDrafter(Drafter):
 
     def __init__(self, model: torch.nn.Module, model_forward: str = DEFAULT_MODEL_FORWARD,
                  catchup: str = DEFAULT_DRAFT_CATCHUP):
-        if catchup not in DRAFT_CATCHUPS:
-            raise ValueError(f"catchup must be one of {', '.join(DRAFT_CATCHUPS)}, got {catchup!r}")
         self.model = model
         self.model_forward = model_forward
-        self.catchup = catchup
+        self.catchup = check_draft_catchup(catchup)
         self.runner: ModelRunner | None = None
 
     def setup(self, num_slots: int, capacity: int, layout: str = DEFAULT_VERIFY_LAYOUT) -> None:
