@@ -31,7 +31,8 @@ from bench_vllm import prompt_ids, serve_once  # same folder: the peer benchmark
 from nightjar_rl.model_names import MODEL_FORWARDS
 
 BASELINE = "transformers"  # the model's own forward
-NATIVE_KINDS = tuple(f for f in MODEL_FORWARDS if f != BASELINE)  # ("native", "native-eager"), each set against it
+# ("native", "native-eager"), each set against it (`native-vllm`, vLLM's attention kernel, is bench_vllm's --forwards)
+NATIVE_KINDS = tuple(f for f in MODEL_FORWARDS if f not in (BASELINE, "native-vllm"))
 FORWARDS = (*NATIVE_KINDS, BASELINE)
 
 

@@ -12,8 +12,8 @@ process, started once (its start-up time is reported separately; compiled as vLL
 `--eager 1` for enforce_eager), so runs interleave: for each
 repeat, every (batch, k) cell runs on our engine then on vLLM. Reported per cell: median tokens/s,
 TTFT p50, TPOT p50 over repeats, ours / vLLM (the median of the per-repeat ratios; one column per
-`--layouts` entry: our engine's verify_layout, e.g. `packed mixed`, served in an order rotated per
-repeat), the outputs compared token by token
+`--layouts` x `--forwards` entry: our engine's verify_layout, e.g. `packed mixed`, and decoder forward,
+e.g. `native native-vllm`, served in an order rotated per repeat), the outputs compared token by token
 (requests identical to our engine's greedy output, and to vLLM's own k = 0), and the median time
 `NightjarScheduler` adds to a vLLM step (`plugin_us_per_step`).
 
@@ -53,24 +53,26 @@ class Args:
     threads: int = 2
     eager: int = 0
     layouts: list[str] = field(default_factory=lambda: ["packed"])  # our engine's verify_layout(s), each a column
+    forwards: list[str] = field(default_factory=lambda: ["native"])  # our engine's model_forward(s), each a column
     out: str = "runs/bench_vllm"
 
 
 QUICK = {"repeats": 1, "prompts": 3, "single": 2, "eager": 1, "max_new_tokens": 8, "batches": [1, 3], "ks": [2],
-         "max_seq_len": 512, "layouts": ["packed", "mixed"]}
+         "max_seq_len": 512, "layouts": ["packed", "mixed"], "forwards": ["native", "native-vllm"]}
 
 
-def engine_config(a: Args, k: int, slots: int, layout: str = "packed"):
+def engine_config(a: Args, k: int, slots: int, layout: str = "packed", forward: str = "native"):
     from nightjar_rl.stack import EngineConfig
 
     return EngineConfig(model=a.model, dtype=a.dtype, max_batch_size=slots, max_seq_len=a.max_seq_len,
                         max_speculation=k, ngram_max=a.ngram_max, ngram_min=a.ngram_min, threads=a.threads,
-                        verify_layout=layout)
+                        verify_layout=layout, model_forward=forward)
 
 
-def ours_name(layout: str) -> str:
-    """Our engine's name in the tables: `nightjar`, or `nightjar-mixed` for another verify_layout."""
-    return "nightjar" if layout == "packed" else f"nightjar-{layout}"
+def ours_name(layout: str, forward: str = "native") -> str:
+    """Our engine's name in the tables: `nightjar`, plus `-mixed` for another verify_layout and
+    `-native-vllm` for another model_forward."""
+    return "nightjar" + ("" if layout == "packed" else f"-{layout}") + ("" if forward == "native" else f"-{forward}")
 
 
 def prompt_ids(a: Args) -> list[list[int]]:
@@ -138,7 +140,8 @@ def main(a: Args) -> pd.DataFrame:
         proc = ctx.Process(target=vllm_worker, args=(child, a, k, slots), daemon=True)
         proc.start()
         workers[k] = (proc, parent, parent.recv()["startup_s"])
-    stacks = {ours_name(layout): build_stack(engine_config(a, max(a.ks), slots, layout)) for layout in a.layouts}
+    stacks = {ours_name(layout, forward): build_stack(engine_config(a, max(a.ks), slots, layout, forward))
+              for layout in a.layouts for forward in a.forwards}
     rows, outputs = [], {}
     cells = [(r, b, k) for r in range(a.repeats) for b in a.batches for k in a.ks]
     try:

@@ -9,5 +9,7 @@ MODEL_FORWARDS = {  # how the runner runs a model's decoder (`nightjar_rl.decodi
               "TorchScript (bitwise the same outputs, less per-op overhead); other models use their own forward",
     "native-eager": "the native loop run as plain Python (what `native` falls back to if TorchScript fails)",
     "transformers": "the model's own forward, attention routed to the slot cache",
+    "native-vllm": "the native loop with vLLM's CPU attention kernel (needs the [vllm] extra; rows read to their own "
+                   "length, one call per layer; float32 sums in another order than SDPA, so not bitwise `native`)",
 }
 DEFAULT_MODEL_FORWARD = "native"

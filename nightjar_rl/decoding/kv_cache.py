@@ -47,14 +47,23 @@ def write_window(layer_keys: torch.Tensor, layer_values: torch.Tensor, key: torc
 
 
 class SlotKVCache(Cache):
-    def __init__(self, config, num_slots: int, capacity: int, dtype: torch.dtype, device: torch.device | str):
+    """`keys_transposed`: store each slot's keys head_dim-major (vLLM's CPU kernel layout,
+    `paged_attention`); `keys[i]` is then a transposed view with the same `[slots, heads, capacity, dim]`
+    indexing, so nothing that reads or writes through it changes."""
+
+    def __init__(self, config, num_slots: int, capacity: int, dtype: torch.dtype, device: torch.device | str,
+                 keys_transposed: bool = False):
         super().__init__(layers=[])
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         num_layers = text_config.num_hidden_layers
         kv_heads = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
         head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
         shape = (num_slots, kv_heads, capacity, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        if keys_transposed:
+            stored = (num_slots, kv_heads, head_dim, capacity)
+            self.keys = [torch.zeros(stored, dtype=dtype, device=device).transpose(2, 3) for _ in range(num_layers)]
+        else:
+            self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.num_slots = num_slots
         self.capacity = capacity

@@ -8,14 +8,15 @@ Two token layouts for one forward (`VERIFY_LAYOUTS`):
   tokens in all, so a step costs what it scores (rows that all feed the same number of tokens run
   as `[B, n]`: the same tokens in the same order, nothing padded, no scatter in attention).
 
-Three ways to run the decoder (`MODEL_FORWARDS`): "native" (transformers' Llama models:
+Four ways to run the decoder (`MODEL_FORWARDS`): "native" (transformers' Llama models:
 `native_forward.NativeForward`, the same ops with less around them, its layer loop compiled by
-TorchScript), "native-eager" (that loop as Python) or "transformers" (the model's own forward, its
-attention routed through `slot_attention`, registered with transformers' attention interface). Every
-way, attention runs over the slot KV cache (`kv_cache.write_window`) in `attention.attend`: queries are
-grouped per KV head (no `repeat_kv` copy of the cache per layer), one additive mask `[B, 1, g*n, kv]`
-is built per forward, and a packed batch's queries are scattered to `[B, n]` only inside attention (the
-projections, MLPs and the LM head see the T real tokens).
+TorchScript), "native-vllm" (that loop with vLLM's CPU attention kernel, `paged_attention`),
+"native-eager" (that loop as Python) or "transformers" (the model's own forward, its attention routed
+through `slot_attention`, registered with transformers' attention interface). Otherwise attention runs over the slot KV cache
+(`kv_cache.write_window`) in `attention.attend`: queries are grouped per KV head (no `repeat_kv` copy
+of the cache per layer), one additive mask `[B, 1, g*n, kv]` is built per forward, and a packed batch's
+queries are scattered to `[B, n]` only inside attention (the projections, MLPs and the LM head see the
+T real tokens).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from nightjar_rl.decoding.attention import AttentionPart, SlotStep, slot_attend
 from nightjar_rl.decoding.kv_cache import SlotKVCache
 from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, MIXED_LAYOUT, VERIFY_LAYOUTS
 from nightjar_rl.decoding.native_forward import native_forward
+from nightjar_rl.decoding.paged_attention import kernel_isa, paged_step
 from nightjar_rl.decoding.timing import now
 from nightjar_rl.model_names import DEFAULT_MODEL_FORWARD, MODEL_FORWARDS
 
@@ -77,13 +79,22 @@ class ModelRunner:
         self.model = model
         self.layout = check_layout(layout)
         self._native = None if model_forward == "transformers" else native_forward(
-            model, script=model_forward == "native")
-        # what runs: "native" only when the loop is scripted (else its Python form, "native-eager")
-        self.forward_kind = ("transformers" if self._native is None
-                             else "native" if self._native.scripted else "native-eager")
+            model, script=model_forward != "native-eager")
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        self.cache = SlotKVCache(model.config, num_slots, capacity, self.dtype, self.device)
+        # vLLM's CPU attention kernel (native models only; others keep their own forward and SDPA)
+        self._paged_isa = None
+        if model_forward == "native-vllm" and self._native is not None:
+            if self.device.type != "cpu" or self.dtype != torch.float32:
+                raise ValueError("model_forward 'native-vllm' runs vLLM's CPU attention kernel on float32 CPU models "
+                                 f"only (the key layout is checked for that), got {self.dtype} on {self.device}")
+            capacity = -(-capacity // 32) * 32  # whole kernel tiles (vLLM's vec kernel reads 32 entries at a time)
+            self._paged_isa = kernel_isa(self.dtype, capacity, self._native.head_dim)
+        # what runs: "native" only when the loop is scripted (else its Python form, "native-eager")
+        self.forward_kind = ("transformers" if self._native is None else "native-vllm" if self._paged_isa
+                             else "native" if self._native.scripted else "native-eager")
+        self.cache = SlotKVCache(model.config, num_slots, capacity, self.dtype, self.device,
+                                 keys_transposed=self._paged_isa is not None)
         self._decoder = model.get_decoder()
         self._lm_head = model.get_output_embeddings()
         # transformers 5.x names the cache argument `cache` (`past_key_values` is deprecated and warns)
@@ -158,13 +169,18 @@ class ModelRunner:
         write = torch.where(real, past[row] + col, self.cache.capacity - 1)
         kv_len = max(p + w for p, w in zip(past_lens, widths))  # attend over each row's real extent only
         rope = past[row] + (col if tree is None else tree[0][row, col])
+        # vLLM's kernel takes rows' tokens back to back, each row's last positions (no trees, no padding)
+        paged = (paged_step(slot_start, widths, past_lens, self._native.heads, self._native.kv_heads,
+                            self._native.head_dim, self.dtype, self._paged_isa)
+                 if self._paged_isa and tree is None and (flat or min(widths) == n) else None)
         attention_parts, first, token = [], 0, 0
         for size in parts:
             rows = slice(first, first + size)
             part_n = max(widths[rows])
             tokens = sum(widths[rows]) if flat else size * n
             part_kv = kv_len if len(parts) == 1 else max(p + w for p, w in zip(past_lens[rows], widths[rows]))
-            mask = self._mask(past[rows], lengths[rows], part_n, part_kv, None if tree is None else tree[1])
+            mask = (self._mask(past[rows], lengths[rows], part_n, part_kv, None if tree is None else tree[1])
+                    if paged is None else torch.empty(0, dtype=self.dtype))
             attention_parts.append(AttentionPart(
                 first, size, token, tokens, part_n, part_kv, row[token : token + tokens] - first,
                 col[token : token + tokens], mask, flat and min(widths[rows]) < part_n))
@@ -174,7 +190,7 @@ class ModelRunner:
         shape = (1, ids.numel()) if flat else (batch, n)
         t0 = now(dev)
         if self._native is not None:
-            hidden = self._native(ids, rope, shape, step, self.cache)
+            hidden = self._native(ids, rope, shape, step, self.cache, paged)
         else:
             hidden = self._decoder(
                 input_ids=ids.view(shape), position_ids=rope.view(shape), use_cache=True, slot_step=step,
