@@ -1,8 +1,9 @@
-"""The native decoder forward (TorchScript and Python) against the model's own forward, side by side.
+"""The native decoder forwards (TorchScript, Python, vLLM's kernels) against the model's own forward.
 
-Three engines on one loaded target (same weights, packed linears), one per `model_forward`
-(`native`: the layer loop through TorchScript, `native-eager`: the same loop as Python,
-`transformers`: the model's own forward), serve the peer benchmark's workload (`bench_vllm.py`: the
+Four engines, one per `model_forward` (`native`: the layer loop through TorchScript, `native-eager`:
+the same loop as Python, `transformers`: the model's own forward, on one loaded target with packed
+linears; `native-vllm`: the loop on vLLM's CPU kernels, on its own copy with vLLM's GEMM,
+`bench_vllm.FORWARD_LINEARS`; skipped without the [vllm] extra), serve the peer benchmark's workload (`bench_vllm.py`: the
 bundled prompts chat-templated, greedy, `--max-new-tokens` each; batch 1 = the first `--single` prompts
 one after the other, batched cells all `--prompts` with at most `batch` in flight) at every k in
 `--ks`, interleaved per repeat (the order rotates). Reported per cell: median tokens/s, TTFT and TPOT
@@ -26,22 +27,37 @@ import pandas as pd
 import quickmode  # same folder
 import torch
 from bench_vllm import Args as PeerArgs
-from bench_vllm import prompt_ids, serve_once  # same folder: the peer benchmark's workload and run
+from bench_vllm import FORWARD_LINEARS, prompt_ids, serve_once  # same folder: the peer benchmark's workload
 
 from nightjar_rl.model_names import MODEL_FORWARDS
 
 BASELINE = "transformers"  # the model's own forward
-# ("native", "native-eager"), each set against it (`native-vllm`, vLLM's attention kernel, is bench_vllm's --forwards)
-NATIVE_KINDS = tuple(f for f in MODEL_FORWARDS if f not in (BASELINE, "native-vllm"))
-FORWARDS = (*NATIVE_KINDS, BASELINE)
+NATIVE_KINDS = tuple(f for f in MODEL_FORWARDS if f != BASELINE)  # each set against it
 
 
-def _order(repeat: int) -> tuple[str, ...]:
+def _order(repeat: int, forwards: tuple[str, ...]) -> tuple[str, ...]:
     """The forwards in the order a repeat runs them: rotated, and reversed every other round of
-    rotations, so over 2 x len(FORWARDS) repeats each goes first, last and after each other one equally."""
-    shift = repeat % len(FORWARDS)
-    order = FORWARDS[shift:] + FORWARDS[:shift]
-    return order if (repeat // len(FORWARDS)) % 2 == 0 else order[::-1]
+    rotations, so over 2 x len(forwards) repeats each goes first, last and after each other one equally."""
+    shift = repeat % len(forwards)
+    order = forwards[shift:] + forwards[:shift]
+    return order if (repeat // len(forwards)) % 2 == 0 else order[::-1]
+
+
+def _stacks(a: Args, target, slots: int, max_seq_len: int) -> dict:
+    """One engine per forward; native-vllm dropped (said why) where vLLM's kernels cannot serve the model."""
+    from nightjar_rl.stack import EngineConfig, build_stack
+
+    stacks = {}
+    for f in (*NATIVE_KINDS, BASELINE):
+        config = EngineConfig(model=a.model, max_batch_size=slots, max_seq_len=max_seq_len, max_speculation=max(a.ks),
+                              threads=a.threads, model_forward=f, linears=FORWARD_LINEARS.get(f, "packed"))
+        try:
+            stacks[f] = build_stack(config, target=None if f in FORWARD_LINEARS else target)
+        except ValueError as exc:  # VllmKernelError: no [vllm] extra, or no kernel for this head size
+            if f not in FORWARD_LINEARS:
+                raise
+            print(f"skipping {f}: {exc}")
+    return stacks
 
 
 @dataclass
@@ -81,7 +97,6 @@ def main(a: Args) -> pd.DataFrame:
     from tqdm.auto import tqdm
 
     from nightjar_rl.models import load_model
-    from nightjar_rl.stack import EngineConfig, build_stack
 
     if len(a.forward_shapes) % 2:
         raise SystemExit(f"--forward-shapes takes (rows, fed) pairs, got {len(a.forward_shapes)} numbers")
@@ -96,15 +111,15 @@ def main(a: Args) -> pd.DataFrame:
         prompts = prompt_ids(peer)
     target = load_model(a.model)
     slots = max(a.batches)
-    stacks = {f: build_stack(EngineConfig(model=a.model, max_batch_size=slots, max_seq_len=peer.max_seq_len,
-                                          max_speculation=max(a.ks), threads=a.threads, model_forward=f), target=target)
-              for f in FORWARDS}
+    stacks = _stacks(a, target, slots, peer.max_seq_len)
+    forwards = tuple(stacks)
+    natives = tuple(f for f in forwards if f != BASELINE)
     kinds = {f: s.engine.runner.forward_kind for f, s in stacks.items()}
-    if kinds != {f: f for f in FORWARDS}:
+    if kinds != {f: f for f in forwards}:
         raise SystemExit(f"{a.model}: not every forward runs as asked here ({kinds}; 'native-eager' for native: "
                          "TorchScript failed, see the log)")
     rows, outputs = [], {}
-    cells = [(r, b, k, f) for r in range(a.repeats) for b in a.batches for k in a.ks for f in _order(r)]
+    cells = [(r, b, k, f) for r in range(a.repeats) for b in a.batches for k in a.ks for f in _order(r, forwards)]
     for rep, batch, k, forward in tqdm(cells, desc="bench_model_forward", unit="run"):
         served = prompts[:a.single] if batch == 1 else prompts
         res = serve_once(stacks[forward].engine, served, a.max_new_tokens, batch, k)
@@ -114,7 +129,7 @@ def main(a: Args) -> pd.DataFrame:
     wide = df.pivot_table(index=["batch", "k", "repeat"], columns="forward", values="tokens_s")
     table = df.groupby(["batch", "k", "forward"])[["tokens_s", "ttft_p50_s", "tpot_p50_s"]].median().unstack("forward")
     table[("served", "requests")] = [len(outputs[(b, k, BASELINE, 0)]) for b, k in table.index]
-    for f in NATIVE_KINDS:  # each native kind against the model's own forward
+    for f in natives:  # each native kind against the model's own forward
         ratio = (wide[f] / wide[BASELINE]).groupby(["batch", "k"])
         table[(f"{f}/{BASELINE}", "median")] = ratio.median()
         table[(f"{f}/{BASELINE}", "min")] = ratio.min()
@@ -125,19 +140,19 @@ def main(a: Args) -> pd.DataFrame:
     pairs = list(zip(a.forward_shapes[::2], a.forward_shapes[1::2]))
     forward_ms = []
     for rep in range(a.repeats):
-        for f in _order(rep):
+        for f in _order(rep, forwards):
             for (b, n), ms in _time_forwards(stacks[f].engine.runner, pairs, a.context).items():
                 forward_ms.append({"repeat": rep, "rows": b, "fed": n, "forward": f, "ms": ms})
     fdf = pd.DataFrame(forward_ms)
     ftable = fdf.groupby(["rows", "fed", "forward"])["ms"].median().unstack("forward")
-    for f in NATIVE_KINDS:
+    for f in natives:
         ftable[f"{f}/{BASELINE}"] = ftable[f] / ftable[BASELINE]
     text = (f"{a.model}, {a.threads} threads, medians over {a.repeats} interleaved repeats\n\nserving\n"
             f"{table.to_string(float_format=lambda v: f'{v:.4g}')}\n\none forward (ms), {a.context} cached tokens per row\n"
             f"{ftable.to_string(float_format=lambda v: f'{v:.4g}')}\n")
     quickmode.write_report(out, {"runs.csv": df, "forwards.csv": fdf},
                            {"outputs_identical": all(bool((table[(f"identical {f}", "requests")]
-                                                           == table[("served", "requests")]).all()) for f in NATIVE_KINDS),
+                                                           == table[("served", "requests")]).all()) for f in natives),
                             "repeats": a.repeats, "threads": a.threads, "machine_cpus": os.cpu_count(),
                             "load_avg_at_end": os.getloadavg()}, text)
     return df

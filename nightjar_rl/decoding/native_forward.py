@@ -19,8 +19,9 @@ with less around them:
   `rot` swaps the two halves and `sin'` carries rotate-half's sign (negation is exact, so each element
   is the product and sum transformers computes);
 - keys and values go straight to `kv_cache.write_window`, attention is `attention.attend` (both shared
-  with the transformers path), or, for `model_forward: native-vllm`, vLLM's CPU kernel over the whole
-  cache (`paged_attention.paged_attend`).
+  with the transformers path).
+
+`model_forward: native-vllm` runs the same layers on vLLM's CPU kernels instead (`vllm_forward`).
 
 `native_forward(model)` returns None unless every module it reproduces is exactly transformers' Llama
 class with SiLU and plain or packed linears (anything else falls back to the model's own forward).
@@ -34,7 +35,6 @@ import functools
 import logging
 import warnings
 from itertools import pairwise
-from typing import Optional
 
 import torch
 from torch import nn
@@ -43,7 +43,6 @@ from transformers.activations import SiLUActivation
 from nightjar_rl.cpu_linears import PackedLinear, SliceOf, packed_linear
 from nightjar_rl.decoding.attention import AttentionPart, SlotStep, attend_parts
 from nightjar_rl.decoding.kv_cache import SlotKVCache, SlotWindow, write_window
-from nightjar_rl.decoding.paged_attention import PagedStep, paged_attend
 
 log = logging.getLogger(__name__)
 SILU = (nn.SiLU, SiLUActivation)  # activation modules that compute exactly `F.silu`
@@ -75,10 +74,10 @@ def linear(x: torch.Tensor, spec: LinearSpec) -> torch.Tensor:
 def decoder_layers(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layers: list[LayerSpec],
                    norm: torch.Tensor, eps: float, layer_keys: list[torch.Tensor], layer_values: list[torch.Tensor],
                    window: SlotWindow, parts: list[AttentionPart], groups: int, heads: int, kv_heads: int,
-                   dim: int, paged: Optional[PagedStep]) -> torch.Tensor:
+                   dim: int) -> torch.Tensor:
     """Every decoder layer, then the final norm, for the T fed tokens' embeddings `[T, hidden]`
     (`cos`/`sin` `[T, 1, dim]`, `sin` carrying rotate-half's sign; the attention parts as in
-    `SlotStep`; with `paged`, attention is vLLM's CPU kernel, `paged_attention`). TorchScript-compatible:
+    `SlotStep`). TorchScript-compatible:
     scripted by `NativeForward`."""
     tokens = hidden.shape[0]
     half = dim // 2
@@ -96,10 +95,7 @@ def decoder_layers(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, l
             value = linear(x, qkv_specs[2]).view(tokens, kv_heads, dim)
         qk = qk * cos + torch.cat((qk[..., half:], qk[..., :half]), -1) * sin
         keys, values = write_window(layer_keys[i], layer_values[i], qk[:, heads:], value, window)
-        if paged is None:
-            out = attend_parts(qk[:, :heads], keys, values, scaling, parts, groups)
-        else:
-            out = paged_attend(qk[:, :heads], layer_keys[i], layer_values[i], paged, scaling)
+        out = attend_parts(qk[:, :heads], keys, values, scaling, parts, groups)
         hidden = hidden + linear(out.reshape(tokens, heads * dim), o_spec)
         x = rms_norm(hidden, norm_post, eps_post)
         if len(gate_up_specs) == 1:
@@ -183,7 +179,7 @@ class NativeForward:
         self.scripted = self.run_layers is not decoder_layers
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, shape: tuple[int, int], step: SlotStep,
-                 cache: SlotKVCache, paged: PagedStep | None = None) -> torch.Tensor:
+                 cache: SlotKVCache) -> torch.Tensor:
         dim = self.head_dim
         half = dim // 2
         hidden = self.embed(ids)  # [T, hidden]
@@ -193,12 +189,12 @@ class NativeForward:
         sin = sin.reshape(tokens, 1, dim)
         sin = torch.cat((-sin[..., :half], sin[..., half:]), -1)  # rotate-half's sign, carried by sin
         return self.run_layers(hidden, cos, sin, self.layers, self.norm, self.eps, cache.keys, cache.values,
-                               cache.window, step.parts, step.groups, self.heads, self.kv_heads, dim, paged)
+                               cache.window, step.parts, step.groups, self.heads, self.kv_heads, dim)
 
 
-def native_forward(model: nn.Module, script: bool = True) -> NativeForward | None:
-    """The native forward for `model`, or None unless its decoder, layers, attention, MLP, norms and
-    rotary embedding are exactly transformers' Llama classes, with SiLU and plain or packed linears."""
+def llama_decoder(model: nn.Module) -> nn.Module | None:
+    """`model`'s decoder when it, its layers, attention, MLPs, norms and rotary embedding are exactly
+    transformers' Llama classes (what the native loops reproduce), else None."""
     from transformers.models.llama import modeling_llama as llama
 
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
@@ -209,6 +205,15 @@ def native_forward(model: nn.Module, script: bool = True) -> NativeForward | Non
         return None
     if any(type(layer) is not llama.LlamaDecoderLayer or type(layer.self_attn) is not llama.LlamaAttention
            or type(layer.mlp) is not llama.LlamaMLP for layer in decoder.layers):
+        return None
+    return decoder
+
+
+def native_forward(model: nn.Module, script: bool = True) -> NativeForward | None:
+    """The native forward for `model`, or None unless its decoder, layers, attention, MLP, norms and
+    rotary embedding are exactly transformers' Llama classes, with SiLU and plain or packed linears."""
+    decoder = llama_decoder(model)
+    if decoder is None:
         return None
     specs = [layer_spec(layer) for layer in decoder.layers[: decoder.config.num_hidden_layers]]
     if any(s is None for s in specs):

