@@ -22,6 +22,8 @@ the native-vllm forward, `decoding.vllm_forward`, calls it directly).
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import nn
 
@@ -127,6 +129,19 @@ class SliceOf(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.shared(x)[..., self.start:self.stop]
+
+
+def fused_gemm(projections: tuple[nn.Module, ...]) -> nn.Module | None:
+    """The one GEMM module behind `projections` when they are, in order, the consecutive column slices
+    that make up one whole `SharedProjection` (so one call computes them all), else None."""
+    if not projections or not all(isinstance(p, SliceOf) for p in projections):
+        return None
+    shared = projections[0].shared
+    bounds = [(p.start, p.stop) for p in projections]
+    whole = bounds[0][0] == 0 and bounds[-1][1] == shared.linear.out_features
+    if whole and all(p.shared is shared for p in projections) and all(a[1] == b[0] for a, b in pairwise(bounds)):
+        return shared.linear
+    return None
 
 
 def can_pack(model: nn.Module) -> bool:

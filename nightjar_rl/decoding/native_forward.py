@@ -34,13 +34,12 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from itertools import pairwise
 
 import torch
 from torch import nn
 from transformers.activations import SiLUActivation
 
-from nightjar_rl.cpu_linears import PackedLinear, SliceOf, packed_linear
+from nightjar_rl.cpu_linears import PackedLinear, fused_gemm, packed_linear
 from nightjar_rl.decoding.attention import AttentionPart, SlotStep, attend_parts
 from nightjar_rl.decoding.kv_cache import SlotKVCache, SlotWindow, write_window
 
@@ -77,8 +76,7 @@ def decoder_layers(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, l
                    dim: int) -> torch.Tensor:
     """Every decoder layer, then the final norm, for the T fed tokens' embeddings `[T, hidden]`
     (`cos`/`sin` `[T, 1, dim]`, `sin` carrying rotate-half's sign; the attention parts as in
-    `SlotStep`). TorchScript-compatible:
-    scripted by `NativeForward`."""
+    `SlotStep`). TorchScript-compatible: scripted by `NativeForward`."""
     tokens = hidden.shape[0]
     half = dim // 2
     qk_heads = heads + kv_heads
@@ -134,13 +132,9 @@ def _specs(*projections: nn.Module) -> list[LinearSpec] | None:
     """One spec for the packed GEMM behind `projections` when they are, in order, the consecutive
     column slices that make up one `SharedProjection`; else one per projection (None when one of them
     is neither a plain nor a packed linear)."""
-    if all(isinstance(p, SliceOf) for p in projections):
-        shared = projections[0].shared
-        bounds = [(p.start, p.stop) for p in projections]
-        whole = bounds[0][0] == 0 and bounds[-1][1] == shared.linear.out_features
-        if whole and all(p.shared is shared for p in projections) and all(
-                a[1] == b[0] for a, b in pairwise(bounds)):
-            return [_linear_spec(shared.linear)]
+    fused = fused_gemm(projections)
+    if fused is not None:
+        return [_linear_spec(fused)]
     specs = [_linear_spec(p) for p in projections]
     return None if any(s is None for s in specs) else specs
 

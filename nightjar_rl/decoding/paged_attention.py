@@ -63,11 +63,11 @@ def kernel_isa(dtype: torch.dtype, block_size: int, head_dim: int) -> str:
 
     if head_dim not in HEAD_DIMS:
         raise VllmKernelError(f"model_forward 'native-vllm': vLLM's CPU attention has no kernel for head_dim {head_dim} "
-                           f"(it has {', '.join(map(str, HEAD_DIMS))}); use model_forward 'native'")
+                              f"(it has {', '.join(map(str, HEAD_DIMS))}); use model_forward 'native'")
     isa = _get_attn_isa(dtype, block_size, head_dim)
     if isa not in KERNEL_ISAS:
         raise VllmKernelError(f"model_forward 'native-vllm': vLLM picks its {isa!r} attention kernel for {dtype} "
-                           f"(head_dim {head_dim}) on this CPU; only {', '.join(KERNEL_ISAS)} are supported")
+                              f"(head_dim {head_dim}) on this CPU; only {', '.join(KERNEL_ISAS)} are supported")
     return isa
 
 

@@ -23,13 +23,12 @@ lossless (tests/test_paged_attention.py).
 from __future__ import annotations
 
 from collections.abc import Callable
-from itertools import pairwise
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from nightjar_rl.cpu_linears import PackedLinear, SliceOf, VllmLinear
+from nightjar_rl.cpu_linears import PackedLinear, VllmLinear, fused_gemm
 from nightjar_rl.decoding.attention import SlotStep, attend_parts
 from nightjar_rl.decoding.kv_cache import SlotKVCache, write_window
 from nightjar_rl.decoding.native_forward import SILU, llama_decoder
@@ -66,13 +65,10 @@ def _gemm(module: nn.Module) -> Gemm | None:
 def _gemms(*projections: nn.Module) -> list[Gemm] | None:
     """One GEMM for projections that are, in order, the whole of one fused `SharedProjection`; else one
     per projection (None when one is not a linear the loop can call)."""
-    if all(isinstance(p, SliceOf) for p in projections):
-        shared = projections[0].shared
-        bounds = [(p.start, p.stop) for p in projections]
-        if (all(p.shared is shared for p in projections) and bounds[0][0] == 0
-                and bounds[-1][1] == shared.linear.out_features and all(a[1] == b[0] for a, b in pairwise(bounds))):
-            gemm = _gemm(shared.linear)
-            return None if gemm is None else [gemm]
+    fused = fused_gemm(projections)
+    if fused is not None:
+        gemm = _gemm(fused)
+        return None if gemm is None else [gemm]
     gemms = [_gemm(p) for p in projections]
     return None if any(g is None for g in gemms) else gemms
 
