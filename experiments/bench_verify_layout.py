@@ -14,6 +14,7 @@ Reported per plan: median step time (StepStats.wall_time) and verify time of eac
 layouts emitted the same tokens.
 
     python experiments/bench_verify_layout.py --threads 2          # SmolLM2-135M float32 (run it alone)
+    python experiments/bench_verify_layout.py --threads 2 --model-forward native-vllm   # on vLLM's kernels
     python experiments/bench_verify_layout.py --quick --out-dir /tmp/bench_verify_layout
 """
 
@@ -25,12 +26,14 @@ import statistics
 import pandas as pd
 import quickmode  # same folder
 import torch
+from bench_vllm import FORWARD_LINEARS  # same folder
 from profile_step import RepeatDrafter  # same folder
 from tqdm.auto import tqdm
 
 from nightjar_rl.contracts.plan import SpecPlan
 from nightjar_rl.decoding import SpeculativeEngine
 from nightjar_rl.decoding.sequence import Request
+from nightjar_rl.model_names import DEFAULT_MODEL_FORWARD, MODEL_FORWARDS
 
 LAYOUTS = ("padded", "packed")
 GOALS = {"half-8": 0.60, "uniform-4": 1.02, "uniform-0": 1.02}  # packed / padded at most
@@ -43,11 +46,12 @@ def plan_for(name: str, ids: list[str]) -> SpecPlan:
     return SpecPlan.uniform(int(name.split("-")[1]))
 
 
-def make_engine(model, layout: str, rows: int, context: int, tokens: int, vocab: int) -> SpeculativeEngine:
+def make_engine(model, layout: str, rows: int, context: int, tokens: int, vocab: int,
+                model_forward: str = DEFAULT_MODEL_FORWARD) -> SpeculativeEngine:
     """`rows` rows prefilled with the same `context` random tokens in both layouts."""
     gen = torch.Generator().manual_seed(rows * 1000 + context)
     engine = SpeculativeEngine(model, RepeatDrafter(), max_batch_size=rows, max_seq_len=context + tokens + 2,
-                               max_speculation=8, verify_layout=layout)
+                               max_speculation=8, verify_layout=layout, model_forward=model_forward)
     for i in range(rows):
         engine.submit(Request(f"r{i}", torch.randint(0, vocab, (context,), generator=gen).tolist(), tokens))
     engine.step(0)
@@ -63,15 +67,18 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median over all steps)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per layout per round")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--model-forward", default=DEFAULT_MODEL_FORWARD, choices=MODEL_FORWARDS,
+                        help="the engines' decoder forward (native-vllm: on vLLM's CPU kernels and GEMM, the "
+                             "[vllm] extra)")
     parser.add_argument("--out-dir", default="runs/bench_verify_layout")
     args = quickmode.parse_args(parser, QUICK, argv)
-    loaded = quickmode.float32_cpu_model(args.model, args.threads)
+    loaded = quickmode.float32_cpu_model(args.model, args.threads, FORWARD_LINEARS.get(args.model_forward, "packed"))
     vocab = loaded.model.config.vocab_size
     plans = args.plans.split(",")
     tokens = 9 * (args.repeats * args.steps + 2) + 2
     samples = []
     for name in tqdm(plans, desc="plans"):
-        engines = {layout: make_engine(loaded.model, layout, args.rows, args.context, tokens, vocab)
+        engines = {layout: make_engine(loaded.model, layout, args.rows, args.context, tokens, vocab, args.model_forward)
                    for layout in LAYOUTS}
         for layout, engine in engines.items():  # warm-up
             engine.step(plan_for(name, [s.request_id for s in engine.running]))
@@ -102,11 +109,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             same_tokens=bool(part.loc[part["layout"] == "check", "same_tokens"].all()),
         ))
     table = pd.DataFrame(summary)
-    text = (f"# Packed vs padded verify: {args.model} float32, {args.rows} rows, context {args.context}, "
+    text = (f"# Packed vs padded verify: {args.model} float32 ({args.model_forward} forward), {args.rows} rows, "
+            f"context {args.context}, "
             f"threads {torch.get_num_threads()}, median of {args.repeats} x {args.steps} interleaved steps\n\n"
             f"```\n{table.to_string(index=False)}\n```\n")
     quickmode.write_report(args.out_dir, {"steps.csv": df},
-                           {"model": args.model, "threads": torch.get_num_threads(), "results": summary}, text)
+                           {"model": args.model, "model_forward": args.model_forward, "threads": torch.get_num_threads(),
+                            "results": summary}, text)
     return table
 
 

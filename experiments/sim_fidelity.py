@@ -29,7 +29,9 @@ live engine serves those seeds' workloads at every rate and k, the clock model i
 steps (`nightjar_rl.sim.calibrate`, the same fit as `nightjar-rl profile --from-steps`), and every
 cell is then compared against both twins, the scenario's profile and the calibrated one (columns
 `*_cal`); the calibration seeds must differ from `--seeds`, so the comparison is on held-out
-workloads. The calibrated profile is written to the run folder.
+workloads. The calibrated profile is written to the run folder, with a speed anchor timed before and after
+the calibration cells (`nightjar_rl.experiments.drift.timed_around`; for vLLM, our loop on vLLM's own
+CPU kernels), so that `nightjar-rl profile --rescale` and `--rescale` price it on another day.
 
     python experiments/sim_fidelity.py --calibrate-seeds 10,11 --rates 0.5,2,8,1000
 
@@ -80,13 +82,13 @@ from tqdm.auto import tqdm
 from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.recorder import write_table
 from nightjar_rl.env.scenario import load_scenario
-from nightjar_rl.experiments.drift import SpeedDrift
+from nightjar_rl.experiments.drift import SpeedDrift, timed_around
 from nightjar_rl.experiments.evaluate import evaluate_cell
 from nightjar_rl.experiments.train import train_learner
 from nightjar_rl.io import atomic_write_json
 from nightjar_rl.policy import make_policy
 from nightjar_rl.policy.artifact import load_policy, save_policy
-from nightjar_rl.hardware import HardwareProfile
+from nightjar_rl.hardware import SPEED_ANCHOR, HardwareProfile
 from nightjar_rl.sim.calibrate import CalibrationError, calibrate, predicted_ms, steps_frame
 
 METRICS = {"throughput_tok_s": 0.05, "tpot_p50_s": 0.05, "ttft_p50_s": 0.10}
@@ -139,17 +141,22 @@ def twin_columns(sims: dict, row: dict, policy_of, num_requests: int, live_cell=
 def calibrated_twin(live_scn, sim_scn, live, cells: list[tuple[float, int, int]], num_requests: int, run: Path):
     """Serve `cells` live, fit the clock model to their steps (`fitted_twin`) and return (twin
     scenario, backend)."""
-    frames = []
-    for rate, k, seed in tqdm(cells, desc="calibration runs", unit="cell"):
-        frame = steps_frame(serve_cell(live_scn, live, rate, fixed(k, live_scn), seed, num_requests).serve_result.steps)
-        frames.append(frame.assign(seed=seed, rate=rate, k=k))
-    steps = pd.concat(frames, ignore_index=True)
+    def serve_all() -> pd.DataFrame:
+        frames = []
+        for rate, k, seed in tqdm(cells, desc="calibration runs", unit="cell"):
+            frame = steps_frame(serve_cell(live_scn, live, rate, fixed(k, live_scn), seed, num_requests).serve_result.steps)
+            frames.append(frame.assign(seed=seed, rate=rate, k=k))
+        return pd.concat(frames, ignore_index=True)
+
+    steps, anchor = timed_around(live_scn, serve_all)
     write_table(steps, run / "calibration-steps.csv")
-    return fitted_twin(steps, live_scn, sim_scn, run)
+    atomic_write_json(run / "calibration-anchor.json", anchor)
+    return fitted_twin(steps, live_scn, sim_scn, run, anchor)
 
 
-def fitted_twin(steps: pd.DataFrame, live_scn, sim_scn, run: Path):
-    """The twin whose clock is fitted to `steps` (live calibration steps, with a `seed` column).
+def fitted_twin(steps: pd.DataFrame, live_scn, sim_scn, run: Path, anchor: dict | None = None):
+    """The twin whose clock is fitted to `steps` (live calibration steps, with a `seed` column), with
+    `anchor` (the speed anchor timed around them) as its profile's `speed_anchor`.
 
     Drift: each calibration seed's steps (served one seed after the other) are also fitted alone, and
     every fit prices the same pooled steps; the spread of those totals is how much the twin moves
@@ -173,7 +180,7 @@ def fitted_twin(steps: pd.DataFrame, live_scn, sim_scn, run: Path):
     write_table(drift_df, run / "calibration-drift.csv")
     print("calibration drift (the same steps priced by each run's fit):\n" + drift_df.to_string(index=False))
     path = run / "calibrated-profile.json"
-    atomic_write_json(path, result.profile)
+    atomic_write_json(path, result.profile | ({SPEED_ANCHOR: anchor} if anchor else {}))
     scenario = dataclasses.replace(sim_scn, profile=str(path.resolve()), name=f"{sim_scn.name}-calibrated")
     return scenario, make_backend(scenario)
 
@@ -282,7 +289,11 @@ def rescored(stored: Path, live_scn, sim_scn, sim, run: Path, episodes: int) -> 
     if steps_path.is_file():
         steps = pd.read_csv(steps_path)
         write_table(steps, run / "calibration-steps.csv")
-        sims["_cal"] = fitted_twin(steps, live_scn, sim_scn, run)
+        anchor_path = stored / "calibration-anchor.json"
+        anchor = json.loads(anchor_path.read_text()) if anchor_path.is_file() else None
+        if anchor is not None:
+            atomic_write_json(run / "calibration-anchor.json", anchor)
+        sims["_cal"] = fitted_twin(steps, live_scn, sim_scn, run, anchor)
     elif any(c.endswith("_cal") for c in table):
         raise SystemExit(f"--rescore: {path} has a calibrated twin but {steps_path} is missing")
     num_requests = int(args["num_requests"]) if args else int(table["requests"].max())

@@ -12,6 +12,7 @@ from pathlib import Path
 from nightjar_rl.decoding.datastore_cli import add_datastore_parser
 from nightjar_rl.decoding.layouts import STEP_LAYOUTS
 from nightjar_rl.engine_config import EngineConfig
+from nightjar_rl.model_names import LINEARS, MODEL_FORWARDS
 from nightjar_rl.env.trace_cli import add_trace_parser
 from nightjar_rl.experiments.cli import add_experiment_parser, add_train_parser
 from nightjar_rl.runtime.server_config import ServerConfig
@@ -382,7 +383,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
-    target = load_model(a.model, a.dtype, a.device)
+    target = load_model(a.model, a.dtype, a.device, *([a.linears] if a.linears else []))
     positions = getattr(getattr(target.model, "config", None), "max_position_embeddings", None)
     longest = max([a.context, *(contexts or [])]) + max(tokens)
     if isinstance(positions, int) and longest > positions:
@@ -392,10 +393,12 @@ def cmd_profile(a: argparse.Namespace) -> int:
         target.model, a.model, batch_sizes, tokens, context=a.context, repeats=a.repeats, draft_model=draft,
         progress=not a.quiet, contexts=contexts, prefill_tokens=prefill, overhead_steps=a.overhead_steps,
         **({"verify_layout": a.verify_layout} if a.verify_layout else {}),
+        **({"model_forward": a.model_forward} if a.model_forward else {}),
     )
     if a.anchor is not None:
         profile["speed_anchor"] = _anchor(a, lambda: measure_speed_anchor(
-            target.model, verify_layout=profile["verify_layout"], progress=not a.quiet))
+            target.model, verify_layout=profile["verify_layout"], model_forward=profile["model_forward"],
+            progress=not a.quiet) | {"linears": a.linears or EngineConfig.linears})
     out = Path(a.out) if a.out else DEFAULT_PROFILE_DIR / f"{a.model.replace('/', '_')}-{profile['device_type']}-{a.dtype}.json"
     atomic_write_json(out, profile)
     print(f"wrote hardware profile {out}")
@@ -441,13 +444,16 @@ def _anchor(a: argparse.Namespace, time_now) -> dict:
         raise CLIError(str(exc)) from None
 
 
-def _anchor_now(a: argparse.Namespace, verify_layout: str | None) -> dict:
-    """The speed anchor of `--model`/`--dtype`/`--device`'s engine forward in `verify_layout`, timed now."""
-    from nightjar_rl.stack import engine_speed_anchor
+def _anchor_now(a: argparse.Namespace, verify_layout: str | None, then: dict | None = None) -> dict:
+    """The speed anchor of `--model`/`--dtype`/`--device`'s engine forward in `verify_layout` (with
+    `--model-forward`/`--linears`), timed now; or, given `then`, of the forward that anchor was timed on."""
+    from nightjar_rl.stack import anchor_engine_config, engine_speed_anchor
 
     cfg = EngineConfig(model=a.model, dtype=a.dtype, device=a.device, threads=a.threads,
-                       **({"verify_layout": verify_layout} if verify_layout else {}))
-    return engine_speed_anchor(cfg, progress=not a.quiet)
+                       **({"verify_layout": verify_layout} if verify_layout else {}),
+                       **({"model_forward": a.model_forward} if a.model_forward else {}),
+                       **({"linears": a.linears} if a.linears else {}))
+    return engine_speed_anchor(cfg if then is None else anchor_engine_config(cfg, then), progress=not a.quiet)
 
 
 def _profile_rescale(a: argparse.Namespace) -> int:
@@ -465,7 +471,7 @@ def _profile_rescale(a: argparse.Namespace) -> int:
             raise ProfileError(f"{a.rescale} has no speed_anchor: make profiles with --anchor to rescale them")
         if profile.model != a.model:
             raise ProfileError(f"{a.rescale} is a profile of {profile.model!r}; pass --model {profile.model}")
-        now = _anchor_now(a, then.get("verify_layout"))
+        now = _anchor_now(a, None, then)
         ratio, per_shape = speed_ratio(then, now)
         data = profile.scaled(ratio).to_dict()
     except ProfileError as exc:
@@ -569,6 +575,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the engine's verify_layout whose forwards are timed (default: the engine's default; "
                          "mixed times its packed forwards); packed also times per-row steps "
                          "(verify_ms_half_drafted)")
+    pr.add_argument("--model-forward", default=None, choices=list(MODEL_FORWARDS),
+                    help="the decoder forward timed, in the profile and the speed anchor (default: the engine's "
+                         "default; native-vllm: vLLM's CPU kernels, the machine's speed as vLLM sees it)")
+    pr.add_argument("--linears", default=None, choices=list(LINEARS),
+                    help="the target's linear layers when timing (default: the engine's default)")
     pr.add_argument("--out", default=None, help=f"output JSON (default: {DEFAULT_PROFILE_DIR}/<model>-<device>-<dtype>.json)")
     pr.add_argument("--quiet", action="store_true")
     pr.add_argument("--from-steps", nargs="+", default=None, metavar="LOG",

@@ -3,7 +3,8 @@ CLI, the env and the experiments."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -65,9 +66,19 @@ def build_stack(cfg: EngineConfig, target: LoadedModel | None = None) -> Stack:
     return Stack(engine, target, cfg)
 
 
+ANCHOR_ENGINE_FIELDS = ("verify_layout", "model_forward", "linears")  # what a speed anchor records of its engine
+
+
 def engine_speed_anchor(cfg: EngineConfig, rounds: int = 21, progress: bool = False) -> dict:
     """The speed anchor (`measure_speed_anchor`) of the target forward the engine of `cfg` runs (its
-    model, dtype, linears, layout, forward and threads), on a copy of the model loaded for it."""
+    model, dtype, linears, layout, forward and threads), on a copy of the model loaded for it; it
+    records `ANCHOR_ENGINE_FIELDS`, so that `anchor_engine_config` times the same forward again."""
     target = _prepared_target(cfg)
     return measure_speed_anchor(target.model, rounds=rounds, verify_layout=cfg.verify_layout,
-                                model_forward=cfg.model_forward, progress=progress)
+                                model_forward=cfg.model_forward, progress=progress) | {"linears": cfg.linears}
+
+
+def anchor_engine_config(cfg: EngineConfig, anchor: Mapping) -> EngineConfig:
+    """`cfg` running the forward `anchor` was timed on (its `ANCHOR_ENGINE_FIELDS`; older anchors lack
+    `linears`, whose default they were timed with), to time that anchor again."""
+    return replace(cfg, **{name: anchor[name] for name in ANCHOR_ENGINE_FIELDS if name in anchor})

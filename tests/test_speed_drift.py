@@ -10,9 +10,12 @@ import pytest
 from nightjar_rl.cli import main
 from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.scenario import ScenarioError, load_scenario
+from nightjar_rl.engine_config import EngineConfig
+from nightjar_rl.experiments.drift import anchor_config
 from nightjar_rl.experiments.evaluate import evaluate_cell
 from nightjar_rl.hardware import HardwareProfile, ProfileError, mean_anchor, speed_ratio
 from nightjar_rl.policy import make_policy
+from nightjar_rl.stack import ANCHOR_ENGINE_FIELDS, anchor_engine_config
 from tests.test_calibrate import synthetic_log
 
 PROFILES = Path(__file__).resolve().parents[1] / "envs" / "profiles"
@@ -109,3 +112,49 @@ def test_anchors_timed_around_the_logs_are_averaged_into_a_fitted_profile(tmp_pa
     second.write_text("{}")
     assert main(["profile", "--from-steps", str(log), "--out", str(out), "--anchor", str(first), str(second)]) == 2
     assert "speed anchor must be" in capsys.readouterr().err
+
+
+def test_an_anchor_names_its_forward_and_is_timed_again_on_it(tmp_path):
+    """An anchor records the forward it timed (layout, decoder forward, linears); re-timing it (`profile
+    --rescale`, `SpeedDrift`) runs that forward, whatever the engine defaults are. Anchors from before
+    `linears` was recorded keep the config's."""
+    cfg = EngineConfig(model="tiny-random")
+    then = {"shapes": SHAPES, "ms": [1.0] * 4, "verify_layout": "padded", "model_forward": "native-eager",
+            "linears": "eager"}
+    again = anchor_engine_config(cfg, then)
+    assert (again.verify_layout, again.model_forward, again.linears, again.model) == ("padded", "native-eager", "eager",
+                                                                                      "tiny-random")
+    old = {k: v for k, v in then.items() if k != "linears"}
+    assert anchor_engine_config(cfg, old).linears == cfg.linears
+    timed = tmp_path / "anchor.json"
+    assert main(["profile", "--model", "tiny-random", "--anchor-only", "--model-forward", "native-eager",
+                 "--linears", "eager", "--out", str(timed), "--quiet"]) == 0
+    anchor = json.loads(timed.read_text())
+    assert (anchor["model_forward"], anchor["linears"]) == ("native-eager", "eager")
+    profile = json.loads((PROFILES / "tiny-random-cpu.json").read_text()) | {"speed_anchor": anchor}
+    anchored, out = tmp_path / "anchored.json", tmp_path / "rescaled.json"
+    anchored.write_text(json.dumps(profile))
+    assert main(["profile", "--model", "tiny-random", "--rescale", str(anchored), "--out", str(out), "--quiet"]) == 0
+    assert {k: json.loads(out.read_text())["speed_anchor"][k] for k in ANCHOR_ENGINE_FIELDS} == \
+        {k: anchor[k] for k in ANCHOR_ENGINE_FIELDS}  # timed again on the anchor's forward, not the default
+
+
+def test_a_profile_records_the_forward_it_timed(tmp_path):
+    out = tmp_path / "profile.json"
+    assert main(["profile", "--model", "tiny-random", "--batch-sizes", "1,2", "--tokens", "1,2", "--repeats", "1",
+                 "--model-forward", "native-eager", "--linears", "eager", "--anchor", "--out", str(out),
+                 "--quiet"]) == 0
+    data = json.loads(out.read_text())
+    assert data["model_forward"] == "native-eager" and data["speed_anchor"]["model_forward"] == "native-eager"
+    assert data["speed_anchor"]["linears"] == "eager"
+    assert HardwareProfile.load(out).verify_time_ms(2, 2) > 0
+
+
+def test_a_vllm_twin_is_anchored_on_vllms_own_kernels():
+    """vLLM's engine cannot time a fixed forward, so its twin's anchor is our loop on vLLM's CPU kernels
+    and GEMM; our engine's twin is anchored on the live engine itself."""
+    vllm = anchor_config(load_scenario("smollm2-ngram-vllm"))
+    assert (vllm.model, vllm.dtype, vllm.model_forward, vllm.linears) == ("smollm2-135m", "float32", "native-vllm",
+                                                                         "vllm")
+    live = load_scenario("smollm2-ngram")
+    assert anchor_config(live) == live.engine_config()

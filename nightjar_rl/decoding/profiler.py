@@ -55,14 +55,14 @@ def _time_prefill(runner: ModelRunner, tokens: int, repeats: int, vocab: int, rn
 
 
 def measure_overhead_ms(model: torch.nn.Module, batch: int, context: int, steps: int, vocab: int, rng,
-                        verify_layout: str = DEFAULT_VERIFY_LAYOUT) -> float:
+                        verify_layout: str = DEFAULT_VERIFY_LAYOUT, model_forward: str = DEFAULT_MODEL_FORWARD) -> float:
     """Median per-step time of the real engine outside its timed phases (prefill, draft, verify) at
     k = 0: admission, bookkeeping, appending, retiring. This is the simulator's per-step overhead."""
     from nightjar_rl.decoding.engine import SpeculativeEngine
     from nightjar_rl.decoding.sequence import Request
 
     engine = SpeculativeEngine(model, None, max_batch_size=batch, max_seq_len=context + steps + 4, max_speculation=0,
-                               verify_layout=verify_layout)
+                               verify_layout=verify_layout, model_forward=model_forward)
     for i in range(batch):
         engine.submit(Request(f"o{i}", rng.integers(0, vocab, size=context).tolist(), steps + 2))
     engine.step(0)  # prefill
@@ -118,6 +118,7 @@ def profile_hardware(
     prefill_tokens: list[int] | None = None,
     overhead_steps: int = 0,
     verify_layout: str = DEFAULT_VERIFY_LAYOUT,
+    model_forward: str = DEFAULT_MODEL_FORWARD,
 ) -> dict:
     """Median milliseconds of one verify forward per (batch, tokens per row) at `context` cached tokens,
     plus one draft-model step (1 token per row) per batch size, and the n-gram lookup per row.
@@ -130,7 +131,8 @@ def profile_hardware(
     default; `mixed` times its packed forwards and is recorded as packed, which prices a unified step:
     `layouts.prices_alike`), so the tables price what the engine computes. With packed, `verify_ms_half_drafted` also times per-row
     steps (half the rows scoring n positions, half 1) at `context`: the check that pricing a packed step
-    by its rows and total scored tokens (`HardwareProfile.verify_step_ms`) holds on this machine."""
+    by its rows and total scored tokens (`HardwareProfile.verify_step_ms`) holds on this machine.
+    `model_forward`: the target's decoder forward timed (the engine's `model_forward`), recorded."""
     if not batch_sizes or not tokens_per_row or min(batch_sizes) < 1 or min(tokens_per_row) < 1:
         raise ValueError("batch sizes and tokens per row must be non-empty lists of positive integers")
     contexts = sorted(set(contexts or []))
@@ -141,7 +143,7 @@ def profile_hardware(
     longest = max([context, *contexts])
     capacity = max(longest + max(tokens_per_row), *(prefill_tokens or [0])) + 1
     verify_layout = forward_layout(verify_layout)
-    runner = ModelRunner(model, max(batch_sizes), capacity, layout=verify_layout)
+    runner = ModelRunner(model, max(batch_sizes), capacity, layout=verify_layout, model_forward=model_forward)
     _fill_context(runner, max(batch_sizes), longest, vocab, rng)
     draft_runner = None
     if draft_model is not None:
@@ -178,6 +180,7 @@ def profile_hardware(
         "context": context,
         "repeats": repeats,
         "verify_layout": verify_layout,
+        "model_forward": model_forward,
         "verify_ms": verify_ms,
         "draft_ms": draft_ms,
         "ngram_lookup_ms_per_row": round(ngram_ms, 5),
@@ -198,7 +201,7 @@ def profile_hardware(
                                        for t in sorted(prefill_tokens)}
     if overhead_steps > 0:
         out["overhead_ms"] = {str(b): round(measure_overhead_ms(model, b, context, overhead_steps, vocab, rng,
-                                                                verify_layout), 4)
+                                                                verify_layout, model_forward), 4)
                               for b in tqdm(sorted(batch_sizes), desc="overhead", disable=not progress, leave=False)}
     out["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     return out

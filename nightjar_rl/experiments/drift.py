@@ -5,7 +5,8 @@ this afternoon's live cells by the machine's drift, whatever its clock model. `S
 profile's speed anchor (a few fixed forwards, `nightjar_rl.decoding.profiler.measure_speed_anchor`)
 before and after the live cells and gives the mean ratio now / when profiled: a twin served with
 `profile_scale` = that ratio prices the live cells at the speed they ran at. Both twins are reported,
-so the drift and the clock model's own error stay apart.
+so the drift and the clock model's own error stay apart. A twin of vLLM is anchored on vLLM's own CPU
+kernels run by our layer loop (`anchor_config`): vLLM's engine cannot time a fixed forward by itself.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import sys
 from nightjar_rl.engine_config import EngineConfig
 from nightjar_rl.env.backend import resolve_data_path
 from nightjar_rl.env.scenario import Scenario, ScenarioError
-from nightjar_rl.hardware import HardwareProfile, speed_ratio
+from nightjar_rl.hardware import HardwareProfile, mean_anchor, speed_ratio
+from nightjar_rl.stack import anchor_engine_config
 
 
 _ANCHOR_SCRIPT = """
@@ -39,6 +41,22 @@ def anchor_in_fresh_process(cfg: EngineConfig, rounds: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def anchor_config(live: Scenario) -> EngineConfig:
+    """The engine whose fixed forwards time the machine for `live`'s twin: the live engine itself; for
+    vLLM (`backend: vllm`), our layer loop on vLLM's own CPU kernels and GEMM (`model_forward:
+    native-vllm`, `linears: vllm`), the kernels its steps run."""
+    cfg = live.engine_config()
+    return dataclasses.replace(cfg, model_forward="native-vllm", linears="vllm") if live.backend == "vllm" else cfg
+
+
+def timed_around(live: Scenario, work, rounds: int = 21):
+    """`work()`'s result and the speed anchor of `anchor_config(live)` timed before and after it (each in
+    a fresh process), averaged (`mean_anchor`): the anchor of a profile fitted to the steps `work` logs."""
+    before = anchor_in_fresh_process(anchor_config(live), rounds)
+    result = work()
+    return result, mean_anchor([before, anchor_in_fresh_process(anchor_config(live), rounds)])
+
+
 class SpeedDrift:
     """Speed anchors of `live`'s engine timed against the one in `twin`'s profile."""
 
@@ -55,9 +73,7 @@ class SpeedDrift:
         in the process that served the live cells it read up to 27% slow after them, while the same anchor
         in a fresh process a minute later read as the profile's. Its ratio now / when profiled (above 1:
         slower now)."""
-        cfg = dataclasses.replace(self.live.engine_config(), **{k: self.then[k] for k in ("verify_layout", "model_forward")
-                                                                if k in self.then})
-        now = anchor_in_fresh_process(cfg, self.rounds)
+        now = anchor_in_fresh_process(anchor_engine_config(self.live.engine_config(), self.then), self.rounds)
         ratio, per_shape = speed_ratio(self.then, now)
         self.measurements.append({"label": label, "ratio": ratio, "per_shape": per_shape, "anchor": now})
         return ratio
