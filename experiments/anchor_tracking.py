@@ -26,7 +26,6 @@ import time
 
 import pandas as pd
 import quickmode  # same folder
-from bench_vllm import FORWARD_LINEARS  # same folder
 from tqdm.auto import tqdm
 
 from nightjar_rl.env.backend import make_backend
@@ -34,6 +33,7 @@ from nightjar_rl.env.scenario import load_scenario
 from nightjar_rl.experiments.drift import anchor_in_fresh_process
 from nightjar_rl.experiments.evaluate import evaluate_cell
 from nightjar_rl.hardware import speed_ratio
+from nightjar_rl.model_names import MODEL_FORWARDS, linears_for
 from nightjar_rl.policy import make_policy
 
 QUICK = {"scenario": "tiny", "forwards": ["native-eager"], "rounds": 2, "anchor_rounds": 1,
@@ -50,8 +50,8 @@ def serve_workload(scenario, backend, k: int, num_requests: int) -> float:
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", default="smollm2-ngram-vllm", help="the engine tracked (live or vllm backend)")
-    parser.add_argument("--forwards", nargs="+", default=["native", "native-vllm"],
-                        help="anchors to compare, by decoder forward (linears as bench_vllm.FORWARD_LINEARS)")
+    parser.add_argument("--forwards", nargs="+", default=["native", "native-vllm"], choices=list(MODEL_FORWARDS),
+                        help="anchors to compare, by decoder forward (each on the linears it runs fastest with)")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--anchor-rounds", type=int, default=11, help="forwards per shape in one anchor")
     parser.add_argument("--num-requests", type=int, default=16)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     scenario = load_scenario(args.scenario)
     backend = make_backend(scenario)
     base = scenario.engine_config()
-    configs = {f: dataclasses.replace(base, model_forward=f, linears=FORWARD_LINEARS.get(f, base.linears))
+    configs = {f: dataclasses.replace(base, model_forward=f, linears=linears_for(f))
                for f in args.forwards}
     load = os.getloadavg()
     serve_workload(scenario, backend, args.k, args.num_requests)  # warm-up (vLLM's first steps are slow)

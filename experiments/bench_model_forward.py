@@ -3,7 +3,7 @@
 Four engines, one per `model_forward` (`native`: the layer loop through TorchScript, `native-eager`:
 the same loop as Python, `transformers`: the model's own forward, on one loaded target with packed
 linears; `native-vllm`: the loop on vLLM's CPU kernels, on its own copy with vLLM's GEMM,
-`bench_vllm.FORWARD_LINEARS`; skipped without the [vllm] extra), serve the peer benchmark's workload (`bench_vllm.py`: the
+`nightjar_rl.model_names.FORWARD_LINEARS`; skipped without the [vllm] extra), serve the peer benchmark's workload (`bench_vllm.py`: the
 bundled prompts chat-templated, greedy, `--max-new-tokens` each; batch 1 = the first `--single` prompts
 one after the other, batched cells all `--prompts` with at most `batch` in flight) at every k in
 `--ks`, interleaved per repeat (the order rotates). Reported per cell: median tokens/s, TTFT and TPOT
@@ -27,9 +27,9 @@ import pandas as pd
 import quickmode  # same folder
 import torch
 from bench_vllm import Args as PeerArgs
-from bench_vllm import FORWARD_LINEARS, prompt_ids, serve_once  # same folder: the peer benchmark's workload
+from bench_vllm import prompt_ids, serve_once  # same folder: the peer benchmark's workload
 
-from nightjar_rl.model_names import MODEL_FORWARDS
+from nightjar_rl.model_names import FORWARD_LINEARS, MODEL_FORWARDS, linears_for
 
 BASELINE = "transformers"  # the model's own forward
 NATIVE_KINDS = tuple(f for f in MODEL_FORWARDS if f != BASELINE)  # each set against it
@@ -50,7 +50,7 @@ def _stacks(a: Args, target, slots: int, max_seq_len: int) -> dict:
     stacks = {}
     for f in (*NATIVE_KINDS, BASELINE):
         config = EngineConfig(model=a.model, max_batch_size=slots, max_seq_len=max_seq_len, max_speculation=max(a.ks),
-                              threads=a.threads, model_forward=f, linears=FORWARD_LINEARS.get(f, "packed"))
+                              threads=a.threads, model_forward=f, linears=linears_for(f))
         try:
             stacks[f] = build_stack(config, target=None if f in FORWARD_LINEARS else target)
         except ValueError as exc:  # VllmKernelError: no [vllm] extra, or no kernel for this head size

@@ -26,14 +26,13 @@ import statistics
 import pandas as pd
 import quickmode  # same folder
 import torch
-from bench_vllm import FORWARD_LINEARS  # same folder
 from profile_step import RepeatDrafter  # same folder
 from tqdm.auto import tqdm
 
 from nightjar_rl.contracts.plan import SpecPlan
 from nightjar_rl.decoding import SpeculativeEngine
 from nightjar_rl.decoding.sequence import Request
-from nightjar_rl.model_names import DEFAULT_MODEL_FORWARD, MODEL_FORWARDS
+from nightjar_rl.model_names import DEFAULT_MODEL_FORWARD, MODEL_FORWARDS, linears_for
 
 LAYOUTS = ("padded", "packed")
 GOALS = {"half-8": 0.60, "uniform-4": 1.02, "uniform-0": 1.02}  # packed / padded at most
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                              "[vllm] extra)")
     parser.add_argument("--out-dir", default="runs/bench_verify_layout")
     args = quickmode.parse_args(parser, QUICK, argv)
-    loaded = quickmode.float32_cpu_model(args.model, args.threads, FORWARD_LINEARS.get(args.model_forward, "packed"))
+    loaded = quickmode.float32_cpu_model(args.model, args.threads, linears_for(args.model_forward))
     vocab = loaded.model.config.vocab_size
     plans = args.plans.split(",")
     tokens = 9 * (args.repeats * args.steps + 2) + 2

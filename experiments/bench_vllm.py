@@ -14,7 +14,7 @@ repeat, every (batch, k) cell runs on our engine then on vLLM. Reported per cell
 TTFT p50, TPOT p50 over repeats, ours / vLLM (the median of the per-repeat ratios; one column per
 `--layouts` x `--forwards` entry: our engine's verify_layout, e.g. `packed mixed`, and decoder forward,
 e.g. `native native-vllm`, served in an order rotated per repeat; each forward on the linear layers
-it runs fastest on, `FORWARD_LINEARS`), the outputs compared token by token
+it runs fastest on, `nightjar_rl.model_names.linears_for`), the outputs compared token by token
 (requests identical to our engine's greedy output, and to vLLM's own k = 0), and the median time
 `NightjarScheduler` adds to a vLLM step (`plugin_us_per_step`).
 
@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import quickmode  # same folder
+
+from nightjar_rl.model_names import linears_for
 
 
 
@@ -62,15 +64,12 @@ QUICK = {"repeats": 1, "prompts": 3, "single": 2, "eager": 1, "max_new_tokens": 
          "max_seq_len": 512, "layouts": ["packed", "mixed"], "forwards": ["native", "native-vllm"]}
 
 
-FORWARD_LINEARS = {"native-vllm": "vllm"}  # calls vLLM's oneDNN GEMM bare (`cpu_linears.VllmLinear`); others: packed
-
-
 def engine_config(a: Args, k: int, slots: int, layout: str = "packed", forward: str = "native"):
     from nightjar_rl.stack import EngineConfig
 
     return EngineConfig(model=a.model, dtype=a.dtype, max_batch_size=slots, max_seq_len=a.max_seq_len,
                         max_speculation=k, ngram_max=a.ngram_max, ngram_min=a.ngram_min, threads=a.threads,
-                        verify_layout=layout, model_forward=forward, linears=FORWARD_LINEARS.get(forward, "packed"))
+                        verify_layout=layout, model_forward=forward, linears=linears_for(forward))
 
 
 def ours_name(layout: str, forward: str = "native") -> str:

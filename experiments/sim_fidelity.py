@@ -98,7 +98,7 @@ TWINS = {"": "scenario twin", "_cal": "calibrated twin", "_now": "scenario twin 
 WARMUP_SEED = 999  # the warm-up cells' workload (measured cells and calibration use other seeds)
 QUICK = {"live": "tiny", "sim": "tiny-sim", "rates": "50", "ks": "0,2", "seeds": "0", "num_requests": 4,
          "calibrate_seeds": "1,2", "policies": "table-mlc_llm,trained:nightjar", "train_episodes": 2, "warmup": 0,
-         "rescale": True}
+         "rescale": True, "anchor_rounds": 3}
 
 
 def serve_cell(scenario, backend, rate: float, policy, seed: int, num_requests: int):
@@ -138,7 +138,8 @@ def twin_columns(sims: dict, row: dict, policy_of, num_requests: int, live_cell=
     return out
 
 
-def calibrated_twin(live_scn, sim_scn, live, cells: list[tuple[float, int, int]], num_requests: int, run: Path):
+def calibrated_twin(live_scn, sim_scn, live, cells: list[tuple[float, int, int]], num_requests: int, run: Path,
+                    anchor_rounds: int = 21):
     """Serve `cells` live, fit the clock model to their steps (`fitted_twin`) and return (twin
     scenario, backend)."""
     def serve_all() -> pd.DataFrame:
@@ -146,10 +147,11 @@ def calibrated_twin(live_scn, sim_scn, live, cells: list[tuple[float, int, int]]
         for rate, k, seed in tqdm(cells, desc="calibration runs", unit="cell"):
             frame = steps_frame(serve_cell(live_scn, live, rate, fixed(k, live_scn), seed, num_requests).serve_result.steps)
             frames.append(frame.assign(seed=seed, rate=rate, k=k))
-        return pd.concat(frames, ignore_index=True)
+        steps = pd.concat(frames, ignore_index=True)
+        write_table(steps, run / "calibration-steps.csv")  # kept if the anchor after them fails
+        return steps
 
-    steps, anchor = timed_around(live_scn, serve_all)
-    write_table(steps, run / "calibration-steps.csv")
+    steps, anchor = timed_around(live_scn, serve_all, anchor_rounds)
     atomic_write_json(run / "calibration-anchor.json", anchor)
     return fitted_twin(steps, live_scn, sim_scn, run, anchor)
 
@@ -235,7 +237,7 @@ def served(a, live_scn, sim_scn, sim, run: Path) -> tuple[pd.DataFrame, dict]:
     warmup = [(rate, k) for rate in rates for k in ks] if a.warmup else []
     for rate, k in tqdm(warmup, desc="warm-up (not measured)", unit="cell"):
         serve_cell(live_scn, live, rate, fixed(k, live_scn), WARMUP_SEED, a.num_requests)
-    drift = SpeedDrift(live_scn, sim_scn) if a.rescale else None
+    drift = SpeedDrift(live_scn, sim_scn, a.anchor_rounds) if a.rescale else None
     if drift is not None:
         drift.measure("before")
     if a.calibrate_seeds:
@@ -243,7 +245,7 @@ def served(a, live_scn, sim_scn, sim, run: Path) -> tuple[pd.DataFrame, dict]:
         if set(fit_seeds) & set(seeds):
             raise SystemExit("--calibrate-seeds must differ from --seeds (the comparison is on held-out workloads)")
         sims["_cal"] = calibrated_twin(live_scn, sim_scn, live, [(r, k, s) for s in fit_seeds for r in rates for k in ks],
-                                       a.num_requests, run)
+                                       a.num_requests, run, a.anchor_rounds)
     makers = {f"fixed-{k}": lambda scn, k=k: fixed(k, scn) for k in ks}
     specs = [s.strip() for s in a.policies.split(",") if s.strip()]
     makers.update(policy_makers(specs, sims.get("_cal", sims[""]), rates, a.train_episodes, a.num_requests,
@@ -361,6 +363,8 @@ def main() -> None:
     ap.add_argument("--rescale", action="store_true",
                     help="also price every cell with the scenario twin at this machine's speed during the live "
                          "cells (its profile's speed anchor timed before and after them; columns *_now)")
+    ap.add_argument("--anchor-rounds", type=int, default=21,
+                    help="forwards per shape in each speed anchor timed (--rescale, --calibrate-seeds)")
     ap.add_argument("--out-dir", default="runs")
     ap.add_argument("--rescore", default=None, metavar="RUN_DIR",
                     help="price a stored run's live cells (RUN_DIR/fidelity.csv; its calibration-steps.csv refitted) "

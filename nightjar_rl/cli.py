@@ -12,7 +12,7 @@ from pathlib import Path
 from nightjar_rl.decoding.datastore_cli import add_datastore_parser
 from nightjar_rl.decoding.layouts import STEP_LAYOUTS
 from nightjar_rl.engine_config import EngineConfig
-from nightjar_rl.model_names import LINEARS, MODEL_FORWARDS
+from nightjar_rl.model_names import DEFAULT_MODEL_FORWARD, LINEARS, MODEL_FORWARDS, linears_for
 from nightjar_rl.env.trace_cli import add_trace_parser
 from nightjar_rl.experiments.cli import add_experiment_parser, add_train_parser
 from nightjar_rl.runtime.server_config import ServerConfig
@@ -383,7 +383,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
-    target = load_model(a.model, a.dtype, a.device, *([a.linears] if a.linears else []))
+    target = load_model(a.model, a.dtype, a.device, _timed_linears(a))
     positions = getattr(getattr(target.model, "config", None), "max_position_embeddings", None)
     longest = max([a.context, *(contexts or [])]) + max(tokens)
     if isinstance(positions, int) and longest > positions:
@@ -393,12 +393,13 @@ def cmd_profile(a: argparse.Namespace) -> int:
         target.model, a.model, batch_sizes, tokens, context=a.context, repeats=a.repeats, draft_model=draft,
         progress=not a.quiet, contexts=contexts, prefill_tokens=prefill, overhead_steps=a.overhead_steps,
         **({"verify_layout": a.verify_layout} if a.verify_layout else {}),
-        **({"model_forward": a.model_forward} if a.model_forward else {}),
+        model_forward=a.model_forward or DEFAULT_MODEL_FORWARD,
     )
+    profile["linears"] = _timed_linears(a)
     if a.anchor is not None:
         profile["speed_anchor"] = _anchor(a, lambda: measure_speed_anchor(
             target.model, verify_layout=profile["verify_layout"], model_forward=profile["model_forward"],
-            progress=not a.quiet) | {"linears": a.linears or EngineConfig.linears})
+            progress=not a.quiet) | {"linears": profile["linears"]})
     out = Path(a.out) if a.out else DEFAULT_PROFILE_DIR / f"{a.model.replace('/', '_')}-{profile['device_type']}-{a.dtype}.json"
     atomic_write_json(out, profile)
     print(f"wrote hardware profile {out}")
@@ -444,6 +445,11 @@ def _anchor(a: argparse.Namespace, time_now) -> dict:
         raise CLIError(str(exc)) from None
 
 
+def _timed_linears(a: argparse.Namespace) -> str:
+    """`--linears`, or the linears `--model-forward` runs fastest with (vLLM's GEMM for native-vllm)."""
+    return a.linears or linears_for(a.model_forward or DEFAULT_MODEL_FORWARD)
+
+
 def _anchor_now(a: argparse.Namespace, verify_layout: str | None, then: dict | None = None) -> dict:
     """The speed anchor of `--model`/`--dtype`/`--device`'s engine forward in `verify_layout` (with
     `--model-forward`/`--linears`), timed now; or, given `then`, of the forward that anchor was timed on."""
@@ -451,8 +457,7 @@ def _anchor_now(a: argparse.Namespace, verify_layout: str | None, then: dict | N
 
     cfg = EngineConfig(model=a.model, dtype=a.dtype, device=a.device, threads=a.threads,
                        **({"verify_layout": verify_layout} if verify_layout else {}),
-                       **({"model_forward": a.model_forward} if a.model_forward else {}),
-                       **({"linears": a.linears} if a.linears else {}))
+                       model_forward=a.model_forward or DEFAULT_MODEL_FORWARD, linears=_timed_linears(a))
     return engine_speed_anchor(cfg if then is None else anchor_engine_config(cfg, then), progress=not a.quiet)
 
 
@@ -464,6 +469,10 @@ def _profile_rescale(a: argparse.Namespace) -> int:
 
     if a.out is None:
         raise CLIError("profile --rescale needs --out FILE.json")
+    given = [flag for flag, value in (("--verify-layout", a.verify_layout), ("--model-forward", a.model_forward),
+                                      ("--linears", a.linears), ("--threads", a.threads)) if value]
+    if given:
+        raise CLIError(f"profile --rescale times the anchor again on the forward it records; drop {', '.join(given)}")
     try:
         profile = HardwareProfile.load(a.rescale)
         then = profile.speed_anchor
@@ -579,7 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the decoder forward timed, in the profile and the speed anchor (default: the engine's "
                          "default; native-vllm: vLLM's CPU kernels, the machine's speed as vLLM sees it)")
     pr.add_argument("--linears", default=None, choices=list(LINEARS),
-                    help="the target's linear layers when timing (default: the engine's default)")
+                    help="the target's linear layers when timing (default: those --model-forward runs fastest "
+                         "with: vllm for native-vllm, else packed)")
     pr.add_argument("--out", default=None, help=f"output JSON (default: {DEFAULT_PROFILE_DIR}/<model>-<device>-<dtype>.json)")
     pr.add_argument("--quiet", action="store_true")
     pr.add_argument("--from-steps", nargs="+", default=None, metavar="LOG",

@@ -15,7 +15,7 @@ from nightjar_rl.decoding.layouts import (
     MIXED_LAYOUT,
     STEP_LAYOUTS,
 )
-from nightjar_rl.model_names import DEFAULT_MODEL, DEFAULT_MODEL_FORWARD, DTYPE_NAMES, LINEARS, MODEL_FORWARDS
+from nightjar_rl.model_names import DEFAULT_LINEARS, DEFAULT_MODEL, DEFAULT_MODEL_FORWARD, DTYPE_NAMES, LINEARS, MODEL_FORWARDS
 from nightjar_rl.schema import ConfigError, check, option
 
 DRAFTERS = tuple(DRAFTER_KINDS)  # the registered names (plus "package.module:Name" entry points)
@@ -48,7 +48,7 @@ class EngineConfig:
     top_p: float = option(1.0, "nucleus sampling mass", above=0.0, high=1.0)
     seed: int = option(0, "engine sampling seed (and the workload's arrivals)", low=0)
     threads: int | None = option(None, "torch CPU intra-op threads (default: torch's choice)", int, low=1)
-    linears: str = option("packed", "float32 CPU linear layers: packed (oneDNN-prepacked, q/k/v and gate/up "
+    linears: str = option(DEFAULT_LINEARS, "float32 CPU linear layers: packed (oneDNN-prepacked, q/k/v and gate/up "
                                     "fused, as vLLM's CPU build), vllm (the same on vLLM's own oneDNN GEMM; the [vllm] extra; "
                                     "what native-vllm runs fastest on) or eager (torch's F.linear)", choices=LINEARS)
     model_forward: str = option(DEFAULT_MODEL_FORWARD, "how the target's (and a draft model's) decoder runs: " + "; ".join(

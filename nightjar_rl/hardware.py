@@ -72,6 +72,7 @@ _KNOWN_KEYS = (
     "verify_ms_by_context", "prefill_ms", "draft_prefill_ms", "overhead_ms",
 )
 SPEED_ANCHOR = "speed_anchor"  # the profile key of the fixed forwards timed with it
+ANCHOR_ENGINE_FIELDS = ("verify_layout", "model_forward", "linears", "threads")  # the forward an anchor timed
 TIME_SCALE = "time_scale"  # the profile key recording the factor a scaled profile was multiplied by
 
 
@@ -132,6 +133,9 @@ def mean_anchor(anchors: list[Mapping]) -> dict:
     first = anchors[0]
     for anchor in anchors:
         speed_ratio(first, anchor)  # validates both and checks the shapes agree
+        theirs, ours = ({f: a.get(f) for f in ANCHOR_ENGINE_FIELDS} for a in (anchor, first))
+        if theirs != ours:
+            raise ProfileError(f"speed anchors of different forwards cannot be averaged: {ours} and {theirs}")
     ms = [float(np.mean([a["ms"][i] for a in anchors])) for i in range(len(first["ms"]))]
     return {**first, "ms": [round(x, 4) for x in ms], "measured": [a.get("measured") for a in anchors]} \
         if len(anchors) > 1 else dict(first)

@@ -14,3 +14,10 @@ MODEL_FORWARDS = {  # how the runner runs a model's decoder (`nightjar_rl.decodi
                    "vllm (needs the [vllm] extra; float32 sums in other orders, so not bitwise `native`)",
 }
 DEFAULT_MODEL_FORWARD = "native"
+DEFAULT_LINEARS = "packed"
+FORWARD_LINEARS = {"native-vllm": "vllm"}  # the linears a forward runs fastest with, when not DEFAULT_LINEARS
+
+
+def linears_for(model_forward: str) -> str:
+    """The linear layers `model_forward` runs fastest with (`FORWARD_LINEARS`, else `DEFAULT_LINEARS`)."""
+    return FORWARD_LINEARS.get(model_forward, DEFAULT_LINEARS)

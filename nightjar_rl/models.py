@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from nightjar_rl.cpu_linears import pack_linears
-from nightjar_rl.model_names import DEFAULT_MODEL, DTYPE_NAMES, LINEARS
+from nightjar_rl.model_names import DEFAULT_LINEARS, DEFAULT_MODEL, DTYPE_NAMES, LINEARS
 
 TINY_PREFIX = "tiny-random"
 CACHE_ENV = "NIGHTJAR_CACHE"
@@ -210,7 +210,7 @@ def _eos_ids(model, tokenizer) -> tuple[int, ...]:
 
 
 def load_model(name: str, dtype: str | torch.dtype = "float32", device: str | None = None,
-               linears: str = "packed") -> LoadedModel:
+               linears: str = DEFAULT_LINEARS) -> LoadedModel:
     """Load a causal LM: `smollm2-135m` (bundled), `tiny-random[-SEED]`, `random:SHAPE` (random weights
     of a real shape, for timing), or an HF hub id / local path. `linears="packed"` rewrites a float32
     CPU model's linear layers as oneDNN-prepacked, fused GEMMs (`nightjar_rl.cpu_linears`); "vllm" the

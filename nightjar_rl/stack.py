@@ -13,6 +13,8 @@ from nightjar_rl.decoding.drafters.registry import build_sssd, drafter_kind, loa
 from nightjar_rl.decoding.parallel import PARALLEL_OPTIONS, ParallelBatchDecoder
 from nightjar_rl.decoding.profiler import measure_speed_anchor
 from nightjar_rl.engine_config import DECODERS, DRAFTERS, EngineConfig
+from nightjar_rl.hardware import ANCHOR_ENGINE_FIELDS
+from nightjar_rl.model_names import DEFAULT_LINEARS
 from nightjar_rl.models import LoadedModel, load_model
 
 __all__ = ["DECODERS", "DRAFTERS", "EngineConfig", "Stack", "build_sssd", "build_stack", "load_draft_model"]
@@ -66,19 +68,17 @@ def build_stack(cfg: EngineConfig, target: LoadedModel | None = None) -> Stack:
     return Stack(engine, target, cfg)
 
 
-ANCHOR_ENGINE_FIELDS = ("verify_layout", "model_forward", "linears")  # what a speed anchor records of its engine
-
-
 def engine_speed_anchor(cfg: EngineConfig, rounds: int = 21, progress: bool = False) -> dict:
     """The speed anchor (`measure_speed_anchor`) of the target forward the engine of `cfg` runs (its
     model, dtype, linears, layout, forward and threads), on a copy of the model loaded for it; it
-    records `ANCHOR_ENGINE_FIELDS`, so that `anchor_engine_config` times the same forward again."""
+    records `hardware.ANCHOR_ENGINE_FIELDS`, so that `anchor_engine_config` times the same forward again."""
     target = _prepared_target(cfg)
     return measure_speed_anchor(target.model, rounds=rounds, verify_layout=cfg.verify_layout,
                                 model_forward=cfg.model_forward, progress=progress) | {"linears": cfg.linears}
 
 
 def anchor_engine_config(cfg: EngineConfig, anchor: Mapping) -> EngineConfig:
-    """`cfg` running the forward `anchor` was timed on (its `ANCHOR_ENGINE_FIELDS`; older anchors lack
-    `linears`, whose default they were timed with), to time that anchor again."""
-    return replace(cfg, **{name: anchor[name] for name in ANCHOR_ENGINE_FIELDS if name in anchor})
+    """`cfg` running the forward `anchor` was timed on (its `hardware.ANCHOR_ENGINE_FIELDS`), to time that
+    anchor again. Anchors from before `linears` was recorded were all timed on the default linears."""
+    fields = {name: anchor[name] for name in ANCHOR_ENGINE_FIELDS if name in anchor}
+    return replace(cfg, **{"linears": DEFAULT_LINEARS, **fields})

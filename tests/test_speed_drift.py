@@ -8,14 +8,21 @@ from pathlib import Path
 import pytest
 
 from nightjar_rl.cli import main
+from nightjar_rl.engine_config import EngineConfig
 from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.scenario import ScenarioError, load_scenario
-from nightjar_rl.engine_config import EngineConfig
 from nightjar_rl.experiments.drift import anchor_config
 from nightjar_rl.experiments.evaluate import evaluate_cell
-from nightjar_rl.hardware import HardwareProfile, ProfileError, mean_anchor, speed_ratio
+from nightjar_rl.hardware import (
+    ANCHOR_ENGINE_FIELDS,
+    HardwareProfile,
+    ProfileError,
+    mean_anchor,
+    speed_ratio,
+)
+from nightjar_rl.model_names import linears_for
 from nightjar_rl.policy import make_policy
-from nightjar_rl.stack import ANCHOR_ENGINE_FIELDS, anchor_engine_config
+from nightjar_rl.stack import anchor_engine_config
 from tests.test_calibrate import synthetic_log
 
 PROFILES = Path(__file__).resolve().parents[1] / "envs" / "profiles"
@@ -114,18 +121,21 @@ def test_anchors_timed_around_the_logs_are_averaged_into_a_fitted_profile(tmp_pa
     assert "speed anchor must be" in capsys.readouterr().err
 
 
-def test_an_anchor_names_its_forward_and_is_timed_again_on_it(tmp_path):
+def test_an_anchor_names_its_forward_and_is_timed_again_on_it(tmp_path, capsys):
     """An anchor records the forward it timed (layout, decoder forward, linears); re-timing it (`profile
     --rescale`, `SpeedDrift`) runs that forward, whatever the engine defaults are. Anchors from before
     `linears` was recorded keep the config's."""
-    cfg = EngineConfig(model="tiny-random")
+    cfg = EngineConfig(model="tiny-random", linears="vllm", threads=1)
     then = {"shapes": SHAPES, "ms": [1.0] * 4, "verify_layout": "padded", "model_forward": "native-eager",
-            "linears": "eager"}
+            "linears": "eager", "threads": 2}
     again = anchor_engine_config(cfg, then)
-    assert (again.verify_layout, again.model_forward, again.linears, again.model) == ("padded", "native-eager", "eager",
-                                                                                      "tiny-random")
+    assert (again.verify_layout, again.model_forward, again.linears, again.threads, again.model) == \
+        ("padded", "native-eager", "eager", 2, "tiny-random")
     old = {k: v for k, v in then.items() if k != "linears"}
-    assert anchor_engine_config(cfg, old).linears == cfg.linears
+    assert anchor_engine_config(cfg, old).linears == "packed"  # what every anchor before `linears` was timed on
+    with pytest.raises(ProfileError, match="different forwards"):
+        mean_anchor([then, then | {"model_forward": "native"}])
+    assert (linears_for("native-vllm"), linears_for("native")) == ("vllm", "packed")
     timed = tmp_path / "anchor.json"
     assert main(["profile", "--model", "tiny-random", "--anchor-only", "--model-forward", "native-eager",
                  "--linears", "eager", "--out", str(timed), "--quiet"]) == 0
@@ -137,6 +147,9 @@ def test_an_anchor_names_its_forward_and_is_timed_again_on_it(tmp_path):
     assert main(["profile", "--model", "tiny-random", "--rescale", str(anchored), "--out", str(out), "--quiet"]) == 0
     assert {k: json.loads(out.read_text())["speed_anchor"][k] for k in ANCHOR_ENGINE_FIELDS} == \
         {k: anchor[k] for k in ANCHOR_ENGINE_FIELDS}  # timed again on the anchor's forward, not the default
+    assert main(["profile", "--model", "tiny-random", "--rescale", str(anchored), "--out", str(out), "--quiet",
+                 "--model-forward", "native"]) == 2  # the anchor says which forward: another one is refused
+    assert "drop --model-forward" in capsys.readouterr().err
 
 
 def test_a_profile_records_the_forward_it_timed(tmp_path):

@@ -21,6 +21,7 @@ from nightjar_rl.engine_config import EngineConfig
 from nightjar_rl.env.backend import resolve_data_path
 from nightjar_rl.env.scenario import Scenario, ScenarioError
 from nightjar_rl.hardware import HardwareProfile, mean_anchor, speed_ratio
+from nightjar_rl.model_names import linears_for
 from nightjar_rl.stack import anchor_engine_config
 
 
@@ -37,7 +38,8 @@ def anchor_in_fresh_process(cfg: EngineConfig, rounds: int) -> dict:
     done = subprocess.run([sys.executable, "-c", _ANCHOR_SCRIPT, json.dumps(dataclasses.asdict(cfg)), str(rounds)],
                           capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"timing the speed anchor failed: {done.stderr.strip().splitlines()[-1:]}")
+        last = (done.stderr.strip().splitlines() or ["no error output"])[-1]
+        raise RuntimeError(f"timing the speed anchor failed: {last}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -46,7 +48,9 @@ def anchor_config(live: Scenario) -> EngineConfig:
     vLLM (`backend: vllm`), our layer loop on vLLM's own CPU kernels and GEMM (`model_forward:
     native-vllm`, `linears: vllm`), the kernels its steps run."""
     cfg = live.engine_config()
-    return dataclasses.replace(cfg, model_forward="native-vllm", linears="vllm") if live.backend == "vllm" else cfg
+    vllm_kernels = "native-vllm"
+    return (dataclasses.replace(cfg, model_forward=vllm_kernels, linears=linears_for(vllm_kernels))
+            if live.backend == "vllm" else cfg)
 
 
 def timed_around(live: Scenario, work, rounds: int = 21):
@@ -58,7 +62,8 @@ def timed_around(live: Scenario, work, rounds: int = 21):
 
 
 class SpeedDrift:
-    """Speed anchors of `live`'s engine timed against the one in `twin`'s profile."""
+    """The speed anchor in `twin`'s profile timed again (on the forward it records, with `live`'s model)
+    and compared with the stored one."""
 
     def __init__(self, live: Scenario, twin: Scenario, rounds: int = 21):
         profile = HardwareProfile.load(resolve_data_path(twin.profile, twin.base_dir))
