@@ -368,9 +368,9 @@ def cmd_profile(a: argparse.Namespace) -> int:
         return 0
     if a.from_steps:
         return _profile_from_steps(a)
-    from nightjar_rl.decoding.profiler import measure_speed_anchor, profile_hardware
+    from nightjar_rl.decoding.profiler import profile_hardware
     from nightjar_rl.models import load_model
-    from nightjar_rl.stack import load_draft_model
+    from nightjar_rl.stack import engine_speed_anchor, load_draft_model
 
     for flag, value, low in (("--context", a.context, 1), ("--repeats", a.repeats, 1),
                              ("--overhead-steps", a.overhead_steps, 0), ("--threads", a.threads or 1, 1)):
@@ -383,7 +383,8 @@ def cmd_profile(a: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
-    target = load_model(a.model, a.dtype, a.device, _timed_linears(a))
+    timed = _timed_config(a, a.verify_layout)
+    target = load_model(a.model, a.dtype, a.device, timed.linears)
     positions = getattr(getattr(target.model, "config", None), "max_position_embeddings", None)
     longest = max([a.context, *(contexts or [])]) + max(tokens)
     if isinstance(positions, int) and longest > positions:
@@ -392,14 +393,11 @@ def cmd_profile(a: argparse.Namespace) -> int:
     profile = profile_hardware(
         target.model, a.model, batch_sizes, tokens, context=a.context, repeats=a.repeats, draft_model=draft,
         progress=not a.quiet, contexts=contexts, prefill_tokens=prefill, overhead_steps=a.overhead_steps,
-        **({"verify_layout": a.verify_layout} if a.verify_layout else {}),
-        model_forward=a.model_forward or DEFAULT_MODEL_FORWARD,
+        verify_layout=timed.verify_layout, model_forward=timed.model_forward,
     )
-    profile["linears"] = _timed_linears(a)
+    profile["linears"] = timed.linears
     if a.anchor is not None:
-        profile["speed_anchor"] = _anchor(a, lambda: measure_speed_anchor(
-            target.model, verify_layout=profile["verify_layout"], model_forward=profile["model_forward"],
-            progress=not a.quiet) | {"linears": profile["linears"]})
+        profile["speed_anchor"] = _anchor(a, lambda: engine_speed_anchor(timed, target=target, progress=not a.quiet))
     out = Path(a.out) if a.out else DEFAULT_PROFILE_DIR / f"{a.model.replace('/', '_')}-{profile['device_type']}-{a.dtype}.json"
     atomic_write_json(out, profile)
     print(f"wrote hardware profile {out}")
@@ -445,19 +443,22 @@ def _anchor(a: argparse.Namespace, time_now) -> dict:
         raise CLIError(str(exc)) from None
 
 
-def _timed_linears(a: argparse.Namespace) -> str:
-    """`--linears`, or the linears `--model-forward` runs fastest with (vLLM's GEMM for native-vllm)."""
-    return a.linears or linears_for(a.model_forward or DEFAULT_MODEL_FORWARD)
+def _timed_config(a: argparse.Namespace, verify_layout: str | None) -> EngineConfig:
+    """The engine whose forwards `profile` times: `--model`/`--dtype`/`--device`/`--threads` in
+    `verify_layout` (default: the engine's), `--model-forward`, and `--linears` or those that forward runs
+    fastest with (vLLM's GEMM for native-vllm)."""
+    model_forward = a.model_forward or DEFAULT_MODEL_FORWARD
+    return EngineConfig(model=a.model, dtype=a.dtype, device=a.device, threads=a.threads,
+                        **({"verify_layout": verify_layout} if verify_layout else {}),
+                        model_forward=model_forward, linears=a.linears or linears_for(model_forward))
 
 
 def _anchor_now(a: argparse.Namespace, verify_layout: str | None, then: dict | None = None) -> dict:
-    """The speed anchor of `--model`/`--dtype`/`--device`'s engine forward in `verify_layout` (with
-    `--model-forward`/`--linears`), timed now; or, given `then`, of the forward that anchor was timed on."""
+    """The speed anchor of `_timed_config(a, verify_layout)`, timed now; or, given `then`, of the
+    forward that anchor was timed on."""
     from nightjar_rl.stack import anchor_engine_config, engine_speed_anchor
 
-    cfg = EngineConfig(model=a.model, dtype=a.dtype, device=a.device, threads=a.threads,
-                       **({"verify_layout": verify_layout} if verify_layout else {}),
-                       model_forward=a.model_forward or DEFAULT_MODEL_FORWARD, linears=_timed_linears(a))
+    cfg = _timed_config(a, verify_layout)
     return engine_speed_anchor(cfg if then is None else anchor_engine_config(cfg, then), progress=not a.quiet)
 
 

@@ -68,11 +68,13 @@ def build_stack(cfg: EngineConfig, target: LoadedModel | None = None) -> Stack:
     return Stack(engine, target, cfg)
 
 
-def engine_speed_anchor(cfg: EngineConfig, rounds: int = 21, progress: bool = False) -> dict:
+def engine_speed_anchor(cfg: EngineConfig, rounds: int = 21, progress: bool = False,
+                        target: LoadedModel | None = None) -> dict:
     """The speed anchor (`measure_speed_anchor`) of the target forward the engine of `cfg` runs (its
-    model, dtype, linears, layout, forward and threads), on a copy of the model loaded for it; it
-    records `hardware.ANCHOR_ENGINE_FIELDS`, so that `anchor_engine_config` times the same forward again."""
-    target = _prepared_target(cfg)
+    model, dtype, linears, layout, forward and threads), on `target` (loaded with `cfg.linears`) or a
+    copy of the model loaded for it; it records `hardware.ANCHOR_ENGINE_FIELDS`, so that
+    `anchor_engine_config` times the same forward again."""
+    target = _prepared_target(cfg, target)
     return measure_speed_anchor(target.model, rounds=rounds, verify_layout=cfg.verify_layout,
                                 model_forward=cfg.model_forward, progress=progress) | {"linears": cfg.linears}
 

@@ -56,9 +56,10 @@ def anchor_config(live: Scenario) -> EngineConfig:
 def timed_around(live: Scenario, work, rounds: int = 21):
     """`work()`'s result and the speed anchor of `anchor_config(live)` timed before and after it (each in
     a fresh process), averaged (`mean_anchor`): the anchor of a profile fitted to the steps `work` logs."""
-    before = anchor_in_fresh_process(anchor_config(live), rounds)
+    cfg = anchor_config(live)
+    before = anchor_in_fresh_process(cfg, rounds)
     result = work()
-    return result, mean_anchor([before, anchor_in_fresh_process(anchor_config(live), rounds)])
+    return result, mean_anchor([before, anchor_in_fresh_process(cfg, rounds)])
 
 
 class SpeedDrift:
