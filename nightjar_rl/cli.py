@@ -67,6 +67,12 @@ def _serve_workload(rp, engine, requests, progress: bool, desc: str, max_concurr
             print(line)
 
 
+def _add_backend_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="live", choices=["live", "vllm"],
+                   help="live: nightjar-rl's engine; vllm: vLLM's engine stepped in-process, same engine flags, "
+                        "n-gram drafter, the policy trimming its drafts per step (needs vLLM: install.sh --vllm)")
+
+
 def _add_workload_args(p: argparse.ArgumentParser) -> None:
     """Flags shared by the commands that serve prompts: policy, prompt set, token budget, progress."""
     _add_policy_args(p)
@@ -76,9 +82,7 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workload", default=None, metavar="SPEC",
                    help="prompts: bundled (default), a .jsonl file ('prompt' or 'messages', optional id, family, "
                         "max_tokens), jsonl:FILE, or a registered/entry-point source")
-    p.add_argument("--backend", default="live", choices=["live", "vllm"],
-                   help="live: nightjar-rl's engine; vllm: vLLM's engine stepped in-process, same engine flags, "
-                        "n-gram drafter (needs vLLM: install.sh --vllm)")
+    _add_backend_arg(p)
     p.add_argument("--prompts", default=None, help="a JSONL prompt file (same as --workload FILE)")
     p.add_argument("--families", default=None, help="comma-separated prompt families to keep")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -182,37 +186,28 @@ class _Workload:
             self.scenario_dict = scenario.to_dict()
             self.files = {k: str(resolve_data_path(v, scenario.base_dir)) for k in ("trace", "profile")
                           if (v := getattr(scenario, k))}
-        elif a.backend == "vllm":
-            from types import SimpleNamespace
-
-            from transformers import AutoTokenizer
-
-            from nightjar_rl.integrations.vllm.config import model_path, require_vllm
-            from nightjar_rl.integrations.vllm.engine import VLLMEngine, start_llm_engine
-
-            require_vllm()
-            self.config = _engine_config(a)
-            self.tokenizer = AutoTokenizer.from_pretrained(model_path(self.config.model))
-            words = SimpleNamespace(tokenizer=self.tokenizer, vocab_size=len(self.tokenizer))
-            self.records, self.requests = _load_workload(a, words, rate, count)
-            self.engine = VLLMEngine(start_llm_engine(self.config), self.config)
-            self.label = {"backend": "vllm"}
-            self.max_concurrency = None
-            self.scenario_dict = None
-            spec = a.workload or a.prompts
-            self.files = {"prompts": spec} if spec else {}
         else:
-            from nightjar_rl.stack import build_stack
-
             self.config = _engine_config(a)
-            stack = build_stack(self.config)
+            stack = _serving_stack(a.backend, self.config)
             self.records, self.requests = _load_workload(a, stack, rate, count)
             self.engine, self.tokenizer = stack.engine, stack.tokenizer
-            self.label = {}
+            self.label = {"backend": "vllm"} if a.backend == "vllm" else {}
             self.max_concurrency = None
             self.scenario_dict = None
             spec = a.workload or a.prompts
             self.files = {"prompts": spec} if spec else {}
+
+
+def _serving_stack(backend: str, cfg: EngineConfig):
+    """The engine of `--backend` for `cfg` with its tokenizer: ours (`build_stack`) or vLLM's engine
+    stepped in this process (`VLLMStack`, its n-gram drafter; started when first used)."""
+    if backend == "vllm":
+        from nightjar_rl.integrations.vllm.engine import VLLMStack
+
+        return VLLMStack(cfg)
+    from nightjar_rl.stack import build_stack
+
+    return build_stack(cfg)
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
@@ -278,13 +273,14 @@ def _write_run_dir(run_dir: Path, a: argparse.Namespace, w: _Workload, summary: 
 
 def cmd_serve(a: argparse.Namespace) -> int:
     from nightjar_rl.runtime.server import build_server, make_server
-    from nightjar_rl.stack import build_stack
 
     cfg = _engine_config(a)
     server_cfg = from_namespace(ServerConfig, a, engine=cfg)
     server_cfg.check_bind()  # a bound port or a bad host: one line now, not after the model loads
     rp = _runtime_policy(a, cfg)
-    stack = build_stack(cfg)
+    stack = _serving_stack(a.backend, cfg)
+    if a.backend == "vllm":
+        print("starting vLLM's engine (its first start on a CPU compiles kernels for a minute or more)", flush=True)
     app, engine_loop = build_server(stack, rp, server_cfg)
     server = make_server(app, a.host, a.port, log_level="warning" if a.quiet else "info", engine_loop=engine_loop)
     print(f"serving {server_cfg.model_name} with policy {rp.policy.name} on http://{a.host}:{a.port}", flush=True)
@@ -389,7 +385,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
     longest = max([a.context, *(contexts or [])]) + max(tokens)
     if isinstance(positions, int) and longest > positions:
         raise CLIError(f"--context/--contexts plus --tokens reach {longest} positions; {a.model} has {positions}")
-    draft = load_draft_model(a.draft, target, a.dtype, a.device) if a.draft else None
+    draft = load_draft_model(a.draft, target, a.dtype, a.device, timed.linears) if a.draft else None
     profile = profile_hardware(
         target.model, a.model, batch_sizes, tokens, context=a.context, repeats=a.repeats, draft_model=draft,
         progress=not a.quiet, contexts=contexts, prefill_tokens=prefill, overhead_steps=a.overhead_steps,
@@ -551,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, /metrics)")
     _add_engine_args(s)
     _add_policy_args(s)
+    _add_backend_arg(s)
     add_arguments(s.add_argument_group("server"), ServerConfig)
     s.add_argument("--quiet", action="store_true", help="no per-request access log")
     s.set_defaults(func=cmd_serve)

@@ -49,6 +49,28 @@ def test_profile_writes_a_grid(tmp_path):
     assert set(prof["draft_ms"]) == {"1", "2"}
 
 
+def test_profile_times_the_draft_model_on_the_engines_forward(tmp_path, monkeypatch):
+    """The engine runs its draft model on its own model_forward and layout (`DraftModelDrafter.setup`):
+    the profile times the draft model's steps on the same, not on the defaults."""
+    from nightjar_rl.decoding import profiler
+
+    made = []
+    real = profiler.ModelRunner
+
+    def spy(model, *args, **kwargs):
+        runner = real(model, *args, **kwargs)
+        made.append((runner.layout, runner.forward_kind))
+        return runner
+
+    monkeypatch.setattr(profiler, "ModelRunner", spy)
+    out = tmp_path / "prof.json"
+    assert main(["profile", "--model", "tiny-random", "--batch-sizes", "1", "--tokens", "1", "--context", "16",
+                 "--repeats", "1", "--draft", "early-exit:2", "--model-forward", "native-eager",
+                 "--verify-layout", "padded", "--out", str(out), "--quiet"]) == 0
+    assert len(made) == 2 and made[0] == made[1] and made[0][0] == "padded"
+    assert json.loads(out.read_text())["model_forward"] == "native-eager"
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -9,9 +9,9 @@ import pytest
 
 from nightjar_rl.cli import main
 from nightjar_rl.engine_config import EngineConfig
-from nightjar_rl.env.backend import make_backend
+from nightjar_rl.env.backend import make_backend, resolve_data_path
 from nightjar_rl.env.scenario import ScenarioError, load_scenario
-from nightjar_rl.experiments.drift import anchor_config
+from nightjar_rl.experiments.drift import SpeedDrift, anchor_config, kernel_mismatch
 from nightjar_rl.experiments.evaluate import evaluate_cell
 from nightjar_rl.hardware import (
     ANCHOR_ENGINE_FIELDS,
@@ -171,3 +171,34 @@ def test_a_vllm_twin_is_anchored_on_vllms_own_kernels():
                                                                          "vllm")
     live = load_scenario("smollm2-ngram")
     assert anchor_config(live) == live.engine_config()
+
+
+def test_an_anchor_on_other_kernels_than_the_live_engine_is_flagged():
+    """A vLLM twin anchored on our TorchScript forward tracks vLLM's speed worse (anchor_tracking.py):
+    the drift report says so; an anchor on the live engine's own kernels raises nothing."""
+    vllm = anchor_config(load_scenario("smollm2-ngram-vllm"))
+    ours = {"shapes": SHAPES, "ms": [1.0] * 4, "model_forward": "native", "linears": "packed"}
+    caveat = kernel_mismatch(ours, vllm)
+    assert "'native' / linears 'packed'" in caveat and "'native-vllm' / 'vllm'" in caveat
+    assert kernel_mismatch({**ours, "model_forward": "native-vllm", "linears": "vllm"}, vllm) is None
+    live = load_scenario("smollm2-ngram").engine_config()
+    assert kernel_mismatch({"shapes": SHAPES, "ms": [1.0] * 4, "model_forward": "native"}, live) is None  # old: packed
+    assert kernel_mismatch({**ours, "linears": "eager"}, live) is not None
+
+
+def test_the_drift_report_carries_the_kernel_caveat(tmp_path):
+    """A vLLM twin whose profile was anchored on our own forward: the drift report warns, and says nothing
+    once the anchor is on vLLM's kernels."""
+    live, twin = load_scenario("smollm2-ngram-vllm"), load_scenario("smollm2-ngram-vllm-sim")
+    profile = json.loads(resolve_data_path(twin.profile, twin.base_dir).read_text())
+    reports = {}
+    for forward, linears in (("native", "packed"), ("native-vllm", "vllm")):
+        path = tmp_path / f"{forward}.json"
+        path.write_text(json.dumps(profile | {"speed_anchor": {"shapes": SHAPES, "ms": [30.0, 31.0, 60.0, 160.0],
+                                                               "model_forward": forward, "linears": linears}}))
+        drift = SpeedDrift(live, twin.replace(profile=str(path)))
+        reports[forward] = (drift.caveat, drift.describe(), drift.to_dict()["caveat"])
+    caveat, described, recorded = reports["native"]
+    assert "live engine runs 'native-vllm' / 'vllm'" in caveat and "caution: " + caveat in described
+    assert recorded == caveat
+    assert reports["native-vllm"][0] is None and "caution" not in reports["native-vllm"][1]

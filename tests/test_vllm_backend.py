@@ -112,6 +112,67 @@ def test_abort_leaves_at_the_next_step(backend):
     engine.close()
 
 
+def test_max_waiting_bounds_the_requests_beyond_the_free_slots(backend):
+    """4 slots, max_waiting 1: four requests take the free slots, a fifth waits, a sixth is refused
+    (`QueueFullError`, as on our engine); once a step admits the first four the backlog is the fifth."""
+    import dataclasses
+
+    from nightjar_rl.decoding.scheduler import QueueFullError
+    from nightjar_rl.integrations.vllm.engine import VLLMEngine
+
+    shared = backend.make_engine(0)
+    engine = VLLMEngine(shared.llm, dataclasses.replace(shared.cfg, max_waiting=1))
+    reqs = requests(backend, 6)
+    for i, req in enumerate(reqs[:5]):
+        assert engine.backlog() == max(0, i - 4)
+        engine.submit(req)
+    assert engine.backlog() == 1 and engine.backlog(pending=2) == 3
+    with pytest.raises(QueueFullError, match="max_waiting=1"):
+        engine.submit(reqs[5])
+    engine.step(0)
+    assert len(engine.running) == 4 and engine.backlog() == 1
+    engine.close()
+
+
+def test_the_server_runs_on_vllm_with_a_policy(backend, plain):
+    """`nightjar-rl serve --backend vllm`: the OpenAI-compatible server over vLLM's engine, a policy
+    trimming its drafts; concurrent greedy completions equal vLLM's plain decoding, and a request's
+    speculation cap (`speculation: {"max_tokens": 0}`) and metrics hold."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from nightjar_rl.integrations.vllm.engine import VLLMStack
+    from nightjar_rl.runtime.policy_spec import runtime_policy
+    from nightjar_rl.runtime.server import build_server, start_in_thread
+    from nightjar_rl.runtime.server_config import ServerConfig
+
+    stack = VLLMStack(backend.scenario.engine_config(0), backend.make_engine(0).llm)
+    app, loop = build_server(stack, runtime_policy(MAX_K, policy="table-mlc_llm"), ServerConfig())
+    http, thread, url = start_in_thread(app)
+    pool = backend.prompt_pool
+    try:
+        def complete(i: int, **extra) -> dict:
+            body = {"prompt": pool.token_ids[i], "max_tokens": 32, "return_token_ids": True, **extra}
+            r = httpx.post(f"{url}/v1/completions", json=body, timeout=300)
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0] | {"speculation_metrics": r.json().get("speculation_metrics")}
+
+        with ThreadPoolExecutor(4) as workers:
+            got = list(workers.map(complete, range(4)))
+        assert [c["token_ids"] for c in got] == [plain[0].outputs[f"{i}:{pool.ids[i]}"] for i in range(4)]
+        capped = complete(1, speculation={"max_tokens": 0}, return_speculation_metrics=True)
+        assert capped["token_ids"] == got[1]["token_ids"] and capped["speculation_metrics"]["num_draft_tokens"] == 0
+        free = complete(1, return_speculation_metrics=True)  # the MLC table drafts at one row
+        assert free["token_ids"] == got[1]["token_ids"] and free["speculation_metrics"]["num_draft_tokens"] > 0
+        assert httpx.get(f"{url}/health").status_code == 200
+    finally:
+        http.should_exit = True
+        thread.join(10)
+        lines = loop.stop()
+    assert loop.error is None, (loop.error, lines)
+
+
 def test_sampling_follows_the_episode_seed_per_request(backend):
     """temperature 1, speculation off: an episode's seed replays it exactly, another seed samples
     differently, and two requests with the same prompt in one episode draw independent samples

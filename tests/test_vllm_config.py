@@ -75,3 +75,14 @@ def test_vllm_scenario_validates_and_the_cli_refuses_two_backends(capsys):
     assert load_scenario("smollm2-ngram-vllm").backend == "vllm"
     assert main(["bench", "--scenario", "tiny", "--backend", "vllm"]) == 2
     assert "--backend and --scenario" in capsys.readouterr().err
+
+
+def test_serve_on_vllm_without_vllm_is_one_line(monkeypatch, capsys):
+    pytest.importorskip("fastapi")
+    from nightjar_rl.cli import main
+    from nightjar_rl.runtime.server import free_port
+
+    monkeypatch.setattr(vc, "_import_error", lambda: "ModuleNotFoundError: No module named 'vllm'")
+    assert main(["serve", "--backend", "vllm", "--port", str(free_port()), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "vLLM is not available" in err[0] and "install" in err[0]

@@ -132,7 +132,8 @@ def profile_hardware(
     `layouts.prices_alike`), so the tables price what the engine computes. With packed, `verify_ms_half_drafted` also times per-row
     steps (half the rows scoring n positions, half 1) at `context`: the check that pricing a packed step
     by its rows and total scored tokens (`HardwareProfile.verify_step_ms`) holds on this machine.
-    `model_forward`: the target's decoder forward timed (the engine's `model_forward`), recorded."""
+    `model_forward`: the decoder forward timed, the target's and the draft model's as the engine runs them
+    (the engine's `model_forward`), recorded."""
     if not batch_sizes or not tokens_per_row or min(batch_sizes) < 1 or min(tokens_per_row) < 1:
         raise ValueError("batch sizes and tokens per row must be non-empty lists of positive integers")
     contexts = sorted(set(contexts or []))
@@ -147,7 +148,8 @@ def profile_hardware(
     _fill_context(runner, max(batch_sizes), longest, vocab, rng)
     draft_runner = None
     if draft_model is not None:
-        draft_runner = ModelRunner(draft_model, max(batch_sizes), capacity)
+        draft_runner = ModelRunner(draft_model, max(batch_sizes), capacity, layout=verify_layout,
+                                   model_forward=model_forward)  # as the engine runs its draft model
         _fill_context(draft_runner, max(batch_sizes), longest, vocab, rng)
 
     def table(ctx: int, desc: str) -> dict[str, dict[str, float]]:

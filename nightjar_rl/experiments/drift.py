@@ -53,6 +53,19 @@ def anchor_config(live: Scenario) -> EngineConfig:
             if live.backend == "vllm" else cfg)
 
 
+def kernel_mismatch(anchor: dict, kernels: EngineConfig) -> str | None:
+    """Why `anchor` may not follow the engine whose kernels `kernels` runs (`anchor_config`), or None: an
+    anchor timed on other kernels than the live engine's drifts apart from it (anchor_tracking.py measured
+    a TorchScript-forward anchor off vLLM's speed by 9.6% median, one on vLLM's kernels by 3.1%)."""
+    timed = anchor_engine_config(kernels, anchor)
+    if (timed.model_forward, timed.linears) == (kernels.model_forward, kernels.linears):
+        return None
+    return (f"the twin's speed anchor was timed on model_forward {timed.model_forward!r} / linears {timed.linears!r}, "
+            f"but the live engine runs {kernels.model_forward!r} / {kernels.linears!r}: its ratio may not follow "
+            f"the live engine's speed (re-anchor the twin: sim_fidelity.py --calibrate-seeds, or "
+            f"`nightjar-rl profile --anchor-only --model-forward {kernels.model_forward} --linears {kernels.linears}`)")
+
+
 def timed_around(live: Scenario, work, rounds: int = 21):
     """`work()`'s result and the speed anchor of `anchor_config(live)` timed before and after it (each in
     a fresh process), averaged (`mean_anchor`): the anchor of a profile fitted to the steps `work` logs."""
@@ -73,6 +86,8 @@ class SpeedDrift:
                                 f"by (make it with `nightjar-rl profile ... --anchor`)")
         self.live, self.then, self.rounds = live, profile.speed_anchor, rounds
         self.measurements: list[dict] = []
+        self.caveat = kernel_mismatch(self.then, anchor_config(live))
+
 
     def measure(self, label: str) -> float:
         """Time the anchor now, in a fresh process as the profile's was (`nightjar-rl profile --anchor-only`):
@@ -90,9 +105,9 @@ class SpeedDrift:
         return statistics.fmean(m["ratio"] for m in self.measurements) if self.measurements else 1.0
 
     def to_dict(self) -> dict:
-        return {"ratio": self.ratio, "profiled": self.then, "measurements": self.measurements}
+        return {"ratio": self.ratio, "profiled": self.then, "measurements": self.measurements, "caveat": self.caveat}
 
     def describe(self) -> str:
         parts = ", ".join(f"{m['label']} {m['ratio']:.3f}" for m in self.measurements)
         return (f"machine speed now / when the twin was profiled ({self.then.get('measured', '?')}): "
-                f"{self.ratio:.3f} ({parts}; above 1: slower now)")
+                f"{self.ratio:.3f} ({parts}; above 1: slower now)" + (f"; caution: {self.caveat}" if self.caveat else ""))

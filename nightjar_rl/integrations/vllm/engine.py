@@ -19,10 +19,11 @@ from __future__ import annotations
 import time
 import zlib
 from collections import deque
+from functools import cached_property
 
 from nightjar_rl.contracts import PlanError, SpecPlan
 from nightjar_rl.decoding.layouts import MIXED_LAYOUT
-from nightjar_rl.decoding.scheduler import ABORT, check_request_fits
+from nightjar_rl.decoding.scheduler import ABORT, QueueFullError, check_request_fits
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.engine_config import EngineConfig
@@ -95,11 +96,21 @@ class VLLMEngine:
     def has_work(self) -> bool:
         return bool(self._seqs.keys() - {s.request_id for s in self._finished})
 
+    def backlog(self, pending: int = 0) -> int:
+        """Requests not yet started (plus `pending` about to be submitted) beyond the slots free now: what
+        `max_waiting` bounds, as on our engine (approximate when read from another thread)."""
+        return max(0, len(self._waiting) + pending - (self.cfg.max_batch_size - len(self.scheduler.running)))
+
     def submit(self, request: Request) -> None:
+        """Hand a request to vLLM. ValueError for one that could never be served (or whose id is in use),
+        `QueueFullError` (a ValueError) when the backlog is at the config's `max_waiting`."""
         rid = request.request_id
         if rid in self._seqs:
             raise ValueError(f"duplicate request id {rid!r}")
         check_request_fits(request, self.max_seq_len)
+        if self.cfg.max_waiting is not None and self.backlog() >= self.cfg.max_waiting:
+            raise QueueFullError(f"request {rid!r} rejected: {self.backlog()} requests already waiting beyond the "
+                                 f"free batch slots (max_waiting={self.cfg.max_waiting})")
         params = self._params(temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=request.max_new_tokens,
                               seed=request_seed(self.cfg.seed, rid) if self.cfg.temperature > 0 else None)
         internal = self.llm.add_request(rid, {"prompt_token_ids": list(request.prompt_ids)}, params)
@@ -204,3 +215,30 @@ class VLLMEngine:
     def __exit__(self, *exc) -> None:
         self.close()
 
+
+
+class VLLMStack:
+    """vLLM's engine surface and what serving it needs beside it, as `nightjar_rl.stack.Stack` has them
+    (`engine`, `config`, `tokenizer`, `vocab_size`), for `nightjar-rl generate/bench/serve --backend vllm`.
+    The tokenizer is the model folder's; vLLM's engine starts on first use of `engine` (a minute or more
+    on CPU), so a bad workload fails before it."""
+
+    def __init__(self, cfg: EngineConfig, llm_engine=None):
+        require_vllm()
+        self.config, self._llm = cfg, llm_engine
+
+    @cached_property
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        from nightjar_rl.integrations.vllm.config import model_path
+
+        return AutoTokenizer.from_pretrained(model_path(self.config.model))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @cached_property
+    def engine(self) -> VLLMEngine:
+        return VLLMEngine(self._llm or start_llm_engine(self.config), self.config)
