@@ -15,7 +15,7 @@ from nightjar_rl.contracts.plan import SpecPlan
 from nightjar_rl.cpu_linears import VllmLinear, pack_linears
 from nightjar_rl.decoding import Request, SpeculativeEngine
 from nightjar_rl.decoding.kv_cache import SlotKVCache
-from nightjar_rl.decoding.paged_attention import key_blocks
+from nightjar_rl.decoding.paged_attention import key_blocks, paged_step, paged_write
 from nightjar_rl.vllm_kernels import VllmKernelError, load_kernels
 from nightjar_rl.decoding.runner import ModelRunner
 from nightjar_rl.decoding.vllm_forward import rotary_table
@@ -74,6 +74,25 @@ def test_the_cache_stores_keys_as_vllms_own_writer_does():
     assert torch.equal(key_blocks(cache.keys[0]), vllm_keys)
     assert torch.equal(cache.values[0], vllm_values)
     assert torch.equal(cache.keys[0][rows, :, positions], keys)  # the views read back what was written
+
+
+def test_vllms_cache_writer_writes_what_the_indexed_write_does():
+    """`paged_step`'s slot mapping by hand (slots 1 and 2 of 64 entries, caching 5 and 9 tokens, feeding 2
+    and 3), and `paged_write` of keys and values sliced out of one fused projection (strided, as the
+    forward passes them) leaves the cache as `write_window` does."""
+    load_kernels("this test")
+    step = paged_step(1, [2, 3], [5, 9], 4, 2, 32, torch.float32, "vec", 64)
+    assert step.slot_mapping.tolist() == [64 + 5, 64 + 6, 128 + 9, 128 + 10, 128 + 11]
+    assert step.seq_lens.tolist() == [7, 12] and step.block_table.view(-1).tolist() == [1, 2]
+    config = tiny_random_model(seed=0, config_overrides={"head_dim": 32}).config
+    fused = torch.randn(5, 3 * 2 * 32, generator=torch.Generator().manual_seed(0))
+    key, value = fused[:, 64:128].view(5, 2, 32), fused[:, 128:].view(5, 2, 32)
+    indexed, kernel = (SlotKVCache(config, 3, 64, torch.float32, "cpu", keys_transposed=True) for _ in range(2))
+    indexed.set_window(1, torch.tensor([0, 0, 1, 1, 1]), torch.tensor([5, 6, 9, 10, 11]), 12, 2)
+    indexed.write(0, key, value)
+    paged_write(key, value, kernel.keys[0], kernel.values[0], step)
+    assert torch.equal(kernel.keys[0], indexed.keys[0]) and torch.equal(kernel.values[0], indexed.values[0])
+    assert torch.equal(kernel.keys[0][2, :, 9:12], key[2:].transpose(0, 1))
 
 
 def test_vllm_linear_computes_what_f_linear_does():

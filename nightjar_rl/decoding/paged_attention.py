@@ -29,20 +29,32 @@ HEAD_DIMS = (32, 48, 64, 80, 96, 112, 128, 160, 192, 256)  # the head sizes they
 
 
 class PagedStep(NamedTuple):
-    """One forward's rows for the kernel (int32): `query_start_loc` `[B + 1]` (row r's tokens are
+    """One forward's rows for the kernels: `query_start_loc` `[B + 1]` (row r's tokens are
     `query_start_loc[r]..query_start_loc[r + 1]` of the forward), `seq_lens` `[B]` (cached + fed),
-    `block_table` `[B, 1]` (each row's slot), and vLLM's work split (`scheduler_metadata`)."""
+    `block_table` `[B, 1]` (each row's slot), vLLM's work split (`scheduler_metadata`), all int32; and
+    where each fed token's key and value go (`slot_mapping` `[T]`, int64: slot x capacity + position, the
+    cache writer's address) with the kernel `isa` both are built for."""
 
     query_start_loc: torch.Tensor
     seq_lens: torch.Tensor
     block_table: torch.Tensor
     scheduler_metadata: torch.Tensor
+    slot_mapping: torch.Tensor
+    isa: str
 
 
 def key_blocks(layer_keys: torch.Tensor) -> torch.Tensor:
     """A layer's key views (`[slots, kv_heads, capacity, d]`, stored transposed) as the kernel reads
     them: the same storage, shaped `[blocks, kv_heads, block_size, d]`."""
     return layer_keys.transpose(2, 3).reshape(layer_keys.shape)
+
+
+def paged_write(key: torch.Tensor, value: torch.Tensor, layer_keys: torch.Tensor, layer_values: torch.Tensor,
+                step: PagedStep) -> None:
+    """Write a forward's keys and values (`[T, kv_heads, d]`) into one layer's cache with vLLM's own cache
+    writer (`cpu_attn_reshape_and_cache`, one C++ call; what `kv_cache.write_window` does by indexing)."""
+    torch.ops._C.cpu_attn_reshape_and_cache(key, value, key_blocks(layer_keys), layer_values, step.slot_mapping,
+                                            step.isa, 1.0, 1.0, "auto")
 
 
 def paged_attend(query: torch.Tensor, layer_keys: torch.Tensor, layer_values: torch.Tensor, step: PagedStep,
@@ -72,9 +84,9 @@ def kernel_isa(dtype: torch.dtype, block_size: int, head_dim: int) -> str:
 
 
 def paged_step(slot_start: int, widths: list[int], past_lens: list[int], heads: int, kv_heads: int, head_dim: int,
-               dtype: torch.dtype, isa: str) -> PagedStep:
-    """The kernel's view of a forward whose row i (slot `slot_start + i`, caching `past_lens[i]` tokens)
-    feeds `widths[i]` tokens, row after row."""
+               dtype: torch.dtype, isa: str, capacity: int) -> PagedStep:
+    """The kernels' view of a forward whose row i (slot `slot_start + i` of `capacity` entries, caching
+    `past_lens[i]` tokens) feeds `widths[i]` tokens, row after row, written after its cached ones."""
     batch = len(widths)
     starts = [0]
     for w in widths:
@@ -84,4 +96,7 @@ def paged_step(slot_start: int, widths: list[int], past_lens: list[int], heads: 
     block_table = torch.arange(slot_start, slot_start + batch, dtype=torch.int32).view(batch, 1)
     metadata = torch.ops._C.get_scheduler_metadata(batch, heads, kv_heads, head_dim, seq_lens, dtype, query_start_loc,
                                                    True, -1, isa, True, None, "auto")
-    return PagedStep(query_start_loc, seq_lens, block_table, metadata)
+    row = torch.repeat_interleave(torch.arange(batch), torch.tensor(widths))
+    first = torch.tensor([(slot_start + i) * capacity + p - s for i, (p, s) in enumerate(zip(past_lens, starts))])
+    slot_mapping = first[row] + torch.arange(starts[-1])  # row i's token j (j-th of the forward) at past_i + j - start_i
+    return PagedStep(query_start_loc, seq_lens, block_table, metadata, slot_mapping, isa)

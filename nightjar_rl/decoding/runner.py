@@ -174,7 +174,7 @@ class ModelRunner:
         rope = past[row] + (col if tree is None else tree[0][row, col])
         # vLLM's kernel takes rows' tokens back to back, each row's last positions (no trees, no padding)
         paged = (paged_step(slot_start, widths, past_lens, self._native.heads, self._native.kv_heads,
-                            self._native.head_dim, self.dtype, self._paged_isa)
+                            self._native.head_dim, self.dtype, self._paged_isa, self.cache.capacity)
                  if self._paged_isa and tree is None and (flat or min(widths) == n) else None)
         attention_parts, first, token = [], 0, 0
         for size in parts:

