@@ -69,8 +69,10 @@ def _serve_workload(rp, engine, requests, progress: bool, desc: str, max_concurr
 
 def _add_backend_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="live", choices=["live", "vllm"],
-                   help="live: nightjar-rl's engine; vllm: vLLM's engine stepped in-process, same engine flags, "
-                        "n-gram drafter, the policy trimming its drafts per step (needs vLLM: install.sh --vllm)")
+                   help="live: nightjar-rl's engine; vllm: vLLM's engine stepped in-process (eager) with the engine "
+                        "flags vLLM has (model, dtype, slots, context, n-gram drafter, sampling, threads; not the "
+                        "forward, linears, layout or decoder), the policy trimming its drafts per step (needs vLLM: "
+                        "install.sh --vllm)")
 
 
 def _add_workload_args(p: argparse.ArgumentParser) -> None:
@@ -280,7 +282,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     rp = _runtime_policy(a, cfg)
     stack = _serving_stack(a.backend, cfg)
     if a.backend == "vllm":
-        print("starting vLLM's engine (its first start on a CPU compiles kernels for a minute or more)", flush=True)
+        print("starting vLLM's engine in this process (tens of seconds on a CPU)", flush=True)
     app, engine_loop = build_server(stack, rp, server_cfg)
     server = make_server(app, a.host, a.port, log_level="warning" if a.quiet else "info", engine_loop=engine_loop)
     print(f"serving {server_cfg.model_name} with policy {rp.policy.name} on http://{a.host}:{a.port}", flush=True)

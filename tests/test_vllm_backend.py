@@ -114,7 +114,8 @@ def test_abort_leaves_at_the_next_step(backend):
 
 def test_max_waiting_bounds_the_requests_beyond_the_free_slots(backend):
     """4 slots, max_waiting 1: four requests take the free slots, a fifth waits, a sixth is refused
-    (`QueueFullError`, as on our engine); once a step admits the first four the backlog is the fifth."""
+    (`QueueFullError`, as on our engine). Mid-step, once vLLM's scheduler has admitted the first four
+    (what the server's overload check may read from another thread), the backlog is still the fifth."""
     import dataclasses
 
     from nightjar_rl.decoding.scheduler import QueueFullError
@@ -123,15 +124,27 @@ def test_max_waiting_bounds_the_requests_beyond_the_free_slots(backend):
     shared = backend.make_engine(0)
     engine = VLLMEngine(shared.llm, dataclasses.replace(shared.cfg, max_waiting=1))
     reqs = requests(backend, 6)
-    for i, req in enumerate(reqs[:5]):
-        assert engine.backlog() == max(0, i - 4)
-        engine.submit(req)
-    assert engine.backlog() == 1 and engine.backlog(pending=2) == 3
-    with pytest.raises(QueueFullError, match="max_waiting=1"):
-        engine.submit(reqs[5])
-    engine.step(0)
-    assert len(engine.running) == 4 and engine.backlog() == 1
-    engine.close()
+    seen = []
+    schedule = engine.scheduler.schedule
+
+    def scheduled(*args, **kwargs):
+        out = schedule(*args, **kwargs)
+        seen.append(engine.backlog())
+        return out
+
+    engine.scheduler.schedule = scheduled
+    try:
+        for i, req in enumerate(reqs[:5]):
+            assert engine.backlog() == max(0, i - 4)
+            engine.submit(req)
+        assert engine.backlog() == 1 and engine.backlog(pending=2) == 3
+        with pytest.raises(QueueFullError, match="max_waiting=1"):
+            engine.submit(reqs[5])
+        engine.step(0)
+        assert seen == [1] and len(engine.running) == 4 and engine.backlog() == 1
+    finally:
+        del engine.scheduler.schedule
+        engine.close()
 
 
 def test_the_server_runs_on_vllm_with_a_policy(backend, plain):

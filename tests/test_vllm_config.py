@@ -86,3 +86,11 @@ def test_serve_on_vllm_without_vllm_is_one_line(monkeypatch, capsys):
     assert main(["serve", "--backend", "vllm", "--port", str(free_port()), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "vLLM is not available" in err[0] and "install" in err[0]
+
+
+def test_a_model_folder_without_a_tokenizer_is_one_line(tmp_path):
+    from nightjar_rl.integrations.vllm.engine import vllm_tokenizer
+
+    with pytest.raises(ConfigError, match="no tokenizer for model") as err:
+        vllm_tokenizer(str(tmp_path))
+    assert "\n" not in str(err.value)

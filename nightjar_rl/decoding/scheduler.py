@@ -30,6 +30,17 @@ ABORT, ERROR = "abort", "error"  # finish reasons besides "eos" and "length"
 class QueueFullError(ValueError):
     """A request was rejected because the waiting queue is at `max_waiting` (retry later)."""
 
+    @classmethod
+    def rejecting(cls, request_id: str, backlog: int, max_waiting: int) -> QueueFullError:
+        return cls(f"request {request_id!r} rejected: {backlog} requests already waiting beyond the free batch "
+                   f"slots (max_waiting={max_waiting})")
+
+
+def backlog_of(waiting: int, pending: int, max_batch_size: int, running: int) -> int:
+    """Requests waiting (plus `pending` about to be submitted) beyond the batch slots free now: what
+    `max_waiting` bounds (any engine's)."""
+    return max(0, waiting + pending - (max_batch_size - running))
+
 
 def prefill_groups(lengths: list[int], waste: float = 1.25) -> list[list[int]]:
     """Split admitted rows (in slot order) into consecutive groups whose padded size stays within
@@ -179,7 +190,7 @@ class Scheduler:
     def backlog(self, pending: int = 0) -> int:
         """Queued requests (plus `pending` about to be queued) beyond the batch slots free now: what
         `max_waiting` bounds."""
-        return max(0, len(self.waiting) + pending - (self.max_batch_size - self.num_running))
+        return backlog_of(len(self.waiting), pending, self.max_batch_size, self.num_running)
 
     def reservation(self, req: Request) -> int:
         """KV tokens a request may need at worst."""
@@ -200,10 +211,7 @@ class Scheduler:
         """Queue a request: ValueError if it could never be served, QueueFullError if the queue is full."""
         self.check(request)
         if self.max_waiting is not None and self.backlog() >= self.max_waiting:
-            raise QueueFullError(
-                f"request {request.request_id!r} rejected: {self.backlog()} requests already waiting beyond "
-                f"the free batch slots (max_waiting={self.max_waiting})"
-            )
+            raise QueueFullError.rejecting(request.request_id, self.backlog(), self.max_waiting)
         self._live.add(request.request_id)
         self.waiting.append(request)
 

@@ -129,11 +129,9 @@ class VLLMBackend:
 
     @cached_property
     def tokenizer(self):
-        from transformers import AutoTokenizer
+        from nightjar_rl.integrations.vllm.engine import vllm_tokenizer
 
-        from nightjar_rl.integrations.vllm.config import model_path
-
-        return AutoTokenizer.from_pretrained(model_path(self.scenario.engine.model))
+        return vllm_tokenizer(self.scenario.engine.model)
 
     @cached_property
     def prompt_pool(self) -> PromptPool:

@@ -62,8 +62,9 @@ def kernel_mismatch(anchor: dict, kernels: EngineConfig) -> str | None:
         return None
     return (f"the twin's speed anchor was timed on model_forward {timed.model_forward!r} / linears {timed.linears!r}, "
             f"but the live engine runs {kernels.model_forward!r} / {kernels.linears!r}: its ratio may not follow "
-            f"the live engine's speed (re-anchor the twin: sim_fidelity.py --calibrate-seeds, or "
-            f"`nightjar-rl profile --anchor-only --model-forward {kernels.model_forward} --linears {kernels.linears}`)")
+            f"the live engine's speed (re-anchor the twin: `sim_fidelity.py --calibrate-seeds`, or time an anchor "
+            f"with `nightjar-rl profile --anchor-only --model-forward {kernels.model_forward} --linears "
+            f"{kernels.linears} --out A.json` and re-fit the profile with `profile --from-steps ... --anchor A.json`)")
 
 
 def timed_around(live: Scenario, work, rounds: int = 21):
@@ -87,7 +88,6 @@ class SpeedDrift:
         self.live, self.then, self.rounds = live, profile.speed_anchor, rounds
         self.measurements: list[dict] = []
         self.caveat = kernel_mismatch(self.then, anchor_config(live))
-
 
     def measure(self, label: str) -> float:
         """Time the anchor now, in a fresh process as the profile's was (`nightjar-rl profile --anchor-only`):

@@ -388,8 +388,9 @@ def build_server(stack, rp, config: ServerConfig | None = None) -> tuple[FastAPI
 
     config = dataclasses.replace(config or ServerConfig(), engine=stack.config).validate()
     metrics = ServerMetrics(rp.policy.max_k, config.model_name, rp.policy.name)
+    codec = TextCodec(stack.tokenizer, stack.vocab_size)  # before the engine: vLLM's starts when first used
     engine_loop = EngineLoop(stack.engine, rp, metrics, max_waiting=stack.config.max_waiting).start()
-    return create_app(engine_loop, TextCodec(stack.tokenizer, stack.vocab_size), config), engine_loop
+    return create_app(engine_loop, codec, config), engine_loop
 
 
 def free_port(host: str = "127.0.0.1") -> int:

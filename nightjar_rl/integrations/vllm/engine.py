@@ -23,7 +23,7 @@ from functools import cached_property
 
 from nightjar_rl.contracts import PlanError, SpecPlan
 from nightjar_rl.decoding.layouts import MIXED_LAYOUT
-from nightjar_rl.decoding.scheduler import ABORT, QueueFullError, check_request_fits
+from nightjar_rl.decoding.scheduler import ABORT, QueueFullError, backlog_of, check_request_fits
 from nightjar_rl.decoding.sequence import Request, Sequence
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.engine_config import EngineConfig
@@ -97,9 +97,11 @@ class VLLMEngine:
         return bool(self._seqs.keys() - {s.request_id for s in self._finished})
 
     def backlog(self, pending: int = 0) -> int:
-        """Requests not yet started (plus `pending` about to be submitted) beyond the slots free now: what
-        `max_waiting` bounds, as on our engine (approximate when read from another thread)."""
-        return max(0, len(self._waiting) + pending - (self.cfg.max_batch_size - len(self.scheduler.running)))
+        """Requests vLLM holds waiting (plus `pending` about to be submitted) beyond the slots free now:
+        what `max_waiting` bounds, as on our engine. Both counts are vLLM's, read together, so a request
+        its scheduler has just admitted (or preempted) counts once, even from another thread mid-step."""
+        running, waiting = self.scheduler.get_request_counts()
+        return backlog_of(waiting, pending, self.cfg.max_batch_size, running)
 
     def submit(self, request: Request) -> None:
         """Hand a request to vLLM. ValueError for one that could never be served (or whose id is in use),
@@ -109,8 +111,7 @@ class VLLMEngine:
             raise ValueError(f"duplicate request id {rid!r}")
         check_request_fits(request, self.max_seq_len)
         if self.cfg.max_waiting is not None and self.backlog() >= self.cfg.max_waiting:
-            raise QueueFullError(f"request {rid!r} rejected: {self.backlog()} requests already waiting beyond the "
-                                 f"free batch slots (max_waiting={self.cfg.max_waiting})")
+            raise QueueFullError.rejecting(rid, self.backlog(), self.cfg.max_waiting)
         params = self._params(temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=request.max_new_tokens,
                               seed=request_seed(self.cfg.seed, rid) if self.cfg.temperature > 0 else None)
         internal = self.llm.add_request(rid, {"prompt_token_ids": list(request.prompt_ids)}, params)
@@ -216,24 +217,25 @@ class VLLMEngine:
         self.close()
 
 
-
 class VLLMStack:
     """vLLM's engine surface and what serving it needs beside it, as `nightjar_rl.stack.Stack` has them
     (`engine`, `config`, `tokenizer`, `vocab_size`), for `nightjar-rl generate/bench/serve --backend vllm`.
-    The tokenizer is the model folder's; vLLM's engine starts on first use of `engine` (a minute or more
-    on CPU), so a bad workload fails before it."""
+    vLLM's engine starts on first use of `engine` (tens of seconds on CPU, eager), so a bad workload or
+    tokenizer fails before it. Torch's threads are set from the config, as `build_stack` does.
+    `vocab_size` is the tokenizer's (the token ids a prompt may hold)."""
 
     def __init__(self, cfg: EngineConfig, llm_engine=None):
         require_vllm()
+        cfg.validate()
+        if cfg.threads:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
         self.config, self._llm = cfg, llm_engine
 
     @cached_property
     def tokenizer(self):
-        from transformers import AutoTokenizer
-
-        from nightjar_rl.integrations.vllm.config import model_path
-
-        return AutoTokenizer.from_pretrained(model_path(self.config.model))
+        return vllm_tokenizer(self.config.model)
 
     @property
     def vocab_size(self) -> int:
@@ -241,4 +243,20 @@ class VLLMStack:
 
     @cached_property
     def engine(self) -> VLLMEngine:
-        return VLLMEngine(self._llm or start_llm_engine(self.config), self.config)
+        return VLLMEngine(start_llm_engine(self.config) if self._llm is None else self._llm, self.config)
+
+
+def vllm_tokenizer(model: str):
+    """The tokenizer of the folder vLLM loads for `model` (`model_path`); a missing one is a one-line
+    `ConfigError`."""
+    from transformers import AutoTokenizer
+
+    from nightjar_rl.integrations.vllm.config import model_path
+    from nightjar_rl.schema import ConfigError
+
+    path = model_path(model)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"vLLM backend: no tokenizer for model {model!r} at {path!r}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
