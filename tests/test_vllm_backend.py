@@ -186,6 +186,28 @@ def test_the_server_runs_on_vllm_with_a_policy(backend, plain):
     assert loop.error is None, (loop.error, lines)
 
 
+def test_generate_on_vllm_from_the_cli(backend, tmp_path, monkeypatch):
+    """`nightjar-rl generate --backend vllm` without a scenario builds its own `VLLMStack` (here over the
+    module's engine instead of a second one): it serves the bundled prompts, and n-gram k = MAX_K gives
+    the tokens k = 0 gives."""
+    import json
+
+    from nightjar_rl.cli import main
+    from nightjar_rl.integrations.vllm import engine as vllm_engine
+
+    shared = backend.make_engine(0).llm
+    monkeypatch.setattr(vllm_engine, "start_llm_engine", lambda cfg, **kwargs: shared)
+    runs = {}
+    for k in (0, MAX_K):
+        out = tmp_path / f"k{k}.jsonl"
+        assert main(["generate", "--backend", "vllm", "--model", "smollm2-135m", "--max-batch-size", "4",
+                     "--max-seq-len", "512", "--max-speculation", str(MAX_K), "--k", str(k), "--num-requests", "3",
+                     "--max-new-tokens", "8", "--out", str(out), "--quiet"]) == 0
+        runs[k] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(runs[0]) == 3 and all(r["finish_reason"] in ("length", "eos") and r["text"] for r in runs[0])
+    assert [r["token_ids"] for r in runs[MAX_K]] == [r["token_ids"] for r in runs[0]]
+
+
 def test_sampling_follows_the_episode_seed_per_request(backend):
     """temperature 1, speculation off: an episode's seed replays it exactly, another seed samples
     differently, and two requests with the same prompt in one episode draw independent samples
