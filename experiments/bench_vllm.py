@@ -39,7 +39,6 @@ import quickmode  # same folder
 from nightjar_rl.model_names import linears_for
 
 
-
 @dataclass
 class Args:
     model: str = "smollm2-135m"
@@ -80,12 +79,10 @@ def ours_name(layout: str, forward: str = "native") -> str:
 
 def prompt_ids(a: Args) -> list[list[int]]:
     """Chat-templated token ids of the first `a.prompts` bundled prompts (cycled if more are asked)."""
-    from transformers import AutoTokenizer
-
-    from nightjar_rl.integrations.vllm.config import model_path
+    from nightjar_rl.integrations.vllm.engine import vllm_tokenizer
     from nightjar_rl.serving.workload import encode_record, load_workload
 
-    tok = AutoTokenizer.from_pretrained(model_path(a.model))
+    tok = vllm_tokenizer(a.model)
     records = load_workload("bundled")
     keep = a.max_seq_len - a.max_new_tokens
     return [encode_record(tok, records[i % len(records)], len(tok))[-keep:] for i in range(a.prompts)]
