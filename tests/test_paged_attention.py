@@ -1,7 +1,8 @@
 """`model_forward: native-vllm` (decoding/paged_attention.py): vLLM's CPU attention kernel over the slot
-cache. The cache's key layout is the one vLLM's own cache writer produces, the kernel's logits match
-SDPA's on every forward shape it takes (trees and padded ragged batches keep SDPA), and greedy
-speculation over it stays lossless, on tiny models and the bundled one."""
+cache, paged in blocks. The cache's layout and addresses are the ones vLLM's own cache writer uses, the
+kernel's logits match SDPA's on every forward shape it takes (trees and padded ragged batches keep SDPA),
+over one block per slot and several, and greedy speculation over it stays lossless, on tiny models
+(blocks of 32 entries, so rows cross blocks) and the bundled one."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from nightjar_rl.contracts.plan import SpecPlan
 from nightjar_rl.cpu_linears import VllmLinear, pack_linears
 from nightjar_rl.decoding import Request, SpeculativeEngine
 from nightjar_rl.decoding.kv_cache import SlotKVCache
-from nightjar_rl.decoding.paged_attention import key_blocks, paged_step, paged_write
+import nightjar_rl.decoding.paged_attention as paged_attention
+from nightjar_rl.decoding.paged_attention import paged_step, paged_write
 from nightjar_rl.vllm_kernels import VllmKernelError, load_kernels
 from nightjar_rl.decoding.runner import ModelRunner
-from nightjar_rl.decoding.vllm_forward import rotary_table
+from nightjar_rl.decoding.verify import torch_argmax
+from nightjar_rl.decoding.vllm_forward import rotary_table, vllm_argmax
 from nightjar_rl.decoding.tree import TokenTree, batch_tree_inputs
 from nightjar_rl.models import tiny_random_model
 from nightjar_rl.stack import EngineConfig
@@ -35,6 +38,12 @@ def tiny_target() -> torch.nn.Module:
     return tiny_random_model(seed=0, config_overrides={"head_dim": 32})
 
 
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Engines page their caches in blocks of 32 entries (one kernel tile), so short rows cross blocks."""
+    monkeypatch.setattr(paged_attention, "KV_BLOCK", 32)
+
+
 @pytest.fixture(scope="module")
 def tiny_vllm_gemms(tiny_target) -> torch.nn.Module:
     """The same model with every linear on vLLM's oneDNN GEMM (q/k/v and gate/up fused), as `linears: vllm`."""
@@ -46,7 +55,7 @@ def tiny_vllm_gemms(tiny_target) -> torch.nn.Module:
 def _forwards(runner: ModelRunner) -> list[torch.Tensor]:
     """Ragged prompts, ragged verify rows (packed), uniform one-token rows, a unified step's two parts,
     and tree rows (SDPA over the transposed keys)."""
-    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10], list(range(30, 47))]
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10], list(range(30, 70))]  # the last crosses a block of 32
     out = [runner.forward(0, prompts, [0, 0, 0, 0], last_only=True)]
     past = [len(p) for p in prompts]
     out += runner.forward_rows(0, [[5, 6, 7, 8, 9], [11], [12, 13, 14], [15]], past)
@@ -58,41 +67,80 @@ def _forwards(runner: ModelRunner) -> list[torch.Tensor]:
     return out
 
 
-def test_the_cache_stores_keys_as_vllms_own_writer_does():
-    """Keys written through the transposed views land where `cpu_attn_reshape_and_cache` puts them."""
+def test_the_paged_cache_addresses_by_hand():
+    """Slots of 64 entries in blocks of 32, 2 KV heads: slot s's blocks are s * 2 * 2 + (0, 1), and entry p
+    of slot s is cache slot s * 2 * 64 + p; `paged_step` takes the block table as given."""
     load_kernels("this test")
     config = tiny_random_model(seed=0, config_overrides={"head_dim": 32}).config
-    cache = SlotKVCache(config, num_slots=3, capacity=64, dtype=torch.float32, device="cpu", keys_transposed=True)
-    gen = torch.Generator().manual_seed(0)
-    keys, values = torch.randn(10, 2, 32, generator=gen), torch.randn(10, 2, 32, generator=gen)
-    rows, positions = torch.tensor([0] * 4 + [2] * 6), torch.tensor([0, 1, 2, 3, 7, 8, 9, 10, 11, 12])
-    cache.set_window(0, rows, positions, 13, 3)
-    cache.write(0, keys, values)
-    vllm_keys, vllm_values = torch.zeros(3, 2, 64, 32), torch.zeros(3, 2, 64, 32)
-    torch.ops._C.cpu_attn_reshape_and_cache(keys, values, vllm_keys, vllm_values, rows * 64 + positions, "vec",
-                                            1.0, 1.0, "auto")
-    assert torch.equal(key_blocks(cache.keys[0]), vllm_keys)
-    assert torch.equal(cache.values[0], vllm_values)
-    assert torch.equal(cache.keys[0][rows, :, positions], keys)  # the views read back what was written
+    cache = SlotKVCache(config, num_slots=3, capacity=64, dtype=torch.float32, device="cpu", key_block=32)
+    assert cache.block_table(1, 2).tolist() == [[4, 5], [8, 9]]
+    cache.set_window(1, torch.tensor([0, 0, 1, 1, 1]), torch.tensor([5, 31, 30, 31, 32]), 33, 2)
+    assert cache.slot_mapping.tolist() == [128 + 5, 128 + 31, 256 + 30, 256 + 31, 256 + 32]
+    keys, values = cache.paged_layer(0)
+    assert keys.shape == values.shape == (3 * 2 * 2 - 2, 2, 32, 32)
+    step = paged_step(cache.block_table(1, 2), [2, 3], [5, 30], 4, 2, 32, torch.float32, "vec")
+    assert step.seq_lens.tolist() == [7, 33] and step.query_start_loc.tolist() == [0, 2, 5]
+    with pytest.raises(ValueError, match="must divide the capacity"):
+        SlotKVCache(config, num_slots=3, capacity=64, dtype=torch.float32, device="cpu", key_block=48)
 
 
-def test_vllms_cache_writer_writes_what_the_indexed_write_does():
-    """`paged_step`'s slot mapping by hand (slots 1 and 2 of 64 entries, caching 5 and 9 tokens, feeding 2
-    and 3), and `paged_write` of keys and values sliced out of one fused projection (strided, as the
-    forward passes them) leaves the cache as `write_window` does."""
+@pytest.mark.parametrize("key_block", [32, 64])
+def test_vllms_cache_writer_writes_what_the_indexed_write_does(key_block):
+    """vLLM's writer (`paged_write`, keys and values sliced out of one fused projection: strided, as the
+    forward passes them) and the cache's indexed write leave the same cache, across a block boundary, in
+    the layout vLLM's own paged cache holds (each block's keys head_dim-major); the rows read back."""
     load_kernels("this test")
-    step = paged_step(1, [2, 3], [5, 9], 4, 2, 32, torch.float32, "vec", 64)
-    assert step.slot_mapping.tolist() == [64 + 5, 64 + 6, 128 + 9, 128 + 10, 128 + 11]
-    assert step.seq_lens.tolist() == [7, 12] and step.block_table.view(-1).tolist() == [1, 2]
     config = tiny_random_model(seed=0, config_overrides={"head_dim": 32}).config
     fused = torch.randn(5, 3 * 2 * 32, generator=torch.Generator().manual_seed(0))
     key, value = fused[:, 64:128].view(5, 2, 32), fused[:, 128:].view(5, 2, 32)
-    indexed, kernel = (SlotKVCache(config, 3, 64, torch.float32, "cpu", keys_transposed=True) for _ in range(2))
-    indexed.set_window(1, torch.tensor([0, 0, 1, 1, 1]), torch.tensor([5, 6, 9, 10, 11]), 12, 2)
+    rows, positions = torch.tensor([0, 0, 1, 1, 1]), torch.tensor([5, 31, 30, 31, 32])
+    indexed, kernel = (SlotKVCache(config, 3, 64, torch.float32, "cpu", key_block=key_block) for _ in range(2))
+    for cache in (indexed, kernel):
+        cache.set_window(1, rows, positions, 33, 2)
     indexed.write(0, key, value)
-    paged_write(key, value, kernel.keys[0], kernel.values[0], step)
+    paged_write(key, value, kernel, 0, "vec")
     assert torch.equal(kernel.keys[0], indexed.keys[0]) and torch.equal(kernel.values[0], indexed.values[0])
-    assert torch.equal(kernel.keys[0][2, :, 9:12], key[2:].transpose(0, 1))
+    got_keys, got_values = kernel.rows_kv(0)
+    assert got_keys.shape == (2, 2, 33, 32)
+    assert torch.equal(got_keys[rows, :, positions], key) and torch.equal(got_values[rows, :, positions], value)
+    # vLLM's own paged cache: blocks [blocks, heads, block, dim], its writer at block * block_size + offset
+    own_keys, own_values = torch.zeros(6 * 64 // key_block, 2, key_block, 32), torch.zeros(6 * 64 // key_block, 2, key_block, 32)
+    own_slots = (1 + rows) * 64 + positions  # one slot = 64 / key_block blocks, in order
+    torch.ops._C.cpu_attn_reshape_and_cache(key, value, own_keys, own_values, own_slots, "vec", 1.0, 1.0, "auto")
+    ours_keys, ours_values = kernel.paged_layer(0)
+    for slot in (1, 2):
+        for b in range(64 // key_block):
+            own = slot * (64 // key_block) + b
+            ours = int(kernel.block_table(slot, 1)[0, b])
+            assert torch.equal(ours_keys[ours], own_keys[own]) and torch.equal(ours_values[ours], own_values[own])
+
+
+def test_blocked_keys_move_and_copy_as_plain_ones():
+    """Compaction (`move_slot`) and token-tree repair (`copy_within`) leave a paged cache's rows as they
+    leave a plain one's."""
+    config = tiny_random_model(seed=0, config_overrides={"head_dim": 32}).config
+    plain, paged = (SlotKVCache(config, 3, 64, torch.float32, "cpu", key_block=b) for b in (0, 32))
+    gen = torch.Generator().manual_seed(1)
+    key, value = torch.randn(3 * 50, 2, 32, generator=gen), torch.randn(3 * 50, 2, 32, generator=gen)
+    for cache in (plain, paged):
+        cache.set_window(0, torch.arange(3).repeat_interleave(50), torch.arange(50).repeat(3), 50, 3)
+        cache.write(0, key, value)
+        cache.move_slot(2, 0, 40)
+        cache.copy_within([1, 1, 0], [33, 34, 2], [30, 31, 35])
+    for a, b in zip(plain.rows_kv(0), paged.rows_kv(0), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_vllms_greedy_argmax_chooses_what_torch_does():
+    """`vllm_argmax` (the runner's greedy choice on native-vllm) equals `torch_argmax`, ties to the first
+    maximum, on rows, batches and padded `[B, n, V]` logits."""
+    load_kernels("this test")
+    logits = torch.randn(3, 5, 1000, generator=torch.Generator().manual_seed(0))
+    logits[0, 0, [7, 9]] = 50.0  # a tie
+    logits[1, 2, [400, 3]] = 50.0
+    for x in (logits, logits[0], logits[1, 2:3], logits.reshape(15, 1000)):
+        assert torch.equal(vllm_argmax(x), torch_argmax(x))
+    assert vllm_argmax(logits)[0, 0] == 7 and vllm_argmax(logits)[1, 2] == 3
 
 
 def test_vllm_linear_computes_what_f_linear_does():
@@ -114,19 +162,29 @@ def test_the_rotary_table_holds_transformers_cos_and_sin(tiny_target):
     assert table.shape == (40, 2 * half) and torch.equal(table[0], torch.cat((torch.ones(half), torch.zeros(half))))
 
 
+@pytest.mark.parametrize("kv_block", [32, None])
 @pytest.mark.parametrize("gemms", ["torch", "vllm"])
 @pytest.mark.parametrize("layout", ["packed", "padded"])
-def test_kernel_logits_match_sdpa_on_every_shape(tiny_target, tiny_vllm_gemms, layout, gemms):
+def test_kernel_logits_match_sdpa_on_every_shape(tiny_target, tiny_vllm_gemms, layout, gemms, kv_block):
     model = tiny_vllm_gemms if gemms == "vllm" else tiny_target
-    paged = ModelRunner(model, num_slots=4, capacity=64, layout=layout, model_forward="native-vllm")
-    sdpa = ModelRunner(tiny_target, num_slots=4, capacity=64, layout=layout, model_forward="native")
-    assert paged.forward_kind == "native-vllm" and paged.cache.capacity == 64
+    paged = ModelRunner(model, num_slots=4, capacity=96, layout=layout, model_forward="native-vllm", kv_block=kv_block)
+    sdpa = ModelRunner(tiny_target, num_slots=4, capacity=96, layout=layout, model_forward="native")
+    assert paged.forward_kind == "native-vllm" and paged.cache.key_block == (kv_block or 96)
     for a, b in zip(_forwards(paged), _forwards(sdpa), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_capacity_is_rounded_to_whole_kernel_tiles(tiny_target):
-    assert ModelRunner(tiny_target, num_slots=2, capacity=50, model_forward="native-vllm").cache.capacity == 64
+def test_capacity_is_rounded_to_whole_blocks(tiny_target):
+    """Blocks of 128 entries (vLLM's CPU default), or for shorter rows the capacity in whole kernel tiles."""
+    def paged(capacity: int, kv_block: int | None = None) -> SlotKVCache:
+        return ModelRunner(tiny_target, num_slots=2, capacity=capacity, model_forward="native-vllm",
+                           kv_block=kv_block).cache
+
+    assert (paged(50).capacity, paged(50).key_block) == (64, 64)
+    assert (paged(300).capacity, paged(300).key_block) == (384, 128)
+    assert (paged(300, 64).capacity, paged(300, 64).key_block) == (320, 64)
+    with pytest.raises(ValueError, match="kv_block must be a multiple of 32"):
+        paged(300, 48)
 
 
 def test_a_head_size_without_a_kernel_or_another_dtype_is_refused_in_one_line():
@@ -139,7 +197,7 @@ def test_a_head_size_without_a_kernel_or_another_dtype_is_refused_in_one_line():
 
 @pytest.mark.parametrize("gemms", ["torch", "vllm"])
 @pytest.mark.parametrize("drafter", ["ngram", "early-exit", "other"])
-def test_speculation_over_the_kernel_is_lossless(tiny_target, tiny_vllm_gemms, drafter, gemms):
+def test_speculation_over_the_kernel_is_lossless(tiny_target, tiny_vllm_gemms, drafter, gemms, small_blocks):
     """Greedy outputs at per-row k cycling 0..4 are those of k = 0, on the same forward."""
     tiny_target = tiny_vllm_gemms if gemms == "vllm" else tiny_target
     requests = [Request(f"r{i}", list(range(3 + i, 12 + 2 * i)), 14) for i in range(5)]
@@ -159,7 +217,7 @@ def test_speculation_over_the_kernel_is_lossless(tiny_target, tiny_vllm_gemms, d
     assert runs["plain"] == runs["speculative"] and len(runs["plain"]) == len(requests)
 
 
-def test_the_unified_step_runs_on_it(tiny_target):
+def test_the_unified_step_runs_on_it(tiny_target, small_blocks):
     """`verify_layout: mixed` (prompts and drafts in one kernel call) decodes what packed k = 0 does."""
     requests = [Request(f"r{i}", list(range(3 + i, 12 + 2 * i)), 12) for i in range(4)]
     outs = {}

@@ -20,6 +20,22 @@ def test_greedy_accept_keeps_agreeing_prefix_plus_bonus():
     assert out == [[1, 2, 3, 4], [5, 6], [1]]
 
 
+def test_greedy_accept_reads_packed_logits_by_each_rows_drafts():
+    """Packed `[T, V]`: row i owns 1 + len(drafts[i]) positions, back to back; one argmax call for all."""
+    padded = one_hot_logits([[1, 2, 3, 4], [5, 6, 7, 0], [1, 1, 1, 1]])
+    packed = torch.cat([padded[0, :4], padded[1, :4], padded[2, :1]])
+    calls = []
+
+    def counting_argmax(logits: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(logits.shape))
+        return logits.argmax(-1)
+
+    assert greedy_accept(packed, [[1, 2, 3], [5, 0, 7], []], counting_argmax) == [[1, 2, 3, 4], [5, 6], [1]]
+    assert calls == [(9, 8)]
+    with pytest.raises(ValueError, match="packed logits hold 9 positions, the rows feed 8"):
+        greedy_accept(packed, [[1, 2, 3], [5, 0], []])
+
+
 def test_greedy_accept_rejects_first_token():
     logits = one_hot_logits([[3, 3, 3]])
     assert greedy_accept(logits, [[2, 3]]) == [[3]]

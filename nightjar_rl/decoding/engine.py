@@ -129,7 +129,7 @@ class SpeculativeEngine(ScheduledEngine):
             return
         t0 = now(self.device)
         for rows, _ in self._prefill_groups(admitted, stats):
-            logits, ok = self._forward(rows, rows[0].slot, [s.tokens for s in rows], [0] * len(rows), last_only=True)
+            logits, ok, _ = self._forward(rows, rows[0].slot, [s.tokens for s in rows], [0] * len(rows), last_only=True)
             if not ok:
                 continue
             self._first_tokens(rows, ok, logits if len(ok) == len(rows) else logits[ok], stats, counted=False)
@@ -148,7 +148,7 @@ class SpeculativeEngine(ScheduledEngine):
             stats.prefill_padded_tokens += self.prefill_size(rows)  # packed: exactly the prompts
         if not ok:
             return
-        for i, token in zip(ok, sample_tokens(last_logits, self.sampling, self.generator)):
+        for i, token in zip(ok, sample_tokens(last_logits, self.sampling, self.generator, self.runner.argmax)):
             self._append(rows[i], [token])
             stats.first_token_ids.append(rows[i].request_id)
             stats.prefill_emitted += 1
@@ -157,20 +157,21 @@ class SpeculativeEngine(ScheduledEngine):
         self, rows: list[Sequence], slot_start: int, fed: list[list[int]], past: list[int],
         last_only: bool = False, tree: tuple[torch.Tensor, torch.Tensor] | None = None,
         keep: list[int] | None = None, parts: list[int] | None = None,
-    ) -> tuple[torch.Tensor | list[torch.Tensor | None] | None, list[int]]:
+    ) -> tuple[torch.Tensor | list[torch.Tensor | None] | None, list[int], torch.Tensor | None]:
         """The target forward over consecutive rows. If it raises, each row is retried alone: rows
         whose own forward fails are failed (finish_reason "error"), the others go on exactly.
-        Returns (logits, indices of the rows that succeeded): `[B, V]` when `last_only` (failed rows'
-        are zeros), else row i's `[len(fed[i]), V]`, or its last `keep[i]` positions' (None for a
-        failed row). `keep`, `parts`: as `ModelRunner.forward`."""
+        Returns (logits, indices of the rows that succeeded, the forward's own logits when every row
+        succeeded at once, else None): `[B, V]` when `last_only` (failed rows' are zeros), else row i's
+        `[len(fed[i]), V]`, or its last `keep[i]` positions' (None for a failed row). `keep`, `parts`: as
+        `ModelRunner.forward`."""
         widths = [max(1, len(r)) for r in fed] if keep is None else keep
         try:
             logits = self.runner.forward(slot_start, fed, past, last_only=last_only, tree=tree, keep=keep, parts=parts)
-            return (logits if last_only else split_rows(logits, widths)), list(range(len(rows)))
+            return (logits if last_only else split_rows(logits, widths)), list(range(len(rows))), logits
         except Exception as exc:  # noqa: BLE001 - a request-level fault, isolated below
             if len(rows) == 1:
                 self._fail(rows[0], exc)
-                return None, []
+                return None, [], None
         per_row: list[torch.Tensor | None] = [None] * len(rows)
         ok = []
         for i, seq in enumerate(rows):
@@ -185,11 +186,11 @@ class SpeculativeEngine(ScheduledEngine):
             per_row[i] = logits[0] if last_only else split_rows(logits, [n])[0]
             ok.append(i)
         if not last_only or not ok:
-            return (per_row if ok else None), ok
+            return (per_row if ok else None), ok, None
         out = per_row[ok[0]].new_zeros((len(rows), per_row[ok[0]].shape[-1]))
         for i in ok:
             out[i] = per_row[i]
-        return out, ok
+        return out, ok, None
 
     def _fail(self, seq: Sequence, exc: BaseException) -> None:
         seq.finish_reason, seq.error = ERROR, describe(exc)
@@ -275,18 +276,21 @@ class SpeculativeEngine(ScheduledEngine):
                 parts = [len(rows)] * bool(rows) + [len(g) for g in self.scheduler.prefill_batches(admitted)]
                 keep = [len(f) for f in fed] + [1] * len(admitted)
                 fed, past = fed + [s.tokens for s in admitted], past + [0] * len(admitted)
-            logits, ok = self._forward(rows + list(admitted), slot_start, fed, past, keep=keep, parts=parts)
+            logits, ok, whole = self._forward(rows + list(admitted), slot_start, fed, past, keep=keep, parts=parts)
+            verified = sum(map(len, fed[: len(rows)]))  # the decoding rows' positions, before the prompts'
             if admitted:
                 first = [i - len(rows) for i in ok if i >= len(rows)]
-                chosen = torch.stack([logits[len(rows) + i][-1] for i in first]) if first else None
+                chosen = (whole[verified:] if whole is not None
+                          else torch.stack([logits[len(rows) + i][-1] for i in first]) if first else None)
                 self._first_tokens(admitted, first, chosen, stats)
                 ok = [i for i in ok if i < len(rows)]
             kept_tokens = [[] for _ in rows]
             if ok:
                 sub = [logits[i] for i in ok]
                 sub_drafts = [drafts[i] for i in ok]
-                if self.sampling.greedy:
-                    kept = greedy_accept(sub, sub_drafts)
+                if self.sampling.greedy:  # every row succeeded: one argmax over the forward's logits
+                    packed = None if whole is None else whole[:verified] if admitted else whole
+                    kept = greedy_accept(sub if packed is None else packed, sub_drafts, self.runner.argmax)
                 else:
                     probs = [proposal.probs[i] if proposal.probs[i] is None else proposal.probs[i][: len(drafts[i])]
                              for i in ok]
@@ -334,8 +338,9 @@ class SpeculativeEngine(ScheduledEngine):
         trees = [t.prune_depth(max(0, s.remaining - 1)) for t, s in zip(trees, rows)]
         past = [s.cached_len for s in rows]
         fed = [[s.tokens[-1], *t.tokens] for s, t in zip(rows, trees)]
-        logits, ok = self._forward(rows, slot_start, fed, past, tree=batch_tree_inputs(trees, self.device))
-        choice = [None if row is None else row.argmax(-1).tolist() for row in logits] if ok else [None] * len(rows)
+        logits, ok, _ = self._forward(rows, slot_start, fed, past, tree=batch_tree_inputs(trees, self.device))
+        argmax = self.runner.argmax
+        choice = [None if row is None else argmax(row).tolist() for row in logits] if ok else [None] * len(rows)
         ok = set(ok)
         kept_tokens, slots, src, dst = [], [], [], []
         for i, (tree, row_choice) in enumerate(zip(trees, choice)):

@@ -47,38 +47,49 @@ def write_window(layer_keys: torch.Tensor, layer_values: torch.Tensor, key: torc
 
 
 class SlotKVCache(Cache):
-    """`keys_transposed`: store each slot's keys head_dim-major (vLLM's CPU kernel layout,
-    `paged_attention`); `keys[i]` is then a transposed view with the same `[slots, heads, capacity, dim]`
-    indexing, so nothing that reads or writes through it changes."""
+    """`key_block`: store each slot's keys in blocks of `key_block` entries, each block head_dim-major
+    (vLLM's CPU kernel layout, `paged_attention`), so that vLLM's kernels read a slot as `capacity /
+    key_block` blocks of a paged cache (`paged_layer`, `block_table`) and its cache
+    writer writes at `slot_mapping`. `keys[i]` is then `[slots, heads, blocks, key_block, dim]` (a view
+    of the storage); `write`, `rows_kv`, `move_slot` and `copy_within` index either layout. 0: keys
+    are stored like values, `[slots, heads, capacity, dim]`."""
 
     def __init__(self, config, num_slots: int, capacity: int, dtype: torch.dtype, device: torch.device | str,
-                 keys_transposed: bool = False):
+                 key_block: int = 0):
         super().__init__(layers=[])
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         num_layers = text_config.num_hidden_layers
         kv_heads = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
         head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+        if key_block < 0 or (key_block and capacity % key_block):
+            raise ValueError(f"key_block {key_block} must divide the capacity {capacity}")
         shape = (num_slots, kv_heads, capacity, head_dim)
-        if keys_transposed:
-            stored = (num_slots, kv_heads, head_dim, capacity)
-            self.keys = [torch.zeros(stored, dtype=dtype, device=device).transpose(2, 3) for _ in range(num_layers)]
+        if key_block:
+            stored = (num_slots, kv_heads, capacity // key_block, head_dim, key_block)
+            self.keys = [torch.zeros(stored, dtype=dtype, device=device).transpose(3, 4) for _ in range(num_layers)]
         else:
             self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.num_slots = num_slots
         self.capacity = capacity
+        self.key_block = key_block
         self._window: SlotWindow | None = None
+        self._slot_mapping: torch.Tensor | None = None
+        self._paged = ([self._blocks(k) for k in self.keys], [self._blocks(v) for v in self.values]) if key_block else None
 
     @property
     def bytes_per_token(self) -> int:
         k = self.keys[0]
-        return 2 * len(self.keys) * k.shape[1] * k.shape[3] * k.element_size()
+        return 2 * len(self.keys) * k.shape[1] * k.shape[-1] * k.element_size()
 
     def set_window(self, slot_start: int, rows: torch.Tensor, positions: torch.Tensor, kv_len: int, batch: int) -> None:
         """Route the next forward over rows `slot_start..slot_start+batch`: its t-th token (in the order
         the model sees them, row after row) is written to row `rows[t]` at entry `positions[t]`."""
         first = int(positions[0]) if batch == 1 else -1  # one row feeds consecutive entries: a plain slice
         self._window = SlotWindow(slot_start, batch, kv_len, first, rows, positions)
+        if self.key_block:
+            heads = self.values[0].shape[1]
+            self._slot_mapping = (slot_start + rows) * (heads * self.capacity) + positions
 
     @property
     def window(self) -> SlotWindow:
@@ -87,10 +98,58 @@ class SlotKVCache(Cache):
             raise RuntimeError("SlotKVCache.set_window must be called before a forward pass")
         return self._window
 
+    # ---- the paged view (key_block set): a slot's blocks, as vLLM's CPU kernels address them --------------
+    # Block j starts `j * key_block * dim` elements into a layer's storage and its heads `capacity * dim`
+    # apart, so slot s's c-th block is j = s * heads * blocks_per_slot + c, and entry p of slot s is cache
+    # slot s * heads * capacity + p (block p // key_block, offset p % key_block).
+    @property
+    def slot_mapping(self) -> torch.Tensor:
+        """`[T]` int64: where the window's tokens go, as vLLM's cache writer addresses the paged view."""
+        if self._slot_mapping is None:
+            raise RuntimeError("slot_mapping needs a paged cache (key_block) and set_window")
+        return self._slot_mapping
+
+    def block_table(self, slot_start: int, batch: int) -> torch.Tensor:
+        """`[batch, capacity / key_block]` int32: the blocks of slots `slot_start..slot_start+batch`."""
+        heads, blocks = self.values[0].shape[1], self.capacity // self.key_block
+        first = torch.arange(slot_start, slot_start + batch, dtype=torch.int32).view(batch, 1) * (heads * blocks)
+        return first + torch.arange(blocks, dtype=torch.int32)
+
+    def paged_layer(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A layer's keys and values as the kernels read them, `[blocks, heads, key_block, dim]` each
+        (strided views of the storage; each key block's memory is `[dim, key_block]`)."""
+        if self._paged is None:
+            raise RuntimeError("paged_layer needs a paged cache (key_block)")
+        return self._paged[0][layer_idx], self._paged[1][layer_idx]
+
+    def _blocks(self, layer: torch.Tensor) -> torch.Tensor:
+        slots, heads, dim, block = layer.shape[0], layer.shape[1], layer.shape[-1], self.key_block
+        per_slot = self.capacity // block
+        count = slots * heads * per_slot - (heads - 1) * per_slot  # the last slot's last head ends the storage
+        return layer.as_strided((count, heads, block, dim), (block * dim, self.capacity * dim, dim, 1), 0)
+
+    # ---- reads and writes through the row views --------------------------------------------------------
     def write(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write one layer's new keys and values (`[T, heads, dim]`: the forward's T tokens in the order
         the model sees them) into their slots; return the rows' cache views `[batch, heads, kv_len, dim]`."""
-        return write_window(self.keys[layer_idx], self.values[layer_idx], key, value, self.window)
+        if not self.key_block:
+            return write_window(self.keys[layer_idx], self.values[layer_idx], key, value, self.window)
+        w, block = self.window, self.key_block
+        slots = w.slot_start + w.rows
+        self.keys[layer_idx][slots, :, w.positions // block, w.positions % block] = key.to(self.values[0].dtype)
+        self.values[layer_idx][slots, :, w.positions] = value.to(self.values[0].dtype)
+        return self.rows_kv(layer_idx)
+
+    def rows_kv(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window's rows' keys and values `[batch, heads, kv_len, dim]`, as SDPA reads them (views;
+        with `key_block`, the keys are gathered out of their blocks into a new tensor)."""
+        w = self.window
+        rows = slice(w.slot_start, w.slot_start + w.batch)
+        values = self.values[layer_idx][rows, :, : w.kv_len]
+        if not self.key_block:
+            return self.keys[layer_idx][rows, :, : w.kv_len], values
+        keys = self.keys[layer_idx][rows, :, : -(-w.kv_len // self.key_block)]
+        return keys.reshape(w.batch, keys.shape[1], -1, keys.shape[-1])[:, :, : w.kv_len], values
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         """transformers' cache hook: `write` for `[b, heads, s, dim]` keys and values (b * s tokens, row
@@ -102,12 +161,24 @@ class SlotKVCache(Cache):
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0 if self._window is None else self._window.kv_len
 
+    def _entries(self, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The key index of cache entries at `positions`, in either layout."""
+        block = self.key_block
+        return (positions // block, positions % block) if block else (positions,)
+
     def move_slot(self, src: int, dst: int, length: int) -> None:
         """Copy the first `length` cache entries of slot `src` into slot `dst` (compaction)."""
         if src == dst or length <= 0:
             return
+        block = self.key_block
         for k, v in zip(self.keys, self.values):
-            k[dst, :, :length] = k[src, :, :length]
+            if block:  # whole blocks, then the first entries of the last one
+                full, rest = divmod(length, block)
+                k[dst, :, :full] = k[src, :, :full]
+                if rest:
+                    k[dst, :, full, :rest] = k[src, :, full, :rest]
+            else:
+                k[dst, :, :length] = k[src, :, :length]
             v[dst, :, :length] = v[src, :, :length]
 
     def copy_within(self, slots: list[int], src: list[int], dst: list[int]) -> None:
@@ -117,10 +188,10 @@ class SlotKVCache(Cache):
             return
         if not len(slots) == len(src) == len(dst):
             raise ValueError("slots, src and dst must have the same length")
-        device = self.keys[0].device
+        device = self.values[0].device
         s = torch.tensor(slots, dtype=torch.long, device=device)
         a = torch.tensor(src, dtype=torch.long, device=device)
         b = torch.tensor(dst, dtype=torch.long, device=device)
         for k, v in zip(self.keys, self.values):
-            k[s, :, b] = k[s, :, a]
+            k[(s, slice(None), *self._entries(b))] = k[(s, slice(None), *self._entries(a))]
             v[s, :, b] = v[s, :, a]

@@ -13,7 +13,7 @@ Four ways to run the decoder (`MODEL_FORWARDS`): "native" (transformers' Llama m
 TorchScript), "native-vllm" (those layers on vLLM's CPU kernels, `vllm_forward`),
 "native-eager" (that loop as Python) or "transformers" (the model's own forward, its attention routed
 through `slot_attention`, registered with transformers' attention interface). Otherwise attention runs over the slot KV cache
-(`kv_cache.write_window`) in `attention.attend`: queries are grouped per KV head (no `repeat_kv` copy
+(`SlotKVCache.write`) in `attention.attend`: queries are grouped per KV head (no `repeat_kv` copy
 of the cache per layer), one additive mask `[B, 1, g*n, kv]` is built per forward, and a packed batch's
 queries are scattered to `[B, n]` only inside attention (the projections, MLPs and the LM head see the
 T real tokens).
@@ -32,9 +32,10 @@ from nightjar_rl.decoding.attention import AttentionPart, SlotStep, slot_attend
 from nightjar_rl.decoding.kv_cache import SlotKVCache
 from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, MIXED_LAYOUT, VERIFY_LAYOUTS
 from nightjar_rl.decoding.native_forward import native_forward
-from nightjar_rl.decoding.paged_attention import kernel_isa, paged_step
+from nightjar_rl.decoding.paged_attention import KERNEL_TILE, default_kv_block, paged_step
 from nightjar_rl.decoding.timing import now
-from nightjar_rl.decoding.vllm_forward import vllm_forward
+from nightjar_rl.decoding.verify import Argmax, torch_argmax
+from nightjar_rl.decoding.vllm_forward import vllm_argmax, vllm_forward
 from nightjar_rl.model_names import DEFAULT_MODEL_FORWARD, MODEL_FORWARDS
 
 SLOT_ATTENTION = "nightjar_slots"  # the attention implementation name the runner installs
@@ -71,10 +72,13 @@ class ModelRunner:
     `layout`: "padded" or "packed"; `model_forward`: one of `MODEL_FORWARDS` (see the module docstring).
     Outputs and cache contents are the same either way, only what is computed differs. `self.forward_kind`
     says which decoder forward runs ("transformers" when the model has no native one, "native-eager"
-    when "native" could not be scripted: a model off the CPU, or TorchScript failing)."""
+    when "native" could not be scripted: a model off the CPU, or TorchScript failing). `kv_block`
+    ("native-vllm" only): the paged cache's block size (`paged_attention.default_kv_block` by default; the
+    capacity is rounded up to whole blocks)."""
 
     def __init__(self, model: torch.nn.Module, num_slots: int, capacity: int,
-                 layout: str = DEFAULT_VERIFY_LAYOUT, model_forward: str = DEFAULT_MODEL_FORWARD):
+                 layout: str = DEFAULT_VERIFY_LAYOUT, model_forward: str = DEFAULT_MODEL_FORWARD,
+                 kv_block: int | None = None):
         if model_forward not in MODEL_FORWARDS:
             raise ValueError(f"model_forward must be one of {', '.join(MODEL_FORWARDS)}, got {model_forward!r}")
         self.model = model
@@ -86,10 +90,13 @@ class ModelRunner:
             if self.device.type != "cpu" or self.dtype != torch.float32:
                 raise ValueError("model_forward 'native-vllm' runs vLLM's CPU kernels on float32 CPU models "
                                  f"only (the key layout is checked for that), got {self.dtype} on {self.device}")
-            capacity = -(-capacity // 32) * 32  # whole kernel tiles (vLLM's vec kernel reads 32 entries at a time)
-            self._native = vllm_forward(model, capacity)
+            kv_block = kv_block or default_kv_block(capacity)
+            if kv_block % KERNEL_TILE:
+                raise ValueError(f"kv_block must be a multiple of {KERNEL_TILE} (the kernel's tile), got {kv_block}")
+            capacity = -(-capacity // kv_block) * kv_block  # whole blocks
+            self._native = vllm_forward(model, capacity, kv_block)
             if self._native is not None:
-                self._paged_isa = kernel_isa(self.dtype, capacity, self._native.head_dim)
+                self._paged_isa = self._native.isa
         else:
             self._native = None if model_forward == "transformers" else native_forward(
                 model, script=model_forward != "native-eager")
@@ -97,7 +104,8 @@ class ModelRunner:
         self.forward_kind = ("transformers" if self._native is None else "native-vllm" if self._paged_isa
                              else "native" if self._native.scripted else "native-eager")
         self.cache = SlotKVCache(model.config, num_slots, capacity, self.dtype, self.device,
-                                 keys_transposed=self._paged_isa is not None)
+                                 key_block=kv_block if self._paged_isa else 0)
+        self.argmax: Argmax = vllm_argmax if self._paged_isa else torch_argmax  # greedy choice over the logits
         self._decoder = model.get_decoder()
         self._lm_head = model.get_output_embeddings()
         # transformers 5.x names the cache argument `cache` (`past_key_values` is deprecated and warns)
@@ -173,8 +181,8 @@ class ModelRunner:
         kv_len = max(p + w for p, w in zip(past_lens, widths))  # attend over each row's real extent only
         rope = past[row] + (col if tree is None else tree[0][row, col])
         # vLLM's kernel takes rows' tokens back to back, each row's last positions (no trees, no padding)
-        paged = (paged_step(slot_start, widths, past_lens, self._native.heads, self._native.kv_heads,
-                            self._native.head_dim, self.dtype, self._paged_isa, self.cache.capacity)
+        paged = (paged_step(self.cache.block_table(slot_start, batch), widths, past_lens, self._native.heads,
+                            self._native.kv_heads, self._native.head_dim, self.dtype, self._paged_isa)
                  if self._paged_isa and tree is None and (flat or min(widths) == n) else None)
         attention_parts, first, token = [], 0, 0
         for size in parts:

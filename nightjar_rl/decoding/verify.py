@@ -9,10 +9,17 @@ Both leave the output distribution exactly the target's.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+Argmax = Callable[[torch.Tensor], torch.Tensor]  # `[..., V]` logits -> `[...]` token ids, the first maximum
+
+
+def torch_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """The greedy token at each position of `[..., V]` logits (ties: the first maximum)."""
+    return logits.argmax(-1)
 
 
 @dataclass(frozen=True)
@@ -46,16 +53,26 @@ def probs_from_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Ten
     return probs
 
 
-def greedy_accept(target_logits: torch.Tensor | Sequence[torch.Tensor], drafts: list[list[int]]) -> list[list[int]]:
+def greedy_accept(target_logits: torch.Tensor | Sequence[torch.Tensor], drafts: list[list[int]],
+                  argmax: Argmax = torch_argmax) -> list[list[int]]:
     """Tokens each row keeps: its agreeing draft prefix plus the target's bonus token.
 
     `target_logits[i][j]` scores the token after row i's j-th fed position, where the fed tokens
-    are [last committed token, *drafts[i]]: a padded `[B, n, V]` tensor or one `[n_i, V]` per row.
+    are [last committed token, *drafts[i]]: a padded `[B, n, V]` tensor, a packed `[T, V]` one (the
+    rows' 1 + len(drafts[i]) positions back to back: one `argmax` call for all) or one `[n_i, V]` per row.
     """
-    if isinstance(target_logits, torch.Tensor):
-        choice = target_logits.argmax(-1).tolist()  # [B, n]
+    if isinstance(target_logits, torch.Tensor) and target_logits.dim() == 2:
+        flat = argmax(target_logits).tolist()
+        starts = [0]
+        for d in drafts:
+            starts.append(starts[-1] + len(d) + 1)
+        if starts[-1] != len(flat):
+            raise ValueError(f"packed logits hold {len(flat)} positions, the rows feed {starts[-1]}")
+        choice = [flat[a:b] for a, b in zip(starts, starts[1:])]
+    elif isinstance(target_logits, torch.Tensor):
+        choice = argmax(target_logits).tolist()  # [B, n]
     else:
-        choice = [row.argmax(-1).tolist() for row in target_logits]
+        choice = [argmax(row).tolist() for row in target_logits]
     out = []
     for row_choice, draft in zip(choice, drafts):
         kept = 0
@@ -104,9 +121,10 @@ def sample_accept(
     return out
 
 
-def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> list[int]:
-    """One token per row from `[B, V]` logits (argmax when greedy)."""
+def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None,
+                  argmax: Argmax = torch_argmax) -> list[int]:
+    """One token per row from `[B, V]` logits (`argmax` when greedy)."""
     if params.greedy:
-        return logits.argmax(-1).tolist()
+        return argmax(logits).tolist()
     probs = probs_from_logits(logits, params)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1).tolist()

@@ -50,7 +50,7 @@ class DraftModelDrafter(Drafter):
         """(next token per row, q per row (None when greedy), the draft's probability of each token when
         `wants_confidences`, else None)."""
         if params.greedy:
-            tokens = logits.argmax(-1, keepdim=True)
+            tokens = self.runner.argmax(logits).unsqueeze(-1)
             if not self.wants_confidences:
                 return tokens.squeeze(1).tolist(), None, None
             logits = logits.float()
