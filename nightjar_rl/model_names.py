@@ -9,9 +9,10 @@ MODEL_FORWARDS = {  # how the runner runs a model's decoder (`nightjar_rl.decodi
               "TorchScript (bitwise the same outputs, less per-op overhead); other models use their own forward",
     "native-eager": "the native loop run as plain Python (what `native` falls back to if TorchScript fails)",
     "transformers": "the model's own forward, attention routed to the slot cache",
-    "native-vllm": "Llama layers run by our own Python loop on vLLM's CPU kernels: its attention (rows read to their own "
-                   "length, one call per layer), RMSNorm, rotary and SiLU-and-mul, and its oneDNN GEMM with linears "
-                   "vllm (needs the [vllm] extra; float32 sums in other orders, so not bitwise `native`)",
+    "native-vllm": "Llama layers run by our own Python loop on vLLM's CPU kernels: its paged attention and cache "
+                   "writer (the slot cache in blocks of 128, rows read to their own length, one call per layer), "
+                   "RMSNorm, rotary, SiLU-and-mul and greedy argmax, and its oneDNN GEMM with linears vllm (needs "
+                   "the [vllm] extra; float32 sums in other orders, so not bitwise `native`)",
 }
 DEFAULT_MODEL_FORWARD = "native"
 DEFAULT_LINEARS = "packed"

@@ -54,7 +54,7 @@ def tiny_vllm_gemms(tiny_target) -> torch.nn.Module:
 
 def _forwards(runner: ModelRunner) -> list[torch.Tensor]:
     """Ragged prompts, ragged verify rows (packed), uniform one-token rows, a unified step's two parts,
-    and tree rows (SDPA over the transposed keys)."""
+    and tree rows (SDPA over the keys gathered out of their blocks)."""
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10], list(range(30, 70))]  # the last crosses a block of 32
     out = [runner.forward(0, prompts, [0, 0, 0, 0], last_only=True)]
     past = [len(p) for p in prompts]
@@ -67,21 +67,16 @@ def _forwards(runner: ModelRunner) -> list[torch.Tensor]:
     return out
 
 
-def test_the_paged_cache_addresses_by_hand():
-    """Slots of 64 entries in blocks of 32, 2 KV heads: slot s's blocks are s * 2 * 2 + (0, 1), and entry p
-    of slot s is cache slot s * 2 * 64 + p; `paged_step` takes the block table as given."""
+def test_paged_step_takes_the_cache_block_table():
+    """`paged_step` over slots 1 and 2 (64 entries in blocks of 32, 2 KV heads), caching 5 and 30 tokens and
+    feeding 2 and 3: the block table as the cache gives it, lengths and query starts by hand."""
     load_kernels("this test")
     config = tiny_random_model(seed=0, config_overrides={"head_dim": 32}).config
     cache = SlotKVCache(config, num_slots=3, capacity=64, dtype=torch.float32, device="cpu", key_block=32)
-    assert cache.block_table(1, 2).tolist() == [[4, 5], [8, 9]]
-    cache.set_window(1, torch.tensor([0, 0, 1, 1, 1]), torch.tensor([5, 31, 30, 31, 32]), 33, 2)
-    assert cache.slot_mapping.tolist() == [128 + 5, 128 + 31, 256 + 30, 256 + 31, 256 + 32]
-    keys, values = cache.paged_layer(0)
-    assert keys.shape == values.shape == (3 * 2 * 2 - 2, 2, 32, 32)
-    step = paged_step(cache.block_table(1, 2), [2, 3], [5, 30], 4, 2, 32, torch.float32, "vec")
+    table = cache.block_table(1, 2)
+    step = paged_step(table, [2, 3], [5, 30], 4, 2, 32, torch.float32, "vec")
+    assert step.block_table is table and table.tolist() == [[4, 5], [8, 9]]
     assert step.seq_lens.tolist() == [7, 33] and step.query_start_loc.tolist() == [0, 2, 5]
-    with pytest.raises(ValueError, match="must divide the capacity"):
-        SlotKVCache(config, num_slots=3, capacity=64, dtype=torch.float32, device="cpu", key_block=48)
 
 
 @pytest.mark.parametrize("key_block", [32, 64])
@@ -113,22 +108,6 @@ def test_vllms_cache_writer_writes_what_the_indexed_write_does(key_block):
             own = slot * (64 // key_block) + b
             ours = int(kernel.block_table(slot, 1)[0, b])
             assert torch.equal(ours_keys[ours], own_keys[own]) and torch.equal(ours_values[ours], own_values[own])
-
-
-def test_blocked_keys_move_and_copy_as_plain_ones():
-    """Compaction (`move_slot`) and token-tree repair (`copy_within`) leave a paged cache's rows as they
-    leave a plain one's."""
-    config = tiny_random_model(seed=0, config_overrides={"head_dim": 32}).config
-    plain, paged = (SlotKVCache(config, 3, 64, torch.float32, "cpu", key_block=b) for b in (0, 32))
-    gen = torch.Generator().manual_seed(1)
-    key, value = torch.randn(3 * 50, 2, 32, generator=gen), torch.randn(3 * 50, 2, 32, generator=gen)
-    for cache in (plain, paged):
-        cache.set_window(0, torch.arange(3).repeat_interleave(50), torch.arange(50).repeat(3), 50, 3)
-        cache.write(0, key, value)
-        cache.move_slot(2, 0, 40)
-        cache.copy_within([1, 1, 0], [33, 34, 2], [30, 31, 35])
-    for a, b in zip(plain.rows_kv(0), paged.rows_kv(0), strict=True):
-        assert torch.equal(a, b)
 
 
 def test_vllms_greedy_argmax_chooses_what_torch_does():
@@ -183,8 +162,11 @@ def test_capacity_is_rounded_to_whole_blocks(tiny_target):
     assert (paged(50).capacity, paged(50).key_block) == (64, 64)
     assert (paged(300).capacity, paged(300).key_block) == (384, 128)
     assert (paged(300, 64).capacity, paged(300, 64).key_block) == (320, 64)
-    with pytest.raises(ValueError, match="kv_block must be a multiple of 32"):
-        paged(300, 48)
+    for bad in (48, -32):
+        with pytest.raises(ValueError, match="kv_block must be a positive multiple of 32"):
+            paged(300, bad)
+    with pytest.raises(ValueError, match="kv_block pages the cache for model_forward 'native-vllm', not 'native'"):
+        ModelRunner(tiny_target, num_slots=2, capacity=64, model_forward="native", kv_block=32)
 
 
 def test_a_head_size_without_a_kernel_or_another_dtype_is_refused_in_one_line():

@@ -32,7 +32,7 @@ from nightjar_rl.decoding.sequence import Sequence
 from nightjar_rl.decoding.stats import StepStats
 from nightjar_rl.decoding.timing import now
 from nightjar_rl.decoding.tree import TokenTree, batch_tree_inputs, repair_moves, tree_greedy_accept
-from nightjar_rl.decoding.verify import SamplingParams, greedy_accept, sample_accept, sample_tokens
+from nightjar_rl.decoding.verify import SamplingParams, greedy_accept, greedy_choices, sample_accept, sample_tokens
 from nightjar_rl.model_names import DEFAULT_MODEL_FORWARD
 
 __all__ = ["SpeculativeEngine", "prefill_groups"]
@@ -160,10 +160,10 @@ class SpeculativeEngine(ScheduledEngine):
     ) -> tuple[torch.Tensor | list[torch.Tensor | None] | None, list[int], torch.Tensor | None]:
         """The target forward over consecutive rows. If it raises, each row is retried alone: rows
         whose own forward fails are failed (finish_reason "error"), the others go on exactly.
-        Returns (logits, indices of the rows that succeeded, the forward's own logits when every row
-        succeeded at once, else None): `[B, V]` when `last_only` (failed rows' are zeros), else row i's
-        `[len(fed[i]), V]`, or its last `keep[i]` positions' (None for a failed row). `keep`, `parts`: as
-        `ModelRunner.forward`."""
+        Returns (logits, indices of the rows that succeeded, whole). logits: `[B, V]` when `last_only`
+        (failed rows' are zeros), else row i's `[len(fed[i]), V]`, or its last `keep[i]` positions' (None
+        for a failed row). whole: `ModelRunner.forward`'s own result when the rows ran at once, else None.
+        `keep`, `parts`: as `ModelRunner.forward`."""
         widths = [max(1, len(r)) for r in fed] if keep is None else keep
         try:
             logits = self.runner.forward(slot_start, fed, past, last_only=last_only, tree=tree, keep=keep, parts=parts)
@@ -288,7 +288,7 @@ class SpeculativeEngine(ScheduledEngine):
             if ok:
                 sub = [logits[i] for i in ok]
                 sub_drafts = [drafts[i] for i in ok]
-                if self.sampling.greedy:  # every row succeeded: one argmax over the forward's logits
+                if self.sampling.greedy:  # rows run at once: one argmax over the forward's (packed or padded)
                     packed = None if whole is None else whole[:verified] if admitted else whole
                     kept = greedy_accept(sub if packed is None else packed, sub_drafts, self.runner.argmax)
                 else:
@@ -338,9 +338,13 @@ class SpeculativeEngine(ScheduledEngine):
         trees = [t.prune_depth(max(0, s.remaining - 1)) for t, s in zip(trees, rows)]
         past = [s.cached_len for s in rows]
         fed = [[s.tokens[-1], *t.tokens] for s, t in zip(rows, trees)]
-        logits, ok, _ = self._forward(rows, slot_start, fed, past, tree=batch_tree_inputs(trees, self.device))
-        argmax = self.runner.argmax
-        choice = [None if row is None else argmax(row).tolist() for row in logits] if ok else [None] * len(rows)
+        logits, ok, whole = self._forward(rows, slot_start, fed, past, tree=batch_tree_inputs(trees, self.device))
+        if not ok:
+            choice = [None] * len(rows)
+        elif whole is not None:  # rows run at once: one argmax
+            choice = greedy_choices(whole, [len(f) for f in fed], self.runner.argmax)
+        else:
+            choice = [None if row is None else self.runner.argmax(row).tolist() for row in logits]
         ok = set(ok)
         kept_tokens, slots, src, dst = [], [], [], []
         for i, (tree, row_choice) in enumerate(zip(trees, choice)):

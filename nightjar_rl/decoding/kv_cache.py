@@ -2,7 +2,8 @@
 
 Each request owns one slot: a `[heads, capacity, head_dim]` stretch per layer. The engine keeps the
 running rows in consecutive slots, so a forward pass attends over a view (no copy) of
-`[slots, heads, :kv_len, head_dim]`. A row's length lives in the engine, not here: rolling back
+`[slots, heads, :kv_len, head_dim]` (or, with keys paged in blocks for vLLM's kernels, over the
+blocks in place, and SDPA over the rows' keys gathered out of them). A row's length lives in the engine, not here: rolling back
 rejected draft tokens is just writing a smaller number, the stale entries are masked and later
 overwritten. Plugs into Hugging Face models through the `Cache.update` hook.
 """
@@ -71,6 +72,7 @@ class SlotKVCache(Cache):
             self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.num_slots = num_slots
+        self.kv_heads = kv_heads
         self.capacity = capacity
         self.key_block = key_block
         self._window: SlotWindow | None = None
@@ -88,8 +90,7 @@ class SlotKVCache(Cache):
         first = int(positions[0]) if batch == 1 else -1  # one row feeds consecutive entries: a plain slice
         self._window = SlotWindow(slot_start, batch, kv_len, first, rows, positions)
         if self.key_block:
-            heads = self.values[0].shape[1]
-            self._slot_mapping = (slot_start + rows) * (heads * self.capacity) + positions
+            self._slot_mapping = ((slot_start + rows) * self._slot_stride + positions).long()
 
     @property
     def window(self) -> SlotWindow:
@@ -100,8 +101,13 @@ class SlotKVCache(Cache):
 
     # ---- the paged view (key_block set): a slot's blocks, as vLLM's CPU kernels address them --------------
     # Block j starts `j * key_block * dim` elements into a layer's storage and its heads `capacity * dim`
-    # apart, so slot s's c-th block is j = s * heads * blocks_per_slot + c, and entry p of slot s is cache
-    # slot s * heads * capacity + p (block p // key_block, offset p % key_block).
+    # apart (`_blocks`), so slot s's c-th block is j = s * heads * blocks_per_slot + c (`block_table`), and
+    # entry p of slot s is cache slot s * heads * capacity + p (`slot_mapping`: block p // key_block,
+    # offset p % key_block); `_slot_stride` is that heads * capacity.
+    @property
+    def _slot_stride(self) -> int:
+        return self.kv_heads * self.capacity
+
     @property
     def slot_mapping(self) -> torch.Tensor:
         """`[T]` int64: where the window's tokens go, as vLLM's cache writer addresses the paged view."""
@@ -111,9 +117,9 @@ class SlotKVCache(Cache):
 
     def block_table(self, slot_start: int, batch: int) -> torch.Tensor:
         """`[batch, capacity / key_block]` int32: the blocks of slots `slot_start..slot_start+batch`."""
-        heads, blocks = self.values[0].shape[1], self.capacity // self.key_block
-        first = torch.arange(slot_start, slot_start + batch, dtype=torch.int32).view(batch, 1) * (heads * blocks)
-        return first + torch.arange(blocks, dtype=torch.int32)
+        blocks = self.capacity // self.key_block
+        slots = torch.arange(slot_start, slot_start + batch, dtype=torch.int32).view(batch, 1)
+        return slots * (self._slot_stride // self.key_block) + torch.arange(blocks, dtype=torch.int32)
 
     def paged_layer(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A layer's keys and values as the kernels read them, `[blocks, heads, key_block, dim]` each
@@ -131,13 +137,14 @@ class SlotKVCache(Cache):
     # ---- reads and writes through the row views --------------------------------------------------------
     def write(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write one layer's new keys and values (`[T, heads, dim]`: the forward's T tokens in the order
-        the model sees them) into their slots; return the rows' cache views `[batch, heads, kv_len, dim]`."""
+        the model sees them) into their slots; return the rows' keys and values `[batch, heads, kv_len,
+        dim]` (`rows_kv`)."""
         if not self.key_block:
             return write_window(self.keys[layer_idx], self.values[layer_idx], key, value, self.window)
-        w, block = self.window, self.key_block
+        w, dtype = self.window, self.values[0].dtype
         slots = w.slot_start + w.rows
-        self.keys[layer_idx][slots, :, w.positions // block, w.positions % block] = key.to(self.values[0].dtype)
-        self.values[layer_idx][slots, :, w.positions] = value.to(self.values[0].dtype)
+        self.keys[layer_idx][(slots, slice(None), *self._entries(w.positions))] = key.to(dtype)
+        self.values[layer_idx][slots, :, w.positions] = value.to(dtype)
         return self.rows_kv(layer_idx)
 
     def rows_kv(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,10 +177,9 @@ class SlotKVCache(Cache):
         """Copy the first `length` cache entries of slot `src` into slot `dst` (compaction)."""
         if src == dst or length <= 0:
             return
-        block = self.key_block
         for k, v in zip(self.keys, self.values):
-            if block:  # whole blocks, then the first entries of the last one
-                full, rest = divmod(length, block)
+            if self.key_block:  # whole blocks, then the first entries of the last one
+                full, rest = divmod(length, self.key_block)
                 k[dst, :, :full] = k[src, :, :full]
                 if rest:
                     k[dst, :, full, :rest] = k[src, :, full, :rest]

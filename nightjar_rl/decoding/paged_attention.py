@@ -8,7 +8,8 @@ mask per layer.
 
 Its cache is paged, `[blocks, kv_heads, block_size, head_dim]`, with each block's keys stored
 transposed (head_dim-major; values as they are). Our cache is paged the same way
-(`SlotKVCache(key_block=KV_BLOCK)`): each slot is `capacity / KV_BLOCK` blocks, addressed in place
+(`SlotKVCache(key_block=...)`): each slot is blocks of `KV_BLOCK` entries (one block of its capacity
+in whole kernel tiles when that is shorter: `default_kv_block`), addressed in place
 (`SlotKVCache.paged_layer`, `block_table`, `slot_mapping`), so the kernels read the slot cache without a
 copy, and SDPA (token trees, padded ragged batches) reads the rows' keys gathered out of their blocks.
 Small blocks matter: over one block per slot (1,024 entries) the kernel took about 1.7x as long for 16

@@ -86,13 +86,15 @@ class ModelRunner:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self._paged_isa = None  # vLLM's CPU attention kernel (native-vllm: Llama models; others keep their forward)
+        if kv_block is not None and model_forward != "native-vllm":
+            raise ValueError(f"kv_block pages the cache for model_forward 'native-vllm', not {model_forward!r}")
         if model_forward == "native-vllm":
             if self.device.type != "cpu" or self.dtype != torch.float32:
                 raise ValueError("model_forward 'native-vllm' runs vLLM's CPU kernels on float32 CPU models "
                                  f"only (the key layout is checked for that), got {self.dtype} on {self.device}")
             kv_block = kv_block or default_kv_block(capacity)
-            if kv_block % KERNEL_TILE:
-                raise ValueError(f"kv_block must be a multiple of {KERNEL_TILE} (the kernel's tile), got {kv_block}")
+            if kv_block <= 0 or kv_block % KERNEL_TILE:
+                raise ValueError(f"kv_block must be a positive multiple of {KERNEL_TILE} (the kernel's tile), got {kv_block}")
             capacity = -(-capacity // kv_block) * kv_block  # whole blocks
             self._native = vllm_forward(model, capacity, kv_block)
             if self._native is not None:

@@ -9,6 +9,7 @@ Both leave the output distribution exactly the target's.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -53,26 +54,30 @@ def probs_from_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Ten
     return probs
 
 
+def greedy_choices(logits: torch.Tensor | Sequence[torch.Tensor], widths: list[int],
+                   argmax: Argmax = torch_argmax) -> list[list[int]]:
+    """The target's greedy token at each of row i's `widths[i]` fed positions, from a packed `[T, V]`
+    tensor (the rows' positions back to back; one `argmax` call for all), a padded `[B, n, V]` one (one
+    call; positions past a row's width dropped) or one `[n_i, V]` tensor per row."""
+    if isinstance(logits, torch.Tensor) and logits.dim() == 2:
+        flat = argmax(logits).tolist()
+        if sum(widths) != len(flat):
+            raise ValueError(f"packed logits hold {len(flat)} positions, the rows feed {sum(widths)}")
+        starts = list(itertools.accumulate(widths, initial=0))
+        return [flat[a:b] for a, b in itertools.pairwise(starts)]
+    if isinstance(logits, torch.Tensor):
+        return [row[:w] for row, w in zip(argmax(logits).tolist(), widths)]
+    return [argmax(row).tolist()[:w] for row, w in zip(logits, widths)]
+
+
 def greedy_accept(target_logits: torch.Tensor | Sequence[torch.Tensor], drafts: list[list[int]],
                   argmax: Argmax = torch_argmax) -> list[list[int]]:
     """Tokens each row keeps: its agreeing draft prefix plus the target's bonus token.
 
     `target_logits[i][j]` scores the token after row i's j-th fed position, where the fed tokens
-    are [last committed token, *drafts[i]]: a padded `[B, n, V]` tensor, a packed `[T, V]` one (the
-    rows' 1 + len(drafts[i]) positions back to back: one `argmax` call for all) or one `[n_i, V]` per row.
+    are [last committed token, *drafts[i]]: packed, padded or per row, as `greedy_choices` reads them.
     """
-    if isinstance(target_logits, torch.Tensor) and target_logits.dim() == 2:
-        flat = argmax(target_logits).tolist()
-        starts = [0]
-        for d in drafts:
-            starts.append(starts[-1] + len(d) + 1)
-        if starts[-1] != len(flat):
-            raise ValueError(f"packed logits hold {len(flat)} positions, the rows feed {starts[-1]}")
-        choice = [flat[a:b] for a, b in zip(starts, starts[1:])]
-    elif isinstance(target_logits, torch.Tensor):
-        choice = argmax(target_logits).tolist()  # [B, n]
-    else:
-        choice = [argmax(row).tolist() for row in target_logits]
+    choice = greedy_choices(target_logits, [1 + len(d) for d in drafts], argmax)
     out = []
     for row_choice, draft in zip(choice, drafts):
         kept = 0
@@ -90,7 +95,8 @@ def sample_accept(
     generator: torch.Generator | None = None,
 ) -> list[list[int]]:
     """Speculative sampling. `draft_probs[i]` is `[len(drafts[i]), V]` (the drafter's q) or None for a
-    deterministic drafter (q is one-hot on the proposed token). `target_logits` as for `greedy_accept`."""
+    deterministic drafter (q is one-hot on the proposed token). `target_logits`: a padded `[B, n, V]`
+    tensor or one `[n_i, V]` per row, as for `greedy_accept`."""
     if isinstance(target_logits, torch.Tensor):
         probs = probs_from_logits(target_logits, params)  # [B, n, V]
     else:

@@ -150,8 +150,9 @@ class VllmForward:
 
 
 def vllm_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """`verify.torch_argmax` on vLLM's CPU kernel (`greedy_argmax`, its sampler's; the same first-maximum
-    ties), several times faster over a batch of float32 rows."""
+    """`verify.torch_argmax` on vLLM's CPU kernel (`greedy_argmax`, its sampler's; on finite logits the
+    same choice, ties to the first maximum; a NaN is skipped, where torch would choose it), several
+    times faster over a batch of rows."""
     rows = logits.reshape(-1, logits.shape[-1])
     return torch.ops._C.greedy_argmax(rows.float().contiguous()).view(logits.shape[:-1])
 
