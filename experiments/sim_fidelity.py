@@ -53,9 +53,7 @@ ground truth here.
 anchor (a few fixed forwards timed when it was made, `nightjar-rl profile --anchor`); timed again before
 and after the live cells, its ratio now / then scales the twin's clock (`profile_scale`), and every cell
 is priced by that twin too (columns `*_now`). The difference between the two twins is the drift; what
-is left in `*_err_now` is the clock model's own error. A third twin scales each time by the anchor's
-ratio at its forward's size instead (columns `*_now_tokens`, `profile_scale_by_tokens`): a slow day
-does not slow every shape alike.
+is left in `*_err_now` is the clock model's own error.
 
 `--rescore RUN_DIR` prices an earlier run's live cells again without serving anything live: the live
 columns are read back from RUN_DIR/fidelity.csv, the twins are served with today's code and profile,
@@ -84,7 +82,7 @@ from tqdm.auto import tqdm
 from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.recorder import write_table
 from nightjar_rl.env.scenario import load_scenario
-from nightjar_rl.experiments.drift import SpeedDrift, drift_by_tokens, timed_around
+from nightjar_rl.experiments.drift import SpeedDrift, timed_around
 from nightjar_rl.experiments.evaluate import evaluate_cell
 from nightjar_rl.experiments.train import train_learner
 from nightjar_rl.io import atomic_write_json
@@ -96,8 +94,7 @@ from nightjar_rl.sim.calibrate import CalibrationError, calibrate, predicted_ms,
 METRICS = {"throughput_tok_s": 0.05, "tpot_p50_s": 0.05, "ttft_p50_s": 0.10}
 PER_REQUEST = ["drafted", "accepted", "decode_steps", "output_tokens"]
 TRAINED, SIM_TRAINED = "trained:", "sim-trained-"  # a --policies spec, and its cells' label
-TWINS = {"": "scenario twin", "_cal": "calibrated twin", "_now": "scenario twin at the live cells' speed",
-         "_now_tokens": "scenario twin at the live cells' speed by forward size"}
+TWINS = {"": "scenario twin", "_cal": "calibrated twin", "_now": "scenario twin at the live cells' speed"}
 WARMUP_SEED = 999  # the warm-up cells' workload (measured cells and calibration use other seeds)
 QUICK = {"live": "tiny", "sim": "tiny-sim", "rates": "50", "ks": "0,2", "seeds": "0", "num_requests": 4,
          "calibrate_seeds": "1,2", "policies": "table-mlc_llm,trained:nightjar", "train_episodes": 2, "warmup": 0,
@@ -261,21 +258,17 @@ def served(a, live_scn, sim_scn, sim, run: Path) -> tuple[pd.DataFrame, dict]:
         drift.measure("after")
         atomic_write_json(run / "speed_drift.json", drift.to_dict())
         print(drift.describe())
-        rows = with_twin_now(rows, drift.to_dict(), sim_scn, sims, makers, a.num_requests)
+        rows = with_twin_now(rows, drift.ratio, sim_scn, sims, makers, a.num_requests)
     return pd.DataFrame(rows), sims
 
 
-def with_twin_now(rows: list[dict], drift: dict, sim_scn, sims: dict, makers: dict, num_requests: int) -> list[dict]:
+def with_twin_now(rows: list[dict], ratio: float, sim_scn, sims: dict, makers: dict, num_requests: int) -> list[dict]:
     """`rows` with the columns of the scenario's twin priced at the machine's speed during the live
-    cells (`--rescale`; `drift`: a `SpeedDrift.to_dict()`), added to `sims`: suffix `_now`, the anchor's
-    median ratio x every time the profile prices; `_now_tokens`, each time x the anchor's ratio at the
-    tokens its forward computes (`profile_scale_by_tokens`)."""
-    now = {"_now": sim_scn.replace(profile_scale=drift["ratio"]),
-           "_now_tokens": sim_scn.replace(profile_scale_by_tokens=drift_by_tokens(drift))}
-    twins = {suffix: (scenario, make_backend(scenario)) for suffix, scenario in now.items()}
-    sims.update(twins)
-    return [row | twin_columns(twins, row, makers[row["policy"]], num_requests)
-            for row in tqdm(rows, desc="twins at today's speed", unit="cell")]
+    cells (`ratio` x the profile's times: `--rescale`), suffix `_now`, added to `sims`."""
+    scenario = sim_scn.replace(profile_scale=ratio)
+    sims["_now"] = (scenario, make_backend(scenario))
+    return [row | twin_columns({"_now": sims["_now"]}, row, makers[row["policy"]], num_requests)
+            for row in tqdm(rows, desc="twin at today's speed", unit="cell")]
 
 
 def rescored(stored: Path, live_scn, sim_scn, sim, run: Path, episodes: int) -> tuple[pd.DataFrame, dict]:
@@ -324,7 +317,7 @@ def rescored(stored: Path, live_scn, sim_scn, sim, run: Path, episodes: int) -> 
     if (stored / "speed_drift.json").is_file():  # the stored run's measured speed, applied to today's profile
         drift = json.loads((stored / "speed_drift.json").read_text())
         atomic_write_json(run / "speed_drift.json", drift)
-        rows = with_twin_now(rows, drift, sim_scn, sims, makers, num_requests)
+        rows = with_twin_now(rows, drift["ratio"], sim_scn, sims, makers, num_requests)
     return pd.DataFrame(rows), sims
 
 

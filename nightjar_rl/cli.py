@@ -345,8 +345,6 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_profile(a: argparse.Namespace) -> int:
     from nightjar_rl.io import atomic_write_json
 
-    if a.by_tokens and not a.rescale:
-        raise CLIError("--by-tokens goes with --rescale PROFILE")
     if a.roofline:
         from nightjar_rl.sim.cli import cmd_profile_roofline
 
@@ -465,7 +463,7 @@ def _anchor_now(a: argparse.Namespace, verify_layout: str | None, then: dict | N
 def _profile_rescale(a: argparse.Namespace) -> int:
     """`profile --rescale PROFILE --out P.json`: time PROFILE's speed anchor again and write PROFILE with
     every time multiplied by the machine's speed ratio now / then (and today's anchor)."""
-    from nightjar_rl.hardware import SPEED_ANCHOR, HardwareProfile, ProfileError, scale_by_tokens, speed_ratio
+    from nightjar_rl.hardware import SPEED_ANCHOR, HardwareProfile, ProfileError, speed_ratio
     from nightjar_rl.io import atomic_write_json
 
     if a.out is None:
@@ -483,13 +481,11 @@ def _profile_rescale(a: argparse.Namespace) -> int:
             raise ProfileError(f"{a.rescale} is a profile of {profile.model!r}; pass --model {profile.model}")
         now = _anchor_now(a, None, then)
         ratio, per_shape = speed_ratio(then, now)
-        by_tokens = scale_by_tokens(then, now)
-        data = profile.scaled(by_tokens if a.by_tokens else ratio).to_dict()
+        data = profile.scaled(ratio).to_dict()
     except ProfileError as exc:
         raise CLIError(str(exc)) from None
     data[SPEED_ANCHOR] = now
-    data["rescaled_from"] = {"profile": str(a.rescale), "ratio": ratio, "per_shape": per_shape, "anchor": then,
-                             **({"by_tokens": {str(t): r for t, r in by_tokens.items()}} if a.by_tokens else {})}
+    data["rescaled_from"] = {"profile": str(a.rescale), "ratio": ratio, "per_shape": per_shape, "anchor": then}
     atomic_write_json(a.out, data)
     shapes = ", ".join(f"{k}: {v:.3f}" for k, v in per_shape.items())
     print(f"speed now / when profiled ({then.get('measured', '?')}): {ratio:.3f} (rows x tokens @ context: {shapes})")
@@ -612,9 +608,6 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--rescale", default=None, metavar="PROFILE",
                     help="time PROFILE's speed anchor again and write PROFILE scaled by the speed ratio now/then "
                          "to --out (this machine drifts by more than 5%% from hour to hour)")
-    pr.add_argument("--by-tokens", action="store_true",
-                    help="with --rescale: scale each time by the anchor's ratio at the tokens its forward computes "
-                         "(linear in log tokens between the anchor's shapes), not by their median ratio")
     add_roofline_args(pr)
     pr.set_defaults(func=cmd_profile)
 

@@ -28,9 +28,7 @@ Machine drift. A CPU's speed moves by more than 5% from hour to hour, so a profi
 misprices this afternoon's steps. `speed_anchor` (`nightjar_rl.decoding.profiler.measure_speed_anchor`)
 records a few fixed forwards timed when the profile was made; timing them again later gives the
 machine's speed ratio now/then (`speed_ratio`), and `HardwareProfile.scaled(ratio)` prices every step
-at today's speed (a scenario's `profile_scale`). A slow day does not slow every forward alike, so
-`scaled({tokens: ratio})` (`scale_by_tokens`, `TokenScale`) multiplies each time by the anchor's ratio
-at the tokens its forward computes instead (a scenario's `profile_scale_by_tokens`).
+at today's speed (a scenario's `profile_scale`).
 
 `verify_ms[b][n]` is one target forward scoring `n` positions per row for `b` rows (a decode step
 with speculation length k scores n = k + 1). A step is priced by rows, total scored tokens and
@@ -100,54 +98,11 @@ def _time_ms(value, where: str) -> float:
     return float(value)
 
 
-class TokenScale:
-    """A time multiplier that depends on the tokens a forward computes: `{tokens: ratio}` (from a speed
-    anchor's shapes: `scale_by_tokens`), linear in log(tokens) between its points and clamped outside
-    them. A machine's slowdown is not uniform: on one slow day the 1 x 1 anchor forward ran 3.2x slower
-    and the 16-row ones 4.0-4.5x, so one number overprices small steps or underprices large ones."""
-
-    def __init__(self, points: Mapping):
-        if not isinstance(points, Mapping) or not points:
-            raise ProfileError(f"a time scale by tokens must be a non-empty mapping {{tokens: ratio}}, got {points!r}")
-        pts = []
-        for tokens, ratio in points.items():
-            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 0:
-                raise ProfileError(f"a time scale by tokens: the ratio at {tokens!r} tokens must be a positive number, "
-                                   f"got {ratio!r}")
-            pts.append((_positive_int_key(tokens, "a time scale by tokens"), float(ratio)))
-        pts.sort()
-        if len({t for t, _ in pts}) != len(pts):
-            raise ProfileError("a time scale by tokens: a token count appears twice")
-        self.points = dict(pts)
-        self._log_tokens = np.log([t for t, _ in pts])
-        self._ratios = np.array([r for _, r in pts])
-
-    def __call__(self, tokens: float) -> float:
-        """The multiplier of a forward computing `tokens` tokens (at least 1)."""
-        return _interp(self._log_tokens, self._ratios, math.log(max(float(tokens), 1.0)))
-
-    def to_dict(self) -> dict[str, float]:
-        return {str(t): r for t, r in self.points.items()}
-
-
-def _scaled_times(value, scale: Callable[[float], float], tokens: Callable[..., float], *keys: int):
-    """A time table with each number multiplied by `scale(tokens(*its integer keys, outermost first))`."""
+def _scaled_times(value, factor: float):
+    """A time table with every number multiplied by `factor` (nested mappings kept)."""
     if isinstance(value, Mapping):
-        return {k: _scaled_times(v, scale, tokens, *keys, int(k)) for k, v in value.items()}
-    return value * scale(tokens(*keys))
-
-
-# the tokens one entry of each time table computes, from its keys (`TokenScale` prices it by them)
-_TABLE_TOKENS: dict[str, Callable[..., float]] = {
-    "verify_ms": lambda batch, per_row: batch * per_row,
-    "verify_ms_by_context": lambda context, batch, per_row: batch * per_row,
-    "verify_ms_half_drafted": lambda batch, per_row: batch * (per_row + 1) / 2,  # half the rows score 1
-    "draft_ms": lambda batch: batch,
-    "prefill_ms": lambda tokens: tokens,
-    "draft_prefill_ms": lambda tokens: tokens,
-    "overhead_ms": lambda batch: 1,  # host work, not a forward: the smallest forward's ratio
-    "ngram_lookup_ms_per_row": lambda: 1,
-}
+        return {k: _scaled_times(v, factor) for k, v in value.items()}
+    return value * factor
 
 
 def speed_ratio(then: Mapping, now: Mapping) -> tuple[float, dict[str, float]]:
@@ -168,16 +123,6 @@ def speed_ratio(then: Mapping, now: Mapping) -> tuple[float, dict[str, float]]:
             raise ProfileError("speed_anchor.ms must be positive")
         per_shape[f"{rows} x {tokens} @ {context}"] = b / a
     return float(np.median(list(per_shape.values()))), per_shape
-
-
-def scale_by_tokens(then: Mapping, now: Mapping) -> dict[int, float]:
-    """`speed_ratio`'s per-shape ratios keyed by the tokens each shape's forward computes (rows x tokens;
-    shapes of the same count averaged): the points of a `TokenScale`."""
-    speed_ratio(then, now)  # validates both
-    by_tokens: dict[int, list[float]] = {}
-    for (rows, tokens, _), a, b in zip(then["shapes"], then["ms"], now["ms"]):
-        by_tokens.setdefault(int(rows) * int(tokens), []).append(float(b) / float(a))
-    return {t: float(np.mean(r)) for t, r in sorted(by_tokens.items())}
 
 
 def mean_anchor(anchors: list[Mapping]) -> dict:
@@ -409,32 +354,19 @@ class HardwareProfile:
         """The fixed forwards timed when the profile was made (see the module docstring), if any."""
         return self.meta.get(SPEED_ANCHOR)
 
-    def scaled(self, factor: float | Mapping) -> HardwareProfile:
+    def scaled(self, factor: float) -> HardwareProfile:
         """This profile with every time multiplied by `factor` (e.g. `speed_ratio`'s: the machine is
-        `factor` times slower now than when the profile was made), or by forward size: `{tokens: ratio}`
-        (`scale_by_tokens`; a `TokenScale` prices each table entry by the tokens its forward computes:
-        rows x tokens per row, a prefill's tokens; host overhead and n-gram lookups by the smallest
-        forward's ratio). Recorded in `time_scale`: the product of the numbers applied, or the list of
-        every scale applied once one was by tokens."""
-        if isinstance(factor, Mapping):
-            scale = TokenScale(factor)
-            shown = "by tokens " + ", ".join(f"{t}: {r:.3g}" for t, r in scale.points.items())
-        elif isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+        `factor` times slower now than when the profile was made). The factor is recorded in `time_scale`
+        (multiplied into any earlier one)."""
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
             raise ProfileError(f"a profile's time scale must be a positive number, got {factor!r}")
-        else:
-            scale, shown = (lambda tokens, f=float(factor): f), f"{factor:.4g}"
         data = self.to_dict()
-        for key, tokens in _TABLE_TOKENS.items():
+        for key in ("verify_ms", "verify_ms_by_context", "draft_ms", "ngram_lookup_ms_per_row", "prefill_ms",
+                    "draft_prefill_ms", "overhead_ms", "verify_ms_half_drafted"):
             if key in data:
-                data[key] = _scaled_times(data[key], scale, tokens)
-        earlier, applied = self.meta.get(TIME_SCALE), scale.to_dict() if isinstance(factor, Mapping) else float(factor)
-        if earlier is None:
-            data[TIME_SCALE] = applied
-        elif isinstance(earlier, (int, float)) and isinstance(applied, float):
-            data[TIME_SCALE] = applied * float(earlier)
-        else:
-            data[TIME_SCALE] = (earlier if isinstance(earlier, list) else [earlier]) + [applied]
-        return HardwareProfile.from_dict(data, source=f"{self.model} profile scaled {shown}")
+                data[key] = _scaled_times(data[key], float(factor))
+        data[TIME_SCALE] = float(factor) * float(self.meta.get(TIME_SCALE, 1.0))
+        return HardwareProfile.from_dict(data, source=f"{self.model} profile scaled by {factor:.4g}")
 
     @property
     def batch_sizes(self) -> list[int]:

@@ -11,15 +11,13 @@ from nightjar_rl.cli import main
 from nightjar_rl.engine_config import EngineConfig
 from nightjar_rl.env.backend import make_backend, resolve_data_path
 from nightjar_rl.env.scenario import ScenarioError, load_scenario
-from nightjar_rl.experiments.drift import SpeedDrift, anchor_config, drift_by_tokens, kernel_mismatch
+from nightjar_rl.experiments.drift import SpeedDrift, anchor_config, kernel_mismatch
 from nightjar_rl.experiments.evaluate import evaluate_cell
 from nightjar_rl.hardware import (
     ANCHOR_ENGINE_FIELDS,
     HardwareProfile,
     ProfileError,
-    TokenScale,
     mean_anchor,
-    scale_by_tokens,
     speed_ratio,
 )
 from nightjar_rl.model_names import linears_for
@@ -65,69 +63,6 @@ def test_a_scaled_profile_prices_every_part_by_the_factor():
             base.scaled(bad)
 
 
-def test_a_time_scale_by_tokens_is_linear_in_log_tokens_and_clamped():
-    scale = TokenScale({"4": 3.0, 1: 2.0, 16: 3.5})
-    assert scale(1) == 2.0 and scale(0.5) == 2.0 and scale(1000) == 3.5  # clamped outside
-    assert scale(2) == pytest.approx(2.5)  # log 2 is halfway from log 1 to log 4
-    assert scale(8) == pytest.approx(3.25)  # halfway from log 4 to log 16
-    assert scale.to_dict() == {"1": 2.0, "4": 3.0, "16": 3.5}
-    for bad, match in (({}, "non-empty"), ({1: 0.0}, "positive"), ({0: 1.0}, "positive integer"),
-                       ({1: True}, "positive"), ({1: 1.0, "1": 2.0}, "twice"), (2.0, "non-empty mapping")):
-        with pytest.raises(ProfileError, match=match):
-            TokenScale(bad)
-
-
-def test_scale_by_tokens_keys_the_shapes_ratios_by_their_forward_tokens():
-    then = {"shapes": SHAPES + [[5, 1, 64]], "ms": [10.0, 20.0, 40.0, 80.0, 10.0]}
-    now = {"shapes": SHAPES + [[5, 1, 64]], "ms": [20.0, 50.0, 120.0, 280.0, 20.0]}
-    # 1 x 1: 2.0; 4 x 1: 2.5; 16 x 1: 3.0; 16 x 5 (80 tokens): 3.5; 5 x 1: 2.0
-    assert scale_by_tokens(then, now) == pytest.approx({1: 2.0, 4: 2.5, 5: 2.0, 16: 3.0, 80: 3.5})
-    then2 = {"shapes": [[1, 4, 256], [4, 1, 256]], "ms": [10.0, 10.0]}
-    assert scale_by_tokens(then2, {"shapes": then2["shapes"], "ms": [20.0, 30.0]}) == {4: 2.5}  # same count: mean
-    with pytest.raises(ProfileError, match="different shapes"):
-        scale_by_tokens(then, {"shapes": SHAPES, "ms": [1.0] * 4})
-    drift = {"profiled": then2, "measurements": [{"anchor": {"shapes": then2["shapes"], "ms": [20.0, 20.0]}},
-                                                 {"anchor": {"shapes": then2["shapes"], "ms": [30.0, 30.0]}}]}
-    assert drift_by_tokens(drift) == {4: 2.5} and drift_by_tokens({**drift, "measurements": []}) == {}
-
-
-def test_a_profile_scaled_by_tokens_prices_each_entry_by_its_forward_size():
-    base = HardwareProfile({"1": {"1": 10.0, "3": 14.0}, "4": {"1": 12.0, "3": 20.0}}, {"1": 2.0, "4": 3.0},
-                           ngram_lookup_ms_per_row=0.1, prefill_ms={"16": 30.0, "64": 90.0},
-                           overhead_ms={"1": 1.0, "4": 2.0})
-    scaled = base.scaled({1: 1.0, 4: 2.0})
-    s3 = 1.0 + math.log(3) / math.log(4)  # 3 tokens: log-linear between 1 (x1) and 4 (x2)
-    # by hand: entries 1x1 -> 10 x 1, 1x3 -> 14 x s3, 4x1 -> 12 x 2, 4x3 (12 tokens, clamped) -> 20 x 2;
-    # 2 rows x 2 tokens: (10 + 14 s3) / 2 at 1 row, (24 + 40) / 2 at 4 rows, a third of the way at 2 rows
-    one_row, four_rows = (10.0 + 14.0 * s3) / 2, (24.0 + 40.0) / 2
-    assert scaled.verify_time_ms(2, 2) == pytest.approx(one_row + (four_rows - one_row) / 3)
-    assert scaled.draft_time_ms(4, 1) == pytest.approx(3.0 * 2.0)  # a draft step of 4 rows: 4 tokens
-    assert scaled.prefill_time_ms(40) == pytest.approx(2.0 * base.prefill_time_ms(40))  # 16 and 64 tokens: x2
-    assert scaled.overhead_time_ms(4) == pytest.approx(2.0) and scaled.lookup_time_ms(5) == pytest.approx(0.5)
-    assert scaled.meta["time_scale"] == {"1": 1.0, "4": 2.0}
-    assert scaled.scaled(2.0).meta["time_scale"] == [{"1": 1.0, "4": 2.0}, 2.0]
-    uniform = base.scaled({1: 1.25, 80: 1.25})
-    assert uniform.verify_time_ms(3, 2) == pytest.approx(base.scaled(1.25).verify_time_ms(3, 2))
-
-
-def test_a_twin_scaled_by_tokens_serves_at_that_speed():
-    """A uniform scale by tokens is profile_scale; the field's errors are one line each."""
-    twin = load_scenario("tiny-sim")
-    walls = {}
-    for name, scenario in (("scalar", twin.replace(profile_scale=2.0)),
-                           ("by_tokens", twin.replace(profile_scale_by_tokens={1: 2.0, 64: 2.0}))):
-        cell = evaluate_cell(make_policy("fixed-2", scenario.max_k), scenario, make_backend(scenario), math.inf, 0, 4,
-                             scenario.max_new_tokens, {"tpot_s": 1.0})
-        walls[name] = [s.wall_time for s in cell.serve_result.steps]
-    assert walls["scalar"] == pytest.approx(walls["by_tokens"])
-    with pytest.raises(ScenarioError, match="no profile_scale"):
-        twin.replace(profile_scale=1.5, profile_scale_by_tokens={1: 2.0})
-    with pytest.raises(ScenarioError, match="needs backend 'sim'"):
-        load_scenario("tiny").replace(profile_scale_by_tokens={1: 2.0})
-    with pytest.raises(ScenarioError, match="profile_scale_by_tokens.*positive"):
-        twin.replace(profile_scale_by_tokens={1: -2.0})
-
-
 def test_a_twin_with_profile_scale_two_serves_in_twice_the_time():
     """All requests at t=0: the schedule does not depend on the clock, so every step costs twice as much
     and the tokens are the same."""
@@ -163,14 +98,6 @@ def test_profile_cli_anchors_and_rescales(tmp_path, capsys):
     assert "has no speed_anchor" in capsys.readouterr().err
     assert main(["profile", "--rescale", str(anchored), "--out", str(out), "--quiet"]) == 2  # another model
     assert "pass --model tiny-random" in capsys.readouterr().err
-    assert main(["profile", "--model", "tiny-random", "--rescale", str(anchored), "--out", str(out), "--quiet",
-                 "--by-tokens"]) == 0
-    data = json.loads(out.read_text())
-    by_tokens = data["rescaled_from"]["by_tokens"]
-    assert list(by_tokens) == ["1", "4", "16", "80"] and data["time_scale"] == by_tokens
-    assert data["verify_ms"]["1"]["1"] == pytest.approx(by_tokens["1"] * profile["verify_ms"]["1"]["1"])
-    assert main(["profile", "--model", "tiny-random", "--by-tokens", "--out", str(out), "--quiet"]) == 2
-    assert "--by-tokens goes with --rescale" in capsys.readouterr().err
 
 
 def test_anchors_timed_around_the_logs_are_averaged_into_a_fitted_profile(tmp_path, capsys):

@@ -77,8 +77,8 @@ class SimBackend:
         s = self.scenario = scenario
         self.trace = Trace.load(resolve_data_path(s.trace, s.base_dir))
         self.profile = HardwareProfile.load(resolve_data_path(s.profile, s.base_dir))
-        if s.profile_scale != 1.0 or s.profile_scale_by_tokens is not None:
-            self.profile = self.profile.scaled(s.profile_scale_by_tokens or s.profile_scale)
+        if s.profile_scale != 1.0:
+            self.profile = self.profile.scaled(s.profile_scale)
         self.synthetic = (SyntheticAcceptance.from_dict(s.synthetic_acceptance, s.engine.drafter)
                           if s.synthetic_acceptance else None)
         self._memo: dict = {}  # profile lookups, shared by every episode's engine

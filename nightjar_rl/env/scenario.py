@@ -20,7 +20,6 @@ from pathlib import Path
 import yaml
 
 from nightjar_rl.engine_config import EngineConfig
-from nightjar_rl.hardware import ProfileError, TokenScale
 from nightjar_rl.schema import ConfigError, check, declarations, option
 from nightjar_rl.serving.arrivals import ArrivalProcess, arrivals_from_dict
 from nightjar_rl.serving.workload import WorkloadError
@@ -64,10 +63,6 @@ class Scenario:
     profile_scale: float = option(1.0, "sim: every time the profile prices multiplied by this (the machine's speed "
                                   "ratio now / when profiled: `nightjar-rl profile --rescale`, a confirmation's "
                                   "`rescale_twin`)", above=0.0)
-    profile_scale_by_tokens: dict | None = option(None, "sim: instead of profile_scale, {forward tokens: ratio} (a speed "
-                                                  "anchor's per-shape ratios: `nightjar-rl profile --rescale "
-                                                  "--by-tokens`): each time multiplied by the ratio at the tokens its "
-                                                  "forward computes, linear in log tokens between them", dict)
     synthetic_acceptance: dict | None = option(None, "sim: {rates: [per-position acceptance], heterogeneity: x, "
                                                "confidence_concentration: kappa} replaces the trace's acceptance with a synthetic "
                                                "drafter's, priced as the scenario's drafter prices drafting (draft "
@@ -161,13 +156,6 @@ def validate_scenario(s: Scenario) -> Scenario:
             raise _fail(n, f"field '{key}' is required when backend is 'sim'")
     if s.profile_scale != 1.0 and s.backend != "sim":
         raise _fail(n, "field 'profile_scale' needs backend 'sim'")
-    if s.profile_scale_by_tokens is not None:
-        if s.backend != "sim" or s.profile_scale != 1.0:
-            raise _fail(n, "field 'profile_scale_by_tokens' needs backend 'sim' and no profile_scale")
-        try:
-            TokenScale(s.profile_scale_by_tokens)
-        except ProfileError as exc:
-            raise _fail(n, f"field 'profile_scale_by_tokens': {exc}") from None
     if s.synthetic_acceptance is not None:
         from nightjar_rl.sim.engine import SyntheticAcceptance
 

@@ -20,7 +20,7 @@ import sys
 from nightjar_rl.engine_config import EngineConfig
 from nightjar_rl.env.backend import resolve_data_path
 from nightjar_rl.env.scenario import Scenario, ScenarioError
-from nightjar_rl.hardware import HardwareProfile, mean_anchor, scale_by_tokens, speed_ratio
+from nightjar_rl.hardware import HardwareProfile, mean_anchor, speed_ratio
 from nightjar_rl.model_names import linears_for
 from nightjar_rl.stack import anchor_engine_config
 
@@ -104,12 +104,6 @@ class SpeedDrift:
         """The mean ratio of the measurements so far (1.0 before any)."""
         return statistics.fmean(m["ratio"] for m in self.measurements) if self.measurements else 1.0
 
-    @property
-    def by_tokens(self) -> dict[int, float]:
-        """The measurements' ratios by forward size (`scale_by_tokens`), averaged: a twin's
-        `profile_scale_by_tokens` ({} before any measurement)."""
-        return drift_by_tokens(self.to_dict())
-
     def to_dict(self) -> dict:
         return {"ratio": self.ratio, "profiled": self.then, "measurements": self.measurements, "caveat": self.caveat}
 
@@ -117,10 +111,3 @@ class SpeedDrift:
         parts = ", ".join(f"{m['label']} {m['ratio']:.3f}" for m in self.measurements)
         return (f"machine speed now / when the twin was profiled ({self.then.get('measured', '?')}): "
                 f"{self.ratio:.3f} ({parts}; above 1: slower now)" + (f"; caution: {self.caveat}" if self.caveat else ""))
-
-
-def drift_by_tokens(drift: dict) -> dict[int, float]:
-    """A stored `SpeedDrift.to_dict()`'s ratios by forward size: each measurement's anchor against the
-    profiled one (`scale_by_tokens`), the mean per token count."""
-    each = [scale_by_tokens(drift["profiled"], m["anchor"]) for m in drift["measurements"]]
-    return {t: statistics.fmean(e[t] for e in each) for t in each[0]} if each else {}
