@@ -53,7 +53,9 @@ ground truth here.
 anchor (a few fixed forwards timed when it was made, `nightjar-rl profile --anchor`); timed again before
 and after the live cells, its ratio now / then scales the twin's clock (`profile_scale`), and every cell
 is priced by that twin too (columns `*_now`). The difference between the two twins is the drift; what
-is left in `*_err_now` is the clock model's own error.
+is left in `*_err_now` is the clock model's own error. A third twin scales only the profile's forwards
+and keeps its host work (`HardwareProfile.scaled_forwards`, columns `*_now_host`): an anchor times bare
+forwards, and on slow days the live engine's steps slowed less than they did.
 
 `--rescore RUN_DIR` prices an earlier run's live cells again without serving anything live: the live
 columns are read back from RUN_DIR/fidelity.csv, the twins are served with today's code and profile,
@@ -79,7 +81,7 @@ import pandas as pd
 import quickmode  # same folder
 from tqdm.auto import tqdm
 
-from nightjar_rl.env.backend import make_backend
+from nightjar_rl.env.backend import make_backend, resolve_data_path
 from nightjar_rl.env.recorder import write_table
 from nightjar_rl.env.scenario import load_scenario
 from nightjar_rl.experiments.drift import SpeedDrift, timed_around
@@ -94,7 +96,8 @@ from nightjar_rl.sim.calibrate import CalibrationError, calibrate, predicted_ms,
 METRICS = {"throughput_tok_s": 0.05, "tpot_p50_s": 0.05, "ttft_p50_s": 0.10}
 PER_REQUEST = ["drafted", "accepted", "decode_steps", "output_tokens"]
 TRAINED, SIM_TRAINED = "trained:", "sim-trained-"  # a --policies spec, and its cells' label
-TWINS = {"": "scenario twin", "_cal": "calibrated twin", "_now": "scenario twin at the live cells' speed"}
+TWINS = {"": "scenario twin", "_cal": "calibrated twin", "_now": "scenario twin at the live cells' speed",
+         "_now_host": "scenario twin with its forwards at the live cells' speed, host work kept"}
 WARMUP_SEED = 999  # the warm-up cells' workload (measured cells and calibration use other seeds)
 QUICK = {"live": "tiny", "sim": "tiny-sim", "rates": "50", "ks": "0,2", "seeds": "0", "num_requests": 4,
          "calibrate_seeds": "1,2", "policies": "table-mlc_llm,trained:nightjar", "train_episodes": 2, "warmup": 0,
@@ -258,17 +261,24 @@ def served(a, live_scn, sim_scn, sim, run: Path) -> tuple[pd.DataFrame, dict]:
         drift.measure("after")
         atomic_write_json(run / "speed_drift.json", drift.to_dict())
         print(drift.describe())
-        rows = with_twin_now(rows, drift.ratio, sim_scn, sims, makers, a.num_requests)
+        rows = with_twin_now(rows, drift.ratio, sim_scn, sims, makers, a.num_requests, run)
     return pd.DataFrame(rows), sims
 
 
-def with_twin_now(rows: list[dict], ratio: float, sim_scn, sims: dict, makers: dict, num_requests: int) -> list[dict]:
-    """`rows` with the columns of the scenario's twin priced at the machine's speed during the live
-    cells (`ratio` x the profile's times: `--rescale`), suffix `_now`, added to `sims`."""
-    scenario = sim_scn.replace(profile_scale=ratio)
-    sims["_now"] = (scenario, make_backend(scenario))
-    return [row | twin_columns({"_now": sims["_now"]}, row, makers[row["policy"]], num_requests)
-            for row in tqdm(rows, desc="twin at today's speed", unit="cell")]
+def with_twin_now(rows: list[dict], ratio: float, sim_scn, sims: dict, makers: dict, num_requests: int,
+                  run: Path) -> list[dict]:
+    """`rows` with the columns of the scenario's twin at the machine's speed during the live cells
+    (`--rescale`), added to `sims`: suffix `_now`, `ratio` x every time the profile prices
+    (`profile_scale`); `_now_host`, its forwards x `ratio` and its host work kept
+    (`HardwareProfile.scaled_forwards`, written to the run folder as `profile-now-host.json`)."""
+    profile = HardwareProfile.load(resolve_data_path(sim_scn.profile, sim_scn.base_dir))
+    host_path = run / "profile-now-host.json"
+    atomic_write_json(host_path, profile.scaled_forwards(ratio).to_dict())
+    now = {"_now": sim_scn.replace(profile_scale=ratio), "_now_host": sim_scn.replace(profile=str(host_path.resolve()))}
+    twins = {suffix: (scenario, make_backend(scenario)) for suffix, scenario in now.items()}
+    sims.update(twins)
+    return [row | twin_columns(twins, row, makers[row["policy"]], num_requests)
+            for row in tqdm(rows, desc="twins at today's speed", unit="cell")]
 
 
 def rescored(stored: Path, live_scn, sim_scn, sim, run: Path, episodes: int) -> tuple[pd.DataFrame, dict]:
@@ -317,7 +327,7 @@ def rescored(stored: Path, live_scn, sim_scn, sim, run: Path, episodes: int) -> 
     if (stored / "speed_drift.json").is_file():  # the stored run's measured speed, applied to today's profile
         drift = json.loads((stored / "speed_drift.json").read_text())
         atomic_write_json(run / "speed_drift.json", drift)
-        rows = with_twin_now(rows, drift["ratio"], sim_scn, sims, makers, num_requests)
+        rows = with_twin_now(rows, drift["ratio"], sim_scn, sims, makers, num_requests, run)
     return pd.DataFrame(rows), sims
 
 

@@ -345,6 +345,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_profile(a: argparse.Namespace) -> int:
     from nightjar_rl.io import atomic_write_json
 
+    if a.keep_host and not a.rescale:
+        raise CLIError("--keep-host goes with --rescale PROFILE")
     if a.roofline:
         from nightjar_rl.sim.cli import cmd_profile_roofline
 
@@ -481,7 +483,7 @@ def _profile_rescale(a: argparse.Namespace) -> int:
             raise ProfileError(f"{a.rescale} is a profile of {profile.model!r}; pass --model {profile.model}")
         now = _anchor_now(a, None, then)
         ratio, per_shape = speed_ratio(then, now)
-        data = profile.scaled(ratio).to_dict()
+        data = (profile.scaled_forwards(ratio) if a.keep_host else profile.scaled(ratio)).to_dict()
     except ProfileError as exc:
         raise CLIError(str(exc)) from None
     data[SPEED_ANCHOR] = now
@@ -608,6 +610,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--rescale", default=None, metavar="PROFILE",
                     help="time PROFILE's speed anchor again and write PROFILE scaled by the speed ratio now/then "
                          "to --out (this machine drifts by more than 5%% from hour to hour)")
+    pr.add_argument("--keep-host", action="store_true",
+                    help="with --rescale: scale only the profile's forwards and keep its host work (the step price "
+                         "beyond the anchor's bare forward; per-step overhead): on slow days the engine's steps "
+                         "slowed less than the anchor's forwards")
     add_roofline_args(pr)
     pr.set_defaults(func=cmd_profile)
 

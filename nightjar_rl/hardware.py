@@ -28,7 +28,9 @@ Machine drift. A CPU's speed moves by more than 5% from hour to hour, so a profi
 misprices this afternoon's steps. `speed_anchor` (`nightjar_rl.decoding.profiler.measure_speed_anchor`)
 records a few fixed forwards timed when the profile was made; timing them again later gives the
 machine's speed ratio now/then (`speed_ratio`), and `HardwareProfile.scaled(ratio)` prices every step
-at today's speed (a scenario's `profile_scale`).
+at today's speed (a scenario's `profile_scale`). An anchor times bare forwards, while a profile prices
+the engine's steps, host work included; `scaled_forwards(ratio)` scales only the forwards and keeps the
+host work (`host_ms_by_rows`), which on slow days did not slow.
 
 `verify_ms[b][n]` is one target forward scoring `n` positions per row for `b` rows (a decode step
 with speculation length k scores n = k + 1). A step is priced by rows, total scored tokens and
@@ -74,6 +76,7 @@ _KNOWN_KEYS = (
 SPEED_ANCHOR = "speed_anchor"  # the profile key of the fixed forwards timed with it
 ANCHOR_ENGINE_FIELDS = ("verify_layout", "model_forward", "linears", "threads")  # the forward an anchor timed
 TIME_SCALE = "time_scale"  # the profile key recording the factor a scaled profile was multiplied by
+HOST_MS_KEPT = "host_ms_kept"  # the host work per rows `scaled_forwards` kept at the profile's speed
 
 
 class ProfileError(ValueError):
@@ -367,6 +370,45 @@ class HardwareProfile:
                 data[key] = _scaled_times(data[key], float(factor))
         data[TIME_SCALE] = float(factor) * float(self.meta.get(TIME_SCALE, 1.0))
         return HardwareProfile.from_dict(data, source=f"{self.model} profile scaled by {factor:.4g}")
+
+    def host_ms_by_rows(self) -> dict[int, float]:
+        """What this profile prices a one-token-per-row step at beyond its speed anchor's bare forward of
+        the same shape (`{rows: ms}`, at least 0): the engine's host work around the forward (sampling,
+        acceptance, bookkeeping), timed with the profile and absent from the anchor. Needs an anchor."""
+        anchor = self.speed_anchor
+        if anchor is None:
+            raise ProfileError("the profile has no speed_anchor: its host work cannot be told from its forwards")
+        return {int(rows): max(0.0, self.verify_step_ms(rows, rows, context) - float(ms))
+                for (rows, tokens, context), ms in zip(anchor["shapes"], anchor["ms"]) if tokens == 1}
+
+    def scaled_forwards(self, factor: float) -> HardwareProfile:
+        """This profile on a machine whose forwards run `factor` times slower (the anchor's `speed_ratio`)
+        while its host work does not: at b rows a verify price v becomes factor x v - (factor - 1) x
+        min(h(b), v), with h the host work (`host_ms_by_rows`, linear over rows, clamped); prefill and
+        draft passes are multiplied by `factor`; per-step overhead and n-gram lookups are kept. On two slow
+        days the anchor's forwards slowed 3.0-3.4x and 4.1-4.4x at 16 rows while the live engine's steps
+        slowed 2.4-2.8x and about 3.3x: a step's host work (4-14 ms on the profile's day) had not slowed."""
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+            raise ProfileError(f"a profile's time scale must be a positive number, got {factor!r}")
+        host = self.host_ms_by_rows()
+        rows, host_ms = np.array(sorted(host), float), np.array([host[r] for r in sorted(host)])
+
+        def verify(table: Mapping) -> dict:
+            return {b: {n: factor * v - (factor - 1) * min(_interp(rows, host_ms, int(b)), v) for n, v in per_row.items()}
+                    for b, per_row in table.items()}
+
+        data = self.to_dict()
+        for key in ("verify_ms", "verify_ms_half_drafted"):
+            if key in data:
+                data[key] = verify(data[key])
+        if "verify_ms_by_context" in data:
+            data["verify_ms_by_context"] = {c: verify(t) for c, t in data["verify_ms_by_context"].items()}
+        for key in ("draft_ms", "prefill_ms", "draft_prefill_ms"):
+            if key in data:
+                data[key] = _scaled_times(data[key], float(factor))
+        data[TIME_SCALE] = float(factor) * float(self.meta.get(TIME_SCALE, 1.0))
+        data[HOST_MS_KEPT] = {str(r): round(ms, 4) for r, ms in host.items()}
+        return HardwareProfile.from_dict(data, source=f"{self.model} profile, forwards scaled by {factor:.4g}")
 
     @property
     def batch_sizes(self) -> list[int]:

@@ -63,6 +63,31 @@ def test_a_scaled_profile_prices_every_part_by_the_factor():
             base.scaled(bad)
 
 
+def test_scaling_only_the_forwards_keeps_the_host_work_by_hand():
+    """`scaled_forwards`: host work h(b) = the profile's one-token step minus the anchor's bare forward;
+    a verify price v becomes f v - (f - 1) min(h, v); prefill and draft passes x f; overhead and lookups kept."""
+    anchor = {"shapes": [[1, 1, 0], [4, 1, 0]], "ms": [7.0, 10.0]}
+    base = HardwareProfile({"1": {"1": 10.0, "3": 14.0}, "4": {"1": 12.0, "3": 20.0}}, {"1": 2.0, "4": 3.0},
+                           ngram_lookup_ms_per_row=0.1, prefill_ms={"16": 30.0, "64": 90.0},
+                           overhead_ms={"1": 1.0, "4": 2.0}, meta={"speed_anchor": anchor})
+    assert base.host_ms_by_rows() == pytest.approx({1: 3.0, 4: 2.0})  # 10 - 7, 12 - 10
+    fast = base.scaled_forwards(2.0)
+    # entries: 1 row 2 x 10 - 3 = 17 and 2 x 14 - 3 = 25; 4 rows 2 x 12 - 2 = 22 and 2 x 20 - 2 = 38;
+    # 2 rows x 2 tokens: 21 at 1 row, 30 at 4 rows, a third of the way at 2 rows
+    assert fast.verify_time_ms(1, 1) == pytest.approx(17.0) and fast.verify_time_ms(4, 3) == pytest.approx(38.0)
+    assert fast.verify_time_ms(2, 2) == pytest.approx(21.0 + 9.0 / 3)
+    assert fast.prefill_time_ms(40) == pytest.approx(120.0) and fast.draft_time_ms(4, 1) == pytest.approx(6.0)
+    assert fast.overhead_time_ms(4) == pytest.approx(2.0) and fast.lookup_time_ms(5) == pytest.approx(0.5)
+    assert fast.meta["time_scale"] == 2.0 and fast.meta["host_ms_kept"] == {"1": 3.0, "4": 2.0}
+    assert base.scaled_forwards(1.0).verify_time_ms(2, 2) == pytest.approx(base.verify_time_ms(2, 2))
+    slower_anchor = HardwareProfile(base.to_dict()["verify_ms"], meta={"speed_anchor": anchor | {"ms": [12.0, 10.0]}})
+    assert slower_anchor.host_ms_by_rows()[1] == 0.0  # never negative: the forward is then scaled whole
+    with pytest.raises(ProfileError, match="no speed_anchor"):
+        HardwareProfile({"1": {"1": 10.0}}).scaled_forwards(2.0)
+    with pytest.raises(ProfileError, match="time scale"):
+        base.scaled_forwards(0)
+
+
 def test_a_twin_with_profile_scale_two_serves_in_twice_the_time():
     """All requests at t=0: the schedule does not depend on the clock, so every step costs twice as much
     and the tokens are the same."""
@@ -98,6 +123,12 @@ def test_profile_cli_anchors_and_rescales(tmp_path, capsys):
     assert "has no speed_anchor" in capsys.readouterr().err
     assert main(["profile", "--rescale", str(anchored), "--out", str(out), "--quiet"]) == 2  # another model
     assert "pass --model tiny-random" in capsys.readouterr().err
+    assert main(["profile", "--model", "tiny-random", "--rescale", str(anchored), "--out", str(out), "--quiet",
+                 "--keep-host"]) == 0
+    kept = json.loads(out.read_text())
+    assert set(kept["host_ms_kept"]) == {"1", "4", "16"} and kept["overhead_ms"] == profile["overhead_ms"]
+    assert main(["profile", "--model", "tiny-random", "--keep-host", "--out", str(out), "--quiet"]) == 2
+    assert "--keep-host goes with --rescale" in capsys.readouterr().err
 
 
 def test_anchors_timed_around_the_logs_are_averaged_into_a_fitted_profile(tmp_path, capsys):
