@@ -378,8 +378,11 @@ class HardwareProfile:
         anchor = self.speed_anchor
         if anchor is None:
             raise ProfileError("the profile has no speed_anchor: its host work cannot be told from its forwards")
-        return {int(rows): max(0.0, self.verify_step_ms(rows, rows, context) - float(ms))
+        host = {int(rows): max(0.0, self.verify_step_ms(rows, rows, context) - float(ms))
                 for (rows, tokens, context), ms in zip(anchor["shapes"], anchor["ms"]) if tokens == 1}
+        if not host:
+            raise ProfileError("the profile's speed_anchor has no one-token-per-row shape to tell host work from forwards")
+        return host
 
     def scaled_forwards(self, factor: float) -> HardwareProfile:
         """This profile on a machine whose forwards run `factor` times slower (the anchor's `speed_ratio`)

@@ -84,6 +84,8 @@ def test_scaling_only_the_forwards_keeps_the_host_work_by_hand():
     assert slower_anchor.host_ms_by_rows()[1] == 0.0  # never negative: the forward is then scaled whole
     with pytest.raises(ProfileError, match="no speed_anchor"):
         HardwareProfile({"1": {"1": 10.0}}).scaled_forwards(2.0)
+    with pytest.raises(ProfileError, match="no one-token-per-row shape"):
+        HardwareProfile({"1": {"1": 10.0}}, meta={"speed_anchor": {"shapes": [[16, 5, 0]], "ms": [1.0]}}).host_ms_by_rows()
     with pytest.raises(ProfileError, match="time scale"):
         base.scaled_forwards(0)
 
