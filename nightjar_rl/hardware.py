@@ -108,6 +108,13 @@ def _scaled_times(value, factor: float):
     return value * factor
 
 
+def _time_scale(factor) -> float:
+    """A profile's time multiplier, checked: a positive finite number."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+        raise ProfileError(f"a profile's time scale must be a positive number, got {factor!r}")
+    return float(factor)
+
+
 def speed_ratio(then: Mapping, now: Mapping) -> tuple[float, dict[str, float]]:
     """The machine's speed now against when a profile was made: the median over the anchor's shapes of
     (ms now / ms then), and that ratio per shape ("rows x tokens @ context"). Above 1: slower now.
@@ -361,14 +368,13 @@ class HardwareProfile:
         """This profile with every time multiplied by `factor` (e.g. `speed_ratio`'s: the machine is
         `factor` times slower now than when the profile was made). The factor is recorded in `time_scale`
         (multiplied into any earlier one)."""
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
-            raise ProfileError(f"a profile's time scale must be a positive number, got {factor!r}")
+        factor = _time_scale(factor)
         data = self.to_dict()
         for key in ("verify_ms", "verify_ms_by_context", "draft_ms", "ngram_lookup_ms_per_row", "prefill_ms",
                     "draft_prefill_ms", "overhead_ms", "verify_ms_half_drafted"):
             if key in data:
-                data[key] = _scaled_times(data[key], float(factor))
-        data[TIME_SCALE] = float(factor) * float(self.meta.get(TIME_SCALE, 1.0))
+                data[key] = _scaled_times(data[key], factor)
+        data[TIME_SCALE] = factor * float(self.meta.get(TIME_SCALE, 1.0))
         return HardwareProfile.from_dict(data, source=f"{self.model} profile scaled by {factor:.4g}")
 
     def host_ms_by_rows(self) -> dict[int, float]:
@@ -391,8 +397,7 @@ class HardwareProfile:
         draft passes are multiplied by `factor`; per-step overhead and n-gram lookups are kept. On two slow
         days the anchor's forwards slowed 3.0-3.4x and 4.1-4.4x at 16 rows while the live engine's steps
         slowed 2.4-2.8x and about 3.3x: a step's host work (4-14 ms on the profile's day) had not slowed."""
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
-            raise ProfileError(f"a profile's time scale must be a positive number, got {factor!r}")
+        factor = _time_scale(factor)
         host = self.host_ms_by_rows()
         rows, host_ms = np.array(sorted(host), float), np.array([host[r] for r in sorted(host)])
 
@@ -408,8 +413,8 @@ class HardwareProfile:
             data["verify_ms_by_context"] = {c: verify(t) for c, t in data["verify_ms_by_context"].items()}
         for key in ("draft_ms", "prefill_ms", "draft_prefill_ms"):
             if key in data:
-                data[key] = _scaled_times(data[key], float(factor))
-        data[TIME_SCALE] = float(factor) * float(self.meta.get(TIME_SCALE, 1.0))
+                data[key] = _scaled_times(data[key], factor)
+        data[TIME_SCALE] = factor * float(self.meta.get(TIME_SCALE, 1.0))
         data[HOST_MS_KEPT] = {str(r): round(ms, 4) for r, ms in host.items()}
         return HardwareProfile.from_dict(data, source=f"{self.model} profile, forwards scaled by {factor:.4g}")
 
