@@ -81,7 +81,7 @@ import pandas as pd
 import quickmode  # same folder
 from tqdm.auto import tqdm
 
-from nightjar_rl.env.backend import make_backend, resolve_data_path
+from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.recorder import write_table
 from nightjar_rl.env.scenario import load_scenario
 from nightjar_rl.experiments.drift import SpeedDrift, timed_around
@@ -261,20 +261,17 @@ def served(a, live_scn, sim_scn, sim, run: Path) -> tuple[pd.DataFrame, dict]:
         drift.measure("after")
         atomic_write_json(run / "speed_drift.json", drift.to_dict())
         print(drift.describe())
-        rows = with_twin_now(rows, drift.ratio, sim_scn, sims, makers, a.num_requests, run)
+        rows = with_twin_now(rows, drift.ratio, sim_scn, sims, makers, a.num_requests)
     return pd.DataFrame(rows), sims
 
 
-def with_twin_now(rows: list[dict], ratio: float, sim_scn, sims: dict, makers: dict, num_requests: int,
-                  run: Path) -> list[dict]:
+def with_twin_now(rows: list[dict], ratio: float, sim_scn, sims: dict, makers: dict, num_requests: int) -> list[dict]:
     """`rows` with the columns of the scenario's twin at the machine's speed during the live cells
     (`--rescale`), added to `sims`: suffix `_now`, `ratio` x every time the profile prices
     (`profile_scale`); `_now_host`, its forwards x `ratio` and its host work kept
-    (`HardwareProfile.scaled_forwards`, written to the run folder as `profile-now-host.json`)."""
-    profile = HardwareProfile.load(resolve_data_path(sim_scn.profile, sim_scn.base_dir))
-    host_path = run / "profile-now-host.json"
-    atomic_write_json(host_path, profile.scaled_forwards(ratio).to_dict())
-    now = {"_now": sim_scn.replace(profile_scale=ratio), "_now_host": sim_scn.replace(profile=str(host_path.resolve()))}
+    (`profile_scale_keeps_host`: `HardwareProfile.scaled_forwards`)."""
+    now = {"_now": sim_scn.replace(profile_scale=ratio),
+           "_now_host": sim_scn.replace(profile_scale=ratio, profile_scale_keeps_host=True)}
     twins = {suffix: (scenario, make_backend(scenario)) for suffix, scenario in now.items()}
     sims.update(twins)
     return [row | twin_columns(twins, row, makers[row["policy"]], num_requests)
@@ -327,7 +324,7 @@ def rescored(stored: Path, live_scn, sim_scn, sim, run: Path, episodes: int) -> 
     if (stored / "speed_drift.json").is_file():  # the stored run's measured speed, applied to today's profile
         drift = json.loads((stored / "speed_drift.json").read_text())
         atomic_write_json(run / "speed_drift.json", drift)
-        rows = with_twin_now(rows, drift["ratio"], sim_scn, sims, makers, num_requests, run)
+        rows = with_twin_now(rows, drift["ratio"], sim_scn, sims, makers, num_requests)
     return pd.DataFrame(rows), sims
 
 

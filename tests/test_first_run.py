@@ -98,7 +98,7 @@ def test_live_confirmation_reports_repeats_and_the_twin(tmp_path):
     assert len(twin_now) == len(names) and (twin_now["profile_scale"] == drift["ratio"]).all()
     assert (twin["profile_scale"] == 1.0).all()
     assert {"twin", "live/twin", "twin_now", "live/twin_now"} <= set(confirmation_table(df, "k0"))
-    assert "twin_now: the twin at this machine's speed" in result.summary
+    assert "twin_now: the twin at this machine's speed" in result.summary and "host work kept" in result.summary
     text = result.summary
     assert "live confirmation on tiny: 2 repeats of one workload" in text and "twin prediction from tiny-sim" in text
     assert "repeat-to-repeat spread up to" in text and "20/s: live order" in text

@@ -107,6 +107,17 @@ def test_a_twin_with_profile_scale_two_serves_in_twice_the_time():
         load_scenario("tiny").replace(profile_scale=1.5)  # a live engine's clock is the machine's
 
 
+def test_a_twin_that_keeps_its_host_work_is_priced_by_scaled_forwards():
+    """`profile_scale_keeps_host`: the backend's profile is `scaled_forwards(profile_scale)`, not `scaled`."""
+    twin = load_scenario("tiny-sim")
+    base = make_backend(twin).profile
+    kept = make_backend(twin.replace(profile_scale=2.0, profile_scale_keeps_host=True)).profile
+    assert kept.to_dict() == base.scaled_forwards(2.0).to_dict() != base.scaled(2.0).to_dict()
+    assert kept.meta["host_ms_kept"] == pytest.approx({str(b): ms for b, ms in base.host_ms_by_rows().items()}, abs=1e-4)
+    with pytest.raises(ScenarioError, match="profile_scale_keeps_host"):
+        load_scenario("tiny").replace(profile_scale_keeps_host=True)
+
+
 def test_profile_cli_anchors_and_rescales(tmp_path, capsys):
     profile = json.loads((PROFILES / "tiny-random-cpu.json").read_text())
     anchored = tmp_path / "anchored.json"

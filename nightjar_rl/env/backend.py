@@ -77,7 +77,9 @@ class SimBackend:
         s = self.scenario = scenario
         self.trace = Trace.load(resolve_data_path(s.trace, s.base_dir))
         self.profile = HardwareProfile.load(resolve_data_path(s.profile, s.base_dir))
-        if s.profile_scale != 1.0:
+        if s.profile_scale_keeps_host:
+            self.profile = self.profile.scaled_forwards(s.profile_scale)
+        elif s.profile_scale != 1.0:
             self.profile = self.profile.scaled(s.profile_scale)
         self.synthetic = (SyntheticAcceptance.from_dict(s.synthetic_acceptance, s.engine.drafter)
                           if s.synthetic_acceptance else None)

@@ -63,6 +63,9 @@ class Scenario:
     profile_scale: float = option(1.0, "sim: every time the profile prices multiplied by this (the machine's speed "
                                   "ratio now / when profiled: `nightjar-rl profile --rescale`, a confirmation's "
                                   "`rescale_twin`)", above=0.0)
+    profile_scale_keeps_host: bool = option(False, "sim: profile_scale multiplies only the model forwards and keeps "
+                                            "the profile's host work at its price (`HardwareProfile.scaled_forwards`; "
+                                            "needs a profile with a speed_anchor)")
     synthetic_acceptance: dict | None = option(None, "sim: {rates: [per-position acceptance], heterogeneity: x, "
                                                "confidence_concentration: kappa} replaces the trace's acceptance with a synthetic "
                                                "drafter's, priced as the scenario's drafter prices drafting (draft "
@@ -154,8 +157,9 @@ def validate_scenario(s: Scenario) -> Scenario:
     for key in ("trace", "profile"):
         if s.backend == "sim" and getattr(s, key) is None:
             raise _fail(n, f"field '{key}' is required when backend is 'sim'")
-    if s.profile_scale != 1.0 and s.backend != "sim":
-        raise _fail(n, "field 'profile_scale' needs backend 'sim'")
+    for key, default in (("profile_scale", 1.0), ("profile_scale_keeps_host", False)):
+        if getattr(s, key) != default and s.backend != "sim":
+            raise _fail(n, f"field '{key}' needs backend 'sim'")
     if s.synthetic_acceptance is not None:
         from nightjar_rl.sim.engine import SyntheticAcceptance
 

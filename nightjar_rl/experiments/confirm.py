@@ -8,7 +8,7 @@ policy) so that drift in the machine's speed hits every policy alike. The twin s
 each cell once (the simulator is deterministic): its prediction is shown beside the live numbers.
 With `rescale_twin`, the twin serves each cell once more at the machine's speed timed before and after
 the live cells (`nightjar_rl.experiments.drift`): `twin_now`, the prediction with this hour's drift
-taken out.
+taken out (the profile's forwards scaled, its host work kept: `HardwareProfile.scaled_forwards`).
 Learned policies are deployed as trained (replicate 0), without learning.
 
 `confirmation_table` reduces the rows to one per load point x policy: live median, min and max,
@@ -101,7 +101,7 @@ def run_confirmation(cc: ConfirmConfig, specs: dict, learned: set[str], slo: dic
     serve("live", live, range(cc.repeats))
     if drift is not None:
         drift.measure("after")
-        serve("sim_rescaled", twin.replace(profile_scale=drift.ratio), range(1))
+        serve("sim_rescaled", twin.replace(profile_scale=drift.ratio, profile_scale_keeps_host=True), range(1))
         atomic_write_json(run_dir / "speed_drift.json", drift.to_dict())
         bar.write(drift.describe())
     bar.close()
@@ -151,7 +151,7 @@ def confirmation_summary(df: pd.DataFrame, cc: ConfirmConfig, baseline: str | No
     rescaled = df.loc[df["backend"] == "sim_rescaled", "profile_scale"]
     if len(rescaled):
         head += (f"\ntwin_now: the twin at this machine's speed during the live cells ({rescaled.iloc[0]:.3f}x the "
-                 f"profile's times, timed before and after them: speed_drift.json)")
+                 f"profile's forwards, its host work kept; timed before and after them: speed_drift.json)")
     shown = table.copy()
     shown[axis] = [format_load(axis, v) for v in shown[axis]]
     lines = [head, "throughput (output tokens/s): live median [min, max], mean ± 95% CI over repeats"
