@@ -15,7 +15,16 @@ from nightjar_rl.decoding.layouts import (
     MIXED_LAYOUT,
     STEP_LAYOUTS,
 )
-from nightjar_rl.model_names import DEFAULT_LINEARS, DEFAULT_MODEL, DEFAULT_MODEL_FORWARD, DTYPE_NAMES, LINEARS, MODEL_FORWARDS
+from nightjar_rl.model_names import (
+    DEFAULT_LINEARS,
+    DEFAULT_MODEL,
+    DEFAULT_MODEL_FORWARD,
+    DTYPE_NAMES,
+    KERNEL_TILE,
+    KV_BLOCK,
+    LINEARS,
+    MODEL_FORWARDS,
+)
 from nightjar_rl.schema import ConfigError, check, option
 
 DRAFTERS = tuple(DRAFTER_KINDS)  # the registered names (plus "package.module:Name" entry points)
@@ -53,6 +62,10 @@ class EngineConfig:
                                     "what native-vllm runs fastest on) or eager (torch's F.linear)", choices=LINEARS)
     model_forward: str = option(DEFAULT_MODEL_FORWARD, "how the target's (and a draft model's) decoder runs: " + "; ".join(
         f"{name}: {doc}" for name, doc in MODEL_FORWARDS.items()), choices=tuple(MODEL_FORWARDS))
+    kv_block: int | None = option(None, f"model_forward native-vllm: entries per paged KV-cache block, a multiple of "
+                                  f"{KERNEL_TILE} (the attention kernel's tile); a slot's capacity is rounded up to "
+                                  f"whole blocks (default: {KV_BLOCK}, vLLM's CPU default, or a shorter slot's capacity "
+                                  f"in whole tiles)", int, low=KERNEL_TILE)
     verify_layout: str = option(DEFAULT_VERIFY_LAYOUT, "target forward layout: " + "; ".join(
         f"{name}: {doc}" for name, doc in STEP_LAYOUTS.items()), choices=tuple(STEP_LAYOUTS))
     draft_catchup: str = option(DEFAULT_DRAFT_CATCHUP, "draft model: how it catches up with tokens it has not "
@@ -70,6 +83,9 @@ class EngineConfig:
         problem = kind.check(self) if kind.check is not None else None
         if problem:
             raise ConfigError(f"{where}: {problem}")
+        if self.kv_block is not None and (self.kv_block % KERNEL_TILE or self.model_forward != "native-vllm"):
+            raise ConfigError(f"{where}: field 'kv_block': a multiple of {KERNEL_TILE} that pages the cache of "
+                              f"model_forward 'native-vllm' (got {self.kv_block} with {self.model_forward!r})")
         if self.decoder == "parallel" and self.verify_layout == MIXED_LAYOUT:
             raise ConfigError(f"{where}: field 'verify_layout': {MIXED_LAYOUT!r} needs the standard decoder (the "
                               "batch-parallel one keeps two slot regions)")

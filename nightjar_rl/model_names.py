@@ -10,11 +10,13 @@ MODEL_FORWARDS = {  # how the runner runs a model's decoder (`nightjar_rl.decodi
     "native-eager": "the native loop run as plain Python (what `native` falls back to if TorchScript fails)",
     "transformers": "the model's own forward, attention routed to the slot cache",
     "native-vllm": "Llama layers run by our own Python loop on vLLM's CPU kernels: its paged attention and cache "
-                   "writer (the slot cache in blocks of 128, rows read to their own length, one call per layer), "
+                   "writer (the slot cache in blocks, `kv_block`, rows read to their own length, one call per layer), "
                    "RMSNorm, rotary, SiLU-and-mul and greedy argmax, and its oneDNN GEMM with linears vllm (needs "
                    "the [vllm] extra; float32 sums in other orders, so not bitwise `native`)",
 }
 DEFAULT_MODEL_FORWARD = "native"
+KV_BLOCK = 128  # native-vllm: entries per paged KV-cache block by default (vLLM's CPU default)
+KERNEL_TILE = 32  # native-vllm: vLLM's CPU attention kernel reads keys 32 entries at a time: a block is whole tiles
 DEFAULT_LINEARS = "packed"
 FORWARD_LINEARS = {"native-vllm": "vllm"}  # the linears a forward runs fastest with, when not DEFAULT_LINEARS
 

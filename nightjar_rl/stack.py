@@ -63,6 +63,7 @@ def build_stack(cfg: EngineConfig, target: LoadedModel | None = None) -> Stack:
         seed=cfg.seed,
         verify_layout=cfg.verify_layout,
         model_forward=cfg.model_forward,
+        kv_block=cfg.kv_block,
         **decoder_kwargs,
     )
     return Stack(engine, target, cfg)

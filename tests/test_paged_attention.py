@@ -16,15 +16,15 @@ from nightjar_rl.contracts.plan import SpecPlan
 from nightjar_rl.cpu_linears import VllmLinear, pack_linears
 from nightjar_rl.decoding import Request, SpeculativeEngine
 from nightjar_rl.decoding.kv_cache import SlotKVCache
-import nightjar_rl.decoding.paged_attention as paged_attention
 from nightjar_rl.decoding.paged_attention import paged_step, paged_write
 from nightjar_rl.vllm_kernels import VllmKernelError, load_kernels
 from nightjar_rl.decoding.runner import ModelRunner
 from nightjar_rl.decoding.verify import torch_argmax
 from nightjar_rl.decoding.vllm_forward import rotary_table, vllm_argmax
 from nightjar_rl.decoding.tree import TokenTree, batch_tree_inputs
-from nightjar_rl.models import tiny_random_model
-from nightjar_rl.stack import EngineConfig
+from nightjar_rl.models import LoadedModel, tiny_random_model
+from nightjar_rl.schema import ConfigError
+from nightjar_rl.stack import EngineConfig, build_stack
 
 from .conftest import make_drafter
 
@@ -38,10 +38,7 @@ def tiny_target() -> torch.nn.Module:
     return tiny_random_model(seed=0, config_overrides={"head_dim": 32})
 
 
-@pytest.fixture
-def small_blocks(monkeypatch):
-    """Engines page their caches in blocks of 32 entries (one kernel tile), so short rows cross blocks."""
-    monkeypatch.setattr(paged_attention, "KV_BLOCK", 32)
+SMALL_BLOCK = 32  # engines page their caches in blocks of one kernel tile, so short rows cross blocks
 
 
 @pytest.fixture(scope="module")
@@ -179,14 +176,14 @@ def test_a_head_size_without_a_kernel_or_another_dtype_is_refused_in_one_line():
 
 @pytest.mark.parametrize("gemms", ["torch", "vllm"])
 @pytest.mark.parametrize("drafter", ["ngram", "early-exit", "other"])
-def test_speculation_over_the_kernel_is_lossless(tiny_target, tiny_vllm_gemms, drafter, gemms, small_blocks):
+def test_speculation_over_the_kernel_is_lossless(tiny_target, tiny_vllm_gemms, drafter, gemms):
     """Greedy outputs at per-row k cycling 0..4 are those of k = 0, on the same forward."""
     tiny_target = tiny_vllm_gemms if gemms == "vllm" else tiny_target
     requests = [Request(f"r{i}", list(range(3 + i, 12 + 2 * i)), 14) for i in range(5)]
     runs = {}
     for name, ks in (("plain", lambda i, n: 0), ("speculative", lambda i, n: (i + n) % 5)):
         engine = SpeculativeEngine(tiny_target, make_drafter(drafter, tiny_target), max_batch_size=3, max_seq_len=64,
-                                   max_speculation=6, model_forward="native-vllm")
+                                   max_speculation=6, model_forward="native-vllm", kv_block=SMALL_BLOCK)
         for r in requests:
             engine.submit(copy.deepcopy(r))
         outputs, steps = {}, 0
@@ -199,13 +196,14 @@ def test_speculation_over_the_kernel_is_lossless(tiny_target, tiny_vllm_gemms, d
     assert runs["plain"] == runs["speculative"] and len(runs["plain"]) == len(requests)
 
 
-def test_the_unified_step_runs_on_it(tiny_target, small_blocks):
+def test_the_unified_step_runs_on_it(tiny_target):
     """`verify_layout: mixed` (prompts and drafts in one kernel call) decodes what packed k = 0 does."""
     requests = [Request(f"r{i}", list(range(3 + i, 12 + 2 * i)), 12) for i in range(4)]
     outs = {}
     for layout, k in (("packed", 0), ("mixed", 3)):
         engine = SpeculativeEngine(tiny_target, make_drafter("ngram", tiny_target), max_batch_size=2, max_seq_len=64,
-                                   max_speculation=4, verify_layout=layout, model_forward="native-vllm")
+                                   max_speculation=4, verify_layout=layout, model_forward="native-vllm",
+                                   kv_block=SMALL_BLOCK)
         for r in requests:
             engine.submit(copy.deepcopy(r))
         outputs = {}
@@ -216,8 +214,16 @@ def test_the_unified_step_runs_on_it(tiny_target, small_blocks):
     assert outs["packed"] == outs["mixed"]
 
 
-def test_engine_config_takes_it():
+def test_engine_config_takes_it_and_its_block_size(tiny_target):
     assert EngineConfig(model="tiny-random", model_forward="native-vllm").validate().model_forward == "native-vllm"
+    cfg = EngineConfig(model="tiny-random", model_forward="native-vllm", kv_block=64, max_seq_len=100,
+                       max_speculation=4).validate()
+    engine = build_stack(cfg, LoadedModel("tiny-random", tiny_target, None, ())).engine
+    assert engine.runner.cache.key_block == 64 and engine.runner.cache.capacity == 128  # 105 entries in whole blocks
+    for bad, why in ((48, "a multiple of 32"), (16, ">= 32"), (64, "native-vllm")):
+        with pytest.raises(ConfigError, match="kv_block"):
+            EngineConfig(model="tiny-random", model_forward="native-vllm" if why != "native-vllm" else "native",
+                         kv_block=bad).validate()
 
 
 @pytest.mark.real_model

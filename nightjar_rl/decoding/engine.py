@@ -53,7 +53,8 @@ class SpeculativeEngine(ScheduledEngine):
     `verify_layout`: how the target's forwards lay rows out, "padded" (`[B, n]`), "packed" (one
     `[1, T]` token batch: a step computes only the positions it scores) or "mixed" (packed, with the
     step's prompts in the verify forward: the module docstring); `model_forward`: "native",
-    "native-eager" or "transformers" (same outputs); see decoding/runner.py.
+    "native-eager" or "transformers" (same outputs), or "native-vllm" with its cache in blocks of
+    `kv_block`; see decoding/runner.py.
     """
 
     REGIONS = 1  # slot regions of the scheduler's layout (the batch-parallel decoder uses 2)
@@ -73,6 +74,7 @@ class SpeculativeEngine(ScheduledEngine):
         seed: int = 0,
         verify_layout: str = DEFAULT_VERIFY_LAYOUT,
         model_forward: str = DEFAULT_MODEL_FORWARD,
+        kv_block: int | None = None,
     ):
         self.scheduler = Scheduler(
             max_batch_size, max_seq_len, max_speculation, max_kv_tokens, max_waiting, regions=self.REGIONS
@@ -89,7 +91,7 @@ class SpeculativeEngine(ScheduledEngine):
             raise ValueError(f"verify_layout {MIXED_LAYOUT!r} needs one slot region; {type(self).__name__} "
                              f"uses {self.REGIONS}: choose one of {', '.join(VERIFY_LAYOUTS)}")
         self.runner = ModelRunner(target, max_batch_size, capacity, layout=forward_layout(verify_layout),
-                                  model_forward=model_forward)
+                                  model_forward=model_forward, kv_block=kv_block)
         self.verify_layout = verify_layout if verify_layout == MIXED_LAYOUT else self.runner.layout
         self.device = self.runner.device
         self.drafter = drafter

