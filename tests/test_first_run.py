@@ -11,7 +11,7 @@ from nightjar_rl.analysis.study import findings, headline, verdict
 from nightjar_rl.analysis.tables import with_speedup
 from nightjar_rl.experiments import load_experiment
 from nightjar_rl.experiments.config import ExperimentError, experiment_from_dict
-from nightjar_rl.experiments.confirm import choose_policies, confirmation_table
+from nightjar_rl.experiments.confirm import choose_policies, confirmation_table, speed_hint
 from nightjar_rl.experiments.runner import load_run, run_experiment
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -117,6 +117,11 @@ def test_confirmation_table_by_hand():
     assert table.loc["nj", "live/twin"] == pytest.approx(12.0 / 15.0)
     assert table.loc["nj", "vs_baseline"] == pytest.approx((1.2 + 1.0 + 1.2) / 3)
     assert table.loc["k0", "vs_baseline"] == 1.0
+    assert speed_hint(table) is None  # live/twin 1.1 and 0.8: within the twin's error
+    slow = confirmation_table(pd.DataFrame([r | {"throughput_tok_s": r["throughput_tok_s"] / 2} if r["backend"] == "live"
+                                            else r for r in rows]), "k0")
+    assert "the live engine ran at 0.48x the twin's prediction" in speed_hint(slow)  # median of 0.55 and 0.4
+    assert "likely slower now" in speed_hint(slow) and "rescale_twin: true" in speed_hint(slow)
 
 
 def test_choose_policies_puts_the_baseline_first():

@@ -58,6 +58,9 @@ def _load_points(cc: ConfirmConfig) -> list[tuple[float, int | None]]:
     return [(rate, conc) for rate in cc.rates for conc in (cc.concurrency or [None])]
 
 
+SPEED_HINT_AT = 0.3  # live/twin this far from 1 is the machine's speed (hour-to-hour drift and clock error stay within)
+
+
 def run_confirmation(cc: ConfirmConfig, specs: dict, learned: set[str], slo: dict, run_dir: Path,
                      base_dir: str | None = None, progress: bool = True) -> pd.DataFrame:
     """Serve `specs` ({name: spec or trained artifact}) on the live scenario `cc.repeats` times per load
@@ -172,4 +175,20 @@ def confirmation_summary(df: pd.DataFrame, cc: ConfirmConfig, baseline: str | No
         spread = (part["max"] / part["min"] - 1.0).max()
         text += f"; repeat-to-repeat spread up to {100 * spread:.1f}%"
         lines.append(text)
-    return "\n".join(lines)
+    hint = speed_hint(table)
+    return "\n".join(lines + ([hint] if hint else []))
+
+
+def speed_hint(table: pd.DataFrame) -> str | None:
+    """For a confirmation without `rescale_twin` whose live cells ran far from the twin's prediction
+    (median live/twin off 1 by more than `SPEED_HINT_AT`): a line saying so and how to take the machine's
+    speed out; else None."""
+    if "live/twin" not in table or "live/twin_now" in table:
+        return None
+    ratio = float(table["live/twin"].median())
+    if not math.isfinite(ratio) or abs(ratio - 1.0) <= SPEED_HINT_AT:
+        return None
+    return (f"the live engine ran at {ratio:.2f}x the twin's prediction (median over cells), far more than the twin's "
+            f"own error: this machine is likely {'slower' if ratio < 1 else 'faster'} now than when the twin was "
+            f"profiled. `confirm: {{rescale_twin: true}}` times its speed before and after the live cells and prices "
+            f"the twin at it (twin_now; two model loads more)")
