@@ -83,7 +83,7 @@ from tqdm.auto import tqdm
 
 from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.recorder import write_table
-from nightjar_rl.env.scenario import load_scenario
+from nightjar_rl.env.scenario import ScenarioError, load_scenario
 from nightjar_rl.experiments.drift import SpeedDrift, timed_around
 from nightjar_rl.experiments.evaluate import evaluate_cell
 from nightjar_rl.experiments.train import train_learner
@@ -232,21 +232,22 @@ def rankings(df: pd.DataFrame, suffixes) -> pd.DataFrame:
 
 def served(a, live_scn, sim_scn, sim, run: Path) -> tuple[pd.DataFrame, dict]:
     """Every cell served live and in the twin(s): (the fidelity table, the twins by column suffix)."""
-    live = make_backend(live_scn)
-    atomic_write_json(run / "args.json", vars(a))  # what --rescore reads back
+    # checked before anything is served: a twin without a speed anchor, calibration seeds among the held-out ones
+    drift = SpeedDrift(live_scn, sim_scn, a.anchor_rounds) if a.rescale else None
     rates, ks = [float(r) for r in a.rates.split(",")], [int(k) for k in a.ks.split(",")]
     seeds = [int(s) for s in a.seeds.split(",")]
+    fit_seeds = [int(s) for s in a.calibrate_seeds.split(",")] if a.calibrate_seeds else []
+    if set(fit_seeds) & set(seeds):
+        raise SystemExit("--calibrate-seeds must differ from --seeds (the comparison is on held-out workloads)")
+    live = make_backend(live_scn)
+    atomic_write_json(run / "args.json", vars(a))  # what --rescore reads back
     sims = {"": (sim_scn, sim)}
     warmup = [(rate, k) for rate in rates for k in ks] if a.warmup else []
     for rate, k in tqdm(warmup, desc="warm-up (not measured)", unit="cell"):
         serve_cell(live_scn, live, rate, fixed(k, live_scn), WARMUP_SEED, a.num_requests)
-    drift = SpeedDrift(live_scn, sim_scn, a.anchor_rounds) if a.rescale else None
     if drift is not None:
         drift.measure("before")
-    if a.calibrate_seeds:
-        fit_seeds = [int(s) for s in a.calibrate_seeds.split(",")]
-        if set(fit_seeds) & set(seeds):
-            raise SystemExit("--calibrate-seeds must differ from --seeds (the comparison is on held-out workloads)")
+    if fit_seeds:
         sims["_cal"] = calibrated_twin(live_scn, sim_scn, live, [(r, k, s) for s in fit_seeds for r in rates for k in ks],
                                        a.num_requests, run, a.anchor_rounds)
     makers = {f"fixed-{k}": lambda scn, k=k: fixed(k, scn) for k in ks}
@@ -377,14 +378,17 @@ def main() -> None:
                     help="price a stored run's live cells (RUN_DIR/fidelity.csv; its calibration-steps.csv refitted) "
                          "against the twin(s) again, serving nothing live: seconds, to iterate on the clock model")
     a = quickmode.parse_args(ap, QUICK)
-    live_scn, sim_scn = load_scenario(a.live), load_scenario(a.sim)
-    sim = make_backend(sim_scn)
-    run = Path(a.out_dir) / f"sim_fidelity__{int(time.time())}"
-    print(f"load average at the start: {os.getloadavg()}")
-    if a.rescore is not None:
-        df, sims = rescored(Path(a.rescore), live_scn, sim_scn, sim, run, a.train_episodes)
-    else:
-        df, sims = served(a, live_scn, sim_scn, sim, run)
+    try:
+        live_scn, sim_scn = load_scenario(a.live), load_scenario(a.sim)
+        sim = make_backend(sim_scn)
+        run = Path(a.out_dir) / f"sim_fidelity__{int(time.time())}"
+        print(f"load average at the start: {os.getloadavg()}")
+        if a.rescore is not None:
+            df, sims = rescored(Path(a.rescore), live_scn, sim_scn, sim, run, a.train_episodes)
+        else:
+            df, sims = served(a, live_scn, sim_scn, sim, run)
+    except ScenarioError as exc:
+        raise SystemExit(f"error: {exc}") from None
     report(df, sims, run)
 
 

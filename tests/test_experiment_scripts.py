@@ -199,3 +199,16 @@ def test_sim_fidelity_rescore_prices_a_stored_run_again(tmp_path):
     assert proc.returncode != 0 and "calibration-steps.csv is missing" in proc.stderr
     proc = run("--out-dir", str(tmp_path / "fifth"), "--rescore", str(tmp_path / "nowhere"))
     assert proc.returncode != 0 and "--rescore: no" in proc.stderr
+
+
+def test_sim_fidelity_refuses_a_rescale_without_an_anchor_before_serving(tmp_path):
+    """`--rescale` with a twin whose profile has no speed anchor fails in one line before any live cell
+    is served (it used to fail after the warm-up cells: minutes of a vLLM run)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(EXPERIMENTS / "sim_fidelity.py"), "--quick", "--sim", "gpu-whatif-ngram",
+                           "--rescale", "--warmup", "1", "--out-dir", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: scenario 'gpu-whatif-ngram'")
+    assert "no speed_anchor" in proc.stderr and "warm-up" not in proc.stderr + proc.stdout
+    assert not list(tmp_path.glob("sim_fidelity__*"))  # nothing written
