@@ -246,3 +246,7 @@ def test_the_drift_report_carries_the_kernel_caveat(tmp_path):
     assert "live engine runs 'native-vllm' / 'vllm'" in caveat and "caution: " + caveat in described
     assert recorded == caveat
     assert reports["native-vllm"][0] is None and "caution" not in reports["native-vllm"][1]
+    path = tmp_path / "no-one-token-shape.json"  # the host-kept twin cannot be told: refused before anything runs
+    path.write_text(json.dumps(profile | {"speed_anchor": {"shapes": [[16, 5, 256]], "ms": [160.0]}}))
+    with pytest.raises(ScenarioError, match="no one-token-per-row shape"):
+        SpeedDrift(live, twin.replace(profile=str(path)))

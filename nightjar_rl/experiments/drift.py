@@ -20,7 +20,7 @@ import sys
 from nightjar_rl.engine_config import EngineConfig
 from nightjar_rl.env.backend import resolve_data_path
 from nightjar_rl.env.scenario import Scenario, ScenarioError
-from nightjar_rl.hardware import HardwareProfile, mean_anchor, speed_ratio
+from nightjar_rl.hardware import HardwareProfile, ProfileError, mean_anchor, speed_ratio
 from nightjar_rl.model_names import linears_for
 from nightjar_rl.stack import anchor_engine_config
 
@@ -85,6 +85,10 @@ class SpeedDrift:
         if profile.speed_anchor is None:
             raise ScenarioError(f"scenario {twin.name!r}: its profile {twin.profile} has no speed_anchor to rescale "
                                 f"by (make it with `nightjar-rl profile ... --anchor`)")
+        try:  # the twin at today's speed keeps its host work (`scaled_forwards`): checked before any live cell
+            profile.host_ms_by_rows()
+        except ProfileError as exc:
+            raise ScenarioError(f"scenario {twin.name!r}: {exc}") from None
         self.live, self.then, self.rounds = live, profile.speed_anchor, rounds
         self.measurements: list[dict] = []
         self.caveat = kernel_mismatch(self.then, anchor_config(live))
