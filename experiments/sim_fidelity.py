@@ -238,7 +238,7 @@ def served(a, live_scn, sim_scn, sim, run: Path) -> tuple[pd.DataFrame, dict]:
     seeds = [int(s) for s in a.seeds.split(",")]
     fit_seeds = [int(s) for s in a.calibrate_seeds.split(",")] if a.calibrate_seeds else []
     if set(fit_seeds) & set(seeds):
-        raise SystemExit("--calibrate-seeds must differ from --seeds (the comparison is on held-out workloads)")
+        raise SystemExit("error: --calibrate-seeds must differ from --seeds (the comparison is on held-out workloads)")
     live = make_backend(live_scn)
     atomic_write_json(run / "args.json", vars(a))  # what --rescore reads back
     sims = {"": (sim_scn, sim)}
@@ -370,7 +370,8 @@ def main() -> None:
                          "shape are slow)")
     ap.add_argument("--rescale", action="store_true",
                     help="also price every cell with the scenario twin at this machine's speed during the live "
-                         "cells (its profile's speed anchor timed before and after them; columns *_now)")
+                         "cells (its profile's speed anchor timed before and after them; columns *_now, every time "
+                         "scaled, and *_now_host, the forwards scaled and the host work kept)")
     ap.add_argument("--anchor-rounds", type=int, default=21,
                     help="forwards per shape in each speed anchor timed (--rescale, --calibrate-seeds)")
     ap.add_argument("--out-dir", default="runs")

@@ -71,7 +71,7 @@ def _add_backend_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="live", choices=["live", "vllm"],
                    help="live: nightjar-rl's engine; vllm: vLLM's engine stepped in-process (eager) with the engine "
                         "flags vLLM has (model, dtype, slots, context, n-gram drafter, sampling, threads; not the "
-                        "forward, linears, layout or decoder), the policy trimming its drafts per step (needs vLLM: "
+                        "forward, linears, kv block, layout or decoder), the policy trimming its drafts per step (needs vLLM: "
                         "install.sh --vllm)")
 
 

@@ -83,9 +83,12 @@ class EngineConfig:
         problem = kind.check(self) if kind.check is not None else None
         if problem:
             raise ConfigError(f"{where}: {problem}")
-        if self.kv_block is not None and (self.kv_block % KERNEL_TILE or self.model_forward != "native-vllm"):
-            raise ConfigError(f"{where}: field 'kv_block': a multiple of {KERNEL_TILE} that pages the cache of "
-                              f"model_forward 'native-vllm' (got {self.kv_block} with {self.model_forward!r})")
+        if self.kv_block is not None and self.kv_block % KERNEL_TILE:
+            raise ConfigError(f"{where}: field 'kv_block' must be a multiple of {KERNEL_TILE} (the attention kernel's "
+                              f"tile), got {self.kv_block}")
+        if self.kv_block is not None and self.model_forward != "native-vllm":
+            raise ConfigError(f"{where}: field 'kv_block' pages the cache of model_forward 'native-vllm' only, not "
+                              f"{self.model_forward!r}: leave it unset")
         if self.decoder == "parallel" and self.verify_layout == MIXED_LAYOUT:
             raise ConfigError(f"{where}: field 'verify_layout': {MIXED_LAYOUT!r} needs the standard decoder (the "
                               "batch-parallel one keeps two slot regions)")

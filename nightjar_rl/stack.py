@@ -82,6 +82,7 @@ def engine_speed_anchor(cfg: EngineConfig, rounds: int = 21, progress: bool = Fa
 
 def anchor_engine_config(cfg: EngineConfig, anchor: Mapping) -> EngineConfig:
     """`cfg` running the forward `anchor` was timed on (its `hardware.ANCHOR_ENGINE_FIELDS`), to time that
-    anchor again. Anchors from before `linears` was recorded were all timed on the default linears."""
+    anchor again. Anchors from before `linears` was recorded were all timed on the default linears; an
+    anchor is timed with the default `kv_block` (a setting of one forward only)."""
     fields = {name: anchor[name] for name in ANCHOR_ENGINE_FIELDS if name in anchor}
-    return replace(cfg, **{"linears": DEFAULT_LINEARS, **fields})
+    return replace(cfg, **{"linears": DEFAULT_LINEARS, "kv_block": None, **fields})

@@ -9,6 +9,7 @@ import pytest
 
 from nightjar_rl.analysis.study import findings, headline, verdict
 from nightjar_rl.analysis.tables import with_speedup
+from nightjar_rl.env.scenario import ScenarioError
 from nightjar_rl.experiments import load_experiment
 from nightjar_rl.experiments.config import ExperimentError, experiment_from_dict
 from nightjar_rl.experiments.confirm import choose_policies, confirmation_table, speed_hint
@@ -96,6 +97,7 @@ def test_live_confirmation_reports_repeats_and_the_twin(tmp_path):
     assert [m["label"] for m in drift["measurements"]] == ["before", "after"]
     assert drift["ratio"] == pytest.approx(sum(m["ratio"] for m in drift["measurements"]) / 2)
     assert len(twin_now) == len(names) and (twin_now["profile_scale"] == drift["ratio"]).all()
+    assert twin_now["profile_scale_keeps_host"].all() and not twin["profile_scale_keeps_host"].any()
     assert (twin["profile_scale"] == 1.0).all()
     assert {"twin", "live/twin", "twin_now", "live/twin_now"} <= set(confirmation_table(df, "k0"))
     assert "twin_now: the twin at this machine's speed" in result.summary and "host work kept" in result.summary
@@ -118,9 +120,9 @@ def test_confirmation_table_by_hand():
     assert table.loc["nj", "vs_baseline"] == pytest.approx((1.2 + 1.0 + 1.2) / 3)
     assert table.loc["k0", "vs_baseline"] == 1.0
     assert speed_hint(table) is None  # live/twin 1.1 and 0.8: within the twin's error
-    slow = confirmation_table(pd.DataFrame([r | {"throughput_tok_s": r["throughput_tok_s"] / 2} if r["backend"] == "live"
+    slow = confirmation_table(pd.DataFrame([r | {"throughput_tok_s": r["throughput_tok_s"] * 0.6} if r["backend"] == "live"
                                             else r for r in rows]), "k0")
-    assert "the live engine ran at 0.48x the twin's prediction" in speed_hint(slow)  # median of 0.55 and 0.4
+    assert "the live engine ran at 0.57x the twin's prediction" in speed_hint(slow)  # median of 0.66 and 0.48
     assert "likely slower now" in speed_hint(slow) and "rescale_twin: true" in speed_hint(slow)
 
 
@@ -139,3 +141,13 @@ def test_shipped_quickstarts_load():
     assert load_experiment(EXPERIMENTS / "quickstart-live.yaml").scenario == "smollm2-ngram"
     assert load_experiment(EXPERIMENTS / "nightjar_study.yaml").goals == {"win": 1.15, "low_loss": 0.97,
                                                                           "hindsight": 0.97}
+
+
+def test_a_confirmation_that_cannot_rescale_its_twin_is_refused_before_the_sweep(tmp_path):
+    """`rescale_twin` with a twin whose profile has no speed anchor fails when the experiment starts, not
+    after the sweep and the live cells."""
+    cfg = experiment_from_dict(tiny(confirm={"scenario": "tiny", "twin": "gpu-whatif-ngram", "rates": [20],
+                                             "rescale_twin": True}))
+    with pytest.raises(ScenarioError, match="'gpu-whatif-ngram': its profile .* has no speed_anchor"):
+        run_experiment(cfg, out_dir=tmp_path, progress=False)
+    assert not list(tmp_path.iterdir())  # no run folder

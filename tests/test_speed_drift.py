@@ -116,6 +116,10 @@ def test_a_twin_that_keeps_its_host_work_is_priced_by_scaled_forwards():
     assert kept.meta["host_ms_kept"] == pytest.approx({str(b): ms for b, ms in base.host_ms_by_rows().items()}, abs=1e-4)
     with pytest.raises(ScenarioError, match="profile_scale_keeps_host"):
         load_scenario("tiny").replace(profile_scale_keeps_host=True)
+    roofline = load_scenario("gpu-whatif-ngram").replace(profile_scale_keeps_host=True)  # a profile without an anchor
+    assert make_backend(roofline).profile.to_dict() == make_backend(load_scenario("gpu-whatif-ngram")).profile.to_dict()
+    with pytest.raises(ScenarioError, match="'gpu-whatif-ngram': field 'profile_scale_keeps_host': .* no speed_anchor"):
+        make_backend(roofline.replace(profile_scale=2.0))
 
 
 def test_profile_cli_anchors_and_rescales(tmp_path, capsys):
@@ -177,6 +181,8 @@ def test_an_anchor_names_its_forward_and_is_timed_again_on_it(tmp_path, capsys):
         ("padded", "native-eager", "eager", 2, "tiny-random")
     old = {k: v for k, v in then.items() if k != "linears"}
     assert anchor_engine_config(cfg, old).linears == "packed"  # what every anchor before `linears` was timed on
+    paged = EngineConfig(model="tiny-random", model_forward="native-vllm", kv_block=32)  # a native-vllm setting
+    assert anchor_engine_config(paged, then).validate().kv_block is None
     with pytest.raises(ProfileError, match="different forwards"):
         mean_anchor([then, then | {"model_forward": "native"}])
     assert (linears_for("native-vllm"), linears_for("native")) == ("vllm", "packed")

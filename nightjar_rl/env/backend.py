@@ -70,15 +70,19 @@ class SimBackend:
     needs_model = False
 
     def __init__(self, scenario):
-        from nightjar_rl.hardware import HardwareProfile
+        from nightjar_rl.env.scenario import ScenarioError
+        from nightjar_rl.hardware import HardwareProfile, ProfileError
         from nightjar_rl.sim.engine import SyntheticAcceptance
         from nightjar_rl.sim.trace import Trace
 
         s = self.scenario = scenario
         self.trace = Trace.load(resolve_data_path(s.trace, s.base_dir))
         self.profile = HardwareProfile.load(resolve_data_path(s.profile, s.base_dir))
-        if s.profile_scale_keeps_host:
-            self.profile = self.profile.scaled_forwards(s.profile_scale)
+        if s.profile_scale != 1.0 and s.profile_scale_keeps_host:
+            try:
+                self.profile = self.profile.scaled_forwards(s.profile_scale)
+            except ProfileError as exc:
+                raise ScenarioError(f"scenario {s.name!r}: field 'profile_scale_keeps_host': {exc}") from None
         elif s.profile_scale != 1.0:
             self.profile = self.profile.scaled(s.profile_scale)
         self.synthetic = (SyntheticAcceptance.from_dict(s.synthetic_acceptance, s.engine.drafter)

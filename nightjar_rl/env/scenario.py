@@ -62,10 +62,10 @@ class Scenario:
     profile: str | None = option(None, "sim: hardware profile JSON (`nightjar-rl profile`, `--roofline`)", str)
     profile_scale: float = option(1.0, "sim: every time the profile prices multiplied by this (the machine's speed "
                                   "ratio now / when profiled: `nightjar-rl profile --rescale`, a confirmation's "
-                                  "`rescale_twin`)", above=0.0)
+                                  "`rescale_twin`; with profile_scale_keeps_host, only the forwards)", above=0.0)
     profile_scale_keeps_host: bool = option(False, "sim: profile_scale multiplies only the model forwards and keeps "
                                             "the profile's host work at its price (`HardwareProfile.scaled_forwards`; "
-                                            "needs a profile with a speed_anchor)")
+                                            "needs a speed_anchor with a one-token-per-row shape)")
     synthetic_acceptance: dict | None = option(None, "sim: {rates: [per-position acceptance], heterogeneity: x, "
                                                "confidence_concentration: kappa} replaces the trace's acceptance with a synthetic "
                                                "drafter's, priced as the scenario's drafter prices drafting (draft "

@@ -35,6 +35,7 @@ from nightjar_rl.experiments.drift import SpeedDrift
 from nightjar_rl.experiments.executor import CellJob, SweepContext, cell_job, portable_scenario
 
 METRIC = "throughput_tok_s"
+SPEED_HINT_AT = 0.3  # live/twin this far from 1 is the machine's speed (hour-to-hour drift and clock error stay within)
 COLUMNS = ["backend", "scenario", "policy", "rate", "concurrency", "seed", "repeat", METRIC, "tpot_p50_s",
            "e2e_p50_s", "mean_k", "requests", "output_tokens", "duration_s"]
 
@@ -58,7 +59,21 @@ def _load_points(cc: ConfirmConfig) -> list[tuple[float, int | None]]:
     return [(rate, conc) for rate in cc.rates for conc in (cc.concurrency or [None])]
 
 
-SPEED_HINT_AT = 0.3  # live/twin this far from 1 is the machine's speed (hour-to-hour drift and clock error stay within)
+def confirmation_scenarios(cc: ConfirmConfig, base_dir: str | None = None):
+    """The live scenario and the twin (or None) of a confirmation, with its request count and length, checked:
+    with `rescale_twin`, the twin's profile must carry a speed anchor that tells its host work (`SpeedDrift`),
+    so that `run_experiment` refuses it before the sweep rather than after."""
+    changes = {k: v for k, v in (("num_requests", cc.num_requests), ("max_new_tokens", cc.max_new_tokens))
+               if v is not None}
+
+    def near(name: str):
+        scenario = scenario_near(name, base_dir)
+        return scenario.replace(**changes) if changes else scenario
+
+    live, twin = near(cc.scenario), near(cc.twin) if cc.twin else None
+    if cc.rescale_twin and twin is not None:
+        SpeedDrift(live, twin)  # raises ScenarioError; times nothing yet
+    return live, twin
 
 
 def run_confirmation(cc: ConfirmConfig, specs: dict, learned: set[str], slo: dict, run_dir: Path,
@@ -67,15 +82,7 @@ def run_confirmation(cc: ConfirmConfig, specs: dict, learned: set[str], slo: dic
     point (and once on the twin; with `cc.rescale_twin` once more on the twin priced at the machine's
     speed timed before and after the live cells, run_dir/speed_drift.json); write run_dir/confirm.csv
     and return its rows."""
-    changes = {k: v for k, v in (("num_requests", cc.num_requests), ("max_new_tokens", cc.max_new_tokens))
-               if v is not None}
-
-    def near(name: str):
-        scenario = scenario_near(name, base_dir)
-        return scenario.replace(**changes) if changes else scenario
-
-    live = near(cc.scenario)
-    twin = near(cc.twin) if cc.twin else None
+    live, twin = confirmation_scenarios(cc, base_dir)
     drift = SpeedDrift(live, twin) if cc.rescale_twin and twin is not None else None
     loads, rows = _load_points(cc), []
     twins = (1 + (drift is not None)) if twin is not None else 0
@@ -91,7 +98,8 @@ def run_confirmation(cc: ConfirmConfig, specs: dict, learned: set[str], slo: dic
                     bar.set_postfix_str(f"{backend} {policy} repeat {repeat}", refresh=False)
                     row, _, _ = cell_job(ctx, CellJob(policy, rate, cc.seed, 0, policy in learned, spec, conc))
                     rows.append({**row, "backend": backend, "repeat": repeat, "concurrency": conc,
-                                 "profile_scale": scenario.profile_scale, "load_avg_before": load_before,
+                                 "profile_scale": scenario.profile_scale,
+                                 "profile_scale_keeps_host": scenario.profile_scale_keeps_host, "load_avg_before": load_before,
                                  "load_avg_after": math.nan})
                     bar.update()
         for row in rows[first:]:
@@ -108,7 +116,7 @@ def run_confirmation(cc: ConfirmConfig, specs: dict, learned: set[str], slo: dic
         atomic_write_json(run_dir / "speed_drift.json", drift.to_dict())
         bar.write(drift.describe())
     bar.close()
-    df = pd.DataFrame(rows)[COLUMNS + ["profile_scale", "load_avg_before", "load_avg_after"]]
+    df = pd.DataFrame(rows)[COLUMNS + ["profile_scale", "profile_scale_keeps_host", "load_avg_before", "load_avg_after"]]
     write_table(df, run_dir / "confirm.csv")
     return df
 
@@ -191,4 +199,4 @@ def speed_hint(table: pd.DataFrame) -> str | None:
     return (f"the live engine ran at {ratio:.2f}x the twin's prediction (median over cells), far more than the twin's "
             f"own error: this machine is likely {'slower' if ratio < 1 else 'faster'} now than when the twin was "
             f"profiled. `confirm: {{rescale_twin: true}}` times its speed before and after the live cells and prices "
-            f"the twin at it (twin_now; two model loads more)")
+            f"the twin at it (twin_now; two model loads more; it needs the twin's profile to carry a speed anchor)")

@@ -4,7 +4,8 @@ This CPU's speed moves by more than 5% from hour to hour, so a twin profiled thi
 this afternoon's live cells by the machine's drift, whatever its clock model. `SpeedDrift` times the
 profile's speed anchor (a few fixed forwards, `nightjar_rl.decoding.profiler.measure_speed_anchor`)
 before and after the live cells and gives the mean ratio now / when profiled: a twin served with
-`profile_scale` = that ratio prices the live cells at the speed they ran at. Both twins are reported,
+`profile_scale` = that ratio (and `profile_scale_keeps_host`: only its forwards scaled) prices the live
+cells at the speed they ran at. Both twins are reported,
 so the drift and the clock model's own error stay apart. A twin of vLLM is anchored on vLLM's own CPU
 kernels run by our layer loop (`anchor_config`): vLLM's engine cannot time a fixed forward by itself.
 """

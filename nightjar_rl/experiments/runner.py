@@ -47,7 +47,12 @@ from nightjar_rl.experiments.config import (
     resolve_spec,
     resolve_train_scenario,
 )
-from nightjar_rl.experiments.confirm import choose_policies, confirmation_summary, run_confirmation
+from nightjar_rl.experiments.confirm import (
+    choose_policies,
+    confirmation_scenarios,
+    confirmation_summary,
+    run_confirmation,
+)
 from nightjar_rl.experiments.executor import (
     KBB_COLUMNS,
     CellJob,
@@ -383,6 +388,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: 
     config's; results are the same on every executor."""
     scenario = resolve_scenario(cfg)
     build_policies(cfg, scenario)  # fail on bad specs before creating the run folder
+    if cfg.confirm is not None:
+        confirmation_scenarios(cfg.confirm, cfg.base_dir)  # and on a confirmation that would fail after the sweep
     with _executor(cfg, executor) as ex:
         run_dir, ctx, specs, artifacts, learned = _train_phase(cfg, scenario, out_dir, resume, ex, progress)
         cells = sweep_cells(cfg, specs, artifacts, learned)
