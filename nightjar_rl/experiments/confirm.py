@@ -59,10 +59,11 @@ def _load_points(cc: ConfirmConfig) -> list[tuple[float, int | None]]:
     return [(rate, conc) for rate in cc.rates for conc in (cc.concurrency or [None])]
 
 
-def confirmation_scenarios(cc: ConfirmConfig, base_dir: str | None = None):
-    """The live scenario and the twin (or None) of a confirmation, with its request count and length, checked:
-    with `rescale_twin`, the twin's profile must carry a speed anchor that tells its host work (`SpeedDrift`),
-    so that `run_experiment` refuses it before the sweep rather than after."""
+def prepare_confirmation(cc: ConfirmConfig, base_dir: str | None = None):
+    """The live scenario, the twin (or None) and, with `rescale_twin`, its `SpeedDrift` (nothing timed yet)
+    of a confirmation, with its request count and length. Making the drift checks that the twin's profile
+    carries a speed anchor that tells its host work (ScenarioError), so `run_experiment` calls this before
+    the sweep to refuse such a confirmation then rather than after."""
     changes = {k: v for k, v in (("num_requests", cc.num_requests), ("max_new_tokens", cc.max_new_tokens))
                if v is not None}
 
@@ -71,9 +72,7 @@ def confirmation_scenarios(cc: ConfirmConfig, base_dir: str | None = None):
         return scenario.replace(**changes) if changes else scenario
 
     live, twin = near(cc.scenario), near(cc.twin) if cc.twin else None
-    if cc.rescale_twin and twin is not None:
-        SpeedDrift(live, twin)  # raises ScenarioError; times nothing yet
-    return live, twin
+    return live, twin, SpeedDrift(live, twin) if cc.rescale_twin and twin is not None else None
 
 
 def run_confirmation(cc: ConfirmConfig, specs: dict, learned: set[str], slo: dict, run_dir: Path,
@@ -82,8 +81,7 @@ def run_confirmation(cc: ConfirmConfig, specs: dict, learned: set[str], slo: dic
     point (and once on the twin; with `cc.rescale_twin` once more on the twin priced at the machine's
     speed timed before and after the live cells, run_dir/speed_drift.json); write run_dir/confirm.csv
     and return its rows."""
-    live, twin = confirmation_scenarios(cc, base_dir)
-    drift = SpeedDrift(live, twin) if cc.rescale_twin and twin is not None else None
+    live, twin, drift = prepare_confirmation(cc, base_dir)
     loads, rows = _load_points(cc), []
     twins = (1 + (drift is not None)) if twin is not None else 0
     bar = tqdm(total=(cc.repeats + twins) * len(loads) * len(specs), desc="confirm live", unit="cell",

@@ -49,8 +49,8 @@ from nightjar_rl.experiments.config import (
 )
 from nightjar_rl.experiments.confirm import (
     choose_policies,
-    confirmation_scenarios,
     confirmation_summary,
+    prepare_confirmation,
     run_confirmation,
 )
 from nightjar_rl.experiments.executor import (
@@ -389,7 +389,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path = "runs", resume: 
     scenario = resolve_scenario(cfg)
     build_policies(cfg, scenario)  # fail on bad specs before creating the run folder
     if cfg.confirm is not None:
-        confirmation_scenarios(cfg.confirm, cfg.base_dir)  # and on a confirmation that would fail after the sweep
+        prepare_confirmation(cfg.confirm, cfg.base_dir)  # and on a confirmation that would fail after the sweep
     with _executor(cfg, executor) as ex:
         run_dir, ctx, specs, artifacts, learned = _train_phase(cfg, scenario, out_dir, resume, ex, progress)
         cells = sweep_cells(cfg, specs, artifacts, learned)
