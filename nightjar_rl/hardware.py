@@ -402,8 +402,11 @@ class HardwareProfile:
         rows, host_ms = np.array(sorted(host), float), np.array([host[r] for r in sorted(host)])
 
         def verify(table: Mapping) -> dict:
-            return {b: {n: factor * v - (factor - 1) * min(_interp(rows, host_ms, int(b)), v) for n, v in per_row.items()}
-                    for b, per_row in table.items()}
+            out = {}
+            for b, per_row in table.items():
+                h = _interp(rows, host_ms, int(b))  # the host work at b rows, once per batch size
+                out[b] = {n: factor * v - (factor - 1) * min(h, v) for n, v in per_row.items()}
+            return out
 
         data = self.to_dict()
         for key in ("verify_ms", "verify_ms_half_drafted"):
