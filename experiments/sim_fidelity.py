@@ -38,11 +38,14 @@ CPU kernels), so that `nightjar-rl profile --rescale` and `--rescale` price it o
 **The vLLM twin** (issue 19 part 5): vLLM's engine stepped in-process (`smollm2-ngram-vllm`) against
 `smollm2-ngram-vllm-sim` (vLLM's outputs and n-gram proposer in `traces/smollm2-ngram-vllm-ngram.npz`,
 one pass per step priced by `verify_layout: mixed`, profile fitted to vLLM's wall times). One vLLM
-engine serves every live cell (start-up ~30-60 s, eager). Run alone, about 15-20 minutes on the
-2-core CPU (33 live cells of 16 requests x 48 tokens: 9 warm-up, 9 for calibration, 15 compared):
+engine serves every live cell (start-up ~30-60 s, eager). The shipped profile came from this command,
+run alone (48 live cells of 48 requests x 48 tokens, so that the batch stays full at 4 and 1000 req/s:
+9 warm-up, 9 for calibration, 30 compared; 20 minutes on the 2-core CPU at its usual speed, 40 on a day
+it runs 2.5x slower). The calibration stores a speed anchor on vLLM's kernels, so `--rescale` can price
+later days:
 
     OMP_NUM_THREADS=2 python experiments/sim_fidelity.py --live smollm2-ngram-vllm --sim smollm2-ngram-vllm-sim \\
-        --rates 1,4,1000 --ks 0,2,4 --seeds 0 --calibrate-seeds 10 --num-requests 16 \\
+        --rates 1,4,1000 --ks 0,2,4 --seeds 0,1 --calibrate-seeds 10 --num-requests 48 \\
         --policies table-mlc_llm,trained:nightjar --train-episodes 30 --out-dir runs/vllm_twin
 
 then ship the calibrated profile: `cp runs/vllm_twin/sim_fidelity__*/calibrated-profile.json
