@@ -8,6 +8,7 @@ import pytest
 
 from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.scenario import load_scenario
+from nightjar_rl.experiments.drift import SpeedDrift
 from nightjar_rl.experiments.evaluate import evaluate_cell
 from nightjar_rl.policy import make_policy
 
@@ -32,3 +33,13 @@ def test_vllm_twin_scenario_replays_at_vllm_clock():
         assert s.wall_time * 1000 == pytest.approx(want)
     assert any(s.batch_size and s.prefill_tokens for s in result.steps)
     assert sum(map(sum, (s.accepted for s in result.steps))) > 0
+
+
+def test_the_shipped_vllm_twin_can_be_rescaled_to_another_day():
+    """Its profile carries a speed anchor timed on vLLM's own kernels (what `--rescale` and a confirmation's
+    `rescale_twin` time again), with the one-token shapes the host-kept rescale needs: no caveat, nothing
+    refused. Made without timing anything, so no vLLM is needed."""
+    drift = SpeedDrift(load_scenario("smollm2-ngram-vllm"), load_scenario("smollm2-ngram-vllm-sim"))
+    anchor = drift.to_dict()["profiled"]
+    assert drift.caveat is None and (anchor["model_forward"], anchor["linears"]) == ("native-vllm", "vllm")
+    assert [1, 1, 256] in anchor["shapes"] and len(anchor["ms"]) == len(anchor["shapes"])
