@@ -14,13 +14,29 @@ from pathlib import Path
 from typing import IO
 
 
+def process_umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (/proc), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_writer(path: str | Path, binary: bool = False) -> Iterator[IO]:
-    """Open a temp file beside `path` for writing; on success fsync it and rename it over `path`."""
+    """Open a temp file beside `path` for writing; on success fsync it and rename it over `path`. The file
+    gets the mode a plain `open` would give it (0666 less the umask), not the temp file's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~process_umask())
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
             yield fh
             fh.flush()
