@@ -22,6 +22,7 @@ from nightjar_rl.sim.cli import add_roofline_args
 DEFAULT_PROFILE_DIR = Path("envs") / "profiles"
 MEASURED_BATCH_SIZES = "1,2,4,8,16,32,64"
 MAX_EXPORT_BATCH = 65536  # export --max-batch-size: beyond any engine's batch (and the schedule is read per size)
+DEFAULT_MAX_NEW_TOKENS = 64  # generate/bench without --max-new-tokens or a --scenario
 
 
 class CLIError(Exception):
@@ -87,8 +88,10 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
     _add_backend_arg(p)
     p.add_argument("--prompts", default=None, help="a JSONL prompt file (same as --workload FILE)")
     p.add_argument("--families", default=None, help="comma-separated prompt families to keep")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"output tokens per request at most (default {DEFAULT_MAX_NEW_TOKENS}; with --scenario, the "
+                        "scenario's max_new_tokens unless given)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _engine_config(a: argparse.Namespace) -> EngineConfig:
@@ -136,14 +139,15 @@ def _load_workload(a, stack, rate: float | None, count: int | None):
         raise CLIError("--prompts and --workload name the same thing: give one")
     if count is not None and count < 1:
         raise CLIError(f"--num-requests must be >= 1, got {count}")
-    room = stack.config.max_seq_len - a.max_new_tokens  # longest prompt the engine can take with a full budget
+    max_new = DEFAULT_MAX_NEW_TOKENS if a.max_new_tokens is None else a.max_new_tokens
+    room = stack.config.max_seq_len - max_new  # longest prompt the engine can take with a full budget
     query = WorkloadQuery(count, a.seed, stack.tokenizer, stack.vocab_size, max(1, room))
     records = load_workload(a.workload or a.prompts, a.families.split(",") if getattr(a, "families", None) else None,
                             query)
     if count is not None:
         records = [records[i % len(records)] for i in range(count)]
     ids = [encode_record(stack.tokenizer, r, stack.vocab_size) for r in records]
-    return _requests(a, records, ids, budgets(records, a.max_new_tokens), rate)
+    return _requests(a, records, ids, budgets(records, max_new), rate)
 
 
 class _Workload:
@@ -152,6 +156,8 @@ class _Workload:
     def __init__(self, a: argparse.Namespace, rate: float | None, count: int | None):
         if a.scenario and a.backend != "live":
             raise CLIError("--backend and --scenario both name the backend: give one (a scenario says `backend:`)")
+        if a.max_new_tokens is not None and a.max_new_tokens < 1:
+            raise CLIError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
         if a.scenario:  # the scenario's backend: the live engine, the simulator or vLLM
             from nightjar_rl.env.backend import make_backend, resolve_data_path
             from nightjar_rl.env.scenario import load_scenario
@@ -169,9 +175,11 @@ class _Workload:
                 spec = None
             if spec:
                 scenario = scenario.replace(prompts={"path": spec, "sample": count, "seed": a.seed})
+            if a.max_new_tokens is not None:
+                scenario = scenario.replace(max_new_tokens=a.max_new_tokens)
             backend = make_backend(scenario)
             pool = backend.prompt_pool
-            n = count or len(pool)
+            n = len(pool) if count is None else count
             if n < 1:
                 raise CLIError(f"--num-requests must be >= 1, got {n}")
             picks = [i % len(pool) for i in range(n)]
@@ -592,7 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--linears", default=None, choices=list(LINEARS),
                     help="the target's linear layers when timing (default: those --model-forward runs fastest "
                          "with: vllm for native-vllm, else packed)")
-    pr.add_argument("--out", default=None, help=f"output JSON (default: {DEFAULT_PROFILE_DIR}/<model>-<device>-<dtype>.json)")
+    pr.add_argument("--out", default=None, help=f"output JSON (default: {DEFAULT_PROFILE_DIR}/<model>-<device>-<dtype>.json "
+                                               "under the working directory)")
     pr.add_argument("--quiet", action="store_true")
     pr.add_argument("--from-steps", nargs="+", default=None, metavar="LOG",
                     help="fit the profile to live step logs (--log-steps files) instead of timing synthetic batches")

@@ -141,6 +141,27 @@ def test_generate_on_the_sim_twin_returns_the_live_engines_outputs(tmp_path):
     assert main(["bench", "--scenario", "tiny-sim", "--k", "9", "--quiet"]) == 2  # beyond the scenario's max_k
 
 
+def test_a_scenario_takes_num_requests_and_max_new_tokens_as_given(tmp_path, capsys):
+    """`--num-requests 0` was read as "not given" (the whole pool served) and `--max-new-tokens` was
+    silently the scenario's: now 0 is refused, and a token budget within the scenario's trace is served."""
+    import json
+
+    out = ["--out", str(tmp_path / "never.jsonl"), "--quiet"]
+    assert main(["generate", "--scenario", "tiny-sim", "--num-requests", "0", *out]) == 2
+    assert main(["generate", "--scenario", "tiny-sim", "--max-new-tokens", "0", *out]) == 2
+    err = capsys.readouterr().err
+    assert "--num-requests must be >= 1, got 0" in err and "--max-new-tokens must be >= 1, got 0" in err
+    lengths = {}
+    for budget in (None, "3"):
+        path = tmp_path / f"{budget}.jsonl"
+        extra = ["--max-new-tokens", budget] if budget else []
+        assert main(["generate", "--scenario", "tiny-sim", "--num-requests", "5", "--out", str(path), "--quiet", *extra]) == 0
+        lengths[budget] = [len(json.loads(line)["token_ids"]) for line in path.read_text().splitlines()]
+    assert len(lengths["3"]) == 5 and max(lengths["3"]) == 3 and max(lengths[None]) > 3
+    assert main(["generate", "--scenario", "tiny-sim", "--max-new-tokens", "40", *out]) == 2  # past the trace (12)
+    assert "exceeds the trace's" in capsys.readouterr().err
+
+
 def test_the_sim_env_runs_without_torch_or_pandas():
     """Making, resetting and stepping a sim env (and importing the CLI) loads neither torch (nor
     transformers) nor pandas: a sim-only run starts in a fraction of a second, and the garbage
