@@ -66,8 +66,11 @@ def test_bad_scenario_names_the_field(tmp_path, line, field):
 
 
 def test_unknown_scenario_name_lists_known():
-    with pytest.raises(ScenarioError, match="tiny"):
+    with pytest.raises(ScenarioError, match="tiny") as err:
         load_scenario("no-such-scenario")
+    assert "did you mean" not in str(err.value)  # nothing close
+    with pytest.raises(ScenarioError, match=r"unknown scenario 'gpu-whatif-ngrm'; did you mean 'gpu-whatif-ngram'"):
+        load_scenario("gpu-whatif-ngrm")
 
 
 def test_rewards_are_named_and_swappable():

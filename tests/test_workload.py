@@ -16,7 +16,7 @@ def test_bundled_prompts_have_three_families():
 
 def test_family_filter_and_unknown_family():
     assert {r.family for r in load_prompts(families=["code"])} == {"code"}
-    with pytest.raises(WorkloadError, match="no prompts of family"):
+    with pytest.raises(WorkloadError, match=r"no prompts of family poetry \(its families: chat, code, grounded\)"):
         load_prompts(families=["poetry"])
 
 

@@ -14,6 +14,7 @@ declared on `Scenario` below. `Scenario.max_k` is the engine's max_speculation: 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,7 +226,9 @@ def resolve_scenario_path(ref: str | Path) -> Path:
             if cand.is_file():
                 return cand
     known = sorted({p.stem for d in scenario_search_dirs() if d.is_dir() for p in d.glob("*.y*ml")})
-    raise ScenarioError(f"unknown scenario {str(ref)!r}; known: {', '.join(known) or 'none'}")
+    close = difflib.get_close_matches(str(ref), known, n=3)
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    raise ScenarioError(f"unknown scenario {str(ref)!r}; {hint}known: {', '.join(known) or 'none'}")
 
 
 def load_scenario(ref: str | Path | dict | Scenario) -> Scenario:

@@ -166,7 +166,9 @@ def load_workload(spec: str | Path | None = None, families: list[str] | None = N
     if families:
         unknown = set(families) - {r.family for r in records}
         if unknown:
-            raise WorkloadError(f"workload {spec or BUNDLED}: no prompts of family {', '.join(sorted(unknown))}")
+            have = sorted({r.family for r in records if r.family})
+            raise WorkloadError(f"workload {spec or BUNDLED}: no prompts of family {', '.join(sorted(unknown))} "
+                                f"(its families: {', '.join(have) or 'none'})")
         records = [r for r in records if r.family in families]
     if not records:
         raise WorkloadError(f"workload {spec or BUNDLED}: no prompts")
