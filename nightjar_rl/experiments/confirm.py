@@ -154,7 +154,7 @@ def confirmation_summary(df: pd.DataFrame, cc: ConfirmConfig, baseline: str | No
     live = df[df["backend"] == "live"]
     requests, tokens = int(live["requests"].max()), int(live["output_tokens"].max())
     head = (f"live confirmation on {cc.scenario}: {cc.repeats} repeats of one workload per load point "
-            f"(seed {cc.seed}, {requests} requests, {tokens} output tokens), policies interleaved"
+            f"(seed {cc.seed}, {requests} requests, {tokens} output tokens in all), policies interleaved"
             + (f"; twin prediction from {cc.twin}" if cc.twin else "")
             + f"; load average {live['load_avg_before'].iloc[0]:.2f} -> {live['load_avg_after'].iloc[0]:.2f}")
     rescaled = df.loc[df["backend"] == "sim_rescaled", "profile_scale"]
