@@ -81,7 +81,8 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
     _add_policy_args(p)
     p.add_argument("--scenario", default=None,
                    help="serve a scenario's prompts on its backend (e.g. smollm2-ngram-sim: the simulator, outputs "
-                        "from its trace); engine and prompt flags are then the scenario's")
+                        "from its trace); engine and prompt flags are then the scenario's, but for --num-requests and "
+                        "--max-new-tokens")
     p.add_argument("--workload", default=None, metavar="SPEC",
                    help="prompts: bundled (default), a .jsonl file ('prompt' or 'messages', optional id, family, "
                         "max_tokens), jsonl:FILE, or a registered/entry-point source")
