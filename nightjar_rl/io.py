@@ -93,6 +93,22 @@ def read_json(path: str | Path, what: str, error: type[Exception] = ValueError):
         raise error(f"{path}: not valid JSON ({exc})") from None
 
 
+def read_yaml(path: Path, what: str, error: type[Exception] = ValueError):
+    """Parse a YAML file (safe_load: no tags, no code), raising `error` with one line that says where a
+    malformed file goes wrong."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path}: not valid UTF-8 (byte {exc.start + 1})") from None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise error(f"{what} {path}: not valid YAML ({problem}{where})") from None
+
+
 def check_writable(path: str | Path, what: str, folder: bool = False) -> None:
     """ValueError (one line naming `what`) unless `path` can be written as a file (or, with `folder`,
     created or filled as a folder): checked before any work starts, so nothing is lost at the end."""

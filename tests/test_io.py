@@ -35,3 +35,18 @@ def test_a_failed_atomic_write_leaves_nothing(tmp_path):
         fh.write("half")
         raise RuntimeError("interrupted")
     assert (tmp_path / "keep.txt").read_text() == "before" and [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_malformed_yaml_is_one_line_that_says_where(tmp_path):
+    from nightjar_rl.env.scenario import ScenarioError, load_scenario
+    from nightjar_rl.experiments.config import ExperimentError, load_experiment
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmax_k: [1, 2\nfoo: 3\n")
+    for load, error, what in ((load_scenario, ScenarioError, "scenario"), (load_experiment, ExperimentError, "experiment")):
+        with pytest.raises(error) as err:
+            load(bad)
+        assert str(err.value) == f"{what} {bad}: not valid YAML (expected ',' or ']', but got ':' at line 3, column 4)"
+    bad.write_bytes(b"name: \xff\n")
+    with pytest.raises(ScenarioError, match="not valid UTF-8"):
+        load_scenario(bad)

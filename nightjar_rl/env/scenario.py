@@ -18,9 +18,8 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from nightjar_rl.engine_config import EngineConfig
+from nightjar_rl.io import read_yaml
 from nightjar_rl.schema import ConfigError, check, declarations, option
 from nightjar_rl.serving.arrivals import ArrivalProcess, arrivals_from_dict
 from nightjar_rl.serving.workload import WorkloadError
@@ -238,10 +237,7 @@ def load_scenario(ref: str | Path | dict | Scenario) -> Scenario:
     if isinstance(ref, dict):
         return scenario_from_dict(ref, str(ref.get("name", "scenario")))
     path = resolve_scenario_path(ref)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"scenario {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(path, "scenario", ScenarioError)
     if data is None:
         raise ScenarioError(f"scenario {path}: the file is empty (write at least the fields that differ from the "
                             f"defaults, e.g. model and drafter)")

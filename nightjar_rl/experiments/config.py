@@ -51,13 +51,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
 from nightjar_rl.decoding.drafters.registry import drafting_of
 from nightjar_rl.env.backend import resolve_data_path
 from nightjar_rl.env.scenario import Scenario, ScenarioError, load_scenario
 from nightjar_rl.experiments.fields import ExperimentError, is_int, is_number, parse_concurrency, parse_rates
 from nightjar_rl.experiments.sb3_config import is_sb3_spec, parse_sb3_spec
+from nightjar_rl.io import read_yaml
 from nightjar_rl.policy.registry import with_drafting
 from nightjar_rl.schema import ConfigError, check, check_value, declarations, option
 
@@ -319,10 +318,7 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     path = Path(path)
     if not path.is_file():
         raise ExperimentError(f"experiment config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ExperimentError(f"experiment {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(path, "experiment", ExperimentError)
     return experiment_from_dict(data if data is not None else {}, path.stem, str(path.parent))
 
 
