@@ -68,6 +68,13 @@ def _serve_workload(rp, engine, requests, progress: bool, desc: str, max_concurr
             print(line)
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse with a usage error on one line (the usage is what --help is for); subcommands inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _add_backend_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="live", choices=["live", "vllm"],
                    help="live: nightjar-rl's engine; vllm: vLLM's engine stepped in-process (eager) with the engine "
@@ -525,7 +532,7 @@ def _positive_float(text: str, flag: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nightjar-rl", description=__doc__)
+    parser = OneLineErrorParser(prog="nightjar-rl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate completions for a prompt file")

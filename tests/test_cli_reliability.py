@@ -120,3 +120,16 @@ def test_out_dir_is_not_checked_when_resuming(tmp_path, capsys):
     blocker.write_text("x")
     assert main(["experiment", CONFIG, "--out-dir", str(blocker), "--resume", str(tmp_path / "no-run")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["export", "table-mlc_llm", "--to", "vlm"], "nightjar-rl export: error: argument --to: invalid choice: 'vlm'"),
+    (["bench", "--num-requests", "many"], "nightjar-rl bench: error: argument --num-requests: invalid int value"),
+    (["trace", "record", "--max-k"], "nightjar-rl trace record: error: argument --max-k: expected one argument"),
+])
+def test_usage_errors_are_one_line_too(capsys, argv, message):
+    """argparse's own errors printed the whole usage (up to 100 lines for bench) above the error."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "\n" not in err and err.startswith(message) and "--help)" in err
