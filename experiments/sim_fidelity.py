@@ -40,8 +40,8 @@ CPU kernels), so that `nightjar-rl profile --rescale` and `--rescale` price it o
 one pass per step priced by `verify_layout: mixed`, profile fitted to vLLM's wall times). One vLLM
 engine serves every live cell (start-up ~30-60 s, eager). The shipped profile came from this command,
 run alone (48 live cells of 48 requests x 48 tokens, so that the batch stays full at 4 and 1000 req/s:
-9 warm-up, 9 for calibration, 30 compared; 20 minutes on the 2-core CPU at its usual speed, 40 on a day
-it runs 2.5x slower). The calibration stores a speed anchor on vLLM's kernels, so `--rescale` can price
+9 warm-up, 9 for calibration, 30 compared; 20 minutes on the 2-core CPU at its usual speed, 41 on a day
+it ran about 2x slower). The calibration stores a speed anchor on vLLM's kernels, so `--rescale` can price
 later days:
 
     OMP_NUM_THREADS=2 python experiments/sim_fidelity.py --live smollm2-ngram-vllm --sim smollm2-ngram-vllm-sim \\

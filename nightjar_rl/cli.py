@@ -145,17 +145,14 @@ def _load_workload(a, stack, rate: float | None, count: int | None):
 
     if a.prompts and a.workload:
         raise CLIError("--prompts and --workload name the same thing: give one")
-    if count is not None and count < 1:
-        raise CLIError(f"--num-requests must be >= 1, got {count}")
-    max_new = DEFAULT_MAX_NEW_TOKENS if a.max_new_tokens is None else a.max_new_tokens
-    room = stack.config.max_seq_len - max_new  # longest prompt the engine can take with a full budget
+    room = stack.config.max_seq_len - a.max_new_tokens  # longest prompt the engine can take with a full budget
     query = WorkloadQuery(count, a.seed, stack.tokenizer, stack.vocab_size, max(1, room))
     records = load_workload(a.workload or a.prompts, a.families.split(",") if getattr(a, "families", None) else None,
                             query)
     if count is not None:
         records = [records[i % len(records)] for i in range(count)]
     ids = [encode_record(stack.tokenizer, r, stack.vocab_size) for r in records]
-    return _requests(a, records, ids, budgets(records, max_new), rate)
+    return _requests(a, records, ids, budgets(records, a.max_new_tokens), rate)
 
 
 class _Workload:
@@ -166,6 +163,8 @@ class _Workload:
             raise CLIError("--backend and --scenario both name the backend: give one (a scenario says `backend:`)")
         if a.max_new_tokens is not None and a.max_new_tokens < 1:
             raise CLIError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
+        if count is not None and count < 1:
+            raise CLIError(f"--num-requests must be >= 1, got {count}")
         if a.scenario:  # the scenario's backend: the live engine, the simulator or vLLM
             from nightjar_rl.env.backend import make_backend, resolve_data_path
             from nightjar_rl.env.scenario import load_scenario
@@ -184,12 +183,15 @@ class _Workload:
             if spec:
                 scenario = scenario.replace(prompts={"path": spec, "sample": count, "seed": a.seed})
             if a.max_new_tokens is not None:
-                scenario = scenario.replace(max_new_tokens=a.max_new_tokens)
+                try:
+                    scenario = scenario.replace(max_new_tokens=a.max_new_tokens)
+                except ValueError as exc:
+                    raise CLIError(f"--max-new-tokens {a.max_new_tokens}: {exc}") from None
             backend = make_backend(scenario)
             pool = backend.prompt_pool
             n = len(pool) if count is None else count
             if n < 1:
-                raise CLIError(f"--num-requests must be >= 1, got {n}")
+                raise CLIError(f"scenario {scenario.name!r} has no prompts")
             picks = [i % len(pool) for i in range(n)]
             fams = pool.families or ["scenario"] * len(pool)
             own = pool.max_tokens or [None] * len(pool)
@@ -205,6 +207,8 @@ class _Workload:
             self.files = {k: str(resolve_data_path(v, scenario.base_dir)) for k in ("trace", "profile")
                           if (v := getattr(scenario, k))}
         else:
+            if a.max_new_tokens is None:
+                a.max_new_tokens = DEFAULT_MAX_NEW_TOKENS  # set, so the run folder's provenance records it
             self.config = _engine_config(a)
             stack = _serving_stack(a.backend, self.config)
             self.records, self.requests = _load_workload(a, stack, rate, count)

@@ -7,6 +7,7 @@ import hmac
 import json
 import os
 import secrets
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -31,13 +32,21 @@ def process_umask() -> int:
 @contextmanager
 def atomic_writer(path: str | Path, binary: bool = False) -> Iterator[IO]:
     """Open a temp file beside `path` for writing; on success fsync it and rename it over `path`. The file
-    gets the mode a plain `open` would give it (0666 less the umask), not the temp file's private 0600."""
+    keeps the mode a plain `open` would leave: an existing file's own, else 0666 less the umask (not the
+    temp file's private 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = 0o666 & ~process_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~process_umask())
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
+            try:
+                os.fchmod(fh.fileno(), mode)
+            except OSError:  # a filesystem without modes (some network or FUSE mounts): keep the write
+                pass
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
@@ -21,12 +22,12 @@ def test_an_atomic_write_gets_the_mode_open_would_give_it(tmp_path, umask, mode)
         with open(tmp_path / "plain.txt", "w") as fh:
             fh.write("ok\n")
         (tmp_path / "old.json").write_text("{}")
-        os.chmod(tmp_path / "old.json", 0o600)
-        replaced = atomic_write_json(tmp_path / "old.json", {"a": 1})  # a rewrite: a fresh file's mode
+        os.chmod(tmp_path / "old.json", 0o640)
+        replaced = atomic_write_json(tmp_path / "old.json", {"a": 1})  # a rewrite keeps the file's own mode
     finally:
         os.umask(old)
     assert stat.S_IMODE(text.stat().st_mode) == mode == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
-    assert stat.S_IMODE(replaced.stat().st_mode) == mode
+    assert stat.S_IMODE(replaced.stat().st_mode) == 0o640 and json.loads(replaced.read_text()) == {"a": 1}
 
 
 def test_a_failed_atomic_write_leaves_nothing(tmp_path):
