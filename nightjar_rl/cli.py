@@ -189,9 +189,9 @@ class _Workload:
                     raise CLIError(f"--max-new-tokens {a.max_new_tokens}: {exc}") from None
             backend = make_backend(scenario)
             pool = backend.prompt_pool
-            n = len(pool) if count is None else count
-            if n < 1:
+            if not len(pool):
                 raise CLIError(f"scenario {scenario.name!r} has no prompts")
+            n = len(pool) if count is None else count
             picks = [i % len(pool) for i in range(n)]
             fams = pool.families or ["scenario"] * len(pool)
             own = pool.max_tokens or [None] * len(pool)
