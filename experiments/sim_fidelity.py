@@ -58,7 +58,8 @@ and after the live cells, its ratio now / then scales the twin's clock (`profile
 is priced by that twin too (columns `*_now`). The difference between the two twins is the drift; what
 is left in `*_err_now` is the clock model's own error. A third twin scales only the profile's forwards
 and keeps its host work (`HardwareProfile.scaled_forwards`, columns `*_now_host`): an anchor times bare
-forwards, and on slow days the live engine's steps slowed less than they did.
+forwards, and on slow days the live engine's steps slowed less than they did. It scales a b-row forward
+by the anchor's ratio at b rows (`profile_scale_by_rows`): one-row forwards slowed less than the others.
 
 `--rescore RUN_DIR` prices an earlier run's live cells again without serving anything live: the live
 columns are read back from RUN_DIR/fidelity.csv, the twins are served with today's code and profile,
@@ -87,7 +88,7 @@ from tqdm.auto import tqdm
 from nightjar_rl.env.backend import make_backend
 from nightjar_rl.env.recorder import write_table
 from nightjar_rl.env.scenario import ScenarioError, load_scenario
-from nightjar_rl.experiments.drift import SpeedDrift, timed_around
+from nightjar_rl.experiments.drift import SpeedDrift, ratio_by_rows, timed_around
 from nightjar_rl.experiments.evaluate import evaluate_cell
 from nightjar_rl.experiments.train import train_learner
 from nightjar_rl.io import atomic_write_json
@@ -100,7 +101,7 @@ METRICS = {"throughput_tok_s": 0.05, "tpot_p50_s": 0.05, "ttft_p50_s": 0.10}
 PER_REQUEST = ["drafted", "accepted", "decode_steps", "output_tokens"]
 TRAINED, SIM_TRAINED = "trained:", "sim-trained-"  # a --policies spec, and its cells' label
 TWINS = {"": "scenario twin", "_cal": "calibrated twin", "_now": "scenario twin at the live cells' speed",
-         "_now_host": "scenario twin with its forwards at the live cells' speed, host work kept"}
+         "_now_host": "scenario twin with its forwards at the live cells' speed by batch size, host work kept"}
 WARMUP_SEED = 999  # the warm-up cells' workload (measured cells and calibration use other seeds)
 QUICK = {"live": "tiny", "sim": "tiny-sim", "rates": "50", "ks": "0,2", "seeds": "0", "num_requests": 4,
          "calibrate_seeds": "1,2", "policies": "table-mlc_llm,trained:nightjar", "train_episodes": 2, "warmup": 0,
@@ -265,17 +266,20 @@ def served(a, live_scn, sim_scn, sim, run: Path) -> tuple[pd.DataFrame, dict]:
         drift.measure("after")
         atomic_write_json(run / "speed_drift.json", drift.to_dict())
         print(drift.describe())
-        rows = with_twin_now(rows, drift.ratio, sim_scn, sims, makers, a.num_requests)
+        rows = with_twin_now(rows, drift.to_dict(), sim_scn, sims, makers, a.num_requests)
     return pd.DataFrame(rows), sims
 
 
-def with_twin_now(rows: list[dict], ratio: float, sim_scn, sims: dict, makers: dict, num_requests: int) -> list[dict]:
+def with_twin_now(rows: list[dict], drift: dict, sim_scn, sims: dict, makers: dict, num_requests: int) -> list[dict]:
     """`rows` with the columns of the scenario's twin at the machine's speed during the live cells
-    (`--rescale`), added to `sims`: suffix `_now`, `ratio` x every time the profile prices
-    (`profile_scale`); `_now_host`, its forwards x `ratio` and its host work kept
+    (`--rescale`; `drift` a `SpeedDrift.to_dict()`), added to `sims`: suffix `_now`, the anchor's ratio x
+    every time the profile prices (`profile_scale`); `_now_host`, a b-row forward x the anchor's ratio at
+    b rows (`profile_scale_by_rows`), prefill and drafting x the ratio, and the host work kept
     (`profile_scale_keeps_host`: `HardwareProfile.scaled_forwards`)."""
+    ratio = drift["ratio"]
     now = {"_now": sim_scn.replace(profile_scale=ratio),
-           "_now_host": sim_scn.replace(profile_scale=ratio, profile_scale_keeps_host=True)}
+           "_now_host": sim_scn.replace(profile_scale=ratio, profile_scale_keeps_host=True,
+                                        profile_scale_by_rows=ratio_by_rows(drift))}
     twins = {suffix: (scenario, make_backend(scenario)) for suffix, scenario in now.items()}
     sims.update(twins)
     return [row | twin_columns(twins, row, makers[row["policy"]], num_requests)
@@ -328,7 +332,7 @@ def rescored(stored: Path, live_scn, sim_scn, sim, run: Path, episodes: int) -> 
     if (stored / "speed_drift.json").is_file():  # the stored run's measured speed, applied to today's profile
         drift = json.loads((stored / "speed_drift.json").read_text())
         atomic_write_json(run / "speed_drift.json", drift)
-        rows = with_twin_now(rows, drift["ratio"], sim_scn, sims, makers, num_requests)
+        rows = with_twin_now(rows, drift, sim_scn, sims, makers, num_requests)
     return pd.DataFrame(rows), sims
 
 

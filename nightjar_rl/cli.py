@@ -485,7 +485,7 @@ def _anchor_now(a: argparse.Namespace, verify_layout: str | None, then: dict | N
 def _profile_rescale(a: argparse.Namespace) -> int:
     """`profile --rescale PROFILE --out P.json`: time PROFILE's speed anchor again and write PROFILE with
     every time multiplied by the machine's speed ratio now / then (and today's anchor)."""
-    from nightjar_rl.hardware import SPEED_ANCHOR, HardwareProfile, ProfileError, speed_ratio
+    from nightjar_rl.hardware import SPEED_ANCHOR, HardwareProfile, ProfileError, speed_ratio, speed_ratio_by_rows
     from nightjar_rl.io import atomic_write_json
 
     if a.out is None:
@@ -503,7 +503,8 @@ def _profile_rescale(a: argparse.Namespace) -> int:
             raise ProfileError(f"{a.rescale} is a profile of {profile.model!r}; pass --model {profile.model}")
         now = _anchor_now(a, None, then)
         ratio, per_shape = speed_ratio(then, now)
-        data = (profile.scaled_forwards(ratio) if a.keep_host else profile.scaled(ratio)).to_dict()
+        data = (profile.scaled_forwards(ratio, speed_ratio_by_rows(then, now)) if a.keep_host
+                else profile.scaled(ratio)).to_dict()
     except ProfileError as exc:
         raise CLIError(str(exc)) from None
     data[SPEED_ANCHOR] = now
@@ -632,9 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="time PROFILE's speed anchor again and write PROFILE scaled by the speed ratio now/then "
                          "to --out (this machine drifts by more than 5%% from hour to hour)")
     pr.add_argument("--keep-host", action="store_true",
-                    help="with --rescale: scale only the profile's forwards and keep its host work (the step price "
-                         "beyond the anchor's bare forward; per-step overhead): on slow days the engine's steps "
-                         "slowed less than the anchor's forwards")
+                    help="with --rescale: scale only the profile's forwards, each by the anchor's ratio at its "
+                         "rows, and keep its host work (the step price beyond the anchor's bare forward; per-step "
+                         "overhead): on slow days the engine's steps slowed less than the anchor's forwards")
     add_roofline_args(pr)
     pr.set_defaults(func=cmd_profile)
 

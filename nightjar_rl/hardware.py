@@ -30,7 +30,8 @@ records a few fixed forwards timed when the profile was made; timing them again 
 machine's speed ratio now/then (`speed_ratio`), and `HardwareProfile.scaled(ratio)` prices every step
 at today's speed (a scenario's `profile_scale`). An anchor times bare forwards, while a profile prices
 the engine's steps, host work included; `scaled_forwards(ratio)` scales only the forwards and keeps the
-host work (`host_ms_by_rows`), which on slow days did not slow.
+host work (`host_ms_by_rows`), which on slow days did not slow; given the anchor's ratio per row
+count (`speed_ratio_by_rows`), it scales a b-row forward by b rows' own ratio.
 
 `verify_ms[b][n]` is one target forward scoring `n` positions per row for `b` rows (a decode step
 with speculation length k scores n = k + 1). A step is priced by rows, total scored tokens and
@@ -77,6 +78,7 @@ SPEED_ANCHOR = "speed_anchor"  # the profile key of the fixed forwards timed wit
 ANCHOR_ENGINE_FIELDS = ("verify_layout", "model_forward", "linears", "threads")  # the forward an anchor timed
 TIME_SCALE = "time_scale"  # the profile key recording the factor a scaled profile was multiplied by
 HOST_MS_KEPT = "host_ms_kept"  # the host work per rows `scaled_forwards` kept at the profile's speed
+TIME_SCALE_BY_ROWS = "time_scale_by_rows"  # the forwards' factor per rows a `scaled_forwards` profile was priced at
 
 
 class ProfileError(ValueError):
@@ -133,6 +135,18 @@ def speed_ratio(then: Mapping, now: Mapping) -> tuple[float, dict[str, float]]:
             raise ProfileError("speed_anchor.ms must be positive")
         per_shape[f"{rows} x {tokens} @ {context}"] = b / a
     return float(np.median(list(per_shape.values()))), per_shape
+
+
+def speed_ratio_by_rows(then: Mapping, now: Mapping) -> dict[int, float]:
+    """`speed_ratio`'s per-shape ratios of the anchor's one-token-per-row shapes, by row count (the
+    median where several contexts share one): how much slower a decode forward of that many rows runs
+    now. On slow days a one-row forward slowed 15-25% less than the shapes' median."""
+    speed_ratio(then, now)  # validates both and checks the shapes agree
+    by_rows: dict[int, list[float]] = {}
+    for (rows, tokens, context), a, b in zip(then["shapes"], then["ms"], now["ms"]):
+        if tokens == 1:
+            by_rows.setdefault(int(rows), []).append(float(b) / float(a))
+    return {rows: float(np.median(ratios)) for rows, ratios in sorted(by_rows.items())}
 
 
 def mean_anchor(anchors: list[Mapping]) -> dict:
@@ -390,22 +404,32 @@ class HardwareProfile:
             raise ProfileError("the profile's speed_anchor has no one-token-per-row shape to tell host work from forwards")
         return host
 
-    def scaled_forwards(self, factor: float) -> HardwareProfile:
+    def scaled_forwards(self, factor: float, by_rows: Mapping | None = None) -> HardwareProfile:
         """This profile on a machine whose forwards run `factor` times slower (the anchor's `speed_ratio`)
-        while its host work does not: at b rows a verify price v becomes factor x v - (factor - 1) x
-        min(h(b), v), with h the host work (`host_ms_by_rows`, linear over rows, clamped); prefill and
-        draft passes are multiplied by `factor`; per-step overhead and n-gram lookups are kept. On two slow
-        days the anchor's forwards slowed 3.0-3.4x and 4.1-4.4x at 16 rows while the live engine's steps
-        slowed 2.4-2.8x and about 3.3x: a step's host work (4-14 ms on the profile's day) had not slowed."""
+        while its host work does not: at b rows a verify price v becomes f x v - (f - 1) x min(h(b), v),
+        with h the host work (`host_ms_by_rows`, linear over rows, clamped) and f = `factor`, or with
+        `by_rows` ({rows: factor}, `speed_ratio_by_rows`) f(b) interpolated over rows and clamped; prefill
+        and draft passes are multiplied by `factor`; per-step overhead and n-gram lookups are kept. On two
+        slow days the anchor's forwards slowed 3.0-3.4x and 4.1-4.4x at 16 rows while the live engine's
+        steps slowed 2.4-2.8x and about 3.3x: a step's host work (4-14 ms on the profile's day) had not
+        slowed. One-row forwards slowed less than the median (1.9-2.5x against 2.4-3.1x): `by_rows`."""
         factor = _time_scale(factor)
         host = self.host_ms_by_rows()
         rows, host_ms = np.array(sorted(host), float), np.array([host[r] for r in sorted(host)])
+        if by_rows is not None:
+            if not isinstance(by_rows, Mapping) or not by_rows:
+                raise ProfileError(f"a per-rows time scale must be a non-empty mapping {{rows: factor}}, got {by_rows!r}")
+            per_rows = sorted((_positive_int_key(b, "by_rows"), _time_scale(f)) for b, f in by_rows.items())
+            factor_rows, factors = np.array([b for b, _ in per_rows], float), np.array([f for _, f in per_rows])
+        else:
+            factor_rows, factors = np.array([1.0]), np.array([factor])
 
         def verify(table: Mapping) -> dict:
             out = {}
             for b, per_row in table.items():
                 h = _interp(rows, host_ms, int(b))  # the host work at b rows, once per batch size
-                out[b] = {n: factor * v - (factor - 1) * min(h, v) for n, v in per_row.items()}
+                f = _interp(factor_rows, factors, int(b))
+                out[b] = {n: f * v - (f - 1) * min(h, v) for n, v in per_row.items()}
             return out
 
         data = self.to_dict()
@@ -419,6 +443,8 @@ class HardwareProfile:
                 data[key] = _scaled_times(data[key], factor)
         data[TIME_SCALE] = factor * float(self.meta.get(TIME_SCALE, 1.0))
         data[HOST_MS_KEPT] = {str(r): round(ms, 4) for r, ms in host.items()}
+        if by_rows is not None:
+            data[TIME_SCALE_BY_ROWS] = {str(int(b)): float(f) for b, f in zip(factor_rows, factors)}
         return HardwareProfile.from_dict(data, source=f"{self.model} profile, forwards scaled by {factor:.4g}")
 
     @property

@@ -12,7 +12,8 @@ from nightjar_rl.analysis.tables import with_speedup
 from nightjar_rl.env.scenario import ScenarioError
 from nightjar_rl.experiments import load_experiment
 from nightjar_rl.experiments.config import ExperimentError, experiment_from_dict
-from nightjar_rl.experiments.confirm import choose_policies, confirmation_table, speed_hint
+from nightjar_rl.experiments.confirm import by_rows_text, choose_policies, confirmation_table, speed_hint
+from nightjar_rl.experiments.drift import ratio_by_rows
 from nightjar_rl.experiments.runner import load_run, run_experiment
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -99,6 +100,9 @@ def test_live_confirmation_reports_repeats_and_the_twin(tmp_path):
     assert len(twin_now) == len(names) and (twin_now["profile_scale"] == drift["ratio"]).all()
     assert twin_now["profile_scale_keeps_host"].all() and not twin["profile_scale_keeps_host"].any()
     assert (twin["profile_scale"] == 1.0).all()
+    by_rows = ratio_by_rows(drift)  # each forward by the anchor's ratio at its rows
+    assert set(by_rows) == {1, 4, 16} and (twin_now["profile_scale_by_rows"] == by_rows_text(by_rows)).all()
+    assert (twin["profile_scale_by_rows"] == "").all() and f"forwards x {by_rows_text(by_rows)} by rows" in result.summary
     assert {"twin", "live/twin", "twin_now", "live/twin_now"} <= set(confirmation_table(df, "k0"))
     assert "twin_now: the twin at this machine's speed" in result.summary and "host work kept" in result.summary
     text = result.summary

@@ -11,7 +11,7 @@ from nightjar_rl.cli import main
 from nightjar_rl.engine_config import EngineConfig
 from nightjar_rl.env.backend import make_backend, resolve_data_path
 from nightjar_rl.env.scenario import ScenarioError, load_scenario
-from nightjar_rl.experiments.drift import SpeedDrift, anchor_config, kernel_mismatch
+from nightjar_rl.experiments.drift import SpeedDrift, anchor_config, kernel_mismatch, ratio_by_rows
 from nightjar_rl.experiments.evaluate import evaluate_cell
 from nightjar_rl.hardware import (
     ANCHOR_ENGINE_FIELDS,
@@ -19,6 +19,7 @@ from nightjar_rl.hardware import (
     ProfileError,
     mean_anchor,
     speed_ratio,
+    speed_ratio_by_rows,
 )
 from nightjar_rl.model_names import linears_for
 from nightjar_rl.policy import make_policy
@@ -90,6 +91,42 @@ def test_scaling_only_the_forwards_keeps_the_host_work_by_hand():
         base.scaled_forwards(0)
 
 
+def test_speed_ratio_by_rows_keeps_the_one_token_shapes():
+    then = {"shapes": SHAPES, "ms": [10.0, 20.0, 40.0, 80.0]}
+    now = {"shapes": SHAPES, "ms": [11.0, 22.0, 48.0, 80.0]}
+    assert speed_ratio_by_rows(then, now) == pytest.approx({1: 1.1, 4: 1.1, 16: 1.2})  # 16 x 5 is not one-token
+    later = {"shapes": SHAPES, "ms": [13.0, 26.0, 40.0, 80.0]}  # 1.3, 1.3, 1.0
+    drift = {"profiled": then, "measurements": [{"anchor": now}, {"anchor": later}]}
+    assert ratio_by_rows(drift) == pytest.approx({1: 1.2, 4: 1.2, 16: 1.1})  # the mean of the two measurements
+    assert ratio_by_rows(drift | {"measurements": []}) is None
+    with pytest.raises(ProfileError, match="different shapes"):
+        speed_ratio_by_rows(then, {"shapes": SHAPES[:3], "ms": [1.0, 1.0, 1.0]})
+
+
+def test_scaling_the_forwards_by_rows_by_hand():
+    """`scaled_forwards(f, by_rows)`: a b-row verify price v becomes f(b) v - (f(b) - 1) min(h(b), v), f(b)
+    interpolated over rows and clamped; prefill and draft passes x f."""
+    anchor = {"shapes": [[1, 1, 0], [4, 1, 0]], "ms": [7.0, 10.0]}
+    base = HardwareProfile({"1": {"1": 10.0, "3": 14.0}, "4": {"1": 12.0, "3": 20.0}}, {"1": 2.0, "4": 3.0},
+                           prefill_ms={"16": 30.0, "64": 90.0}, meta={"speed_anchor": anchor})
+    scaled = base.scaled_forwards(2.0, by_rows={1: 1.5, 4: 3.0})  # host work 3 ms at 1 row, 2 ms at 4 rows
+    # 1 row x 1.5: 15 - 1.5 = 13.5 and 21 - 1.5 = 19.5; 4 rows x 3: 36 - 4 = 32 and 60 - 4 = 56
+    assert scaled.verify_time_ms(1, 1) == pytest.approx(13.5) and scaled.verify_time_ms(1, 3) == pytest.approx(19.5)
+    assert scaled.verify_time_ms(4, 1) == pytest.approx(32.0) and scaled.verify_time_ms(4, 3) == pytest.approx(56.0)
+    # 2 rows x 2 tokens: 16.5 at 1 row, 44 at 4 rows, a third of the way at 2 rows
+    assert scaled.verify_time_ms(2, 2) == pytest.approx(16.5 + 27.5 / 3)
+    assert scaled.prefill_time_ms(40) == pytest.approx(120.0) and scaled.draft_time_ms(4, 1) == pytest.approx(6.0)
+    assert scaled.meta["time_scale"] == 2.0 and scaled.meta["time_scale_by_rows"] == {"1": 1.5, "4": 3.0}
+    three_rows = HardwareProfile({"3": {"1": 10.0}}, meta={"speed_anchor": {"shapes": [[3, 1, 0]], "ms": [7.0]}})
+    assert three_rows.scaled_forwards(9.0, by_rows={1: 1.5, 4: 3.0}).verify_time_ms(3, 1) == pytest.approx(
+        2.5 * 10.0 - 1.5 * 3.0)  # f(3) = 1.5 + 1.5 x 2/3 = 2.5
+    assert base.scaled_forwards(5.0, by_rows={2: 2.0}).to_dict()["verify_ms"] == \
+        base.scaled_forwards(2.0).to_dict()["verify_ms"]  # clamped: one row count scales every batch size alike
+    for bad in ({}, {0: 2.0}, {1: 0.0}, [1, 2]):
+        with pytest.raises(ProfileError):
+            base.scaled_forwards(2.0, by_rows=bad)
+
+
 def test_a_twin_with_profile_scale_two_serves_in_twice_the_time():
     """All requests at t=0: the schedule does not depend on the clock, so every step costs twice as much
     and the tokens are the same."""
@@ -116,6 +153,18 @@ def test_a_twin_that_keeps_its_host_work_is_priced_by_scaled_forwards():
     assert kept.meta["host_ms_kept"] == pytest.approx({str(b): ms for b, ms in base.host_ms_by_rows().items()}, abs=1e-4)
     with pytest.raises(ScenarioError, match="profile_scale_keeps_host"):
         load_scenario("tiny").replace(profile_scale_keeps_host=True)
+    by_rows = {1: 1.5, 16: 2.5}
+    per_rows = make_backend(twin.replace(profile_scale=2.0, profile_scale_keeps_host=True, profile_scale_by_rows=by_rows))
+    assert per_rows.profile.to_dict() == base.scaled_forwards(2.0, by_rows).to_dict() != kept.to_dict()
+    with pytest.raises(ScenarioError, match="'profile_scale_by_rows' needs profile_scale_keeps_host"):
+        twin.replace(profile_scale_by_rows=by_rows)
+    assert twin.replace(profile_scale_keeps_host=True, profile_scale_by_rows={"1": 1.5, "16": 2.5}).profile_scale_by_rows \
+        == by_rows  # as read back from JSON
+    for bad in ({}, {0: 2.0}, {1: -1.0}, {"x": 2.0}, {1: True}):
+        with pytest.raises(ScenarioError, match="'profile_scale_by_rows' must map row counts"):
+            twin.replace(profile_scale_keeps_host=True, profile_scale_by_rows=bad)
+    with pytest.raises(ScenarioError, match="'profile_scale_by_rows' needs backend 'sim'"):
+        load_scenario("tiny").replace(profile_scale_by_rows=by_rows)
     roofline = load_scenario("gpu-whatif-ngram").replace(profile_scale_keeps_host=True)  # a profile without an anchor
     assert make_backend(roofline).profile.to_dict() == make_backend(load_scenario("gpu-whatif-ngram")).profile.to_dict()
     with pytest.raises(ScenarioError, match="'gpu-whatif-ngram': field 'profile_scale_keeps_host': .* no speed_anchor"):
@@ -144,6 +193,7 @@ def test_profile_cli_anchors_and_rescales(tmp_path, capsys):
                  "--keep-host"]) == 0
     kept = json.loads(out.read_text())
     assert set(kept["host_ms_kept"]) == {"1", "4", "16"} and kept["overhead_ms"] == profile["overhead_ms"]
+    assert set(kept["time_scale_by_rows"]) == {"1", "4", "16"}  # each forward by the anchor's ratio at its rows
     assert main(["profile", "--model", "tiny-random", "--keep-host", "--out", str(out), "--quiet"]) == 2
     assert "--keep-host goes with --rescale" in capsys.readouterr().err
 

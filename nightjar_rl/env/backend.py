@@ -78,9 +78,9 @@ class SimBackend:
         s = self.scenario = scenario
         self.trace = Trace.load(resolve_data_path(s.trace, s.base_dir))
         self.profile = HardwareProfile.load(resolve_data_path(s.profile, s.base_dir))
-        if s.profile_scale != 1.0 and s.profile_scale_keeps_host:
+        if (s.profile_scale != 1.0 or s.profile_scale_by_rows) and s.profile_scale_keeps_host:
             try:
-                self.profile = self.profile.scaled_forwards(s.profile_scale)
+                self.profile = self.profile.scaled_forwards(s.profile_scale, s.profile_scale_by_rows)
             except ProfileError as exc:
                 raise ScenarioError(f"scenario {s.name!r}: field 'profile_scale_keeps_host': {exc}") from None
         elif s.profile_scale != 1.0:

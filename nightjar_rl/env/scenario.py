@@ -66,6 +66,10 @@ class Scenario:
     profile_scale_keeps_host: bool = option(False, "sim: profile_scale multiplies only the model forwards and keeps "
                                             "the profile's host work at its price (`HardwareProfile.scaled_forwards`; "
                                             "needs a speed_anchor with a one-token-per-row shape)")
+    profile_scale_by_rows: dict | None = option(None, "sim, with profile_scale_keeps_host: the forwards' multiplier "
+                                                "per batch size ({rows: ratio}, the speed anchor's one-token "
+                                                "shapes: `speed_ratio_by_rows`), interpolated over rows and "
+                                                "clamped; profile_scale then multiplies prefill and draft passes", dict)
     synthetic_acceptance: dict | None = option(None, "sim: {rates: [per-position acceptance], heterogeneity: x, "
                                                "confidence_concentration: kappa} replaces the trace's acceptance with a synthetic "
                                                "drafter's, priced as the scenario's drafter prices drafting (draft "
@@ -157,9 +161,19 @@ def validate_scenario(s: Scenario) -> Scenario:
     for key in ("trace", "profile"):
         if s.backend == "sim" and getattr(s, key) is None:
             raise _fail(n, f"field '{key}' is required when backend is 'sim'")
-    for key, default in (("profile_scale", 1.0), ("profile_scale_keeps_host", False)):
+    for key, default in (("profile_scale", 1.0), ("profile_scale_keeps_host", False), ("profile_scale_by_rows", None)):
         if getattr(s, key) != default and s.backend != "sim":
             raise _fail(n, f"field '{key}' needs backend 'sim'")
+    if s.profile_scale_by_rows is not None:
+        by_rows = s.profile_scale_by_rows
+        if not s.profile_scale_keeps_host:
+            raise _fail(n, "field 'profile_scale_by_rows' needs profile_scale_keeps_host: true")
+        rows = [int(b) if isinstance(b, str) and b.isdecimal() else b for b in by_rows]  # JSON keys are strings
+        if not by_rows or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 and isinstance(f, (int, float))
+                                  and not isinstance(f, bool) and 0 < f < float("inf") for b, f in zip(rows, by_rows.values())):
+            raise _fail(n, f"field 'profile_scale_by_rows' must map row counts (integers >= 1) to positive numbers, "
+                           f"got {by_rows!r}")
+        s.profile_scale_by_rows = dict(zip(rows, by_rows.values()))
     if s.synthetic_acceptance is not None:
         from nightjar_rl.sim.engine import SyntheticAcceptance
 

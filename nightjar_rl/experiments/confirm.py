@@ -8,7 +8,8 @@ policy) so that drift in the machine's speed hits every policy alike. The twin s
 each cell once (the simulator is deterministic): its prediction is shown beside the live numbers.
 With `rescale_twin`, the twin serves each cell once more at the machine's speed timed before and after
 the live cells (`nightjar_rl.experiments.drift`): `twin_now`, the prediction with this hour's drift
-taken out (the profile's forwards scaled, its host work kept: `HardwareProfile.scaled_forwards`).
+taken out (the profile's forwards scaled by the anchor's ratio at their row count, its host work
+kept: `HardwareProfile.scaled_forwards`).
 Learned policies are deployed as trained (replicate 0), without learning.
 
 `confirmation_table` reduces the rows to one per load point x policy: live median, min and max,
@@ -97,7 +98,9 @@ def run_confirmation(cc: ConfirmConfig, specs: dict, learned: set[str], slo: dic
                     row, _, _ = cell_job(ctx, CellJob(policy, rate, cc.seed, 0, policy in learned, spec, conc))
                     rows.append({**row, "backend": backend, "repeat": repeat, "concurrency": conc,
                                  "profile_scale": scenario.profile_scale,
-                                 "profile_scale_keeps_host": scenario.profile_scale_keeps_host, "load_avg_before": load_before,
+                                 "profile_scale_keeps_host": scenario.profile_scale_keeps_host,
+                                 "profile_scale_by_rows": by_rows_text(scenario.profile_scale_by_rows),
+                                 "load_avg_before": load_before,
                                  "load_avg_after": math.nan})
                     bar.update()
         for row in rows[first:]:
@@ -110,13 +113,20 @@ def run_confirmation(cc: ConfirmConfig, specs: dict, learned: set[str], slo: dic
     serve("live", live, range(cc.repeats))
     if drift is not None:
         drift.measure("after")
-        serve("sim_rescaled", twin.replace(profile_scale=drift.ratio, profile_scale_keeps_host=True), range(1))
+        serve("sim_rescaled", twin.replace(profile_scale=drift.ratio, profile_scale_keeps_host=True,
+                                           profile_scale_by_rows=drift.ratio_by_rows), range(1))
         atomic_write_json(run_dir / "speed_drift.json", drift.to_dict())
         bar.write(drift.describe())
     bar.close()
-    df = pd.DataFrame(rows)[COLUMNS + ["profile_scale", "profile_scale_keeps_host", "load_avg_before", "load_avg_after"]]
+    df = pd.DataFrame(rows)[COLUMNS + ["profile_scale", "profile_scale_keeps_host", "profile_scale_by_rows",
+                                       "load_avg_before", "load_avg_after"]]
     write_table(df, run_dir / "confirm.csv")
     return df
+
+
+def by_rows_text(by_rows: dict | None) -> str:
+    """A twin's `profile_scale_by_rows` for a table cell ("1: 2.28, 16: 2.87"; "" without one)."""
+    return ", ".join(f"{rows}: {ratio:.3f}" for rows, ratio in sorted(by_rows.items())) if by_rows else ""
 
 
 def _axis(df: pd.DataFrame) -> str:
@@ -157,10 +167,12 @@ def confirmation_summary(df: pd.DataFrame, cc: ConfirmConfig, baseline: str | No
             f"(seed {cc.seed}, {requests} requests, {tokens} output tokens in all), policies interleaved"
             + (f"; twin prediction from {cc.twin}" if cc.twin else "")
             + f"; load average {live['load_avg_before'].iloc[0]:.2f} -> {live['load_avg_after'].iloc[0]:.2f}")
-    rescaled = df.loc[df["backend"] == "sim_rescaled", "profile_scale"]
+    rescaled = df[df["backend"] == "sim_rescaled"]
     if len(rescaled):
-        head += (f"\ntwin_now: the twin at this machine's speed during the live cells ({rescaled.iloc[0]:.3f}x the "
-                 f"profile's forwards, its host work kept; timed before and after them: speed_drift.json)")
+        by_rows = rescaled["profile_scale_by_rows"].iloc[0] if "profile_scale_by_rows" in rescaled else ""
+        scale = f"x {by_rows} by rows" if isinstance(by_rows, str) and by_rows else f"{rescaled['profile_scale'].iloc[0]:.3f}x"
+        head += (f"\ntwin_now: the twin at this machine's speed during the live cells (the profile's forwards {scale}, "
+                 f"its host work kept; timed before and after them: speed_drift.json)")
     shown = table.copy()
     shown[axis] = [format_load(axis, v) for v in shown[axis]]
     lines = [head, "throughput (output tokens/s): live median [min, max], mean ± 95% CI over repeats"

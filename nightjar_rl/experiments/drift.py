@@ -4,8 +4,9 @@ This CPU's speed moves by more than 5% from hour to hour, so a twin profiled thi
 this afternoon's live cells by the machine's drift, whatever its clock model. `SpeedDrift` times the
 profile's speed anchor (a few fixed forwards, `nightjar_rl.decoding.profiler.measure_speed_anchor`)
 before and after the live cells and gives the mean ratio now / when profiled: a twin served with
-`profile_scale` = that ratio (and `profile_scale_keeps_host`: only its forwards scaled) prices the live
-cells at the speed they ran at. Both twins are reported,
+`profile_scale` = that ratio (and `profile_scale_keeps_host`: only its forwards scaled, each batch size
+by the anchor's ratio at its row count, `profile_scale_by_rows`) prices the live cells at the speed
+they ran at. Both twins are reported,
 so the drift and the clock model's own error stay apart. A twin of vLLM is anchored on vLLM's own CPU
 kernels run by our layer loop (`anchor_config`): vLLM's engine cannot time a fixed forward by itself.
 """
@@ -21,7 +22,7 @@ import sys
 from nightjar_rl.engine_config import EngineConfig
 from nightjar_rl.env.backend import resolve_data_path
 from nightjar_rl.env.scenario import Scenario, ScenarioError
-from nightjar_rl.hardware import HardwareProfile, ProfileError, mean_anchor, speed_ratio
+from nightjar_rl.hardware import HardwareProfile, ProfileError, mean_anchor, speed_ratio, speed_ratio_by_rows
 from nightjar_rl.model_names import linears_for
 from nightjar_rl.stack import anchor_engine_config
 
@@ -109,10 +110,24 @@ class SpeedDrift:
         """The mean ratio of the measurements so far (1.0 before any)."""
         return statistics.fmean(m["ratio"] for m in self.measurements) if self.measurements else 1.0
 
+    @property
+    def ratio_by_rows(self) -> dict[int, float] | None:
+        """The mean per-rows ratio (`speed_ratio_by_rows`) of the measurements so far (None before any)."""
+        return ratio_by_rows(self.to_dict())
+
     def to_dict(self) -> dict:
         return {"ratio": self.ratio, "profiled": self.then, "measurements": self.measurements, "caveat": self.caveat}
 
     def describe(self) -> str:
         parts = ", ".join(f"{m['label']} {m['ratio']:.3f}" for m in self.measurements)
+        by_rows = ", ".join(f"{rows} {ratio:.3f}" for rows, ratio in (self.ratio_by_rows or {}).items())
         return (f"machine speed now / when the twin was profiled ({self.then.get('measured', '?')}): "
-                f"{self.ratio:.3f} ({parts}; above 1: slower now)" + (f"; caution: {self.caveat}" if self.caveat else ""))
+                f"{self.ratio:.3f} ({parts}; above 1: slower now)" + (f"; by rows: {by_rows}" if by_rows else "")
+                + (f"; caution: {self.caveat}" if self.caveat else ""))
+
+
+def ratio_by_rows(drift: dict) -> dict[int, float] | None:
+    """A `SpeedDrift.to_dict()` (a stored `speed_drift.json` too): the mean over its measurements of the
+    anchor's ratio per row count (`speed_ratio_by_rows`), or None with no measurement."""
+    per = [speed_ratio_by_rows(drift["profiled"], m["anchor"]) for m in drift["measurements"]]
+    return {rows: statistics.fmean(p[rows] for p in per) for rows in per[0]} if per else None
