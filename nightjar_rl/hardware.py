@@ -140,7 +140,7 @@ def speed_ratio(then: Mapping, now: Mapping) -> tuple[float, dict[str, float]]:
 def speed_ratio_by_rows(then: Mapping, now: Mapping) -> dict[int, float]:
     """`speed_ratio`'s per-shape ratios of the anchor's one-token-per-row shapes, by row count (the
     median where several contexts share one): how much slower a decode forward of that many rows runs
-    now. On slow days a one-row forward slowed 15-25% less than the shapes' median."""
+    now. On four slow-day runs a one-row forward slowed 17-28% less than the shapes' median."""
     speed_ratio(then, now)  # validates both and checks the shapes agree
     by_rows: dict[int, list[float]] = {}
     for (rows, tokens, context), a, b in zip(then["shapes"], then["ms"], now["ms"]):
@@ -163,6 +163,22 @@ def mean_anchor(anchors: list[Mapping]) -> dict:
     ms = [float(np.mean([a["ms"][i] for a in anchors])) for i in range(len(first["ms"]))]
     return {**first, "ms": [round(x, 4) for x in ms], "measured": [a.get("measured") for a in anchors]} \
         if len(anchors) > 1 else dict(first)
+
+
+def _compose_scale_by_rows(data: dict, meta: Mapping, rows: np.ndarray, factors: np.ndarray, per_rows: bool) -> None:
+    """Record in `data` the forwards' factor per rows after scaling a profile whose meta is `meta` by
+    `factors` at `rows` (interpolated, clamped): the earlier record (or the earlier `time_scale`, the same
+    at every row count) times the new factors, at the row counts of both. Nothing is recorded while no
+    scaling was per rows."""
+    before = meta.get(TIME_SCALE_BY_ROWS)
+    if before is None and not per_rows:
+        return
+    old_rows = np.array([int(b) for b in before], float) if before else np.array([1.0])
+    old = np.array([float(f) for f in before.values()]) if before else np.array([float(meta.get(TIME_SCALE, 1.0))])
+    order = np.argsort(old_rows)
+    old_rows, old = old_rows[order], old[order]
+    every = sorted({int(b) for b in old_rows} | {int(b) for b in rows})
+    data[TIME_SCALE_BY_ROWS] = {str(b): _interp(old_rows, old, b) * _interp(rows, factors, b) for b in every}
 
 
 def _interp(xs: np.ndarray, ys: np.ndarray, x: float) -> float:
@@ -389,6 +405,7 @@ class HardwareProfile:
             if key in data:
                 data[key] = _scaled_times(data[key], factor)
         data[TIME_SCALE] = factor * float(self.meta.get(TIME_SCALE, 1.0))
+        _compose_scale_by_rows(data, self.meta, np.array([1.0]), np.array([factor]), False)
         return HardwareProfile.from_dict(data, source=f"{self.model} profile scaled by {factor:.4g}")
 
     def host_ms_by_rows(self) -> dict[int, float]:
@@ -412,7 +429,9 @@ class HardwareProfile:
         and draft passes are multiplied by `factor`; per-step overhead and n-gram lookups are kept. On two
         slow days the anchor's forwards slowed 3.0-3.4x and 4.1-4.4x at 16 rows while the live engine's
         steps slowed 2.4-2.8x and about 3.3x: a step's host work (4-14 ms on the profile's day) had not
-        slowed. One-row forwards slowed less than the median (1.9-2.5x against 2.4-3.1x): `by_rows`."""
+        slowed. One-row forwards slowed less than the others (1.7-2.5x while the shapes' median read 2.4-3.3x
+        on four slow-day runs): `by_rows`. The profile records the forwards' factor per rows it now carries
+        in `time_scale_by_rows` (composed with earlier scalings)."""
         factor = _time_scale(factor)
         host = self.host_ms_by_rows()
         rows, host_ms = np.array(sorted(host), float), np.array([host[r] for r in sorted(host)])
@@ -420,6 +439,8 @@ class HardwareProfile:
             if not isinstance(by_rows, Mapping) or not by_rows:
                 raise ProfileError(f"a per-rows time scale must be a non-empty mapping {{rows: factor}}, got {by_rows!r}")
             per_rows = sorted((_positive_int_key(b, "by_rows"), _time_scale(f)) for b, f in by_rows.items())
+            if len({b for b, _ in per_rows}) != len(per_rows):
+                raise ProfileError(f"a per-rows time scale names a row count twice: {by_rows!r}")
             factor_rows, factors = np.array([b for b, _ in per_rows], float), np.array([f for _, f in per_rows])
         else:
             factor_rows, factors = np.array([1.0]), np.array([factor])
@@ -443,8 +464,7 @@ class HardwareProfile:
                 data[key] = _scaled_times(data[key], factor)
         data[TIME_SCALE] = factor * float(self.meta.get(TIME_SCALE, 1.0))
         data[HOST_MS_KEPT] = {str(r): round(ms, 4) for r, ms in host.items()}
-        if by_rows is not None:
-            data[TIME_SCALE_BY_ROWS] = {str(int(b)): float(f) for b, f in zip(factor_rows, factors)}
+        _compose_scale_by_rows(data, self.meta, factor_rows, factors, by_rows is not None)
         return HardwareProfile.from_dict(data, source=f"{self.model} profile, forwards scaled by {factor:.4g}")
 
     @property

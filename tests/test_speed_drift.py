@@ -117,12 +117,20 @@ def test_scaling_the_forwards_by_rows_by_hand():
     assert scaled.verify_time_ms(2, 2) == pytest.approx(16.5 + 27.5 / 3)
     assert scaled.prefill_time_ms(40) == pytest.approx(120.0) and scaled.draft_time_ms(4, 1) == pytest.approx(6.0)
     assert scaled.meta["time_scale"] == 2.0 and scaled.meta["time_scale_by_rows"] == {"1": 1.5, "4": 3.0}
+    # the record composes with later scalings: x 2 everywhere; then by rows {2: 2.0} (the old record at 2 rows is
+    # 1.5 + 1.5 / 3 = 2.0); a profile first scaled by 1.25 everywhere starts from 1.25 at every row count
+    assert scaled.scaled(2.0).meta["time_scale_by_rows"] == scaled.scaled_forwards(2.0).meta["time_scale_by_rows"] \
+        == pytest.approx({"1": 3.0, "4": 6.0})
+    assert scaled.scaled_forwards(1.0, {2: 2.0}).meta["time_scale_by_rows"] == pytest.approx({"1": 3.0, "2": 4.0, "4": 6.0})
+    assert base.scaled(1.25).scaled_forwards(2.0, {1: 1.5, 4: 3.0}).meta["time_scale_by_rows"] == pytest.approx(
+        {"1": 1.875, "4": 3.75})
+    assert "time_scale_by_rows" not in base.scaled_forwards(2.0).meta and "time_scale_by_rows" not in base.scaled(2.0).meta
     three_rows = HardwareProfile({"3": {"1": 10.0}}, meta={"speed_anchor": {"shapes": [[3, 1, 0]], "ms": [7.0]}})
     assert three_rows.scaled_forwards(9.0, by_rows={1: 1.5, 4: 3.0}).verify_time_ms(3, 1) == pytest.approx(
         2.5 * 10.0 - 1.5 * 3.0)  # f(3) = 1.5 + 1.5 x 2/3 = 2.5
     assert base.scaled_forwards(5.0, by_rows={2: 2.0}).to_dict()["verify_ms"] == \
         base.scaled_forwards(2.0).to_dict()["verify_ms"]  # clamped: one row count scales every batch size alike
-    for bad in ({}, {0: 2.0}, {1: 0.0}, [1, 2]):
+    for bad in ({}, {0: 2.0}, {1: 0.0}, [1, 2], {1: 2.0, "1": 2.0}):
         with pytest.raises(ProfileError):
             base.scaled_forwards(2.0, by_rows=bad)
 
@@ -160,7 +168,10 @@ def test_a_twin_that_keeps_its_host_work_is_priced_by_scaled_forwards():
         twin.replace(profile_scale_by_rows=by_rows)
     assert twin.replace(profile_scale_keeps_host=True, profile_scale_by_rows={"1": 1.5, "16": 2.5}).profile_scale_by_rows \
         == by_rows  # as read back from JSON
-    for bad in ({}, {0: 2.0}, {1: -1.0}, {"x": 2.0}, {1: True}):
+    at_one = make_backend(twin.replace(profile_scale_keeps_host=True, profile_scale_by_rows=by_rows)).profile
+    assert at_one.to_dict() == base.scaled_forwards(1.0, by_rows).to_dict()  # decode by rows, prefill kept at x 1
+    assert at_one.prefill_time_ms(40) == pytest.approx(base.prefill_time_ms(40))
+    for bad in ({}, {0: 2.0}, {1: -1.0}, {"x": 2.0}, {1: True}, {1: 2.0, "1": 2.0}):
         with pytest.raises(ScenarioError, match="'profile_scale_by_rows' must map row counts"):
             twin.replace(profile_scale_keeps_host=True, profile_scale_by_rows=bad)
     with pytest.raises(ScenarioError, match="'profile_scale_by_rows' needs backend 'sim'"):

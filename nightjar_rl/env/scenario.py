@@ -170,9 +170,10 @@ def validate_scenario(s: Scenario) -> Scenario:
             raise _fail(n, "field 'profile_scale_by_rows' needs profile_scale_keeps_host: true")
         rows = [int(b) if isinstance(b, str) and b.isdecimal() else b for b in by_rows]  # JSON keys are strings
         if not by_rows or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 and isinstance(f, (int, float))
-                                  and not isinstance(f, bool) and 0 < f < float("inf") for b, f in zip(rows, by_rows.values())):
-            raise _fail(n, f"field 'profile_scale_by_rows' must map row counts (integers >= 1) to positive numbers, "
-                           f"got {by_rows!r}")
+                                  and not isinstance(f, bool) and 0 < f < float("inf") for b, f in zip(rows, by_rows.values())) \
+                or len(set(rows)) != len(rows):
+            raise _fail(n, f"field 'profile_scale_by_rows' must map row counts (integers >= 1, each once) to positive "
+                           f"numbers, got {by_rows!r}")
         s.profile_scale_by_rows = dict(zip(rows, by_rows.values()))
     if s.synthetic_acceptance is not None:
         from nightjar_rl.sim.engine import SyntheticAcceptance

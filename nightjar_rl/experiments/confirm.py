@@ -125,7 +125,7 @@ def run_confirmation(cc: ConfirmConfig, specs: dict, learned: set[str], slo: dic
 
 
 def by_rows_text(by_rows: dict | None) -> str:
-    """A twin's `profile_scale_by_rows` for a table cell ("1: 2.28, 16: 2.87"; "" without one)."""
+    """A twin's `profile_scale_by_rows` for a table cell ("1: 2.280, 16: 2.870"; "" without one)."""
     return ", ".join(f"{rows}: {ratio:.3f}" for rows, ratio in sorted(by_rows.items())) if by_rows else ""
 
 
