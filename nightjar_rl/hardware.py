@@ -149,6 +149,23 @@ def speed_ratio_by_rows(then: Mapping, now: Mapping) -> dict[int, float]:
     return {rows: float(np.median(ratios)) for rows, ratios in sorted(by_rows.items())}
 
 
+def scale_by_rows(by_rows) -> dict[int, float]:
+    """A per-rows time scale ({rows: factor}: `speed_ratio_by_rows`, a scenario's `profile_scale_by_rows`)
+    checked: row counts integers >= 1 (or JSON's decimal strings), each once; factors positive numbers.
+    Keyed by int, sorted by rows."""
+    if not isinstance(by_rows, Mapping) or not by_rows:
+        raise ProfileError(f"a per-rows time scale must be a non-empty mapping {{rows: factor}}, got {by_rows!r}")
+    out: dict[int, float] = {}
+    for key, factor in by_rows.items():
+        rows = int(key) if isinstance(key, str) and key.isdecimal() else key
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise ProfileError(f"a per-rows time scale's row count must be an integer >= 1, got {key!r}")
+        if rows in out:
+            raise ProfileError(f"a per-rows time scale names a row count twice: {by_rows!r}")
+        out[rows] = _time_scale(factor)
+    return dict(sorted(out.items()))
+
+
 def mean_anchor(anchors: list[Mapping]) -> dict:
     """Several speed anchors of the same shapes (timed around a long calibration) as one: the mean ms
     per shape; the other fields of the first, `measured` listing every anchor's time."""
@@ -436,12 +453,8 @@ class HardwareProfile:
         host = self.host_ms_by_rows()
         rows, host_ms = np.array(sorted(host), float), np.array([host[r] for r in sorted(host)])
         if by_rows is not None:
-            if not isinstance(by_rows, Mapping) or not by_rows:
-                raise ProfileError(f"a per-rows time scale must be a non-empty mapping {{rows: factor}}, got {by_rows!r}")
-            per_rows = sorted((_positive_int_key(b, "by_rows"), _time_scale(f)) for b, f in by_rows.items())
-            if len({b for b, _ in per_rows}) != len(per_rows):
-                raise ProfileError(f"a per-rows time scale names a row count twice: {by_rows!r}")
-            factor_rows, factors = np.array([b for b, _ in per_rows], float), np.array([f for _, f in per_rows])
+            per_rows = scale_by_rows(by_rows)
+            factor_rows, factors = np.array(list(per_rows), float), np.array(list(per_rows.values()))
         else:
             factor_rows, factors = np.array([1.0]), np.array([factor])
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nightjar_rl.engine_config import EngineConfig
+from nightjar_rl.hardware import ProfileError, scale_by_rows
 from nightjar_rl.io import read_yaml
 from nightjar_rl.schema import ConfigError, check, declarations, option
 from nightjar_rl.serving.arrivals import ArrivalProcess, arrivals_from_dict
@@ -168,13 +169,11 @@ def validate_scenario(s: Scenario) -> Scenario:
         by_rows = s.profile_scale_by_rows
         if not s.profile_scale_keeps_host:
             raise _fail(n, "field 'profile_scale_by_rows' needs profile_scale_keeps_host: true")
-        rows = [int(b) if isinstance(b, str) and b.isdecimal() else b for b in by_rows]  # JSON keys are strings
-        if not by_rows or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 and isinstance(f, (int, float))
-                                  and not isinstance(f, bool) and 0 < f < float("inf") for b, f in zip(rows, by_rows.values())) \
-                or len(set(rows)) != len(rows):
+        try:
+            s.profile_scale_by_rows = scale_by_rows(by_rows)  # JSON's string keys become row counts
+        except ProfileError:
             raise _fail(n, f"field 'profile_scale_by_rows' must map row counts (integers >= 1, each once) to positive "
-                           f"numbers, got {by_rows!r}")
-        s.profile_scale_by_rows = dict(zip(rows, by_rows.values()))
+                           f"numbers, got {by_rows!r}") from None
     if s.synthetic_acceptance is not None:
         from nightjar_rl.sim.engine import SyntheticAcceptance
 
